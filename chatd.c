@@ -1,0 +1,285 @@
+/* chatd: parse the configuration, start the role(s), run the loop, drain on
+ * SIGTERM. One libuv loop per process; see docs/ARCHITECTURE.md. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "conf/conf.h"
+#include "kafka/broker.h"
+#include "kafka/kafka.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/metrics.h"
+#include "net/http.h"
+#include "roles/broker.h"
+#include "roles/classifier.h"
+#include "roles/gateway.h"
+#include "store/migrate.h"
+#include "store/redis.h"
+#include "store/routes.h"
+
+/* Dedup window of message ids in Redis: a cid resent later than this is
+ * still caught by PostgreSQL's unique index, but may cost a seq. */
+#define CHATD_DEDUP_TTL_S 86400
+
+struct chatd {
+    struct conf conf;
+    uv_loop_t *loop;
+    char brokers[512];
+    struct kafka_conf kafka;
+    kafka_broker_t *broker;
+    http_server_t *http;
+    redis_client_t *redis;
+    routes_t *routes;
+    kafka_producer_t *producer;
+    gateway_t *gateway;
+    classifier_t *classifier;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain;
+    uint64_t drain_deadline;
+    int draining;
+    metric_t *up;
+};
+
+static int chatd_has_gateway(const struct chatd *d) { return d->conf.role == ROLE_GATEWAY || d->conf.role == ROLE_ALL; }
+static int chatd_has_classifier(const struct chatd *d) { return d->conf.role == ROLE_CLASSIFIER || d->conf.role == ROLE_ALL; }
+
+static int chatd_ready(const struct chatd *d)
+{
+    if (d->draining)
+        return 0;
+    if (d->gateway && !gateway_ready(d->gateway))
+        return 0;
+    if (d->classifier && !classifier_ready(d->classifier))
+        return 0;
+    return 1;
+}
+
+static void chatd_on_http(http_req_t *req, void *user)
+{
+    struct chatd *d = user;
+    const char *path = http_req_path(req);
+    if (!strcmp(path, "/healthz")) {
+        http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
+    } else if (!strcmp(path, "/readyz")) {
+        int ok = chatd_ready(d);
+        http_respond(req, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n", ok ? 6 : 10, NULL);
+    } else if (!strcmp(path, "/metrics")) {
+        size_t len;
+        char *text = metrics_render(&len);
+        if (text)
+            http_respond(req, 200, "text/plain; version=0.0.4", text, len, NULL);
+        else
+            http_respond_error(req, 500, "internal", "out of memory");
+        free(text);
+    } else if (!d->gateway || !gateway_http(d->gateway, req)) {
+        http_respond_error(req, 404, "not_found", "no such path");
+    }
+}
+
+static void chatd_on_redis_connect(redis_client_t *r, void *user)
+{
+    struct chatd *d = user;
+    (void)r;
+    log_info("redis_connected", "url=%s", d->conf.redis);
+    if (d->gateway)
+        gateway_on_redis_connect(d->gateway);
+}
+
+/* ---- shutdown ---- */
+
+static void chatd_close_all(struct chatd *d)
+{
+    if (d->gateway)
+        gateway_close(d->gateway);
+    if (d->classifier)
+        classifier_close(d->classifier);
+    if (d->producer)
+        kafka_producer_close(d->producer, 5000);
+    if (d->redis)
+        redis_client_close(d->redis);
+    if (d->routes)
+        routes_close(d->routes);
+    if (d->http)
+        http_server_close(d->http);
+    uv_close((uv_handle_t *)&d->sigterm, NULL);
+    uv_close((uv_handle_t *)&d->sigint, NULL);
+    uv_close((uv_handle_t *)&d->drain, NULL);
+}
+
+static int chatd_drained(const struct chatd *d)
+{
+    return (!d->gateway || gateway_clients(d->gateway) == 0) &&
+           (!d->classifier || !classifier_busy(d->classifier)) &&
+           (!d->producer || kafka_producer_inflight(d->producer) == 0);
+}
+
+static void chatd_on_drain_tick(uv_timer_t *t)
+{
+    struct chatd *d = t->data;
+    if (!chatd_drained(d) && uv_now(d->loop) < d->drain_deadline)
+        return;
+    log_info("shutdown", "drained=%d", chatd_drained(d));
+    uv_timer_stop(t);
+    chatd_close_all(d);
+}
+
+static void chatd_on_signal(uv_signal_t *s, int signum)
+{
+    struct chatd *d = s->data;
+    if (d->draining) {
+        if (signum == SIGINT) {
+            log_warn("shutdown_forced", "signal=%d", signum);
+            d->drain_deadline = 0;
+        }
+        return;
+    }
+    d->draining = 1;
+    log_info("draining", "signal=%d grace_s=%d", signum, d->conf.drain_s);
+    if (d->http)
+        http_server_stop_accepting(d->http);
+    if (d->gateway)
+        gateway_drain(d->gateway);
+    if (d->classifier)
+        classifier_drain(d->classifier);
+    d->drain_deadline = uv_now(d->loop) + (uint64_t)d->conf.drain_s * 1000;
+    uv_timer_start(&d->drain, chatd_on_drain_tick, 0, 50);
+}
+
+/* ---- start ---- */
+
+/* Blocking is fine here: the loop has not started. */
+static int chatd_read_bootstrap(struct chatd *d)
+{
+    const char *path = d->conf.kafka_bootstrap_file;
+    for (int i = 0; i < 600; i++) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            size_t n = fread(d->brokers, 1, sizeof d->brokers - 1, f);
+            fclose(f);
+            while (n > 0 && (d->brokers[n - 1] == '\n' || d->brokers[n - 1] == ' '))
+                n--;
+            d->brokers[n] = 0;
+            if (n > 0)
+                return 0;
+        }
+        usleep(100 * 1000);
+    }
+    log_error("bootstrap_missing", "path=%s waited_s=60", path);
+    return ERR_UNAVAILABLE;
+}
+
+static int chatd_start_kafka(struct chatd *d)
+{
+    const struct conf *c = &d->conf;
+    int rc = 0;
+    if (c->role == ROLE_BROKER || (c->role == ROLE_ALL && !strcmp(c->kafka, "embedded"))) {
+        if ((rc = broker_role_start(&d->broker, c)))
+            return rc;
+        snprintf(d->brokers, sizeof d->brokers, "%s", kafka_broker_bootstraps(d->broker));
+    } else if (!strcmp(c->kafka, "embedded")) {
+        rc = chatd_read_bootstrap(d);
+    } else {
+        snprintf(d->brokers, sizeof d->brokers, "%s", c->kafka);
+    }
+    static char client_id[64];
+    snprintf(client_id, sizeof client_id, "chatd-%s-%d", conf_role_name(c->role), c->gateway_id);
+    d->kafka.brokers = d->brokers;
+    d->kafka.opts = c->kafka_opts;
+    d->kafka.n_opts = c->n_kafka_opts;
+    d->kafka.client_id = client_id;
+    return rc;
+}
+
+static int chatd_start_roles(struct chatd *d)
+{
+    const struct conf *c = &d->conf;
+    int rc = redis_client_init(&d->redis, d->loop, c->redis, (unsigned)c->backend_timeout_ms,
+                               chatd_on_redis_connect, d);
+    if (rc == 0)
+        rc = routes_init(&d->routes, d->loop, d->redis, c->receive_partitions, CHATD_DEDUP_TTL_S);
+    if (rc == 0)
+        rc = kafka_producer_init(&d->producer, d->loop, &d->kafka);
+    if (rc)
+        return rc;
+    if (chatd_has_classifier(d)) {
+        struct classifier_deps cd = { d->loop, c, &d->kafka, d->producer, d->routes, d->redis };
+        if ((rc = classifier_init(&d->classifier, &cd)))
+            return rc;
+    }
+    if (chatd_has_gateway(d)) {
+        struct gateway_deps gd = { d->loop, c, &d->kafka, d->producer, d->routes, d->redis };
+        if ((rc = gateway_init(&d->gateway, &gd)))
+            return rc;
+    }
+    return 0;
+}
+
+static int chatd_run(struct chatd *d)
+{
+    const struct conf *c = &d->conf;
+    d->loop = uv_default_loop();
+    int rc = chatd_start_kafka(d);
+    if (rc)
+        return rc;
+    if (c->role != ROLE_BROKER && (rc = pg_migrate(c->pg, c->migrate_wait_s * 1000))) {
+        log_error("migrations_failed", "err=%s", err_code(rc));
+        return rc;
+    }
+    if (c->role != ROLE_BROKER && (rc = chatd_start_roles(d)))
+        return rc;
+    if ((rc = http_server_init(&d->http, d->loop, c->listen_host, c->listen_port, chatd_on_http, d))) {
+        log_error("listen_failed", "addr=%s:%d err=%d", c->listen_host, c->listen_port, rc);
+        return rc;
+    }
+    uv_signal_init(d->loop, &d->sigterm);
+    uv_signal_init(d->loop, &d->sigint);
+    uv_timer_init(d->loop, &d->drain);
+    d->sigterm.data = d->sigint.data = d->drain.data = d;
+    uv_signal_start(&d->sigterm, chatd_on_signal, SIGTERM);
+    uv_signal_start(&d->sigint, chatd_on_signal, SIGINT);
+    log_info("listening", "addr=%s:%d role=%s", c->listen_host, http_server_port(d->http),
+             conf_role_name(c->role));
+    uv_run(d->loop, UV_RUN_DEFAULT);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static struct chatd d;
+    int rc = conf_load(&d.conf, argc, argv);
+    if (rc != 0)
+        return rc > 0 ? 0 : 2;
+    signal(SIGPIPE, SIG_IGN);
+    log_init(d.conf.log_level, conf_role_name(d.conf.role),
+             chatd_has_gateway(&d) ? d.conf.gateway_id : -1);
+    if (chatd_has_gateway(&d) && !d.conf.jwt_secret[0]) {
+        /* Dev tokens without a secret: a random one, good for this process only. */
+        unsigned char r[24];
+        FILE *f = fopen("/dev/urandom", "rb");
+        if (!f || fread(r, 1, sizeof r, f) != sizeof r)
+            return 1;
+        fclose(f);
+        for (size_t i = 0; i < sizeof r; i++)
+            snprintf(d.conf.jwt_secret + 2 * i, 3, "%02x", r[i]);
+        log_warn("jwt_secret_generated", "note=\"CHATD_JWT_SECRET unset; tokens valid for this process only\"");
+    }
+    d.up = metrics_gauge("chatd_up", "1 while the process runs", NULL);
+    metric_set(d.up, 1);
+    rc = chatd_run(&d);
+    if (rc) /* start-up failed (logged): nothing is worth a graceful exit */
+        return 1;
+    if (d.broker)
+        kafka_broker_stop(d.broker);
+    if (d.loop) {
+        uv_run(d.loop, UV_RUN_DEFAULT);
+        uv_loop_close(d.loop);
+    }
+    metrics_free();
+    log_info("exit", "rc=0");
+    return 0;
+}

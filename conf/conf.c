@@ -1,0 +1,311 @@
+#include "conf/conf.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stddef.h>
+#include <unistd.h>
+
+#ifndef CHATD_VERSION
+#define CHATD_VERSION "0.1.0"
+#endif
+
+enum conf_type { T_STR, T_INT, T_SIZE, T_DOUBLE, T_BOOL, T_ROLE, T_LISTEN, T_LEVEL, T_KOPT };
+
+struct conf_flag {
+    const char *name;
+    enum conf_type type;
+    size_t off;
+    size_t cap;          /* T_STR buffer size */
+    const char *def;     /* default as text; NULL = none */
+    long lo, hi;         /* T_INT/T_SIZE bounds */
+    const char *help;
+};
+
+#define F_STR(n, field, d, h) { n, T_STR, offsetof(struct conf, field), sizeof(((struct conf *)0)->field), d, 0, 0, h }
+#define F_INT(n, field, d, lo, hi, h) { n, T_INT, offsetof(struct conf, field), 0, d, lo, hi, h }
+#define F_SIZE(n, field, d, lo, hi, h) { n, T_SIZE, offsetof(struct conf, field), 0, d, lo, hi, h }
+#define F_DBL(n, field, d, h) { n, T_DOUBLE, offsetof(struct conf, field), 0, d, 0, 0, h }
+
+static const struct conf_flag conf_flags[] = {
+    { "role", T_ROLE, offsetof(struct conf, role), 0, "all", 0, 0,
+      "gateway | classifier | all | broker" },
+    { "listen", T_LISTEN, 0, 0, "0.0.0.0:8080", 0, 0,
+      "HOST:PORT for /healthz, /readyz, /metrics (and /ws, /api, / on gateways)" },
+    F_INT("gateway-id", gateway_id, NULL, 0, 65535,
+          "this gateway's id = its chat-receive partition (default: the number after the last '-' of the hostname, else 0)"),
+    F_STR("kafka", kafka, "embedded",
+          "'embedded' or HOST:PORT,... ; embedded = in-process broker (all), or the broker named by --kafka-bootstrap-file"),
+    F_STR("kafka-bootstrap-file", kafka_bootstrap_file, "",
+          "where an embedded broker writes its address, and where other roles read it"),
+    { "kafka-opt", T_KOPT, 0, 0, NULL, 0, 0, "librdkafka property key=value (repeatable; applied last)" },
+    F_STR("redis", redis, "redis://127.0.0.1:6379/0", "redis://HOST:PORT[/DB]"),
+    F_STR("pg", pg, "host=127.0.0.1 port=5432 dbname=chatd user=chatd", "libpq conninfo or postgresql:// URI"),
+    { "dev-tokens", T_BOOL, offsetof(struct conf, dev_tokens), 0, "0", 0, 0,
+      "enable POST /api/dev/token (demo only: anyone can become anyone)" },
+    F_STR("topic-send", topic_send, "chat-send", "topic gateways produce client messages to"),
+    F_STR("topic-receive", topic_receive, "chat-receive", "topic classifiers produce deliveries to (partition = gateway id)"),
+    F_INT("send-partitions", send_partitions, "12", 1, 10000, "chat-send partitions (embedded broker creates them)"),
+    F_INT("receive-partitions", receive_partitions, "16", 1, 10000,
+          "chat-receive partitions = the most gateways (embedded broker creates them)"),
+    F_INT("embedded-brokers", embedded_brokers, "1", 1, 9, "brokers in the embedded mock cluster"),
+    F_STR("group", group_id, "chatd-classifier", "classifier consumer group id"),
+    F_SIZE("max-frame", max_frame, "65536", 1024, 16777216, "largest client WebSocket message, bytes (close 1009 above)"),
+    F_SIZE("max-text", max_text, "4096", 1, 1048576, "largest message text, bytes (too_large above)"),
+    F_SIZE("send-queue", send_queue, "1048576", 4096, 1073741824,
+           "per-connection output bound, bytes: a slower client is disconnected"),
+    F_DBL("rate", rate, "20", "client requests per second per connection (token bucket)"),
+    F_DBL("rate-burst", rate_burst, "50", "token bucket depth"),
+    F_INT("heartbeat", heartbeat_s, "25", 1, 3600, "seconds of silence before the server pings a client"),
+    F_INT("pong-timeout", pong_timeout_s, "10", 1, 3600, "seconds to wait for any frame after a ping"),
+    F_INT("classifier-batch", classifier_batch, "1000", 1, 100000, "records a classifier sequences per batch"),
+    F_INT("backend-timeout-ms", backend_timeout_ms, "2000", 10, 600000, "deadline of one Redis or PostgreSQL call"),
+    F_INT("gateway-ttl", gateway_ttl_s, "10", 2, 3600, "seconds a dead gateway keeps receiving routes (liveness TTL)"),
+    F_INT("drain", drain_s, "10", 0, 3600, "seconds allowed for draining on SIGTERM"),
+    F_INT("history-max", history_max, "1000", 1, 100000, "largest sync/REST page"),
+    F_INT("migrate-wait", migrate_wait_s, "30", 0, 3600, "seconds to wait for PostgreSQL at start"),
+    { "log-level", T_LEVEL, offsetof(struct conf, log_level), 0, "info", 0, 0, "debug | info | warn | error" },
+};
+#define CONF_NFLAGS (sizeof conf_flags / sizeof conf_flags[0])
+
+static const char *const conf_role_names[] = { "all", "gateway", "classifier", "broker" };
+
+const char *conf_role_name(enum conf_role r) { return conf_role_names[r]; }
+
+void conf_usage(FILE *out)
+{
+    fprintf(out, "usage: chatd [--flag=value ...]\n\n"
+                 "Every flag is also read from the environment as CHATD_<FLAG> (e.g. CHATD_LISTEN);\n"
+                 "the command line wins. The JWT secret is read only from CHATD_JWT_SECRET.\n\n");
+    for (size_t i = 0; i < CONF_NFLAGS; i++) {
+        const struct conf_flag *f = &conf_flags[i];
+        fprintf(out, "  --%-22s %s", f->name, f->help);
+        if (f->def && f->type != T_BOOL)
+            fprintf(out, " [default: %s]", f->def[0] ? f->def : "\"\"");
+        fputc('\n', out);
+    }
+    fprintf(out, "  --%-22s %s\n  --%-22s %s\n", "help", "print this and exit", "version",
+            "print the version and exit");
+}
+
+static int conf_parse_long(const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int conf_parse_listen(struct conf *c, const char *v)
+{
+    const char *colon = strrchr(v, ':');
+    long port;
+    if (!colon || colon == v || (size_t)(colon - v) >= sizeof c->listen_host ||
+        conf_parse_long(colon + 1, 0, 65535, &port) < 0)
+        return -1;
+    const char *h = v;
+    size_t hl = (size_t)(colon - v);
+    if (h[0] == '[' && h[hl - 1] == ']') { /* [::1]:8080 */
+        h++;
+        hl -= 2;
+    }
+    memcpy(c->listen_host, h, hl);
+    c->listen_host[hl] = 0;
+    c->listen_port = (int)port;
+    return 0;
+}
+
+static int conf_set(struct conf *c, const struct conf_flag *f, const char *v)
+{
+    char *base = (char *)c;
+    long x;
+    switch (f->type) {
+    case T_STR:
+        if (strlen(v) >= f->cap)
+            return -1;
+        strcpy(base + f->off, v);
+        return 0;
+    case T_INT:
+        if (conf_parse_long(v, f->lo, f->hi, &x) < 0)
+            return -1;
+        *(int *)(base + f->off) = (int)x;
+        return 0;
+    case T_SIZE:
+        if (conf_parse_long(v, f->lo, f->hi, &x) < 0)
+            return -1;
+        *(size_t *)(base + f->off) = (size_t)x;
+        return 0;
+    case T_DOUBLE: {
+        char *end;
+        double d = strtod(v, &end);
+        if (end == v || *end || !(d > 0) || d > 1e9)
+            return -1;
+        *(double *)(base + f->off) = d;
+        return 0;
+    }
+    case T_BOOL:
+        if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "on"))
+            *(int *)(base + f->off) = 1;
+        else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "off"))
+            *(int *)(base + f->off) = 0;
+        else
+            return -1;
+        return 0;
+    case T_ROLE:
+        for (int r = 0; r < 4; r++)
+            if (!strcmp(v, conf_role_names[r])) {
+                c->role = (enum conf_role)r;
+                return 0;
+            }
+        return -1;
+    case T_LISTEN:
+        return conf_parse_listen(c, v);
+    case T_LEVEL:
+        return log_level_parse(v, &c->log_level);
+    case T_KOPT:
+        if (!strchr(v, '=') || v[0] == '=' || c->n_kafka_opts == CONF_MAX_KAFKA_OPTS)
+            return -1;
+        c->kafka_opts[c->n_kafka_opts++] = v;
+        return 0;
+    }
+    return -1;
+}
+
+static const struct conf_flag *conf_find(const char *name, size_t len)
+{
+    for (size_t i = 0; i < CONF_NFLAGS; i++)
+        if (strlen(conf_flags[i].name) == len && !strncmp(conf_flags[i].name, name, len))
+            return &conf_flags[i];
+    return NULL;
+}
+
+static int conf_set_checked(struct conf *c, const struct conf_flag *f, const char *v, const char *src)
+{
+    if (conf_set(c, f, v) == 0)
+        return 0;
+    fprintf(stderr, "chatd: invalid value for --%s (from %s): '%s'\n", f->name, src, v);
+    return -1;
+}
+
+/* The environment first, so the command line can override it. */
+static int conf_load_env(struct conf *c)
+{
+    for (size_t i = 0; i < CONF_NFLAGS; i++) {
+        const struct conf_flag *f = &conf_flags[i];
+        char env[64] = "CHATD_";
+        size_t o = 6;
+        for (const char *p = f->name; *p && o < sizeof env - 1; p++)
+            env[o++] = *p == '-' ? '_' : (char)(*p >= 'a' && *p <= 'z' ? *p - 32 : *p);
+        env[o] = 0;
+        const char *v = getenv(env);
+        if (v && conf_set_checked(c, f, v, env) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int conf_load_args(struct conf *c, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            conf_usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("chatd %s\n", CHATD_VERSION);
+            return 1;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "chatd: unexpected argument '%s' (see --help)\n", a);
+            return -1;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+        const struct conf_flag *f = conf_find(name, nlen);
+        if (!f) {
+            fprintf(stderr, "chatd: unknown flag '--%.*s' (see --help)\n", (int)nlen, name);
+            return -1;
+        }
+        const char *v = eq ? eq + 1 : NULL;
+        if (!v && f->type == T_BOOL)
+            v = "1";
+        else if (!v && i + 1 < argc)
+            v = argv[++i];
+        if (!v) {
+            fprintf(stderr, "chatd: --%s needs a value\n", f->name);
+            return -1;
+        }
+        if (conf_set_checked(c, f, v, "command line") < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* A StatefulSet pod is named <set>-<ordinal>: that ordinal is the gateway id. */
+static int conf_gateway_id_from_hostname(void)
+{
+    char host[256];
+    long id;
+    if (gethostname(host, sizeof host) != 0)
+        return 0;
+    host[sizeof host - 1] = 0;
+    const char *dash = strrchr(host, '-');
+    if (!dash || conf_parse_long(dash + 1, 0, 65535, &id) < 0)
+        return 0;
+    return (int)id;
+}
+
+static int conf_check(struct conf *c)
+{
+    if (c->gateway_id < 0)
+        c->gateway_id = conf_gateway_id_from_hostname();
+    if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && c->gateway_id >= c->receive_partitions &&
+        c->role == ROLE_ALL) {
+        fprintf(stderr, "chatd: --gateway-id=%d needs --receive-partitions > %d\n", c->gateway_id,
+                c->gateway_id);
+        return -1;
+    }
+    if (c->role == ROLE_BROKER && strcmp(c->kafka, "embedded") != 0) {
+        fprintf(stderr, "chatd: --role=broker runs the embedded broker: --kafka must be 'embedded'\n");
+        return -1;
+    }
+    if ((c->role == ROLE_GATEWAY || c->role == ROLE_CLASSIFIER) && !strcmp(c->kafka, "embedded") &&
+        !c->kafka_bootstrap_file[0]) {
+        fprintf(stderr, "chatd: --role=%s with --kafka=embedded needs --kafka-bootstrap-file "
+                        "(written by a --role=broker process)\n", conf_role_name(c->role));
+        return -1;
+    }
+    const char *secret = getenv("CHATD_JWT_SECRET");
+    if (secret && strlen(secret) >= sizeof c->jwt_secret) {
+        fprintf(stderr, "chatd: CHATD_JWT_SECRET is too long (max %zu bytes)\n", sizeof c->jwt_secret - 1);
+        return -1;
+    }
+    if (secret)
+        strcpy(c->jwt_secret, secret);
+    if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && !c->jwt_secret[0] && !c->dev_tokens) {
+        fprintf(stderr, "chatd: set CHATD_JWT_SECRET (the HS256 secret clients' tokens are signed with)\n");
+        return -1;
+    }
+    return 0;
+}
+
+int conf_load(struct conf *c, int argc, char **argv)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < CONF_NFLAGS; i++)
+        if (conf_flags[i].def && conf_set(c, &conf_flags[i], conf_flags[i].def) < 0)
+            CHATD_ASSERT(!"bad default");
+    c->gateway_id = -1;
+    int rc = conf_load_env(c);
+    if (rc == 0)
+        rc = conf_load_args(c, argc, argv);
+    if (rc == 0)
+        rc = conf_check(c);
+    return rc;
+}

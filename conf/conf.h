@@ -1,0 +1,64 @@
+/* conf: the command line and the environment, parsed once into one
+ * immutable struct.
+ *
+ * Every flag --name=value is also read from CHATD_NAME (upper-cased, '-' ->
+ * '_'); the command line wins over the environment. Unknown flags and
+ * invalid values are refused with a message naming the flag; main() exits 2.
+ * The JWT secret is read only from CHATD_JWT_SECRET (never a flag: argv is
+ * visible in ps). `chatd --help` prints every flag with its default.
+ */
+#ifndef CHATD_CONF_H
+#define CHATD_CONF_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "lib/log.h"
+
+enum conf_role { ROLE_ALL = 0, ROLE_GATEWAY, ROLE_CLASSIFIER, ROLE_BROKER };
+
+#define CONF_MAX_KAFKA_OPTS 64
+
+struct conf {
+    enum conf_role role;
+    char listen_host[64];
+    int listen_port;
+    int gateway_id;
+    char kafka[512];             /* "embedded" or "host:port,..." */
+    char kafka_bootstrap_file[256];
+    const char *kafka_opts[CONF_MAX_KAFKA_OPTS];
+    size_t n_kafka_opts;
+    char redis[256];
+    char pg[512];
+    int dev_tokens;
+    char jwt_secret[256];        /* from CHATD_JWT_SECRET only */
+    char topic_send[128];
+    char topic_receive[128];
+    int send_partitions;
+    int receive_partitions;
+    int embedded_brokers;
+    char group_id[128];
+    size_t max_frame;            /* largest client frame (close 1009 above) */
+    size_t max_text;             /* largest message text (too_large above) */
+    size_t send_queue;           /* per-connection output bound, bytes */
+    double rate;                 /* client requests per second, sustained */
+    double rate_burst;
+    int heartbeat_s;             /* ping idle clients after this */
+    int pong_timeout_s;
+    int classifier_batch;
+    int backend_timeout_ms;      /* Redis/PostgreSQL call deadline */
+    int gateway_ttl_s;           /* liveness key TTL of a gateway */
+    int drain_s;                 /* SIGTERM grace for draining */
+    int history_max;             /* sync/REST limit cap (1000) */
+    int migrate_wait_s;
+    enum log_level log_level;
+};
+
+/* Parses argv + environ into *c. Returns 0; 1 when --help/--version printed
+ * (exit 0); -1 on an invalid configuration (message already printed on
+ * stderr; exit 2). Strings in kafka_opts point into argv/environ. */
+int conf_load(struct conf *c, int argc, char **argv);
+const char *conf_role_name(enum conf_role r);
+void conf_usage(FILE *out);
+
+#endif

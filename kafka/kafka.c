@@ -1,0 +1,1064 @@
+#include "kafka/kafka.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <librdkafka/rdkafka.h>
+
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/metrics.h"
+
+/* Events handled per wakeup before the loop gets to serve other fds; the rest
+ * is drained on the next turn through a zero timer. */
+#define KAFKA_DRAIN_MAX 10000
+/* Shutdown: how long to wait for delivery reports of purged messages. */
+#define KAFKA_PURGE_WAIT_MS 1000
+
+#define KAFKA_PRODUCER_MAGIC 0x4b50524fu
+#define KAFKA_CONSUMER_MAGIC 0x4b434f4eu
+#define KAFKA_DR_MAGIC 0x4b44524eu
+
+#define kafka_container_of(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+
+/* ---- loop integration: one rd_kafka queue -> pipe -> uv_poll ---- */
+
+struct kafka_pump {
+    uv_poll_t poll;
+    uv_timer_t again;           /* zero timeout: finish a capped drain next turn */
+    rd_kafka_queue_t *q;
+    int rfd, wfd;
+    int open_handles;
+    void (*drain)(struct kafka_pump *pp);
+    void (*on_closed)(struct kafka_pump *pp); /* frees the owner */
+};
+
+static void kafka_pump_on_timer(uv_timer_t *t)
+{
+    struct kafka_pump *pp = t->data;
+    pp->drain(pp);
+}
+
+static void kafka_pump_on_readable(uv_poll_t *h, int status, int events)
+{
+    struct kafka_pump *pp = h->data;
+    char buf[64];
+    (void)events;
+    if (status < 0)
+        log_error("kafka_poll_error", "err=%s", uv_strerror(status));
+    for (;;) {
+        ssize_t n = read(pp->rfd, buf, sizeof buf);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        break; /* EAGAIN: empty */
+    }
+    pp->drain(pp);
+}
+
+static void kafka_pump_again(struct kafka_pump *pp)
+{
+    uv_timer_start(&pp->again, kafka_pump_on_timer, 0, 0);
+}
+
+static void kafka_pump_pause(struct kafka_pump *pp)
+{
+    uv_poll_stop(&pp->poll);
+    uv_timer_stop(&pp->again);
+}
+
+/* Starts (or restarts) watching, and drains once right away: the wake-up byte
+ * may already have been consumed, or the queue filled before io events were on. */
+static void kafka_pump_resume(struct kafka_pump *pp)
+{
+    uv_poll_start(&pp->poll, UV_READABLE, kafka_pump_on_readable);
+    kafka_pump_again(pp);
+}
+
+/* Last fallible step of an _init: on failure nothing is left to undo here. */
+static int kafka_pump_init(struct kafka_pump *pp, uv_loop_t *loop, rd_kafka_queue_t *q)
+{
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+        log_error("kafka_pipe_failed", "err=%s", strerror(errno));
+        return ERR_INTERNAL;
+    }
+    int r = uv_poll_init(loop, &pp->poll, fds[0]);
+    if (r < 0) {
+        log_error("kafka_poll_init_failed", "err=%s", uv_strerror(r));
+        close(fds[0]);
+        close(fds[1]);
+        return ERR_INTERNAL;
+    }
+    uv_timer_init(loop, &pp->again);
+    pp->poll.data = pp;
+    pp->again.data = pp;
+    pp->rfd = fds[0];
+    pp->wfd = fds[1];
+    pp->q = q;
+    pp->open_handles = 2;
+    rd_kafka_queue_io_event_enable(q, pp->wfd, "1", 1);
+    kafka_pump_resume(pp);
+    return 0;
+}
+
+static void kafka_pump_on_close(uv_handle_t *h)
+{
+    struct kafka_pump *pp = h->data;
+    if (--pp->open_handles > 0)
+        return;
+    close(pp->rfd);
+    close(pp->wfd);
+    pp->on_closed(pp);
+}
+
+/* Call after the rd_kafka_t is destroyed: the pipe outlives every writer. */
+static void kafka_pump_close(struct kafka_pump *pp)
+{
+    uv_close((uv_handle_t *)&pp->poll, kafka_pump_on_close);
+    uv_close((uv_handle_t *)&pp->again, kafka_pump_on_close);
+}
+
+/* ---- configuration ---- */
+
+/* Log callback for messages librdkafka emits without a handle (config
+ * errors), on the calling thread. With log.queue=true everything else
+ * arrives as RD_KAFKA_EVENT_LOG on the loop. */
+static void kafka_log_line(int level, const char *client, const char *fac, const char *msg)
+{
+    size_t len = strlen(msg);
+    if (level <= 3)
+        log_error("kafka_log", "client=%s fac=%s msg=%s", client, fac, log_q(msg, len));
+    else if (level == 4)
+        log_warn("kafka_log", "client=%s fac=%s msg=%s", client, fac, log_q(msg, len));
+    else if (level <= 6)
+        log_info("kafka_log", "client=%s fac=%s msg=%s", client, fac, log_q(msg, len));
+    else
+        log_debug("kafka_log", "client=%s fac=%s msg=%s", client, fac, log_q(msg, len));
+}
+
+static void kafka_on_rdlog(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    kafka_log_line(level, rk ? rd_kafka_name(rk) : "-", fac, buf);
+}
+
+static int kafka_conf_set(rd_kafka_conf_t *kc, const char *key, const char *val)
+{
+    char errstr[256];
+    if (rd_kafka_conf_set(kc, key, val, errstr, sizeof errstr) == RD_KAFKA_CONF_OK)
+        return 0;
+    log_error("kafka_bad_option", "key=%s value=%s err=%s", log_q(key, strlen(key)),
+              log_q(val, strlen(val)), log_q(errstr, strlen(errstr)));
+    return ERR_BAD_REQUEST;
+}
+
+/* defaults: NULL-terminated key, value pairs. conf->opts go on top of them. */
+static int kafka_conf_build(rd_kafka_conf_t **out, const struct kafka_conf *conf,
+                            const char *const *defaults, int events)
+{
+    rd_kafka_conf_t *kc = rd_kafka_conf_new();
+    int err = 0;
+    rd_kafka_conf_set_log_cb(kc, kafka_on_rdlog);
+    if (conf->brokers)
+        err = kafka_conf_set(kc, "bootstrap.servers", conf->brokers);
+    if (!err && conf->client_id)
+        err = kafka_conf_set(kc, "client.id", conf->client_id);
+    if (!err)
+        err = kafka_conf_set(kc, "statistics.interval.ms", "1000");
+    for (size_t i = 0; !err && defaults[i]; i += 2)
+        err = kafka_conf_set(kc, defaults[i], defaults[i + 1]);
+    for (size_t i = 0; !err && i < conf->n_opts; i++) {
+        const char *opt = conf->opts[i];
+        const char *eq = strchr(opt, '=');
+        char key[256];
+        if (!eq || eq == opt || (size_t)(eq - opt) >= sizeof key) {
+            log_error("kafka_bad_option", "opt=%s err=\"expected key=value\"",
+                      log_q(opt, strlen(opt)));
+            err = ERR_BAD_REQUEST;
+            break;
+        }
+        memcpy(key, opt, (size_t)(eq - opt));
+        key[eq - opt] = 0;
+        err = kafka_conf_set(kc, key, eq + 1);
+    }
+    /* Not overridable: librdkafka must never log from its own threads. */
+    if (!err)
+        err = kafka_conf_set(kc, "log.queue", "true");
+    if (err) {
+        rd_kafka_conf_destroy(kc);
+        return err;
+    }
+    rd_kafka_conf_set_events(kc, events);
+    *out = kc;
+    return 0;
+}
+
+static void kafka_on_log_event(rd_kafka_t *rk, rd_kafka_event_t *ev)
+{
+    const char *fac = "", *str = "";
+    int level = 6;
+    if (rd_kafka_event_log(ev, &fac, &str, &level) == 0)
+        kafka_log_line(level, rd_kafka_name(rk), fac, str);
+}
+
+/* Returns 1 if the error is fatal for the client instance. */
+static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healthy)
+{
+    rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+    const char *s = rd_kafka_event_error_string(ev);
+    int fatal = rd_kafka_event_error_is_fatal(ev);
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        *healthy = 0;
+    if (fatal)
+        log_error("kafka_fatal", "client=%s err=%s msg=%s", rd_kafka_name(rk),
+                  rd_kafka_err2name(err), log_q(s, strlen(s)));
+    else
+        log_warn("kafka_error", "client=%s err=%s msg=%s", rd_kafka_name(rk),
+                 rd_kafka_err2name(err), log_q(s, strlen(s)));
+    return fatal;
+}
+
+/* ---- owned partitions (small set) ---- */
+
+struct kafka_parts {
+    int32_t *v;
+    size_t n, cap;
+};
+
+static int kafka_parts_has(const struct kafka_parts *s, int32_t p)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->v[i] == p)
+            return 1;
+    return 0;
+}
+
+static void kafka_parts_add(struct kafka_parts *s, int32_t p)
+{
+    if (kafka_parts_has(s, p))
+        return;
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 16;
+        int32_t *v = realloc(s->v, cap * sizeof *v);
+        CHATD_ASSERT(v != NULL);
+        s->v = v;
+        s->cap = cap;
+    }
+    s->v[s->n++] = p;
+}
+
+static void kafka_parts_del(struct kafka_parts *s, int32_t p)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (s->v[i] == p) {
+            s->v[i] = s->v[--s->n];
+            return;
+        }
+}
+
+/* ---- statistics ---- */
+
+static int kafka_stats_healthy(const cJSON *root)
+{
+    const cJSON *brokers = cJSON_GetObjectItemCaseSensitive(root, "brokers");
+    const cJSON *b;
+    cJSON_ArrayForEach(b, brokers) {
+        const cJSON *src = cJSON_GetObjectItemCaseSensitive(b, "source");
+        const cJSON *state = cJSON_GetObjectItemCaseSensitive(b, "state");
+        if (!cJSON_IsString(src) || !cJSON_IsString(state))
+            continue;
+        if (strcmp(src->valuestring, "internal") == 0 || strcmp(src->valuestring, "logical") == 0)
+            continue;
+        if (strcmp(state->valuestring, "UP") == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int64_t kafka_stats_num(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
+}
+
+/* Lag from the committed offset; a consumer that never commits (gateway)
+ * falls back to its position. -1 when no owned partition has a known lag. */
+static int64_t kafka_stats_lag(const cJSON *root, const char *topic, const struct kafka_parts *own)
+{
+    const cJSON *topics = cJSON_GetObjectItemCaseSensitive(root, "topics");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(topics, topic);
+    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(t, "partitions");
+    const cJSON *p;
+    int64_t sum = 0;
+    int known = 0;
+    if (own->n == 0)
+        return 0;
+    cJSON_ArrayForEach(p, parts) {
+        int64_t id = kafka_stats_num(p, "partition");
+        if (id < 0 || !kafka_parts_has(own, (int32_t)id))
+            continue;
+        int64_t lag = kafka_stats_num(p, "consumer_lag");
+        if (lag < 0) {
+            int64_t end = kafka_stats_num(p, "ls_offset");
+            int64_t pos = kafka_stats_num(p, "app_offset");
+            if (end < 0)
+                end = kafka_stats_num(p, "hi_offset");
+            if (end >= 0 && pos >= 0 && pos <= end)
+                lag = end - pos;
+        }
+        if (lag >= 0) {
+            sum += lag;
+            known = 1;
+        }
+    }
+    return known ? sum : -1;
+}
+
+/* ---- metrics ---- */
+
+/* One series per process, registered by the first client (a Prometheus
+ * scrape rejects duplicate series). Index 0: assigned, 1: group consumer. */
+static struct {
+    metric_t *produced, *errors, *latency;
+    metric_t *consumed[2], *lag[2];
+} kafka_m;
+
+static void kafka_metrics_init(void)
+{
+    static const char *const kind[2] = { "consumer=\"assigned\"", "consumer=\"group\"" };
+    if (kafka_m.produced)
+        return;
+    kafka_m.produced = metrics_counter("chatd_kafka_produced_total",
+                                       "Records acknowledged by Kafka.", NULL);
+    kafka_m.errors = metrics_counter("chatd_kafka_delivery_errors_total",
+                                     "Records Kafka did not acknowledge.", NULL);
+    kafka_m.latency = metrics_histogram("chatd_kafka_delivery_seconds",
+                                        "Time from produce to delivery report.", NULL);
+    for (int i = 0; i < 2; i++) {
+        kafka_m.consumed[i] = metrics_counter("chatd_kafka_consumed_total",
+                                              "Records handed to the role.", kind[i]);
+        kafka_m.lag[i] = metrics_gauge("chatd_kafka_consumer_lag",
+                                       "Records behind the end of the owned partitions.", kind[i]);
+    }
+}
+
+/* ===================================================================== */
+/* ---- producer ---- */
+
+struct kafka_dr {                /* one per kafka_produce() awaiting its report */
+    unsigned magic;
+    struct kafka_dr *prev, *next;
+    kafka_delivery_cb cb;
+    void *opaque;
+    uint64_t t0_ns;
+};
+
+struct kafka_producer {
+    unsigned magic;
+    struct kafka_pump pump;
+    uv_loop_t *loop;
+    rd_kafka_t *rk;
+    struct kafka_dr pending;     /* list head */
+    size_t inflight;
+    int healthy, fatal, closing, dispatching;
+    uint64_t err_log_ms;         /* rate limit for delivery error lines */
+    unsigned long err_suppressed;
+};
+
+static void kafka_producer_finish(kafka_producer_t *p, struct kafka_dr *d, int err)
+{
+    CHATD_ASSERT(d->magic == KAFKA_DR_MAGIC);
+    d->prev->next = d->next;
+    d->next->prev = d->prev;
+    p->inflight--;
+    d->magic = 0;
+    kafka_delivery_cb cb = d->cb;
+    void *opaque = d->opaque;
+    free(d);
+    if (cb)
+        cb(err, opaque);
+}
+
+static void kafka_producer_log_failure(kafka_producer_t *p, const rd_kafka_message_t *m)
+{
+    uint64_t now = uv_now(p->loop);
+    if (p->err_log_ms && now - p->err_log_ms < 1000) {
+        p->err_suppressed++;
+        return;
+    }
+    log_warn("kafka_delivery_failed", "client=%s topic=%s partition=%" PRId32 " err=%s suppressed=%lu",
+             rd_kafka_name(p->rk), rd_kafka_topic_name(m->rkt), m->partition,
+             rd_kafka_err2name(m->err), p->err_suppressed);
+    p->err_log_ms = now ? now : 1;
+    p->err_suppressed = 0;
+}
+
+static void kafka_producer_on_dr(kafka_producer_t *p, rd_kafka_event_t *ev)
+{
+    const rd_kafka_message_t *m;
+    uint64_t now = uv_hrtime();
+    while ((m = rd_kafka_event_message_next(ev)) != NULL) {
+        struct kafka_dr *d = m->_private;
+        CHATD_ASSERT(d != NULL);
+        if (m->err) {
+            metric_inc(kafka_m.errors);
+            kafka_producer_log_failure(p, m);
+        } else {
+            metric_inc(kafka_m.produced);
+            metric_observe(kafka_m.latency, (double)(now - d->t0_ns) / 1e9);
+        }
+        kafka_producer_finish(p, d, m->err ? ERR_UNAVAILABLE : 0);
+    }
+}
+
+static void kafka_producer_on_event(kafka_producer_t *p, rd_kafka_event_t *ev)
+{
+    switch (rd_kafka_event_type(ev)) {
+    case RD_KAFKA_EVENT_DR:
+        kafka_producer_on_dr(p, ev);
+        break;
+    case RD_KAFKA_EVENT_LOG:
+        kafka_on_log_event(p->rk, ev);
+        break;
+    case RD_KAFKA_EVENT_ERROR:
+        if (kafka_on_error_event(p->rk, ev, &p->healthy))
+            p->fatal = 1;
+        break;
+    case RD_KAFKA_EVENT_STATS: {
+        cJSON *root = cJSON_Parse(rd_kafka_event_stats(ev));
+        if (root) {
+            p->healthy = kafka_stats_healthy(root);
+            cJSON_Delete(root);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static void kafka_producer_drain(struct kafka_pump *pp)
+{
+    kafka_producer_t *p = kafka_container_of(pp, kafka_producer_t, pump);
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    p->dispatching = 1;
+    for (int i = 0; i < KAFKA_DRAIN_MAX; i++) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(pp->q, 0);
+        if (!ev) {
+            p->dispatching = 0;
+            return;
+        }
+        kafka_producer_on_event(p, ev);
+        rd_kafka_event_destroy(ev);
+    }
+    p->dispatching = 0;
+    kafka_pump_again(pp);
+}
+
+static void kafka_producer_on_closed(struct kafka_pump *pp)
+{
+    kafka_producer_t *p = kafka_container_of(pp, kafka_producer_t, pump);
+    p->magic = 0;
+    free(p);
+}
+
+int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct kafka_conf *conf)
+{
+    static const char *const defaults[] = {
+        "enable.idempotence", "true",
+        "acks", "all",
+        "linger.ms", "2",
+        NULL,
+    };
+    char errstr[512];
+    rd_kafka_conf_t *kc;
+    int err = kafka_conf_build(&kc, conf, defaults,
+                               RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_LOG | RD_KAFKA_EVENT_ERROR |
+                                   RD_KAFKA_EVENT_STATS);
+    if (err)
+        return err;
+    kafka_metrics_init();
+    kafka_producer_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        rd_kafka_conf_destroy(kc);
+        return ERR_NOMEM;
+    }
+    p->magic = KAFKA_PRODUCER_MAGIC;
+    p->loop = loop;
+    p->pending.prev = p->pending.next = &p->pending;
+    p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, errstr, sizeof errstr);
+    if (!p->rk) {
+        log_error("kafka_init_failed", "type=producer err=%s", log_q(errstr, strlen(errstr)));
+        rd_kafka_conf_destroy(kc);
+        free(p);
+        return ERR_BAD_REQUEST;
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_get_main(p->rk);
+    rd_kafka_set_log_queue(p->rk, q);
+    p->pump.drain = kafka_producer_drain;
+    p->pump.on_closed = kafka_producer_on_closed;
+    err = kafka_pump_init(&p->pump, loop, q);
+    if (err) {
+        rd_kafka_queue_destroy(q);
+        rd_kafka_destroy(p->rk);
+        free(p);
+        return err;
+    }
+    log_info("kafka_producer_ready", "client=%s brokers=%s", rd_kafka_name(p->rk),
+             conf->brokers ? conf->brokers : "-");
+    *out = p;
+    return 0;
+}
+
+int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, const void *key,
+                  size_t key_len, const void *val, size_t val_len, const struct kafka_hdrs *h,
+                  kafka_delivery_cb cb, void *opaque)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    if (p->closing || p->fatal)
+        return ERR_UNAVAILABLE;
+    struct kafka_dr *d = malloc(sizeof *d);
+    rd_kafka_headers_t *hdrs = rd_kafka_headers_new(h ? 3 : 0);
+    if (!d) {
+        rd_kafka_headers_destroy(hdrs);
+        return ERR_UNAVAILABLE;
+    }
+    if (h) {
+        char v[16];
+        int vn = snprintf(v, sizeof v, "%d", h->version);
+        rd_kafka_header_add(hdrs, "v", 1, v, vn);
+        rd_kafka_header_add(hdrs, "t", 1, &h->type, 1);
+        if (h->user)
+            rd_kafka_header_add(hdrs, "u", 1, h->user, (ssize_t)h->user_len);
+    }
+    *d = (struct kafka_dr){ .magic = KAFKA_DR_MAGIC, .cb = cb, .opaque = opaque,
+                            .t0_ns = uv_hrtime() };
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        p->rk, RD_KAFKA_V_TOPIC(topic),
+        RD_KAFKA_V_PARTITION(partition < 0 ? RD_KAFKA_PARTITION_UA : partition),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, key_len),
+        RD_KAFKA_V_VALUE((void *)val, val_len), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(d),
+        RD_KAFKA_V_END);
+    if (err) {
+        rd_kafka_headers_destroy(hdrs);
+        free(d);
+        if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
+            return ERR_TOO_LARGE;
+        if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            log_warn("kafka_produce_failed", "client=%s topic=%s partition=%" PRId32 " err=%s",
+                     rd_kafka_name(p->rk), topic, partition, rd_kafka_err2name(err));
+        return ERR_UNAVAILABLE;
+    }
+    d->prev = p->pending.prev;
+    d->next = &p->pending;
+    p->pending.prev->next = d;
+    p->pending.prev = d;
+    p->inflight++;
+    return 0;
+}
+
+int kafka_producer_healthy(const kafka_producer_t *p)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    return p->healthy && !p->fatal;
+}
+
+size_t kafka_producer_inflight(const kafka_producer_t *p)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    return p->inflight;
+}
+
+/* Serves the queue on this thread until every report arrived or deadline.
+ * (rd_kafka_flush cannot be used: in event mode it waits for the messages
+ * held by our own undestroyed delivery events.) */
+static void kafka_producer_serve_until(kafka_producer_t *p, uint64_t deadline_ns)
+{
+    while (p->inflight > 0) {
+        uint64_t now = uv_hrtime();
+        if (now >= deadline_ns)
+            break;
+        uint64_t left_ms = (deadline_ns - now) / 1000000;
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(p->pump.q, left_ms > 100 ? 100 : (int)left_ms);
+        if (ev) {
+            kafka_producer_on_event(p, ev);
+            rd_kafka_event_destroy(ev);
+        }
+    }
+}
+
+void kafka_producer_close(kafka_producer_t *p, int timeout_ms)
+{
+    if (!p)
+        return;
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    CHATD_ASSERT(!p->dispatching && !p->closing);
+    p->closing = 1;
+    kafka_pump_pause(&p->pump);
+    size_t start = p->inflight;
+    rd_kafka_flush(p->rk, 0); /* wakes the brokers: linger.ms no longer applies */
+    kafka_producer_serve_until(p, uv_hrtime() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000);
+    size_t left = p->inflight;
+    if (left > 0) {
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        kafka_producer_serve_until(p, uv_hrtime() + (uint64_t)KAFKA_PURGE_WAIT_MS * 1000000);
+    }
+    /* Drain what is left (logs, stats) so no event outlives the handle. */
+    rd_kafka_event_t *ev;
+    while ((ev = rd_kafka_queue_poll(p->pump.q, 0)) != NULL) {
+        kafka_producer_on_event(p, ev);
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_io_event_enable(p->pump.q, -1, NULL, 0);
+    rd_kafka_queue_destroy(p->pump.q);
+    rd_kafka_destroy(p->rk);
+    p->rk = NULL;
+    /* Exactly one callback per accepted record, even those librdkafka lost. */
+    while (p->pending.next != &p->pending)
+        kafka_producer_finish(p, p->pending.next, ERR_UNAVAILABLE);
+    log_info("kafka_producer_closed", "pending_at_close=%zu undelivered=%zu", start, left);
+    kafka_pump_close(&p->pump);
+}
+
+/* ===================================================================== */
+/* ---- consumers ---- */
+
+struct kafka_consumer {
+    unsigned magic;
+    struct kafka_pump pump;
+    uv_loop_t *loop;
+    rd_kafka_t *rk;
+    char *topic;
+    int group;                   /* 1: group member (commits), 0: fixed partition */
+    int32_t partition;           /* assigned consumer's partition */
+    size_t max_batch;
+    kafka_batch_cb cb;
+    void *user;
+    rd_kafka_event_t **batch_ev; /* events own the messages recs point into */
+    struct kafka_rec *recs;
+    size_t n_batch;
+    struct kafka_parts own;
+    int held, closing, dispatching, healthy, fatal;
+    int64_t lag;
+};
+
+static int kafka_parse_int(const char *s, size_t n)
+{
+    long v = 0;
+    int neg = 0;
+    size_t i = 0;
+    if (n > 0 && s[0] == '-') {
+        neg = 1;
+        i = 1;
+    }
+    for (; i < n && i < 10; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+        v = v * 10 + (s[i] - '0');
+    }
+    return (int)(neg ? -v : v);
+}
+
+static void kafka_rec_from_msg(struct kafka_rec *r, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *hdrs;
+    rd_kafka_timestamp_type_t tstype;
+    *r = (struct kafka_rec){
+        .partition = m->partition,
+        .offset = m->offset,
+        .ts_ms = rd_kafka_message_timestamp(m, &tstype),
+        .key = m->key,
+        .key_len = m->key_len,
+        .val = m->payload,
+        .val_len = m->len,
+    };
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    const void *v;
+    size_t n;
+    if (rd_kafka_header_get_last(hdrs, "v", &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR && v)
+        r->version = kafka_parse_int(v, n);
+    if (rd_kafka_header_get_last(hdrs, "t", &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR && v && n > 0)
+        r->type = *(const char *)v;
+    if (rd_kafka_header_get_last(hdrs, "u", &v, &n) == RD_KAFKA_RESP_ERR_NO_ERROR && v) {
+        r->user = v;
+        r->user_len = n;
+    }
+}
+
+static void kafka_consumer_deliver(kafka_consumer_t *c)
+{
+    size_t n = c->n_batch;
+    if (n == 0)
+        return;
+    metric_add(kafka_m.consumed[c->group], (double)n);
+    c->cb(c, c->recs, n, c->user);
+    for (size_t i = 0; i < n; i++)
+        rd_kafka_event_destroy(c->batch_ev[i]);
+    c->n_batch = 0;
+}
+
+/* Keeps ev in the batch, or destroys it if it carries an error, not a record. */
+static void kafka_consumer_on_fetch(kafka_consumer_t *c, rd_kafka_event_t *ev)
+{
+    const rd_kafka_message_t *m = rd_kafka_event_message_next(ev);
+    if (!m || m->err) {
+        if (m && m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+            log_debug("kafka_partition_eof", "client=%s partition=%" PRId32,
+                      rd_kafka_name(c->rk), m->partition);
+        else if (m)
+            log_warn("kafka_consume_error", "client=%s partition=%" PRId32 " err=%s",
+                     rd_kafka_name(c->rk), m->partition, rd_kafka_err2name(m->err));
+        rd_kafka_event_destroy(ev);
+        return;
+    }
+    kafka_rec_from_msg(&c->recs[c->n_batch], m);
+    c->batch_ev[c->n_batch++] = ev;
+}
+
+static void kafka_parts_str(const rd_kafka_topic_partition_list_t *l, char *buf, size_t size)
+{
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < l->cnt && o + 16 < size; i++)
+        o += (size_t)snprintf(buf + o, size - o, "%s%" PRId32, i ? "," : "", l->elems[i].partition);
+}
+
+static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *ev)
+{
+    rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_event_topic_partition_list(ev);
+    int coop = strcmp(rd_kafka_rebalance_protocol(c->rk), "COOPERATIVE") == 0;
+    rd_kafka_error_t *error = NULL;
+    char list[512];
+    kafka_parts_str(parts, list, sizeof list);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        log_info("kafka_assigned", "client=%s topic=%s partitions=%s", rd_kafka_name(c->rk),
+                 c->topic, list);
+        if (coop)
+            error = rd_kafka_incremental_assign(c->rk, parts);
+        else
+            rd_kafka_assign(c->rk, parts);
+        for (int i = 0; i < parts->cnt; i++)
+            if (strcmp(parts->elems[i].topic, c->topic) == 0)
+                kafka_parts_add(&c->own, parts->elems[i].partition);
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        log_info("kafka_revoked", "client=%s topic=%s partitions=%s lost=%d",
+                 rd_kafka_name(c->rk), c->topic, list, rd_kafka_assignment_lost(c->rk));
+        if (coop)
+            error = rd_kafka_incremental_unassign(c->rk, parts);
+        else
+            rd_kafka_assign(c->rk, NULL);
+        for (int i = 0; i < parts->cnt; i++)
+            if (strcmp(parts->elems[i].topic, c->topic) == 0)
+                kafka_parts_del(&c->own, parts->elems[i].partition);
+        if (!coop)
+            c->own.n = 0;
+    } else {
+        log_error("kafka_rebalance_error", "client=%s err=%s", rd_kafka_name(c->rk),
+                  rd_kafka_err2name(err));
+        rd_kafka_assign(c->rk, NULL);
+        c->own.n = 0;
+    }
+    if (error) {
+        const char *s = rd_kafka_error_string(error);
+        log_error("kafka_assign_failed", "client=%s err=%s", rd_kafka_name(c->rk),
+                  log_q(s, strlen(s)));
+        rd_kafka_error_destroy(error);
+    }
+}
+
+static void kafka_consumer_on_event(kafka_consumer_t *c, rd_kafka_event_t *ev)
+{
+    switch (rd_kafka_event_type(ev)) {
+    case RD_KAFKA_EVENT_REBALANCE:
+        kafka_consumer_on_rebalance(c, ev);
+        break;
+    case RD_KAFKA_EVENT_OFFSET_COMMIT:
+        if (rd_kafka_event_error(ev))
+            log_warn("kafka_commit_failed", "client=%s err=%s", rd_kafka_name(c->rk),
+                     rd_kafka_err2name(rd_kafka_event_error(ev)));
+        break;
+    case RD_KAFKA_EVENT_LOG:
+        kafka_on_log_event(c->rk, ev);
+        break;
+    case RD_KAFKA_EVENT_ERROR:
+        if (kafka_on_error_event(c->rk, ev, &c->healthy))
+            c->fatal = 1;
+        break;
+    case RD_KAFKA_EVENT_STATS: {
+        cJSON *root = cJSON_Parse(rd_kafka_event_stats(ev));
+        if (root) {
+            c->healthy = kafka_stats_healthy(root);
+            c->lag = kafka_stats_lag(root, c->topic, &c->own);
+            if (c->lag >= 0)
+                metric_set(kafka_m.lag[c->group], (double)c->lag);
+            cJSON_Delete(root);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* Records are batched up to max_batch; any other event first flushes the
+ * batch so the role sees records and rebalances in queue order. */
+static void kafka_consumer_drain(struct kafka_pump *pp)
+{
+    kafka_consumer_t *c = kafka_container_of(pp, kafka_consumer_t, pump);
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    int i;
+    c->dispatching = 1;
+    for (i = 0; i < KAFKA_DRAIN_MAX && !c->held; i++) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(pp->q, 0);
+        if (!ev)
+            break;
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_FETCH) {
+            kafka_consumer_on_fetch(c, ev);
+            if (c->n_batch == c->max_batch)
+                kafka_consumer_deliver(c);
+            continue;
+        }
+        kafka_consumer_deliver(c);
+        kafka_consumer_on_event(c, ev);
+        rd_kafka_event_destroy(ev);
+    }
+    if (!c->held)
+        kafka_consumer_deliver(c);
+    c->dispatching = 0;
+    if (i == KAFKA_DRAIN_MAX && !c->held)
+        kafka_pump_again(pp);
+}
+
+static void kafka_consumer_free(kafka_consumer_t *c)
+{
+    free(c->topic);
+    free(c->batch_ev);
+    free(c->recs);
+    free(c->own.v);
+    c->magic = 0;
+    free(c);
+}
+
+static void kafka_consumer_on_closed(struct kafka_pump *pp)
+{
+    kafka_consumer_free(kafka_container_of(pp, kafka_consumer_t, pump));
+}
+
+/* Group: subscribe (partitions come with rebalance events). Assigned: one
+ * partition from its end, without a group. */
+static rd_kafka_resp_err_t kafka_consumer_start(kafka_consumer_t *c, const char *topic,
+                                               int32_t partition)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_resp_err_t err;
+    if (c->group) {
+        rd_kafka_topic_partition_list_add(l, topic, RD_KAFKA_PARTITION_UA);
+        err = rd_kafka_subscribe(c->rk, l);
+    } else {
+        rd_kafka_topic_partition_list_add(l, topic, partition)->offset = RD_KAFKA_OFFSET_END;
+        err = rd_kafka_assign(c->rk, l);
+        if (!err)
+            kafka_parts_add(&c->own, partition);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err)
+        log_error("kafka_subscribe_failed", "client=%s topic=%s err=%s", rd_kafka_name(c->rk),
+                  topic, rd_kafka_err2name(err));
+    return err;
+}
+
+static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
+                              const struct kafka_conf *conf, const char *group_id,
+                              const char *topic, int32_t partition, size_t max_batch,
+                              kafka_batch_cb cb, void *user)
+{
+    char gw_group[64];
+    const char *group_defaults[] = {
+        "group.id", group_id,
+        "partition.assignment.strategy", "cooperative-sticky",
+        "enable.auto.commit", "false",
+        "auto.offset.reset", "earliest",
+        "session.timeout.ms", "6000",
+        "heartbeat.interval.ms", "500",
+        NULL,
+    };
+    const char *assigned_defaults[] = {
+        "group.id", gw_group,
+        "enable.auto.commit", "false",
+        "enable.auto.offset.store", "false",
+        NULL,
+    };
+    char errstr[512];
+    rd_kafka_conf_t *kc;
+    int err;
+    if (!topic || !cb || max_batch == 0 || (!group_id && partition < 0))
+        return ERR_BAD_REQUEST;
+    snprintf(gw_group, sizeof gw_group, "chatd-gw-%" PRId32, partition);
+    err = kafka_conf_build(&kc, conf, group_id ? group_defaults : assigned_defaults,
+                           RD_KAFKA_EVENT_FETCH | RD_KAFKA_EVENT_REBALANCE |
+                               RD_KAFKA_EVENT_OFFSET_COMMIT | RD_KAFKA_EVENT_LOG |
+                               RD_KAFKA_EVENT_ERROR | RD_KAFKA_EVENT_STATS);
+    if (err)
+        return err;
+    kafka_metrics_init();
+    kafka_consumer_t *c = calloc(1, sizeof *c);
+    if (c) {
+        c->topic = strdup(topic);
+        c->batch_ev = calloc(max_batch, sizeof *c->batch_ev);
+        c->recs = calloc(max_batch, sizeof *c->recs);
+    }
+    if (!c || !c->topic || !c->batch_ev || !c->recs) {
+        rd_kafka_conf_destroy(kc);
+        if (c)
+            kafka_consumer_free(c);
+        return ERR_NOMEM;
+    }
+    c->magic = KAFKA_CONSUMER_MAGIC;
+    c->loop = loop;
+    c->group = group_id != NULL;
+    c->partition = group_id ? -1 : partition;
+    c->max_batch = max_batch;
+    c->cb = cb;
+    c->user = user;
+    c->lag = -1;
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, kc, errstr, sizeof errstr);
+    if (!c->rk) {
+        log_error("kafka_init_failed", "type=consumer err=%s", log_q(errstr, strlen(errstr)));
+        rd_kafka_conf_destroy(kc);
+        kafka_consumer_free(c);
+        return ERR_BAD_REQUEST;
+    }
+    rd_kafka_poll_set_consumer(c->rk);
+    rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(c->rk);
+    CHATD_ASSERT(q != NULL); /* group.id is always set */
+    rd_kafka_set_log_queue(c->rk, q);
+
+    rd_kafka_resp_err_t rerr = kafka_consumer_start(c, topic, partition);
+    c->pump.drain = kafka_consumer_drain;
+    c->pump.on_closed = kafka_consumer_on_closed;
+    err = rerr ? ERR_UNAVAILABLE : kafka_pump_init(&c->pump, loop, q);
+    if (err) {
+        rd_kafka_queue_destroy(q);
+        rd_kafka_destroy(c->rk);
+        kafka_consumer_free(c);
+        return err;
+    }
+    if (c->group)
+        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s", rd_kafka_name(c->rk),
+                 group_id, topic);
+    else
+        log_info("kafka_consumer_ready", "client=%s topic=%s partition=%" PRId32,
+                 rd_kafka_name(c->rk), topic, partition);
+    *out = c;
+    return 0;
+}
+
+int kafka_consumer_init_group(kafka_consumer_t **out, uv_loop_t *loop,
+                              const struct kafka_conf *conf, const char *group_id,
+                              const char *topic, size_t max_batch, kafka_batch_cb cb,
+                              void *user)
+{
+    if (!group_id)
+        return ERR_BAD_REQUEST;
+    return kafka_consumer_new(out, loop, conf, group_id, topic, -1, max_batch, cb, user);
+}
+
+int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
+                                 const struct kafka_conf *conf, const char *topic,
+                                 int32_t partition, size_t max_batch, kafka_batch_cb cb,
+                                 void *user)
+{
+    if (partition < 0)
+        return ERR_BAD_REQUEST;
+    return kafka_consumer_new(out, loop, conf, NULL, topic, partition, max_batch, cb, user);
+}
+
+void kafka_consumer_hold(kafka_consumer_t *c, int hold)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    hold = hold != 0;
+    if (c->closing || c->held == hold)
+        return;
+    c->held = hold;
+    if (hold)
+        kafka_pump_pause(&c->pump);
+    else
+        kafka_pump_resume(&c->pump);
+}
+
+int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (!c->group)
+        return ERR_BAD_REQUEST;
+    if (c->closing)
+        return ERR_UNAVAILABLE;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, c->topic, partition)->offset = next_offset;
+    rd_kafka_resp_err_t err = rd_kafka_commit(c->rk, l, 1);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) {
+        log_warn("kafka_commit_failed", "client=%s partition=%" PRId32 " offset=%" PRId64 " err=%s",
+                 rd_kafka_name(c->rk), partition, next_offset, rd_kafka_err2name(err));
+        return ERR_UNAVAILABLE;
+    }
+    return 0;
+}
+
+int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return kafka_parts_has(&c->own, partition);
+}
+
+int kafka_consumer_healthy(const kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return c->healthy && !c->fatal;
+}
+
+int64_t kafka_consumer_lag(const kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return c->lag;
+}
+
+void kafka_consumer_close(kafka_consumer_t *c)
+{
+    if (!c)
+        return;
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    CHATD_ASSERT(!c->dispatching && !c->closing);
+    c->closing = 1;
+    kafka_pump_pause(&c->pump);
+    /* Records fetched but never delivered (held) go back to librdkafka. */
+    for (size_t i = 0; i < c->n_batch; i++)
+        rd_kafka_event_destroy(c->batch_ev[i]);
+    c->n_batch = 0;
+    rd_kafka_queue_io_event_enable(c->pump.q, -1, NULL, 0);
+    rd_kafka_resp_err_t err = rd_kafka_consumer_close(c->rk);
+    if (err)
+        log_warn("kafka_consumer_close_failed", "client=%s err=%s", rd_kafka_name(c->rk),
+                 rd_kafka_err2name(err));
+    rd_kafka_event_t *ev;
+    while ((ev = rd_kafka_queue_poll(c->pump.q, 0)) != NULL) {
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LOG)
+            kafka_on_log_event(c->rk, ev);
+        rd_kafka_event_destroy(ev);
+    }
+    log_info("kafka_consumer_closed", "client=%s topic=%s", rd_kafka_name(c->rk), c->topic);
+    rd_kafka_queue_destroy(c->pump.q);
+    rd_kafka_destroy(c->rk);
+    c->rk = NULL;
+    kafka_pump_close(&c->pump);
+}

@@ -1,0 +1,103 @@
+/* kafka: librdkafka producer and consumers driven by the libuv loop.
+ *
+ * Every rd_kafka_t's queue is forwarded to one queue whose IO event
+ * (rd_kafka_queue_io_event_enable) writes to a non-blocking pipe watched by
+ * uv_poll: the loop wakes when librdkafka has something (a delivery report,
+ * messages, a rebalance, a log line, stats) and drains it with zero timeouts.
+ * Nothing here blocks the loop except *_close() at shutdown.
+ *
+ * Producer: idempotent, acks=all. Each kafka_produce() gets exactly one
+ * delivery callback, from the loop, never from inside kafka_produce().
+ *
+ * Consumers hand records to the role in batches (up to max_batch per call).
+ * A group consumer (classifier) subscribes with the cooperative-sticky
+ * assignor, never auto-commits, and can be held (no deliveries) while the
+ * role processes a batch. An assigned consumer (gateway) owns one fixed
+ * partition, starts at its end and never commits.
+ *
+ * Client settings: every "key=value" in kafka_conf.opts is applied last, so
+ * --kafka-opt can override anything (session.timeout.ms, linger.ms, ...).
+ */
+#ifndef CHATD_KAFKA_H
+#define CHATD_KAFKA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct kafka_conf {
+    const char *brokers;        /* "host:port,..." */
+    const char *const *opts;    /* "key=value" overrides */
+    size_t n_opts;
+    const char *client_id;      /* e.g. "chatd-gateway-3" */
+};
+
+/* Metadata chatd puts in record headers (see docs/ARCHITECTURE.md). */
+struct kafka_rec {
+    int32_t partition;
+    int64_t offset;
+    int64_t ts_ms;           /* record timestamp */
+    const char *key;         /* not NUL-terminated */
+    size_t key_len;
+    const char *val;         /* not NUL-terminated */
+    size_t val_len;
+    int version;             /* header "v" as int, 0 when absent */
+    char type;               /* header "t" first byte, 0 when absent */
+    const char *user;        /* header "u", NULL when absent */
+    size_t user_len;
+};
+
+struct kafka_hdrs {           /* what kafka_produce writes as headers */
+    int version;             /* "v" */
+    char type;               /* "t" */
+    const char *user;        /* "u", optional */
+    size_t user_len;
+};
+
+/* ---- producer ---- */
+typedef struct kafka_producer kafka_producer_t;
+/* err is 0 when the broker acknowledged (acks=all), else ERR_UNAVAILABLE. */
+typedef void (*kafka_delivery_cb)(int err, void *opaque);
+
+int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct kafka_conf *conf);
+/* Copies key and value. partition < 0 means "by key" (librdkafka's default
+ * partitioner, the same in every chatd process). Returns 0 (cb will be
+ * called once) or ERR_UNAVAILABLE / ERR_TOO_LARGE (cb will not be called). */
+int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, const void *key,
+                  size_t key_len, const void *val, size_t val_len, const struct kafka_hdrs *h,
+                  kafka_delivery_cb cb, void *opaque);
+/* 1 while at least one broker connection is up (from librdkafka stats). */
+int kafka_producer_healthy(const kafka_producer_t *p);
+/* Records produced but not yet acknowledged. */
+size_t kafka_producer_inflight(const kafka_producer_t *p);
+/* Shutdown only: flushes up to timeout_ms (blocking), then destroys. Pending
+ * callbacks are called (err ERR_UNAVAILABLE for the undelivered). */
+void kafka_producer_close(kafka_producer_t *p, int timeout_ms);
+
+/* ---- consumers ---- */
+typedef struct kafka_consumer kafka_consumer_t;
+/* recs valid only during the call. */
+typedef void (*kafka_batch_cb)(kafka_consumer_t *c, const struct kafka_rec *recs, size_t n,
+                               void *user);
+
+int kafka_consumer_init_group(kafka_consumer_t **out, uv_loop_t *loop,
+                              const struct kafka_conf *conf, const char *group_id,
+                              const char *topic, size_t max_batch, kafka_batch_cb cb,
+                              void *user);
+int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
+                                 const struct kafka_conf *conf, const char *topic,
+                                 int32_t partition, size_t max_batch, kafka_batch_cb cb,
+                                 void *user);
+/* hold=1: deliver no more batches until hold=0 (records wait in librdkafka). */
+void kafka_consumer_hold(kafka_consumer_t *c, int hold);
+/* Async commit of "next offset to read" for one partition of the subscribed topic. */
+int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset);
+/* 1 if partition is currently assigned to this consumer. */
+int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition);
+int kafka_consumer_healthy(const kafka_consumer_t *c);
+/* Sum of consumer lag over assigned partitions, from stats (-1 unknown). */
+int64_t kafka_consumer_lag(const kafka_consumer_t *c);
+/* Shutdown only (blocking): leaves the group cleanly, then destroys. */
+void kafka_consumer_close(kafka_consumer_t *c);
+
+#endif

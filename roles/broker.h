@@ -1,0 +1,15 @@
+/* broker: the embedded Kafka-protocol broker as a role (development and
+ * tests only). Starts librdkafka's mock cluster with chat-send and
+ * chat-receive created at the configured partition counts and publishes its
+ * bootstrap address (log line + --kafka-bootstrap-file).
+ */
+#ifndef CHATD_ROLE_BROKER_H
+#define CHATD_ROLE_BROKER_H
+
+#include "conf/conf.h"
+#include "kafka/broker.h"
+
+/* Returns 0 with *out started, or an ERR_* code (logged). */
+int broker_role_start(kafka_broker_t **out, const struct conf *c);
+
+#endif

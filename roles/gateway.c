@@ -1,0 +1,615 @@
+#include "roles/gateway.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <openssl/rand.h>
+#include <cJSON.h>
+
+#include "kafka/record.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "roles/gateway_internal.h"
+#include "store/db.h"
+
+/* web/index.html, compiled in (see the Makefile). */
+extern unsigned char index_html[];
+extern unsigned int index_html_len;
+
+uint64_t gw_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- local index: users, rooms, members ---- */
+
+struct gw_user *gw_user_find(gateway_t *g, const char *id)
+{
+    struct gw_user *u;
+    HASH_FIND_STR(g->users, id, u);
+    return u;
+}
+
+struct gw_member *gw_member_find(struct gw_user *u, const char *room)
+{
+    struct gw_member *m;
+    HASH_FIND(hh, u->rooms, room, strlen(room), m);
+    return m;
+}
+
+struct gw_conn *gw_conn_find(gateway_t *g, uint64_t id)
+{
+    struct gw_conn *c;
+    HASH_FIND(hh, g->conns, &id, sizeof id, c);
+    return c;
+}
+
+static void gw_on_route_head(int err, int64_t head, void *ud)
+{
+    (void)head;
+    (void)ud;
+    if (err)
+        log_warn("route_register_failed", "err=%s", err_code(err));
+}
+
+struct gw_member *gw_member_add(gateway_t *g, struct gw_user *u, const char *room, int do_register)
+{
+    struct gw_member *m = gw_member_find(u, room);
+    if (m)
+        return m;
+    struct gw_room *r;
+    HASH_FIND_STR(g->rooms, room, r);
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        CHATD_ASSERT(r != NULL);
+        strcpy(r->name, room);
+        HASH_ADD_STR(g->rooms, name, r);
+        metric_inc(g->m.rooms);
+    }
+    m = calloc(1, sizeof *m);
+    CHATD_ASSERT(m != NULL);
+    m->u = u;
+    m->r = r;
+    DL_APPEND(r->members, m);
+    r->n_members++;
+    HASH_ADD_KEYPTR(hh, u->rooms, r->name, strlen(r->name), m);
+    if (do_register)
+        routes_room_join(g->routes, room, g->conf->gateway_id, g->epoch, u->id, gw_on_route_head,
+                         NULL);
+    return m;
+}
+
+void gw_member_remove(gateway_t *g, struct gw_member *m)
+{
+    struct gw_room *r = m->r;
+    struct gw_user *u = m->u;
+    routes_room_drop_user(g->routes, r->name, u->id, g->conf->gateway_id, g->epoch);
+    HASH_DELETE(hh, u->rooms, m);
+    DL_DELETE(r->members, m);
+    free(m);
+    if (--r->n_members > 0)
+        return;
+    routes_room_drop_gateway(g->routes, r->name, g->conf->gateway_id);
+    HASH_DEL(g->rooms, r);
+    free(r);
+    metric_add(g->m.rooms, -1);
+}
+
+static struct gw_user *gw_user_get(gateway_t *g, const char *id)
+{
+    struct gw_user *u = gw_user_find(g, id);
+    if (u)
+        return u;
+    u = calloc(1, sizeof *u);
+    CHATD_ASSERT(u != NULL);
+    strcpy(u->id, id);
+    HASH_ADD_STR(g->users, id, u);
+    metric_inc(g->m.users);
+    return u;
+}
+
+/* Frees the user once it has no connection and no handshake in flight. */
+static void gw_user_release(gateway_t *g, struct gw_user *u)
+{
+    if (u->n_conns > 0 || u->pending > 0)
+        return;
+    struct gw_member *m, *tmp;
+    HASH_ITER(hh, u->rooms, m, tmp)
+        gw_member_remove(g, m);
+    routes_user_drop(g->routes, u->id, g->conf->gateway_id);
+    HASH_DEL(g->users, u);
+    free(u);
+    metric_add(g->m.users, -1);
+}
+
+/* ---- connections ---- */
+
+static void gw_on_ws_close(ws_conn_t *ws, int code, void *user)
+{
+    struct gw_conn *c = user;
+    CHATD_ASSERT(c && c->magic == GW_CONN_MAGIC);
+    gateway_t *g = c->g;
+    (void)ws;
+    log_debug("conn_close", "user=%s conn=%" PRIu64 " code=%d", c->u->id, c->id, code);
+    HASH_DEL(g->conns, c);
+    DL_DELETE(c->u->conns, c);
+    c->u->n_conns--;
+    gw_user_release(g, c->u);
+    c->magic = 0;
+    free(c);
+}
+
+static const struct ws_callbacks gw_ws_callbacks = {
+    .on_text = gw_ops_on_text,
+    .on_close = gw_on_ws_close,
+};
+
+struct gw_handshake {
+    gateway_t *g;
+    http_req_t *req;
+    struct gw_user *u;
+};
+
+static void gw_handshake_finish(struct gw_handshake *hs)
+{
+    gateway_t *g = hs->g;
+    struct gw_user *u = hs->u;
+    char hello[256];
+    int n = snprintf(hello, sizeof hello,
+                     "{\"op\":\"hello\",\"user\":\"%s\",\"gateway\":%d,\"heartbeat\":%d}", u->id,
+                     g->conf->gateway_id, g->conf->heartbeat_s);
+    struct gw_conn *c = calloc(1, sizeof *c);
+    CHATD_ASSERT(c != NULL);
+    c->magic = GW_CONN_MAGIC;
+    c->g = g;
+    c->id = ++g->next_conn_id;
+    c->u = u;
+    c->tokens = g->conf->rate_burst;
+    c->tokens_ms = gw_now_ms();
+    c->ws = ws_accept(hs->req, hello, (size_t)n, &gw_ws_callbacks, c);
+    if (!c->ws) {
+        free(c);
+        return;
+    }
+    if (u->n_conns == 0)
+        routes_user_add(g->routes, u->id, g->conf->gateway_id, g->epoch);
+    DL_APPEND(u->conns, c);
+    u->n_conns++;
+    HASH_ADD(hh, g->conns, id, sizeof c->id, c);
+    metric_inc(g->m.handshakes_ok);
+    log_debug("conn_open", "user=%s conn=%" PRIu64 " peer=%s", u->id, c->id, ws_conn_peer(c->ws));
+}
+
+static void gw_on_user_rooms(int err, PGresult *res, void *ud)
+{
+    struct gw_handshake *hs = ud;
+    gateway_t *g = hs->g;
+    hs->u->pending--;
+    if (err || g->draining) {
+        log_warn("handshake_failed", "user=%s err=%s", hs->u->id, err ? err_code(err) : "draining");
+        metric_inc(g->m.handshakes_503);
+        http_respond_error(hs->req, 503, "unavailable", "a backend is unavailable, try again");
+    } else {
+        for (int i = 0; i < PQntuples(res); i++)
+            gw_member_add(g, hs->u, PQgetvalue(res, i, 0), 1);
+        gw_handshake_finish(hs);
+    }
+    gw_user_release(g, hs->u);
+    free(hs);
+}
+
+/* Token from "Authorization: Bearer X" or, for browsers, "?token=X". */
+static const char *gw_token(http_req_t *req, char *buf, size_t len)
+{
+    const char *h = http_req_header(req, "authorization");
+    if (h && !strncasecmp(h, "Bearer ", 7))
+        return h + 7;
+    return http_req_query(req, "token", buf, len);
+}
+
+static int gw_authenticate(gateway_t *g, http_req_t *req, struct auth_identity *id)
+{
+    char buf[4096];
+    const char *why;
+    int rc = auth_verify(g->conf->jwt_secret, gw_token(req, buf, sizeof buf), (int64_t)time(NULL),
+                         id, &why);
+    if (rc) {
+        metric_inc(g->m.handshakes_401);
+        log_info("auth_failed", "peer=%s path=%s why=%s", http_req_peer(req), http_req_path(req),
+                 log_q(why, strlen(why)));
+        http_respond(req, 401, "application/json",
+                     "{\"error\":\"unauthorized\",\"message\":\"missing or invalid token\"}", 60,
+                     "WWW-Authenticate: Bearer\r\n");
+    }
+    return rc;
+}
+
+static void gw_http_ws(gateway_t *g, http_req_t *req)
+{
+    struct auth_identity id;
+    if (gw_authenticate(g, req, &id))
+        return;
+    if (!gateway_ready(g)) {
+        metric_inc(g->m.handshakes_503);
+        http_respond_error(req, 503, "unavailable", "this gateway is not serving; try another");
+        return;
+    }
+    struct gw_handshake *hs = calloc(1, sizeof *hs);
+    CHATD_ASSERT(hs != NULL);
+    hs->g = g;
+    hs->req = req;
+    hs->u = gw_user_get(g, id.user);
+    hs->u->pending++;
+    /* The user's rooms are loaded before the 101: once a client has its
+     * hello, every room it is a member of is routed here. */
+    db_user_rooms(g->pg, id.user, id.name, gw_on_user_rooms, hs);
+}
+
+/* ---- REST ---- */
+
+struct gw_rest {
+    gateway_t *g;
+    http_req_t *req;
+    char room[PROTO_ROOM_MAX + 1];
+    int64_t after;
+    int limit;
+};
+
+static void gw_on_rest_history(int err, PGresult *res, void *ud)
+{
+    struct gw_rest *rq = ud;
+    if (err) {
+        http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
+        free(rq);
+        return;
+    }
+    int n = PQntuples(res), more = n > rq->limit;
+    struct jbuf b;
+    jbuf_init(&b, 256 + (size_t)n * 160);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "room", rq->room);
+    jbuf_key(&b, "messages");
+    jbuf_arr_open(&b);
+    db_history_json(&b, rq->room, res, more ? rq->limit : n);
+    jbuf_arr_close(&b);
+    jbuf_key(&b, "more");
+    jbuf_bool(&b, more);
+    jbuf_obj_close(&b);
+    if (b.failed)
+        http_respond_error(rq->req, 500, "internal", "out of memory");
+    else
+        http_respond(rq->req, 200, "application/json", b.p, b.len, NULL);
+    jbuf_free(&b);
+    free(rq);
+}
+
+static void gw_on_rest_member(int err, PGresult *res, void *ud)
+{
+    struct gw_rest *rq = ud;
+    if (err || PQntuples(res) == 0) {
+        if (err)
+            http_respond_error(rq->req, 503, "unavailable", "a backend is unavailable, try again");
+        else
+            http_respond_error(rq->req, 403, "not_member", "not a member of this room");
+        free(rq);
+        return;
+    }
+    db_history(rq->g->pg, rq->room, rq->after, rq->limit + 1, gw_on_rest_history, rq);
+}
+
+static int gw_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    if (!s || !*s)
+        return -1;
+    long long v = strtoll(s, &end, 10);
+    if (*end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* GET /api/rooms/{room}/messages?after=S&limit=N */
+static void gw_http_history(gateway_t *g, http_req_t *req, const char *room, size_t room_len)
+{
+    struct auth_identity id;
+    if (gw_authenticate(g, req, &id))
+        return;
+    char a[32], l[32];
+    const char *as = http_req_query(req, "after", a, sizeof a);
+    const char *ls = http_req_query(req, "limit", l, sizeof l);
+    int64_t after = 0, limit = 100;
+    if (!proto_room_valid(room, room_len) || (as && gw_parse_int(as, 0, INT64_MAX / 2, &after)) ||
+        (ls && gw_parse_int(ls, 1, INT32_MAX, &limit))) {
+        http_respond_error(req, 400, "bad_request",
+                           "room must be a valid room id, after >= 0, limit >= 1");
+        return;
+    }
+    struct gw_rest *rq = calloc(1, sizeof *rq);
+    CHATD_ASSERT(rq != NULL);
+    rq->g = g;
+    rq->req = req;
+    memcpy(rq->room, room, room_len);
+    rq->after = after;
+    rq->limit = limit > g->conf->history_max ? g->conf->history_max : (int)limit;
+    db_is_member(g->pg, rq->room, id.user, gw_on_rest_member, rq);
+}
+
+static void gw_http_dev_token(gateway_t *g, http_req_t *req)
+{
+    size_t len;
+    const char *body = http_req_body(req, &len);
+    cJSON *o = cJSON_ParseWithLength(body ? body : "", len);
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(o, "user");
+    if (!cJSON_IsString(u) || !auth_user_valid(u->valuestring, strlen(u->valuestring))) {
+        cJSON_Delete(o);
+        http_respond_error(req, 400, "bad_request", "body must be {\"user\":ID}, ID 1..64 of A-Za-z0-9_.-");
+        return;
+    }
+    char *tok = auth_issue(g->conf->jwt_secret, u->valuestring, (int64_t)time(NULL), 86400);
+    cJSON_Delete(o);
+    if (!tok) {
+        http_respond_error(req, 500, "internal", "could not issue a token");
+        return;
+    }
+    struct jbuf b;
+    jbuf_init(&b, strlen(tok) + 16);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "token", tok);
+    jbuf_obj_close(&b);
+    free(tok);
+    http_respond(req, 200, "application/json", b.p, b.len, NULL);
+    jbuf_free(&b);
+}
+
+int gateway_http(gateway_t *g, http_req_t *req)
+{
+    const char *path = http_req_path(req), *method = http_req_method(req);
+    static const char api[] = "/api/rooms/", suffix[] = "/messages";
+    size_t plen = strlen(path);
+    if (!strcmp(path, "/ws")) {
+        gw_http_ws(g, req);
+    } else if (!strcmp(path, "/") || !strcmp(path, "/index.html")) {
+        http_respond(req, 200, "text/html; charset=utf-8", (const char *)index_html, index_html_len,
+                     NULL);
+    } else if (!strcmp(path, "/api/dev/token") && g->conf->dev_tokens) {
+        if (strcmp(method, "POST") != 0)
+            http_respond_error(req, 405, "bad_request", "use POST");
+        else
+            gw_http_dev_token(g, req);
+    } else if (!strncmp(path, api, sizeof api - 1) && plen > sizeof api - 1 + sizeof suffix - 1 &&
+               !strcmp(path + plen - (sizeof suffix - 1), suffix)) {
+        if (strcmp(method, "GET") != 0)
+            http_respond_error(req, 405, "bad_request", "use GET");
+        else
+            gw_http_history(g, req, path + sizeof api - 1, plen - (sizeof api - 1) - (sizeof suffix - 1));
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+/* ---- fan-out: chat-receive records -> local sockets ---- */
+
+static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t len)
+{
+    ws_frame_t *f = ws_frame_text(val, len);
+    if (!f) {
+        log_error("deliver_failed", "room=%s err=nomem", r->name);
+        return;
+    }
+    for (struct gw_member *m = r->members; m; m = m->next)
+        for (struct gw_conn *c = m->u->conns; c; c = c->next)
+            if (ws_conn_send(c->ws, f) == 0)
+                metric_inc(g->m.deliveries);
+    ws_frame_unref(f);
+}
+
+/* joined/left also update the local index for the user's sessions here. */
+static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const char *room)
+{
+    char user[AUTH_USER_MAX + 1];
+    if (!rec->user || !auth_user_valid(rec->user, rec->user_len))
+        return;
+    memcpy(user, rec->user, rec->user_len);
+    user[rec->user_len] = 0;
+    struct gw_user *u = gw_user_find(g, user);
+    if (!u)
+        return;
+    struct gw_member *m = gw_member_find(u, room);
+    if (rec->type == REC_JOINED && !m)
+        gw_member_add(g, u, room, 1);
+    else if (rec->type == REC_LEFT && m)
+        gw_member_remove(g, m);
+}
+
+static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, size_t n, void *user)
+{
+    gateway_t *g = user;
+    (void)kc;
+    uint64_t now = gw_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        const struct kafka_rec *rec = &recs[i];
+        char room[PROTO_ROOM_MAX + 1];
+        metric_inc(g->m.records);
+        if (rec->version > RECORD_VERSION || rec->key_len == 0 || rec->key_len > PROTO_ROOM_MAX) {
+            metric_inc(g->m.records_skipped);
+            log_warn("record_skipped", "partition=%d offset=%" PRId64 " version=%d", rec->partition,
+                     rec->offset, rec->version);
+            continue;
+        }
+        memcpy(room, rec->key, rec->key_len);
+        room[rec->key_len] = 0;
+        if (rec->ts_ms > 0 && now >= (uint64_t)rec->ts_ms)
+            metric_observe(g->m.hop_seconds, (double)(now - (uint64_t)rec->ts_ms) / 1000.0);
+        struct gw_room *r;
+        if (rec->type == REC_JOINED)
+            gw_member_event(g, rec, room);
+        HASH_FIND_STR(g->rooms, room, r);
+        if (r)
+            gw_deliver(g, r, rec->val, rec->val_len);
+        if (rec->type == REC_LEFT) /* after delivery: the leaver's sessions see it too */
+            gw_member_event(g, rec, room);
+    }
+}
+
+/* ---- lifecycle ---- */
+
+static void gw_on_heartbeat_done(int err, void *ud)
+{
+    gateway_t *g = ud;
+    if (err)
+        log_warn("gateway_heartbeat_failed", "err=%s epoch=%s", err_code(err), g->epoch);
+}
+
+static void gw_on_heartbeat(uv_timer_t *t)
+{
+    gateway_t *g = t->data;
+    if (g->cleaned && redis_client_ready(g->redis))
+        routes_gateway_heartbeat(g->routes, g->conf->gateway_id, g->epoch, g->conf->gateway_ttl_s,
+                                 gw_on_heartbeat_done, g);
+}
+
+/* Redis came back (maybe empty): announce again and re-register every
+ * route of the live connections. */
+static void gw_reregister(gateway_t *g)
+{
+    int gw = g->conf->gateway_id;
+    routes_gateway_heartbeat(g->routes, gw, g->epoch, g->conf->gateway_ttl_s, gw_on_heartbeat_done, g);
+    struct gw_user *u, *tmp;
+    size_t n = 0;
+    HASH_ITER(hh, g->users, u, tmp) {
+        if (u->n_conns == 0)
+            continue;
+        routes_user_add(g->routes, u->id, gw, g->epoch);
+        for (struct gw_member *m = u->rooms; m; m = m->hh.next, n++)
+            routes_room_join(g->routes, m->r->name, gw, g->epoch, u->id, gw_on_route_head, NULL);
+    }
+    log_info("routes_reregistered", "users=%u memberships=%zu", HASH_COUNT(g->users), n);
+}
+
+static void gw_on_cleaned(int err, void *ud)
+{
+    gateway_t *g = ud;
+    if (err) {
+        log_warn("gateway_cleanup_failed", "err=%s", err_code(err));
+        return; /* retried on the next (re)connection */
+    }
+    g->cleaned = 1;
+    log_info("gateway_cleanup_done", "epoch=%s", g->epoch);
+    gw_reregister(g);
+}
+
+void gateway_on_redis_connect(gateway_t *g)
+{
+    if (!g->cleaned)
+        routes_gateway_cleanup(g->routes, g->conf->gateway_id, gw_on_cleaned, g);
+    else
+        gw_reregister(g);
+}
+
+static void gw_metrics_init(gateway_t *g)
+{
+    g->m.handshakes_ok = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"ok\"");
+    g->m.handshakes_401 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"unauthorized\"");
+    g->m.handshakes_503 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"unavailable\"");
+    g->m.requests = metrics_counter("chatd_requests_total", "client requests received", NULL);
+    g->m.sends = metrics_counter("chatd_messages_in_total", "send requests produced to Kafka", NULL);
+    g->m.acks = metrics_counter("chatd_acks_total", "sends acknowledged to clients", NULL);
+    g->m.deliveries = metrics_counter("chatd_messages_out_total", "frames queued to client sockets", NULL);
+    g->m.records = metrics_counter("chatd_gateway_records_total", "chat-receive records consumed", NULL);
+    g->m.records_skipped = metrics_counter("chatd_gateway_records_skipped_total", "records of an unknown format version", NULL);
+    g->m.hop_seconds = metrics_histogram("chatd_receive_hop_seconds", "classifier produce to gateway consume", NULL);
+    g->m.users = metrics_gauge("chatd_users_online", "users with a connection on this gateway", NULL);
+    g->m.rooms = metrics_gauge("chatd_rooms_online", "rooms with a member online on this gateway", NULL);
+    static const char *const codes[] = { "bad_request", "not_member", "too_large", "rate_limited",
+                                         "forbidden", "unavailable", "internal" };
+    for (int i = 0; i < 7; i++) {
+        char l[48];
+        snprintf(l, sizeof l, "code=\"%s\"", codes[i]);
+        g->m.errors[i + 1] = metrics_counter("chatd_errors_total", "error replies by code", l);
+    }
+}
+
+int gateway_init(gateway_t **out, const struct gateway_deps *d)
+{
+    gateway_t *g = calloc(1, sizeof *g);
+    if (!g)
+        return ERR_NOMEM;
+    const struct conf *c = d->conf;
+    g->loop = d->loop;
+    g->conf = c;
+    g->producer = d->producer;
+    g->routes = d->routes;
+    g->redis = d->redis;
+    g->limits.max_text = c->max_text;
+    g->limits.history_max = c->history_max;
+    unsigned char rnd[4];
+    CHATD_ASSERT(RAND_bytes(rnd, sizeof rnd) == 1);
+    snprintf(g->epoch, sizeof g->epoch, "%" PRIx64 "%02x%02x%02x%02x", gw_now_ms(), rnd[0], rnd[1],
+             rnd[2], rnd[3]);
+    gw_metrics_init(g);
+    struct ws_limits wl = {
+        .max_msg = c->max_frame,
+        .max_queue_bytes = c->send_queue,
+        .ping_interval_ms = (unsigned)c->heartbeat_s * 1000,
+        .pong_timeout_ms = (unsigned)c->pong_timeout_s * 1000,
+    };
+    int rc = ws_init(d->loop, &wl);
+    if (rc == 0)
+        rc = pg_client_init(&g->pg, d->loop, c->pg, (unsigned)c->backend_timeout_ms);
+    if (rc == 0)
+        rc = kafka_consumer_init_assigned(&g->consumer, d->loop, d->kafka, c->topic_receive,
+                                          c->gateway_id, 10000, gw_on_records, g);
+    if (rc) {
+        log_error("gateway_init_failed", "err=%s", err_code(rc));
+        if (g->pg)
+            pg_client_close(g->pg);
+        free(g);
+        return rc;
+    }
+    uv_timer_init(d->loop, &g->heartbeat);
+    g->heartbeat.data = g;
+    unsigned every = (unsigned)c->gateway_ttl_s * 1000 / 3;
+    uv_timer_start(&g->heartbeat, gw_on_heartbeat, every, every);
+    log_info("gateway_started", "epoch=%s partition=%d topic=%s", g->epoch, c->gateway_id,
+             c->topic_receive);
+    *out = g;
+    return 0;
+}
+
+int gateway_ready(const gateway_t *g)
+{
+    return !g->draining && g->cleaned && redis_client_ready(g->redis) && pg_client_ready(g->pg) &&
+           kafka_producer_healthy(g->producer) && kafka_consumer_healthy(g->consumer);
+}
+
+size_t gateway_clients(const gateway_t *g) { return HASH_CNT(hh, g->conns); }
+
+void gateway_drain(gateway_t *g)
+{
+    g->draining = 1;
+    struct gw_conn *c, *tmp;
+    HASH_ITER(hh, g->conns, c, tmp)
+        ws_conn_close(c->ws, 1012, "service restart");
+    log_info("gateway_draining", "clients=%u", HASH_CNT(hh, g->conns));
+}
+
+static void gw_on_heartbeat_closed(uv_handle_t *h)
+{
+    gateway_t *g = h->data;
+    free(g);
+}
+
+void gateway_close(gateway_t *g)
+{
+    kafka_consumer_close(g->consumer);
+    pg_client_close(g->pg);
+    ws_shutdown();
+    /* Connections left at this point are freed by ws_shutdown's on_close calls. */
+    uv_close((uv_handle_t *)&g->heartbeat, gw_on_heartbeat_closed);
+}

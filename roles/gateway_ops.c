@@ -1,0 +1,460 @@
+/* The client requests of docs/PROTOCOL.md: parse, check, act, reply.
+ * Each async step carries the connection id, not a pointer: a connection
+ * may be gone when a backend answers, and then the answer is dropped. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kafka/record.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "roles/gateway_internal.h"
+#include "store/db.h"
+
+/* One request waiting for a backend. */
+struct gw_pending {
+    gateway_t *g;
+    uint64_t conn_id;
+    enum proto_op op;
+    char rid[PROTO_RID_MAX + 3];
+    char room[PROTO_ROOM_MAX + 1];
+    char user[AUTH_USER_MAX + 1];
+    char cid[PROTO_CID_MAX + 1];
+    char id[MSG_ID_LEN + 1];
+    int64_t after;
+    int limit;
+    int inserted;                 /* join/leave changed the membership */
+};
+
+static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_req *r)
+{
+    struct gw_pending *p = calloc(1, sizeof *p);
+    CHATD_ASSERT(p != NULL);
+    p->g = c->g;
+    p->conn_id = c->id;
+    p->op = r->op;
+    strcpy(p->rid, r->rid);
+    strcpy(p->room, r->room);
+    strcpy(p->user, c->u->id);
+    strcpy(p->cid, r->cid);
+    p->after = r->after;
+    p->limit = r->limit;
+    return p;
+}
+
+void gw_send_buf(struct gw_conn *c, struct jbuf *b)
+{
+    if (b->failed) {
+        log_error("reply_failed", "user=%s err=nomem", c->u->id);
+    } else if (ws_conn_send_text(c->ws, b->p, b->len) == ERR_TOO_LARGE) {
+        log_info("slow_consumer", "user=%s queued=%zu", c->u->id, ws_conn_queued_bytes(c->ws));
+    }
+    jbuf_free(b);
+}
+
+void gw_send_error(struct gw_conn *c, const char *rid, int err, const char *why)
+{
+    struct jbuf b;
+    int idx = -err;
+    if (idx > 0 && idx < 8 && c->g->m.errors[idx])
+        metric_inc(c->g->m.errors[idx]);
+    jbuf_init(&b, 160);
+    proto_error(&b, rid, err, why);
+    gw_send_buf(c, &b);
+}
+
+/* The connection a pending request belongs to, or NULL (then p is freed). */
+static struct gw_conn *gw_pending_conn(struct gw_pending *p)
+{
+    struct gw_conn *c = gw_conn_find(p->g, p->conn_id);
+    if (!c)
+        free(p);
+    return c;
+}
+
+static void gw_reply_ok(struct gw_conn *c, const char *rid, const char *room, int64_t seq)
+{
+    struct jbuf b;
+    jbuf_init(&b, 160);
+    proto_reply_open(&b, "ok", rid);
+    if (room)
+        jbuf_kv_strz(&b, "room", room);
+    if (seq >= 0)
+        jbuf_kv_int(&b, "seq", seq);
+    jbuf_obj_close(&b);
+    gw_send_buf(c, &b);
+}
+
+/* ---- events through chat-send (typing, read, joined, left) ---- */
+
+static void gw_on_event_dr(int err, void *opaque)
+{
+    (void)opaque;
+    if (err)
+        log_warn("event_produce_failed", "err=%s", err_code(err));
+}
+
+static int gw_produce_event(gateway_t *g, char type, const char *room, const char *user,
+                            struct jbuf *frame)
+{
+    struct kafka_hdrs h = { .version = RECORD_VERSION, .type = type };
+    if (type == REC_JOINED || type == REC_LEFT) {
+        h.user = user;
+        h.user_len = strlen(user);
+    }
+    int rc = frame->failed ? ERR_NOMEM
+                           : kafka_produce(g->producer, g->conf->topic_send, -1, room, strlen(room),
+                                           frame->p, frame->len, &h, gw_on_event_dr, NULL);
+    jbuf_free(frame);
+    if (rc)
+        log_warn("event_produce_failed", "room=%s type=%c err=%s", room, type, err_code(rc));
+    return rc;
+}
+
+static void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user)
+{
+    struct jbuf b;
+    jbuf_init(&b, 96);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "op", op);
+    jbuf_kv_strz(&b, "room", room);
+    jbuf_kv_strz(&b, "user", user);
+    jbuf_obj_close(&b);
+    gw_produce_event(g, op[0] == 'j' ? REC_JOINED : REC_LEFT, room, user, &b);
+}
+
+/* ---- join: membership (PostgreSQL), route then head (Redis) ---- */
+
+static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
+{
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+    } else {
+        gw_reply_ok(c, p->rid, p->room, head);
+        if (p->inserted)
+            gw_member_changed(p->g, "joined", p->room, p->user);
+    }
+    free(p);
+}
+
+static void gw_on_join_seeded(int err, int64_t head, void *ud) { gw_join_reply(ud, err, head); }
+
+static void gw_on_join_max(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    if (err) {
+        gw_join_reply(p, err, 0);
+        return;
+    }
+    routes_room_seed(p->g->routes, p->room, strtoll(PQgetvalue(res, 0, 0), NULL, 10),
+                     gw_on_join_seeded, p);
+}
+
+static void gw_on_join_head(int err, int64_t head, void *ud)
+{
+    struct gw_pending *p = ud;
+    if (err == 0 && head < 0) { /* the seq key is gone (Redis restarted): re-seed */
+        db_max_seq(p->g->pg, p->room, gw_on_join_max, p);
+        return;
+    }
+    gw_join_reply(p, err, head);
+}
+
+static void gw_on_join_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+        free(p);
+        return;
+    }
+    p->inserted = PQntuples(res) > 0;
+    /* Local index first: a record for the room may arrive before the head. */
+    gw_member_add(p->g, c->u, p->room, 0);
+    routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
+                     gw_on_join_head, p);
+}
+
+/* ---- leave ---- */
+
+static void gw_on_leave_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+        free(p);
+        return;
+    }
+    if (PQntuples(res) > 0)
+        gw_member_changed(p->g, "left", p->room, p->user);
+    struct gw_member *m = gw_member_find(c->u, p->room);
+    if (m)
+        gw_member_remove(p->g, m);
+    gw_reply_ok(c, p->rid, p->room, -1);
+    free(p);
+}
+
+/* ---- send: produce, ack on Kafka's acknowledgement ---- */
+
+static void gw_on_send_dr(int err, void *opaque)
+{
+    struct gw_pending *p = opaque;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "the message was not stored, send it again");
+        free(p);
+        return;
+    }
+    struct jbuf b;
+    jbuf_init(&b, 160);
+    proto_reply_open(&b, "ack", p->rid);
+    jbuf_kv_strz(&b, "room", p->room);
+    jbuf_kv_strz(&b, "id", p->id);
+    if (p->cid[0])
+        jbuf_kv_strz(&b, "cid", p->cid);
+    jbuf_obj_close(&b);
+    metric_inc(p->g->m.acks);
+    gw_send_buf(c, &b);
+    free(p);
+}
+
+static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
+{
+    gateway_t *g = c->g;
+    struct gw_pending *p = gw_pending_new(c, r);
+    size_t room_len = strlen(r->room);
+    record_msg_id(p->id, r->room, room_len, c->u->id, r->cid[0] ? r->cid : NULL);
+    struct chat_msg m = {
+        .room = r->room, .room_len = room_len, .id = p->id, .from = c->u->id,
+        .cid = r->cid[0] ? r->cid : NULL, .text = r->text, .text_len = r->text_len,
+        .ts = (int64_t)gw_now_ms(), .gw = g->conf->gateway_id,
+    };
+    size_t len;
+    char *val = record_send_encode(&m, &len);
+    struct kafka_hdrs h = { .version = RECORD_VERSION, .type = REC_MSG };
+    int rc = val ? kafka_produce(g->producer, g->conf->topic_send, -1, r->room, room_len, val, len,
+                                 &h, gw_on_send_dr, p)
+                 : ERR_NOMEM;
+    free(val);
+    if (rc) {
+        gw_send_error(c, r->rid, rc == ERR_TOO_LARGE ? ERR_TOO_LARGE : ERR_UNAVAILABLE, NULL);
+        free(p);
+        return;
+    }
+    metric_inc(g->m.sends);
+}
+
+/* ---- sync ---- */
+
+static void gw_on_sync_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "history is unavailable, try again");
+        free(p);
+        return;
+    }
+    int n = PQntuples(res), more = n > p->limit;
+    struct jbuf b;
+    jbuf_init(&b, 256 + (size_t)n * 160);
+    proto_reply_open(&b, "history", p->rid);
+    jbuf_kv_strz(&b, "room", p->room);
+    jbuf_key(&b, "messages");
+    jbuf_arr_open(&b);
+    db_history_json(&b, p->room, res, more ? p->limit : n);
+    jbuf_arr_close(&b);
+    jbuf_key(&b, "more");
+    jbuf_bool(&b, more);
+    jbuf_obj_close(&b);
+    gw_send_buf(c, &b);
+    free(p);
+}
+
+/* ---- rooms ---- */
+
+static void gw_on_rooms_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+        free(p);
+        return;
+    }
+    struct jbuf b;
+    jbuf_init(&b, 128 + (size_t)PQntuples(res) * 64);
+    proto_reply_open(&b, "rooms", p->rid);
+    jbuf_key(&b, "rooms");
+    jbuf_arr_open(&b);
+    for (int i = 0; i < PQntuples(res); i++) {
+        jbuf_comma(&b);
+        jbuf_obj_open(&b);
+        jbuf_kv_strz(&b, "room", PQgetvalue(res, i, 0));
+        jbuf_kv_int(&b, "seq", strtoll(PQgetvalue(res, i, 1), NULL, 10));
+        jbuf_kv_int(&b, "read", strtoll(PQgetvalue(res, i, 2), NULL, 10));
+        jbuf_obj_close(&b);
+    }
+    jbuf_arr_close(&b);
+    jbuf_obj_close(&b);
+    gw_send_buf(c, &b);
+    free(p);
+}
+
+/* ---- read marks ---- */
+
+static void gw_on_read_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err || PQntuples(res) == 0) {
+        gw_send_error(c, p->rid, err ? ERR_UNAVAILABLE : ERR_NOT_MEMBER, NULL);
+        free(p);
+        return;
+    }
+    int64_t seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    gw_reply_ok(c, p->rid, NULL, -1);
+    struct jbuf b;
+    jbuf_init(&b, 128);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "op", "read");
+    jbuf_kv_strz(&b, "room", p->room);
+    jbuf_kv_strz(&b, "from", p->user);
+    jbuf_kv_int(&b, "seq", seq);
+    jbuf_obj_close(&b);
+    gw_produce_event(p->g, REC_EVENT, p->room, p->user, &b);
+    free(p);
+}
+
+/* ---- presence ---- */
+
+static void gw_on_presence(int err, char **users, size_t n, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+        free(p);
+        return;
+    }
+    struct jbuf b;
+    jbuf_init(&b, 128 + n * 24);
+    proto_reply_open(&b, "presence", p->rid);
+    jbuf_kv_strz(&b, "room", p->room);
+    jbuf_key(&b, "online");
+    jbuf_arr_open(&b);
+    for (size_t i = 0; i < n; i++) {
+        jbuf_comma(&b);
+        jbuf_strz(&b, users[i]);
+    }
+    jbuf_arr_close(&b);
+    jbuf_obj_close(&b);
+    gw_send_buf(c, &b);
+    free(p);
+}
+
+static void gw_op_typing(struct gw_conn *c, const struct proto_req *r)
+{
+    struct jbuf b;
+    jbuf_init(&b, 96);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "op", "typing");
+    jbuf_kv_strz(&b, "room", r->room);
+    jbuf_kv_strz(&b, "from", c->u->id);
+    jbuf_obj_close(&b);
+    gw_produce_event(c->g, REC_EVENT, r->room, c->u->id, &b);
+}
+
+/* ---- dispatch ---- */
+
+static int gw_rate_ok(struct gw_conn *c)
+{
+    const struct conf *conf = c->g->conf;
+    uint64_t now = gw_now_ms();
+    c->tokens += (double)(now - c->tokens_ms) / 1000.0 * conf->rate;
+    if (c->tokens > conf->rate_burst)
+        c->tokens = conf->rate_burst;
+    c->tokens_ms = now;
+    if (c->tokens < 1.0)
+        return 0;
+    c->tokens -= 1.0;
+    return 1;
+}
+
+static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
+{
+    gateway_t *g = c->g;
+    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && !gw_member_find(c->u, r->room)) {
+        gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
+        return;
+    }
+    switch (r->op) {
+    case OP_JOIN:
+        db_join(g->pg, r->room, c->u->id, gw_on_join_db, gw_pending_new(c, r));
+        break;
+    case OP_LEAVE:
+        db_leave(g->pg, r->room, c->u->id, gw_on_leave_db, gw_pending_new(c, r));
+        break;
+    case OP_SEND:
+        gw_op_send(c, r);
+        break;
+    case OP_SYNC:
+        /* One row more than asked tells whether there is more. */
+        db_history(g->pg, r->room, r->after, r->limit + 1, gw_on_sync_db, gw_pending_new(c, r));
+        break;
+    case OP_ROOMS:
+        db_rooms(g->pg, c->u->id, gw_on_rooms_db, gw_pending_new(c, r));
+        break;
+    case OP_TYPING:
+        gw_op_typing(c, r);
+        break;
+    case OP_READ:
+        db_read(g->pg, r->room, c->u->id, r->seq, gw_on_read_db, gw_pending_new(c, r));
+        break;
+    case OP_PRESENCE:
+        routes_presence(g->routes, r->room, gw_on_presence, gw_pending_new(c, r));
+        break;
+    }
+}
+
+void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user)
+{
+    struct gw_conn *c = user;
+    CHATD_ASSERT(c && c->magic == GW_CONN_MAGIC && c->ws == ws);
+    metric_inc(c->g->m.requests);
+    struct proto_req r;
+    const char *why = NULL;
+    int rc = proto_parse(data, len, &c->g->limits, c->u->id, &r, &why);
+    if (rc == 0 && !gw_rate_ok(c)) {
+        rc = ERR_RATE_LIMITED;
+        why = "too many requests, slow down";
+    }
+    if (rc) {
+        log_debug("request_refused", "user=%s code=%s why=%s", c->u->id, err_code(rc),
+                  why ? log_q(why, strlen(why)) : "-");
+        gw_send_error(c, r.rid, rc, why);
+    } else {
+        gw_dispatch(c, &r);
+    }
+    proto_req_free(&r);
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages chatd needs to build, run and test.
+# Idempotent: installs only what is missing; runs apt-get update at most once.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config
+  libuv1-dev librdkafka-dev libwslay-dev libhiredis-dev libpq-dev
+  libcjson-dev libjwt-dev libssl-dev libhttp-parser-dev libcmocka-dev uthash-dev
+  redis-server postgresql
+  python3 python3-pytest python3-websockets python3-redis python3-psycopg2
+  curl procps
+)
+
+missing=()
+for p in "${PKGS[@]}" "$@"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

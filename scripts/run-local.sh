@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# make run: a local redis-server and PostgreSQL under .run/ on loopback, then
+# chatd --role=all with the embedded Kafka broker and dev tokens on
+# http://127.0.0.1:8080. Ctrl-C stops everything this script started.
+set -euo pipefail
+
+CHATD=${1:-build/chatd}
+ROOT=$(pwd)/.run
+REDIS_PORT=${REDIS_PORT:-16379}
+PG_PORT=${PG_PORT:-15432}
+LISTEN=${CHATD_LISTEN:-127.0.0.1:8080}
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+mkdir -p "$ROOT"
+
+# PostgreSQL refuses to run as root: run it as the postgres user then.
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo "run: stopping" >&2
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  as_pg "$PGBIN/pg_ctl" -D "$ROOT/pg" -m fast stop >/dev/null 2>&1 || true
+}
+trap cleanup INT TERM EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$ROOT" --save '' --appendonly no \
+  --logfile "$ROOT/redis.log" &
+pids+=($!)
+
+if [ ! -s "$ROOT/pg/PG_VERSION" ]; then
+  mkdir -p "$ROOT/pg"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$ROOT" "$ROOT/pg"
+  as_pg "$PGBIN/initdb" -D "$ROOT/pg" -A trust -U postgres >/dev/null
+fi
+as_pg "$PGBIN/pg_ctl" -D "$ROOT/pg" -l "$ROOT/pg.log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $ROOT" start >/dev/null
+as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
+  "SELECT 1 FROM pg_database WHERE datname='chatd'" | grep -q 1 ||
+  as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE chatd"
+
+export CHATD_JWT_SECRET=${CHATD_JWT_SECRET:-dev-secret-change-me}
+echo "run: chatd on http://$LISTEN (redis :$REDIS_PORT, postgres :$PG_PORT, logs below; Ctrl-C stops)" >&2
+"$CHATD" --role=all --listen="$LISTEN" --kafka=embedded --dev-tokens \
+  --redis="redis://127.0.0.1:$REDIS_PORT/0" \
+  --pg="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd" &
+pids+=($!)
+wait "${pids[-1]}"

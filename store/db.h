@@ -1,0 +1,45 @@
+/* db: chatd's queries on PostgreSQL (schema in store/migrations/).
+ *
+ * Thin and explicit: each function is one SQL statement sent through the
+ * async client (store/pg.h), with the same one-callback contract. Rows are
+ * read by the caller from the PGresult with the column order documented
+ * here. Strings must be NUL-terminated and already validated.
+ */
+#ifndef CHATD_DB_H
+#define CHATD_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kafka/record.h"
+#include "lib/jbuf.h"
+#include "store/pg.h"
+
+/* Upserts the user (name, last_seen), then answers its rooms: (room). */
+void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud);
+/* Creates the room if needed and the membership; one row (1) iff it is new. */
+void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
+/* Deletes the membership; one row iff it existed. */
+void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
+/* One row iff user is a member of room. */
+void db_is_member(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
+/* Messages with seq > after, ascending, at most limit rows:
+ * (seq, id, user_id, cid, body, ts). */
+void db_history(pg_client_t *pg, const char *room, int64_t after, int limit, pg_result_cb cb,
+                void *ud);
+/* The user's rooms: (room, head, read_seq), by room. */
+void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud);
+/* Raises the read mark (never lowers it); one row (read_seq) iff member. */
+void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, pg_result_cb cb,
+             void *ud);
+/* One row: (max seq or 0). */
+void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
+/* Stores sequenced messages (room NUL-terminated), one statement; rows that
+ * exist already (same (room,seq), id or cid) are skipped. */
+void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,
+                   void *ud);
+
+/* Writes rows [0, n) of a db_history result as MSG objects, comma-separated. */
+void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n);
+
+#endif

@@ -1,0 +1,776 @@
+/* redis: async Redis client on the libuv loop. See redis.h for the contract.
+ *
+ * Every command is a struct redis_cmd, hiredis's privdata. While hiredis
+ * holds it, it sits in the client's FIFO (hiredis answers in order, so the
+ * head is always the oldest command and the only deadline the timer needs to
+ * watch). hiredis calls the reply callback exactly once per command: with the
+ * reply, or with NULL when the context is freed. Success replies reach the
+ * caller right there (the reply is only valid then); every failure goes
+ * through the deferred queue, drained by a 0 ms timer, so the caller's code
+ * never runs inside hiredis's free path nor inside redis_command().
+ *
+ * hiredis 0.14 gotchas handled here: redisAsyncConnect() does not watch the
+ * socket until a command is queued, so the connect callback would never fire
+ * on an idle client (we arm the write watcher ourselves); the connect
+ * callback is not wrapped in REDIS_IN_CALLBACK, so no user code runs from it;
+ * the disconnect callback fires only for contexts that were connected.
+ * The stock adapters/libuv.h drops uv_poll's error status (libuv reports
+ * POLLERR, e.g. a refused connect, as UV_EBADF and stops the handle), which
+ * leaves hiredis waiting forever; our own adapter below hands it to hiredis.
+ */
+#include "store/redis.h"
+
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <hiredis/async.h>
+#include <openssl/sha.h>
+
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/metrics.h"
+
+#define REDIS_CLIENT_MAGIC 0x52434c49u
+#define REDIS_CMD_MAGIC 0x52434d44u
+#define REDIS_BACKOFF_MIN_MS 100
+#define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_CONNECT_MIN_MS 1000 /* connect deadline floor: a short command deadline is no reason to give up on TCP */
+
+enum redis_state {
+    REDIS_ST_DOWN,       /* waiting for the reconnect timer */
+    REDIS_ST_RESOLVING,  /* uv_getaddrinfo in flight */
+    REDIS_ST_CONNECTING, /* TCP connect, then SELECT when db != 0 */
+    REDIS_ST_UP,
+    REDIS_ST_CLOSING,
+};
+
+struct redis_cmd {
+    unsigned magic;
+    redis_client_t *r;
+    redis_reply_cb cb;
+    void *user;
+    uint64_t deadline_ms; /* uv_now() scale */
+    uint64_t start_ns;
+    int err;  /* deferred delivery only */
+    int done; /* the caller already has its callback (timeout) */
+    int internal;
+    /* Scripts: the EVAL form of the command, owned, for the NOSCRIPT retry. */
+    int eval_argc;
+    const char **eval_argv;
+    size_t *eval_argvlen;
+    struct redis_cmd *next;
+};
+
+struct redis_client {
+    unsigned magic;
+    uv_loop_t *loop;
+    enum redis_state state;
+    char host[256];
+    int port;
+    int db;
+    unsigned timeout_ms;
+    redis_connect_cb on_connect;
+    void *user;
+    redisAsyncContext *ac;
+    uint64_t connect_deadline_ms;
+    uint64_t timer_due_ms; /* when deadline_timer fires, if active */
+    unsigned attempts;
+    int notify_connect;
+    int resolving;
+    uv_getaddrinfo_t gai;
+    uv_timer_t deadline_timer;
+    uv_timer_t reconnect_timer;
+    uv_timer_t defer_timer;
+    int open_handles;
+    struct redis_cmd *fifo_head, *fifo_tail;   /* held by hiredis */
+    struct redis_cmd *defer_head, *defer_tail; /* failed, callback pending */
+};
+
+static metric_t *redis_m_errors, *redis_m_seconds, *redis_m_up;
+static uint64_t redis_rng;
+
+static void redis_connect_start(redis_client_t *r);
+static void redis_on_reply(redisAsyncContext *ac, void *reply, void *priv);
+static void redis_on_defer_timer(uv_timer_t *t);
+static void redis_on_reconnect_timer(uv_timer_t *t);
+static void redis_on_deadline(uv_timer_t *t);
+
+static void redis_metrics_init(void)
+{
+    if (redis_m_errors)
+        return;
+    redis_m_errors = metrics_counter("chatd_redis_errors_total",
+                                     "Redis commands failed (timeout, connection lost, error reply).", NULL);
+    redis_m_seconds = metrics_histogram("chatd_redis_seconds", "Redis command latency.", NULL);
+    redis_m_up = metrics_gauge("chatd_redis_up", "1 when the Redis connection is up.", NULL);
+}
+
+static unsigned redis_backoff_ms(redis_client_t *r)
+{
+    if (redis_rng == 0)
+        redis_rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
+    redis_rng ^= redis_rng << 13;
+    redis_rng ^= redis_rng >> 7;
+    redis_rng ^= redis_rng << 17;
+    unsigned shift = r->attempts < 6 ? r->attempts : 6;
+    unsigned cap = REDIS_BACKOFF_MIN_MS << shift;
+    if (cap > REDIS_BACKOFF_MAX_MS)
+        cap = REDIS_BACKOFF_MAX_MS;
+    r->attempts++;
+    /* Full range [cap/2, cap]: spreads a herd of clients after a restart. */
+    return cap / 2 + (unsigned)(redis_rng % (cap / 2 + 1));
+}
+
+int redis_url_parse(const char *url, char *host, size_t host_len, int *port, int *db)
+{
+    static const char scheme[] = "redis://";
+    if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0)
+        return ERR_BAD_REQUEST;
+    const char *p = url + sizeof scheme - 1, *h, *he;
+    if (*p == '[') { /* [v6]:port */
+        h = p + 1;
+        he = strchr(h, ']');
+        if (!he)
+            return ERR_BAD_REQUEST;
+        p = he + 1;
+    } else {
+        h = p;
+        he = h + strcspn(h, ":/");
+        p = he;
+    }
+    size_t hl = (size_t)(he - h);
+    /* No user info (AUTH is not supported), no blanks. */
+    if (hl == 0 || hl >= host_len || memchr(h, '@', hl) || memchr(h, ' ', hl))
+        return ERR_BAD_REQUEST;
+    long pv = 6379, dv = 0;
+    if (*p == ':') {
+        p++;
+        if (*p < '0' || *p > '9')
+            return ERR_BAD_REQUEST;
+        for (pv = 0; *p >= '0' && *p <= '9'; p++)
+            if ((pv = pv * 10 + (*p - '0')) > 65535)
+                return ERR_BAD_REQUEST;
+        if (pv == 0)
+            return ERR_BAD_REQUEST;
+    }
+    if (*p == '/') {
+        p++;
+        for (; *p >= '0' && *p <= '9'; p++)
+            if ((dv = dv * 10 + (*p - '0')) > 1000000)
+                return ERR_BAD_REQUEST;
+    }
+    if (*p != '\0')
+        return ERR_BAD_REQUEST;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    if (port)
+        *port = (int)pv;
+    if (db)
+        *db = (int)dv;
+    return 0;
+}
+
+/* ---- hiredis event adapter (see the top comment) ---- */
+
+struct redis_ev {
+    redisAsyncContext *ac; /* NULL once hiredis cleaned up */
+    uv_poll_t poll;
+    int events;
+};
+
+static void redis_ev_on_poll(uv_poll_t *h, int status, int events)
+{
+    struct redis_ev *p = h->data;
+    if (status < 0) {
+        /* Let hiredis read the socket error itself: a failed connect or a
+         * reset connection, reported through its callbacks. */
+        if (p->ac && !(p->ac->c.flags & REDIS_CONNECTED))
+            redisAsyncHandleWrite(p->ac);
+        else if (p->ac)
+            redisAsyncHandleRead(p->ac);
+        return;
+    }
+    if (p->ac && (events & UV_READABLE))
+        redisAsyncHandleRead(p->ac);
+    if (p->ac && (events & UV_WRITABLE))
+        redisAsyncHandleWrite(p->ac);
+}
+
+static void redis_ev_update(struct redis_ev *p, int events)
+{
+    p->events = events;
+    if (events)
+        uv_poll_start(&p->poll, events, redis_ev_on_poll);
+    else
+        uv_poll_stop(&p->poll);
+}
+
+static void redis_ev_add_read(void *d) { struct redis_ev *p = d; redis_ev_update(p, p->events | UV_READABLE); }
+static void redis_ev_del_read(void *d) { struct redis_ev *p = d; redis_ev_update(p, p->events & ~UV_READABLE); }
+static void redis_ev_add_write(void *d) { struct redis_ev *p = d; redis_ev_update(p, p->events | UV_WRITABLE); }
+static void redis_ev_del_write(void *d) { struct redis_ev *p = d; redis_ev_update(p, p->events & ~UV_WRITABLE); }
+
+static void redis_ev_on_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void redis_ev_cleanup(void *d)
+{
+    struct redis_ev *p = d;
+    p->ac = NULL;
+    uv_close((uv_handle_t *)&p->poll, redis_ev_on_closed);
+}
+
+static int redis_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
+{
+    struct redis_ev *p = calloc(1, sizeof *p);
+    CHATD_ASSERT(p != NULL);
+    if (uv_poll_init(loop, &p->poll, ac->c.fd) != 0) {
+        free(p);
+        return -1;
+    }
+    p->poll.data = p;
+    p->ac = ac;
+    ac->ev.data = p;
+    ac->ev.addRead = redis_ev_add_read;
+    ac->ev.delRead = redis_ev_del_read;
+    ac->ev.addWrite = redis_ev_add_write;
+    ac->ev.delWrite = redis_ev_del_write;
+    ac->ev.cleanup = redis_ev_cleanup;
+    return 0;
+}
+
+/* ---- command lists ---- */
+
+static struct redis_cmd *redis_cmd_new(redis_client_t *r, redis_reply_cb cb, void *user)
+{
+    struct redis_cmd *e = calloc(1, sizeof *e);
+    CHATD_ASSERT(e != NULL);
+    e->magic = REDIS_CMD_MAGIC;
+    e->r = r;
+    e->cb = cb;
+    e->user = user;
+    e->start_ns = uv_hrtime();
+    return e;
+}
+
+static void redis_cmd_free(struct redis_cmd *e)
+{
+    e->magic = 0;
+    free(e->eval_argv);
+    free(e);
+}
+
+static void redis_fifo_unlink(redis_client_t *r, struct redis_cmd *e)
+{
+    struct redis_cmd **pp = &r->fifo_head, *prev = NULL;
+    while (*pp && *pp != e) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    CHATD_ASSERT(*pp == e);
+    *pp = e->next;
+    if (r->fifo_tail == e)
+        r->fifo_tail = prev;
+    e->next = NULL;
+}
+
+static void redis_defer_kick(redis_client_t *r)
+{
+    if (!uv_is_active((uv_handle_t *)&r->defer_timer))
+        uv_timer_start(&r->defer_timer, redis_on_defer_timer, 0, 0);
+}
+
+static void redis_defer(redis_client_t *r, struct redis_cmd *e, int err)
+{
+    e->err = err;
+    e->next = NULL;
+    if (r->defer_tail)
+        r->defer_tail->next = e;
+    else
+        r->defer_head = e;
+    r->defer_tail = e;
+    redis_defer_kick(r);
+}
+
+static void redis_deliver(struct redis_cmd *e, int err, redisReply *reply)
+{
+    if (err == 0)
+        metric_observe(redis_m_seconds, (double)(uv_hrtime() - e->start_ns) / 1e9);
+    if ((err != 0 && err != ERR_CANCELLED) || (reply && reply->type == REDIS_REPLY_ERROR))
+        metric_inc(redis_m_errors);
+    if (e->cb)
+        e->cb(err, reply, e->user);
+}
+
+/* ---- connection lifecycle ---- */
+
+static void redis_set_up(int up)
+{
+    metric_set(redis_m_up, up ? 1 : 0);
+}
+
+static void redis_schedule_reconnect(redis_client_t *r)
+{
+    if (r->state == REDIS_ST_CLOSING)
+        return;
+    r->state = REDIS_ST_DOWN;
+    redis_set_up(0);
+    if (uv_is_active((uv_handle_t *)&r->reconnect_timer))
+        return;
+    unsigned ms = redis_backoff_ms(r);
+    log_debug("redis_reconnect_in", "host=%s port=%d ms=%u", r->host, r->port, ms);
+    uv_timer_start(&r->reconnect_timer, redis_on_reconnect_timer, ms, 0);
+}
+
+/* Drops the current context: its commands come back through redis_on_reply
+ * with NULL and go to the deferred queue. Safe inside a hiredis callback
+ * (hiredis then frees after the callback returns). */
+static void redis_drop(redis_client_t *r)
+{
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    redis_schedule_reconnect(r);
+    if (ac)
+        redisAsyncFree(ac);
+}
+
+/* One timer for the FIFO head (and the connect deadline): arms it for due
+ * unless it already fires earlier. Deadlines grow along the FIFO, so pushing
+ * a command costs O(1); redis_on_deadline re-arms for the next head. */
+static void redis_timer_arm(redis_client_t *r, uint64_t due)
+{
+    uint64_t now = uv_now(r->loop);
+    if (uv_is_active((uv_handle_t *)&r->deadline_timer) && r->timer_due_ms <= due)
+        return;
+    r->timer_due_ms = due;
+    uv_timer_start(&r->deadline_timer, redis_on_deadline, due > now ? due - now : 0, 0);
+}
+
+static void redis_fifo_push(redis_client_t *r, struct redis_cmd *e)
+{
+    e->deadline_ms = uv_now(r->loop) + r->timeout_ms;
+    e->next = NULL;
+    if (r->fifo_tail)
+        r->fifo_tail->next = e;
+    else
+        r->fifo_head = e;
+    r->fifo_tail = e;
+    redis_timer_arm(r, e->deadline_ms);
+}
+
+/* Hands e to hiredis. Failures are deferred, never called back from here. */
+static void redis_send(redis_client_t *r, struct redis_cmd *e, int argc, const char **argv,
+                       const size_t *argvlen)
+{
+    int ok_state = r->state == REDIS_ST_UP || (e->internal && r->state == REDIS_ST_CONNECTING);
+    if (!ok_state || !r->ac) {
+        redis_defer(r, e, r->state == REDIS_ST_CLOSING ? ERR_CANCELLED : ERR_UNAVAILABLE);
+        return;
+    }
+    if (redisAsyncCommandArgv(r->ac, redis_on_reply, e, argc, argv, argvlen) != REDIS_OK) {
+        redis_defer(r, e, ERR_UNAVAILABLE);
+        return;
+    }
+    redis_fifo_push(r, e);
+}
+
+static void redis_become_up(redis_client_t *r)
+{
+    r->state = REDIS_ST_UP;
+    r->attempts = 0;
+    r->notify_connect = 1;
+    redis_set_up(1);
+    log_info("redis_connected", "host=%s port=%d db=%d", r->host, r->port, r->db);
+    redis_defer_kick(r);
+}
+
+static void redis_on_select(int err, redisReply *reply, void *user)
+{
+    redis_client_t *r = user;
+    if (err == ERR_CANCELLED)
+        return;
+    if (err != 0 || !reply || reply->type == REDIS_REPLY_ERROR) {
+        log_error("redis_select_failed", "host=%s port=%d db=%d err=%s", r->host, r->port, r->db,
+                  reply && reply->str ? log_q(reply->str, reply->len) : err_code(err));
+        if (err == 0 && r->state == REDIS_ST_CONNECTING)
+            redis_drop(r);
+        return;
+    }
+    if (r->state == REDIS_ST_CONNECTING)
+        redis_become_up(r);
+}
+
+static void redis_on_connected(const redisAsyncContext *ac, int status)
+{
+    redis_client_t *r = ac->data;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    if (r->ac != ac)
+        return;
+    if (status != REDIS_OK) {
+        log_warn("redis_connect_failed", "host=%s port=%d err=%s", r->host, r->port,
+                 log_q(ac->errstr, strlen(ac->errstr)));
+        r->ac = NULL; /* hiredis frees it when we return */
+        metric_inc(redis_m_errors);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    if (r->db == 0) {
+        redis_become_up(r);
+        return;
+    }
+    /* SELECT goes first; commands are accepted once its reply says OK. */
+    char dbs[16];
+    snprintf(dbs, sizeof dbs, "%d", r->db);
+    const char *argv[2] = {"SELECT", dbs};
+    size_t argvlen[2] = {6, strlen(dbs)};
+    struct redis_cmd *e = redis_cmd_new(r, redis_on_select, r);
+    e->internal = 1;
+    redis_send(r, e, 2, argv, argvlen);
+}
+
+static void redis_on_disconnected(const redisAsyncContext *ac, int status)
+{
+    redis_client_t *r = ac->data;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    if (r->ac != ac)
+        return; /* we dropped it ourselves */
+    log_warn("redis_disconnected", "host=%s port=%d err=%s", r->host, r->port,
+             status == REDIS_OK ? "none" : log_q(ac->errstr, strlen(ac->errstr)));
+    r->ac = NULL;
+    redis_schedule_reconnect(r);
+}
+
+static void redis_connect_ip(redis_client_t *r, const char *ip)
+{
+    redisAsyncContext *ac = redisAsyncConnect(ip, r->port);
+    CHATD_ASSERT(ac != NULL);
+    if (ac->err) {
+        log_warn("redis_connect_failed", "host=%s ip=%s port=%d err=%s", r->host, ip, r->port,
+                 log_q(ac->errstr, strlen(ac->errstr)));
+        redisAsyncFree(ac);
+        metric_inc(redis_m_errors);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    ac->data = r;
+    if (redis_ev_attach(ac, r->loop) != 0) {
+        log_error("redis_attach_failed", "host=%s port=%d", r->host, r->port);
+        redisAsyncFree(ac);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, redis_on_connected);
+    redisAsyncSetDisconnectCallback(ac, redis_on_disconnected);
+    r->ac = ac;
+    r->state = REDIS_ST_CONNECTING;
+    unsigned cms = r->timeout_ms > REDIS_CONNECT_MIN_MS ? r->timeout_ms : REDIS_CONNECT_MIN_MS;
+    r->connect_deadline_ms = uv_now(r->loop) + cms;
+    redis_timer_arm(r, r->connect_deadline_ms);
+    /* hiredis 0.14 waits for the first command before watching the socket. */
+    redis_ev_add_write(ac->ev.data);
+}
+
+static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    redis_client_t *r = req->data;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    r->resolving = 0;
+    if (r->state == REDIS_ST_CLOSING) {
+        if (res)
+            uv_freeaddrinfo(res);
+        redis_defer_kick(r);
+        return;
+    }
+    if (status < 0 || !res) {
+        log_warn("redis_resolve_failed", "host=%s err=%s", r->host, uv_strerror(status));
+        metric_inc(redis_m_errors);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    /* Prefer IPv4: a name like localhost often lists ::1 first while the
+     * server listens on 127.0.0.1 only, and hiredis tries one address. */
+    struct addrinfo *pick = res;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next)
+        if (ai->ai_family == AF_INET) {
+            pick = ai;
+            break;
+        }
+    char ip[64] = "";
+    if (pick->ai_family == AF_INET)
+        uv_ip4_name((struct sockaddr_in *)pick->ai_addr, ip, sizeof ip);
+    else
+        uv_ip6_name((struct sockaddr_in6 *)pick->ai_addr, ip, sizeof ip);
+    uv_freeaddrinfo(res);
+    redis_connect_ip(r, ip);
+}
+
+static void redis_connect_start(redis_client_t *r)
+{
+    struct addrinfo hints = {0};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    r->state = REDIS_ST_RESOLVING;
+    r->gai.data = r;
+    int rc = uv_getaddrinfo(r->loop, &r->gai, redis_on_resolved, r->host, NULL, &hints);
+    if (rc < 0) {
+        log_warn("redis_resolve_failed", "host=%s err=%s", r->host, uv_strerror(rc));
+        redis_schedule_reconnect(r);
+        return;
+    }
+    r->resolving = 1;
+}
+
+/* ---- timers ---- */
+
+static void redis_on_reconnect_timer(uv_timer_t *t)
+{
+    redis_client_t *r = t->data;
+    if (r->state == REDIS_ST_DOWN)
+        redis_connect_start(r);
+}
+
+static void redis_on_deadline(uv_timer_t *t)
+{
+    redis_client_t *r = t->data;
+    uint64_t now = uv_now(r->loop);
+    if (r->state == REDIS_ST_CLOSING || !r->ac)
+        return;
+    if (r->state == REDIS_ST_CONNECTING && now >= r->connect_deadline_ms) {
+        log_warn("redis_connect_timeout", "host=%s port=%d", r->host, r->port);
+        metric_inc(redis_m_errors);
+        redis_drop(r);
+        return;
+    }
+    struct redis_cmd *e = r->fifo_head;
+    if (e && e->deadline_ms <= now) {
+        log_warn("redis_timeout", "host=%s port=%d timeout_ms=%u", r->host, r->port, r->timeout_ms);
+        redisAsyncContext *ac = r->ac;
+        r->ac = NULL;
+        redis_schedule_reconnect(r);
+        e->done = 1; /* hiredis's NULL callback will only free it */
+        redis_deliver(e, ERR_TIMEOUT, NULL);
+        redisAsyncFree(ac);
+        return;
+    }
+    uint64_t next = e ? e->deadline_ms : UINT64_MAX;
+    if (r->state == REDIS_ST_CONNECTING && r->connect_deadline_ms < next)
+        next = r->connect_deadline_ms;
+    if (next != UINT64_MAX)
+        redis_timer_arm(r, next);
+}
+
+static void redis_on_handle_closed(uv_handle_t *h)
+{
+    redis_client_t *r = h->data;
+    if (--r->open_handles == 0) {
+        r->magic = 0;
+        free(r);
+    }
+}
+
+static void redis_on_defer_timer(uv_timer_t *t)
+{
+    redis_client_t *r = t->data;
+    CHATD_ASSERT(r->magic == REDIS_CLIENT_MAGIC);
+    if (r->notify_connect && r->state == REDIS_ST_UP) {
+        r->notify_connect = 0;
+        if (r->on_connect)
+            r->on_connect(r, r->user);
+    }
+    /* Callbacks may queue more (a retry fails fast again): loop until empty. */
+    while (r->defer_head) {
+        struct redis_cmd *e = r->defer_head;
+        r->defer_head = e->next;
+        if (!r->defer_head)
+            r->defer_tail = NULL;
+        if (r->state == REDIS_ST_CLOSING)
+            e->err = ERR_CANCELLED;
+        redis_deliver(e, e->err, NULL);
+        redis_cmd_free(e);
+    }
+    if (r->state == REDIS_ST_CLOSING && !r->ac && !r->resolving && !r->fifo_head &&
+        r->open_handles == 3 && !uv_is_closing((uv_handle_t *)&r->defer_timer)) {
+        uv_close((uv_handle_t *)&r->deadline_timer, redis_on_handle_closed);
+        uv_close((uv_handle_t *)&r->reconnect_timer, redis_on_handle_closed);
+        uv_close((uv_handle_t *)&r->defer_timer, redis_on_handle_closed);
+    }
+}
+
+/* ---- hiredis reply ---- */
+
+static int redis_is_noscript(const redisReply *reply)
+{
+    return reply && reply->type == REDIS_REPLY_ERROR && reply->str &&
+           strncmp(reply->str, "NOSCRIPT", 8) == 0;
+}
+
+static void redis_on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct redis_cmd *e = priv;
+    CHATD_ASSERT(e && e->magic == REDIS_CMD_MAGIC);
+    redis_client_t *r = e->r;
+    redis_fifo_unlink(r, e);
+    if (e->done) {
+        redis_cmd_free(e);
+        return;
+    }
+    if (!reply) {
+        redis_defer(r, e, r->state == REDIS_ST_CLOSING ? ERR_CANCELLED : ERR_UNAVAILABLE);
+        return;
+    }
+    if (e->eval_argv && redis_is_noscript(reply)) {
+        /* The script cache is empty (restart, SCRIPT FLUSH): send the body once. */
+        int argc = e->eval_argc;
+        const char **argv = e->eval_argv;
+        size_t *argvlen = e->eval_argvlen;
+        e->eval_argv = NULL;
+        redis_send(r, e, argc, argv, argvlen);
+        free(argv);
+        return;
+    }
+    redis_deliver(e, 0, reply);
+    redis_cmd_free(e);
+}
+
+/* ---- public API ---- */
+
+int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
+                      unsigned timeout_ms, redis_connect_cb on_connect, void *user)
+{
+    *out = NULL;
+    redis_client_t *r = calloc(1, sizeof *r);
+    CHATD_ASSERT(r != NULL);
+    if (redis_url_parse(url, r->host, sizeof r->host, &r->port, &r->db) != 0) {
+        free(r);
+        return ERR_BAD_REQUEST;
+    }
+    redis_metrics_init();
+    r->magic = REDIS_CLIENT_MAGIC;
+    r->loop = loop;
+    r->timeout_ms = timeout_ms ? timeout_ms : 1;
+    r->on_connect = on_connect;
+    r->user = user;
+    uv_timer_init(loop, &r->deadline_timer);
+    uv_timer_init(loop, &r->reconnect_timer);
+    uv_timer_init(loop, &r->defer_timer);
+    r->deadline_timer.data = r->reconnect_timer.data = r->defer_timer.data = r;
+    r->open_handles = 3;
+    redis_set_up(0);
+    redis_connect_start(r);
+    *out = r;
+    return 0;
+}
+
+int redis_client_ready(const redis_client_t *r)
+{
+    return r && r->state == REDIS_ST_UP;
+}
+
+void redis_command_argv(redis_client_t *r, redis_reply_cb cb, void *user, int argc,
+                        const char **argv, const size_t *argvlen)
+{
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    redis_send(r, redis_cmd_new(r, cb, user), argc, argv, argvlen);
+}
+
+void redis_command(redis_client_t *r, redis_reply_cb cb, void *user, const char *fmt, ...)
+{
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    struct redis_cmd *e = redis_cmd_new(r, cb, user);
+    if (r->state != REDIS_ST_UP || !r->ac) {
+        redis_defer(r, e, r->state == REDIS_ST_CLOSING ? ERR_CANCELLED : ERR_UNAVAILABLE);
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAsyncCommand(r->ac, redis_on_reply, e, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) {
+        redis_defer(r, e, ERR_UNAVAILABLE);
+        return;
+    }
+    redis_fifo_push(r, e);
+}
+
+void redis_script_init(struct redis_script *s, const char *src)
+{
+    unsigned char md[SHA_DIGEST_LENGTH];
+    static const char hex[] = "0123456789abcdef";
+    s->src = src;
+    SHA1((const unsigned char *)src, strlen(src), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        s->sha[2 * i] = hex[md[i] >> 4];
+        s->sha[2 * i + 1] = hex[md[i] & 15];
+    }
+    s->sha[40] = '\0';
+}
+
+/* s->src is referenced, not copied, until the retry is sent: scripts are
+ * long-lived (static) objects. The caller's argv is copied. */
+void redis_script_run(redis_client_t *r, const struct redis_script *s, redis_reply_cb cb,
+                      void *user, int nkeys, int argc, const char **argv, const size_t *argvlen)
+{
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    CHATD_ASSERT(argc >= 0 && nkeys >= 0 && nkeys <= argc);
+    struct redis_cmd *e = redis_cmd_new(r, cb, user);
+    char nk[16];
+    int nkl = snprintf(nk, sizeof nk, "%d", nkeys);
+    size_t n = (size_t)argc + 3, bytes = 0;
+    for (int i = 0; i < argc; i++)
+        bytes += argvlen[i];
+    /* One block: argv pointers, lengths, the nkeys string, the arguments. */
+    char *blk = malloc(n * (sizeof(char *) + sizeof(size_t)) + (size_t)nkl + 1 + bytes);
+    CHATD_ASSERT(blk != NULL);
+    const char **ev = (const char **)blk;
+    size_t *evl = (size_t *)(blk + n * sizeof(char *));
+    char *data = (char *)(evl + n);
+    memcpy(data, nk, (size_t)nkl + 1);
+    ev[0] = "EVAL", evl[0] = 4;
+    ev[1] = s->src, evl[1] = strlen(s->src);
+    ev[2] = data, evl[2] = (size_t)nkl;
+    data += nkl + 1;
+    for (int i = 0; i < argc; i++) {
+        if (argvlen[i])
+            memcpy(data, argv[i], argvlen[i]);
+        ev[3 + i] = data, evl[3 + i] = argvlen[i];
+        data += argvlen[i];
+    }
+    e->eval_argc = (int)n;
+    e->eval_argv = ev;
+    e->eval_argvlen = evl;
+    /* EVALSHA: same vector with the first two entries swapped out. */
+    const char *a0 = ev[0], *a1 = ev[1];
+    size_t l0 = evl[0], l1 = evl[1];
+    ev[0] = "EVALSHA", evl[0] = 7;
+    ev[1] = s->sha, evl[1] = 40;
+    redis_send(r, e, (int)n, ev, evl);
+    ev[0] = a0, evl[0] = l0;
+    ev[1] = a1, evl[1] = l1;
+}
+
+void redis_client_close(redis_client_t *r)
+{
+    if (!r)
+        return;
+    CHATD_ASSERT(r->magic == REDIS_CLIENT_MAGIC);
+    CHATD_ASSERT(r->state != REDIS_ST_CLOSING);
+    r->state = REDIS_ST_CLOSING;
+    redis_set_up(0);
+    uv_timer_stop(&r->reconnect_timer);
+    uv_timer_stop(&r->deadline_timer);
+    if (r->resolving)
+        uv_cancel((uv_req_t *)&r->gai);
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    if (ac)
+        redisAsyncFree(ac); /* pending commands -> deferred, ERR_CANCELLED */
+    redis_defer_kick(r);
+}

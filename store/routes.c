@@ -1,0 +1,469 @@
+#include "store/routes.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/err.h"
+#include "lib/log.h"
+
+#define ROUTES_EPOCH_MAX 40
+#define ROUTES_KEY_MAX 320
+
+struct routes {
+    uv_loop_t *loop;
+    redis_client_t *redis;
+    int n_gw;
+    unsigned dedup_ttl_s;
+    char (*live)[ROUTES_EPOCH_MAX];   /* live epoch per gateway id, "" = dead */
+    int live_known;
+    int live_pending;                 /* GETs of the current refresh in flight */
+    uv_timer_t live_timer;
+    struct redis_script assign, join, seed;
+};
+
+/* Assign a seq unless this message id already has one; then read routes.
+ * Dedup first, so a re-consumed record or a cid resend keeps its seq. */
+static const char routes_assign_lua[] =
+    "local s = redis.call('GET', KEYS[2])\n"
+    "if s then return {tonumber(s), 1, redis.call('HGETALL', KEYS[3])} end\n"
+    "if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'NX') end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}} end\n"
+    "local n = redis.call('INCR', KEYS[1])\n"
+    "redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[1]))\n"
+    "return {n, 0, redis.call('HGETALL', KEYS[3])}\n";
+
+/* Register the route, then read the head: the order is the invariant. */
+static const char routes_join_lua[] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('SADD', KEYS[2], ARGV[3])\n"
+    "local s = redis.call('GET', KEYS[3])\n"
+    "if s then return tonumber(s) end\n"
+    "return -1\n";
+
+static const char routes_seed_lua[] =
+    "redis.call('SET', KEYS[1], ARGV[1], 'NX')\n"
+    "return tonumber(redis.call('GET', KEYS[1]))\n";
+
+/* One in-flight call: what to call back and with what. */
+struct routes_op {
+    routes_t *rt;
+    void *user;
+    union {
+        routes_done_cb done;
+        routes_head_cb head;
+        routes_assign_cb assign;
+        routes_dests_cb dests;
+        routes_presence_cb presence;
+    } cb;
+    int gw;
+    int pending;                      /* replies still expected (dests) */
+    int err;
+    size_t n_gws;
+    int *gws;                         /* n_gw slots, for assign and dests */
+    char key[ROUTES_KEY_MAX];
+};
+
+static struct routes_op *routes_op_new(routes_t *rt, void *user)
+{
+    struct routes_op *op = calloc(1, sizeof *op);
+    CHATD_ASSERT(op != NULL);
+    op->rt = rt;
+    op->user = user;
+    return op;
+}
+
+static struct routes_op *routes_op_new_gws(routes_t *rt, void *user)
+{
+    struct routes_op *op = routes_op_new(rt, user);
+    op->gws = calloc((size_t)rt->n_gw, sizeof *op->gws);
+    CHATD_ASSERT(op->gws != NULL);
+    return op;
+}
+
+static void routes_op_free(struct routes_op *op)
+{
+    free(op->gws);
+    free(op);
+}
+
+static void routes_key(char *out, const char *kind, const char *id, const char *suffix)
+{
+    snprintf(out, ROUTES_KEY_MAX, "{%s:%s}:%s", kind, id, suffix);
+}
+
+/* ---- live gateway cache ---- */
+
+static void routes_on_live(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    routes_t *rt = op->rt;
+    if (err == 0 && op->gw < rt->n_gw) {
+        if (r->type == REDIS_REPLY_STRING && r->len < ROUTES_EPOCH_MAX)
+            memcpy(rt->live[op->gw], r->str, r->len + 1);
+        else
+            rt->live[op->gw][0] = 0;
+    }
+    if (--rt->live_pending == 0 && err == 0)
+        rt->live_known = 1;
+    routes_op_free(op);
+}
+
+static void routes_on_live_timer(uv_timer_t *t)
+{
+    routes_t *rt = t->data;
+    if (rt->live_pending || !redis_client_ready(rt->redis))
+        return;
+    for (int gw = 0; gw < rt->n_gw; gw++) {
+        struct routes_op *op = routes_op_new(rt, NULL);
+        op->gw = gw;
+        rt->live_pending++;
+        redis_command(rt->redis, routes_on_live, op, "GET gw:%d", gw);
+    }
+}
+
+static int routes_is_live(const routes_t *rt, const char *gw_s, size_t gw_len, const char *epoch,
+                          size_t ep_len, int *gw_out)
+{
+    char tmp[16];
+    if (gw_len == 0 || gw_len >= sizeof tmp)
+        return 0;
+    memcpy(tmp, gw_s, gw_len);
+    tmp[gw_len] = 0;
+    char *end;
+    long gw = strtol(tmp, &end, 10);
+    if (*end || gw < 0 || gw >= rt->n_gw)
+        return 0;
+    const char *live = rt->live[gw];
+    if (strlen(live) != ep_len || memcmp(live, epoch, ep_len) != 0)
+        return 0;
+    *gw_out = (int)gw;
+    return 1;
+}
+
+/* Collects live gateway ids from an HGETALL reply into gws (deduplicated). */
+static size_t routes_collect(const routes_t *rt, const redisReply *h, int *gws, size_t n, size_t cap)
+{
+    if (!h || h->type != REDIS_REPLY_ARRAY)
+        return n;
+    for (size_t i = 0; i + 1 < h->elements; i += 2) {
+        const redisReply *k = h->element[i], *v = h->element[i + 1];
+        int gw;
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+            !routes_is_live(rt, k->str, k->len, v->str, v->len, &gw))
+            continue;
+        size_t j = 0;
+        while (j < n && gws[j] != gw)
+            j++;
+        if (j == n && n < cap)
+            gws[n++] = gw;
+    }
+    return n;
+}
+
+int routes_init(routes_t **out, uv_loop_t *loop, redis_client_t *redis, int n_gateways,
+                unsigned dedup_ttl_s)
+{
+    routes_t *rt = calloc(1, sizeof *rt);
+    if (!rt)
+        return ERR_NOMEM;
+    rt->live = calloc((size_t)n_gateways, sizeof *rt->live);
+    if (!rt->live) {
+        free(rt);
+        return ERR_NOMEM;
+    }
+    rt->loop = loop;
+    rt->redis = redis;
+    rt->n_gw = n_gateways;
+    rt->dedup_ttl_s = dedup_ttl_s;
+    redis_script_init(&rt->assign, routes_assign_lua);
+    redis_script_init(&rt->join, routes_join_lua);
+    redis_script_init(&rt->seed, routes_seed_lua);
+    uv_timer_init(loop, &rt->live_timer);
+    rt->live_timer.data = rt;
+    uv_timer_start(&rt->live_timer, routes_on_live_timer, 0, 1000);
+    *out = rt;
+    return 0;
+}
+
+static void routes_on_timer_closed(uv_handle_t *h)
+{
+    routes_t *rt = h->data;
+    free(rt->live);
+    free(rt);
+}
+
+/* Callbacks still in flight hold op->rt: the redis client must be closed
+ * (cancelling them) before routes_close. */
+void routes_close(routes_t *rt) { uv_close((uv_handle_t *)&rt->live_timer, routes_on_timer_closed); }
+
+int routes_live_known(const routes_t *rt) { return rt->live_known; }
+
+/* ---- gateway side ---- */
+
+static void routes_on_done(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    if (err == 0 && r->type == REDIS_REPLY_ERROR) {
+        log_error("redis_error", "err=%s", log_q(r->str, r->len));
+        err = ERR_UNAVAILABLE;
+    }
+    if (op->cb.done)
+        op->cb.done(err, op->user);
+    routes_op_free(op);
+}
+
+static void routes_on_logged(int err, redisReply *r, void *user)
+{
+    (void)user;
+    if (err)
+        log_warn("route_update_failed", "err=%s", err_code(err));
+    else if (r->type == REDIS_REPLY_ERROR)
+        log_warn("route_update_failed", "err=%s", log_q(r->str, r->len));
+}
+
+void routes_gateway_heartbeat(routes_t *rt, int gw, const char *epoch, int ttl_s,
+                              routes_done_cb cb, void *user)
+{
+    struct routes_op *op = routes_op_new(rt, user);
+    op->cb.done = cb;
+    redis_command(rt->redis, routes_on_done, op, "SET gw:%d %s EX %d", gw, epoch, ttl_s);
+}
+
+static void routes_on_cleanup_users(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    if (err == 0 && r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++) {
+            char key[ROUTES_KEY_MAX];
+            routes_key(key, "user", r->element[i]->str, "gw");
+            redis_command(op->rt->redis, routes_on_logged, NULL, "HDEL %s %d", key, op->gw);
+        }
+        redis_command(op->rt->redis, routes_on_logged, NULL, "DEL gw:%d:users", op->gw);
+    }
+    /* The DELs above are pipelined before this PING: its reply means done. */
+    redis_command(op->rt->redis, routes_on_done, op, "PING");
+}
+
+static void routes_on_cleanup_rooms(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    if (err) {
+        routes_on_done(err, NULL, op);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++) {
+            char key[ROUTES_KEY_MAX];
+            routes_key(key, "room", r->element[i]->str, "gw");
+            redis_command(op->rt->redis, routes_on_logged, NULL, "HDEL %s %d", key, op->gw);
+        }
+        redis_command(op->rt->redis, routes_on_logged, NULL, "DEL gw:%d:rooms", op->gw);
+    }
+    redis_command(op->rt->redis, routes_on_cleanup_users, op, "SMEMBERS gw:%d:users", op->gw);
+}
+
+void routes_gateway_cleanup(routes_t *rt, int gw, routes_done_cb cb, void *user)
+{
+    struct routes_op *op = routes_op_new(rt, user);
+    op->cb.done = cb;
+    op->gw = gw;
+    redis_command(rt->redis, routes_on_cleanup_rooms, op, "SMEMBERS gw:%d:rooms", gw);
+}
+
+static void routes_on_head(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    int64_t head = 0;
+    if (err == 0 && r->type == REDIS_REPLY_INTEGER)
+        head = r->integer;
+    else if (err == 0) {
+        log_error("redis_script_failed", "reply_type=%d err=%s", r->type,
+                  r->type == REDIS_REPLY_ERROR ? log_q(r->str, r->len) : "-");
+        err = ERR_UNAVAILABLE;
+    }
+    op->cb.head(err, head, op->user);
+    routes_op_free(op);
+}
+
+void routes_room_join(routes_t *rt, const char *room, int gw, const char *epoch, const char *user,
+                      routes_head_cb cb, void *user_data)
+{
+    char k1[ROUTES_KEY_MAX], k2[ROUTES_KEY_MAX], k3[ROUTES_KEY_MAX], gws[16], member[160];
+    routes_key(k1, "room", room, "gw");
+    routes_key(k2, "room", room, "on");
+    routes_key(k3, "room", room, "seq");
+    snprintf(gws, sizeof gws, "%d", gw);
+    snprintf(member, sizeof member, "%s@%d:%s", user, gw, epoch);
+    const char *argv[] = { k1, k2, k3, gws, epoch, member };
+    size_t lens[6];
+    for (int i = 0; i < 6; i++)
+        lens[i] = strlen(argv[i]);
+    struct routes_op *op = routes_op_new(rt, user_data);
+    op->cb.head = cb;
+    /* Cleanup bookkeeping first: it is pipelined ahead of the script. */
+    redis_command(rt->redis, routes_on_logged, NULL, "SADD gw:%d:rooms %s", gw, room);
+    redis_script_run(rt->redis, &rt->join, routes_on_head, op, 3, 6, argv, lens);
+}
+
+void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user)
+{
+    char k[ROUTES_KEY_MAX], v[24];
+    routes_key(k, "room", room, "seq");
+    snprintf(v, sizeof v, "%" PRId64, seq);
+    const char *argv[] = { k, v };
+    size_t lens[] = { strlen(k), strlen(v) };
+    struct routes_op *op = routes_op_new(rt, user);
+    op->cb.head = cb;
+    redis_script_run(rt->redis, &rt->seed, routes_on_head, op, 1, 2, argv, lens);
+}
+
+void routes_room_drop_gateway(routes_t *rt, const char *room, int gw)
+{
+    char k[ROUTES_KEY_MAX];
+    routes_key(k, "room", room, "gw");
+    redis_command(rt->redis, routes_on_logged, NULL, "HDEL %s %d", k, gw);
+    redis_command(rt->redis, routes_on_logged, NULL, "SREM gw:%d:rooms %s", gw, room);
+}
+
+void routes_room_drop_user(routes_t *rt, const char *room, const char *user, int gw,
+                           const char *epoch)
+{
+    char k[ROUTES_KEY_MAX];
+    routes_key(k, "room", room, "on");
+    redis_command(rt->redis, routes_on_logged, NULL, "SREM %s %s@%d:%s", k, user, gw, epoch);
+}
+
+void routes_user_add(routes_t *rt, const char *user, int gw, const char *epoch)
+{
+    char k[ROUTES_KEY_MAX];
+    routes_key(k, "user", user, "gw");
+    redis_command(rt->redis, routes_on_logged, NULL, "SADD gw:%d:users %s", gw, user);
+    redis_command(rt->redis, routes_on_logged, NULL, "HSET %s %d %s", k, gw, epoch);
+}
+
+void routes_user_drop(routes_t *rt, const char *user, int gw)
+{
+    char k[ROUTES_KEY_MAX];
+    routes_key(k, "user", user, "gw");
+    redis_command(rt->redis, routes_on_logged, NULL, "HDEL %s %d", k, gw);
+    redis_command(rt->redis, routes_on_logged, NULL, "SREM gw:%d:users %s", gw, user);
+}
+
+/* Members are "user@gw:epoch"; only live ones count, stale ones are removed. */
+static void routes_on_presence(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    char **users = NULL;
+    size_t n = 0;
+    if (err == 0 && r->type != REDIS_REPLY_ARRAY)
+        err = ERR_UNAVAILABLE;
+    if (err == 0 && r->elements)
+        users = calloc(r->elements, sizeof *users);
+    for (size_t i = 0; users && i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        const char *at = e->type == REDIS_REPLY_STRING ? memchr(e->str, '@', e->len) : NULL;
+        const char *colon = at ? memchr(at, ':', e->len - (size_t)(at - e->str)) : NULL;
+        int gw;
+        if (!colon || !routes_is_live(op->rt, at + 1, (size_t)(colon - at - 1), colon + 1,
+                                      e->len - (size_t)(colon + 1 - e->str), &gw)) {
+            if (op->rt->live_known && e->type == REDIS_REPLY_STRING)
+                redis_command(op->rt->redis, routes_on_logged, NULL, "SREM %s %b", op->key,
+                              e->str, e->len);
+            continue;
+        }
+        size_t ulen = (size_t)(at - e->str), j = 0;
+        while (j < n && !(strlen(users[j]) == ulen && !memcmp(users[j], e->str, ulen)))
+            j++;
+        if (j == n && (users[n] = strndup(e->str, ulen)) != NULL)
+            n++;
+    }
+    op->cb.presence(err, users, n, op->user);
+    for (size_t i = 0; i < n; i++)
+        free(users[i]);
+    free(users);
+    routes_op_free(op);
+}
+
+void routes_presence(routes_t *rt, const char *room, routes_presence_cb cb, void *user)
+{
+    struct routes_op *op = routes_op_new(rt, user);
+    op->cb.presence = cb;
+    routes_key(op->key, "room", room, "on");
+    redis_command(rt->redis, routes_on_presence, op, "SMEMBERS %s", op->key);
+}
+
+/* ---- classifier side ---- */
+
+static void routes_on_assign(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    size_t n = 0;
+    int64_t seq = 0;
+    int dup = 0;
+    if (err == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+                     r->element[0]->type != REDIS_REPLY_INTEGER)) {
+        log_error("redis_script_failed", "script=assign err=%s",
+                  r->type == REDIS_REPLY_ERROR ? log_q(r->str, r->len) : "unexpected reply");
+        err = ERR_UNAVAILABLE;
+    }
+    if (err == 0) {
+        seq = r->element[0]->integer;
+        dup = r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer == 1;
+        n = routes_collect(op->rt, r->element[2], op->gws, 0, (size_t)op->rt->n_gw);
+    }
+    op->cb.assign(err, seq, dup, op->gws, n, op->user);
+    routes_op_free(op);
+}
+
+void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t seed,
+                   routes_assign_cb cb, void *user)
+{
+    char k1[ROUTES_KEY_MAX], k2[ROUTES_KEY_MAX], k3[ROUTES_KEY_MAX], ttl[16], sd[24] = "";
+    char idk[64];
+    routes_key(k1, "room", room, "seq");
+    snprintf(idk, sizeof idk, "id:%s", msg_id);
+    routes_key(k2, "room", room, idk);
+    routes_key(k3, "room", room, "gw");
+    snprintf(ttl, sizeof ttl, "%u", rt->dedup_ttl_s);
+    if (seed >= 0)
+        snprintf(sd, sizeof sd, "%" PRId64, seed);
+    const char *argv[] = { k1, k2, k3, ttl, sd };
+    size_t lens[5];
+    for (int i = 0; i < 5; i++)
+        lens[i] = strlen(argv[i]);
+    struct routes_op *op = routes_op_new_gws(rt, user);
+    op->cb.assign = cb;
+    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, 3, 5, argv, lens);
+}
+
+static void routes_on_dests(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    if (err == 0 && r->type != REDIS_REPLY_ARRAY)
+        err = ERR_UNAVAILABLE;
+    if (err)
+        op->err = err;
+    else
+        op->n_gws = routes_collect(op->rt, r, op->gws, op->n_gws, (size_t)op->rt->n_gw);
+    if (--op->pending > 0)
+        return;
+    op->cb.dests(op->err, op->gws, op->err ? 0 : op->n_gws, op->user);
+    routes_op_free(op);
+}
+
+void routes_dests(routes_t *rt, const char *room, const char *member, routes_dests_cb cb,
+                  void *user)
+{
+    char k[ROUTES_KEY_MAX];
+    struct routes_op *op = routes_op_new_gws(rt, user);
+    op->cb.dests = cb;
+    op->pending = member ? 2 : 1;
+    routes_key(k, "room", room, "gw");
+    redis_command(rt->redis, routes_on_dests, op, "HGETALL %s", k);
+    if (member) {
+        routes_key(k, "user", member, "gw");
+        redis_command(rt->redis, routes_on_dests, op, "HGETALL %s", k);
+    }
+}

@@ -1,0 +1,81 @@
+/* routes: the routing table and the per-room sequence numbers, in Redis.
+ *
+ * Keys (a room's keys share one Redis Cluster hash slot through {room:R}):
+ *   {room:R}:seq        the room's last assigned seq (INCR)
+ *   {room:R}:id:ID      seq given to message ID (dedup of re-consumed records
+ *                       and cid resends; expires after dedup_ttl_s)
+ *   {room:R}:gw         hash gateway id -> epoch: gateways with members online
+ *   {room:R}:on         set "user@gw:epoch": who is online in the room
+ *   {user:U}:gw         hash gateway id -> epoch: where the user is connected
+ *   gw:N                epoch of gateway N's live process (TTL = liveness)
+ *   gw:N:rooms, gw:N:users   what gateway N registered (cleanup on restart)
+ *
+ * Invariants (DESIGN.md): a gateway registers a room route and reads the
+ * room's head in one script, a classifier assigns a seq and reads the room's
+ * routes in one script, so every seq above a join's head is routed there.
+ * A route counts only while its epoch equals the live epoch of that gateway
+ * (cached here, refreshed every second), so a dead gateway stops receiving
+ * within its TTL plus one second, and a restarted one ignores its old life.
+ * A missing seq key is re-seeded from PostgreSQL by the caller (head == -1 /
+ * seq == -1 means "seed me"), never restarted at 1.
+ *
+ * Every call gets exactly one callback from the loop (see store/redis.h).
+ */
+#ifndef CHATD_ROUTES_H
+#define CHATD_ROUTES_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "store/redis.h"
+
+typedef struct routes routes_t;
+
+typedef void (*routes_done_cb)(int err, void *user);
+/* head: the room's last seq, or -1 when the seq key is missing (seed it). */
+typedef void (*routes_head_cb)(int err, int64_t head, void *user);
+/* seq == -1: the room's seq key is missing; call again with a seed.
+ * gws: live gateways with members of the room online (deduplicated). */
+typedef void (*routes_assign_cb)(int err, int64_t seq, int dup, const int *gws, size_t n_gws,
+                                 void *user);
+typedef void (*routes_dests_cb)(int err, const int *gws, size_t n_gws, void *user);
+typedef void (*routes_presence_cb)(int err, char **users, size_t n_users, void *user);
+
+/* n_gateways: gateway ids are 0..n_gateways-1 (chat-receive partitions). */
+int routes_init(routes_t **out, uv_loop_t *loop, redis_client_t *redis, int n_gateways,
+                unsigned dedup_ttl_s);
+void routes_close(routes_t *rt);
+/* 1 once the live-gateway cache has been read at least once. */
+int routes_live_known(const routes_t *rt);
+
+/* ---- gateway side ---- */
+/* Announces gw's epoch with a TTL (call every ttl/3). */
+void routes_gateway_heartbeat(routes_t *rt, int gw, const char *epoch, int ttl_s,
+                              routes_done_cb cb, void *user);
+/* Removes every route gateway gw registered in earlier lives. Call before
+ * registering anything in this life. */
+void routes_gateway_cleanup(routes_t *rt, int gw, routes_done_cb cb, void *user);
+/* Registers gw for room (and user online there), then reads the head. */
+void routes_room_join(routes_t *rt, const char *room, int gw, const char *epoch, const char *user,
+                      routes_head_cb cb, void *user_data);
+/* Sets the room's seq key to seq unless present; answers the head. */
+void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user);
+/* Fire-and-forget removals (failures are logged; stale entries are harmless
+ * because routes are filtered by live epoch). */
+void routes_room_drop_gateway(routes_t *rt, const char *room, int gw);
+void routes_room_drop_user(routes_t *rt, const char *room, const char *user, int gw,
+                           const char *epoch);
+void routes_user_add(routes_t *rt, const char *user, int gw, const char *epoch);
+void routes_user_drop(routes_t *rt, const char *user, int gw);
+void routes_presence(routes_t *rt, const char *room, routes_presence_cb cb, void *user);
+
+/* ---- classifier side ---- */
+/* seed < 0: no seed. */
+void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t seed,
+                   routes_assign_cb cb, void *user);
+/* Live gateways of the room, plus those of `member` (may be NULL). */
+void routes_dests(routes_t *rt, const char *room, const char *member, routes_dests_cb cb,
+                  void *user);
+
+#endif

@@ -1,0 +1,287 @@
+"""Session fixtures: redis + PostgreSQL + a chatd cluster (embedded-Kafka
+broker, 2 classifiers, 2 gateways), plus a factory for standalone
+`--role=all` instances. Every process is checked after every test: an
+unexpected exit or a sanitizer report fails the run.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psycopg2
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import chatlib  # noqa: E402
+from chatlib import Proc, free_port, start_redis, uid, wait_ready  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CHATD_BIN = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
+PG_BIN = "/usr/lib/postgresql/15/bin"
+JWT_SECRET = "integration-test-secret-" + "k" * 16
+READY_TIMEOUT = float(os.environ.get("CHATD_TEST_READY_TIMEOUT", "45"))
+KAFKA_TEST_OPTS = ["--kafka-opt=session.timeout.ms=3000",
+                   "--kafka-opt=heartbeat.interval.ms=300"]
+
+
+def chatd_env(extra=None):
+    env = dict(os.environ)
+    env["CHATD_JWT_SECRET"] = JWT_SECRET
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+    # Make sure stray CHATD_* settings of the caller do not leak in.
+    for k in list(env):
+        if k.startswith("CHATD_") and k not in ("CHATD_JWT_SECRET",):
+            del env[k]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def start_chatd(name, args, logdir, env=None):
+    if not os.access(CHATD_BIN, os.X_OK):
+        pytest.fail(f"chatd binary not found at {CHATD_BIN} (set CHATD_BIN or run make)")
+    return Proc(name, [CHATD_BIN] + list(args), logdir, env=env or chatd_env(),
+                sanitized=True, expect_clean_exit=True)
+
+
+# --------------------------------------------------------------------------
+# reporting
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and chatlib.REGISTRY:
+        tails = []
+        for p in chatlib.REGISTRY:
+            if p.sanitized:
+                tails.append(f"--- {p.name} ({p.logpath}) ---\n{p.tail(25)}")
+        if tails:
+            rep.sections.append(("chatd logs (tails)", "\n".join(tails)))
+
+
+@pytest.fixture(autouse=True)
+def _process_guard():
+    """After each test: no process of ours died, no sanitizer report."""
+    yield
+    problems = chatlib.check_registry()
+    if problems:
+        pytest.fail("server process problem:\n" + "\n\n".join(problems), pytrace=False)
+
+
+# --------------------------------------------------------------------------
+# backends
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = tempfile.mkdtemp(prefix="chatd-it-")
+    os.chmod(d, 0o755)
+    yield d
+    if os.environ.get("CHATD_TEST_KEEP") != "1":
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class PG:
+    def __init__(self, proc, port):
+        self.proc = proc
+        self.port = port
+
+    def conninfo(self, db="postgres"):
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={db}"
+
+    def connect(self, db="postgres"):
+        c = psycopg2.connect(self.conninfo(db), connect_timeout=5)
+        c.autocommit = True
+        return c
+
+    def create_db(self, name):
+        c = self.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            c.close()
+        return self.conninfo(name)
+
+    def query(self, sql, args=(), db="postgres"):
+        c = self.connect(db)
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall()
+        finally:
+            c.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir):
+    proc = start_redis(workdir)
+    yield proc
+    proc.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pg(workdir):
+    datadir = os.path.join(workdir, "pgdata")
+    os.makedirs(datadir, mode=0o700)
+    shutil.chown(datadir, "postgres", "postgres")
+    r = subprocess.run([f"{PG_BIN}/initdb", "-D", datadir, "-A", "trust", "-U", "postgres",
+                        "--no-sync", "-E", "UTF8", "--locale=C"],
+                       user="postgres", group="postgres", extra_groups=[],
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"initdb failed:\n{r.stdout.decode(errors='replace')}")
+    port = free_port()
+    proc = Proc("postgres", [f"{PG_BIN}/postgres", "-D", datadir, "-k", datadir,
+                             "-c", "listen_addresses=127.0.0.1", "-p", str(port), "-F",
+                             "-c", "fsync=off", "-c", "max_connections=200"],
+                workdir, user="postgres")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg2.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                             connect_timeout=2).close()
+            break
+        except psycopg2.OperationalError:
+            if not proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start\n{proc.tail()}")
+            time.sleep(0.1)
+    yield PG(proc, port)
+    proc.stop(sig=signal.SIGINT, timeout=20)
+
+
+# --------------------------------------------------------------------------
+# the cluster
+
+class Cluster:
+    secret = JWT_SECRET
+
+    def __init__(self, workdir, redis_proc, pg):
+        self.workdir = workdir
+        self.redis = redis_proc
+        self.pg = pg
+        self.procs = []
+        self.gw_ports = []
+        self.cl_ports = []
+        self.broker_port = None
+
+    def token(self, user, **kw):
+        return chatlib.make_token(user, JWT_SECRET, **kw)
+
+    async def client(self, user, gw=0, via="header", **kw):
+        return await chatlib.Client.connect(self.gw_ports[gw], self.token(user, **kw), via=via)
+
+    def all_ports(self):
+        return [self.broker_port] + self.cl_ports + self.gw_ports
+
+
+@pytest.fixture(scope="session")
+def cluster(workdir, redis_server, pg):
+    c = Cluster(workdir, redis_server, pg)
+    bootstrap = os.path.join(workdir, "bootstrap")
+    conninfo = pg.conninfo()
+    c.broker_port = free_port()
+    broker = start_chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{c.broker_port}",
+                                    f"--kafka-bootstrap-file={bootstrap}",
+                                    "--send-partitions=8", "--receive-partitions=8",
+                                    "--log-level=info"], workdir)
+    c.procs.append((broker, c.broker_port))
+    common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}",
+              f"--redis={redis_server.url}", f"--pg={conninfo}", "--log-level=info"]
+    for i in range(2):
+        port = free_port()
+        p = start_chatd(f"classifier{i}", ["--role=classifier", f"--listen=127.0.0.1:{port}"]
+                        + common + KAFKA_TEST_OPTS, workdir)
+        c.cl_ports.append(port)
+        c.procs.append((p, port))
+    for i in range(2):
+        port = free_port()
+        p = start_chatd(f"gateway{i}", ["--role=gateway", f"--gateway-id={i}",
+                                        f"--listen=127.0.0.1:{port}", "--dev-tokens",
+                                        "--rate=1000", "--rate-burst=1000"] + common, workdir)
+        c.gw_ports.append(port)
+        c.procs.append((p, port))
+    try:
+        for p, port in c.procs:
+            wait_ready(p, port, READY_TIMEOUT)
+    except Exception as e:
+        _stop_cluster(c)
+        pytest.fail(str(e), pytrace=False)
+    yield c
+    problems = _stop_cluster(c)
+    if problems:
+        pytest.fail("cluster teardown:\n" + "\n\n".join(problems), pytrace=False)
+
+
+def _stop_cluster(c):
+    # Gateways and classifiers first (they flush to the broker), then the broker.
+    others = [p for p, _ in c.procs if p.name != "broker"]
+    for p in others:
+        p.send_signal(signal.SIGTERM)
+    for p in others:
+        if p.p.returncode is None:
+            p.wait_exit(25)
+    for p, _ in c.procs:
+        if p.name == "broker":
+            p.stop(timeout=25)
+    return [x for x in (p.check() for p, _ in c.procs) if x]
+
+
+# --------------------------------------------------------------------------
+# standalone --role=all instances
+
+class Instance:
+    def __init__(self, proc, port, redis_proc, conninfo, dbname, workdir):
+        self.proc = proc
+        self.port = port
+        self.redis = redis_proc
+        self.conninfo = conninfo
+        self.dbname = dbname
+        self.workdir = workdir
+
+    def token(self, user, **kw):
+        return chatlib.make_token(user, JWT_SECRET, **kw)
+
+    async def client(self, user, **kw):
+        return await chatlib.Client.connect(self.port, self.token(user), **kw)
+
+
+@pytest.fixture(scope="session")
+def start_all_instance(workdir, pg):
+    """Factory: a --role=all chatd with its own redis and a fresh database,
+    embedded in-process Kafka. Stopped at session end (if still running)."""
+    started = []
+
+    def start(name, extra_args=()):
+        d = os.path.join(workdir, name)
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        r = start_redis(d, name=f"{name}-redis")
+        dbname = "chatd_" + uid("db").replace("-", "_")
+        conninfo = pg.create_db(dbname)
+        port = free_port()
+        p = start_chatd(name, ["--role=all", f"--listen=127.0.0.1:{port}", "--kafka=embedded",
+                               f"--redis={r.url}", f"--pg={conninfo}", "--log-level=info"]
+                        + KAFKA_TEST_OPTS + list(extra_args), d)
+        inst = Instance(p, port, r, conninfo, dbname, d)
+        started.append(inst)
+        try:
+            wait_ready(p, port, READY_TIMEOUT)
+        except Exception as e:
+            pytest.fail(str(e), pytrace=False)
+        return inst
+
+    yield start
+    problems = []
+    for inst in started:
+        inst.proc.stop(timeout=25)
+        inst.redis.stop(timeout=10)
+        x = inst.proc.check()
+        if x:
+            problems.append(x)
+    if problems:
+        pytest.fail("standalone instance teardown:\n" + "\n\n".join(problems), pytrace=False)

@@ -1,0 +1,134 @@
+"""A standalone `chatd --role=all` (in-process embedded Kafka, own redis, own
+database): round trip, dev tokens, a Redis outage (unavailable, then seqs
+continue after Redis comes back empty), and SIGTERM draining with 1012."""
+import asyncio
+import json
+import signal
+import time
+
+import pytest
+
+from chatlib import Client, arun, http_request, start_redis, uid, wait_http_status
+
+
+@pytest.fixture(scope="module")
+def inst(start_all_instance):
+    return start_all_instance("all1", ["--dev-tokens"])
+
+
+def test_all_in_one_round_trip(inst):
+    room = uid("all")
+    ua, ub = uid("a"), uid("b")
+
+    async def body():
+        a = await inst.client(ua)
+        b = await inst.client(ub, via="query")
+        assert a.hello["user"] == ua and b.hello["user"] == ub
+        assert await a.join(room) == 0
+        assert await b.join(room) == 0
+        ack = await a.send(room, "hello from a", cid="c1")
+        m = await b.wait_event(lambda e: e.get("op") == "msg", what="msg at b")
+        assert (m["room"], m["seq"], m["id"], m["from"], m["text"], m["cid"]) == \
+            (room, 1, ack["id"], ua, "hello from a", "c1"), m
+        await b.send(room, "hello from b")
+        await a.wait_seqs(room, [1, 2])
+        h = await b.sync(room)
+        assert [(x["seq"], x["from"], x["text"]) for x in h["messages"]] == \
+            [(1, ua, "hello from a"), (2, ub, "hello from b")] and h["more"] is False
+        r = await a.ok("rooms")
+        assert [(x["room"], x["seq"]) for x in r["rooms"]] == [(room, 2)], r
+        await a.close()
+        await b.close()
+    arun(body())
+
+    st, _, body_ = http_request(inst.port, "GET", f"/api/rooms/{room}/messages",
+                                headers={"Authorization": f"Bearer {inst.token(ua)}"})
+    assert st == 200 and [m["seq"] for m in json.loads(body_)["messages"]] == [1, 2]
+    for path in ("/healthz", "/readyz", "/metrics"):
+        st, _, _ = http_request(inst.port, "GET", path)
+        assert st == 200, path
+    rows = inst_query(inst, "SELECT count(*) FROM messages WHERE room = %s", (room,))
+    assert rows == [(2,)], rows
+
+
+def inst_query(inst, sql, args=()):
+    import psycopg2
+    c = psycopg2.connect(inst.conninfo, connect_timeout=5)
+    try:
+        with c.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    finally:
+        c.close()
+
+
+def test_all_in_one_dev_token(inst):
+    user = uid("dev")
+    st, _, body = http_request(inst.port, "POST", "/api/dev/token", body={"user": user})
+    assert st == 200, (st, body)
+    tok = json.loads(body)["token"]
+
+    async def body_():
+        c = await Client.connect(inst.port, tok)
+        assert c.user == user
+        await c.close()
+    arun(body_())
+
+
+def test_redis_outage_unavailable_then_seqs_continue(inst):
+    room = uid("outage")
+    ua = uid("a")
+
+    async def before():
+        a = await inst.client(ua)
+        await a.join(room)
+        await a.send_many(room, ["1", "2", "3"])
+        await a.wait_seqs(room, [1, 2, 3])
+        await a.close()
+    arun(before())
+
+    port = inst.redis.port
+    inst.redis.stop(sig=signal.SIGKILL, timeout=10)
+    try:
+        wait_http_status(inst.port, "/readyz", 503, timeout=15)
+        st, _, _ = http_request(inst.port, "GET", "/healthz")
+        assert st == 200, "healthz must stay 200 while a backend is down"
+
+        async def during():
+            a = await inst.client(ua)
+            r = await a.req("join", room=uid("new"), timeout=20)
+            assert r.get("op") == "error" and r.get("code") == "unavailable", r
+            assert not a.closed.is_set()
+            await a.close()
+        arun(during())
+    finally:
+        # Redis comes back EMPTY on the same port.
+        inst.redis = start_redis(inst.workdir, name="all1-redis-2", port=port)
+    wait_http_status(inst.port, "/readyz", 200, timeout=30)
+
+    async def after():
+        a = await inst.client(ua)
+        b = await inst.client(uid("b"))
+        assert await b.join(room) == 3, "head lost after Redis restarted empty"
+        await a.send(room, "4")
+        await b.wait_seqs(room, [4])
+        h = await a.sync(room)
+        assert [(m["seq"], m["text"]) for m in h["messages"]] == \
+            [(1, "1"), (2, "2"), (3, "3"), (4, "4")], h
+        await a.close()
+        await b.close()
+    arun(after(), timeout=60)
+
+
+def test_sigterm_closes_clients_1012(inst):
+    async def body():
+        a = await inst.client(uid("term"))
+        inst.proc.send_signal(signal.SIGTERM)
+        code = await a.wait_closed(20)
+        assert code == 1012, f"close code {code} on SIGTERM, reason {a.ws.close_reason!r}"
+    arun(body())
+    t0 = time.monotonic()
+    inst.proc.wait_exit(30)
+    assert inst.proc.p.returncode == 0, \
+        f"exit code {inst.proc.p.returncode} after SIGTERM\n{inst.proc.tail()}"
+    assert time.monotonic() - t0 < 30

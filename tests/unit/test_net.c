@@ -1,0 +1,713 @@
+/* test_net: net/http + net/ws.
+ *
+ * Pure functions with byte arrays, then end to end on 127.0.0.1:0: the server
+ * runs its libuv loop in a second thread; the test thread is a plain blocking
+ * client (SO_RCVTIMEO bounds every read). Server-side state is only read
+ * through the server itself (GET /metrics) or through atomics set by its
+ * callbacks.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/err.h"
+#include "lib/log.h"
+#include "lib/metrics.h"
+#include "net/http.h"
+#include "net/ws.h"
+
+/* ---- pure functions ---- */
+
+static void test_accept_key_rfc6455(void **state)
+{
+    (void)state;
+    char out[29];
+    assert_int_equal(ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out), 0);
+    assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_true(ws_accept_key("", out) < 0);
+    assert_true(ws_accept_key(NULL, out) < 0);
+}
+
+#define U(s) (const unsigned char *)(s), sizeof(s) - 1
+
+static void test_utf8(void **state)
+{
+    (void)state;
+    assert_true(ws_utf8_valid(U("")));
+    assert_true(ws_utf8_valid(U("plain ascii text, long enough for the fast path")));
+    assert_true(ws_utf8_valid(U("h\xc3\xa9llo")));                 /* U+00E9 */
+    assert_true(ws_utf8_valid(U("\xe2\x82\xac")));                 /* U+20AC */
+    assert_true(ws_utf8_valid(U("\xf0\x9d\x84\x9e")));             /* U+1D11E */
+    assert_true(ws_utf8_valid(U("\xf4\x8f\xbf\xbf")));             /* U+10FFFF */
+    assert_true(ws_utf8_valid(U("\xed\x9f\xbf")));                 /* U+D7FF */
+    assert_true(ws_utf8_valid(U("\xee\x80\x80")));                 /* U+E000 */
+    assert_true(ws_utf8_valid(U("abcdefgh\xc2\x80xyz")));          /* U+0080 after 8 ASCII */
+
+    assert_false(ws_utf8_valid(U("\xc0\x80")));                    /* overlong NUL */
+    assert_false(ws_utf8_valid(U("\xc1\xbf")));                    /* overlong 0x7F */
+    assert_false(ws_utf8_valid(U("\xe0\x80\x80")));                /* overlong 3-byte */
+    assert_false(ws_utf8_valid(U("\xe0\x9f\xbf")));                /* overlong U+07FF */
+    assert_false(ws_utf8_valid(U("\xf0\x80\x80\x80")));            /* overlong 4-byte */
+    assert_false(ws_utf8_valid(U("\xf0\x8f\xbf\xbf")));            /* overlong U+FFFF */
+    assert_false(ws_utf8_valid(U("\xed\xa0\x80")));                /* U+D800 */
+    assert_false(ws_utf8_valid(U("\xed\xbf\xbf")));                /* U+DFFF */
+    assert_false(ws_utf8_valid(U("\xf4\x90\x80\x80")));            /* U+110000 */
+    assert_false(ws_utf8_valid(U("\xf5\x80\x80\x80")));
+    assert_false(ws_utf8_valid(U("\xff")));
+    assert_false(ws_utf8_valid(U("\x80")));                        /* lone continuation */
+    assert_false(ws_utf8_valid(U("\xc3")));                        /* truncated */
+    assert_false(ws_utf8_valid(U("\xe2\x82")));
+    assert_false(ws_utf8_valid(U("abc\xf0\x9d\x84")));
+    assert_false(ws_utf8_valid(U("\xc3(")));                       /* bad continuation */
+    assert_false(ws_utf8_valid(U("abcdefgh\xc3")));                /* after the fast path */
+}
+
+static void test_frame_header(void **state)
+{
+    (void)state;
+    uint8_t h[10];
+    assert_int_equal(ws_frame_header(h, 0, 1), 2);
+    assert_int_equal(h[0], 0x81);
+    assert_int_equal(h[1], 0);
+    assert_int_equal(ws_frame_header(h, 125, 1), 2);
+    assert_int_equal(h[1], 125);
+    assert_int_equal(ws_frame_header(h, 126, 1), 4);
+    assert_int_equal(h[1], 126);
+    assert_int_equal(h[2] << 8 | h[3], 126);
+    assert_int_equal(ws_frame_header(h, 65535, 1), 4);
+    assert_int_equal(h[2] << 8 | h[3], 65535);
+    assert_int_equal(ws_frame_header(h, 65536, 1), 10);
+    assert_int_equal(h[1], 127);
+    static const uint8_t len64[8] = { 0, 0, 0, 0, 0, 1, 0, 0 };
+    assert_memory_equal(h + 2, len64, 8);
+    assert_int_equal(ws_frame_header(h, 3, 8), 2);
+    assert_int_equal(h[0], 0x88);
+
+    ws_frame_t *f = ws_frame_text("hi", 2);
+    assert_non_null(f);
+    ws_frame_ref(f);
+    ws_frame_unref(f);
+    ws_frame_unref(f);
+}
+
+/* ---- the server under test (runs on the loop thread) ---- */
+
+static uv_loop_t t_loop;
+static uv_async_t t_stop;
+static pthread_t t_thread;
+static http_server_t *t_srv;
+static int t_port;
+static int t_last_close;     /* atomic: last on_close code */
+static int t_closes;         /* atomic: on_close calls */
+static http_req_t *t_later;  /* /later: answered from a timer */
+static uv_timer_t t_later_timer;
+
+static void t_on_text(ws_conn_t *c, const char *data, size_t len, void *user)
+{
+    (void)user;
+    if (len == 5 && memcmp(data, "flood", 5) == 0) {
+        /* One frame, many references: passes any queue bound in one turn. */
+        static char big[64 * 1024];
+        memset(big, 'x', sizeof big);
+        ws_frame_t *f = ws_frame_text(big, sizeof big);
+        for (int i = 0; i < 64 && ws_conn_send(c, f) == 0; i++)
+            ;
+        ws_frame_unref(f);
+    } else if (len == 3 && memcmp(data, "bye", 3) == 0) {
+        ws_conn_close(c, 1000, "bye");
+        /* Not a cmocka assert: this runs on the loop thread. */
+        CHATD_ASSERT(ws_conn_send_text(c, "late", 4) == ERR_UNAVAILABLE);
+    } else {
+        ws_conn_send_text(c, data, len);
+    }
+}
+
+static void t_on_close(ws_conn_t *c, int code, void *user)
+{
+    (void)c;
+    (void)user;
+    __atomic_store_n(&t_last_close, code, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&t_closes, 1, __ATOMIC_SEQ_CST);
+}
+
+static const struct ws_callbacks t_ws_cbs = { t_on_text, t_on_close };
+
+static void t_later_cb(uv_timer_t *t)
+{
+    (void)t;
+    http_respond(t_later, 200, "text/plain", "late\n", 5, NULL);
+    t_later = NULL;
+}
+
+static void t_handler(http_req_t *req, void *user)
+{
+    (void)user;
+    const char *path = http_req_path(req);
+    if (strcmp(path, "/healthz") == 0) {
+        http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
+    } else if (strcmp(path, "/ws") == 0) {
+        static const char hello[] = "{\"op\":\"hello\"}";
+        ws_accept(req, hello, sizeof hello - 1, &t_ws_cbs, NULL);
+    } else if (strcmp(path, "/echo") == 0) {
+        char q[64], out[256];
+        const char *v = http_req_query(req, "q", q, sizeof q);
+        const char *h = http_req_header(req, "x-test");
+        size_t blen;
+        const char *body = http_req_body(req, &blen);
+        int n = snprintf(out, sizeof out, "%s|%s|%s|%.*s|%s", http_req_method(req), v ? v : "-",
+                         h ? h : "-", (int)blen, body, http_req_peer(req));
+        http_respond(req, 200, "text/plain", out, (size_t)n, "X-Extra: 1\r\n");
+    } else if (strcmp(path, "/metrics") == 0) {
+        size_t len;
+        char *m = metrics_render(&len);
+        http_respond(req, 200, "text/plain; version=0.0.4", m, len, NULL);
+        free(m);
+    } else if (strcmp(path, "/later") == 0) {
+        t_later = req;
+        uv_timer_start(&t_later_timer, t_later_cb, 100, 0);
+    } else {
+        http_respond_error(req, 404, "not_found", "no \"such\" path");
+    }
+}
+
+static void t_stop_cb(uv_async_t *a)
+{
+    http_server_close(t_srv);
+    ws_shutdown();
+    uv_close((uv_handle_t *)&t_later_timer, NULL);
+    uv_close((uv_handle_t *)a, NULL);
+}
+
+static void *t_loop_main(void *arg)
+{
+    (void)arg;
+    uv_run(&t_loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static int t_setup(void **state)
+{
+    (void)state;
+    assert_int_equal(uv_loop_init(&t_loop), 0);
+    struct ws_limits lim = { 65536, 256 * 1024, 1000, 500 };
+    assert_int_equal(ws_init(&t_loop, &lim), 0);
+    assert_int_equal(http_server_init(&t_srv, &t_loop, "127.0.0.1", 0, t_handler, NULL), 0);
+    t_port = http_server_port(t_srv);
+    assert_true(t_port > 0);
+    uv_async_init(&t_loop, &t_stop, t_stop_cb);
+    uv_timer_init(&t_loop, &t_later_timer);
+    return pthread_create(&t_thread, NULL, t_loop_main, NULL);
+}
+
+static int t_teardown(void **state)
+{
+    (void)state;
+    uv_async_send(&t_stop);
+    pthread_join(t_thread, NULL);
+    int r = uv_loop_close(&t_loop);
+    metrics_free();
+    return r;
+}
+
+/* ---- a blocking client ---- */
+
+static int t_connect(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)t_port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = { 5, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+static void t_send(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void t_sleep_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* 1 when all n bytes arrived, 0 on EOF, timeout or error. */
+static int t_recv_all(int fd, void *buf, size_t n)
+{
+    char *p = buf;
+    while (n > 0) {
+        ssize_t r = recv(fd, p, n, 0);
+        if (r <= 0)
+            return 0;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 1;
+}
+
+/* Reads one response; returns the status, headers and body NUL-terminated. */
+static int t_http_read(int fd, char *head, size_t hcap, char *body, size_t bcap)
+{
+    size_t n = 0;
+    while (n < 4 || memcmp(head + n - 4, "\r\n\r\n", 4) != 0) {
+        assert_true(n + 1 < hcap);
+        if (!t_recv_all(fd, head + n, 1))
+            return -1;
+        n++;
+    }
+    head[n] = '\0';
+    const char *cl = strcasestr(head, "\r\nContent-Length:");
+    assert_non_null(cl);
+    size_t blen = strtoul(cl + 17, NULL, 10);
+    assert_true(blen < bcap);
+    assert_true(t_recv_all(fd, body, blen));
+    body[blen] = '\0';
+    return atoi(head + 9);
+}
+
+static int t_closed_by_peer(int fd)
+{
+    char ch;
+    ssize_t r = recv(fd, &ch, 1, 0);
+    return r == 0 || (r < 0 && errno == ECONNRESET);
+}
+
+static void t_ws_send(int fd, int opcode, const void *data, size_t len)
+{
+    uint8_t *f = malloc(len + 14);
+    static const uint8_t mask[4] = { 0x37, 0xfa, 0x21, 0x3d };
+    size_t h = ws_frame_header(f, len, opcode);
+    f[1] |= 0x80;
+    memcpy(f + h, mask, 4);
+    for (size_t i = 0; i < len; i++)
+        f[h + 4 + i] = ((const uint8_t *)data)[i] ^ mask[i % 4];
+    t_send(fd, f, h + 4 + len);
+    free(f);
+}
+
+/* Reads one server frame (unmasked); returns its payload length or -1. */
+static long t_ws_read(int fd, int *opcode, char *buf, size_t cap)
+{
+    uint8_t h[10];
+    if (!t_recv_all(fd, h, 2))
+        return -1;
+    assert_int_equal(h[1] & 0x80, 0);
+    uint64_t len = h[1] & 0x7f;
+    if (len == 126) {
+        if (!t_recv_all(fd, h + 2, 2))
+            return -1;
+        len = (uint64_t)h[2] << 8 | h[3];
+    } else if (len == 127) {
+        if (!t_recv_all(fd, h + 2, 8))
+            return -1;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | h[2 + i];
+    }
+    assert_true(len <= cap);
+    *opcode = h[0] & 0x0f;
+    if (!t_recv_all(fd, buf, (size_t)len))
+        return -1;
+    return (long)len;
+}
+
+static void t_expect_frame(int fd, int opcode, const char *payload, size_t len)
+{
+    char buf[256];
+    int op = -1;
+    long n = t_ws_read(fd, &op, buf, sizeof buf);
+    assert_int_equal(op, opcode);
+    assert_int_equal(n, (long)len);
+    assert_memory_equal(buf, payload, len);
+}
+
+static const char t_upgrade[] =
+    "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/* Reads the 101 and the hello frame. */
+static void t_ws_expect_open(int fd)
+{
+    char head[1024], ch;
+    size_t n = 0;
+    while (n < 4 || memcmp(head + n - 4, "\r\n\r\n", 4) != 0) {
+        assert_true(t_recv_all(fd, &ch, 1));
+        head[n++] = ch;
+        assert_true(n < sizeof head);
+    }
+    head[n] = '\0';
+    assert_true(strncmp(head, "HTTP/1.1 101 ", 13) == 0);
+    assert_non_null(strstr(head, "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+    t_expect_frame(fd, 1, "{\"op\":\"hello\"}", 14);
+}
+
+static int t_ws_open(void)
+{
+    int fd = t_connect();
+    t_send(fd, t_upgrade, sizeof t_upgrade - 1);
+    t_ws_expect_open(fd);
+    return fd;
+}
+
+static void t_expect_close(int fd, int code)
+{
+    char buf[256];
+    int op = -1;
+    long n = t_ws_read(fd, &op, buf, sizeof buf);
+    assert_int_equal(op, 8);
+    assert_true(n >= 2);
+    assert_int_equal((uint8_t)buf[0] << 8 | (uint8_t)buf[1], code);
+}
+
+/* Waits for the server's on_close (it runs on the loop thread). */
+static void t_wait_closes(int count, int code)
+{
+    for (int i = 0; i < 500 && __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST) < count; i++)
+        t_sleep_ms(10);
+    assert_int_equal(__atomic_load_n(&t_closes, __ATOMIC_SEQ_CST), count);
+    assert_int_equal(__atomic_load_n(&t_last_close, __ATOMIC_SEQ_CST), code);
+}
+
+static double t_metric(const char *name)
+{
+    int fd = t_connect();
+    static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    t_send(fd, req, sizeof req - 1);
+    static char head[4096], body[16384];
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    close(fd);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(body, key);
+    assert_non_null(p);
+    return strtod(p + strlen(key), NULL);
+}
+
+/* ---- HTTP end to end ---- */
+
+static void test_http_split_every_offset(void **state)
+{
+    (void)state;
+    static const char req[] = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\n\r\n";
+    char head[1024], body[64];
+    int fd = t_connect(); /* one keep-alive connection for every split */
+    for (size_t cut = 1; cut < sizeof req - 1; cut++) {
+        t_send(fd, req, cut);
+        t_sleep_ms(1);
+        t_send(fd, req + cut, sizeof req - 1 - cut);
+        assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+        assert_string_equal(body, "ok\n");
+        assert_non_null(strstr(head, "Content-Type: text/plain\r\n"));
+        assert_null(strstr(head, "Connection: close"));
+    }
+    /* One byte at a time. */
+    for (size_t i = 0; i < sizeof req - 1; i++)
+        t_send(fd, req + i, 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    close(fd);
+}
+
+static void test_http_pipelined_and_close(void **state)
+{
+    (void)state;
+    static const char two[] = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+                              "GET /nope HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    char head[1024], body[256];
+    int fd = t_connect();
+    t_send(fd, two, sizeof two - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 404);
+    assert_string_equal(body, "{\"error\":\"not_found\",\"message\":\"no \\\"such\\\" path\"}");
+    assert_non_null(strstr(head, "Connection: close\r\n"));
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+}
+
+static void test_http_accessors(void **state)
+{
+    (void)state;
+    static const char req[] = "POST /echo?x=1&q=a%20b+c%2F&z HTTP/1.1\r\nHost: a\r\n"
+                              "X-Test:   spaced value  \r\nContent-Length: 5\r\n\r\nhello";
+    char head[1024], body[256];
+    int fd = t_connect();
+    t_send(fd, req, sizeof req - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    assert_string_equal(body, "POST|a b c/|spaced value|hello|127.0.0.1");
+    assert_non_null(strstr(head, "\r\nX-Extra: 1\r\n"));
+    /* Chunked body, HEAD gets no body. */
+    static const char chunked[] = "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+                                  "HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    t_send(fd, chunked, sizeof chunked - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    assert_string_equal(body, "POST|-|-|abcde|127.0.0.1");
+    char line[128];
+    size_t n = 0;
+    while (n < 4 || memcmp(line + n - 4, "\r\n\r\n", 4) != 0)
+        assert_true(t_recv_all(fd, line + n++, 1) && n < sizeof line);
+    assert_true(strncmp(line, "HTTP/1.1 200", 12) == 0);
+    assert_non_null(strstr(line, "Content-Length: 3\r\n"));
+    close(fd);
+}
+
+static void test_http_limits(void **state)
+{
+    (void)state;
+    char head[1024], body[256];
+    /* 20 KiB of headers. */
+    size_t big = 20 * 1024;
+    char *req = malloc(big + 128);
+    int n = sprintf(req, "GET /healthz HTTP/1.1\r\nX-Big: ");
+    memset(req + n, 'a', big);
+    strcpy(req + n + big, "\r\n\r\n");
+    int fd = t_connect();
+    t_send(fd, req, strlen(req));
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 431);
+    assert_non_null(strstr(head, "Connection: close\r\n"));
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    free(req);
+
+    /* Announced body over 64 KiB. */
+    static const char huge[] = "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\nxx";
+    fd = t_connect();
+    t_send(fd, huge, sizeof huge - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 413);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+
+    /* Garbage. */
+    fd = t_connect();
+    t_send(fd, "HELLO THERE\r\n\r\n", 15);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 400);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+}
+
+static void test_http_respond_after_peer_left(void **state)
+{
+    (void)state;
+    int fd = t_connect();
+    static const char req[] = "GET /later HTTP/1.1\r\nHost: a\r\n\r\n";
+    t_send(fd, req, sizeof req - 1);
+    t_sleep_ms(20);
+    close(fd); /* gone before the handler answers at +100 ms */
+    t_sleep_ms(200);
+    /* The server still serves. */
+    char head[1024], body[64];
+    fd = t_connect();
+    t_send(fd, req, sizeof req - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    assert_string_equal(body, "late\n");
+    close(fd);
+}
+
+/* ---- WebSocket end to end ---- */
+
+static void test_ws_echo(void **state)
+{
+    (void)state;
+    int closes = __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST);
+    int fd = t_ws_open();
+    t_ws_send(fd, 1, "hello", 5);
+    t_expect_frame(fd, 1, "hello", 5);
+    t_ws_send(fd, 1, "", 0);
+    t_expect_frame(fd, 1, "", 0);
+    /* A masked frame split at every offset. */
+    uint8_t f[64];
+    static const uint8_t mask[4] = { 1, 2, 3, 4 };
+    static const char msg[] = "h\xc3\xa9llo w\xc3\xb6rld";
+    size_t len = sizeof msg - 1;
+    f[0] = 0x81;
+    f[1] = (uint8_t)(0x80 | len);
+    memcpy(f + 2, mask, 4);
+    for (size_t i = 0; i < len; i++)
+        f[6 + i] = (uint8_t)msg[i] ^ mask[i % 4];
+    for (size_t cut = 1; cut < 6 + len; cut++) {
+        t_send(fd, f, cut);
+        t_sleep_ms(1);
+        t_send(fd, f + cut, 6 + len - cut);
+        t_expect_frame(fd, 1, msg, len);
+    }
+    /* A fragmented message and a ping in between. */
+    uint8_t frag[] = { 0x01, 0x82, 0, 0, 0, 0, 'a', 'b', 0x89, 0x81, 0, 0, 0, 0, 'p',
+                       0x80, 0x81, 0, 0, 0, 0, 'c' };
+    t_send(fd, frag, sizeof frag);
+    t_expect_frame(fd, 10, "p", 1);
+    t_expect_frame(fd, 1, "abc", 3);
+    /* Client-initiated close: echoed, then the server closes. */
+    t_ws_send(fd, 8, "\x03\xe8" "done", 6);
+    t_expect_frame(fd, 8, "\x03\xe8" "done", 6);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    t_wait_closes(closes + 1, 1000);
+}
+
+static void test_ws_leftover_after_upgrade(void **state)
+{
+    (void)state;
+    int closes = __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST);
+    int fd = t_connect();
+    /* The upgrade request and the first frame in one segment. */
+    uint8_t buf[512];
+    memcpy(buf, t_upgrade, sizeof t_upgrade - 1);
+    static const uint8_t frame[] = { 0x81, 0x82, 0, 0, 0, 0, 'h', 'i' };
+    memcpy(buf + sizeof t_upgrade - 1, frame, sizeof frame);
+    t_send(fd, buf, sizeof t_upgrade - 1 + sizeof frame);
+    t_ws_expect_open(fd);
+    t_expect_frame(fd, 1, "hi", 2);
+    close(fd); /* no close frame: 1006 */
+    t_wait_closes(closes + 1, 1006);
+}
+
+static void test_ws_protocol_errors(void **state)
+{
+    (void)state;
+    int closes = __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST);
+
+    int fd = t_ws_open();
+    t_ws_send(fd, 1, "bad \xc0\x80 utf8", 11);
+    t_expect_close(fd, 1007);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    t_wait_closes(++closes, 1007);
+
+    fd = t_ws_open();
+    t_ws_send(fd, 2, "\x01\x02", 2);
+    t_expect_close(fd, 1003);
+    close(fd);
+    t_wait_closes(++closes, 1003);
+
+    fd = t_ws_open();
+    size_t big = 70000;
+    char *payload = calloc(1, big);
+    memset(payload, 'a', big);
+    t_ws_send(fd, 1, payload, big);
+    free(payload);
+    t_expect_close(fd, 1009);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    t_wait_closes(++closes, 1009);
+
+    /* Unmasked client frame: protocol error (wslay). */
+    fd = t_ws_open();
+    t_send(fd, "\x81\x02hi", 4);
+    t_expect_close(fd, 1002);
+    close(fd);
+    t_wait_closes(++closes, 1002);
+}
+
+static void test_ws_server_close_and_slow_consumer(void **state)
+{
+    (void)state;
+    int closes = __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST);
+    int fd = t_ws_open();
+    t_ws_send(fd, 1, "bye", 3);
+    t_expect_frame(fd, 8, "\x03\xe8" "bye", 5);
+    t_ws_send(fd, 8, "\x03\xe8", 2);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    t_wait_closes(++closes, 1000);
+
+    double cuts = t_metric("chatd_ws_slow_consumer_cuts_total");
+    fd = t_ws_open();
+    t_ws_send(fd, 1, "flood", 5);
+    t_wait_closes(++closes, 1008);
+    close(fd);
+    assert_true(t_metric("chatd_ws_slow_consumer_cuts_total") == cuts + 1);
+    assert_true(t_metric("chatd_ws_frames_in_total") >= 10);
+    assert_true(t_metric("chatd_ws_connections") == 0);
+}
+
+static void test_ws_ping_timeout(void **state)
+{
+    (void)state;
+    int closes = __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST);
+    int fd = t_ws_open();
+    /* Idle for ping_interval (1 s): a ping; unanswered for 500 ms: 1001. */
+    t_expect_frame(fd, 9, "", 0);
+    t_expect_close(fd, 1001);
+    close(fd);
+    t_wait_closes(closes + 1, 1001);
+}
+
+static void test_ws_bad_handshakes(void **state)
+{
+    (void)state;
+    char head[1024], body[256];
+    static const char nokey[] = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+                                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    int fd = t_connect();
+    t_send(fd, nokey, sizeof nokey - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 400);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+
+    static const char v12[] = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n";
+    fd = t_connect();
+    t_send(fd, v12, sizeof v12 - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 426);
+    assert_non_null(strstr(head, "Sec-WebSocket-Version: 13\r\n"));
+    close(fd);
+
+    static const char plain[] = "GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
+    fd = t_connect();
+    t_send(fd, plain, sizeof plain - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 400);
+    close(fd);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    alarm(120); /* a hung test fails instead of blocking the suite */
+    log_init(LOG_LVL_WARN, "test", -1);
+    const struct CMUnitTest pure[] = {
+        cmocka_unit_test(test_accept_key_rfc6455),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_frame_header),
+    };
+    const struct CMUnitTest e2e[] = {
+        cmocka_unit_test(test_http_split_every_offset),
+        cmocka_unit_test(test_http_pipelined_and_close),
+        cmocka_unit_test(test_http_accessors),
+        cmocka_unit_test(test_http_limits),
+        cmocka_unit_test(test_http_respond_after_peer_left),
+        cmocka_unit_test(test_ws_echo),
+        cmocka_unit_test(test_ws_leftover_after_upgrade),
+        cmocka_unit_test(test_ws_protocol_errors),
+        cmocka_unit_test(test_ws_server_close_and_slow_consumer),
+        cmocka_unit_test(test_ws_bad_handshakes),
+        cmocka_unit_test(test_ws_ping_timeout),
+    };
+    int failed = cmocka_run_group_tests_name("net_pure", pure, NULL, NULL);
+    failed += cmocka_run_group_tests_name("net_e2e", e2e, t_setup, t_teardown);
+    return failed ? 1 : 0;
+}
