@@ -1,0 +1,327 @@
+/* Unit tests of the pure parts: conf, proto, jbuf, record, auth. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conf/conf.h"
+#include "kafka/record.h"
+#include "lib/err.h"
+#include "lib/jbuf.h"
+#include "net/auth.h"
+#include "net/proto.h"
+
+/* ---- conf ---- */
+
+static int conf_try(struct conf *c, int argc, char **argv)
+{
+    FILE *saved = stderr;
+    stderr = fopen("/dev/null", "w");
+    int rc = conf_load(c, argc, argv);
+    fclose(stderr);
+    stderr = saved;
+    return rc;
+}
+
+static void test_conf_defaults(void **state)
+{
+    (void)state;
+    struct conf c;
+    char *argv[] = { "chatd", "--role=classifier", "--kafka=127.0.0.1:9092" };
+    assert_int_equal(conf_try(&c, 3, argv), 0);
+    assert_int_equal(c.role, ROLE_CLASSIFIER);
+    assert_string_equal(c.listen_host, "0.0.0.0");
+    assert_int_equal(c.listen_port, 8080);
+    assert_string_equal(c.topic_send, "chat-send");
+    assert_int_equal(c.max_frame, 65536);
+    assert_int_equal(c.history_max, 1000);
+}
+
+static void test_conf_flags_and_env(void **state)
+{
+    (void)state;
+    struct conf c;
+    setenv("CHATD_LISTEN", "127.0.0.1:9000", 1);
+    setenv("CHATD_GATEWAY_ID", "3", 1);
+    setenv("CHATD_JWT_SECRET", "s3cret", 1);
+    char *argv[] = { "chatd", "--role=gateway", "--listen=[::1]:7000", "--kafka", "h:1",
+                     "--kafka-opt=linger.ms=5", "--kafka-opt", "acks=all", "--dev-tokens",
+                     "--rate=2.5" };
+    assert_int_equal(conf_try(&c, 10, argv), 0);
+    assert_string_equal(c.listen_host, "::1"); /* the command line wins */
+    assert_int_equal(c.listen_port, 7000);
+    assert_int_equal(c.gateway_id, 3);         /* from the environment */
+    assert_string_equal(c.jwt_secret, "s3cret");
+    assert_int_equal(c.n_kafka_opts, 2);
+    assert_string_equal(c.kafka_opts[1], "acks=all");
+    assert_int_equal(c.dev_tokens, 1);
+    assert_true(c.rate > 2.4 && c.rate < 2.6);
+    unsetenv("CHATD_LISTEN");
+    unsetenv("CHATD_GATEWAY_ID");
+    unsetenv("CHATD_JWT_SECRET");
+}
+
+static void test_conf_refuses(void **state)
+{
+    (void)state;
+    struct conf c;
+    char *bad[][3] = {
+        { "chatd", "--role=chef", NULL },
+        { "chatd", "--no-such-flag=1", NULL },
+        { "chatd", "--listen=nohostport", NULL },
+        { "chatd", "--listen=1.2.3.4:99999", NULL },
+        { "chatd", "--max-frame=12abc", NULL },
+        { "chatd", "--rate=-1", NULL },
+        { "chatd", "--kafka-opt=novalue", NULL },
+        { "chatd", "positional", NULL },
+        { "chatd", "--role=gateway", NULL },          /* no JWT secret */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int argc = bad[i][2] ? 3 : 2;
+        assert_int_equal(conf_try(&c, argc, bad[i]), -1);
+    }
+    setenv("CHATD_HEARTBEAT", "zero", 1);
+    char *argv[] = { "chatd", "--role=broker" };
+    assert_int_equal(conf_try(&c, 2, argv), -1);
+    unsetenv("CHATD_HEARTBEAT");
+}
+
+/* ---- proto ---- */
+
+static const struct proto_limits lim = { .max_text = 10, .history_max = 1000 };
+
+static int parse(const char *json, struct proto_req *r)
+{
+    const char *why = NULL;
+    int rc = proto_parse(json, strlen(json), &lim, "bob", r, &why);
+    if (rc)
+        assert_non_null(why);
+    return rc;
+}
+
+static void test_proto_ops(void **state)
+{
+    (void)state;
+    struct proto_req r;
+    assert_int_equal(parse("{\"op\":\"join\",\"room\":\"lobby\",\"rid\":7}", &r), 0);
+    assert_int_equal(r.op, OP_JOIN);
+    assert_string_equal(r.room, "lobby");
+    assert_string_equal(r.rid, "7");
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"hi\",\"cid\":\"c1\",\"rid\":\"x\\\"y\"}", &r), 0);
+    assert_int_equal(r.op, OP_SEND);
+    assert_int_equal(r.text_len, 2);
+    assert_string_equal(r.cid, "c1");
+    assert_string_equal(r.rid, "\"x\\\"y\"");
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"sync\",\"room\":\"a\"}", &r), 0);
+    assert_int_equal(r.after, 0);
+    assert_int_equal(r.limit, 100);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"sync\",\"room\":\"a\",\"after\":5,\"limit\":5000}", &r), 0);
+    assert_int_equal(r.after, 5);
+    assert_int_equal(r.limit, 1000); /* clamped */
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"rooms\"}", &r), 0);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"read\",\"room\":\"a\",\"seq\":3}", &r), 0);
+    assert_int_equal(r.seq, 3);
+    proto_req_free(&r);
+}
+
+static void test_proto_errors(void **state)
+{
+    (void)state;
+    struct proto_req r;
+    static const struct {
+        const char *json;
+        int err;
+    } cases[] = {
+        { "not json", ERR_BAD_REQUEST },
+        { "[1,2]", ERR_BAD_REQUEST },
+        { "{}", ERR_BAD_REQUEST },
+        { "{\"op\":\"fly\"}", ERR_BAD_REQUEST },
+        { "{\"op\":7}", ERR_BAD_REQUEST },
+        { "{\"op\":\"join\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"join\",\"room\":\"a b\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"join\",\"room\":\"\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"join\",\"room\":\"dm:zed:amy\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"join\",\"room\":\"dm:amy\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"join\",\"room\":\"dm:amy:zed\"}", ERR_FORBIDDEN },
+        { "{\"op\":\"send\",\"room\":\"a\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"send\",\"room\":\"a\",\"text\":\"\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"send\",\"room\":\"a\",\"text\":5}", ERR_BAD_REQUEST },
+        { "{\"op\":\"send\",\"room\":\"a\",\"text\":\"01234567890\"}", ERR_TOO_LARGE },
+        { "{\"op\":\"send\",\"room\":\"a\",\"text\":\"x\",\"cid\":\"\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"sync\",\"room\":\"a\",\"after\":-1}", ERR_BAD_REQUEST },
+        { "{\"op\":\"sync\",\"room\":\"a\",\"limit\":0}", ERR_BAD_REQUEST },
+        { "{\"op\":\"sync\",\"room\":\"a\",\"limit\":1.5}", ERR_BAD_REQUEST },
+        { "{\"op\":\"read\",\"room\":\"a\"}", ERR_BAD_REQUEST },
+        { "{\"op\":\"rooms\",\"rid\":[1]}", ERR_BAD_REQUEST },
+        { "{\"op\":\"rooms\",\"rid\":1.5}", ERR_BAD_REQUEST },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = parse(cases[i].json, &r);
+        if (rc != cases[i].err)
+            fail_msg("%s: got %d want %d", cases[i].json, rc, cases[i].err);
+        proto_req_free(&r);
+    }
+    /* the rid is echoed even when the request is refused */
+    assert_int_equal(parse("{\"op\":\"fly\",\"rid\":9}", &r), ERR_BAD_REQUEST);
+    assert_string_equal(r.rid, "9");
+    proto_req_free(&r);
+}
+
+static void test_proto_rooms(void **state)
+{
+    (void)state;
+    char long_room[130];
+    memset(long_room, 'r', 129);
+    long_room[129] = 0;
+    assert_true(proto_room_valid("a-b_c.d:e", 9));
+    assert_false(proto_room_valid(long_room, 129));
+    assert_true(proto_room_valid(long_room, 128));
+    assert_true(proto_room_valid("dm:amy:bob", 10));
+    assert_false(proto_room_valid("dm:bob:amy", 10));
+    assert_false(proto_room_valid("dm:amy:amy", 10));
+    assert_false(proto_room_valid("dm:amy:b:c", 10));
+    assert_true(proto_room_valid("dm:ab:abc", 9));  /* a prefix sorts first */
+    assert_true(proto_room_allows("dm:amy:bob", "bob"));
+    assert_true(proto_room_allows("dm:amy:bob", "amy"));
+    assert_false(proto_room_allows("dm:amy:bob", "am"));
+    assert_true(proto_room_allows("lobby", "anyone"));
+}
+
+static void test_proto_error_reply(void **state)
+{
+    (void)state;
+    struct jbuf b;
+    jbuf_init(&b, 16);
+    proto_error(&b, "\"r1\"", ERR_NOT_MEMBER, NULL);
+    assert_int_equal(b.failed, 0);
+    char *s = jbuf_take(&b, NULL);
+    assert_string_equal(s, "{\"op\":\"error\",\"rid\":\"r1\",\"code\":\"not_member\",\"message\":\"not a member of this room\"}");
+    free(s);
+    assert_string_equal(err_code(ERR_TIMEOUT), "unavailable");
+    assert_string_equal(err_code(12345), "internal");
+}
+
+/* ---- jbuf ---- */
+
+static void test_jbuf_escaping(void **state)
+{
+    (void)state;
+    struct jbuf b;
+    jbuf_init(&b, 1); /* forces growth */
+    jbuf_obj_open(&b);
+    jbuf_kv_str(&b, "t", "a\"b\\c\n\x01\xc3\xa9", 9);
+    jbuf_key(&b, "arr");
+    jbuf_arr_open(&b);
+    for (int i = 0; i < 3; i++) {
+        jbuf_comma(&b);
+        jbuf_int(&b, i - 1);
+    }
+    jbuf_arr_close(&b);
+    jbuf_key(&b, "ok");
+    jbuf_bool(&b, 1);
+    jbuf_obj_close(&b);
+    size_t len;
+    char *s = jbuf_take(&b, &len);
+    assert_string_equal(s, "{\"t\":\"a\\\"b\\\\c\\n\\u0001\xc3\xa9\",\"arr\":[-1,0,1],\"ok\":true}");
+    assert_int_equal(len, strlen(s));
+    free(s);
+}
+
+/* ---- record ---- */
+
+static void test_record_roundtrip(void **state)
+{
+    (void)state;
+    char id[MSG_ID_LEN + 1];
+    record_msg_id(id, "lobby", 5, "amy", "c1");
+    assert_int_equal(strlen(id), MSG_ID_LEN);
+    char id2[MSG_ID_LEN + 1], id3[MSG_ID_LEN + 1], id4[MSG_ID_LEN + 1];
+    record_msg_id(id2, "lobby", 5, "amy", "c1");
+    record_msg_id(id3, "lobby", 5, "amy", "c2");
+    record_msg_id(id4, "lobby", 5, "amy", NULL);
+    assert_string_equal(id, id2);      /* a resent cid keeps its id */
+    assert_string_not_equal(id, id3);
+    assert_string_not_equal(id, id4);
+    struct chat_msg m = { .room = "lobby", .room_len = 5, .id = id, .from = "amy", .cid = "c1",
+                          .text = "h\"i\n", .text_len = 4, .ts = 1700000000123, .gw = 2 };
+    size_t len;
+    char *val = record_send_encode(&m, &len);
+    assert_non_null(val);
+    struct chat_msg d;
+    void *owner;
+    assert_int_equal(record_send_decode("lobby", 5, val, len, &d, &owner), 0);
+    assert_string_equal(d.id, id);
+    assert_string_equal(d.from, "amy");
+    assert_string_equal(d.cid, "c1");
+    assert_string_equal(d.text, "h\"i\n");
+    assert_int_equal(d.ts, 1700000000123);
+    assert_int_equal(d.gw, 2);
+    d.seq = 42;
+    char *frame = record_msg_frame(&d, &len);
+    char want[256];
+    snprintf(want, sizeof want,
+             "{\"op\":\"msg\",\"room\":\"lobby\",\"seq\":42,\"id\":\"%s\",\"from\":\"amy\",\"cid\":\"c1\",\"text\":\"h\\\"i\\n\",\"ts\":1700000000123}", id);
+    assert_string_equal(frame, want);
+    free(frame);
+    record_decoded_free(owner);
+    free(val);
+    /* a record missing fields is refused, not half-read */
+    assert_int_equal(record_send_decode("r", 1, "{\"id\":\"x\"}", 10, &d, &owner), ERR_BAD_REQUEST);
+    assert_null(owner);
+    assert_int_equal(record_send_decode("r", 1, "nope", 4, &d, &owner), ERR_BAD_REQUEST);
+}
+
+/* ---- auth ---- */
+
+static void test_auth(void **state)
+{
+    (void)state;
+    struct auth_identity id;
+    const char *why;
+    time_t now = time(NULL);
+    char *t = auth_issue("k", "amy", now, 60);
+    assert_non_null(t);
+    assert_int_equal(auth_verify("k", t, now, &id, &why), 0);
+    assert_string_equal(id.user, "amy");
+    assert_int_equal(auth_verify("other", t, now, &id, &why), ERR_UNAUTHORIZED);
+    assert_int_equal(auth_verify("k", t, now + 61, &id, &why), ERR_UNAUTHORIZED);
+    assert_string_equal(why, "expired");
+    free(t);
+    assert_int_equal(auth_verify("k", "", now, &id, &why), ERR_UNAUTHORIZED);
+    assert_int_equal(auth_verify("k", "a.b.c", now, &id, &why), ERR_UNAUTHORIZED);
+    assert_int_equal(auth_verify("k", NULL, now, &id, &why), ERR_UNAUTHORIZED);
+    /* alg none must never pass */
+    assert_int_equal(auth_verify("k", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbXkiLCJleHAiOjk5OTk5OTk5OTl9.", now, &id, &why),
+                     ERR_UNAUTHORIZED);
+    t = auth_issue("k", "bad user", now, 60);
+    if (t) {
+        assert_int_equal(auth_verify("k", t, now, &id, &why), ERR_UNAUTHORIZED);
+        free(t);
+    }
+    assert_true(auth_user_valid("a.b-c_D9", 8));
+    assert_false(auth_user_valid("a:b", 3));
+    assert_false(auth_user_valid("", 0));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conf_defaults),   cmocka_unit_test(test_conf_flags_and_env),
+        cmocka_unit_test(test_conf_refuses),    cmocka_unit_test(test_proto_ops),
+        cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),
+        cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
+        cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
