@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.parse
 import uuid
 
 import redis as redislib
@@ -323,7 +324,7 @@ class Client:
         if via == "header":
             kw["extra_headers"] = {"Authorization": f"Bearer {token}"}
         else:
-            url += f"?token={token}"
+            url += "?token=" + urllib.parse.quote(token, safe="")
         ws = await asyncio.wait_for(
             websockets.client.connect(url, open_timeout=timeout, close_timeout=5,
                                       max_size=2 ** 25, max_queue=None, compression=None, **kw),

@@ -1,6 +1,7 @@
 """WebSocket upgrade authentication and the hello frame."""
 import asyncio
 import json
+import urllib.parse
 
 import pytest
 import websockets.client
@@ -38,7 +39,7 @@ async def expect_401(port, token, via):
         if via == "header":
             kw["extra_headers"] = {"Authorization": f"Bearer {token}"}
         else:
-            url += f"?token={token}"
+            url += "?token=" + urllib.parse.quote(token, safe="")
     with pytest.raises(websockets.exceptions.InvalidStatusCode) as ei:
         ws = await asyncio.wait_for(websockets.client.connect(url, open_timeout=5, compression=None, **kw), 6)
         await ws.close()
