@@ -140,8 +140,8 @@ static void chatd_on_signal(uv_signal_t *s, int signum)
     }
     d->draining = 1;
     log_info("draining", "signal=%d grace_s=%d", signum, d->conf.drain_s);
-    if (d->http)
-        http_server_stop_accepting(d->http);
+    /* The listener stays open: /readyz answers 503 and /ws refuses while
+     * draining, so probes and load balancers see it. */
     if (d->gateway)
         gateway_drain(d->gateway);
     if (d->classifier)
@@ -273,12 +273,17 @@ int main(int argc, char **argv)
     rc = chatd_run(&d);
     if (rc) /* start-up failed (logged): nothing is worth a graceful exit */
         return 1;
+    /* Every handle is closed; let the last callbacks run, then free. */
+    uv_run(d.loop, UV_RUN_DEFAULT);
+    if (d.gateway)
+        gateway_free(d.gateway);
+    if (d.classifier)
+        classifier_free(d.classifier);
+    if (d.routes)
+        routes_free(d.routes);
     if (d.broker)
         kafka_broker_stop(d.broker);
-    if (d.loop) {
-        uv_run(d.loop, UV_RUN_DEFAULT);
-        uv_loop_close(d.loop);
-    }
+    uv_loop_close(d.loop);
     metrics_free();
     log_info("exit", "rc=0");
     return 0;

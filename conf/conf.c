@@ -60,7 +60,7 @@ static const struct conf_flag conf_flags[] = {
     F_DBL("rate-burst", rate_burst, "50", "token bucket depth"),
     F_INT("heartbeat", heartbeat_s, "25", 1, 3600, "seconds of silence before the server pings a client"),
     F_INT("pong-timeout", pong_timeout_s, "10", 1, 3600, "seconds to wait for any frame after a ping"),
-    F_INT("classifier-batch", classifier_batch, "1000", 1, 100000, "records a classifier sequences per batch"),
+    F_INT("classifier-batch", classifier_batch, "1000", 1, 5000, "records a classifier sequences per batch"),
     F_INT("backend-timeout-ms", backend_timeout_ms, "2000", 10, 600000, "deadline of one Redis or PostgreSQL call"),
     F_INT("gateway-ttl", gateway_ttl_s, "10", 2, 3600, "seconds a dead gateway keeps receiving routes (liveness TTL)"),
     F_INT("drain", drain_s, "10", 0, 3600, "seconds allowed for draining on SIGTERM"),
@@ -265,10 +265,11 @@ static int conf_check(struct conf *c)
 {
     if (c->gateway_id < 0)
         c->gateway_id = conf_gateway_id_from_hostname();
-    if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && c->gateway_id >= c->receive_partitions &&
-        c->role == ROLE_ALL) {
-        fprintf(stderr, "chatd: --gateway-id=%d needs --receive-partitions > %d\n", c->gateway_id,
-                c->gateway_id);
+    /* Classifiers route only to ids below --receive-partitions: a gateway
+     * above it would never receive anything. */
+    if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && c->gateway_id >= c->receive_partitions) {
+        fprintf(stderr, "chatd: --gateway-id=%d needs --receive-partitions > %d (the chat-receive "
+                        "partitions)\n", c->gateway_id, c->gateway_id);
         return -1;
     }
     if (c->role == ROLE_BROKER && strcmp(c->kafka, "embedded") != 0) {

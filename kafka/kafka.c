@@ -476,6 +476,9 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
         "enable.idempotence", "true",
         "acks", "all",
         "linger.ms", "2",
+        /* A send waits at most this long for Kafka before the client hears
+         * "unavailable" (librdkafka's default is 5 minutes). */
+        "message.timeout.ms", "10000",
         NULL,
     };
     char errstr[512];

@@ -5,11 +5,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <uthash.h>
 
 #include "kafka/record.h"
 #include "lib/err.h"
+#include "lib/jbuf.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "net/auth.h"
 #include "net/proto.h"
 #include "store/db.h"
 #include "store/pg.h"
@@ -20,19 +23,24 @@ struct cl_item {
     int32_t partition;
     int64_t offset;
     char room[PROTO_ROOM_MAX + 1];
-    char user[72];              /* member events: who joined or left */
+    char user[AUTH_USER_MAX + 1]; /* member events: who joined or left */
     char *val;
     size_t val_len;
-    struct chat_msg msg;        /* REC_MSG: decoded from val */
+    struct chat_msg msg;          /* REC_MSG: decoded from val */
     void *owner;
-    int skip;                   /* undecodable: logged, committed, dropped */
-    int need_seed;
-    int dup;                    /* had a seq already: stored again, not delivered again */
+    int skip;                     /* undecodable: logged, committed, dropped */
+    int64_t known;                /* seq PostgreSQL has for this id, or -1 */
+    int dup;                      /* ROUTES_DUP_* from the assign script */
     int *gws;
     size_t n_gws;
 };
 
-enum cl_phase { CL_ROUTE, CL_SEED, CL_STORE, CL_PRODUCE };
+/* A room of the batch and its max stored seq. */
+struct cl_room {
+    const char *name;             /* points into an item */
+    int64_t floor;
+    UT_hash_handle hh;
+};
 
 struct classifier {
     uv_loop_t *loop;
@@ -42,11 +50,11 @@ struct classifier {
     routes_t *routes;
     redis_client_t *redis;
     pg_client_t *pg;
-    int draining;
+    int draining, closing;
     /* the batch in flight */
     struct cl_item *items;
     size_t n_items;
-    enum cl_phase phase;
+    struct cl_room *rooms;
     int pending;
     int err;
     int attempt;
@@ -66,10 +74,14 @@ static uint64_t cl_now_ms(void)
 }
 
 static void cl_run(classifier_t *c);
-static void cl_seed(classifier_t *c);
 
 static void cl_batch_free(classifier_t *c)
 {
+    struct cl_room *r, *tmp;
+    HASH_ITER(hh, c->rooms, r, tmp) {
+        HASH_DEL(c->rooms, r);
+        free(r);
+    }
     for (size_t i = 0; i < c->n_items; i++) {
         record_decoded_free(c->items[i].owner);
         free(c->items[i].val);
@@ -85,6 +97,8 @@ static void cl_on_retry(uv_timer_t *t) { cl_run(t->data); }
 /* A step failed: the whole batch is retried, every step being idempotent. */
 static void cl_fail(classifier_t *c, const char *step, int err)
 {
+    if (c->closing)
+        return;
     unsigned delay = 100u << (c->attempt < 6 ? c->attempt : 6);
     c->attempt++;
     metric_inc(c->m.retries);
@@ -92,6 +106,8 @@ static void cl_fail(classifier_t *c, const char *step, int err)
              err_code(err), c->attempt, c->n_items, delay);
     uv_timer_start(&c->retry, cl_on_retry, delay, 0);
 }
+
+/* ---- 5. commit ---- */
 
 static void cl_commit(classifier_t *c)
 {
@@ -118,7 +134,7 @@ static void cl_on_delivered(int err, void *opaque)
     classifier_t *c = opaque;
     if (err)
         c->err = err;
-    if (--c->pending > 0)
+    if (--c->pending > 0 || c->closing)
         return;
     if (c->err)
         cl_fail(c, "produce", c->err);
@@ -145,15 +161,13 @@ static void cl_produce_one(classifier_t *c, const struct cl_item *it, const char
 
 static void cl_produce(classifier_t *c)
 {
-    c->phase = CL_PRODUCE;
     c->err = 0;
     c->pending = 1; /* held until every record is handed over */
     uint64_t now = cl_now_ms();
     for (size_t i = 0; i < c->n_items; i++) {
         struct cl_item *it = &c->items[i];
-        /* A dup is a resent cid (never delivered twice) or a re-consumed
-         * record (its live delivery may be lost; clients recover by sync). */
-        if (it->skip || it->dup)
+        /* A resent cid is never delivered twice. */
+        if (it->skip || it->dup == ROUTES_DUP_OTHER)
             continue;
         if (it->type != REC_MSG) {
             cl_produce_one(c, it, it->val, it->val_len);
@@ -180,6 +194,8 @@ static void cl_on_stored(int err, PGresult *res, void *ud)
 {
     classifier_t *c = ud;
     (void)res;
+    if (c->closing)
+        return;
     if (err)
         cl_fail(c, "store", err);
     else
@@ -188,50 +204,48 @@ static void cl_on_stored(int err, PGresult *res, void *ud)
 
 static void cl_store(classifier_t *c)
 {
-    c->phase = CL_STORE;
     const struct chat_msg **msgs = calloc(c->n_items, sizeof *msgs);
     CHATD_ASSERT(msgs != NULL);
-    size_t n = 0;
-    for (size_t i = 0; i < c->n_items; i++)
-        if (!c->items[i].skip && c->items[i].type == REC_MSG)
-            msgs[n++] = &c->items[i].msg;
-    if (n == 0) {
-        free(msgs);
-        cl_produce(c);
-        return;
+    size_t n = 0, fresh = 0;
+    for (size_t i = 0; i < c->n_items; i++) {
+        const struct cl_item *it = &c->items[i];
+        if (it->skip || it->type != REC_MSG || it->dup == ROUTES_DUP_OTHER)
+            continue;
+        msgs[n++] = &it->msg;
+        fresh += it->dup == 0;
     }
-    metric_add(c->m.sequenced, (double)n);
-    db_store_msgs(c->pg, msgs, n, cl_on_stored, c);
+    metric_add(c->m.sequenced, (double)fresh);
+    if (n == 0)
+        cl_produce(c);
+    else
+        db_store_msgs(c->pg, msgs, n, cl_on_stored, c);
     free(msgs);
 }
 
-/* ---- 1. and 2. seqs and routes ---- */
+/* ---- 2. seqs and routes (Redis) ---- */
 
 struct cl_ref {
     classifier_t *c;
     size_t i;
 };
 
+static struct cl_ref *cl_ref_new(classifier_t *c, size_t i)
+{
+    struct cl_ref *r = malloc(sizeof *r);
+    CHATD_ASSERT(r != NULL);
+    r->c = c;
+    r->i = i;
+    return r;
+}
+
 static void cl_route_done(classifier_t *c)
 {
-    if (--c->pending > 0)
+    if (--c->pending > 0 || c->closing)
         return;
-    if (c->err) {
-        cl_fail(c, c->phase == CL_SEED ? "seed" : "route", c->err);
-        return;
-    }
-    int seed = 0;
-    for (size_t i = 0; i < c->n_items && !seed; i++)
-        seed = c->items[i].need_seed;
-    if (!seed) {
+    if (c->err)
+        cl_fail(c, "route", c->err);
+    else
         cl_store(c);
-        return;
-    }
-    if (c->phase == CL_SEED) { /* seeded yet still missing: Redis lost it again */
-        cl_fail(c, "seed", ERR_UNAVAILABLE);
-        return;
-    }
-    cl_seed(c);
 }
 
 static void cl_on_assigned(int err, int64_t seq, int dup, const int *gws, size_t n, void *ud)
@@ -242,13 +256,10 @@ static void cl_on_assigned(int err, int64_t seq, int dup, const int *gws, size_t
     free(ref);
     if (err) {
         c->err = err;
-    } else if (seq < 0) {
-        it->need_seed = 1;
     } else {
-        it->need_seed = 0;
         it->msg.seq = seq;
         it->dup = dup;
-        if (dup)
+        if (dup == ROUTES_DUP_OTHER)
             metric_inc(c->m.dups);
         free(it->gws);
         it->gws = malloc((n ? n : 1) * sizeof *gws);
@@ -264,70 +275,8 @@ static void cl_on_dests(int err, const int *gws, size_t n, void *ud)
     cl_on_assigned(err, 0, 0, gws, n, ud);
 }
 
-static struct cl_ref *cl_ref_new(classifier_t *c, size_t i)
+static void cl_route(classifier_t *c)
 {
-    struct cl_ref *r = malloc(sizeof *r);
-    CHATD_ASSERT(r != NULL);
-    r->c = c;
-    r->i = i;
-    return r;
-}
-
-struct cl_seed_req {
-    classifier_t *c;
-    char room[PROTO_ROOM_MAX + 1];
-};
-
-static void cl_on_max_seq(int err, PGresult *res, void *ud)
-{
-    struct cl_seed_req *s = ud;
-    classifier_t *c = s->c;
-    if (err) {
-        c->err = err;
-    } else {
-        int64_t max = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-        log_info("room_seq_seeded", "room=%s seq=%" PRId64, s->room, max);
-        /* In order, so the room's seqs follow the batch's offsets. */
-        for (size_t i = 0; i < c->n_items; i++) {
-            struct cl_item *it = &c->items[i];
-            if (it->need_seed && !strcmp(it->room, s->room)) {
-                c->pending++;
-                routes_assign(c->routes, it->room, it->msg.id, max, cl_on_assigned, cl_ref_new(c, i));
-            }
-        }
-    }
-    free(s);
-    cl_route_done(c);
-}
-
-static void cl_seed(classifier_t *c)
-{
-    c->phase = CL_SEED;
-    c->pending = 1;
-    for (size_t i = 0; i < c->n_items; i++) {
-        struct cl_item *it = &c->items[i];
-        int first = it->need_seed;
-        for (size_t j = 0; j < i && first; j++)
-            first = !(c->items[j].need_seed && !strcmp(c->items[j].room, it->room));
-        if (!first)
-            continue;
-        struct cl_seed_req *s = calloc(1, sizeof *s);
-        CHATD_ASSERT(s != NULL);
-        s->c = c;
-        strcpy(s->room, it->room);
-        c->pending++;
-        db_max_seq(c->pg, it->room, cl_on_max_seq, s);
-    }
-    cl_route_done(c);
-}
-
-static void cl_run(classifier_t *c)
-{
-    if (!routes_live_known(c->routes)) { /* routes would all look dead */
-        uv_timer_start(&c->retry, cl_on_retry, 200, 0);
-        return;
-    }
-    c->phase = CL_ROUTE;
     c->err = 0;
     c->pending = 1;
     for (size_t i = 0; i < c->n_items; i++) {
@@ -335,16 +284,138 @@ static void cl_run(classifier_t *c)
         if (it->skip)
             continue;
         c->pending++;
-        if (it->type == REC_MSG)
-            routes_assign(c->routes, it->room, it->msg.id, -1, cl_on_assigned, cl_ref_new(c, i));
-        else
+        if (it->type != REC_MSG) {
             routes_dests(c->routes, it->room, it->user[0] ? it->user : NULL, cl_on_dests,
                          cl_ref_new(c, i));
+            continue;
+        }
+        struct cl_room *r;
+        char tag[40];
+        HASH_FIND_STR(c->rooms, it->room, r);
+        CHATD_ASSERT(r != NULL);
+        snprintf(tag, sizeof tag, "%d:%" PRId64, it->partition, it->offset);
+        routes_assign(c->routes, it->room, it->msg.id, r->floor, it->known, tag, cl_on_assigned,
+                      cl_ref_new(c, i));
     }
     cl_route_done(c);
 }
 
+/* ---- 1. what PostgreSQL already has ---- */
+
+static void cl_lookup_done(classifier_t *c)
+{
+    if (--c->pending > 0 || c->closing)
+        return;
+    if (c->err)
+        cl_fail(c, "lookup", c->err);
+    else
+        cl_route(c);
+}
+
+static void cl_on_rooms_max(int err, PGresult *res, void *ud)
+{
+    classifier_t *c = ud;
+    if (err)
+        c->err = err;
+    for (int i = 0; !err && i < PQntuples(res); i++) {
+        struct cl_room *r;
+        HASH_FIND_STR(c->rooms, PQgetvalue(res, i, 0), r);
+        if (r)
+            r->floor = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+    }
+    cl_lookup_done(c);
+}
+
+static void cl_on_known_ids(int err, PGresult *res, void *ud)
+{
+    classifier_t *c = ud;
+    if (err)
+        c->err = err;
+    /* Few rows in the common case (only re-consumed or resent messages). */
+    for (int i = 0; !err && i < PQntuples(res); i++)
+        for (size_t k = 0; k < c->n_items; k++) {
+            struct cl_item *it = &c->items[k];
+            if (!it->skip && it->type == REC_MSG && !strcmp(it->msg.id, PQgetvalue(res, i, 1)) &&
+                !strcmp(it->room, PQgetvalue(res, i, 0)))
+                it->known = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+        }
+    cl_lookup_done(c);
+}
+
+/* Room ids and message ids hold no character that needs quoting in an
+ * array literal (both were validated in cl_item_load). */
+static void cl_lookup(classifier_t *c)
+{
+    struct jbuf rooms, pairs_r, pairs_i;
+    jbuf_init(&rooms, 256);
+    jbuf_init(&pairs_r, 256);
+    jbuf_init(&pairs_i, 256);
+    jbuf_rawz(&rooms, "{");
+    jbuf_rawz(&pairs_r, "{");
+    jbuf_rawz(&pairs_i, "{");
+    for (size_t i = 0; i < c->n_items; i++) {
+        struct cl_item *it = &c->items[i];
+        it->known = -1;
+        if (it->skip || it->type != REC_MSG)
+            continue;
+        struct cl_room *r;
+        HASH_FIND_STR(c->rooms, it->room, r);
+        if (!r) {
+            r = calloc(1, sizeof *r);
+            CHATD_ASSERT(r != NULL);
+            r->name = it->room;
+            HASH_ADD_KEYPTR(hh, c->rooms, r->name, strlen(r->name), r);
+            jbuf_rawz(&rooms, rooms.len > 1 ? "," : "");
+            jbuf_rawz(&rooms, it->room);
+        }
+        jbuf_rawz(&pairs_r, pairs_r.len > 1 ? "," : "");
+        jbuf_rawz(&pairs_r, it->room);
+        jbuf_rawz(&pairs_i, pairs_i.len > 1 ? "," : "");
+        jbuf_rawz(&pairs_i, it->msg.id);
+    }
+    jbuf_rawz(&rooms, "}");
+    jbuf_rawz(&pairs_r, "}");
+    jbuf_rawz(&pairs_i, "}");
+    char *rs = jbuf_take(&rooms, NULL), *ps = jbuf_take(&pairs_r, NULL), *is = jbuf_take(&pairs_i, NULL);
+    CHATD_ASSERT(rs && ps && is);
+    c->err = 0;
+    c->pending = 1;
+    if (c->rooms) {
+        c->pending += 2;
+        db_rooms_max(c->pg, rs, cl_on_rooms_max, c);
+        db_known_ids(c->pg, ps, is, cl_on_known_ids, c);
+    }
+    free(rs);
+    free(ps);
+    free(is);
+    cl_lookup_done(c);
+}
+
+static void cl_run(classifier_t *c)
+{
+    if (c->closing)
+        return;
+    if (!routes_live_known(c->routes)) { /* every route would look dead */
+        uv_timer_start(&c->retry, cl_on_retry, 200, 0);
+        return;
+    }
+    struct cl_room *r, *tmp;
+    HASH_ITER(hh, c->rooms, r, tmp) {
+        HASH_DEL(c->rooms, r);
+        free(r);
+    }
+    cl_lookup(c);
+}
+
 /* ---- batches in ---- */
+
+static int cl_hex(const char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= '0' && *s <= '9') || (*s >= 'a' && *s <= 'f')))
+            return 0;
+    return 1;
+}
 
 static void cl_item_load(classifier_t *c, struct cl_item *it, const struct kafka_rec *rec)
 {
@@ -352,8 +423,9 @@ static void cl_item_load(classifier_t *c, struct cl_item *it, const struct kafka
     it->partition = rec->partition;
     it->offset = rec->offset;
     it->skip = 1;
-    if (rec->version > RECORD_VERSION || rec->key_len == 0 || rec->key_len > PROTO_ROOM_MAX ||
-        !strchr("mejl", rec->type ? rec->type : 'x') || rec->user_len >= sizeof it->user) {
+    if (rec->version > RECORD_VERSION || !proto_room_valid(rec->key, rec->key_len) ||
+        !strchr("mejl", rec->type ? rec->type : 'x') ||
+        (rec->user && !auth_user_valid(rec->user, rec->user_len))) {
         metric_inc(c->m.skipped);
         log_warn("record_skipped", "partition=%d offset=%" PRId64 " version=%d type=%d",
                  rec->partition, rec->offset, rec->version, rec->type);
@@ -371,7 +443,8 @@ static void cl_item_load(classifier_t *c, struct cl_item *it, const struct kafka
     it->val[rec->val_len] = 0;
     it->val_len = rec->val_len;
     if (it->type == REC_MSG &&
-        record_send_decode(it->room, rec->key_len, it->val, it->val_len, &it->msg, &it->owner)) {
+        (record_send_decode(it->room, rec->key_len, it->val, it->val_len, &it->msg, &it->owner) ||
+         !cl_hex(it->msg.id) || !auth_user_valid(it->msg.from, strlen(it->msg.from)))) {
         metric_inc(c->m.skipped);
         log_error("record_undecodable", "partition=%d offset=%" PRId64 " room=%s", rec->partition,
                   rec->offset, it->room);
@@ -398,6 +471,19 @@ static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size
 
 /* ---- lifecycle ---- */
 
+static void cl_metrics_init(classifier_t *c)
+{
+    c->m.batches = metrics_counter("chatd_classifier_batches_total", "batches processed", NULL);
+    c->m.records = metrics_counter("chatd_classifier_records_total", "chat-send records consumed", NULL);
+    c->m.sequenced = metrics_counter("chatd_classifier_messages_total", "messages given a new seq", NULL);
+    c->m.dups = metrics_counter("chatd_classifier_duplicates_total", "messages whose id had a seq from another record (resent cid)", NULL);
+    c->m.deliveries = metrics_counter("chatd_classifier_deliveries_total", "chat-receive records produced for messages", NULL);
+    c->m.retries = metrics_counter("chatd_classifier_retries_total", "batch retries after a backend error", NULL);
+    c->m.skipped = metrics_counter("chatd_classifier_records_skipped_total", "records of an unknown version or undecodable", NULL);
+    c->m.batch_seconds = metrics_histogram("chatd_classifier_batch_seconds", "time to process one batch", NULL);
+    c->m.sequence_seconds = metrics_histogram("chatd_sequence_latency_seconds", "gateway receive to classifier produce", NULL);
+}
+
 int classifier_init(classifier_t **out, const struct classifier_deps *d)
 {
     classifier_t *c = calloc(1, sizeof *c);
@@ -408,15 +494,7 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     c->producer = d->producer;
     c->routes = d->routes;
     c->redis = d->redis;
-    c->m.batches = metrics_counter("chatd_classifier_batches_total", "batches processed", NULL);
-    c->m.records = metrics_counter("chatd_classifier_records_total", "chat-send records consumed", NULL);
-    c->m.sequenced = metrics_counter("chatd_classifier_messages_total", "messages sequenced and stored (with re-consumed ones)", NULL);
-    c->m.dups = metrics_counter("chatd_classifier_duplicates_total", "messages that already had a seq (re-consumed or resent cid)", NULL);
-    c->m.deliveries = metrics_counter("chatd_classifier_deliveries_total", "chat-receive records produced for messages", NULL);
-    c->m.retries = metrics_counter("chatd_classifier_retries_total", "batch retries after a backend error", NULL);
-    c->m.skipped = metrics_counter("chatd_classifier_records_skipped_total", "records of an unknown version or undecodable", NULL);
-    c->m.batch_seconds = metrics_histogram("chatd_classifier_batch_seconds", "time to process one batch", NULL);
-    c->m.sequence_seconds = metrics_histogram("chatd_sequence_latency_seconds", "gateway receive to classifier produce", NULL);
+    cl_metrics_init(c);
     int rc = pg_client_init(&c->pg, d->loop, d->conf->pg, (unsigned)d->conf->backend_timeout_ms);
     if (rc == 0)
         rc = kafka_consumer_init_group(&c->consumer, d->loop, d->kafka, d->conf->group_id,
@@ -451,16 +529,18 @@ void classifier_drain(classifier_t *c)
 
 int classifier_busy(const classifier_t *c) { return c->items != NULL; }
 
-static void cl_on_timer_closed(uv_handle_t *h)
-{
-    classifier_t *c = h->data;
-    cl_batch_free(c);
-    free(c);
-}
-
 void classifier_close(classifier_t *c)
 {
+    c->closing = 1;
+    if (c->items)
+        log_warn("batch_abandoned", "records=%zu note=\"re-consumed by the next owner\"", c->n_items);
     kafka_consumer_close(c->consumer);
     pg_client_close(c->pg);
-    uv_close((uv_handle_t *)&c->retry, cl_on_timer_closed);
+    uv_close((uv_handle_t *)&c->retry, NULL);
+}
+
+void classifier_free(classifier_t *c)
+{
+    cl_batch_free(c);
+    free(c);
 }

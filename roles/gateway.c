@@ -87,13 +87,15 @@ void gw_member_remove(gateway_t *g, struct gw_member *m)
 {
     struct gw_room *r = m->r;
     struct gw_user *u = m->u;
-    routes_room_drop_user(g->routes, r->name, u->id, g->conf->gateway_id, g->epoch);
+    if (!g->closing)
+        routes_room_drop_user(g->routes, r->name, u->id, g->conf->gateway_id, g->epoch);
     HASH_DELETE(hh, u->rooms, m);
     DL_DELETE(r->members, m);
     free(m);
     if (--r->n_members > 0)
         return;
-    routes_room_drop_gateway(g->routes, r->name, g->conf->gateway_id);
+    if (!g->closing)
+        routes_room_drop_gateway(g->routes, r->name, g->conf->gateway_id);
     HASH_DEL(g->rooms, r);
     free(r);
     metric_add(g->m.rooms, -1);
@@ -120,7 +122,8 @@ static void gw_user_release(gateway_t *g, struct gw_user *u)
     struct gw_member *m, *tmp;
     HASH_ITER(hh, u->rooms, m, tmp)
         gw_member_remove(g, m);
-    routes_user_drop(g->routes, u->id, g->conf->gateway_id);
+    if (!g->closing)
+        routes_user_drop(g->routes, u->id, g->conf->gateway_id);
     HASH_DEL(g->users, u);
     free(u);
     metric_add(g->m.users, -1);
@@ -152,6 +155,8 @@ struct gw_handshake {
     gateway_t *g;
     http_req_t *req;
     struct gw_user *u;
+    int pending;                    /* route registrations in flight */
+    int err;
 };
 
 static void gw_handshake_finish(struct gw_handshake *hs)
@@ -184,22 +189,46 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     log_debug("conn_open", "user=%s conn=%" PRIu64 " peer=%s", u->id, c->id, ws_conn_peer(c->ws));
 }
 
-static void gw_on_user_rooms(int err, PGresult *res, void *ud)
+static void gw_handshake_done(struct gw_handshake *hs)
 {
-    struct gw_handshake *hs = ud;
     gateway_t *g = hs->g;
+    if (--hs->pending > 0)
+        return;
     hs->u->pending--;
-    if (err || g->draining) {
-        log_warn("handshake_failed", "user=%s err=%s", hs->u->id, err ? err_code(err) : "draining");
+    if (hs->err || g->draining) {
+        log_warn("handshake_failed", "user=%s err=%s", hs->u->id,
+                 hs->err ? err_code(hs->err) : "draining");
         metric_inc(g->m.handshakes_503);
         http_respond_error(hs->req, 503, "unavailable", "a backend is unavailable, try again");
     } else {
-        for (int i = 0; i < PQntuples(res); i++)
-            gw_member_add(g, hs->u, PQgetvalue(res, i, 0), 1);
         gw_handshake_finish(hs);
     }
     gw_user_release(g, hs->u);
     free(hs);
+}
+
+static void gw_on_hs_route(int err, int64_t head, void *ud)
+{
+    struct gw_handshake *hs = ud;
+    (void)head;
+    if (err)
+        hs->err = err;
+    gw_handshake_done(hs);
+}
+
+/* Every room of the user is routed here before the 101 (and its hello). */
+static void gw_on_user_rooms(int err, PGresult *res, void *ud)
+{
+    struct gw_handshake *hs = ud;
+    gateway_t *g = hs->g;
+    hs->err = err;
+    for (int i = 0; !err && !g->draining && i < PQntuples(res); i++) {
+        const char *room = PQgetvalue(res, i, 0);
+        hs->pending++;
+        gw_member_add(g, hs->u, room, 0);
+        routes_room_join(g->routes, room, g->conf->gateway_id, g->epoch, hs->u->id, gw_on_hs_route, hs);
+    }
+    gw_handshake_done(hs);
 }
 
 /* Token from "Authorization: Bearer X" or, for browsers, "?token=X". */
@@ -244,6 +273,7 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
     hs->req = req;
     hs->u = gw_user_get(g, id.user);
     hs->u->pending++;
+    hs->pending = 1;
     /* The user's rooms are loaded before the 101: once a client has its
      * hello, every room it is a member of is routed here. */
     db_user_rooms(g->pg, id.user, id.name, gw_on_user_rooms, hs);
@@ -464,6 +494,8 @@ static void gw_on_heartbeat_done(int err, void *ud)
     gateway_t *g = ud;
     if (err)
         log_warn("gateway_heartbeat_failed", "err=%s epoch=%s", err_code(err), g->epoch);
+    else if (!g->live_since_ms)
+        g->live_since_ms = uv_now(g->loop);
 }
 
 static void gw_on_heartbeat(uv_timer_t *t)
@@ -582,10 +614,17 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     return 0;
 }
 
+/* Classifiers refresh their cache of live gateway epochs every second
+ * (store/routes.h); until they have seen this epoch they would drop its
+ * routes, so clients are taken only after two refresh periods. */
+#define GW_LIVE_SETTLE_MS 2000
+
 int gateway_ready(const gateway_t *g)
 {
-    return !g->draining && g->cleaned && redis_client_ready(g->redis) && pg_client_ready(g->pg) &&
-           kafka_producer_healthy(g->producer) && kafka_consumer_healthy(g->consumer);
+    return !g->draining && g->cleaned && g->live_since_ms &&
+           uv_now(g->loop) - g->live_since_ms >= GW_LIVE_SETTLE_MS && redis_client_ready(g->redis) &&
+           pg_client_ready(g->pg) && kafka_producer_healthy(g->producer) &&
+           kafka_consumer_healthy(g->consumer);
 }
 
 size_t gateway_clients(const gateway_t *g) { return HASH_CNT(hh, g->conns); }
@@ -599,17 +638,23 @@ void gateway_drain(gateway_t *g)
     log_info("gateway_draining", "clients=%u", HASH_CNT(hh, g->conns));
 }
 
-static void gw_on_heartbeat_closed(uv_handle_t *h)
-{
-    gateway_t *g = h->data;
-    free(g);
-}
-
 void gateway_close(gateway_t *g)
 {
+    g->closing = 1;
     kafka_consumer_close(g->consumer);
     pg_client_close(g->pg);
+    /* Connections still open are cut; their on_close frees them. */
     ws_shutdown();
-    /* Connections left at this point are freed by ws_shutdown's on_close calls. */
-    uv_close((uv_handle_t *)&g->heartbeat, gw_on_heartbeat_closed);
+    uv_close((uv_handle_t *)&g->heartbeat, NULL);
+}
+
+void gateway_free(gateway_t *g)
+{
+    CHATD_ASSERT(HASH_CNT(hh, g->conns) == 0);
+    struct gw_user *u, *tmp;
+    HASH_ITER(hh, g->users, u, tmp) {
+        u->pending = 0;
+        gw_user_release(g, u);
+    }
+    free(g);
 }

@@ -9,7 +9,8 @@
  * Redis reconnect, cleared at start for what an earlier life registered.
  *
  * Lifetime: gateway_init -> (serving) -> gateway_drain (SIGTERM: clients are
- * closed with 1012) -> gateway_close once the loop has settled.
+ * closed with 1012) -> gateway_close -> (loop runs dry) -> gateway_free.
+ * Memory is freed only after the loop can no longer call back into it.
  */
 #ifndef CHATD_GATEWAY_H
 #define CHATD_GATEWAY_H
@@ -43,7 +44,9 @@ int gateway_ready(const gateway_t *g);
 void gateway_drain(gateway_t *g);
 /* Number of client connections still open. */
 size_t gateway_clients(const gateway_t *g);
-/* Frees everything; the loop must then run until its handles are closed. */
+/* Closes clients, consumer and timers; callbacks may still arrive until the
+ * loop has run dry. Then gateway_free. */
 void gateway_close(gateway_t *g);
+void gateway_free(gateway_t *g);
 
 #endif

@@ -68,6 +68,8 @@ struct gateway {
     char epoch[GW_EPOCH_MAX];
     int cleaned;                    /* earlier life's routes removed */
     int draining;
+    int closing;                    /* gateway_close called: no more Redis writes */
+    uint64_t live_since_ms;         /* first successful heartbeat of this epoch */
     uint64_t next_conn_id;
     struct gw_conn *conns;
     struct gw_user *users;

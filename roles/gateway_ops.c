@@ -442,10 +442,13 @@ void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user)
     struct gw_conn *c = user;
     CHATD_ASSERT(c && c->magic == GW_CONN_MAGIC && c->ws == ws);
     metric_inc(c->g->m.requests);
+    /* Every frame costs a token, malformed ones too; parsing still runs so
+     * the refusal can echo the rid. */
+    int allowed = gw_rate_ok(c);
     struct proto_req r;
     const char *why = NULL;
     int rc = proto_parse(data, len, &c->g->limits, c->u->id, &r, &why);
-    if (rc == 0 && !gw_rate_ok(c)) {
+    if (!allowed) {
         rc = ERR_RATE_LIMITED;
         why = "too many requests, slow down";
     }

@@ -88,6 +88,24 @@ void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
     pg_query(pg, "SELECT COALESCE(max(seq), 0) FROM messages WHERE room = $1", 1, p, cb, ud);
 }
 
+void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { rooms };
+    pg_query(pg,
+             "SELECT r, COALESCE((SELECT max(seq) FROM messages WHERE room = r), 0) "
+             "FROM unnest($1::text[]) AS r",
+             1, p, cb, ud);
+}
+
+void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { rooms, ids };
+    pg_query(pg,
+             "SELECT m.room, m.id, m.seq FROM unnest($1::text[], $2::text[]) AS k(room, id) "
+             "JOIN messages m ON m.room = k.room AND m.id = k.id",
+             2, p, cb, ud);
+}
+
 #define DB_MSG_COLS 7
 
 void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,

@@ -34,6 +34,12 @@ void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, p
              void *ud);
 /* One row: (max seq or 0). */
 void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
+/* For a classifier batch: rooms is a PostgreSQL array literal of room ids,
+ * ids one of message ids, pairwise (room[i], id[i]).
+ * db_rooms_max answers (room, max seq); db_known_ids answers (room, id, seq)
+ * for the pairs already stored. */
+void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud);
+void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud);
 /* Stores sequenced messages (room NUL-terminated), one statement; rows that
  * exist already (same (room,seq), id or cid) are skipped. */
 void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,

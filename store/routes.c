@@ -24,14 +24,23 @@ struct routes {
 };
 
 /* Assign a seq unless this message id already has one; then read routes.
- * Dedup first, so a re-consumed record or a cid resend keeps its seq. */
+ * KEYS: seq, id, gw. ARGV: ttl, floor, known seq or '', tag.
+ * The id check comes first, so a re-consumed record or a resent cid keeps
+ * its seq; the floor keeps a lost or stale seq key from reusing a stored seq. */
 static const char routes_assign_lua[] =
     "local s = redis.call('GET', KEYS[2])\n"
-    "if s then return {tonumber(s), 1, redis.call('HGETALL', KEYS[3])} end\n"
-    "if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'NX') end\n"
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, {}} end\n"
+    "if not s and ARGV[3] ~= '' then\n"
+    "  s = ARGV[3] .. '|pg'\n"
+    "  redis.call('SET', KEYS[2], s, 'EX', tonumber(ARGV[1]))\n"
+    "end\n"
+    "if s then\n"
+    "  local seq, tag = string.match(s, '^(%d+)|(.*)$')\n"
+    "  return {tonumber(seq), tag == ARGV[4] and 2 or 1, redis.call('HGETALL', KEYS[3])}\n"
+    "end\n"
+    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[2]) end\n"
     "local n = redis.call('INCR', KEYS[1])\n"
-    "redis.call('SET', KEYS[2], n, 'EX', tonumber(ARGV[1]))\n"
+    "redis.call('SET', KEYS[2], n .. '|' .. ARGV[4], 'EX', tonumber(ARGV[1]))\n"
     "return {n, 0, redis.call('HGETALL', KEYS[3])}\n";
 
 /* Register the route, then read the head: the order is the invariant. */
@@ -187,16 +196,13 @@ int routes_init(routes_t **out, uv_loop_t *loop, redis_client_t *redis, int n_ga
     return 0;
 }
 
-static void routes_on_timer_closed(uv_handle_t *h)
+void routes_close(routes_t *rt) { uv_close((uv_handle_t *)&rt->live_timer, NULL); }
+
+void routes_free(routes_t *rt)
 {
-    routes_t *rt = h->data;
     free(rt->live);
     free(rt);
 }
-
-/* Callbacks still in flight hold op->rt: the redis client must be closed
- * (cancelling them) before routes_close. */
-void routes_close(routes_t *rt) { uv_close((uv_handle_t *)&rt->live_timer, routes_on_timer_closed); }
 
 int routes_live_known(const routes_t *rt) { return rt->live_known; }
 
@@ -410,32 +416,33 @@ static void routes_on_assign(int err, redisReply *r, void *user)
     }
     if (err == 0) {
         seq = r->element[0]->integer;
-        dup = r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer == 1;
+        dup = r->element[1]->type == REDIS_REPLY_INTEGER ? (int)r->element[1]->integer : 0;
         n = routes_collect(op->rt, r->element[2], op->gws, 0, (size_t)op->rt->n_gw);
     }
     op->cb.assign(err, seq, dup, op->gws, n, op->user);
     routes_op_free(op);
 }
 
-void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t seed,
-                   routes_assign_cb cb, void *user)
+void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t floor,
+                   int64_t known, const char *tag, routes_assign_cb cb, void *user)
 {
-    char k1[ROUTES_KEY_MAX], k2[ROUTES_KEY_MAX], k3[ROUTES_KEY_MAX], ttl[16], sd[24] = "";
+    char k1[ROUTES_KEY_MAX], k2[ROUTES_KEY_MAX], k3[ROUTES_KEY_MAX], ttl[16], fl[24], kn[24] = "";
     char idk[64];
     routes_key(k1, "room", room, "seq");
     snprintf(idk, sizeof idk, "id:%s", msg_id);
     routes_key(k2, "room", room, idk);
     routes_key(k3, "room", room, "gw");
     snprintf(ttl, sizeof ttl, "%u", rt->dedup_ttl_s);
-    if (seed >= 0)
-        snprintf(sd, sizeof sd, "%" PRId64, seed);
-    const char *argv[] = { k1, k2, k3, ttl, sd };
-    size_t lens[5];
-    for (int i = 0; i < 5; i++)
+    snprintf(fl, sizeof fl, "%" PRId64, floor);
+    if (known >= 0)
+        snprintf(kn, sizeof kn, "%" PRId64, known);
+    const char *argv[] = { k1, k2, k3, ttl, fl, kn, tag };
+    size_t lens[7];
+    for (int i = 0; i < 7; i++)
         lens[i] = strlen(argv[i]);
     struct routes_op *op = routes_op_new_gws(rt, user);
     op->cb.assign = cb;
-    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, 3, 5, argv, lens);
+    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, 3, 7, argv, lens);
 }
 
 static void routes_on_dests(int err, redisReply *r, void *user)

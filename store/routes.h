@@ -2,8 +2,10 @@
  *
  * Keys (a room's keys share one Redis Cluster hash slot through {room:R}):
  *   {room:R}:seq        the room's last assigned seq (INCR)
- *   {room:R}:id:ID      seq given to message ID (dedup of re-consumed records
- *                       and cid resends; expires after dedup_ttl_s)
+ *   {room:R}:id:ID      "SEQ|TAG": the seq given to message ID and which record
+ *                       got it (TAG = partition:offset, or "pg" when learned
+ *                       from PostgreSQL); a cache of PostgreSQL's (room, id)
+ *                       index, expiring after dedup_ttl_s
  *   {room:R}:gw         hash gateway id -> epoch: gateways with members online
  *   {room:R}:on         set "user@gw:epoch": who is online in the room
  *   {user:U}:gw         hash gateway id -> epoch: where the user is connected
@@ -16,8 +18,10 @@
  * A route counts only while its epoch equals the live epoch of that gateway
  * (cached here, refreshed every second), so a dead gateway stops receiving
  * within its TTL plus one second, and a restarted one ignores its old life.
- * A missing seq key is re-seeded from PostgreSQL by the caller (head == -1 /
- * seq == -1 means "seed me"), never restarted at 1.
+ * Seqs are never reused: the classifier passes each room's max stored seq
+ * (PostgreSQL) as a floor the seq key is raised to before use, and the seq of
+ * an id PostgreSQL already has. A gateway's join seeds a missing seq key from
+ * PostgreSQL (head == -1 means "seed me").
  *
  * Every call gets exactly one callback from the loop (see store/redis.h).
  */
@@ -35,8 +39,12 @@ typedef struct routes routes_t;
 typedef void (*routes_done_cb)(int err, void *user);
 /* head: the room's last seq, or -1 when the seq key is missing (seed it). */
 typedef void (*routes_head_cb)(int err, int64_t head, void *user);
-/* seq == -1: the room's seq key is missing; call again with a seed.
+/* dup: 0 a new seq; ROUTES_DUP_SAME the id already had a seq from this very
+ * record (a retry or a re-consumption: deliver it); ROUTES_DUP_OTHER it had
+ * one from another record or from PostgreSQL (a resent cid: do not deliver).
  * gws: live gateways with members of the room online (deduplicated). */
+#define ROUTES_DUP_OTHER 1
+#define ROUTES_DUP_SAME 2
 typedef void (*routes_assign_cb)(int err, int64_t seq, int dup, const int *gws, size_t n_gws,
                                  void *user);
 typedef void (*routes_dests_cb)(int err, const int *gws, size_t n_gws, void *user);
@@ -45,7 +53,10 @@ typedef void (*routes_presence_cb)(int err, char **users, size_t n_users, void *
 /* n_gateways: gateway ids are 0..n_gateways-1 (chat-receive partitions). */
 int routes_init(routes_t **out, uv_loop_t *loop, redis_client_t *redis, int n_gateways,
                 unsigned dedup_ttl_s);
+/* Stops the refresh timer; routes_free once the loop has run dry (redis
+ * callbacks still in flight use rt). */
 void routes_close(routes_t *rt);
+void routes_free(routes_t *rt);
 /* 1 once the live-gateway cache has been read at least once. */
 int routes_live_known(const routes_t *rt);
 
@@ -71,9 +82,10 @@ void routes_user_drop(routes_t *rt, const char *user, int gw);
 void routes_presence(routes_t *rt, const char *room, routes_presence_cb cb, void *user);
 
 /* ---- classifier side ---- */
-/* seed < 0: no seed. */
-void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t seed,
-                   routes_assign_cb cb, void *user);
+/* floor: the room's max stored seq; known: the id's stored seq or -1;
+ * tag: identifies the record ("partition:offset"). */
+void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t floor,
+                   int64_t known, const char *tag, routes_assign_cb cb, void *user);
 /* Live gateways of the room, plus those of `member` (may be NULL). */
 void routes_dests(routes_t *rt, const char *room, const char *member, routes_dests_cb cb,
                   void *user);

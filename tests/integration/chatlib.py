@@ -60,6 +60,8 @@ class Proc:
                  expect_clean_exit=False):
         self.name = name
         self.argv = list(argv)
+        self.env = env
+        self.logdir = logdir
         self.logpath = os.path.join(logdir, f"{name}.log")
         self.sanitized = sanitized          # scan the log for sanitizer reports
         self.expect_clean_exit = expect_clean_exit  # exit 0 on SIGTERM

@@ -168,6 +168,7 @@ class Cluster:
         self.gw_ports = []
         self.cl_ports = []
         self.broker_port = None
+        self.retired = []
 
     def token(self, user, **kw):
         return chatlib.make_token(user, JWT_SECRET, **kw)
@@ -177,6 +178,22 @@ class Cluster:
 
     def all_ports(self):
         return [self.broker_port] + self.cl_ports + self.gw_ports
+
+    def proc(self, name):
+        return [p for p, _ in self.procs if p.name.split("~")[0] == name][-1]
+
+    def restart(self, name):
+        """Starts a stopped process again with the same arguments and port."""
+        i, (old, port) = [(i, x) for i, x in enumerate(self.procs)
+                          if x[0].name.split("~")[0] == name][-1]
+        assert not old.alive(), f"{name} still running"
+        gen = old.name.count("~") + 1
+        new = Proc(f"{name}~{gen}", old.argv, old.logdir, env=old.env, sanitized=True,
+                   expect_clean_exit=True)
+        self.procs[i] = (new, port)
+        self.retired.append(old)
+        wait_ready(new, port, READY_TIMEOUT)
+        return new
 
 
 @pytest.fixture(scope="session")
@@ -219,7 +236,7 @@ def cluster(workdir, redis_server, pg):
 
 def _stop_cluster(c):
     # Gateways and classifiers first (they flush to the broker), then the broker.
-    others = [p for p, _ in c.procs if p.name != "broker"]
+    others = [p for p, _ in c.procs if p.name != "broker" and p.alive()]
     for p in others:
         p.send_signal(signal.SIGTERM)
     for p in others:
@@ -228,7 +245,7 @@ def _stop_cluster(c):
     for p, _ in c.procs:
         if p.name == "broker":
             p.stop(timeout=25)
-    return [x for x in (p.check() for p, _ in c.procs) if x]
+    return [x for x in (p.check() for p in [p for p, _ in c.procs] + c.retired) if x]
 
 
 # --------------------------------------------------------------------------
@@ -255,12 +272,14 @@ def start_all_instance(workdir, pg):
     """Factory: a --role=all chatd with its own redis and a fresh database,
     embedded in-process Kafka. Stopped at session end (if still running)."""
     started = []
+    leftovers = []
 
     def start(name, extra_args=()):
         d = os.path.join(workdir, name)
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
         r = start_redis(d, name=f"{name}-redis")
+        leftovers.append(r)
         dbname = "chatd_" + uid("db").replace("-", "_")
         conninfo = pg.create_db(dbname)
         port = free_port()
@@ -269,6 +288,7 @@ def start_all_instance(workdir, pg):
                         + KAFKA_TEST_OPTS + list(extra_args), d)
         inst = Instance(p, port, r, conninfo, dbname, d)
         started.append(inst)
+        leftovers.remove(r)
         try:
             wait_ready(p, port, READY_TIMEOUT)
         except Exception as e:
@@ -276,6 +296,8 @@ def start_all_instance(workdir, pg):
         return inst
 
     yield start
+    for r in leftovers:
+        r.stop(timeout=10)
     problems = []
     for inst in started:
         inst.proc.stop(timeout=25)

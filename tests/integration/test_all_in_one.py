@@ -1,5 +1,5 @@
 """A standalone `chatd --role=all` (in-process embedded Kafka, own redis, own
-database): round trip, dev tokens, a Redis outage (unavailable, then seqs
+database): round trip, dev tokens, server pings, a Redis outage (unavailable, then seqs
 continue after Redis comes back empty), and SIGTERM draining with 1012."""
 import asyncio
 import json
@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from chatlib import Client, arun, http_request, start_redis, uid, wait_http_status
+from chatlib import Client, RawWS, arun, http_request, start_redis, uid, wait_http_status
 
 
 @pytest.fixture(scope="module")
 def inst(start_all_instance):
-    return start_all_instance("all1", ["--dev-tokens"])
+    return start_all_instance("all1", ["--dev-tokens", "--heartbeat=1", "--pong-timeout=2"])
 
 
 def test_all_in_one_round_trip(inst):
@@ -112,6 +112,39 @@ def test_redis_outage_unavailable_then_seqs_continue(inst):
         await a.close()
         await b.close()
     arun(body(), timeout=90)
+
+
+def test_server_pings_idle_clients(inst):
+    async def body():
+        a = await inst.client(uid("hb"))
+        await asyncio.sleep(4)  # > heartbeat + pong timeout; websockets answers pings
+        assert not a.closed.is_set(), f"a ponging client was closed ({a.ws.close_code})"
+        await a.ok("rooms")
+        await a.close()
+    arun(body())
+
+    # a client that never answers pings is closed
+    ws = RawWS(inst.port, inst.token(uid("mute")), timeout=15)
+    try:
+        op, data = ws.read_frame()
+        assert op == 0x1 and b"hello" in data
+        t0 = time.monotonic()
+        saw_ping, closed = False, None
+        while time.monotonic() - t0 < 12:
+            try:
+                op, data = ws.read_frame()
+            except (EOFError, ConnectionResetError):
+                closed = "eof"
+                break
+            if op == 0x9:
+                saw_ping = True
+            elif op == 0x8:
+                closed = "close frame"
+                break
+        assert saw_ping, "server never pinged an idle client (--heartbeat=1)"
+        assert closed, "a client that does not answer pings was not closed"
+    finally:
+        ws.close()
 
 
 def test_sigterm_closes_clients_1012(inst):
