@@ -22,8 +22,8 @@
 #include "store/redis.h"
 #include "store/routes.h"
 
-/* Dedup window of message ids in Redis: a cid resent later than this is
- * still caught by PostgreSQL's unique index, but may cost a seq. */
+/* Lifetime of a message id's seq in Redis. Only a cache: past it the
+ * classifier learns the seq from PostgreSQL (roles/classifier.h, step 1). */
 #define CHATD_DEDUP_TTL_S 86400
 
 struct chatd {

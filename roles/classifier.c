@@ -342,8 +342,16 @@ static void cl_on_known_ids(int err, PGresult *res, void *ud)
     cl_lookup_done(c);
 }
 
-/* Room ids and message ids hold no character that needs quoting in an
- * array literal (both were validated in cl_item_load). */
+/* Appends "s" to an array literal. Every element is double-quoted (else a
+ * room named NULL would read as SQL NULL); room ids and message ids hold no
+ * '"' or '\\' (validated in cl_item_load), so no escaping is needed. */
+static void cl_array_add(struct jbuf *b, const char *s)
+{
+    jbuf_rawz(b, b->len > 1 ? ",\"" : "\"");
+    jbuf_rawz(b, s);
+    jbuf_rawz(b, "\"");
+}
+
 static void cl_lookup(classifier_t *c)
 {
     struct jbuf rooms, pairs_r, pairs_i;
@@ -365,13 +373,10 @@ static void cl_lookup(classifier_t *c)
             CHATD_ASSERT(r != NULL);
             r->name = it->room;
             HASH_ADD_KEYPTR(hh, c->rooms, r->name, strlen(r->name), r);
-            jbuf_rawz(&rooms, rooms.len > 1 ? "," : "");
-            jbuf_rawz(&rooms, it->room);
+            cl_array_add(&rooms, it->room);
         }
-        jbuf_rawz(&pairs_r, pairs_r.len > 1 ? "," : "");
-        jbuf_rawz(&pairs_r, it->room);
-        jbuf_rawz(&pairs_i, pairs_i.len > 1 ? "," : "");
-        jbuf_rawz(&pairs_i, it->msg.id);
+        cl_array_add(&pairs_r, it->room);
+        cl_array_add(&pairs_i, it->msg.id);
     }
     jbuf_rawz(&rooms, "}");
     jbuf_rawz(&pairs_r, "}");

@@ -34,7 +34,7 @@ static const char routes_assign_lua[] =
     "  redis.call('SET', KEYS[2], s, 'EX', tonumber(ARGV[1]))\n"
     "end\n"
     "if s then\n"
-    "  local seq, tag = string.match(s, '^(%d+)|(.*)$')\n"
+    "  local seq, tag = string.match(s, '^(%d+)|?(.*)$')\n"
     "  return {tonumber(seq), tag == ARGV[4] and 2 or 1, redis.call('HGETALL', KEYS[3])}\n"
     "end\n"
     "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"

@@ -85,6 +85,10 @@ def test_redis_outage_unavailable_then_seqs_continue(inst):
         await a.join(room)
         await a.send_many(room, ["1", "2", "3"])
         await a.wait_seqs(room, [1, 2, 3])
+        # A room id that SQL would read as NULL if it were not quoted.
+        await a.join("NULL")
+        await a.send_many("NULL", ["n1", "n2"])
+        await a.wait_seqs("NULL", [1, 2])
 
         inst.redis.stop(sig=signal.SIGKILL, timeout=10)
         try:
@@ -109,6 +113,13 @@ def test_redis_outage_unavailable_then_seqs_continue(inst):
         h = await a.sync(room)
         assert [(m["seq"], m["text"]) for m in h["messages"]] == \
             [(1, "1"), (2, "2"), (3, "3"), (4, "4")], h
+        # Nobody joined NULL since the restart: the classifier alone must
+        # continue its seqs from PostgreSQL, not restart them at 1.
+        await a.send("NULL", "n3")
+        await a.wait_seqs("NULL", [3])
+        h = await a.sync("NULL")
+        assert [(m["seq"], m["text"]) for m in h["messages"]] == \
+            [(1, "n1"), (2, "n2"), (3, "n3")], h
         await a.close()
         await b.close()
     arun(body(), timeout=90)
