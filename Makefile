@@ -3,6 +3,7 @@
 #   make test       install deps, build, run unit + integration tests
 #   make test SAN=1 the same under ASan + UBSan (objects in build/san/)
 #   make run        install deps, start local redis + postgres under .run/, run chatd --role=all
+#   make cluster    the same stores, then broker + 2 classifiers + 2 gateways (:8080, :8081)
 #   make clean
 
 CC      ?= cc
@@ -29,7 +30,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration run clean bench
+.PHONY: all deps test unit integration run cluster clean bench
 all: $(BUILD)/chatd
 
 deps:
@@ -76,6 +77,10 @@ test: deps
 run: deps
 	$(MAKE) all
 	bash scripts/run-local.sh $(abspath $(BUILD)/chatd)
+
+cluster: deps
+	$(MAKE) all
+	bash scripts/run-local.sh $(abspath $(BUILD)/chatd) cluster
 
 clean:
 	rm -rf build

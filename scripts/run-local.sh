@@ -2,9 +2,12 @@
 # make run: a local redis-server and PostgreSQL under .run/ on loopback, then
 # chatd --role=all with the embedded Kafka broker and dev tokens on
 # http://127.0.0.1:8080. Ctrl-C stops everything this script started.
+# make cluster (second argument "cluster"): the same stores, then a broker,
+# two classifiers and two gateways (http://127.0.0.1:8080 and :8081).
 set -euo pipefail
 
 CHATD=${1:-build/chatd}
+MODE=${2:-all}
 ROOT=$(pwd)/.run
 REDIS_PORT=${REDIS_PORT:-16379}
 PG_PORT=${PG_PORT:-15432}
@@ -41,9 +44,27 @@ as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
   as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE chatd"
 
 export CHATD_JWT_SECRET=${CHATD_JWT_SECRET:-dev-secret-change-me}
+export CHATD_REDIS="redis://127.0.0.1:$REDIS_PORT/0"
+export CHATD_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd"
+
+if [ "$MODE" = cluster ]; then
+  # Several processes on one machine: they find the broker through this file.
+  B="$ROOT/bootstrap"
+  rm -f "$B"
+  export CHATD_KAFKA_BOOTSTRAP_FILE="$B"
+  "$CHATD" --role=broker --listen=127.0.0.1:9100 & pids+=($!)
+  "$CHATD" --role=classifier --listen=127.0.0.1:9101 & pids+=($!)
+  "$CHATD" --role=classifier --listen=127.0.0.1:9102 & pids+=($!)
+  "$CHATD" --role=gateway --gateway-id=0 --listen=127.0.0.1:8080 --dev-tokens & pids+=($!)
+  "$CHATD" --role=gateway --gateway-id=1 --listen=127.0.0.1:8081 --dev-tokens & pids+=($!)
+  echo "run: gateways on http://127.0.0.1:8080 and http://127.0.0.1:8081, classifiers :9101 :9102," \
+       "broker :9100 (redis :$REDIS_PORT, postgres :$PG_PORT; Ctrl-C stops)" >&2
+  wait -n "${pids[@]}" || true
+  echo "run: a chatd process exited; stopping the cluster" >&2
+  exit 1
+fi
+
 echo "run: chatd on http://$LISTEN (redis :$REDIS_PORT, postgres :$PG_PORT, logs below; Ctrl-C stops)" >&2
-"$CHATD" --role=all --listen="$LISTEN" --kafka=embedded --dev-tokens \
-  --redis="redis://127.0.0.1:$REDIS_PORT/0" \
-  --pg="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd" &
+"$CHATD" --role=all --listen="$LISTEN" --kafka=embedded --dev-tokens &
 pids+=($!)
 wait "${pids[-1]}"
