@@ -76,6 +76,8 @@ static void chatd_on_http(http_req_t *req, void *user)
         else
             http_respond_error(req, 500, "internal", "out of memory");
         free(text);
+    } else if (d->broker && d->conf.fault_injection && broker_role_http(d->broker, req)) {
+        return;
     } else if (!d->gateway || !gateway_http(d->gateway, req)) {
         http_respond_error(req, 404, "not_found", "no such path");
     }

@@ -31,6 +31,7 @@ struct conf {
     char redis[256];
     char pg[512];
     int dev_tokens;
+    int fault_injection;         /* broker: /faults/ HTTP API (tests only) */
     char jwt_secret[256];        /* from CHATD_JWT_SECRET only */
     char topic_send[128];
     char topic_receive[128];
@@ -50,6 +51,8 @@ struct conf {
     int gateway_ttl_s;           /* liveness key TTL of a gateway */
     int drain_s;                 /* SIGTERM grace for draining */
     int history_max;             /* sync/REST limit cap (1000) */
+    int history_concurrency;     /* history reads in flight per gateway */
+    int handshake_concurrency;   /* upgrades waiting for their rooms per gateway */
     int migrate_wait_s;
     enum log_level log_level;
 };

@@ -169,6 +169,22 @@ int kafka_broker_set_down(kafka_broker_t *b, int broker_id, int down)
     return 0;
 }
 
+int kafka_broker_push_errors(kafka_broker_t *b, int api_key, const int *errors, size_t n)
+{
+    CHATD_ASSERT(b->magic == KAFKA_BROKER_MAGIC);
+    if (api_key < 0 || api_key > 100 || n == 0 || n > 1000)
+        return ERR_BAD_REQUEST;
+    rd_kafka_resp_err_t *errs = calloc(n, sizeof *errs);
+    if (!errs)
+        return ERR_NOMEM;
+    for (size_t i = 0; i < n; i++)
+        errs[i] = (rd_kafka_resp_err_t)errors[i];
+    rd_kafka_mock_push_request_errors_array(b->mc, (int16_t)api_key, n, errs);
+    free(errs);
+    log_info("kafka_broker_errors_pushed", "api_key=%d count=%zu first=%d", api_key, n, errors[0]);
+    return 0;
+}
+
 void kafka_broker_stop(kafka_broker_t *b)
 {
     if (!b)

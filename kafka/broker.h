@@ -27,6 +27,9 @@ const char *kafka_broker_bootstraps(const kafka_broker_t *b);
 int kafka_broker_write_bootstrap(const kafka_broker_t *b, const char *path);
 /* Fault injection for tests (broker ids start at 1). */
 int kafka_broker_set_down(kafka_broker_t *b, int broker_id, int down);
+/* The next n requests of Kafka API api_key (0 Produce, 1 Fetch, ...) fail
+ * with errors[i] (Kafka's numeric error codes). 0 or ERR_BAD_REQUEST. */
+int kafka_broker_push_errors(kafka_broker_t *b, int api_key, const int *errors, size_t n);
 void kafka_broker_stop(kafka_broker_t *b);
 
 #endif

@@ -8,8 +8,15 @@
 
 #include "conf/conf.h"
 #include "kafka/broker.h"
+#include "net/http.h"
 
 /* Returns 0 with *out started, or an ERR_* code (logged). */
 int broker_role_start(kafka_broker_t **out, const struct conf *c);
+
+/* With --fault-injection (tests only), the broker's HTTP port also serves
+ *   POST /faults/broker/{id}/down | /up
+ *   POST /faults/request-errors  {"api_key":0,"errors":[7,7]}
+ * Returns 0 if req is not one of these paths. */
+int broker_role_http(kafka_broker_t *b, http_req_t *req);
 
 #endif

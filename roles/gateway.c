@@ -194,6 +194,7 @@ static void gw_handshake_done(struct gw_handshake *hs)
     gateway_t *g = hs->g;
     if (--hs->pending > 0)
         return;
+    g->hs_inflight--;
     hs->u->pending--;
     if (hs->err || g->draining) {
         log_warn("handshake_failed", "user=%s err=%s", hs->u->id,
@@ -231,6 +232,19 @@ static void gw_on_user_rooms(int err, PGresult *res, void *ud)
     gw_handshake_done(hs);
 }
 
+/* 503 with Retry-After: a cap shed the request; the client retries soon. */
+static void gw_respond_retry(http_req_t *req, const char *msg)
+{
+    struct jbuf b;
+    jbuf_init(&b, 96);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "error", "unavailable");
+    jbuf_kv_strz(&b, "message", msg);
+    jbuf_obj_close(&b);
+    http_respond(req, 503, "application/json", b.p, b.len, "Retry-After: 1\r\n");
+    jbuf_free(&b);
+}
+
 /* Token from "Authorization: Bearer X" or, for browsers, "?token=X". */
 static const char *gw_token(http_req_t *req, char *buf, size_t len)
 {
@@ -250,9 +264,8 @@ static int gw_authenticate(gateway_t *g, http_req_t *req, struct auth_identity *
         metric_inc(g->m.handshakes_401);
         log_info("auth_failed", "peer=%s path=%s why=%s", http_req_peer(req), http_req_path(req),
                  log_q(why, strlen(why)));
-        http_respond(req, 401, "application/json",
-                     "{\"error\":\"unauthorized\",\"message\":\"missing or invalid token\"}", 60,
-                     "WWW-Authenticate: Bearer\r\n");
+        static const char body[] = "{\"error\":\"unauthorized\",\"message\":\"missing or invalid token\"}";
+        http_respond(req, 401, "application/json", body, sizeof body - 1, "WWW-Authenticate: Bearer\r\n");
     }
     return rc;
 }
@@ -267,6 +280,15 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
         http_respond_error(req, 503, "unavailable", "this gateway is not serving; try another");
         return;
     }
+    /* A reconnect storm is shed early and cheaply, rather than queued
+     * behind PostgreSQL until clients time out. */
+    if (g->hs_inflight >= g->conf->handshake_concurrency) {
+        metric_inc(g->m.shed);
+        metric_inc(g->m.handshakes_503);
+        gw_respond_retry(req, "too many connections being set up, retry");
+        return;
+    }
+    g->hs_inflight++;
     struct gw_handshake *hs = calloc(1, sizeof *hs);
     CHATD_ASSERT(hs != NULL);
     hs->g = g;
@@ -292,6 +314,7 @@ struct gw_rest {
 static void gw_on_rest_history(int err, PGresult *res, void *ud)
 {
     struct gw_rest *rq = ud;
+    rq->g->hist_inflight--;
     if (err) {
         http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
         free(rq);
@@ -321,6 +344,7 @@ static void gw_on_rest_member(int err, PGresult *res, void *ud)
 {
     struct gw_rest *rq = ud;
     if (err || PQntuples(res) == 0) {
+        rq->g->hist_inflight--;
         if (err)
             http_respond_error(rq->req, 503, "unavailable", "a backend is unavailable, try again");
         else
@@ -359,6 +383,12 @@ static void gw_http_history(gateway_t *g, http_req_t *req, const char *room, siz
                            "room must be a valid room id, after >= 0, limit >= 1");
         return;
     }
+    if (g->hist_inflight >= g->conf->history_concurrency) {
+        metric_inc(g->m.shed);
+        gw_respond_retry(req, "too many history reads, retry");
+        return;
+    }
+    g->hist_inflight++;
     struct gw_rest *rq = calloc(1, sizeof *rq);
     CHATD_ASSERT(rq != NULL);
     rq->g = g;
@@ -549,6 +579,7 @@ static void gw_metrics_init(gateway_t *g)
     g->m.handshakes_ok = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"ok\"");
     g->m.handshakes_401 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"unauthorized\"");
     g->m.handshakes_503 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"unavailable\"");
+    g->m.shed = metrics_counter("chatd_shed_total", "handshakes and history reads refused by a concurrency cap", NULL);
     g->m.requests = metrics_counter("chatd_requests_total", "client requests received", NULL);
     g->m.sends = metrics_counter("chatd_messages_in_total", "send requests produced to Kafka", NULL);
     g->m.acks = metrics_counter("chatd_acks_total", "sends acknowledged to clients", NULL);

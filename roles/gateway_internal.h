@@ -71,13 +71,15 @@ struct gateway {
     int closing;                    /* gateway_close called: no more Redis writes */
     uint64_t live_since_ms;         /* first successful heartbeat of this epoch */
     uint64_t next_conn_id;
+    int hist_inflight;              /* sync + REST history reads */
+    int hs_inflight;                /* handshakes loading rooms */
     struct gw_conn *conns;
     struct gw_user *users;
     struct gw_room *rooms;
     struct proto_limits limits;
     uv_timer_t heartbeat;
     struct {
-        metric_t *handshakes_ok, *handshakes_401, *handshakes_503;
+        metric_t *handshakes_ok, *handshakes_401, *handshakes_503, *shed;
         metric_t *requests, *sends, *acks, *deliveries, *records, *records_skipped;
         metric_t *errors[13];
         metric_t *hop_seconds;

@@ -261,6 +261,7 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
 static void gw_on_sync_db(int err, PGresult *res, void *ud)
 {
     struct gw_pending *p = ud;
+    p->g->hist_inflight--;
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
         return;
@@ -419,6 +420,12 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         gw_op_send(c, r);
         break;
     case OP_SYNC:
+        if (g->hist_inflight >= g->conf->history_concurrency) {
+            metric_inc(g->m.shed);
+            gw_send_error(c, r->rid, ERR_UNAVAILABLE, "too many history reads, retry shortly");
+            break;
+        }
+        g->hist_inflight++;
         /* One row more than asked tells whether there is more. */
         db_history(g->pg, r->room, r->after, r->limit + 1, gw_on_sync_db, gw_pending_new(c, r));
         break;
