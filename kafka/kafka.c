@@ -322,6 +322,25 @@ static int64_t kafka_stats_lag(const cJSON *root, const char *topic, const struc
     return known ? sum : -1;
 }
 
+/* 1 once every owned partition is being fetched ("active"): until then an
+ * assigned consumer started at the end would skip what is produced now. */
+static int kafka_stats_fetching(const cJSON *root, const char *topic, const struct kafka_parts *own)
+{
+    const cJSON *topics = cJSON_GetObjectItemCaseSensitive(root, "topics");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(topics, topic);
+    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(t, "partitions");
+    const cJSON *p;
+    size_t active = 0;
+    cJSON_ArrayForEach(p, parts) {
+        int64_t id = kafka_stats_num(p, "partition");
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(p, "fetch_state");
+        if (id >= 0 && kafka_parts_has(own, (int32_t)id) && cJSON_IsString(st) &&
+            !strcmp(st->valuestring, "active"))
+            active++;
+    }
+    return active == own->n;
+}
+
 /* ---- metrics ---- */
 
 /* One series per process, registered by the first client (a Prometheus
@@ -800,7 +819,8 @@ static void kafka_consumer_on_event(kafka_consumer_t *c, rd_kafka_event_t *ev)
     case RD_KAFKA_EVENT_STATS: {
         cJSON *root = cJSON_Parse(rd_kafka_event_stats(ev));
         if (root) {
-            c->healthy = kafka_stats_healthy(root);
+            c->healthy = kafka_stats_healthy(root) &&
+                         (c->group || kafka_stats_fetching(root, c->topic, &c->own));
             c->lag = kafka_stats_lag(root, c->topic, &c->own);
             if (c->lag >= 0)
                 metric_set(kafka_m.lag[c->group], (double)c->lag);

@@ -232,6 +232,35 @@ def wait_ready(proc, port, timeout):
                        f"(last: {last})\n--- {proc.logpath} ---\n{proc.tail(60)}")
 
 
+def read_metrics(port, timeout=5.0):
+    """GET /metrics parsed into {(name, frozenset(labels.items())): value}."""
+    st, _, body = http_request(port, "GET", "/metrics", timeout=timeout)
+    assert st == 200, f"GET /metrics on {port}: HTTP {st}"
+    out = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, labels = head, {}
+        if "{" in head:
+            name, _, rest = head.partition("{")
+            for part in rest.rstrip("}").split(","):
+                if "=" in part:
+                    k, _, v = part.partition("=")
+                    labels[k.strip()] = v.strip().strip('"')
+        try:
+            out[(name, frozenset(labels.items()))] = float(value)
+        except ValueError:
+            pass
+    return out
+
+
+def metric_sum(metrics, name, **labels):
+    """Sum of the samples of one metric whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in metrics.items() if n == name and want <= set(ls))
+
+
 def wait_http_status(port, path, want, timeout):
     deadline = time.monotonic() + timeout
     last = None
@@ -306,11 +335,15 @@ class Client:
     """One WebSocket connection. Replies are matched by rid; everything else
     (events) is kept in self.events (consumable) and self.history (all)."""
 
-    def __init__(self, ws, hello, label):
+    def __init__(self, ws, hello, label, on_event=None):
         self.ws = ws
         self.hello = hello
         self.label = label
         self.user = hello.get("user")
+        # Optional hook called with every event (not replies) as it arrives;
+        # when it returns True the event is consumed and not kept in
+        # self.events / self.history (long-running clients, fault tests).
+        self.on_event = on_event
         self.events = []
         self.history = []
         self.pending = {}
@@ -320,7 +353,7 @@ class Client:
         self._reader = asyncio.ensure_future(self._read_loop())
 
     @classmethod
-    async def connect(cls, port, token, via="header", timeout=10, label=None):
+    async def connect(cls, port, token, via="header", timeout=10, label=None, on_event=None):
         url = f"ws://127.0.0.1:{port}/ws"
         kw = {}
         if via == "header":
@@ -339,7 +372,7 @@ class Client:
         hello = json.loads(raw)
         assert isinstance(hello, dict) and hello.get("op") == "hello", \
             f"first frame is not hello: {raw!r}"
-        return cls(ws, hello, label or f"{hello.get('user')}@{port}")
+        return cls(ws, hello, label or f"{hello.get('user')}@{port}", on_event=on_event)
 
     async def _read_loop(self):
         try:
@@ -356,6 +389,8 @@ class Client:
                     if fut is not None and not fut.done():
                         fut.set_result(obj)
                         continue
+                if self.on_event is not None and self.on_event(obj):
+                    continue
                 async with self._cond:
                     self.events.append(obj)
                     self.history.append(obj)
@@ -581,8 +616,16 @@ def check_msg(m, room=None, frm=None, text=None, cid=None):
 # raw WebSocket (for invalid UTF-8 and other frames the library will not send)
 
 class RawWS:
-    def __init__(self, port, token, timeout=10):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port, token, timeout=10, rcvbuf=None):
+        if rcvbuf is None:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        else:
+            # A small receive buffer, set before connecting (window scaling
+            # is negotiated then): a client that stops reading fills up fast.
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(("127.0.0.1", port))
         self.buf = b""
         key = base64.b64encode(os.urandom(16)).decode()
         req = (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
