@@ -194,6 +194,7 @@ static int chatd_start_kafka(struct chatd *d)
     d->kafka.opts = c->kafka_opts;
     d->kafka.n_opts = c->n_kafka_opts;
     d->kafka.client_id = client_id;
+    d->kafka.embedded = !strcmp(c->kafka, "embedded");
     return rc;
 }
 

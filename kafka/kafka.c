@@ -913,12 +913,16 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
         "auto.offset.reset", "earliest",
         "session.timeout.ms", "6000",
         "heartbeat.interval.ms", "500",
+        /* A real broker answers a waiting fetch as soon as data arrives; the
+         * mock cluster holds it for the whole wait, so keep it short there. */
+        "fetch.wait.max.ms", conf->embedded ? "5" : "500",
         NULL,
     };
     const char *assigned_defaults[] = {
         "group.id", gw_group,
         "enable.auto.commit", "false",
         "enable.auto.offset.store", "false",
+        "fetch.wait.max.ms", conf->embedded ? "5" : "500",
         NULL,
     };
     char errstr[512];

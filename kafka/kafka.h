@@ -30,6 +30,7 @@ struct kafka_conf {
     const char *const *opts;    /* "key=value" overrides */
     size_t n_opts;
     const char *client_id;      /* e.g. "chatd-gateway-3" */
+    int embedded;               /* brokers are librdkafka's mock cluster */
 };
 
 /* Metadata chatd puts in record headers (see docs/ARCHITECTURE.md). */
