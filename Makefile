@@ -4,6 +4,9 @@
 #   make test SAN=1 the same under ASan + UBSan (objects in build/san/)
 #   make run        install deps, start local redis + postgres under .run/, run chatd --role=all
 #   make cluster    the same stores, then broker + 2 classifiers + 2 gateways (:8080, :8081)
+#   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
+#   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
+#   make chatbench  build build/chatbench, the load generator (bench/)
 #   make clean
 
 CC      ?= cc
@@ -30,7 +33,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration run cluster clean bench
+.PHONY: all deps test unit integration run cluster clean bench chatbench fuzz fuzz-build fuzz-replay
 all: $(BUILD)/chatd
 
 deps:
@@ -59,6 +62,13 @@ $(BUILD)/gen/web_index.c: web/index.html
 $(BUILD)/gen/web_index.o: $(BUILD)/gen/web_index.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
+BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c))
+
+chatbench: $(BUILD)/chatbench
+
+$(BUILD)/chatbench: $(BENCH_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
@@ -85,4 +95,82 @@ cluster: deps
 clean:
 	rm -rf build
 
+# ---- fuzzing (tests/fuzz/): libFuzzer + ASan + UBSan, clang only ----
+# Each target links the module it fuzzes, its neighbours and lib/. A run
+# mutates a copy of the repo corpus in build/fuzz/work/<target>; crashes go
+# to build/fuzz/artifacts/ and fail the make.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 30
+FUZZ_ARGS    ?=
+FUZZ_DIR     := build/fuzz
+FUZZ_PKGS    := libuv libcjson libjwt openssl
+# UBSan stays recoverable so tests/fuzz/ubsan.supp can mute known, reported
+# bugs; halt_on_error=1 in FUZZ_ENV makes every other report fatal.
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+                -I. -D_GNU_SOURCE \
+                $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
+FUZZ_LIBS    := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lwslay -lhttp_parser -lm
+FUZZ_TARGETS := fuzz_http fuzz_proto fuzz_auth fuzz_record fuzz_ws
+FUZZ_LIB_SRCS := $(wildcard lib/*.c)
+# -max_len per target: past each parser's limits, not much more.
+FUZZ_MAXLEN_fuzz_http   := 20000
+FUZZ_MAXLEN_fuzz_proto  := 6000
+FUZZ_MAXLEN_fuzz_auth   := 2048
+FUZZ_MAXLEN_fuzz_record := 6000
+FUZZ_MAXLEN_fuzz_ws     := 1024
+FUZZ_DICT_fuzz_http   := tests/fuzz/fuzz_http.dict
+FUZZ_DICT_fuzz_proto  := tests/fuzz/fuzz_json.dict
+FUZZ_DICT_fuzz_auth   := tests/fuzz/fuzz_json.dict
+FUZZ_DICT_fuzz_record := tests/fuzz/fuzz_json.dict
+FUZZ_DEPS_fuzz_http   := net/http.c net/ws.c
+FUZZ_DEPS_fuzz_proto  := net/proto.c net/auth.c
+FUZZ_DEPS_fuzz_auth   := net/auth.c
+FUZZ_DEPS_fuzz_record := kafka/record.c
+FUZZ_DEPS_fuzz_ws     := net/ws.c net/http.c
+FUZZ_RUN_OPTS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=tests/fuzz/ubsan.supp
+
+fuzz-build: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/%)
+
+$(FUZZ_DIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(FUZZ_DIR)/obj/tests/fuzz/%.o: tests/fuzz/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(WARN) -MMD -MP -c -o $@ $<
+
+.SECONDARY: $(FUZZ_TARGETS:%=$(FUZZ_DIR)/obj/tests/fuzz/%.o)
+
+.SECONDEXPANSION:
+$(FUZZ_DIR)/fuzz_%: $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $$(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$$(FUZZ_DEPS_fuzz_$$*) $(FUZZ_LIB_SRCS))
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $^ $(FUZZ_LIBS)
+
+# One run per target; the summary line comes from libFuzzer's final stats.
+fuzz-run-%: $(FUZZ_DIR)/%
+	@mkdir -p $(FUZZ_DIR)/work/$* $(FUZZ_DIR)/artifacts $(FUZZ_DIR)/logs
+	@cp -r tests/fuzz/corpus/$*/. $(FUZZ_DIR)/work/$*/
+	@echo "== $* ($(FUZZ_SECONDS)s)"
+	@$(FUZZ_ENV) $(FUZZ_DIR)/$* $(FUZZ_RUN_OPTS) -max_total_time=$(FUZZ_SECONDS) \
+	  -max_len=$(FUZZ_MAXLEN_$*) $(if $(FUZZ_DICT_$*),-dict=$(FUZZ_DICT_$*)) \
+	  -artifact_prefix=$(FUZZ_DIR)/artifacts/$*- $(FUZZ_ARGS) $(FUZZ_DIR)/work/$* \
+	  > $(FUZZ_DIR)/logs/$*.log 2>&1 || { tail -n 60 $(FUZZ_DIR)/logs/$*.log; \
+	  echo "FAIL $*: see $(FUZZ_DIR)/logs/$*.log and $(FUZZ_DIR)/artifacts/"; exit 1; }
+	@grep -E '^#[0-9]+.*DONE' $(FUZZ_DIR)/logs/$*.log | tail -n 1
+	@grep -E 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' $(FUZZ_DIR)/logs/$*.log | tr '\n' ' '; echo
+
+fuzz: $(FUZZ_TARGETS:%=fuzz-run-%)
+
+# Every corpus file once, no mutation: a regression check under ASan + UBSan.
+fuzz-replay-%: $(FUZZ_DIR)/%
+	@mkdir -p $(FUZZ_DIR)/logs
+	@echo "== $* replay ($(words $(wildcard tests/fuzz/corpus/$*/*)) files)"
+	@$(FUZZ_ENV) $(FUZZ_DIR)/$* $(wildcard tests/fuzz/corpus/$*/*) > $(FUZZ_DIR)/logs/$*.replay.log 2>&1 \
+	  || { tail -n 60 $(FUZZ_DIR)/logs/$*.replay.log; exit 1; }
+
+fuzz-replay: $(FUZZ_TARGETS:%=fuzz-replay-%)
+
 -include $(OBJS:.o=.d) $(BUILD)/chatd.d
+-include $(BENCH_OBJS:.o=.d)
+-include $(wildcard $(FUZZ_DIR)/obj/*/*.d $(FUZZ_DIR)/obj/*/*/*.d)

@@ -50,13 +50,16 @@ int record_send_decode(const char *room, size_t room_len, const char *val, size_
     m->text = record_get_str(o, "text");
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(o, "ts");
     const cJSON *gw = cJSON_GetObjectItemCaseSensitive(o, "gw");
-    if (!m->id || strlen(m->id) != MSG_ID_LEN || !m->from || !m->text || !cJSON_IsNumber(ts)) {
+    /* ts is converted to an integer: bound it first (milliseconds up to the
+     * year ~33658), a double beyond int64 would be undefined behaviour. */
+    if (!m->id || strlen(m->id) != MSG_ID_LEN || !m->from || !m->text || !cJSON_IsNumber(ts) ||
+        !(ts->valuedouble >= 0 && ts->valuedouble < 1e15)) {
         cJSON_Delete(o);
         return ERR_BAD_REQUEST;
     }
     m->text_len = strlen(m->text);
     m->ts = (int64_t)ts->valuedouble;
-    m->gw = cJSON_IsNumber(gw) ? gw->valueint : -1;
+    m->gw = cJSON_IsNumber(gw) && gw->valuedouble >= 0 && gw->valuedouble < 65536 ? gw->valueint : -1;
     *owner = o;
     return 0;
 }

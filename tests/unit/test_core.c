@@ -280,6 +280,11 @@ static void test_record_roundtrip(void **state)
     assert_int_equal(record_send_decode("r", 1, "{\"id\":\"x\"}", 10, &d, &owner), ERR_BAD_REQUEST);
     assert_null(owner);
     assert_int_equal(record_send_decode("r", 1, "nope", 4, &d, &owner), ERR_BAD_REQUEST);
+    /* found by fuzz_record: a ts beyond int64 must be refused, not converted */
+    static const char big_ts[] =
+        "{\"id\":\"0123456789abcdef0123456789abcdef\",\"from\":\"a\",\"text\":\"t\",\"ts\":1e19}";
+    assert_int_equal(record_send_decode("r", 1, big_ts, sizeof big_ts - 1, &d, &owner), ERR_BAD_REQUEST);
+    assert_null(owner);
 }
 
 /* ---- auth ---- */

@@ -1,0 +1,863 @@
+#include "bench/client.h"
+
+#include <assert.h>
+#include <cJSON.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "bench/stats.h"
+#include "bench/worker.h"
+
+#define CLIENT_MAGIC 0x43424e43u
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+#define CLIENT_CONNECT_TIMEOUT_MS 15000
+#define CLIENT_HS_MAX 8192
+#define CLIENT_MAX_FRAME (64u << 20)  /* a history page of 1000 large messages */
+#define SENDER_RING 256               /* unacked messages per sender */
+
+/* rid: sends use 2*cid (even), the other requests odd constants. */
+#define RID_JOIN 1
+#define RID_SYNC 3
+
+enum { CS_IDLE, CS_CONNECTING, CS_UPGRADING, CS_HELLO, CS_READY, CS_CLOSING, CS_DONE };
+enum { SLOT_FREE, SLOT_QUEUED, SLOT_INFLIGHT, SLOT_RETRY };
+
+/* Per message, indexed by cid: deliveries counted (low 16 bits) and flags. */
+#define MSG_COUNT 0xffffu
+#define MSG_ACKED 0x10000u
+#define MSG_INWIN 0x20000u
+#define MSG_DROPPED 0x40000u
+
+struct sender_slot {
+    uint64_t n, t;
+    int state, tries;
+};
+
+struct sender {
+    uint64_t next, base;              /* cids base..next-1 may be unacked */
+    struct sender_slot ring[SENDER_RING];
+    uint32_t *info;
+    size_t info_cap;
+};
+
+static void client_fail(struct client *c, int err);
+static void client_flush(struct client *c);
+static void client_on_timer(uv_timer_t *t);
+
+static struct client *client_from(void *p)
+{
+    struct client *c = p;
+    assert(c->magic == CLIENT_MAGIC);
+    return c;
+}
+
+int client_init(struct client *c, struct worker *w, int gidx, char *token, int sender)
+{
+    const struct conf *cf = w->conf;
+    memset(c, 0, sizeof *c);
+    c->magic = CLIENT_MAGIC;
+    c->w = w;
+    c->gidx = gidx;
+    c->room = gidx / cf->room_size;
+    c->members = conf_room_members(cf, c->room);
+    c->token = token;
+    c->gw = gidx % cf->ngw;
+    snprintf(c->user, sizeof c->user, "b%s-%d", cf->run, gidx);
+    snprintf(c->room_id, sizeof c->room_id, "bench-%s-%d", cf->run, c->room);
+    if (sender) {
+        c->snd = calloc(1, sizeof *c->snd);
+        if (!c->snd)
+            return -1;
+        c->snd->next = c->snd->base = 1;
+    }
+    return uv_timer_init(&w->loop, &c->timer);
+}
+
+void client_free(struct client *c)
+{
+    if (c->magic != CLIENT_MAGIC)
+        return;
+    if (c->snd)
+        free(c->snd->info);
+    free(c->snd);
+    free(c->token);
+    c->magic = 0;
+}
+
+int client_idle(const struct client *c)
+{
+    return !c->snd || c->snd->base == c->snd->next;
+}
+
+void client_account(const struct client *c, struct stats *st)
+{
+    if (!c->snd)
+        return;
+    for (uint64_t n = 1; n < c->snd->next; n++) {
+        uint32_t i = c->snd->info[n];
+        if (!(i & MSG_INWIN) || !(i & MSG_ACKED))
+            continue;
+        uint64_t d = i & MSG_COUNT, m = (uint64_t)c->members;
+        st->missing += d < m ? m - d : 0;
+        st->extra += d > m ? d - m : 0;
+    }
+}
+
+/* ---- output ---- */
+
+static int client_append(struct client *c, const void *p, size_t n)
+{
+    if (c->wlen + n > c->wcap) {
+        size_t cap = c->wcap ? c->wcap : 1024;
+        while (cap < c->wlen + n)
+            cap *= 2;
+        char *b = realloc(c->wbuf, cap);
+        if (!b)
+            return -1;
+        c->wbuf = b;
+        c->wcap = cap;
+    }
+    memcpy(c->wbuf + c->wlen, p, n);
+    c->wlen += n;
+    return 0;
+}
+
+static void client_write_out(struct client *c);
+
+static void client_on_write(uv_write_t *req, int status)
+{
+    struct client *c = client_from(container_of(req, struct client, wreq));
+    free(c->wfl);
+    c->wfl = NULL;
+    if (status < 0) {
+        client_fail(c, SE_EOF);
+        return;
+    }
+    client_write_out(c);
+}
+
+/* Tries the socket at once; what it does not take goes out in one uv_write
+ * of the whole buffer (the next output collects in a fresh one meanwhile). */
+static void client_write_out(struct client *c)
+{
+    if (c->wfl || c->wlen == 0)
+        return;
+    uv_buf_t b = uv_buf_init(c->wbuf, (unsigned)c->wlen);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n == (int)c->wlen) {
+        c->wlen = 0;
+        return;
+    }
+    if (n < 0 && n != UV_EAGAIN) {
+        client_fail(c, SE_EOF);
+        return;
+    }
+    if (n < 0)
+        n = 0;
+    c->wfl = c->wbuf;
+    b = uv_buf_init(c->wfl + n, (unsigned)(c->wlen - (size_t)n));
+    c->wbuf = NULL;
+    c->wlen = c->wcap = 0;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, client_on_write) < 0) {
+        free(c->wfl);
+        c->wfl = NULL;
+        client_fail(c, SE_EOF);
+    }
+}
+
+static void client_send_frame(struct client *c, const char *json, size_t len)
+{
+    if (c->state != CS_READY)
+        return;
+    struct wslay_event_msg m = { .opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)json,
+                                 .msg_length = len };
+    if (wslay_event_queue_msg(c->ws, &m) != 0) {
+        client_fail(c, SE_EOF);
+        return;
+    }
+    client_flush(c);
+}
+
+static void client_flush(struct client *c)
+{
+    if ((c->state != CS_HELLO && c->state != CS_READY) || !c->ws)
+        return;
+    if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
+        client_fail(c, SE_EOF);
+        return;
+    }
+    client_write_out(c);
+}
+
+/* ---- requests ---- */
+
+static void client_send_join(struct client *c)
+{
+    char b[160];
+    int n = snprintf(b, sizeof b, "{\"op\":\"join\",\"rid\":%d,\"room\":\"%s\"}", RID_JOIN, c->room_id);
+    c->want_join = 0;
+    client_send_frame(c, b, (size_t)n);
+}
+
+static void client_sync(struct client *c)
+{
+    if (c->syncing) {
+        c->want_sync = 1;
+        return;
+    }
+    char b[200];
+    int n = snprintf(b, sizeof b,
+                     "{\"op\":\"sync\",\"rid\":%d,\"room\":\"%s\",\"after\":%" PRIu64 ",\"limit\":1000}",
+                     RID_SYNC, c->room_id, c->last);
+    c->syncing = 1;
+    c->want_sync = 0;
+    c->w->st.syncs++;
+    client_send_frame(c, b, (size_t)n);
+}
+
+static void client_send_slot(struct client *c, struct sender_slot *s)
+{
+    struct worker *w = c->w;
+    size_t need = (size_t)w->conf->payload + 256;
+    if (need > w->sbuf_cap) {
+        char *b = realloc(w->sbuf, need);
+        assert(b);
+        w->sbuf = b;
+        w->sbuf_cap = need;
+    }
+    int n = snprintf(w->sbuf, w->sbuf_cap,
+                     "{\"op\":\"send\",\"rid\":%" PRIu64 ",\"room\":\"%s\",\"cid\":\"%" PRIu64
+                     "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, s->n, s->t);
+    /* Pad the text to --payload bytes: "t=<ns>" plus one space and 'x's. */
+    int tlen = snprintf(NULL, 0, "t=%" PRIu64, s->t);
+    if (tlen < w->conf->payload) {
+        w->sbuf[n++] = ' ';
+        for (int i = tlen + 1; i < w->conf->payload; i++)
+            w->sbuf[n++] = 'x';
+    }
+    memcpy(w->sbuf + n, "\"}", 2);
+    n += 2;
+    if (s->tries++ > 0)
+        w->st.resends++;
+    s->state = SLOT_INFLIGHT;
+    client_send_frame(c, w->sbuf, (size_t)n);
+}
+
+void client_send_new(struct client *c, uint64_t now)
+{
+    struct sender *s = c->snd;
+    struct worker *w = c->w;
+    if (s->next - s->base >= SENDER_RING) {
+        w->st.errs[SE_BACKLOG]++;
+        return;
+    }
+    uint64_t n = s->next++;
+    if (n >= s->info_cap) {
+        size_t cap = s->info_cap ? s->info_cap * 2 : 1024;
+        uint32_t *p = realloc(s->info, cap * sizeof *p);
+        assert(p);
+        memset(p + s->info_cap, 0, (cap - s->info_cap) * sizeof *p);
+        s->info = p;
+        s->info_cap = cap;
+    }
+    int inwin = worker_in_window(w, now);
+    s->info[n] = inwin ? MSG_INWIN : 0;
+    w->st.sent++;
+    w->st.sent_win += (uint64_t)inwin;
+    struct sender_slot *sl = &s->ring[n % SENDER_RING];
+    assert(sl->state == SLOT_FREE);
+    *sl = (struct sender_slot){ .n = n, .t = now, .state = SLOT_QUEUED };
+    if (c->state == CS_READY)
+        client_send_slot(c, sl);
+}
+
+/* After hello: every unacked message again, with its cid. With only_retry,
+ * just those an `unavailable` / `rate_limited` sent back. */
+static void client_resend(struct client *c, int only_retry)
+{
+    struct sender *s = c->snd;
+    if (!s)
+        return;
+    for (uint64_t n = s->base; n < s->next && c->state == CS_READY; n++) {
+        struct sender_slot *sl = &s->ring[n % SENDER_RING];
+        if (sl->state == SLOT_FREE || (only_retry && sl->state != SLOT_RETRY))
+            continue;
+        client_send_slot(c, sl);
+    }
+}
+
+static void client_slot_done(struct client *c, struct sender_slot *sl, uint32_t flag)
+{
+    struct sender *s = c->snd;
+    sl->state = SLOT_FREE;
+    s->info[sl->n] |= flag;
+    while (s->base < s->next && s->ring[s->base % SENDER_RING].state == SLOT_FREE)
+        s->base++;
+}
+
+static struct sender_slot *client_slot(struct client *c, uint64_t n)
+{
+    struct sender *s = c->snd;
+    if (!s || n < s->base || n >= s->next)
+        return NULL;
+    struct sender_slot *sl = &s->ring[n % SENDER_RING];
+    return sl->n == n && sl->state != SLOT_FREE ? sl : NULL;
+}
+
+/* Full jitter: a random wait in [0, min(30 s, 0.5 s * 2^k)]. */
+static uint64_t client_backoff_ms(struct client *c, unsigned k)
+{
+    uint64_t cap = k >= 6 ? 30000 : 500ull << k;
+    if (cap > 30000)
+        cap = 30000;
+    return worker_rand(c->w) % (cap + 1);
+}
+
+static void client_arm_retry(struct client *c, uint64_t ms)
+{
+    if (!uv_is_active((uv_handle_t *)&c->timer))
+        uv_timer_start(&c->timer, client_on_timer, ms, 0);
+}
+
+/* ---- replies and events ---- */
+
+static uint64_t client_num(const cJSON *j, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return cJSON_IsNumber(v) && v->valuedouble >= 0 ? (uint64_t)v->valuedouble : 0;
+}
+
+static const char *client_str(const cJSON *j, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now)
+{
+    struct worker *w = c->w;
+    const char *text = client_str(m, "text"), *from = client_str(m, "from");
+    const char *cid = client_str(m, "cid");
+    w->st.delivered++;
+    if (!text || strncmp(text, "t=", 2) != 0)
+        return;
+    uint64_t t = strtoull(text + 2, NULL, 10);
+    uint64_t lat = now > t ? (now - t) / 1000 : 0;
+    if (worker_in_window(w, t)) {
+        w->st.delivered_win++;
+        hist_add(&w->h_win, lat);
+    } else {
+        hist_add(&w->h_warm, lat);
+    }
+    struct client *snd = from && cid ? worker_client_by_user(w, from) : NULL;
+    if (snd && snd->snd) {
+        uint64_t n = strtoull(cid, NULL, 10);
+        if (n > 0 && n < snd->snd->next && (snd->snd->info[n] & MSG_COUNT) != MSG_COUNT)
+            snd->snd->info[n]++;
+    }
+}
+
+/* One msg, live or from a history page. Only the next seq is taken; a live
+ * one beyond it is left to the sync it triggers (dedup by seq is then a
+ * comparison with `last`). */
+static void client_on_msg(struct client *c, const cJSON *m, uint64_t now, int from_history)
+{
+    const char *room = client_str(m, "room");
+    uint64_t seq = client_num(m, "seq");
+    if (seq == 0 || (room && strcmp(room, c->room_id) != 0)) {
+        c->w->st.errs[SE_BAD_FRAME]++;
+        return;
+    }
+    if (seq > c->max_seen)
+        c->max_seen = seq;
+    if (seq <= c->last) {
+        c->w->st.dups++;
+        return;
+    }
+    if (seq > c->last + 1) {
+        if (!from_history) {
+            if (!c->syncing)
+                c->w->st.gaps++;
+            client_sync(c);
+            return;
+        }
+        /* A history page must be dense after `after`: count the hole. */
+        c->w->st.errs[SE_BAD_FRAME]++;
+    }
+    c->last = seq;
+    client_count_delivery(c, m, now);
+}
+
+static void client_on_history(struct client *c, const cJSON *j, uint64_t now)
+{
+    uint64_t before = c->last;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages"), *m;
+    c->syncing = 0;
+    cJSON_ArrayForEach(m, msgs)
+        client_on_msg(c, m, now, 1);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "more")) ||
+        (c->last > before && (c->want_sync || c->max_seen > c->last))) {
+        client_sync(c);
+    } else if (c->want_sync || c->max_seen > c->last) {
+        /* Seen live but not yet in history: ask again shortly. */
+        c->want_sync = 1;
+        client_arm_retry(c, 100);
+    }
+}
+
+static void client_on_hello(struct client *c)
+{
+    struct worker *w = c->w;
+    if (c->state != CS_HELLO)
+        return;
+    c->state = CS_READY;
+    c->attempt = 0;
+    c->retry_after_ms = 0;
+    uv_timer_stop(&c->timer);
+    w->st.conns++;
+    w->st.handshakes++;
+    worker_connect_done(w);
+    if (!c->joined)
+        client_send_join(c);
+    else
+        client_sync(c);
+    client_resend(c, 0);
+}
+
+static void client_on_ack(struct client *c, const cJSON *j)
+{
+    const char *cid = client_str(j, "cid");
+    struct sender_slot *sl = cid ? client_slot(c, strtoull(cid, NULL, 10)) : NULL;
+    if (!sl)
+        return;                       /* ack of a resend already acked */
+    struct worker *w = c->w;
+    w->st.acked++;
+    c->retry_k = 0;
+    if (c->snd->info[sl->n] & MSG_INWIN) {
+        uint64_t now = worker_now();
+        hist_add(&w->h_ack, now > sl->t ? (now - sl->t) / 1000 : 0);
+        w->st.acked_win++;
+        w->st.expected += (uint64_t)c->members;
+    }
+    client_slot_done(c, sl, MSG_ACKED);
+}
+
+static void client_on_error(struct client *c, const cJSON *j)
+{
+    const char *code = client_str(j, "code");
+    int e = stats_err_from_code(code ? code : "");
+    uint64_t rid = client_num(j, "rid");
+    int retry = e == SE_UNAVAILABLE || e == SE_RATE_LIMITED || e == SE_INTERNAL;
+    uint64_t wait = e == SE_RATE_LIMITED ? 500 + worker_rand(c->w) % 1000
+                                         : client_backoff_ms(c, c->retry_k++);
+    c->w->st.errs[e]++;
+    if (rid == RID_JOIN) {
+        c->want_join = 1;
+        client_arm_retry(c, wait);
+    } else if (rid == RID_SYNC) {
+        c->syncing = 0;
+        c->want_sync = 1;
+        client_arm_retry(c, wait);
+    } else if (rid > 0 && rid % 2 == 0) {
+        struct sender_slot *sl = client_slot(c, rid / 2);
+        if (!sl)
+            return;
+        if (retry) {
+            sl->state = SLOT_RETRY;
+            client_arm_retry(c, wait);
+        } else {
+            client_slot_done(c, sl, MSG_DROPPED);
+        }
+    }
+}
+
+static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
+{
+    uint64_t now = worker_now();
+    cJSON *j = cJSON_ParseWithLength((const char *)p, n);
+    const char *op = client_str(j, "op");
+    if (!op) {
+        c->w->st.errs[SE_BAD_FRAME]++;
+    } else if (strcmp(op, "msg") == 0) {
+        client_on_msg(c, j, now, 0);
+    } else if (strcmp(op, "ack") == 0) {
+        client_on_ack(c, j);
+    } else if (strcmp(op, "history") == 0) {
+        client_on_history(c, j, now);
+    } else if (strcmp(op, "ok") == 0 && client_num(j, "rid") == RID_JOIN) {
+        if (!c->joined) {
+            uint64_t head = client_num(j, "seq");
+            c->joined = 1;
+            if (head > c->last)
+                c->last = head;
+            if (head > c->max_seen)
+                c->max_seen = head;
+            worker_on_joined(c->w);
+        }
+    } else if (strcmp(op, "error") == 0) {
+        client_on_error(c, j);
+    } else if (strcmp(op, "hello") == 0) {
+        client_on_hello(c);
+    }
+    cJSON_Delete(j);
+}
+
+/* ---- wslay glue ---- */
+
+static ssize_t client_ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                              void *user)
+{
+    (void)flags;
+    struct client *c = client_from(user);
+    if (c->in_len == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < c->in_len ? len : c->in_len;
+    memcpy(buf, c->in, n);
+    c->in += n;
+    c->in_len -= n;
+    return (ssize_t)n;
+}
+
+static ssize_t client_ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
+                              int flags, void *user)
+{
+    (void)flags;
+    if (client_append(client_from(user), data, len) < 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+/* Masking keys need not be secret here: the server only checks they are set. */
+static int client_ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
+{
+    (void)ctx;
+    struct client *c = client_from(user);
+    for (size_t i = 0; i < len; i += 8) {
+        uint64_t r = worker_rand(c->w);
+        memcpy(buf + i, &r, len - i < 8 ? len - i : 8);
+    }
+    return 0;
+}
+
+static void client_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a,
+                             void *user)
+{
+    (void)ctx;
+    struct client *c = client_from(user);
+    if (a->opcode == WSLAY_TEXT_FRAME)
+        client_on_frame(c, a->msg, a->msg_length);
+    else if (a->opcode == WSLAY_BINARY_FRAME)
+        c->w->st.errs[SE_BAD_FRAME]++;
+}
+
+/* The close code is read here, from the raw frame: wslay 1.1 takes only
+ * 1000-1011 and 3000-4999 as valid, so it answers chatd's 1012 ("service
+ * restart") with a protocol error and never reports the close as received. */
+static void client_ws_on_frame_start(wslay_event_context_ptr ctx,
+                                     const struct wslay_event_on_frame_recv_start_arg *a, void *user)
+{
+    (void)ctx;
+    struct client *c = client_from(user);
+    if (a->opcode == WSLAY_CONNECTION_CLOSE) {
+        c->close_seen = 1;
+        c->close_code = 0;
+        c->close_bytes = 0;
+    }
+}
+
+static void client_ws_on_frame_chunk(wslay_event_context_ptr ctx,
+                                     const struct wslay_event_on_frame_recv_chunk_arg *a, void *user)
+{
+    (void)ctx;
+    struct client *c = client_from(user);
+    for (size_t i = 0; c->close_seen && c->close_bytes < 2 && i < a->data_length; i++) {
+        c->close_code = c->close_code << 8 | a->data[i];
+        c->close_bytes++;
+    }
+}
+
+static const struct wslay_event_callbacks client_ws_callbacks = {
+    .recv_callback = client_ws_recv,
+    .send_callback = client_ws_send,
+    .genmask_callback = client_ws_genmask,
+    .on_frame_recv_start_callback = client_ws_on_frame_start,
+    .on_frame_recv_chunk_callback = client_ws_on_frame_chunk,
+    .on_msg_recv_callback = client_ws_on_msg,
+};
+
+static void client_feed(struct client *c, const char *p, size_t n)
+{
+    c->in = (const uint8_t *)p;
+    c->in_len = n;
+    int r = wslay_event_recv(c->ws);
+    c->in_len = 0;
+    if (c->state != CS_HELLO && c->state != CS_READY)
+        return;                       /* failed inside a callback */
+    if (r != 0) {
+        client_fail(c, SE_BAD_FRAME);
+        return;
+    }
+    if (c->close_seen || wslay_event_get_close_received(c->ws)) {
+        unsigned code = c->close_bytes == 2 ? c->close_code : 0;
+        client_flush(c);              /* our close reply */
+        c->reconnect_now = code == 1012;
+        client_fail(c, code == 1012 ? SE_CLOSE_1012 : code == 1001 ? SE_CLOSE_1001 : SE_CLOSE_OTHER);
+        return;
+    }
+    client_flush(c);
+}
+
+/* ---- connection ---- */
+
+static void client_b64(const unsigned char *in, size_t n, char *out)
+{
+    EVP_EncodeBlock((unsigned char *)out, in, (int)n);
+}
+
+static const char *client_header(const char *hs, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *l = strstr(hs, "\r\n"); l; l = strstr(l, "\r\n")) {
+        l += 2;
+        if (strncasecmp(l, name, nl) == 0 && l[nl] == ':') {
+            l += nl + 1;
+            while (*l == ' ' || *l == '\t')
+                l++;
+            return l;
+        }
+    }
+    return NULL;
+}
+
+static void client_on_upgrade(struct client *c, const char *p, size_t n)
+{
+    if (!c->hs && !(c->hs = malloc(CLIENT_HS_MAX + 1))) {
+        client_fail(c, SE_HANDSHAKE);
+        return;
+    }
+    size_t take = n < CLIENT_HS_MAX - c->hs_len ? n : CLIENT_HS_MAX - c->hs_len;
+    memcpy(c->hs + c->hs_len, p, take);
+    c->hs_len += take;
+    c->hs[c->hs_len] = '\0';
+    char *end = strstr(c->hs, "\r\n\r\n");
+    if (!end) {
+        if (c->hs_len == CLIENT_HS_MAX)
+            client_fail(c, SE_HANDSHAKE);
+        return;
+    }
+    end[2] = '\0';                    /* headers end with one CRLF now */
+    int status = strncmp(c->hs, "HTTP/1.1 ", 9) == 0 ? atoi(c->hs + 9) : 0;
+    if (status != 101) {
+        const char *ra = client_header(c->hs, "Retry-After");
+        if (ra)
+            c->retry_after_ms = strtoull(ra, NULL, 10) * 1000;
+        client_fail(c, status == 401 ? SE_HTTP_401 : status == 503 ? SE_HTTP_503 : SE_HTTP_OTHER);
+        return;
+    }
+    const char *acc = client_header(c->hs, "Sec-WebSocket-Accept");
+    if (!acc || strncmp(acc, c->accept, strlen(c->accept)) != 0) {
+        client_fail(c, SE_HANDSHAKE);
+        return;
+    }
+    /* What follows the headers (already the hello, often) is WebSocket. */
+    size_t hdr = (size_t)(end + 4 - c->hs), rest = c->hs_len - hdr;
+    if (wslay_event_context_client_init(&c->ws, &client_ws_callbacks, c) != 0) {
+        client_fail(c, SE_HANDSHAKE);
+        return;
+    }
+    wslay_event_config_set_max_recv_msg_length(c->ws, CLIENT_MAX_FRAME);
+    c->state = CS_HELLO;
+    if (rest)
+        client_feed(c, c->hs + hdr, rest);
+    free(c->hs);                      /* client_fail does not free hs: on_closed does */
+    c->hs = NULL;
+    c->hs_len = 0;
+    if (take < n && (c->state == CS_HELLO || c->state == CS_READY))
+        client_feed(c, p + take, n - take);
+}
+
+static void client_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    struct client *c = client_from(container_of(h, struct client, tcp));
+    *buf = uv_buf_init(c->w->rbuf, sizeof c->w->rbuf);
+}
+
+static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct client *c = client_from(container_of(s, struct client, tcp));
+    if (n == 0)
+        return;
+    if (n < 0) {
+        client_fail(c, SE_EOF);
+        return;
+    }
+    if (c->state == CS_UPGRADING)
+        client_on_upgrade(c, buf->base, (size_t)n);
+    else if (c->state == CS_HELLO || c->state == CS_READY)
+        client_feed(c, buf->base, (size_t)n);
+}
+
+static void client_on_connect(uv_connect_t *req, int status)
+{
+    struct client *c = client_from(container_of(req, struct client, creq));
+    if (status == UV_ECANCELED || c->state != CS_CONNECTING)
+        return;
+    if (status < 0) {
+        client_fail(c, SE_CONNECT);
+        return;
+    }
+    const struct conf_gw *gw = &c->w->conf->gw[c->gw];
+    unsigned char key[16], sha[SHA_DIGEST_LENGTH];
+    char key64[32], buf[1024];
+    for (int i = 0; i < 16; i += 8) {
+        uint64_t r = worker_rand(c->w);
+        memcpy(key + i, &r, 8);
+    }
+    client_b64(key, sizeof key, key64);
+    int n = snprintf(buf, sizeof buf, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key64);
+    SHA1((const unsigned char *)buf, (size_t)n, sha);
+    client_b64(sha, sizeof sha, c->accept);
+    n = snprintf(buf, sizeof buf,
+                 "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                 "Authorization: Bearer %s\r\n\r\n", gw->path, gw->host, key64, c->token);
+    c->state = CS_UPGRADING;
+    if (n < 0 || (size_t)n >= sizeof buf || client_append(c, buf, (size_t)n) < 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, client_on_alloc, client_on_read) < 0) {
+        client_fail(c, SE_HANDSHAKE);
+        return;
+    }
+    client_write_out(c);
+}
+
+static void client_schedule(struct client *c)
+{
+    struct worker *w = c->w;
+    uint64_t delay = c->reconnect_now ? 0 : client_backoff_ms(c, c->attempt);
+    if (delay < c->retry_after_ms)
+        delay = c->retry_after_ms + worker_rand(w) % 500;
+    c->attempt++;
+    c->reconnect_now = 0;
+    c->retry_after_ms = 0;
+    c->gw = (c->gw + 1) % w->conf->ngw;
+    c->state = CS_IDLE;
+    w->st.reconnects++;
+    uv_timer_start(&c->timer, client_on_timer, delay, 0);
+}
+
+static void client_on_closed(uv_handle_t *h)
+{
+    struct client *c = client_from(container_of(h, struct client, tcp));
+    if (c->ws)
+        wslay_event_context_free(c->ws);
+    c->ws = NULL;
+    c->close_seen = 0;
+    free(c->hs);
+    c->hs = NULL;
+    c->hs_len = 0;
+    c->wlen = 0;
+    c->syncing = 0;
+    if (c->snd)                       /* on the wire of a dead connection: send again */
+        for (int i = 0; i < SENDER_RING; i++)
+            if (c->snd->ring[i].state != SLOT_FREE)
+                c->snd->ring[i].state = SLOT_QUEUED;
+    if (c->w->phase == PHASE_DONE) {
+        c->state = CS_DONE;
+        return;
+    }
+    client_schedule(c);
+}
+
+static void client_fail(struct client *c, int err)
+{
+    struct worker *w = c->w;
+    if (c->state < CS_CONNECTING || c->state >= CS_CLOSING)
+        return;
+    w->st.errs[err]++;
+    if (c->state == CS_READY)
+        w->st.conns--;
+    else
+        worker_connect_done(w);
+    c->state = CS_CLOSING;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->tcp, client_on_closed);
+}
+
+void client_connect(struct client *c)
+{
+    struct worker *w = c->w;
+    const struct conf *cf = w->conf;
+    const struct conf_gw *gw = &cf->gw[c->gw];
+    int r = uv_tcp_init_ex(&w->loop, &c->tcp, gw->addr.ss_family);
+    if (r < 0) {                      /* EMFILE and the like: no handle to close */
+        w->st.errs[SE_CONNECT]++;
+        worker_connect_done(w);
+        client_schedule(c);
+        return;
+    }
+    c->state = CS_CONNECTING;
+    if (cf->nsrc && gw->addr.ss_family == AF_INET) {
+        /* Source port chosen at connect() per 4-tuple, not at bind(): each
+         * source address then carries a full port range per gateway. */
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        uv_tcp_bind(&c->tcp, (const struct sockaddr *)&cf->src[c->gidx % cf->nsrc], 0);
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    r = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&gw->addr, client_on_connect);
+    if (r < 0) {
+        client_fail(c, SE_CONNECT);
+        return;
+    }
+    uv_timer_start(&c->timer, client_on_timer, CLIENT_CONNECT_TIMEOUT_MS, 0);
+}
+
+static void client_on_timer(uv_timer_t *t)
+{
+    struct client *c = client_from(container_of(t, struct client, timer));
+    switch (c->state) {
+    case CS_IDLE:
+        worker_cq_push(c->w, c);
+        break;
+    case CS_CONNECTING:
+    case CS_UPGRADING:
+    case CS_HELLO:
+        client_fail(c, SE_TIMEOUT);
+        break;
+    case CS_READY:
+        if (c->want_join)
+            client_send_join(c);
+        if (c->want_sync)
+            client_sync(c);
+        client_resend(c, 1);
+        break;
+    default:
+        break;
+    }
+}
+
+void client_shutdown(struct client *c)
+{
+    if (c->state >= CS_CONNECTING && c->state < CS_CLOSING) {
+        if (c->state == CS_READY)
+            c->w->st.conns--;
+        c->state = CS_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, client_on_closed);
+    }
+    uv_close((uv_handle_t *)&c->timer, NULL);
+}

@@ -1,0 +1,47 @@
+/* conf: chatbench's command line, parsed once in the parent and inherited
+ * read-only by every forked worker. */
+#ifndef BENCH_CONF_H
+#define BENCH_CONF_H
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#define CONF_MAX_GW 64
+#define CONF_MAX_SRC 256
+
+struct conf_gw {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    char host[128];   /* Host header: "127.0.0.1:8080" */
+    char path[128];   /* "/ws" unless the URL says otherwise */
+};
+
+struct conf {
+    struct conf_gw gw[CONF_MAX_GW];
+    int ngw;
+    struct sockaddr_in src[CONF_MAX_SRC];  /* source addresses, port 0 */
+    int nsrc;
+    int clients, room_size, senders_per_room, procs, payload;
+    int connect_concurrency;               /* per worker */
+    double rate, duration, warmup, drain, setup_timeout;
+    const char *json_path;
+    char secret[256];                      /* empty: fetch dev tokens */
+    char run[16];                          /* unique per run: user and room ids */
+    int nrooms;                            /* ceil(clients / room_size) */
+    int nsenders;                          /* across all rooms */
+};
+
+/* Room r holds clients [r*room_size, min(clients, (r+1)*room_size)). */
+static inline int conf_room_members(const struct conf *c, int room)
+{
+    int first = room * c->room_size, left = c->clients - first;
+    return left < c->room_size ? left : c->room_size;
+}
+
+static inline int conf_room_senders(const struct conf *c, int room)
+{
+    int m = conf_room_members(c, room);
+    return m < c->senders_per_room ? m : c->senders_per_room;
+}
+
+#endif

@@ -1,0 +1,338 @@
+#include "bench/worker.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/client.h"
+#include "bench/token.h"
+
+#define WORKER_MAGIC 0x5742454eu
+#define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+#define TOKEN_TTL_S (24 * 3600)
+
+static struct worker *worker_from(void *p)
+{
+    struct worker *w = p;
+    assert(w->magic == WORKER_MAGIC);
+    return w;
+}
+
+uint64_t worker_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* xorshift64*: masks, keys and jitter; nothing here needs to be secret. */
+uint64_t worker_rand(struct worker *w)
+{
+    w->rng ^= w->rng >> 12;
+    w->rng ^= w->rng << 25;
+    w->rng ^= w->rng >> 27;
+    return w->rng * 0x2545F4914F6CDD1Dull;
+}
+
+int worker_in_window(const struct worker *w, uint64_t t)
+{
+    return t >= w->t_measure && t < w->t_end;
+}
+
+static void worker_pump(struct worker *w)
+{
+    while (w->cq_head && w->connecting < w->conf->connect_concurrency &&
+           w->phase != PHASE_DONE) {
+        struct client *c = w->cq_head;
+        w->cq_head = c->cq_next;
+        if (!w->cq_head)
+            w->cq_tail = NULL;
+        c->cq_next = NULL;
+        w->connecting++;
+        client_connect(c);
+    }
+}
+
+void worker_cq_push(struct worker *w, struct client *c)
+{
+    c->cq_next = NULL;
+    if (w->cq_tail)
+        w->cq_tail->cq_next = c;
+    else
+        w->cq_head = c;
+    w->cq_tail = c;
+    worker_pump(w);
+}
+
+void worker_connect_done(struct worker *w)
+{
+    assert(w->connecting > 0);
+    w->connecting--;
+    worker_pump(w);
+}
+
+struct client *worker_client_by_user(struct worker *w, const char *user)
+{
+    const struct conf *cf = w->conf;
+    const char *dash = strrchr(user, '-');
+    if (!dash || user[0] != 'b' || strncmp(user + 1, cf->run, strlen(cf->run)) != 0)
+        return NULL;
+    long g = strtol(dash + 1, NULL, 10);
+    if (g < 0 || g >= cf->clients)
+        return NULL;
+    int room = (int)g / cf->room_size;
+    if (room % cf->procs != w->idx)
+        return NULL;
+    long i = (long)(room / cf->procs) * cf->room_size + g % cf->room_size;
+    return i < w->nclients && w->clients[i].gidx == g ? &w->clients[i] : NULL;
+}
+
+static void worker_send_rec(struct worker *w, uint32_t type)
+{
+    static struct stats_rec rec;      /* 23 KB: not on the stack */
+    rec.type = type;
+    rec.phase = (uint32_t)w->phase;
+    rec.t = worker_now();
+    rec.st = w->st;
+    rec.st.clients = (uint64_t)w->nclients;
+    rec.h = w->phase >= PHASE_MEASURE ? w->h_win : w->h_warm;
+    rec.ack = w->h_ack;
+    const char *p = (const char *)&rec;
+    size_t n = sizeof rec;
+    while (n > 0) {
+        ssize_t r = write(w->up_fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return;                   /* parent gone: nothing to report to */
+        p += r;
+        n -= (size_t)r;
+    }
+}
+
+static void worker_ready(struct worker *w)
+{
+    w->phase = PHASE_READY;
+    w->st.setup_s = (double)(worker_now() - w->t0) / 1e9;
+    worker_send_rec(w, REC_READY);
+}
+
+void worker_on_joined(struct worker *w)
+{
+    w->st.joined++;
+    if (w->phase == PHASE_SETUP && w->st.joined == (uint64_t)w->nclients)
+        worker_ready(w);
+}
+
+static void worker_finish(struct worker *w)
+{
+    if (w->phase == PHASE_DONE)
+        return;
+    w->phase = PHASE_DONE;
+    for (int i = 0; i < w->nclients; i++)
+        client_account(&w->clients[i], &w->st);
+    worker_send_rec(w, REC_FINAL);
+    uv_close((uv_handle_t *)&w->tick, NULL);
+    uv_close((uv_handle_t *)&w->report, NULL);
+    uv_close((uv_handle_t *)&w->sigterm, NULL);
+    uv_close((uv_handle_t *)&w->ctl, NULL);
+    for (int i = 0; i < w->nclients; i++)
+        client_shutdown(&w->clients[i]);
+}
+
+static int worker_drained(struct worker *w)
+{
+    if (w->st.delivered_win < w->st.expected)
+        return 0;
+    for (int i = 0; i < w->nsenders; i++)
+        if (!client_idle(w->senders[i]))
+            return 0;
+    return 1;
+}
+
+static void worker_end_window(struct worker *w, uint64_t now)
+{
+    if (now < w->t_end)
+        w->t_end = now;
+    if (w->t_measure > w->t_end)
+        w->t_measure = w->t_end;
+    w->st.window_s = (double)(w->t_end - w->t_measure) / 1e9;
+    w->phase = PHASE_DRAIN;
+    w->t_drain = now + (uint64_t)(w->conf->drain * 1e9);
+}
+
+/* Every millisecond: phase changes, then the messages now due. The schedule
+ * is cumulative (rate x elapsed), so a late tick sends the backlog at once
+ * instead of lowering the rate. */
+static void worker_on_tick(uv_timer_t *t)
+{
+    struct worker *w = worker_from(container_of(t, struct worker, tick));
+    uint64_t now = worker_now();
+    if (w->phase == PHASE_SETUP && now - w->t0 > (uint64_t)(w->conf->setup_timeout * 1e9)) {
+        fprintf(stderr, "chatbench[%d]: setup timeout: %llu of %d clients joined; starting anyway\n",
+                w->idx, (unsigned long long)w->st.joined, w->nclients);
+        w->phase = PHASE_READY;
+        w->st.setup_s = (double)(now - w->t0) / 1e9;
+        worker_send_rec(w, REC_READY);
+    }
+    if (w->phase == PHASE_WARMUP && now >= w->t_measure)
+        w->phase = PHASE_MEASURE;
+    if (w->phase == PHASE_MEASURE && now >= w->t_end)
+        worker_end_window(w, now);
+    if ((w->phase == PHASE_WARMUP || w->phase == PHASE_MEASURE) && now >= w->t_start &&
+        w->nsenders > 0) {
+        uint64_t due = (uint64_t)((double)(now - w->t_start) / 1e9 * w->rate);
+        while (w->scheduled < due) {
+            w->scheduled++;
+            client_send_new(w->senders[w->rr++ % (size_t)w->nsenders], now);
+        }
+    }
+    if (w->phase == PHASE_DRAIN && now - w->t_checked > 20000000u) {
+        w->t_checked = now;
+        if (now >= w->t_drain || worker_drained(w))
+            worker_finish(w);
+    }
+}
+
+static void worker_on_report(uv_timer_t *t)
+{
+    struct worker *w = worker_from(container_of(t, struct worker, report));
+    worker_send_rec(w, REC_PROGRESS);
+}
+
+/* SIGTERM (the parent forwards Ctrl-C): end the window now and drain
+ * briefly; a second one ends the run at once. */
+static void worker_on_sigterm(uv_signal_t *s, int sig)
+{
+    (void)sig;
+    struct worker *w = worker_from(container_of(s, struct worker, sigterm));
+    uint64_t now = worker_now();
+    if (w->phase == PHASE_WARMUP || w->phase == PHASE_MEASURE) {
+        worker_end_window(w, now);
+        if (w->t_drain > now + 3000000000u)
+            w->t_drain = now + 3000000000u;
+    } else {
+        worker_finish(w);
+    }
+}
+
+static void worker_ctl_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    struct worker *w = worker_from(container_of(h, struct worker, ctl));
+    *buf = uv_buf_init((char *)w->ctl_buf + w->ctl_got, (unsigned)(sizeof w->ctl_buf - w->ctl_got));
+}
+
+/* The parent's only message: the start time, once every worker is ready. */
+static void worker_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    (void)buf;
+    struct worker *w = worker_from(container_of(s, struct worker, ctl));
+    if (n < 0) {
+        worker_finish(w);             /* parent gone */
+        return;
+    }
+    w->ctl_got += (size_t)n;
+    if (w->ctl_got < sizeof w->ctl_buf)
+        return;
+    uv_read_stop(s);
+    memcpy(&w->t_start, w->ctl_buf, sizeof w->t_start);
+    w->t_measure = w->t_start + (uint64_t)(w->conf->warmup * 1e9);
+    w->t_end = w->t_measure + (uint64_t)(w->conf->duration * 1e9);
+    if (w->phase < PHASE_WARMUP)
+        w->phase = PHASE_WARMUP;
+}
+
+static int worker_setup(struct worker *w)
+{
+    const struct conf *cf = w->conf;
+    int nrooms = 0;
+    for (int r = w->idx; r < cf->nrooms; r += cf->procs) {
+        w->nclients += conf_room_members(cf, r);
+        w->nsenders += conf_room_senders(cf, r);
+        nrooms++;
+    }
+    w->clients = calloc((size_t)w->nclients + 1, sizeof *w->clients);
+    w->senders = calloc((size_t)w->nsenders + 1, sizeof *w->senders);
+    if (!w->clients || !w->senders)
+        return -1;
+    w->rate = cf->rate * w->nsenders / (cf->nsenders ? cf->nsenders : 1);
+    int ci = 0, si = 0;
+    for (int j = 0; j < nrooms; j++) {
+        int room = w->idx + j * cf->procs, m = conf_room_members(cf, room);
+        for (int k = 0; k < m; k++, ci++) {
+            int g = room * cf->room_size + k, sender = k < conf_room_senders(cf, room);
+            char user[48], tok[1024];
+            snprintf(user, sizeof user, "b%s-%d", cf->run, g);
+            char *token;
+            if (cf->secret[0]) {
+                token = token_sign(cf->secret, user, TOKEN_TTL_S, tok, sizeof tok) < 0 ? NULL : strdup(tok);
+            } else {
+                const struct conf_gw *gw = &cf->gw[g % cf->ngw];
+                token = token_fetch((const struct sockaddr *)&gw->addr, gw->addrlen, gw->host, user);
+            }
+            if (!token) {
+                fprintf(stderr, "chatbench[%d]: no token for %s (%s)\n", w->idx, user,
+                        cf->secret[0] ? "signing failed" : "POST /api/dev/token failed: --dev-tokens?");
+                return -1;
+            }
+            if (client_init(&w->clients[ci], w, g, token, sender) < 0)
+                return -1;
+            if (sender)
+                w->senders[si++] = &w->clients[ci];
+        }
+    }
+    return 0;
+}
+
+int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd)
+{
+    struct worker *w = calloc(1, sizeof *w);
+    int rc = 1;
+    if (!w)
+        return 1;
+    w->magic = WORKER_MAGIC;
+    w->conf = conf;
+    w->idx = idx;
+    w->up_fd = up_fd;
+    w->t0 = worker_now();
+    w->t_measure = w->t_end = UINT64_MAX;
+    w->rng = w->t0 ^ ((uint64_t)getpid() << 32) ^ 0x9E3779B97F4A7C15ull;
+    if (uv_loop_init(&w->loop) < 0)
+        goto out_free;
+    if (worker_setup(w) < 0)
+        goto out_loop;
+    uv_timer_init(&w->loop, &w->tick);
+    uv_timer_init(&w->loop, &w->report);
+    uv_signal_init(&w->loop, &w->sigterm);
+    uv_pipe_init(&w->loop, &w->ctl, 0);
+    if (uv_pipe_open(&w->ctl, ctl_fd) < 0 ||
+        uv_read_start((uv_stream_t *)&w->ctl, worker_ctl_alloc, worker_ctl_read) < 0)
+        goto out_loop;
+    uv_timer_start(&w->tick, worker_on_tick, 1, 1);
+    uv_timer_start(&w->report, worker_on_report, 1000, 1000);
+    uv_signal_start(&w->sigterm, worker_on_sigterm, SIGTERM);
+    for (int i = 0; i < w->nclients; i++)
+        worker_cq_push(w, &w->clients[i]);
+    if (w->nclients == 0)
+        worker_ready(w);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    rc = 0;
+out_loop:
+    if (rc == 0)
+        uv_loop_close(&w->loop);
+out_free:
+    for (int i = 0; i < w->nclients; i++)
+        client_free(&w->clients[i]);
+    free(w->clients);
+    free(w->senders);
+    free(w->sbuf);
+    w->magic = 0;
+    free(w);
+    return rc;
+}

@@ -1,0 +1,65 @@
+/* worker: one forked process with its own libuv loop and its share of the
+ * clients (whole rooms: room r belongs to worker r % procs, so every
+ * delivery is counted in the process that sent the message).
+ *
+ * Phases: setup (connect, join) -> ready (REC_READY to the parent) -> the
+ * parent's start time arrives -> warmup -> measure -> drain (no new
+ * messages; wait for acks and deliveries) -> done (REC_FINAL, exit).
+ */
+#ifndef BENCH_WORKER_H
+#define BENCH_WORKER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "bench/conf.h"
+#include "bench/hist.h"
+#include "bench/stats.h"
+
+struct client;
+
+struct worker {
+    uint32_t magic;
+    const struct conf *conf;
+    int idx;
+    uv_loop_t loop;
+    struct client *clients;
+    int nclients;
+    struct client **senders;
+    int nsenders;
+    uv_timer_t tick, report;
+    uv_signal_t sigterm;
+    uv_pipe_t ctl;
+    int up_fd;
+    int phase;
+    uint64_t t0, t_start, t_measure, t_end, t_drain, t_checked;
+    double rate;                      /* this worker's messages/s */
+    uint64_t scheduled;
+    size_t rr;
+    struct client *cq_head, *cq_tail; /* waiting to connect */
+    int connecting;
+    uint64_t rng;
+    struct stats st;
+    struct hist h_warm, h_win, h_ack;
+    char *sbuf;                       /* scratch for one outgoing frame */
+    size_t sbuf_cap;
+    unsigned char ctl_buf[8];
+    size_t ctl_got;
+    char rbuf[65536];                 /* shared read buffer: reads are consumed at once */
+};
+
+/* Runs worker idx to the end; returns the process exit status. */
+int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd);
+
+uint64_t worker_now(void);            /* CLOCK_MONOTONIC ns */
+uint64_t worker_rand(struct worker *w);
+void worker_cq_push(struct worker *w, struct client *c);
+/* A client left the connecting state (hello or failure): frees its slot. */
+void worker_connect_done(struct worker *w);
+void worker_on_joined(struct worker *w);
+/* The local client whose user id is `user`, or NULL. */
+struct client *worker_client_by_user(struct worker *w, const char *user);
+/* 1 when a message stamped t falls in the measured window. */
+int worker_in_window(const struct worker *w, uint64_t t);
+
+#endif
