@@ -33,7 +33,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration run cluster clean bench chatbench fuzz fuzz-build fuzz-replay
+.PHONY: all deps test unit integration run cluster clean chatbench fuzz fuzz-build fuzz-replay
 all: $(BUILD)/chatd
 
 deps:
