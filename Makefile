@@ -4,6 +4,7 @@
 #   make test SAN=1 the same under ASan + UBSan (objects in build/san/)
 #   make run        install deps, start local redis + postgres under .run/, run chatd --role=all
 #   make cluster    the same stores, then broker + 2 classifiers + 2 gateways (:8080, :8081)
+#   make soak       random faults under traffic for DURATION seconds (600), then the fault checker
 #   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
 #   make chatbench  build build/chatbench, the load generator (bench/)
@@ -33,7 +34,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration run cluster clean chatbench fuzz fuzz-build fuzz-replay
+.PHONY: all deps test unit integration soak run cluster clean chatbench fuzz fuzz-build fuzz-replay
 all: $(BUILD)/chatd
 
 deps:
@@ -77,7 +78,13 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/chatd
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x tests/integration $(PYTEST_ARGS)
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
+
+# Random faults (gateway/classifier kill, Redis restarted empty, PostgreSQL
+# down, Kafka broker faults) under traffic for DURATION seconds, then the
+# fault checker; not part of `make test`.
+soak: all
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) tests/faults/soak.py --duration $${DURATION:-600}
 
 test: deps
 	$(MAKE) all

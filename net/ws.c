@@ -248,16 +248,44 @@ static void ws_conn_mark_dirty(ws_conn_t *c)
     uv_idle_start(&ws_g.wake, ws_wake_cb);
 }
 
-/* Takes over one reference to f. The bound counts every queued byte, so a
- * reader that stops reading is cut here, at the moment it passes it. */
+static void ws_conn_write(ws_conn_t *c);
+
+/* Bytes the kernel has not taken yet: frames not handed to libuv, plus what
+ * libuv still holds of the write in flight. */
+static size_t ws_conn_backlog(const ws_conn_t *c)
+{
+    size_t handed = c->inflight ? c->inflight->bytes : 0;
+    return c->queued - handed + c->tcp->write_queue_size;
+}
+
+/* The bound is on the backlog, not on what one loop turn queued: a burst
+ * (a Kafka batch fanned out, a long history page) first goes to the kernel,
+ * and only a reader whose backlog stays past the bound is cut. A frame into
+ * an empty backlog is always taken, however large. */
+static int ws_conn_over_bound(ws_conn_t *c, size_t len)
+{
+    if (c->queued + len <= ws_g.lim.max_queue_bytes)
+        return 0;
+    if (c->qlen && !c->inflight)
+        ws_conn_write(c); /* writes what the socket takes now */
+    if (c->state == WS_CLOSED)
+        return 1;
+    size_t backlog = ws_conn_backlog(c);
+    return backlog > 0 && backlog + len > ws_g.lim.max_queue_bytes;
+}
+
+/* Takes over one reference to f. A reader that stops reading is cut here,
+ * at the moment its backlog passes the bound. */
 static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
 {
-    if (c->queued + f->len > ws_g.lim.max_queue_bytes) {
+    if (ws_conn_over_bound(c, f->len)) {
         ws_frame_unref(f);
-        log_warn("ws_slow_consumer", "peer=%s queued=%zu limit=%zu", c->peer, c->queued,
-                 ws_g.lim.max_queue_bytes);
-        metric_inc(ws_m.cuts);
-        ws_conn_cut(c, 1008);
+        if (c->state != WS_CLOSED) {
+            log_warn("ws_slow_consumer", "peer=%s backlog=%zu limit=%zu", c->peer,
+                     ws_conn_backlog(c), ws_g.lim.max_queue_bytes);
+            metric_inc(ws_m.cuts);
+            ws_conn_cut(c, 1008);
+        }
         return ERR_TOO_LARGE;
     }
     if (c->qlen == c->qcap) {

@@ -1,0 +1,164 @@
+"""The checker shared by every fault test and the soak.
+
+From the clients' records (every send: cid, outcomes, ack id; every message
+each client received, live or by `sync`) and PostgreSQL's `messages` table:
+
+- every acked message is stored exactly once, with the acked id and text;
+- seqs are dense 1..N per room (and ids unique per room);
+- each sender's acked messages have increasing seqs in send order;
+- every client's view (after reconnects and `sync`) equals PostgreSQL's;
+- a send answered `unavailable` and not acked later is not stored;
+- nothing stored that no client sent; no request went unanswered (no hang).
+
+Prints one line of counts and returns a Result; .problems must be empty.
+"""
+from collections import Counter, defaultdict
+
+COUNTS = []   # every line printed, for the pytest terminal summary
+
+
+class Result:
+    def __init__(self, name):
+        self.name = name
+        self.problems = []
+        self.c = Counter()
+        self.recovery = 0.0
+        self.line = ""
+
+    def problem(self, kind, msg):
+        self.c[kind] += 1
+        if sum(1 for p in self.problems if p.startswith(kind + ":")) < 8:
+            self.problems.append(f"{kind}: {msg}")
+
+    def assert_ok(self):
+        assert not self.problems, (f"{self.line}\n" + "\n".join(self.problems))
+
+
+def _id_key(run, room, mid):
+    """The classifier's {room:R}:id:ID entry (SEQ|TAG, TAG = partition:offset
+    of the chat-send record that got the seq), for diagnostics."""
+    try:
+        return run.cluster.redis_client().get(f"{{room:{room}}}:id:{mid}")
+    except Exception as e:  # noqa: BLE001 - diagnostics only
+        return f"<{type(e).__name__}>"
+
+
+def check(run, extra_line="", rooms=None):
+    """rooms: the rooms to check (default: every room of every client)."""
+    res = Result(run.name)
+    rooms = set(rooms) if rooms is not None else {r for c in run.clients for r in c.rooms}
+    rows = run.cluster.query("SELECT room, seq, id, user_id, cid, body FROM messages "
+                             "WHERE room = ANY(%s)", (list(rooms),))
+    by_room = defaultdict(dict)
+    by_cid = defaultdict(list)
+    id_count = Counter()
+    for room, seq, mid, user, cid, body in rows:
+        by_room[room][seq] = (mid, user, cid, body)
+        id_count[(room, mid)] += 1
+        by_cid[(room, user, cid)].append((seq, mid, body))
+
+    # dense seqs, unique ids
+    for room in sorted(rooms):
+        seqs = sorted(by_room[room])
+        if seqs != list(range(1, len(seqs) + 1)):
+            missing = sorted(set(range(1, (seqs[-1] if seqs else 0) + 1)) - set(seqs))
+            res.problem("not_dense", f"room {room}: {len(seqs)} rows, max seq "
+                        f"{seqs[-1] if seqs else 0}, missing {missing[:10]}")
+    for (room, mid), n in id_count.items():
+        if n > 1:
+            res.problem("duplicated", f"room {room}: id {mid} stored {n} times")
+
+    # sends against storage
+    sends = [s for c in run.clients for s in c.sends if s.room in rooms]
+    sent_keys = set()
+    seq_of = {}
+    for s in sends:
+        key = (s.room, s.user, s.cid)
+        sent_keys.add(key)
+        stored = by_cid.get(key, [])
+        if len(stored) > 1:
+            res.problem("duplicated", f"{s.cid} in {s.room} stored {len(stored)} times")
+        if s.acked:
+            res.c["acked"] += 1
+            if not stored:
+                res.problem("lost", f"{s.cid} in {s.room} acked (id {s.ack_id}, outcomes "
+                            f"{s.outcomes}, first sent {s.t_first - run.t0:.1f}s, acked "
+                            f"{s.t_ack - run.t0:.1f}s into the run) but not stored; "
+                            f"Redis id key: {_id_key(run, s.room, s.ack_id)}")
+                continue
+            seq, mid, body = stored[0]
+            seq_of[key] = seq
+            if mid != s.ack_id:
+                res.problem("wrong_id", f"{s.cid}: acked id {s.ack_id}, stored id {mid}")
+            if body != s.text:
+                res.problem("wrong_text", f"{s.cid}: stored text differs")
+        else:
+            res.c["unacked"] += 1
+            if stored:
+                res.c["unacked_stored"] += 1
+                if s.outcomes and s.outcomes[-1] == "unavailable":
+                    res.problem("false_unavailable",
+                                f"{s.cid} in {s.room} answered unavailable (outcomes "
+                                f"{s.outcomes}) but stored at seq {stored[0][0]}")
+        if s.attempts > 1:
+            res.c["resent"] += 1
+        if "unavailable" in s.outcomes:
+            res.c["sends_unavailable"] += 1
+    for key, st in by_cid.items():
+        if key not in sent_keys:
+            res.problem("phantom", f"stored {key} seq {st[0][0]} was never sent by a client")
+
+    # each sender's order, per room
+    per = defaultdict(list)
+    for s in sends:
+        if s.acked and s.ordered and (s.room, s.user, s.cid) in seq_of:
+            per[(s.user, s.room)].append((s.idx, seq_of[(s.room, s.user, s.cid)], s.cid))
+    for (user, room), lst in per.items():
+        lst.sort()
+        for (_, a, ca), (_, b, cb) in zip(lst, lst[1:]):
+            if b <= a:
+                res.problem("order", f"{user} in {room}: {ca} got seq {a}, later {cb} got {b}")
+                break
+
+    # every client converged to PostgreSQL's history
+    for c in run.clients:
+        if getattr(c, "excluded", False):
+            continue
+        for room in c.rooms:
+            if room not in rooms:
+                continue
+            want = {seq: v[0] for seq, v in by_room[room].items()}
+            got = c.got[room]
+            if got != want:
+                missing = sorted(set(want) - set(got))
+                extra = sorted(set(got) - set(want))
+                wrong = sorted(s for s in set(got) & set(want) if got[s] != want[s])
+                res.problem("diverged", f"{c.user} room {room}: missing {len(missing)} "
+                            f"{missing[:5]} extra {extra[:5]} wrong ids {wrong[:5]}")
+            ids = Counter(got.values())
+            for mid, n in ids.items():
+                if n > 1:
+                    res.problem("duplicated", f"{c.user} got id {mid} of {room} at {n} seqs")
+
+    for p in run.problems:
+        res.problem("client", p)
+    for h in run.hangs:
+        res.problem("hang", h)
+
+    res.recovery, per_fault = run.recovery()
+    res.c["sent"] = len(sends)
+    res.c["stored"] = len(rows)
+    n_recon = sum(c.reconnects for c in run.clients)
+    res.line = (f"[{run.name}] sent={res.c['sent']} acked={res.c['acked']} "
+                f"stored={res.c['stored']} lost={res.c['lost']} "
+                f"duplicated={res.c['duplicated']} reconnects={n_recon} "
+                f"recovery={res.recovery:.2f}s | unacked={res.c['unacked']} "
+                f"(stored {res.c['unacked_stored']}) resent={res.c['resent']} "
+                f"unavailable={res.c['sends_unavailable']} hangs={res.c['hang']} "
+                f"clients={len(run.clients)}"
+                + (f" | {extra_line}" if extra_line else ""))
+    if len(per_fault) > 1:
+        res.line += " | per fault: " + ", ".join(f"{l}={w:.1f}s" for l, w in per_fault)
+    print(res.line, flush=True)
+    COUNTS.append(res.line)
+    return res

@@ -1,0 +1,933 @@
+"""Fault-injection harness: PostgreSQL that can be stopped and started, a
+multi-process chatd cluster that can be killed and restarted piece by piece,
+and reconnecting clients that record everything they sent and received for
+the checker (checker.py).
+
+Used by the pytest suite (conftest.py) and by soak.py. Everything is bounded
+in time and on 127.0.0.1 only. Process and WebSocket helpers come from
+tests/integration/chatlib.py.
+"""
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+import psycopg2  # noqa: E402
+import redis as redislib  # noqa: E402
+import websockets.exceptions  # noqa: E402
+
+import chatlib  # noqa: E402
+from chatlib import Proc, free_port, start_redis, uid, wait_ready  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+CHATD_BIN = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
+PG_BIN = "/usr/lib/postgresql/15/bin"
+JWT_SECRET = "fault-test-secret-" + "f" * 24
+READY_TIMEOUT = float(os.environ.get("CHATD_TEST_READY_TIMEOUT", "45"))
+GW_TTL = 3
+SEND_PARTITIONS = 8
+KAFKA_TEST_OPTS = ["--kafka-opt=session.timeout.ms=3000",
+                   "--kafka-opt=heartbeat.interval.ms=300"]
+
+
+def sanitized_build(path=CHATD_BIN):
+    """True for an ASan build (slower; its allocator keeps freed memory)."""
+    try:
+        with open(path, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
+SANITIZED = sanitized_build()
+
+
+def has_flag(flag, path=CHATD_BIN):
+    try:
+        r = subprocess.run([path, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return f"--{flag} ".encode() in r.stdout
+
+
+def chatd_env(extra=None):
+    env = dict(os.environ)
+    env["CHATD_JWT_SECRET"] = JWT_SECRET
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+    for k in list(env):
+        if k.startswith("CHATD_") and k != "CHATD_JWT_SECRET":
+            del env[k]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def now():
+    return time.monotonic()
+
+
+# --------------------------------------------------------------------------
+# PostgreSQL (one per session; a database per cluster; can be stopped)
+
+class Postgres:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.datadir = os.path.join(workdir, "pgdata")
+        os.makedirs(self.datadir, mode=0o700)
+        shutil.chown(self.datadir, "postgres", "postgres")
+        r = subprocess.run([f"{PG_BIN}/initdb", "-D", self.datadir, "-A", "trust", "-U",
+                            "postgres", "--no-sync", "-E", "UTF8", "--locale=C"],
+                           user="postgres", group="postgres", extra_groups=[],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{r.stdout.decode(errors='replace')}")
+        self.port = free_port()
+        self.argv = [f"{PG_BIN}/postgres", "-D", self.datadir, "-k", self.datadir,
+                     "-c", "listen_addresses=127.0.0.1", "-p", str(self.port), "-F",
+                     "-c", "fsync=off", "-c", "max_connections=300"]
+        self.proc = None
+        self.start()
+
+    def start(self, timeout=30):
+        self.proc = Proc("postgres", self.argv, self.workdir, user="postgres")
+        deadline = now() + timeout
+        while True:
+            try:
+                psycopg2.connect(self.conninfo(), connect_timeout=2).close()
+                return
+            except psycopg2.OperationalError:
+                if not self.proc.alive() or now() > deadline:
+                    raise RuntimeError(f"postgres did not start\n{self.proc.tail()}")
+                time.sleep(0.1)
+
+    def stop_fast(self):
+        """pg_ctl stop -m fast, as the postgres user (a fault, not teardown)."""
+        self.proc.stopping = True
+        r = subprocess.run([f"{PG_BIN}/pg_ctl", "stop", "-D", self.datadir, "-m", "fast",
+                            "-w", "-t", "30"], user="postgres", group="postgres",
+                           extra_groups=[], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=40)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {r.stdout.decode(errors='replace')}")
+        self.proc.wait_exit(10)
+
+    def close(self):
+        if self.proc:
+            self.proc.stop(sig=signal.SIGINT, timeout=20)
+
+    def conninfo(self, db="postgres"):
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={db}"
+
+    def connect(self, db="postgres"):
+        c = psycopg2.connect(self.conninfo(db), connect_timeout=5)
+        c.autocommit = True
+        return c
+
+    def create_db(self, name):
+        c = self.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            c.close()
+        return self.conninfo(name)
+
+    def query(self, sql, args=(), db="postgres"):
+        c = self.connect(db)
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall()
+        finally:
+            c.close()
+
+
+# --------------------------------------------------------------------------
+# the cluster: 1 broker, 2 classifiers, 2 gateways, its own Redis and database
+
+class Cluster:
+    def __init__(self, workdir, pg, name, gw_args=(), cl_args=(), broker_args=(),
+                 gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None):
+        self.name = name
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        self.pg = pg
+        self.dbname = "f_" + uid().replace("-", "_")
+        self.conninfo = pg.create_db(self.dbname)
+        self.gw_args, self.cl_args = list(gw_args), list(cl_args)
+        self.broker_args = list(broker_args)
+        self.gw_env = gw_env
+        self.gw_args_by_id = gw_args_by_id or {}
+        self.n_gw, self.n_cl, self.drain = n_gw, n_cl, drain
+        self.procs = {}      # name -> Proc (current life)
+        self.ports = {}      # name -> port
+        self.retired = []    # earlier lives
+        self.redis = None
+        self.gw_ports = []
+
+    # -- start / stop
+
+    def _chatd(self, name, args, env=None):
+        if not os.access(CHATD_BIN, os.X_OK):
+            raise RuntimeError(f"chatd binary not found at {CHATD_BIN} (set CHATD_BIN or run make)")
+        p = Proc(name, [CHATD_BIN] + list(args), self.dir, env=env or chatd_env(),
+                 sanitized=True, expect_clean_exit=True)
+        self.procs[name] = p
+        return p
+
+    def start(self):
+        self.redis = start_redis(self.dir)
+        bootstrap = os.path.join(self.dir, "bootstrap")
+        self.ports["broker"] = free_port()
+        self._chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{self.ports['broker']}",
+                               f"--kafka-bootstrap-file={bootstrap}",
+                               f"--send-partitions={SEND_PARTITIONS}", "--receive-partitions=8",
+                               "--log-level=info"] + self.broker_args)
+        common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}",
+                  f"--redis={self.redis.url}", f"--pg={self.conninfo}", "--log-level=info",
+                  "--receive-partitions=8", f"--drain={self.drain}"] + KAFKA_TEST_OPTS
+        for i in range(self.n_cl):
+            n = f"classifier{i}"
+            self.ports[n] = free_port()
+            self._chatd(n, ["--role=classifier", f"--listen=127.0.0.1:{self.ports[n]}"]
+                        + common + self.cl_args)
+        for i in range(self.n_gw):
+            n = f"gateway{i}"
+            self.ports[n] = free_port()
+            self.gw_ports.append(self.ports[n])
+            env = chatd_env(self.gw_env) if self.gw_env else None
+            self._chatd(n, ["--role=gateway", f"--gateway-id={i}",
+                            f"--listen=127.0.0.1:{self.ports[n]}", "--dev-tokens",
+                            f"--gateway-ttl={GW_TTL}", "--rate=100000", "--rate-burst=100000"]
+                        + common + self.gw_args + list(self.gw_args_by_id.get(i, ())),
+                        env=env)
+        for n, p in self.procs.items():
+            wait_ready(p, self.ports[n], READY_TIMEOUT)
+        return self
+
+    def stop(self):
+        """Stops everything (gateways and classifiers first, then the broker);
+        returns the problems found (unclean exits, sanitizer reports)."""
+        others = [p for n, p in self.procs.items() if n != "broker" and p.alive()]
+        for p in others:
+            p.send_signal(signal.SIGTERM)
+        for p in others:
+            if p.p.returncode is None:
+                p.wait_exit(25)
+        if "broker" in self.procs:
+            self.procs["broker"].stop(timeout=25)
+        for p in self.procs.values():
+            p._close_log()
+        if self.redis:
+            self.redis.stop(timeout=10)
+        return self.check()
+
+    def check(self):
+        return [x for x in (p.check() for p in list(self.procs.values()) + self.retired) if x]
+
+    def tails(self, n=25):
+        return "\n".join(f"--- {p.name} ({p.logpath}) ---\n{p.tail(n)}"
+                         for p in list(self.procs.values()) + self.retired if p.sanitized)
+
+    # -- faults
+
+    def kill(self, name, sig=signal.SIGKILL, timeout=10):
+        p = self.procs[name]
+        p.expect_clean_exit = False
+        p.stop(sig, timeout)
+        return p
+
+    def terminate(self, name):
+        """SIGTERM; the caller waits for the exit."""
+        p = self.procs[name]
+        p.send_signal(signal.SIGTERM)
+        return p
+
+    def restart(self, name, wait=True):
+        old = self.procs[name]
+        assert not old.alive(), f"{name} still running"
+        old._close_log()
+        self.retired.append(old)
+        gen = sum(1 for p in self.retired if p.name.split("~")[0] == name) + 1
+        new = Proc(f"{name}~{gen}", old.argv, self.dir, env=old.env, sanitized=True,
+                   expect_clean_exit=True)
+        self.procs[name] = new
+        if wait:
+            wait_ready(new, self.ports[name], READY_TIMEOUT)
+        return new
+
+    def wait_all_ready(self, timeout=READY_TIMEOUT):
+        for n, p in self.procs.items():
+            wait_ready(p, self.ports[n], timeout)
+
+    def redis_restart_empty(self, down_s=0.0):
+        """SIGKILL Redis, then start an empty one on the same port."""
+        port = self.redis.port
+        self.redis.stop(signal.SIGKILL, 10)
+        if down_s:
+            time.sleep(down_s)
+        self.redis = start_redis(self.dir, name="redis", port=port)
+
+    def redis_client(self):
+        return redislib.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=5,
+                              decode_responses=True)
+
+    def broker_fault(self, path, body=None):
+        st, _, data = chatlib.http_request(self.ports["broker"], "POST", path, body=body)
+        return st, data
+
+    # -- observation
+
+    def metrics(self, name):
+        return chatlib.read_metrics(self.ports[name])
+
+    def metric(self, name, metric, **labels):
+        return chatlib.metric_sum(self.metrics(name), metric, **labels)
+
+    def rss_kb(self, name):
+        with open(f"/proc/{self.procs[name].pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def query(self, sql, args=()):
+        return self.pg.query(sql, args, db=self.dbname)
+
+    def log_count(self, name, *needles):
+        """Lines of every life of process `name` containing all needles."""
+        n = 0
+        for p in self.retired + [self.procs[name]]:
+            if p.name.split("~")[0] != name:
+                continue
+            with open(p.logpath, "rb") as f:
+                for line in f:
+                    if all(x.encode() in line for x in needles):
+                        n += 1
+        return n
+
+    def token(self, user):
+        return chatlib.make_token(user, JWT_SECRET, exp_in=86400)
+
+
+# --------------------------------------------------------------------------
+# clients
+
+STALL_MIN = 0.3          # a pause in a room's progress longer than this is a stall
+REPLY_TIMEOUT = 25.0     # > message.timeout.ms (10 s): no reply by then is a hang
+CONNECT_TIMEOUT = 10.0
+
+
+class Disconnected(Exception):
+    pass
+
+
+class SendRecord:
+    __slots__ = ("user", "room", "cid", "text", "idx", "ordered", "outcomes", "acked",
+                 "ack_id", "t_first", "t_ack", "gave_up")
+
+    def __init__(self, user, room, cid, text, idx, ordered=True):
+        self.user, self.room, self.cid, self.text, self.idx = user, room, cid, text, idx
+        self.ordered = ordered
+        self.outcomes = []
+        self.acked = False
+        self.ack_id = None
+        self.t_first = now()
+        self.t_ack = None
+        self.gave_up = False
+
+    @property
+    def attempts(self):
+        return len(self.outcomes)
+
+
+class Run:
+    """Everything one test (or the soak) records: clients, faults, hangs."""
+
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+        self.clients = []
+        self.faults = []        # [label, t_fault, t_restore]
+        self.hangs = []         # descriptions of requests/handshakes that got no answer
+        self.problems = []      # unexpected replies or client-side contract violations
+        self.t0 = now()
+
+    def client(self, user=None, rooms=(), **kw):
+        c = FClient(self, user or uid("u"), list(rooms), **kw)
+        self.clients.append(c)
+        return c
+
+    def fault(self, label):
+        f = [label, now(), None]
+        self.faults.append(f)
+        return f
+
+    @staticmethod
+    def restored(f):
+        f[2] = now()
+
+    def recovery(self):
+        """Seconds from each fault until every client progressed again in every
+        room (a stall that spans the fault, or a reconnect + sync after it);
+        the largest over all faults, and the list per fault."""
+        per = []
+        for label, tf, tr in self.faults:
+            tr = tr if tr is not None else tf
+            worst = 0.0
+            for c in self.clients:
+                if not c.track_stalls:
+                    continue
+                for st in c.stalls.values():
+                    for a, b in st:
+                        if b >= tf and a <= tr + 0.3:
+                            worst = max(worst, b - tf)
+            for c in self.clients:
+                for td, trec in c.recoveries:
+                    if tf <= td <= tr + 1.0 and trec is not None:
+                        worst = max(worst, trec - tf)
+            per.append((label, worst))
+        return max((w for _, w in per), default=0.0), per
+
+    async def warm_up(self, timeout=30, extra=1.0):
+        """Waits until traffic reaches every client in every room (the
+        classifier group settles a few seconds after the processes are
+        ready), then `extra` seconds of steady traffic."""
+        await wait_for(lambda: all(c.contig[r] > 0 for c in self.clients for r in c.rooms),
+                       timeout, "traffic delivered to every client in every room")
+        await asyncio.sleep(extra)
+
+    def stored_keys(self):
+        rows = self.cluster.query("SELECT room, user_id, cid FROM messages")
+        return {tuple(r) for r in rows}
+
+    async def settle(self, timeout=60):
+        """Waits (bounded) until every acked message is in PostgreSQL: an ack
+        means Kafka has it; sequencing and storing follow. Returns the
+        seconds waited; on timeout returns and lets the checker report."""
+        t = now()
+        want = {(s.room, s.user, s.cid) for c in self.clients for s in c.sends if s.acked}
+        while True:
+            have = await asyncio.to_thread(self.stored_keys)
+            if want <= have or now() - t > timeout:
+                return now() - t
+            await asyncio.sleep(0.2)
+
+    def stall_report(self, fault, limit=10):
+        """The longest stalls around a fault: (seconds after the fault the client
+        progressed again, user, room, port) — for diagnostics."""
+        label, tf, tr = fault
+        tr = tr if tr is not None else tf
+        out = []
+        for c in self.clients:
+            for room, st in c.stalls.items():
+                for a, b in st:
+                    if b >= tf and a <= tr + 0.3:
+                        out.append((round(b - tf, 2), round(a - tf, 2), c.user, room, c.port))
+        return sorted(out, reverse=True)[:limit]
+
+    async def converge(self, timeout=60, settle=60):
+        """Acked messages stored; every client online, then `sync` of every
+        room from its last seq."""
+        await self.settle(settle)
+        await asyncio.wait_for(asyncio.gather(*(c.catch_up() for c in self.clients)), timeout)
+
+    async def close(self):
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+
+
+class FClient:
+    """A client that behaves as PROTOCOL.md asks: reconnects with jittered
+    backoff to any gateway, `sync`s each room from its last seq after a
+    reconnect and on a gap, dedups by (room, seq). Records every send and the
+    seq -> id of every message received."""
+
+    def __init__(self, run, user, rooms, first_backoff=0.5, max_backoff=2.0, track_stalls=True,
+                 reconnect=True):
+        self.run = run
+        self.user = user
+        self.rooms = list(rooms)
+        self.token = run.cluster.token(user)
+        self.first_backoff = first_backoff
+        self.max_backoff = max_backoff
+        self.track_stalls = track_stalls
+        self.reconnect = reconnect
+        self.conn = None
+        self.port = None
+        self.online = asyncio.Event()
+        self.stopping = False
+        self.got = {r: {} for r in self.rooms}      # room -> seq -> id
+        self.contig = {r: 0 for r in self.rooms}    # every seq <= contig received
+        self.last_adv = {r: now() for r in self.rooms}
+        self.stalls = {r: [] for r in self.rooms}
+        self.live = {r: 0 for r in self.rooms}      # msgs received live
+        self.syncing = {}
+        self.sync_again = set()
+        self.reconnects = 0
+        self.disconnects = []    # (t, close code)
+        self.recoveries = []     # (t_disconnect, t_synced)
+        self.handshake_503 = 0
+        self.unavailable = 0     # `unavailable` replies seen (any request)
+        self.sends = []
+        self._n = 0
+        self._sup = None
+        self.tasks = set()
+
+    # -- connection
+
+    async def start(self, gw=None, join=True, sync=True):
+        ports = self.run.cluster.gw_ports
+        port = ports[gw] if gw is not None else random.choice(ports)
+        self.conn = await chatlib.Client.connect(port, self.token, timeout=CONNECT_TIMEOUT,
+                                                 on_event=self._on_event)
+        self.port = port
+        self.online.set()
+        if join:
+            for r in self.rooms:
+                reply = await self.request("join", room=r)
+                assert reply.get("op") == "ok", f"{self.user}: join {r}: {reply}"
+        if self.reconnect:
+            self._sup = asyncio.ensure_future(self._supervise())
+        if sync:
+            try:
+                for r in self.rooms:
+                    await self.sync_room(r)
+            except Disconnected:
+                if not self.reconnect:
+                    raise       # else the supervisor reconnects and syncs
+        return self
+
+    async def _connect_any(self, deadline):
+        attempt = 0
+        code = self.disconnects[-1][1] if self.disconnects else None
+        while not self.stopping:
+            if attempt == 0:
+                delay = random.uniform(0, 0.1) if code == 1012 else \
+                    random.uniform(0, self.first_backoff)
+            else:
+                delay = random.uniform(0, min(self.max_backoff, self.first_backoff * 2 ** attempt))
+            await asyncio.sleep(delay)
+            ports = list(self.run.cluster.gw_ports)
+            random.shuffle(ports)
+            for port in ports:
+                if now() > deadline:
+                    raise Disconnected(f"{self.user}: could not reconnect in time")
+                try:
+                    conn = await chatlib.Client.connect(port, self.token, timeout=CONNECT_TIMEOUT,
+                                                        on_event=self._on_event)
+                    self.port = port
+                    return conn
+                except websockets.exceptions.InvalidStatusCode as e:
+                    if e.status_code != 503:
+                        self.run.problems.append(f"{self.user}: handshake HTTP {e.status_code}")
+                    self.handshake_503 += 1
+                except asyncio.TimeoutError:
+                    self.run.hangs.append(f"{self.user}: handshake on {port} timed out "
+                                          f"({CONNECT_TIMEOUT}s)")
+                except (OSError, websockets.exceptions.InvalidHandshake,
+                        websockets.exceptions.ConnectionClosed, AssertionError):
+                    pass
+            attempt += 1
+        raise Disconnected("stopping")
+
+    async def _supervise(self):
+        while not self.stopping:
+            conn = self.conn
+            await conn.closed.wait()
+            if self.stopping:
+                return
+            t = now()
+            self.online.clear()
+            self.disconnects.append((t, conn.ws.close_code))
+            rec = [t, None]
+            self.recoveries.append(rec)
+            try:
+                self.conn = await self._connect_any(now() + 90)
+            except Disconnected as e:
+                if not self.stopping:
+                    self.run.problems.append(str(e))
+                return
+            self.reconnects += 1
+            self.online.set()
+            try:
+                for r in self.rooms:
+                    await self.sync_room(r)
+                rec[1] = now()
+            except Disconnected:
+                continue   # closed again: the loop reconnects
+
+    async def close(self):
+        self.stopping = True
+        for t in list(self.tasks):
+            t.cancel()
+        if self._sup:
+            self._sup.cancel()
+        if self.conn:
+            await self.conn.close()
+
+    async def kill_conn(self):
+        """Drops this client's connection (the supervisor reconnects)."""
+        if self.conn:
+            self.conn.ws.transport.abort()
+
+    # -- events
+
+    def _on_event(self, obj):
+        if not isinstance(obj, dict) or obj.get("op") != "msg":
+            return True
+        r = obj.get("room")
+        if r in self.got:
+            self.live[r] += 1
+            self._record(r, obj.get("seq"), obj.get("id"))
+            if any(s > self.contig[r] + 1 for s in self._tail(r)):
+                self._want_sync(r)
+        return True
+
+    def _tail(self, r):
+        g = self.got[r]
+        c = self.contig[r]
+        if len(g) == c:
+            return ()
+        return [s for s in g if s > c]
+
+    def _record(self, r, seq, mid):
+        g = self.got[r]
+        old = g.get(seq)
+        if old is not None:
+            if old != mid:
+                self.run.problems.append(f"{self.user}: room {r} seq {seq} received with two "
+                                         f"ids {old} and {mid}")
+            return
+        g[seq] = mid
+        c = self.contig[r]
+        while c + 1 in g:
+            c += 1
+        if c != self.contig[r]:
+            self.contig[r] = c
+            t = now()
+            if t - self.last_adv[r] > STALL_MIN:
+                self.stalls[r].append((self.last_adv[r], t))
+            self.last_adv[r] = t
+
+    def _want_sync(self, r):
+        if r in self.syncing:
+            self.sync_again.add(r)
+            return
+        t = asyncio.ensure_future(self._gap_sync(r))
+        self.syncing[r] = t
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _gap_sync(self, r):
+        try:
+            while True:
+                self.sync_again.discard(r)
+                try:
+                    await self.sync_room(r, wait_online=False)
+                except Disconnected:
+                    return
+                if r not in self.sync_again:
+                    return
+        finally:
+            self.syncing.pop(r, None)
+
+    # -- requests
+
+    async def request(self, op, timeout=REPLY_TIMEOUT, wait_online=True, **fields):
+        """One request on the current connection; its reply. Raises
+        Disconnected when the connection is (or goes) away."""
+        deadline = now() + 90
+        while not self.online.is_set() or self.conn.closed.is_set():
+            # closed but the supervisor has not noticed yet: give it the loop
+            if not wait_online:
+                raise Disconnected("offline")
+            if now() > deadline:
+                raise Disconnected(f"{self.user}: offline for 90 s")
+            if self.online.is_set():
+                await asyncio.sleep(0.02)
+                continue
+            try:
+                await asyncio.wait_for(self.online.wait(), max(0.01, deadline - now()))
+            except asyncio.TimeoutError:
+                pass
+        conn = self.conn
+        obj = {"op": op, "rid": conn.next_rid()}
+        obj.update(fields)
+        fut = conn.issue(obj)
+        try:
+            await conn.ws.send(chatlib.json.dumps(obj))
+        except websockets.exceptions.ConnectionClosed:
+            conn.pending.pop(chatlib._rid_key(obj["rid"]), None)
+            raise Disconnected("closed") from None
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            conn.pending.pop(chatlib._rid_key(obj["rid"]), None)
+            if conn.closed.is_set():
+                raise Disconnected("closed") from None
+            self.run.hangs.append(f"{self.user}@{self.port}: no reply within {timeout}s to "
+                                  f"{op} {fields.get('room')}")
+            raise Disconnected("hang") from None
+        except chatlib.ChatError:
+            raise Disconnected("closed") from None
+
+    async def sync_room(self, r, wait_online=True, deadline_s=60):
+        """`sync` from the last contiguous seq until `more` is false; retries
+        `unavailable` with jittered backoff."""
+        after = self.contig[r]
+        deadline = now() + deadline_s
+        backoff = 0.1
+        while True:
+            reply = await self.request("sync", wait_online=wait_online, room=r, after=after,
+                                       limit=1000)
+            if reply.get("op") == "error":
+                if reply.get("code") == "unavailable" and now() < deadline:
+                    self.unavailable += 1
+                    await asyncio.sleep(random.uniform(backoff / 2, backoff))
+                    backoff = min(2.0, backoff * 2)
+                    continue
+                self.run.problems.append(f"{self.user}: sync {r} after {after}: {reply}")
+                raise Disconnected("sync failed")
+            for m in reply["messages"]:
+                self._record(r, m["seq"], m["id"])
+            if not reply.get("more"):
+                return
+            after = reply["messages"][-1]["seq"]
+
+    async def catch_up(self):
+        if not self.online.is_set():
+            await asyncio.wait_for(self.online.wait(), 60)
+        for r in self.rooms:
+            for _ in range(5):
+                try:
+                    await self.sync_room(r)
+                    break
+                except Disconnected:
+                    await asyncio.sleep(0.1)
+
+    def _new_send(self, room, text, ordered=True):
+        self._n += 1
+        rec = SendRecord(self.user, room, f"{self.user}.{self._n}", text, self._n, ordered)
+        self.sends.append(rec)
+        return rec
+
+    async def send_msg(self, room, text, resend=True, deadline_s=60, rec=None):
+        """Sends one message with a cid, resending with the same cid after a
+        lost connection or (if resend) `unavailable`, until acked."""
+        rec = rec or self._new_send(room, text)
+        deadline = now() + deadline_s
+        while now() < deadline and not self.stopping:
+            try:
+                reply = await self.request("send", room=room, text=text, cid=rec.cid)
+            except Disconnected as e:
+                rec.outcomes.append("hang" if str(e) == "hang" else "closed")
+                if str(e) == "hang" or not self.reconnect:
+                    break
+                await asyncio.sleep(0.02)
+                continue
+            op = reply.get("op")
+            if op == "ack":
+                rec.outcomes.append("ack")
+                if rec.acked and reply.get("id") != rec.ack_id:
+                    self.run.problems.append(f"{rec.cid}: acked twice with ids {rec.ack_id} "
+                                             f"and {reply.get('id')}")
+                rec.acked, rec.ack_id, rec.t_ack = True, reply.get("id"), now()
+                return rec
+            code = reply.get("code")
+            rec.outcomes.append(code or str(op))
+            if code == "unavailable":
+                self.unavailable += 1
+                if not resend:
+                    break
+                await asyncio.sleep(random.uniform(0.2, 0.6))
+            elif code == "rate_limited":
+                await asyncio.sleep(0.2)
+            else:
+                self.run.problems.append(f"{rec.cid}: send -> {reply}")
+                break
+        rec.gave_up = True
+        return rec
+
+    async def send_pipelined(self, room, texts, timeout=REPLY_TIMEOUT):
+        """Sends many messages without waiting in between; anything not acked
+        is then resent one at a time with its cid."""
+        recs = [self._new_send(room, t, ordered=True) for t in texts]
+        conn = self.conn
+        futs = []
+        for rec in recs:
+            obj = {"op": "send", "rid": conn.next_rid(), "room": room, "text": rec.text,
+                   "cid": rec.cid}
+            futs.append(conn.issue(obj))
+            try:
+                await conn.ws.send(chatlib.json.dumps(obj))
+            except websockets.exceptions.ConnectionClosed:
+                break
+        res = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), timeout + 5)
+        retry = []
+        for rec, r in zip(recs, list(res) + [None] * (len(recs) - len(res))):
+            if isinstance(r, dict) and r.get("op") == "ack":
+                rec.outcomes.append("ack")
+                rec.acked, rec.ack_id, rec.t_ack = True, r.get("id"), now()
+            else:
+                rec.outcomes.append(r.get("code") if isinstance(r, dict) else "closed")
+                rec.ordered = False
+                retry.append(rec)
+        for rec in retry:
+            await self.send_msg(rec.room, rec.text, rec=rec)
+        return recs
+
+
+class Traffic:
+    """Senders each send one message at a time (waiting for its ack) to their
+    rooms in turn, `interval` apart, until stopped."""
+
+    def __init__(self, senders, interval=0.05, text=None, resend=True):
+        self.senders = senders
+        self.interval = interval
+        self.text = text or (lambda c, k: f"{c.user} #{k} " + "x" * random.randint(0, 80))
+        self.resend = resend
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.stopped = False
+        self.tasks = []
+        self.inflight = 0
+
+    def start(self):
+        self.tasks = [asyncio.ensure_future(self._loop(c, i)) for i, c in enumerate(self.senders)]
+        return self
+
+    async def _loop(self, c, i):
+        k = 0
+        resend = self.resend(c) if callable(self.resend) else self.resend
+        while not self.stopped:
+            await self.gate.wait()
+            if self.stopped:
+                break
+            room = c.rooms[(k + i) % len(c.rooms)]
+            k += 1
+            self.inflight += 1
+            try:
+                await c.send_msg(room, self.text(c, k), resend=resend)
+            finally:
+                self.inflight -= 1
+            await asyncio.sleep(random.uniform(0.5, 1.5) * self.interval)
+
+    async def pause(self, settle=0.6):
+        """No new sends; waits until in-flight ones are answered + settle."""
+        self.gate.clear()
+        deadline = now() + 30
+        while self.inflight and now() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(settle)
+
+    def resume(self):
+        self.gate.set()
+
+    async def stop(self, timeout=90):
+        self.stopped = True
+        self.gate.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks, return_exceptions=True), timeout)
+
+
+async def make_clients(run, n, rooms_of, gw_of, concurrency=50, **kw):
+    """n clients; client i joins rooms_of(i) on gateway gw_of(i)."""
+    out = [run.client(rooms=rooms_of(i), **kw) for i in range(n)]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i, c):
+        async with sem:
+            await c.start(gw=gw_of(i))
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(out)))
+    return out
+
+
+async def wait_for(cond, timeout, what, step=0.05):
+    deadline = now() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if now() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout}s")
+        await asyncio.sleep(step)
+
+
+def rooms_spanning(n, prefix=None, partitions=SEND_PARTITIONS):
+    """n room ids on distinct chat-send partitions (as far as n allows), so
+    that every classifier owns some of them. librdkafka's default
+    partitioner (consistent_random) is CRC-32 of the key modulo the count."""
+    p = prefix or uid("r")
+    out, used, i = [], set(), 0
+    while len(out) < n:
+        room = f"{p}-{i}"
+        i += 1
+        part = zlib.crc32(room.encode()) % partitions
+        if part in used and len(used) < partitions:
+            continue
+        used.add(part)
+        out.append(room)
+    return out
+
+
+async def standard_clients(run, n_clients=12, n_rooms=4, n_senders=4, prefix=None, **kw):
+    """n_clients clients alternating over the gateways, every one a member
+    of every room; the first n_senders (alternating gateways too) send."""
+    rooms = rooms_spanning(n_rooms, prefix)
+    ngw = len(run.cluster.gw_ports)
+    clients = await make_clients(run, n_clients, lambda i: rooms, lambda i: i % ngw, **kw)
+    return rooms, clients, clients[:n_senders]
+
+
+def acked_after(run, t):
+    return sum(1 for c in run.clients for s in c.sends if s.acked and s.t_ack and s.t_ack > t)
+
+
+def run_bounded(coro, timeout):
+    """Runs a test body with a hard deadline. Unlike a bare wait_for, it keeps
+    cancelling until the body is really gone (a cancellation can be lost in a
+    race with asyncio.wait_for on 3.11), reports where it was stuck, and
+    cancels every leftover task with a bounded wait before closing the loop."""
+    loop = asyncio.new_event_loop()
+    stuck = []
+
+    async def main():
+        task = asyncio.ensure_future(coro)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done:
+            return task.result()
+        stuck.extend(f"{t.get_coro().__qualname__}: {t.get_stack(limit=1)}"
+                     for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        for _ in range(30):
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=1)
+            if done:
+                break
+        raise AssertionError(f"test body did not finish within {timeout}s; tasks:\n"
+                             + "\n".join(stuck[:20]))
+
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        try:
+            for _ in range(10):
+                left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                if not left:
+                    break
+                for t in left:
+                    t.cancel()
+                loop.run_until_complete(asyncio.wait(left, timeout=1))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
