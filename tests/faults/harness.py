@@ -78,7 +78,7 @@ def now():
 # --------------------------------------------------------------------------
 # PostgreSQL (one per session; a database per cluster; can be stopped)
 
-class Postgres:
+class Postgres(chatlib.PGClient):
     def __init__(self, workdir):
         self.workdir = workdir
         self.datadir = os.path.join(workdir, "pgdata")
@@ -124,31 +124,6 @@ class Postgres:
         if self.proc:
             self.proc.stop(sig=signal.SIGINT, timeout=20)
 
-    def conninfo(self, db="postgres"):
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={db}"
-
-    def connect(self, db="postgres"):
-        c = psycopg2.connect(self.conninfo(db), connect_timeout=5)
-        c.autocommit = True
-        return c
-
-    def create_db(self, name):
-        c = self.connect()
-        try:
-            with c.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            c.close()
-        return self.conninfo(name)
-
-    def query(self, sql, args=(), db="postgres"):
-        c = self.connect(db)
-        try:
-            with c.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall()
-        finally:
-            c.close()
 
 
 # --------------------------------------------------------------------------

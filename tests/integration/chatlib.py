@@ -698,3 +698,35 @@ class RawWS:
             self.sock.close()
         except OSError:
             pass
+
+
+class PGClient:
+    """SQL access to a test PostgreSQL on 127.0.0.1:self.port (user postgres).
+    Mixed into the fixtures that own the server process."""
+
+    def conninfo(self, db="postgres"):
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={db}"
+
+    def connect(self, db="postgres"):
+        import psycopg2
+        c = psycopg2.connect(self.conninfo(db), connect_timeout=5)
+        c.autocommit = True
+        return c
+
+    def create_db(self, name):
+        c = self.connect()
+        try:
+            with c.cursor() as cur:
+                cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            c.close()
+        return self.conninfo(name)
+
+    def query(self, sql, args=(), db="postgres"):
+        c = self.connect(db)
+        try:
+            with c.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall()
+        finally:
+            c.close()

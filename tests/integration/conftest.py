@@ -85,36 +85,10 @@ def workdir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-class PG:
+class PG(chatlib.PGClient):
     def __init__(self, proc, port):
         self.proc = proc
         self.port = port
-
-    def conninfo(self, db="postgres"):
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={db}"
-
-    def connect(self, db="postgres"):
-        c = psycopg2.connect(self.conninfo(db), connect_timeout=5)
-        c.autocommit = True
-        return c
-
-    def create_db(self, name):
-        c = self.connect()
-        try:
-            with c.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            c.close()
-        return self.conninfo(name)
-
-    def query(self, sql, args=(), db="postgres"):
-        c = self.connect(db)
-        try:
-            with c.cursor() as cur:
-                cur.execute(sql, args)
-                return cur.fetchall()
-        finally:
-            c.close()
 
 
 @pytest.fixture(scope="session")
