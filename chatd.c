@@ -188,8 +188,12 @@ static int chatd_start_kafka(struct chatd *d)
     } else {
         snprintf(d->brokers, sizeof d->brokers, "%s", c->kafka);
     }
+    /* Gateways are told apart by id; other roles by process (two classifiers
+     * on one host must not share a client.id in broker logs). */
     static char client_id[64];
-    snprintf(client_id, sizeof client_id, "chatd-%s-%d", conf_role_name(c->role), c->gateway_id);
+    int gw_role = c->role == ROLE_GATEWAY || c->role == ROLE_ALL;
+    snprintf(client_id, sizeof client_id, "chatd-%s-%d", conf_role_name(c->role),
+             gw_role ? c->gateway_id : (int)getpid());
     d->kafka.brokers = d->brokers;
     d->kafka.opts = c->kafka_opts;
     d->kafka.n_opts = c->n_kafka_opts;
