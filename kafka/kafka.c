@@ -491,13 +491,19 @@ static void kafka_producer_on_closed(struct kafka_pump *pp)
 
 int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct kafka_conf *conf)
 {
-    static const char *const defaults[] = {
+    const char *const defaults[] = {
         "enable.idempotence", "true",
         "acks", "all",
         "linger.ms", "2",
         /* A send waits at most this long for Kafka before the client hears
          * "unavailable" (librdkafka's default is 5 minutes). */
         "message.timeout.ms", "10000",
+        /* The mock cluster appends a pipelined request even when an earlier
+         * one of the same producer failed (a real broker answers
+         * OUT_OF_ORDER_SEQUENCE), then takes the earlier one's retry for a
+         * duplicate: acknowledged, never stored. One request in flight per
+         * connection avoids that; real brokers keep librdkafka's 5. */
+        "max.in.flight.requests.per.connection", conf->embedded ? "1" : "5",
         NULL,
     };
     char errstr[512];
