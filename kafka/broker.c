@@ -169,6 +169,23 @@ int kafka_broker_set_down(kafka_broker_t *b, int broker_id, int down)
     return 0;
 }
 
+int kafka_broker_set_rtt(kafka_broker_t *b, int broker_id, int rtt_ms)
+{
+    CHATD_ASSERT(b->magic == KAFKA_BROKER_MAGIC);
+    if (broker_id < 1 || broker_id > b->n_brokers)
+        return ERR_NOT_FOUND;
+    if (rtt_ms < 0 || rtt_ms > 60000)
+        return ERR_BAD_REQUEST;
+    rd_kafka_resp_err_t err = rd_kafka_mock_broker_set_rtt(b->mc, broker_id, rtt_ms);
+    if (err) {
+        log_error("kafka_broker_set_rtt_failed", "broker=%d rtt_ms=%d err=%s", broker_id, rtt_ms,
+                  rd_kafka_err2name(err));
+        return ERR_INTERNAL;
+    }
+    log_info("kafka_broker_rtt", "broker=%d rtt_ms=%d", broker_id, rtt_ms);
+    return 0;
+}
+
 int kafka_broker_push_errors(kafka_broker_t *b, int api_key, const int *errors, size_t n)
 {
     CHATD_ASSERT(b->magic == KAFKA_BROKER_MAGIC);

@@ -30,6 +30,8 @@ int kafka_broker_set_down(kafka_broker_t *b, int broker_id, int down);
 /* The next n requests of Kafka API api_key (0 Produce, 1 Fetch, ...) fail
  * with errors[i] (Kafka's numeric error codes). 0 or ERR_BAD_REQUEST. */
 int kafka_broker_push_errors(kafka_broker_t *b, int api_key, const int *errors, size_t n);
+/* Every response of broker_id is delayed by rtt_ms (0: none). 0 or ERR_*. */
+int kafka_broker_set_rtt(kafka_broker_t *b, int broker_id, int rtt_ms);
 void kafka_broker_stop(kafka_broker_t *b);
 
 #endif

@@ -498,11 +498,14 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
         /* A send waits at most this long for Kafka before the client hears
          * "unavailable" (librdkafka's default is 5 minutes). */
         "message.timeout.ms", "10000",
-        /* The mock cluster appends a pipelined request even when an earlier
-         * one of the same producer failed (a real broker answers
-         * OUT_OF_ORDER_SEQUENCE), then takes the earlier one's retry for a
-         * duplicate: acknowledged, never stored. One request in flight per
-         * connection avoids that; real brokers keep librdkafka's 5. */
+        /* When request R1 fails "possibly persisted" (timeout, dropped
+         * connection) and a later R2 succeeds, librdkafka acknowledges R1's
+         * records without resending them: a real broker appends R2 only
+         * after R1 (idempotence sequences). The mock cluster checks
+         * sequences only for transactional producers and appends R2 alone,
+         * so R1 would be acked and never stored. One request in flight per
+         * connection on the embedded broker (test_acked_is_stored); real
+         * brokers keep librdkafka's 5. */
         "max.in.flight.requests.per.connection", conf->embedded ? "1" : "5",
         NULL,
     };

@@ -11,6 +11,7 @@ PKGS=(
   python3 python3-pytest python3-websockets python3-redis python3-psycopg2
   curl procps
   clang libclang-rt-14-dev
+  kcat
 )
 
 missing=()

@@ -12,6 +12,7 @@ each client received, live or by `sync`) and PostgreSQL's `messages` table:
 
 Prints one line of counts and returns a Result; .problems must be empty.
 """
+import os
 from collections import Counter, defaultdict
 
 COUNTS = []   # every line printed, for the pytest terminal summary
@@ -39,6 +40,27 @@ def _id_key(run, room, mid):
     of the chat-send record that got the seq), for diagnostics."""
     try:
         return run.cluster.redis_client().get(f"{{room:{room}}}:id:{mid}")
+    except Exception as e:  # noqa: BLE001 - diagnostics only
+        return f"<{type(e).__name__}>"
+
+
+def _kafka_log(run, mid):
+    """Where the id is in chat-send (partition:offset of every copy), read
+    with kcat from the embedded broker, for diagnostics: tells a record the
+    broker never stored from one a consumer skipped."""
+    import shutil
+    import subprocess
+    kcat = shutil.which("kcat")
+    path = os.path.join(run.cluster.dir, "bootstrap")
+    if not kcat or not os.path.exists(path):
+        return "<no kcat>"
+    try:
+        brokers = open(path).read().strip()
+        out = subprocess.run([kcat, "-C", "-q", "-b", brokers, "-t", "chat-send", "-o", "beginning",
+                              "-e", "-f", "%p:%o %s\\n"], capture_output=True, text=True,
+                             timeout=60).stdout
+        hits = [ln.split(" ", 1)[0] for ln in out.splitlines() if mid and mid in ln]
+        return f"{len(out.splitlines())} records read, id at {hits or 'none'}"
     except Exception as e:  # noqa: BLE001 - diagnostics only
         return f"<{type(e).__name__}>"
 
@@ -84,7 +106,8 @@ def check(run, extra_line="", rooms=None):
                 res.problem("lost", f"{s.cid} in {s.room} acked (id {s.ack_id}, outcomes "
                             f"{s.outcomes}, first sent {s.t_first - run.t0:.1f}s, acked "
                             f"{s.t_ack - run.t0:.1f}s into the run) but not stored; "
-                            f"Redis id key: {_id_key(run, s.room, s.ack_id)}")
+                            f"Redis id key: {_id_key(run, s.room, s.ack_id)}; "
+                            f"chat-send: {_kafka_log(run, s.ack_id)}")
                 continue
             seq, mid, body = stored[0]
             seq_of[key] = seq

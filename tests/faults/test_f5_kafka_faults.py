@@ -92,7 +92,5 @@ def test_kafka_short_outage_and_request_errors(make_cluster):
 # retried). Until it is found this case may fail without failing the suite;
 # an xpass is reported as such, never as a plain pass.
 @needs_faults
-@pytest.mark.xfail(strict=False, reason="open bug: rare loss of an acked message after a "
-                   "Kafka outage longer than the classifiers' session timeout")
 def test_kafka_long_outage(make_cluster):
     run_kafka_faults(make_cluster, "f5 kafka: 12 s outage", long_outage=True)
