@@ -84,7 +84,7 @@ integration: $(BUILD)/chatd
 # down, Kafka broker faults) under traffic for DURATION seconds, then the
 # fault checker; not part of `make test`.
 soak: all
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) tests/faults/soak.py --duration $${DURATION:-600}
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) tests/faults/soak.py --duration $${DURATION:-600} $${SEED:+--seed $$SEED}
 
 test: deps
 	$(MAKE) all
