@@ -1,15 +1,19 @@
 /* ws: see net/ws.h for the contract.
  *
  * A connection is OPEN, CLOSING (a close frame is queued: by ws_conn_close,
- * by wslay on a protocol error, or wslay's echo of the peer's close) or
+ * on a protocol error, or our echo of the peer's close) or
  * CLOSED (uv_close called; on_close runs and the struct is freed in the close
  * callback). In CLOSING, once our close frame is on the wire we send FIN and
  * wait for the peer's close frame or FIN, at most WS_CLOSE_WAIT_MS; input the
  * peer keeps sending meanwhile is drained, so closing never turns into a RST
  * that would destroy the close frame before the peer reads it.
  *
- * Output: every frame for a socket (ours, by reference; wslay's pong/close,
- * copied) goes into one pointer queue. A connection with output sits on the
+ * Input: net/ws_parser.c parses frames straight from the loop-wide read
+ * buffer (http_read_alloc_cb); its state lives in the connection, a few
+ * dozen bytes, so an idle connection costs no read buffer at all.
+ *
+ * Output: every frame for a socket (data by reference, pong/close/ping)
+ * goes into one pointer queue. A connection with output sits on the
  * dirty list; a uv_check handle writes each dirty queue with one writev per
  * loop turn, one write in flight per socket. A uv_idle handle runs while the
  * list is non-empty so that output queued from a timer callback does not wait
@@ -25,11 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <wslay/wslay.h>
 
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "net/ws_parser.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -63,13 +67,15 @@ struct ws_conn {
     uint8_t state;
     uint8_t dirty;     /* on ws_g.dirty (outside the flush pass) */
     uint8_t shut;      /* FIN sent */
+    uint8_t rd_off;    /* input is drained, not parsed (protocol error, close received) */
+    uint8_t close_tx;  /* our close frame is queued */
+    uint8_t close_rx;  /* the peer's close frame arrived */
     uint16_t code;     /* on_close code; 0: derive from the close handshake */
+    uint16_t tx_code, rx_code; /* of the close frames sent / received */
     uv_tcp_t *tcp;
-    wslay_event_context_ptr wslay;
-    struct ws_callbacks cb;
+    const struct ws_callbacks *cb; /* the caller's; must outlive the connection */
     void *user;
-    const uint8_t *in; /* bytes wslay's recv_callback pulls from, during a read */
-    size_t in_len;
+    ws_parser_t rx;
     char *pending;     /* bytes that arrived with the upgrade request */
     size_t pending_len;
     ws_frame_t **q;
@@ -87,6 +93,7 @@ static struct {
     uv_check_t flush;
     uv_idle_t wake;
     uv_timer_t sweep;
+    ws_frame_t *ping; /* shared by every ping we send */
     ws_conn_t *conns; /* every connection, for the ping sweep */
     ws_conn_t *dirty;
     size_t count;
@@ -126,46 +133,6 @@ size_t ws_frame_header(uint8_t out[10], size_t len, int opcode)
     return 10;
 }
 
-int ws_utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        /* Chat text is mostly ASCII: skip it eight bytes at a time. */
-        uint64_t w;
-        if (len - i >= 8 && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ull) == 0)) {
-            i += 8;
-            continue;
-        }
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        uint32_t cp, min;
-        if ((b & 0xe0) == 0xc0) {
-            n = 1, cp = b & 0x1fu, min = 0x80;
-        } else if ((b & 0xf0) == 0xe0) {
-            n = 2, cp = b & 0x0fu, min = 0x800;
-        } else if ((b & 0xf8) == 0xf0) {
-            n = 3, cp = b & 0x07u, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (len - i - 1 < n)
-            return 0;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3fu);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += n + 1;
-    }
-    return 1;
-}
-
 int ws_accept_key(const char *client_key, char out[29])
 {
     size_t klen = client_key ? strlen(client_key) : 0;
@@ -195,7 +162,7 @@ static ws_frame_t *ws_frame_alloc(size_t len)
     return f;
 }
 
-/* Pre-encoded bytes (the 101 response, wslay's control frames). */
+/* Pre-encoded bytes (the 101 response). */
 static ws_frame_t *ws_frame_raw(const void *data, size_t len)
 {
     ws_frame_t *f = ws_frame_alloc(len);
@@ -207,7 +174,7 @@ static ws_frame_t *ws_frame_raw(const void *data, size_t len)
 ws_frame_t *ws_frame_text(const char *data, size_t len)
 {
     uint8_t hdr[10];
-    size_t hlen = ws_frame_header(hdr, len, WSLAY_TEXT_FRAME);
+    size_t hlen = ws_frame_header(hdr, len, WS_OP_TEXT);
     ws_frame_t *f = ws_frame_alloc(hlen + len);
     if (!f)
         return NULL;
@@ -366,38 +333,44 @@ static void ws_conn_write(ws_conn_t *c)
     metric_inc(ws_m.writes);
 }
 
-/* ---- wslay glue ---- */
+/* ---- control frames, input ---- */
 
-static ssize_t ws_wslay_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                             void *user)
+/* A server control frame (unmasked): ping, pong, close. */
+static int ws_conn_queue_control(ws_conn_t *c, int opcode, const void *data, size_t len)
 {
-    ws_conn_t *c = ws_conn_from(user);
-    (void)flags;
-    if (c->in_len == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
+    uint8_t hdr[10];
+    size_t hlen = ws_frame_header(hdr, len, opcode);
+    ws_frame_t *f = ws_frame_alloc(hlen + len);
+    if (!f) {
+        ws_conn_cut(c, 1011);
+        return ERR_NOMEM;
     }
-    size_t n = len < c->in_len ? len : c->in_len;
-    memcpy(buf, c->in, n);
-    c->in += n;
-    c->in_len -= n;
-    return (ssize_t)n;
+    memcpy(f->data, hdr, hlen);
+    if (len)
+        memcpy(f->data + hlen, data, len);
+    return ws_conn_enqueue(c, f);
 }
 
-/* wslay's own frames (pong, close) join the queue behind ours, whole. */
-static ssize_t ws_wslay_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
-                             int flags, void *user)
+/* Queues our close frame (once). code 1005 means "no code": empty payload. */
+static void ws_conn_queue_close(ws_conn_t *c, uint16_t code, const char *reason, size_t rlen)
 {
-    ws_conn_t *c = ws_conn_from(user);
-    (void)flags;
-    ws_frame_t *f = ws_frame_raw(data, len);
-    if (!f || ws_conn_enqueue(c, f) != 0) {
-        if (!f)
-            ws_conn_cut(c, 1011);
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
+    if (c->close_tx || c->state == WS_CLOSED)
+        return;
+    uint8_t body[125];
+    size_t n = 0;
+    if (code != 1005) {
+        if (rlen > 123) /* control frame payload limit; cut on a UTF-8 boundary */
+            for (rlen = 123; rlen > 0 && ((unsigned char)reason[rlen] & 0xc0) == 0x80;)
+                rlen--;
+        body[0] = (uint8_t)(code >> 8);
+        body[1] = (uint8_t)code;
+        if (rlen)
+            memcpy(body + 2, reason, rlen);
+        n = 2 + rlen;
     }
-    return (ssize_t)len;
+    c->close_tx = 1;
+    c->tx_code = code;
+    ws_conn_queue_control(c, WS_OP_CLOSE, body, n);
 }
 
 static void ws_conn_enter_closing(ws_conn_t *c, uint16_t code)
@@ -414,75 +387,71 @@ static void ws_conn_enter_closing(ws_conn_t *c, uint16_t code)
 /* The peer broke the protocol: close with code, read nothing more. */
 static void ws_conn_protocol_close(ws_conn_t *c, uint16_t code, const char *reason)
 {
+    c->rd_off = 1;
     if (c->state != WS_OPEN)
         return;
     log_info("ws_protocol_close", "peer=%s code=%u reason=%s", c->peer, code, log_q(reason, strlen(reason)));
     metric_inc(ws_m.protocol);
-    wslay_event_queue_close(c->wslay, code, (const uint8_t *)reason, strlen(reason));
-    wslay_event_shutdown_read(c->wslay);
+    ws_conn_queue_close(c, code, reason, strlen(reason));
     ws_conn_enter_closing(c, code);
 }
 
-static void ws_wslay_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
-                            void *user)
+static const char *ws_close_reason(int code)
+{
+    switch (code) {
+    case 1007: return "invalid utf-8";
+    case 1009: return "message too big";
+    case 1011: return "out of memory";
+    default: return "protocol error";
+    }
+}
+
+/* One message or control frame from the parser. Non-zero stops the parse. */
+static int ws_conn_on_frame(void *user, int opcode, uint8_t *data, size_t len)
 {
     ws_conn_t *c = ws_conn_from(user);
     metric_inc(ws_m.frames_in);
-    if (arg->opcode == WSLAY_PING) {
-        /* wslay queued the pong; move it now so it goes ahead of the data
-         * frames the rest of this read produces. */
-        if (wslay_event_send(ctx) != 0)
-            ws_conn_cut(c, 1011);
-    } else if (arg->opcode == WSLAY_BINARY_FRAME) {
+    switch (opcode) {
+    case WS_OP_TEXT:
+        if (c->state == WS_OPEN)
+            c->cb->on_text(c, (const char *)data, len, c->user);
+        break;
+    case WS_OP_BINARY:
         ws_conn_protocol_close(c, 1003, "binary frames are not supported");
-    } else if (arg->opcode == WSLAY_TEXT_FRAME && c->state == WS_OPEN) {
-        /* wslay checks UTF-8 too; this guards on_text against any wslay build. */
-        if (!ws_utf8_valid(arg->msg, arg->msg_length))
-            ws_conn_protocol_close(c, 1007, "invalid utf-8");
-        else
-            c->cb.on_text(c, arg->msg ? (const char *)arg->msg : "", arg->msg_length, c->user);
+        return -1;
+    case WS_OP_PING: /* answered in turn: ahead of the replies to later frames */
+        if (c->state == WS_OPEN)
+            ws_conn_queue_control(c, WS_OP_PONG, data, len);
+        break;
+    case WS_OP_CLOSE:
+        c->close_rx = 1;
+        c->rx_code = len >= 2 ? (uint16_t)(data[0] << 8 | data[1]) : 1005;
+        c->rd_off = 1;
+        /* Echo the peer's code and reason (RFC 6455 5.5.1) unless ours is
+         * out already. */
+        ws_conn_queue_close(c, c->rx_code, len > 2 ? (const char *)data + 2 : NULL, len > 2 ? len - 2 : 0);
+        ws_conn_enter_closing(c, 0);
+        return -1;
+    default: /* pong: the read itself counted as liveness */
+        break;
     }
-    /* Close: wslay queued the echo. Pong: the read itself counted as
-     * liveness. */
-}
-
-static const struct wslay_event_callbacks ws_wslay_callbacks = {
-    .recv_callback = ws_wslay_recv,
-    .send_callback = ws_wslay_send,
-    .on_msg_recv_callback = ws_wslay_on_msg,
-};
-
-/* Moves wslay's pending output (pong, close) into our queue. */
-static void ws_conn_pump(ws_conn_t *c)
-{
-    if (c->state != WS_CLOSED && wslay_event_want_write(c->wslay) && wslay_event_send(c->wslay) != 0)
-        ws_conn_cut(c, 1011);
+    return c->state == WS_CLOSED ? -1 : 0;
 }
 
 /* ---- input ---- */
 
-static void ws_conn_feed(ws_conn_t *c, const uint8_t *data, size_t len)
+static void ws_conn_feed(ws_conn_t *c, uint8_t *data, size_t len)
 {
     c->last_rx = uv_now(ws_g.loop);
     c->ping_at = 0;
     metric_add(ws_m.bytes_in, (double)len);
-    if (c->state == WS_CLOSED || !wslay_event_get_read_enabled(c->wslay))
-        return; /* closing after a protocol error: drain */
-    c->in = data;
-    c->in_len = len;
-    int r = wslay_event_recv(c->wslay);
-    c->in = NULL;
-    c->in_len = 0;
-    if (r != 0) {
-        log_warn("ws_recv_failed", "peer=%s err=%d", c->peer, r);
-        ws_conn_cut(c, 1011);
-        return;
-    }
-    /* wslay stops reading when it queued a close: the peer's close echoed, or
-     * a protocol error (1002, 1007, 1009) it found itself. */
-    if (c->state == WS_OPEN && !wslay_event_get_read_enabled(c->wslay))
-        ws_conn_enter_closing(c, 0);
-    ws_conn_pump(c);
+    if (c->state == WS_CLOSED || c->rd_off)
+        return; /* closing after a protocol error or the peer's close: drain */
+    int r = ws_parser_feed(&c->rx, data, len, ws_conn_on_frame, c);
+    if (r > 0)
+        ws_conn_protocol_close(c, (uint16_t)r, ws_close_reason(r));
+    if (c->rd_off)
+        ws_parser_free(&c->rx); /* no more input will be parsed */
     ws_conn_maybe_finish(c);
 }
 
@@ -496,7 +465,7 @@ static void ws_conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (nread > 0)
-        ws_conn_feed(c, (const uint8_t *)buf->base, (size_t)nread);
+        ws_conn_feed(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
 static void ws_conn_read_start(ws_conn_t *c)
@@ -516,10 +485,10 @@ static uint16_t ws_conn_final_code(ws_conn_t *c)
 {
     if (c->code)
         return c->code;
-    if (wslay_event_get_close_received(c->wslay))
-        return wslay_event_get_status_code_received(c->wslay);
-    if (wslay_event_get_close_sent(c->wslay))
-        return wslay_event_get_status_code_sent(c->wslay);
+    if (c->close_rx)
+        return c->rx_code;
+    if (c->close_tx)
+        return c->tx_code;
     return 1006; /* gone without a close frame */
 }
 
@@ -542,12 +511,12 @@ static void ws_conn_close_cb(uv_handle_t *h)
     ws_g.count--;
     metric_set(ws_m.conns, (double)ws_g.count);
     log_debug("ws_close", "peer=%s code=%u", c->peer, code);
-    c->cb.on_close(c, code, c->user);
+    c->cb->on_close(c, code, c->user);
     for (unsigned i = 0; i < c->qlen; i++)
         ws_frame_unref(c->q[i]);
     free(c->q);
     free(c->pending);
-    wslay_event_context_free(c->wslay);
+    ws_parser_free(&c->rx);
     free(h);
     c->magic = 0;
     free(c);
@@ -575,9 +544,9 @@ static void ws_shutdown_cb(uv_shutdown_t *req, int status)
  * otherwise send FIN and wait (read_cb sees its close frame or EOF). */
 static void ws_conn_maybe_finish(ws_conn_t *c)
 {
-    if (c->state != WS_CLOSING || c->qlen || c->inflight || !wslay_event_get_close_sent(c->wslay))
+    if (c->state != WS_CLOSING || c->qlen || c->inflight || !c->close_tx)
         return;
-    if (wslay_event_get_close_received(c->wslay)) {
+    if (c->close_rx) {
         ws_conn_cut(c, 0);
         return;
     }
@@ -596,15 +565,7 @@ void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason)
     ws_conn_from(c);
     if (c->state != WS_OPEN)
         return;
-    size_t rlen = reason ? strlen(reason) : 0;
-    if (rlen > 123) { /* control frame payload limit; cut on a UTF-8 boundary */
-        rlen = 123;
-        while (rlen > 0 && ((unsigned char)reason[rlen] & 0xc0) == 0x80)
-            rlen--;
-    }
-    int r = wslay_event_queue_close(c->wslay, code, (const uint8_t *)reason, rlen);
-    if (r != 0)
-        log_warn("ws_close_failed", "peer=%s code=%u err=%d", c->peer, code, r);
+    ws_conn_queue_close(c, code, reason, reason ? strlen(reason) : 0);
     ws_conn_enter_closing(c, code);
 }
 
@@ -623,11 +584,10 @@ static void ws_flush_cb(uv_check_t *h)
             /* Bytes that came with the upgrade request, then the socket. */
             char *p = c->pending;
             c->pending = NULL;
-            ws_conn_feed(c, (const uint8_t *)p, c->pending_len);
+            ws_conn_feed(c, (uint8_t *)p, c->pending_len);
             free(p);
             ws_conn_read_start(c);
         }
-        ws_conn_pump(c);
         /* Still flagged until here, so frames queued above did not re-list c. */
         c->dirty = 0;
         ws_conn_write(c);
@@ -652,11 +612,9 @@ static void ws_sweep_cb(uv_timer_t *t)
                 ws_conn_close(c, 1001, "ping timeout");
             }
         } else if (now - c->last_rx >= ws_g.lim.ping_interval_ms) {
-            struct wslay_event_msg ping = { WSLAY_PING, NULL, 0 };
-            if (wslay_event_queue_msg(c->wslay, &ping) == 0) {
+            ws_frame_ref(ws_g.ping);
+            if (ws_conn_enqueue(c, ws_g.ping) == 0)
                 c->ping_at = now;
-                ws_conn_mark_dirty(c);
-            }
         }
     }
 }
@@ -691,6 +649,9 @@ int ws_init(uv_loop_t *loop, const struct ws_limits *limits)
     if (!ws_g.lim.pong_timeout_ms)
         ws_g.lim.pong_timeout_ms = defaults.pong_timeout_ms;
     ws_metrics_register();
+    static const uint8_t ping[2] = { 0x80 | WS_OP_PING, 0 };
+    if (!(ws_g.ping = ws_frame_raw(ping, sizeof ping)))
+        return ERR_NOMEM;
     ws_g.loop = loop;
     /* Housekeeping handles do not keep the loop alive by themselves. */
     uv_check_init(loop, &ws_g.flush);
@@ -715,6 +676,8 @@ void ws_shutdown(void)
     uv_close((uv_handle_t *)&ws_g.flush, NULL);
     uv_close((uv_handle_t *)&ws_g.wake, NULL);
     uv_close((uv_handle_t *)&ws_g.sweep, NULL);
+    ws_frame_unref(ws_g.ping); /* queues still holding it keep their references */
+    ws_g.ping = NULL;
     ws_g.loop = NULL;
 }
 
@@ -784,14 +747,13 @@ ws_conn_t *ws_accept(http_req_t *req, const char *hello, size_t hello_len,
         return NULL;
     }
     ws_conn_t *c = calloc(1, sizeof *c);
-    if (!c || wslay_event_context_server_init(&c->wslay, &ws_wslay_callbacks, c) != 0) {
-        free(c);
+    if (!c) {
         http_respond_error(req, 503, "unavailable", "out of memory, try again");
         return NULL;
     }
-    wslay_event_config_set_max_recv_msg_length(c->wslay, ws_g.lim.max_msg);
+    c->rx.max_msg = (uint32_t)ws_g.lim.max_msg;
     c->magic = WS_CONN_MAGIC;
-    c->cb = *cb;
+    c->cb = cb;
     c->user = user;
     snprintf(c->peer, sizeof c->peer, "%s", http_req_peer(req));
     c->tcp = http_req_take_socket(req, &c->pending, &c->pending_len); /* req is gone now */
