@@ -77,14 +77,18 @@ struct ws_conn {
     void *user;
     ws_parser_t rx;
     char *pending;     /* bytes that arrived with the upgrade request */
-    size_t pending_len;
     ws_frame_t **q;
     unsigned qlen, qcap;
     size_t queued;     /* bytes queued or being written */
     struct ws_write *inflight;
-    uint64_t last_rx, ping_at, deadline; /* loop ms */
+    uint64_t last_rx;  /* loop ms */
+    /* OPEN: when our unanswered ping went out (0: none); CLOSING: the
+     * deadline for the peer's close. One field: never needed together. */
+    uint64_t timer_at;
     ws_conn_t *prev, *next, *dirty_next;
-    char peer[INET6_ADDRSTRLEN];
+    uint8_t peer_addr[16]; /* binary: 30 bytes less per connection than text */
+    uint32_t pending_len;
+    uint8_t peer_family;
 };
 
 static struct {
@@ -94,6 +98,8 @@ static struct {
     uv_idle_t wake;
     uv_timer_t sweep;
     ws_frame_t *ping; /* shared by every ping we send */
+    uint64_t last_accept; /* loop ms; trim the heap once a burst of them ends */
+    uint64_t accepts, accepts_trimmed;
     ws_conn_t *conns; /* every connection, for the ping sweep */
     ws_conn_t *dirty;
     size_t count;
@@ -104,6 +110,63 @@ static struct {
 } ws_m;
 
 static void ws_conn_cut(ws_conn_t *c, uint16_t code);
+
+/* Fixed-size blocks recycled loop-wide. The fan-out path queues to and
+ * writes to thousands of sockets per Kafka batch: a free list serves the
+ * queue arrays and write requests without malloc, and an idle connection
+ * holds neither (it gives them back when its queue drains). */
+struct ws_pool {
+    void *free;
+    unsigned n, max;
+    size_t size;
+};
+
+#define WS_QCAP_POOLED 8 /* queue slots of a pooled block */
+
+static struct ws_pool ws_qpool = { NULL, 0, 4096, WS_QCAP_POOLED * sizeof(ws_frame_t *) };
+static struct ws_pool ws_wpool = { NULL, 0, 4096,
+                                   sizeof(struct ws_write) + WS_QCAP_POOLED * sizeof(ws_frame_t *) };
+
+static void *ws_pool_get(struct ws_pool *p)
+{
+    void *b = p->free;
+    if (!b)
+        return malloc(p->size);
+    p->free = *(void **)b;
+    p->n--;
+    return b;
+}
+
+static void ws_pool_put(struct ws_pool *p, void *b)
+{
+    if (p->n >= p->max) {
+        free(b);
+        return;
+    }
+    *(void **)b = p->free;
+    p->free = b;
+    p->n++;
+}
+
+static void ws_pool_drain(struct ws_pool *p)
+{
+    while (p->free) {
+        void *b = p->free;
+        p->free = *(void **)b;
+        free(b);
+    }
+    p->n = 0;
+}
+
+static void ws_conn_queue_release(ws_conn_t *c)
+{
+    if (c->qcap == WS_QCAP_POOLED)
+        ws_pool_put(&ws_qpool, c->q);
+    else
+        free(c->q);
+    c->q = NULL;
+    c->qcap = 0;
+}
 
 static ws_conn_t *ws_conn_from(void *p)
 {
@@ -248,7 +311,7 @@ static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
     if (ws_conn_over_bound(c, f->len)) {
         ws_frame_unref(f);
         if (c->state != WS_CLOSED) {
-            log_warn("ws_slow_consumer", "peer=%s backlog=%zu limit=%zu", c->peer,
+            log_warn("ws_slow_consumer", "peer=%s backlog=%zu limit=%zu", ws_conn_peer(c),
                      ws_conn_backlog(c), ws_g.lim.max_queue_bytes);
             metric_inc(ws_m.cuts);
             ws_conn_cut(c, 1008);
@@ -256,8 +319,18 @@ static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
         return ERR_TOO_LARGE;
     }
     if (c->qlen == c->qcap) {
-        unsigned cap = c->qcap ? c->qcap * 2 : 8;
-        ws_frame_t **q = realloc(c->q, cap * sizeof *q);
+        unsigned cap = c->qcap ? c->qcap * 2 : WS_QCAP_POOLED;
+        ws_frame_t **q;
+        if (cap == WS_QCAP_POOLED) {
+            q = ws_pool_get(&ws_qpool);
+        } else if (c->qcap == WS_QCAP_POOLED) { /* a pooled block does not realloc */
+            if ((q = malloc(cap * sizeof *q))) {
+                memcpy(q, c->q, c->qlen * sizeof *q);
+                ws_pool_put(&ws_qpool, c->q);
+            }
+        } else {
+            q = realloc(c->q, cap * sizeof *q);
+        }
         if (!q) {
             ws_frame_unref(f);
             ws_conn_cut(c, 1011);
@@ -276,7 +349,10 @@ static void ws_write_free(struct ws_write *w)
 {
     for (unsigned i = 0; i < w->n; i++)
         ws_frame_unref(w->frames[i]);
-    free(w);
+    if (w->n <= WS_QCAP_POOLED)
+        ws_pool_put(&ws_wpool, w);
+    else
+        free(w);
 }
 
 static void ws_conn_maybe_finish(ws_conn_t *c);
@@ -306,7 +382,8 @@ static void ws_conn_write(ws_conn_t *c)
     if (c->state == WS_CLOSED || c->inflight || c->qlen == 0)
         return;
     unsigned n = c->qlen < IOV_MAX ? c->qlen : IOV_MAX;
-    struct ws_write *w = malloc(sizeof *w + n * sizeof w->frames[0]);
+    struct ws_write *w = n <= WS_QCAP_POOLED ? ws_pool_get(&ws_wpool)
+                                             : malloc(sizeof *w + n * sizeof w->frames[0]);
     if (!w) {
         ws_conn_cut(c, 1011);
         return;
@@ -320,12 +397,15 @@ static void ws_conn_write(ws_conn_t *c)
         w->bytes += c->q[i]->len;
     }
     c->qlen -= n;
-    memmove(c->q, c->q + n, c->qlen * sizeof c->q[0]);
+    if (c->qlen)
+        memmove(c->q, c->q + n, c->qlen * sizeof c->q[0]);
+    else
+        ws_conn_queue_release(c);
     int r = uv_write(&w->req, (uv_stream_t *)c->tcp, bufs, n, ws_write_cb);
     if (r < 0) {
         c->queued -= w->bytes;
         ws_write_free(w);
-        log_debug("ws_write_failed", "peer=%s err=%s", c->peer, uv_err_name(r));
+        log_debug("ws_write_failed", "peer=%s err=%s", ws_conn_peer(c), uv_err_name(r));
         ws_conn_cut(c, 0);
         return;
     }
@@ -380,7 +460,7 @@ static void ws_conn_enter_closing(ws_conn_t *c, uint16_t code)
     c->state = WS_CLOSING;
     if (!c->code)
         c->code = code;
-    c->deadline = uv_now(ws_g.loop) + WS_CLOSE_WAIT_MS;
+    c->timer_at = uv_now(ws_g.loop) + WS_CLOSE_WAIT_MS;
     ws_conn_mark_dirty(c);
 }
 
@@ -390,7 +470,7 @@ static void ws_conn_protocol_close(ws_conn_t *c, uint16_t code, const char *reas
     c->rd_off = 1;
     if (c->state != WS_OPEN)
         return;
-    log_info("ws_protocol_close", "peer=%s code=%u reason=%s", c->peer, code, log_q(reason, strlen(reason)));
+    log_info("ws_protocol_close", "peer=%s code=%u reason=%s", ws_conn_peer(c), code, log_q(reason, strlen(reason)));
     metric_inc(ws_m.protocol);
     ws_conn_queue_close(c, code, reason, strlen(reason));
     ws_conn_enter_closing(c, code);
@@ -443,7 +523,8 @@ static int ws_conn_on_frame(void *user, int opcode, uint8_t *data, size_t len)
 static void ws_conn_feed(ws_conn_t *c, uint8_t *data, size_t len)
 {
     c->last_rx = uv_now(ws_g.loop);
-    c->ping_at = 0;
+    if (c->state == WS_OPEN)
+        c->timer_at = 0; /* any frame answers our ping */
     metric_add(ws_m.bytes_in, (double)len);
     if (c->state == WS_CLOSED || c->rd_off)
         return; /* closing after a protocol error or the peer's close: drain */
@@ -460,7 +541,7 @@ static void ws_conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     ws_conn_t *c = ws_conn_from(st->data);
     if (nread < 0) {
         if (c->state == WS_OPEN)
-            log_debug("ws_peer_gone", "peer=%s err=%s", c->peer, uv_err_name((int)nread));
+            log_debug("ws_peer_gone", "peer=%s err=%s", ws_conn_peer(c), uv_err_name((int)nread));
         ws_conn_cut(c, 0);
         return;
     }
@@ -474,7 +555,7 @@ static void ws_conn_read_start(ws_conn_t *c)
         return;
     int r = uv_read_start((uv_stream_t *)c->tcp, http_read_alloc_cb, ws_conn_read_cb);
     if (r < 0) {
-        log_warn("ws_read_failed", "peer=%s err=%s", c->peer, uv_err_name(r));
+        log_warn("ws_read_failed", "peer=%s err=%s", ws_conn_peer(c), uv_err_name(r));
         ws_conn_cut(c, 0);
     }
 }
@@ -510,11 +591,12 @@ static void ws_conn_close_cb(uv_handle_t *h)
     }
     ws_g.count--;
     metric_set(ws_m.conns, (double)ws_g.count);
-    log_debug("ws_close", "peer=%s code=%u", c->peer, code);
+    log_debug("ws_close", "peer=%s code=%u", ws_conn_peer(c), code);
     c->cb->on_close(c, code, c->user);
     for (unsigned i = 0; i < c->qlen; i++)
         ws_frame_unref(c->q[i]);
-    free(c->q);
+    if (c->q)
+        ws_conn_queue_release(c);
     free(c->pending);
     ws_parser_free(&c->rx);
     free(h);
@@ -602,19 +684,19 @@ static void ws_sweep_cb(uv_timer_t *t)
     (void)t;
     uint64_t now = uv_now(ws_g.loop);
     for (ws_conn_t *c = ws_g.conns; c; c = c->next) {
-        if (c->state == WS_CLOSING && now >= c->deadline) {
+        if (c->state == WS_CLOSING && now >= c->timer_at) {
             ws_conn_cut(c, 0);
         } else if (c->state != WS_OPEN) {
             continue;
-        } else if (c->ping_at) {
-            if (now - c->ping_at >= ws_g.lim.pong_timeout_ms) {
-                log_info("ws_pong_timeout", "peer=%s", c->peer);
+        } else if (c->timer_at) {
+            if (now - c->timer_at >= ws_g.lim.pong_timeout_ms) {
+                log_info("ws_pong_timeout", "peer=%s", ws_conn_peer(c));
                 ws_conn_close(c, 1001, "ping timeout");
             }
         } else if (now - c->last_rx >= ws_g.lim.ping_interval_ms) {
             ws_frame_ref(ws_g.ping);
             if (ws_conn_enqueue(c, ws_g.ping) == 0)
-                c->ping_at = now;
+                c->timer_at = now;
         }
     }
 }
@@ -676,6 +758,8 @@ void ws_shutdown(void)
     uv_close((uv_handle_t *)&ws_g.flush, NULL);
     uv_close((uv_handle_t *)&ws_g.wake, NULL);
     uv_close((uv_handle_t *)&ws_g.sweep, NULL);
+    ws_pool_drain(&ws_qpool); /* connections still closing return theirs to malloc */
+    ws_pool_drain(&ws_wpool);
     ws_frame_unref(ws_g.ping); /* queues still holding it keep their references */
     ws_g.ping = NULL;
     ws_g.loop = NULL;
@@ -755,8 +839,14 @@ ws_conn_t *ws_accept(http_req_t *req, const char *hello, size_t hello_len,
     c->magic = WS_CONN_MAGIC;
     c->cb = cb;
     c->user = user;
-    snprintf(c->peer, sizeof c->peer, "%s", http_req_peer(req));
-    c->tcp = http_req_take_socket(req, &c->pending, &c->pending_len); /* req is gone now */
+    const char *peer = http_req_peer(req);
+    if (uv_inet_pton(AF_INET, peer, c->peer_addr) == 0)
+        c->peer_family = AF_INET;
+    else if (uv_inet_pton(AF_INET6, peer, c->peer_addr) == 0)
+        c->peer_family = AF_INET6;
+    size_t pending_len = 0; /* at most one read: the loop-wide buffer's 64 KiB */
+    c->tcp = http_req_take_socket(req, &c->pending, &pending_len); /* req is gone now */
+    c->pending_len = (uint32_t)pending_len;
     c->tcp->data = c;
     c->last_rx = uv_now(ws_g.loop);
     c->next = ws_g.conns;
@@ -810,6 +900,12 @@ int ws_conn_send_text(ws_conn_t *c, const char *data, size_t len)
 
 void *ws_conn_user(const ws_conn_t *c) { return c->user; }
 void ws_conn_set_user(ws_conn_t *c, void *user) { ws_conn_from(c)->user = user; }
-const char *ws_conn_peer(const ws_conn_t *c) { return c->peer; }
+const char *ws_conn_peer(const ws_conn_t *c)
+{
+    static char buf[INET6_ADDRSTRLEN];
+    if (!c->peer_family || uv_inet_ntop(c->peer_family, c->peer_addr, buf, sizeof buf) != 0)
+        return "?";
+    return buf;
+}
 size_t ws_conn_queued_bytes(const ws_conn_t *c) { return c->queued; }
 size_t ws_conn_count(void) { return ws_g.count; }

@@ -80,6 +80,7 @@ void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason);
 
 void *ws_conn_user(const ws_conn_t *c);
 void ws_conn_set_user(ws_conn_t *c, void *user);
+/* The peer address as text, in a static buffer valid until the next call. */
 const char *ws_conn_peer(const ws_conn_t *c);
 size_t ws_conn_queued_bytes(const ws_conn_t *c);
 size_t ws_conn_count(void);

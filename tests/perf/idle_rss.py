@@ -277,6 +277,8 @@ def main():
     ap.add_argument("--chatd", default=os.environ.get("CHATD_BIN", os.path.join(REPO, "build", "chatd")))
     ap.add_argument("--json")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--hold", type=float, default=0,
+                    help="keep the connections open this long after measuring (to inspect chatd)")
     # worker mode (internal)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -324,6 +326,9 @@ def main():
         time.sleep(a.settle)
         after = rss_kib(chatd.pid)
         gauge = chatlib.metric_sum(chatlib.read_metrics(port), "chatd_ws_connections")
+        if a.hold:
+            print(f"holding {a.hold:.0f}s: chatd pid {chatd.pid}", file=sys.stderr, flush=True)
+            time.sleep(a.hold)
         close_clients(workers)
 
         per = (after - before) * 1024 / max(live, 1)
