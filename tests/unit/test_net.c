@@ -212,7 +212,7 @@ static int tp_result(const uint8_t *data, size_t len, uint32_t max_msg)
 static void test_parser_errors(void **state)
 {
     (void)state;
-    uint8_t f[512];
+    uint8_t f[1024];
     size_t n;
     static const uint8_t unmasked[] = { 0x81, 0x02, 'h', 'i' };
     assert_int_equal(tp_result(unmasked, 2, 1024), 1002); /* refused at its 2nd byte */
