@@ -129,11 +129,11 @@ FUZZ_DICT_fuzz_http   := tests/fuzz/fuzz_http.dict
 FUZZ_DICT_fuzz_proto  := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_auth   := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_record := tests/fuzz/fuzz_json.dict
-FUZZ_DEPS_fuzz_http   := net/http.c net/ws.c
+FUZZ_DEPS_fuzz_http   := net/http.c net/ws.c net/ws_parser.c
 FUZZ_DEPS_fuzz_proto  := net/proto.c net/auth.c
 FUZZ_DEPS_fuzz_auth   := net/auth.c
 FUZZ_DEPS_fuzz_record := kafka/record.c
-FUZZ_DEPS_fuzz_ws     := net/ws.c net/http.c
+FUZZ_DEPS_fuzz_ws     := net/ws.c net/ws_parser.c net/http.c
 FUZZ_RUN_OPTS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=tests/fuzz/ubsan.supp

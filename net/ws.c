@@ -1,15 +1,19 @@
 /* ws: see net/ws.h for the contract.
  *
  * A connection is OPEN, CLOSING (a close frame is queued: by ws_conn_close,
- * by wslay on a protocol error, or wslay's echo of the peer's close) or
+ * on a protocol error, or our echo of the peer's close) or
  * CLOSED (uv_close called; on_close runs and the struct is freed in the close
  * callback). In CLOSING, once our close frame is on the wire we send FIN and
  * wait for the peer's close frame or FIN, at most WS_CLOSE_WAIT_MS; input the
  * peer keeps sending meanwhile is drained, so closing never turns into a RST
  * that would destroy the close frame before the peer reads it.
  *
- * Output: every frame for a socket (ours, by reference; wslay's pong/close,
- * copied) goes into one pointer queue. A connection with output sits on the
+ * Input: net/ws_parser.c parses frames straight from the loop-wide read
+ * buffer (http_read_alloc_cb); its state lives in the connection, a few
+ * dozen bytes, so an idle connection costs no read buffer at all.
+ *
+ * Output: every frame for a socket (data by reference, pong/close/ping)
+ * goes into one pointer queue. A connection with output sits on the
  * dirty list; a uv_check handle writes each dirty queue with one writev per
  * loop turn, one write in flight per socket. A uv_idle handle runs while the
  * list is non-empty so that output queued from a timer callback does not wait
@@ -25,11 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <wslay/wslay.h>
 
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "net/ws_parser.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -63,22 +67,28 @@ struct ws_conn {
     uint8_t state;
     uint8_t dirty;     /* on ws_g.dirty (outside the flush pass) */
     uint8_t shut;      /* FIN sent */
+    uint8_t rd_off;    /* input is drained, not parsed (protocol error, close received) */
+    uint8_t close_tx;  /* our close frame is queued */
+    uint8_t close_rx;  /* the peer's close frame arrived */
     uint16_t code;     /* on_close code; 0: derive from the close handshake */
+    uint16_t tx_code, rx_code; /* of the close frames sent / received */
     uv_tcp_t *tcp;
-    wslay_event_context_ptr wslay;
-    struct ws_callbacks cb;
+    const struct ws_callbacks *cb; /* the caller's; must outlive the connection */
     void *user;
-    const uint8_t *in; /* bytes wslay's recv_callback pulls from, during a read */
-    size_t in_len;
+    ws_parser_t rx;
     char *pending;     /* bytes that arrived with the upgrade request */
-    size_t pending_len;
     ws_frame_t **q;
     unsigned qlen, qcap;
     size_t queued;     /* bytes queued or being written */
     struct ws_write *inflight;
-    uint64_t last_rx, ping_at, deadline; /* loop ms */
+    uint64_t last_rx;  /* loop ms */
+    /* OPEN: when our unanswered ping went out (0: none); CLOSING: the
+     * deadline for the peer's close. One field: never needed together. */
+    uint64_t timer_at;
     ws_conn_t *prev, *next, *dirty_next;
-    char peer[INET6_ADDRSTRLEN];
+    uint8_t peer_addr[16]; /* binary: 30 bytes less per connection than text */
+    uint32_t pending_len;
+    uint8_t peer_family;
 };
 
 static struct {
@@ -87,6 +97,9 @@ static struct {
     uv_check_t flush;
     uv_idle_t wake;
     uv_timer_t sweep;
+    ws_frame_t *ping; /* shared by every ping we send */
+    uint64_t last_accept; /* loop ms; trim the heap once a burst of them ends */
+    uint64_t accepts, accepts_trimmed;
     ws_conn_t *conns; /* every connection, for the ping sweep */
     ws_conn_t *dirty;
     size_t count;
@@ -97,6 +110,63 @@ static struct {
 } ws_m;
 
 static void ws_conn_cut(ws_conn_t *c, uint16_t code);
+
+/* Fixed-size blocks recycled loop-wide. The fan-out path queues to and
+ * writes to thousands of sockets per Kafka batch: a free list serves the
+ * queue arrays and write requests without malloc, and an idle connection
+ * holds neither (it gives them back when its queue drains). */
+struct ws_pool {
+    void *free;
+    unsigned n, max;
+    size_t size;
+};
+
+#define WS_QCAP_POOLED 8 /* queue slots of a pooled block */
+
+static struct ws_pool ws_qpool = { NULL, 0, 4096, WS_QCAP_POOLED * sizeof(ws_frame_t *) };
+static struct ws_pool ws_wpool = { NULL, 0, 4096,
+                                   sizeof(struct ws_write) + WS_QCAP_POOLED * sizeof(ws_frame_t *) };
+
+static void *ws_pool_get(struct ws_pool *p)
+{
+    void *b = p->free;
+    if (!b)
+        return malloc(p->size);
+    p->free = *(void **)b;
+    p->n--;
+    return b;
+}
+
+static void ws_pool_put(struct ws_pool *p, void *b)
+{
+    if (p->n >= p->max) {
+        free(b);
+        return;
+    }
+    *(void **)b = p->free;
+    p->free = b;
+    p->n++;
+}
+
+static void ws_pool_drain(struct ws_pool *p)
+{
+    while (p->free) {
+        void *b = p->free;
+        p->free = *(void **)b;
+        free(b);
+    }
+    p->n = 0;
+}
+
+static void ws_conn_queue_release(ws_conn_t *c)
+{
+    if (c->qcap == WS_QCAP_POOLED)
+        ws_pool_put(&ws_qpool, c->q);
+    else
+        free(c->q);
+    c->q = NULL;
+    c->qcap = 0;
+}
 
 static ws_conn_t *ws_conn_from(void *p)
 {
@@ -124,46 +194,6 @@ size_t ws_frame_header(uint8_t out[10], size_t len, int opcode)
     for (int i = 0; i < 8; i++)
         out[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
     return 10;
-}
-
-int ws_utf8_valid(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        /* Chat text is mostly ASCII: skip it eight bytes at a time. */
-        uint64_t w;
-        if (len - i >= 8 && (memcpy(&w, s + i, 8), (w & 0x8080808080808080ull) == 0)) {
-            i += 8;
-            continue;
-        }
-        unsigned char b = s[i];
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        uint32_t cp, min;
-        if ((b & 0xe0) == 0xc0) {
-            n = 1, cp = b & 0x1fu, min = 0x80;
-        } else if ((b & 0xf0) == 0xe0) {
-            n = 2, cp = b & 0x0fu, min = 0x800;
-        } else if ((b & 0xf8) == 0xf0) {
-            n = 3, cp = b & 0x07u, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (len - i - 1 < n)
-            return 0;
-        for (size_t k = 1; k <= n; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3fu);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += n + 1;
-    }
-    return 1;
 }
 
 int ws_accept_key(const char *client_key, char out[29])
@@ -195,7 +225,7 @@ static ws_frame_t *ws_frame_alloc(size_t len)
     return f;
 }
 
-/* Pre-encoded bytes (the 101 response, wslay's control frames). */
+/* Pre-encoded bytes (the 101 response). */
 static ws_frame_t *ws_frame_raw(const void *data, size_t len)
 {
     ws_frame_t *f = ws_frame_alloc(len);
@@ -207,7 +237,7 @@ static ws_frame_t *ws_frame_raw(const void *data, size_t len)
 ws_frame_t *ws_frame_text(const char *data, size_t len)
 {
     uint8_t hdr[10];
-    size_t hlen = ws_frame_header(hdr, len, WSLAY_TEXT_FRAME);
+    size_t hlen = ws_frame_header(hdr, len, WS_OP_TEXT);
     ws_frame_t *f = ws_frame_alloc(hlen + len);
     if (!f)
         return NULL;
@@ -281,7 +311,7 @@ static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
     if (ws_conn_over_bound(c, f->len)) {
         ws_frame_unref(f);
         if (c->state != WS_CLOSED) {
-            log_warn("ws_slow_consumer", "peer=%s backlog=%zu limit=%zu", c->peer,
+            log_warn("ws_slow_consumer", "peer=%s backlog=%zu limit=%zu", ws_conn_peer(c),
                      ws_conn_backlog(c), ws_g.lim.max_queue_bytes);
             metric_inc(ws_m.cuts);
             ws_conn_cut(c, 1008);
@@ -289,8 +319,18 @@ static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
         return ERR_TOO_LARGE;
     }
     if (c->qlen == c->qcap) {
-        unsigned cap = c->qcap ? c->qcap * 2 : 8;
-        ws_frame_t **q = realloc(c->q, cap * sizeof *q);
+        unsigned cap = c->qcap ? c->qcap * 2 : WS_QCAP_POOLED;
+        ws_frame_t **q;
+        if (cap == WS_QCAP_POOLED) {
+            q = ws_pool_get(&ws_qpool);
+        } else if (c->qcap == WS_QCAP_POOLED) { /* a pooled block does not realloc */
+            if ((q = malloc(cap * sizeof *q))) {
+                memcpy(q, c->q, c->qlen * sizeof *q);
+                ws_pool_put(&ws_qpool, c->q);
+            }
+        } else {
+            q = realloc(c->q, cap * sizeof *q);
+        }
         if (!q) {
             ws_frame_unref(f);
             ws_conn_cut(c, 1011);
@@ -309,7 +349,10 @@ static void ws_write_free(struct ws_write *w)
 {
     for (unsigned i = 0; i < w->n; i++)
         ws_frame_unref(w->frames[i]);
-    free(w);
+    if (w->n <= WS_QCAP_POOLED)
+        ws_pool_put(&ws_wpool, w);
+    else
+        free(w);
 }
 
 static void ws_conn_maybe_finish(ws_conn_t *c);
@@ -332,14 +375,73 @@ static void ws_write_cb(uv_write_t *req, int status)
     ws_conn_maybe_finish(c);
 }
 
-/* One writev with up to IOV_MAX queued frames. */
+/* Drops the first k queued frames (written). */
+static void ws_conn_queue_shift(ws_conn_t *c, unsigned k)
+{
+    c->qlen -= k;
+    if (c->qlen)
+        memmove(c->q, c->q + k, c->qlen * sizeof c->q[0]);
+    else
+        ws_conn_queue_release(c);
+}
+
+/* Writes what the socket takes right now, without a write request; returns
+ * the bytes written or a libuv error. The fan-out profile (tests/perf/
+ * fanout_profile.py) showed libuv's request path costing more per delivery
+ * than chatd's own code: a completion callback on the next turn and an
+ * epoll_ctl re-arming the fd after every write. A socket with room, the
+ * usual case, now takes a loop turn's frames in one writev and nothing else. */
+static int ws_conn_write_now(ws_conn_t *c, uv_buf_t *bufs, unsigned *n)
+{
+    if (c->tcp->write_queue_size)
+        return 0; /* libuv still holds bytes: keep the order */
+    int r = uv_try_write((uv_stream_t *)c->tcp, bufs, *n);
+    if (r == UV_EAGAIN)
+        return 0;
+    if (r <= 0)
+        return r;
+    metric_add(ws_m.bytes_out, (double)r);
+    metric_inc(ws_m.writes);
+    c->queued -= (size_t)r;
+    size_t off = (size_t)r;
+    unsigned k = 0;
+    while (k < *n && off >= bufs[k].len) {
+        off -= bufs[k].len;
+        ws_frame_unref(c->q[k++]);
+    }
+    ws_conn_queue_shift(c, k);
+    *n -= k;
+    memmove(bufs, bufs + k, *n * sizeof bufs[0]);
+    if (*n) { /* the socket is full partway through a frame */
+        bufs[0].base += off;
+        bufs[0].len -= off;
+    }
+    return r;
+}
+
+/* One writev with up to IOV_MAX queued frames: directly if the socket takes
+ * them all, else what is left through a libuv write request. */
 static void ws_conn_write(ws_conn_t *c)
 {
     static uv_buf_t bufs[IOV_MAX]; /* uv_write copies them */
     if (c->state == WS_CLOSED || c->inflight || c->qlen == 0)
         return;
     unsigned n = c->qlen < IOV_MAX ? c->qlen : IOV_MAX;
-    struct ws_write *w = malloc(sizeof *w + n * sizeof w->frames[0]);
+    for (unsigned i = 0; i < n; i++)
+        bufs[i] = uv_buf_init((char *)c->q[i]->data, (unsigned)c->q[i]->len);
+    int r = ws_conn_write_now(c, bufs, &n);
+    if (r < 0) {
+        log_debug("ws_write_failed", "peer=%s err=%s", ws_conn_peer(c), uv_err_name(r));
+        ws_conn_cut(c, 0);
+        return;
+    }
+    if (n == 0) {
+        if (c->qlen) /* more than IOV_MAX frames: the rest next turn */
+            ws_conn_mark_dirty(c);
+        return;
+    }
+    struct ws_write *w = n <= WS_QCAP_POOLED ? ws_pool_get(&ws_wpool)
+                                             : malloc(sizeof *w + n * sizeof w->frames[0]);
     if (!w) {
         ws_conn_cut(c, 1011);
         return;
@@ -349,16 +451,14 @@ static void ws_conn_write(ws_conn_t *c)
     w->bytes = 0;
     for (unsigned i = 0; i < n; i++) {
         w->frames[i] = c->q[i];
-        bufs[i] = uv_buf_init((char *)c->q[i]->data, (unsigned)c->q[i]->len);
-        w->bytes += c->q[i]->len;
+        w->bytes += bufs[i].len;
     }
-    c->qlen -= n;
-    memmove(c->q, c->q + n, c->qlen * sizeof c->q[0]);
-    int r = uv_write(&w->req, (uv_stream_t *)c->tcp, bufs, n, ws_write_cb);
+    ws_conn_queue_shift(c, n);
+    r = uv_write(&w->req, (uv_stream_t *)c->tcp, bufs, n, ws_write_cb);
     if (r < 0) {
         c->queued -= w->bytes;
         ws_write_free(w);
-        log_debug("ws_write_failed", "peer=%s err=%s", c->peer, uv_err_name(r));
+        log_debug("ws_write_failed", "peer=%s err=%s", ws_conn_peer(c), uv_err_name(r));
         ws_conn_cut(c, 0);
         return;
     }
@@ -366,38 +466,44 @@ static void ws_conn_write(ws_conn_t *c)
     metric_inc(ws_m.writes);
 }
 
-/* ---- wslay glue ---- */
+/* ---- control frames, input ---- */
 
-static ssize_t ws_wslay_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                             void *user)
+/* A server control frame (unmasked): ping, pong, close. */
+static int ws_conn_queue_control(ws_conn_t *c, int opcode, const void *data, size_t len)
 {
-    ws_conn_t *c = ws_conn_from(user);
-    (void)flags;
-    if (c->in_len == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
+    uint8_t hdr[10];
+    size_t hlen = ws_frame_header(hdr, len, opcode);
+    ws_frame_t *f = ws_frame_alloc(hlen + len);
+    if (!f) {
+        ws_conn_cut(c, 1011);
+        return ERR_NOMEM;
     }
-    size_t n = len < c->in_len ? len : c->in_len;
-    memcpy(buf, c->in, n);
-    c->in += n;
-    c->in_len -= n;
-    return (ssize_t)n;
+    memcpy(f->data, hdr, hlen);
+    if (len)
+        memcpy(f->data + hlen, data, len);
+    return ws_conn_enqueue(c, f);
 }
 
-/* wslay's own frames (pong, close) join the queue behind ours, whole. */
-static ssize_t ws_wslay_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
-                             int flags, void *user)
+/* Queues our close frame (once). code 1005 means "no code": empty payload. */
+static void ws_conn_queue_close(ws_conn_t *c, uint16_t code, const char *reason, size_t rlen)
 {
-    ws_conn_t *c = ws_conn_from(user);
-    (void)flags;
-    ws_frame_t *f = ws_frame_raw(data, len);
-    if (!f || ws_conn_enqueue(c, f) != 0) {
-        if (!f)
-            ws_conn_cut(c, 1011);
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
+    if (c->close_tx || c->state == WS_CLOSED)
+        return;
+    uint8_t body[125];
+    size_t n = 0;
+    if (code != 1005) {
+        if (rlen > 123) /* control frame payload limit; cut on a UTF-8 boundary */
+            for (rlen = 123; rlen > 0 && ((unsigned char)reason[rlen] & 0xc0) == 0x80;)
+                rlen--;
+        body[0] = (uint8_t)(code >> 8);
+        body[1] = (uint8_t)code;
+        if (rlen)
+            memcpy(body + 2, reason, rlen);
+        n = 2 + rlen;
     }
-    return (ssize_t)len;
+    c->close_tx = 1;
+    c->tx_code = code;
+    ws_conn_queue_control(c, WS_OP_CLOSE, body, n);
 }
 
 static void ws_conn_enter_closing(ws_conn_t *c, uint16_t code)
@@ -407,82 +513,79 @@ static void ws_conn_enter_closing(ws_conn_t *c, uint16_t code)
     c->state = WS_CLOSING;
     if (!c->code)
         c->code = code;
-    c->deadline = uv_now(ws_g.loop) + WS_CLOSE_WAIT_MS;
+    c->timer_at = uv_now(ws_g.loop) + WS_CLOSE_WAIT_MS;
     ws_conn_mark_dirty(c);
 }
 
 /* The peer broke the protocol: close with code, read nothing more. */
 static void ws_conn_protocol_close(ws_conn_t *c, uint16_t code, const char *reason)
 {
+    c->rd_off = 1;
     if (c->state != WS_OPEN)
         return;
-    log_info("ws_protocol_close", "peer=%s code=%u reason=%s", c->peer, code, log_q(reason, strlen(reason)));
+    log_info("ws_protocol_close", "peer=%s code=%u reason=%s", ws_conn_peer(c), code, log_q(reason, strlen(reason)));
     metric_inc(ws_m.protocol);
-    wslay_event_queue_close(c->wslay, code, (const uint8_t *)reason, strlen(reason));
-    wslay_event_shutdown_read(c->wslay);
+    ws_conn_queue_close(c, code, reason, strlen(reason));
     ws_conn_enter_closing(c, code);
 }
 
-static void ws_wslay_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
-                            void *user)
+static const char *ws_close_reason(int code)
+{
+    switch (code) {
+    case 1007: return "invalid utf-8";
+    case 1009: return "message too big";
+    case 1011: return "out of memory";
+    default: return "protocol error";
+    }
+}
+
+/* One message or control frame from the parser. Non-zero stops the parse. */
+static int ws_conn_on_frame(void *user, int opcode, uint8_t *data, size_t len)
 {
     ws_conn_t *c = ws_conn_from(user);
     metric_inc(ws_m.frames_in);
-    if (arg->opcode == WSLAY_PING) {
-        /* wslay queued the pong; move it now so it goes ahead of the data
-         * frames the rest of this read produces. */
-        if (wslay_event_send(ctx) != 0)
-            ws_conn_cut(c, 1011);
-    } else if (arg->opcode == WSLAY_BINARY_FRAME) {
+    switch (opcode) {
+    case WS_OP_TEXT:
+        if (c->state == WS_OPEN)
+            c->cb->on_text(c, (const char *)data, len, c->user);
+        break;
+    case WS_OP_BINARY:
         ws_conn_protocol_close(c, 1003, "binary frames are not supported");
-    } else if (arg->opcode == WSLAY_TEXT_FRAME && c->state == WS_OPEN) {
-        /* wslay checks UTF-8 too; this guards on_text against any wslay build. */
-        if (!ws_utf8_valid(arg->msg, arg->msg_length))
-            ws_conn_protocol_close(c, 1007, "invalid utf-8");
-        else
-            c->cb.on_text(c, arg->msg ? (const char *)arg->msg : "", arg->msg_length, c->user);
+        return -1;
+    case WS_OP_PING: /* answered in turn: ahead of the replies to later frames */
+        if (c->state == WS_OPEN)
+            ws_conn_queue_control(c, WS_OP_PONG, data, len);
+        break;
+    case WS_OP_CLOSE:
+        c->close_rx = 1;
+        c->rx_code = len >= 2 ? (uint16_t)(data[0] << 8 | data[1]) : 1005;
+        c->rd_off = 1;
+        /* Echo the peer's code and reason (RFC 6455 5.5.1) unless ours is
+         * out already. */
+        ws_conn_queue_close(c, c->rx_code, len > 2 ? (const char *)data + 2 : NULL, len > 2 ? len - 2 : 0);
+        ws_conn_enter_closing(c, 0);
+        return -1;
+    default: /* pong: the read itself counted as liveness */
+        break;
     }
-    /* Close: wslay queued the echo. Pong: the read itself counted as
-     * liveness. */
-}
-
-static const struct wslay_event_callbacks ws_wslay_callbacks = {
-    .recv_callback = ws_wslay_recv,
-    .send_callback = ws_wslay_send,
-    .on_msg_recv_callback = ws_wslay_on_msg,
-};
-
-/* Moves wslay's pending output (pong, close) into our queue. */
-static void ws_conn_pump(ws_conn_t *c)
-{
-    if (c->state != WS_CLOSED && wslay_event_want_write(c->wslay) && wslay_event_send(c->wslay) != 0)
-        ws_conn_cut(c, 1011);
+    return c->state == WS_CLOSED ? -1 : 0;
 }
 
 /* ---- input ---- */
 
-static void ws_conn_feed(ws_conn_t *c, const uint8_t *data, size_t len)
+static void ws_conn_feed(ws_conn_t *c, uint8_t *data, size_t len)
 {
     c->last_rx = uv_now(ws_g.loop);
-    c->ping_at = 0;
+    if (c->state == WS_OPEN)
+        c->timer_at = 0; /* any frame answers our ping */
     metric_add(ws_m.bytes_in, (double)len);
-    if (c->state == WS_CLOSED || !wslay_event_get_read_enabled(c->wslay))
-        return; /* closing after a protocol error: drain */
-    c->in = data;
-    c->in_len = len;
-    int r = wslay_event_recv(c->wslay);
-    c->in = NULL;
-    c->in_len = 0;
-    if (r != 0) {
-        log_warn("ws_recv_failed", "peer=%s err=%d", c->peer, r);
-        ws_conn_cut(c, 1011);
-        return;
-    }
-    /* wslay stops reading when it queued a close: the peer's close echoed, or
-     * a protocol error (1002, 1007, 1009) it found itself. */
-    if (c->state == WS_OPEN && !wslay_event_get_read_enabled(c->wslay))
-        ws_conn_enter_closing(c, 0);
-    ws_conn_pump(c);
+    if (c->state == WS_CLOSED || c->rd_off)
+        return; /* closing after a protocol error or the peer's close: drain */
+    int r = ws_parser_feed(&c->rx, data, len, ws_conn_on_frame, c);
+    if (r > 0)
+        ws_conn_protocol_close(c, (uint16_t)r, ws_close_reason(r));
+    if (c->rd_off)
+        ws_parser_free(&c->rx); /* no more input will be parsed */
     ws_conn_maybe_finish(c);
 }
 
@@ -491,12 +594,12 @@ static void ws_conn_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     ws_conn_t *c = ws_conn_from(st->data);
     if (nread < 0) {
         if (c->state == WS_OPEN)
-            log_debug("ws_peer_gone", "peer=%s err=%s", c->peer, uv_err_name((int)nread));
+            log_debug("ws_peer_gone", "peer=%s err=%s", ws_conn_peer(c), uv_err_name((int)nread));
         ws_conn_cut(c, 0);
         return;
     }
     if (nread > 0)
-        ws_conn_feed(c, (const uint8_t *)buf->base, (size_t)nread);
+        ws_conn_feed(c, (uint8_t *)buf->base, (size_t)nread);
 }
 
 static void ws_conn_read_start(ws_conn_t *c)
@@ -505,7 +608,7 @@ static void ws_conn_read_start(ws_conn_t *c)
         return;
     int r = uv_read_start((uv_stream_t *)c->tcp, http_read_alloc_cb, ws_conn_read_cb);
     if (r < 0) {
-        log_warn("ws_read_failed", "peer=%s err=%s", c->peer, uv_err_name(r));
+        log_warn("ws_read_failed", "peer=%s err=%s", ws_conn_peer(c), uv_err_name(r));
         ws_conn_cut(c, 0);
     }
 }
@@ -516,10 +619,10 @@ static uint16_t ws_conn_final_code(ws_conn_t *c)
 {
     if (c->code)
         return c->code;
-    if (wslay_event_get_close_received(c->wslay))
-        return wslay_event_get_status_code_received(c->wslay);
-    if (wslay_event_get_close_sent(c->wslay))
-        return wslay_event_get_status_code_sent(c->wslay);
+    if (c->close_rx)
+        return c->rx_code;
+    if (c->close_tx)
+        return c->tx_code;
     return 1006; /* gone without a close frame */
 }
 
@@ -541,13 +644,14 @@ static void ws_conn_close_cb(uv_handle_t *h)
     }
     ws_g.count--;
     metric_set(ws_m.conns, (double)ws_g.count);
-    log_debug("ws_close", "peer=%s code=%u", c->peer, code);
-    c->cb.on_close(c, code, c->user);
+    log_debug("ws_close", "peer=%s code=%u", ws_conn_peer(c), code);
+    c->cb->on_close(c, code, c->user);
     for (unsigned i = 0; i < c->qlen; i++)
         ws_frame_unref(c->q[i]);
-    free(c->q);
+    if (c->q)
+        ws_conn_queue_release(c);
     free(c->pending);
-    wslay_event_context_free(c->wslay);
+    ws_parser_free(&c->rx);
     free(h);
     c->magic = 0;
     free(c);
@@ -575,9 +679,9 @@ static void ws_shutdown_cb(uv_shutdown_t *req, int status)
  * otherwise send FIN and wait (read_cb sees its close frame or EOF). */
 static void ws_conn_maybe_finish(ws_conn_t *c)
 {
-    if (c->state != WS_CLOSING || c->qlen || c->inflight || !wslay_event_get_close_sent(c->wslay))
+    if (c->state != WS_CLOSING || c->qlen || c->inflight || !c->close_tx)
         return;
-    if (wslay_event_get_close_received(c->wslay)) {
+    if (c->close_rx) {
         ws_conn_cut(c, 0);
         return;
     }
@@ -596,15 +700,7 @@ void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason)
     ws_conn_from(c);
     if (c->state != WS_OPEN)
         return;
-    size_t rlen = reason ? strlen(reason) : 0;
-    if (rlen > 123) { /* control frame payload limit; cut on a UTF-8 boundary */
-        rlen = 123;
-        while (rlen > 0 && ((unsigned char)reason[rlen] & 0xc0) == 0x80)
-            rlen--;
-    }
-    int r = wslay_event_queue_close(c->wslay, code, (const uint8_t *)reason, rlen);
-    if (r != 0)
-        log_warn("ws_close_failed", "peer=%s code=%u err=%d", c->peer, code, r);
+    ws_conn_queue_close(c, code, reason, reason ? strlen(reason) : 0);
     ws_conn_enter_closing(c, code);
 }
 
@@ -623,11 +719,10 @@ static void ws_flush_cb(uv_check_t *h)
             /* Bytes that came with the upgrade request, then the socket. */
             char *p = c->pending;
             c->pending = NULL;
-            ws_conn_feed(c, (const uint8_t *)p, c->pending_len);
+            ws_conn_feed(c, (uint8_t *)p, c->pending_len);
             free(p);
             ws_conn_read_start(c);
         }
-        ws_conn_pump(c);
         /* Still flagged until here, so frames queued above did not re-list c. */
         c->dirty = 0;
         ws_conn_write(c);
@@ -642,21 +737,19 @@ static void ws_sweep_cb(uv_timer_t *t)
     (void)t;
     uint64_t now = uv_now(ws_g.loop);
     for (ws_conn_t *c = ws_g.conns; c; c = c->next) {
-        if (c->state == WS_CLOSING && now >= c->deadline) {
+        if (c->state == WS_CLOSING && now >= c->timer_at) {
             ws_conn_cut(c, 0);
         } else if (c->state != WS_OPEN) {
             continue;
-        } else if (c->ping_at) {
-            if (now - c->ping_at >= ws_g.lim.pong_timeout_ms) {
-                log_info("ws_pong_timeout", "peer=%s", c->peer);
+        } else if (c->timer_at) {
+            if (now - c->timer_at >= ws_g.lim.pong_timeout_ms) {
+                log_info("ws_pong_timeout", "peer=%s", ws_conn_peer(c));
                 ws_conn_close(c, 1001, "ping timeout");
             }
         } else if (now - c->last_rx >= ws_g.lim.ping_interval_ms) {
-            struct wslay_event_msg ping = { WSLAY_PING, NULL, 0 };
-            if (wslay_event_queue_msg(c->wslay, &ping) == 0) {
-                c->ping_at = now;
-                ws_conn_mark_dirty(c);
-            }
+            ws_frame_ref(ws_g.ping);
+            if (ws_conn_enqueue(c, ws_g.ping) == 0)
+                c->timer_at = now;
         }
     }
 }
@@ -691,6 +784,9 @@ int ws_init(uv_loop_t *loop, const struct ws_limits *limits)
     if (!ws_g.lim.pong_timeout_ms)
         ws_g.lim.pong_timeout_ms = defaults.pong_timeout_ms;
     ws_metrics_register();
+    static const uint8_t ping[2] = { 0x80 | WS_OP_PING, 0 };
+    if (!(ws_g.ping = ws_frame_raw(ping, sizeof ping)))
+        return ERR_NOMEM;
     ws_g.loop = loop;
     /* Housekeeping handles do not keep the loop alive by themselves. */
     uv_check_init(loop, &ws_g.flush);
@@ -715,6 +811,10 @@ void ws_shutdown(void)
     uv_close((uv_handle_t *)&ws_g.flush, NULL);
     uv_close((uv_handle_t *)&ws_g.wake, NULL);
     uv_close((uv_handle_t *)&ws_g.sweep, NULL);
+    ws_pool_drain(&ws_qpool); /* connections still closing return theirs to malloc */
+    ws_pool_drain(&ws_wpool);
+    ws_frame_unref(ws_g.ping); /* queues still holding it keep their references */
+    ws_g.ping = NULL;
     ws_g.loop = NULL;
 }
 
@@ -784,17 +884,22 @@ ws_conn_t *ws_accept(http_req_t *req, const char *hello, size_t hello_len,
         return NULL;
     }
     ws_conn_t *c = calloc(1, sizeof *c);
-    if (!c || wslay_event_context_server_init(&c->wslay, &ws_wslay_callbacks, c) != 0) {
-        free(c);
+    if (!c) {
         http_respond_error(req, 503, "unavailable", "out of memory, try again");
         return NULL;
     }
-    wslay_event_config_set_max_recv_msg_length(c->wslay, ws_g.lim.max_msg);
+    c->rx.max_msg = (uint32_t)ws_g.lim.max_msg;
     c->magic = WS_CONN_MAGIC;
-    c->cb = *cb;
+    c->cb = cb;
     c->user = user;
-    snprintf(c->peer, sizeof c->peer, "%s", http_req_peer(req));
-    c->tcp = http_req_take_socket(req, &c->pending, &c->pending_len); /* req is gone now */
+    const char *peer = http_req_peer(req);
+    if (uv_inet_pton(AF_INET, peer, c->peer_addr) == 0)
+        c->peer_family = AF_INET;
+    else if (uv_inet_pton(AF_INET6, peer, c->peer_addr) == 0)
+        c->peer_family = AF_INET6;
+    size_t pending_len = 0; /* at most one read: the loop-wide buffer's 64 KiB */
+    c->tcp = http_req_take_socket(req, &c->pending, &pending_len); /* req is gone now */
+    c->pending_len = (uint32_t)pending_len;
     c->tcp->data = c;
     c->last_rx = uv_now(ws_g.loop);
     c->next = ws_g.conns;
@@ -848,6 +953,12 @@ int ws_conn_send_text(ws_conn_t *c, const char *data, size_t len)
 
 void *ws_conn_user(const ws_conn_t *c) { return c->user; }
 void ws_conn_set_user(ws_conn_t *c, void *user) { ws_conn_from(c)->user = user; }
-const char *ws_conn_peer(const ws_conn_t *c) { return c->peer; }
+const char *ws_conn_peer(const ws_conn_t *c)
+{
+    static char buf[INET6_ADDRSTRLEN];
+    if (!c->peer_family || uv_inet_ntop(c->peer_family, c->peer_addr, buf, sizeof buf) != 0)
+        return "?";
+    return buf;
+}
 size_t ws_conn_queued_bytes(const ws_conn_t *c) { return c->queued; }
 size_t ws_conn_count(void) { return ws_g.count; }

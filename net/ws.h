@@ -1,12 +1,13 @@
-/* ws: WebSocket connections (RFC 6455) over libuv, framing by wslay.
+/* ws: WebSocket connections (RFC 6455) over libuv.
  *
- * wslay parses client frames (masking, fragmentation, control frames, the
- * message size limit). Outgoing data frames bypass wslay: a server frame is
- * unmasked, so ws_frame_text() encodes header + payload once into a
- * ref-counted ws_frame_t that any number of connections queue by reference
- * (the fan-out path encodes a message once per gateway, not per socket).
- * wslay's own output (pong, close) is copied into the same per-connection
- * queue, so frames leave in the order they were queued.
+ * net/ws_parser.c parses client frames (masking, fragmentation, control
+ * frames, UTF-8, the message size limit) from the loop-wide read buffer, so
+ * an idle connection holds no read buffer. A server frame is unmasked, so
+ * ws_frame_text() encodes header + payload once into a ref-counted
+ * ws_frame_t that any number of connections queue by reference (the fan-out
+ * path encodes a message once per gateway, not per socket). Pong and close
+ * frames join the same per-connection queue, so frames leave in the order
+ * they were queued.
  *
  * Output is flushed once per loop turn (a uv_check handle): everything queued
  * for a socket during one turn goes out in one writev. Each connection counts
@@ -30,6 +31,7 @@
 #include <uv.h>
 
 #include "net/http.h"
+#include "net/ws_parser.h"
 
 typedef struct ws_conn ws_conn_t;
 typedef struct ws_frame ws_frame_t;
@@ -57,7 +59,8 @@ void ws_shutdown(void);
  * socket into a WebSocket connection whose first frame is `hello` (may be
  * NULL). Bytes the client sent after the request are processed. On an invalid
  * handshake it responds 400 (or 426) itself and returns NULL. Finishes req
- * either way. */
+ * either way. cb is kept by reference: it must outlive the connection (a
+ * static const struct). */
 ws_conn_t *ws_accept(http_req_t *req, const char *hello, size_t hello_len,
                      const struct ws_callbacks *cb, void *user);
 
@@ -77,6 +80,7 @@ void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason);
 
 void *ws_conn_user(const ws_conn_t *c);
 void ws_conn_set_user(ws_conn_t *c, void *user);
+/* The peer address as text, in a static buffer valid until the next call. */
 const char *ws_conn_peer(const ws_conn_t *c);
 size_t ws_conn_queued_bytes(const ws_conn_t *c);
 size_t ws_conn_count(void);
@@ -84,8 +88,6 @@ size_t ws_conn_count(void);
 /* Exposed for unit tests (pure functions). */
 /* Computes Sec-WebSocket-Accept (28 chars + NUL) for a client key. */
 int ws_accept_key(const char *client_key, char out[29]);
-/* 1 if s[0..len) is valid UTF-8 (RFC 3629: no overlongs, no surrogates). */
-int ws_utf8_valid(const unsigned char *s, size_t len);
 /* Writes a server (unmasked) text frame header for len bytes; returns its size (2, 4 or 10). */
 size_t ws_frame_header(uint8_t out[10], size_t len, int opcode);
 

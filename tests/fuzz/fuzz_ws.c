@@ -8,6 +8,15 @@
  *
  * ws_frame_header: the first 8 bytes are a payload length, the 9th an
  * opcode; the header must be the shortest RFC 6455 encoding of that length.
+ *
+ * ws_parser_feed (net/ws_parser.c, the client-frame parser): byte 0 picks a
+ * chunk size, byte 1 the message limit, the rest is a client byte stream.
+ * The stream is parsed whole and in chunks: both must give the same result
+ * and the same deliveries, and every delivery must respect RFC 6455 (valid
+ * opcode, control payload <= 125 bytes, text and close reasons well-formed
+ * UTF-8 by the reference above, close codes a peer may send, messages within
+ * the limit). The result is 0 or one of the documented close codes; ASan's
+ * leak check sees the buffers of a message left unfinished.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +25,7 @@
 #include <string.h>
 
 #include "net/ws.h"
+#include "net/ws_parser.h"
 
 #define CHECK(cond) do { if (!(cond)) fuzz_fail(#cond, __LINE__); } while (0)
 static void fuzz_fail(const char *what, int line)
@@ -94,6 +104,91 @@ static void check_header(const uint8_t *data, size_t size)
     CHECK(got == (uint64_t)slen);
 }
 
+struct parse_log {
+    uint32_t max_msg;
+    unsigned events;
+    uint64_t hash; /* FNV-1a over (opcode, length, payload) of every delivery */
+};
+
+static void hash_bytes(uint64_t *h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        *h = (*h ^ b[i]) * 0x100000001b3ull;
+}
+
+static int on_frame(void *user, int opcode, uint8_t *d, size_t len)
+{
+    struct parse_log *l = user;
+    CHECK(d != NULL);
+    switch (opcode) {
+    case WS_OP_TEXT:
+        CHECK(ref_utf8_valid(d, len));
+        /* fall through */
+    case WS_OP_BINARY:
+        CHECK(len <= l->max_msg);
+        break;
+    case WS_OP_CLOSE:
+        CHECK(len != 1 && len <= 125);
+        if (len >= 2) {
+            unsigned code = (unsigned)d[0] << 8 | d[1];
+            CHECK((code >= 1000 && code <= 1014 && code != 1004 && code != 1005 && code != 1006) ||
+                  (code >= 3000 && code <= 4999));
+            CHECK(ref_utf8_valid(d + 2, len - 2));
+        }
+        break;
+    case WS_OP_PING:
+    case WS_OP_PONG:
+        CHECK(len <= 125);
+        break;
+    default:
+        CHECK(!"unexpected opcode");
+    }
+    l->events++;
+    hash_bytes(&l->hash, &opcode, sizeof opcode);
+    hash_bytes(&l->hash, &len, sizeof len);
+    hash_bytes(&l->hash, d, len);
+    return 0;
+}
+
+static int parse(const uint8_t *data, size_t size, size_t step, uint32_t max_msg, struct parse_log *l)
+{
+    /* A private copy: the parser unmasks in place. */
+    uint8_t *buf = malloc(size ? size : 1);
+    CHECK(buf != NULL);
+    memcpy(buf, data, size);
+    ws_parser_t p = { .max_msg = max_msg };
+    l->max_msg = max_msg;
+    l->events = 0;
+    l->hash = 0xcbf29ce484222325ull;
+    int r = 0;
+    for (size_t off = 0; off < size && r == 0; off += step) {
+        size_t n = size - off < step ? size - off : step;
+        r = ws_parser_feed(&p, buf + off, n, on_frame, l);
+    }
+    ws_parser_free(&p);
+    free(buf);
+    return r;
+}
+
+static void check_parser(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return;
+    size_t step = data[0] & 0x0f ? data[0] & 0x0f : 1;
+    uint32_t max_msg = 16 + (uint32_t)data[1] * 4; /* 16..1036: 1009 is reachable */
+    data += 2, size -= 2;
+    struct parse_log whole, parts;
+    int rw = parse(data, size, size ? size : 1, max_msg, &whole);
+    int rp = parse(data, size, step, max_msg, &parts);
+    CHECK(rw == 0 || rw == 1002 || rw == 1007 || rw == 1009);
+    if (rw != rp || whole.events != parts.events || whole.hash != parts.hash) {
+        fprintf(stderr, "fuzz_ws: whole: r=%d events=%u, in %zu-byte chunks: r=%d events=%u\n", rw,
+                whole.events, step, rp, parts.events);
+        abort();
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* A copy of exactly size bytes, so ASan sees any read past the end. */
@@ -110,5 +205,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(s);
     check_header(data, size);
+    check_parser(data, size);
     return 0;
 }

@@ -1,4 +1,4 @@
-/* test_net: net/http + net/ws.
+/* test_net: net/http + net/ws + net/ws_parser.
  *
  * Pure functions with byte arrays, then end to end on 127.0.0.1:0: the server
  * runs its libuv loop in a second thread; the test thread is a plain blocking
@@ -103,6 +103,196 @@ static void test_frame_header(void **state)
     ws_frame_ref(f);
     ws_frame_unref(f);
     ws_frame_unref(f);
+}
+
+/* ---- the frame parser (net/ws_parser.c), pure ---- */
+
+/* Events as text: "op:payload;" per delivered frame, so a feed split any
+ * way must produce the same string. */
+struct tp_log {
+    char s[1024];
+    size_t n;
+};
+
+static int tp_cb(void *user, int opcode, uint8_t *data, size_t len)
+{
+    struct tp_log *l = user;
+    int w = snprintf(l->s + l->n, sizeof l->s - l->n, "%d:%.*s;", opcode, (int)len, (const char *)data);
+    assert_true(w > 0 && (size_t)w < sizeof l->s - l->n);
+    l->n += (size_t)w;
+    return 0;
+}
+
+/* Appends one masked client frame; returns its size. */
+static size_t tp_frame(uint8_t *out, int fin, int opcode, const void *payload, size_t len)
+{
+    static const uint8_t mask[4] = { 0xa1, 0x05, 0x7e, 0x33 };
+    size_t h = ws_frame_header(out, len, opcode);
+    if (!fin)
+        out[0] &= 0x7f;
+    out[1] |= 0x80;
+    memcpy(out + h, mask, 4);
+    for (size_t i = 0; i < len; i++)
+        out[h + 4 + i] = ((const uint8_t *)payload)[i] ^ mask[i % 4];
+    return h + 4 + len;
+}
+
+/* Feeds data[0..len) in pieces of at most step bytes (a copy: it is unmasked
+ * in place); returns the parser's result. */
+static int tp_feed(ws_parser_t *p, const uint8_t *data, size_t len, size_t step, struct tp_log *l)
+{
+    uint8_t *copy = malloc(len ? len : 1);
+    assert_non_null(copy);
+    memcpy(copy, data, len);
+    int r = 0;
+    for (size_t off = 0; off < len && r == 0; off += step)
+        r = ws_parser_feed(p, copy + off, len - off < step ? len - off : step, tp_cb, l);
+    free(copy);
+    return r;
+}
+
+static void test_parser_splits(void **state)
+{
+    (void)state;
+    uint8_t s[2048];
+    size_t n = 0;
+    static char big[300];
+    memset(big, 'b', sizeof big);
+    n += tp_frame(s + n, 1, 1, "hello", 5);
+    n += tp_frame(s + n, 1, 1, "", 0);
+    n += tp_frame(s + n, 0, 1, "fr", 2);           /* fragmented, a ping between */
+    n += tp_frame(s + n, 1, 9, "pi", 2);
+    n += tp_frame(s + n, 0, 0, "", 0);
+    n += tp_frame(s + n, 1, 0, "ag\xc3\xa9", 4);
+    n += tp_frame(s + n, 1, 2, "\xff", 1);          /* binary: delivered, not judged */
+    n += tp_frame(s + n, 1, 1, big, sizeof big);     /* 16-bit length */
+    n += tp_frame(s + n, 1, 10, "", 0);
+    n += tp_frame(s + n, 1, 8, "\x03\xe8ok", 4);
+    struct tp_log want = { .n = 0 };
+    ws_parser_t p = { .max_msg = 1024 };
+    assert_int_equal(tp_feed(&p, s, n, n, &want), 0);
+    assert_null(p.msg); /* whole frames are delivered from the input, nothing kept */
+    char expect[1024];
+    snprintf(expect, sizeof expect, "1:hello;1:;9:pi;1:frag\xc3\xa9;2:\xff;1:%.*s;10:;8:\x03\xe8ok;",
+             (int)sizeof big, big);
+    assert_string_equal(want.s, expect);
+    for (size_t step = 1; step < n; step++) {
+        struct tp_log got = { .n = 0 };
+        ws_parser_t q = { .max_msg = 1024 };
+        assert_int_equal(tp_feed(&q, s, n, step, &got), 0);
+        assert_string_equal(got.s, want.s);
+        assert_null(q.msg); /* freed after each message */
+        assert_null(q.ctl);
+        ws_parser_free(&q);
+    }
+    /* Every two-piece split. */
+    for (size_t cut = 1; cut < n; cut++) {
+        struct tp_log got = { .n = 0 };
+        ws_parser_t q = { .max_msg = 1024 };
+        uint8_t *copy = malloc(n);
+        memcpy(copy, s, n);
+        assert_int_equal(ws_parser_feed(&q, copy, cut, tp_cb, &got), 0);
+        assert_int_equal(ws_parser_feed(&q, copy + cut, n - cut, tp_cb, &got), 0);
+        free(copy);
+        assert_string_equal(got.s, want.s);
+        ws_parser_free(&q);
+    }
+}
+
+/* Returns the result of feeding one crafted byte string. */
+static int tp_result(const uint8_t *data, size_t len, uint32_t max_msg)
+{
+    struct tp_log l = { .n = 0 };
+    ws_parser_t p = { .max_msg = max_msg };
+    int r = tp_feed(&p, data, len, len ? len : 1, &l);
+    ws_parser_free(&p);
+    return r;
+}
+
+static void test_parser_errors(void **state)
+{
+    (void)state;
+    uint8_t f[1024];
+    size_t n;
+    static const uint8_t unmasked[] = { 0x81, 0x02, 'h', 'i' };
+    assert_int_equal(tp_result(unmasked, 2, 1024), 1002); /* refused at its 2nd byte */
+    n = tp_frame(f, 1, 1, "x", 1);
+    f[0] |= 0x40; /* RSV1 without an extension */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 3, "x", 1); /* reserved opcode */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 0xb, "x", 1);
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 0, 9, "x", 1); /* fragmented ping */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    static char c126[126];
+    n = tp_frame(f, 1, 9, c126, sizeof c126); /* control over 125 */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 0, "x", 1); /* continuation of nothing */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 0, 1, "a", 1);
+    n += tp_frame(f + n, 1, 1, "b", 1); /* new message inside a fragmented one */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    static const uint8_t msb[] = { 0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4 };
+    assert_int_equal(tp_result(msb, sizeof msb, 1024), 1002);
+    /* 1009 from the header alone: no payload byte sent. */
+    static const uint8_t huge[] = { 0x81, 0xfe, 0x04, 0x01, 1, 2, 3, 4 };
+    assert_int_equal(tp_result(huge, sizeof huge, 1024), 1009);
+    static char frag[600];
+    memset(frag, 'f', sizeof frag);
+    n = tp_frame(f, 0, 1, frag, 300);
+    assert_int_equal(tp_result(f, n, 512), 0);
+    n += tp_frame(f + n, 1, 0, frag, 300); /* 600 in all */
+    assert_int_equal(tp_result(f, n, 512), 1009);
+    n = tp_frame(f, 1, 1, "\xc3\x28", 2);
+    assert_int_equal(tp_result(f, n, 1024), 1007);
+    n = tp_frame(f, 0, 1, "\xc3", 1); /* a character split over fragments is fine */
+    n += tp_frame(f + n, 1, 0, "\xa9", 1);
+    assert_int_equal(tp_result(f, n, 1024), 0);
+    n = tp_frame(f, 0, 1, "\xc3", 1);
+    n += tp_frame(f + n, 1, 0, "(", 1);
+    assert_int_equal(tp_result(f, n, 1024), 1007);
+    n = tp_frame(f, 1, 8, "\x03", 1); /* close payload of 1 byte */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 8, "\x03\xed", 2); /* 1005 may not be sent */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 8, "\x03\xe7", 2); /* 999 */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 8, "\x13\x88", 2); /* 5000 */
+    assert_int_equal(tp_result(f, n, 1024), 1002);
+    n = tp_frame(f, 1, 8, "\x0f\xa0", 2); /* 4000: application range */
+    assert_int_equal(tp_result(f, n, 1024), 0);
+    n = tp_frame(f, 1, 8, "\x03\xe8\xff", 3); /* reason not UTF-8 */
+    assert_int_equal(tp_result(f, n, 1024), 1007);
+}
+
+static int tp_len_cb(void *user, int opcode, uint8_t *data, size_t len)
+{
+    (void)data;
+    assert_int_equal(opcode, 1);
+    *(size_t *)user += len;
+    return 0;
+}
+
+/* A peer that announces a long frame and trickles it holds only what it sent. */
+static void test_parser_memory_follows_bytes(void **state)
+{
+    (void)state;
+    static char payload[60000];
+    memset(payload, 'z', sizeof payload);
+    uint8_t *f = malloc(sizeof payload + 14);
+    size_t n = tp_frame(f, 1, 1, payload, sizeof payload);
+    size_t got = 0;
+    ws_parser_t p = { .max_msg = 65536 };
+    assert_int_equal(ws_parser_feed(&p, f, 8 + 10, tp_len_cb, &got), 0); /* header + 10 bytes */
+    assert_non_null(p.msg);
+    assert_true(p.msg_cap <= 256);
+    assert_int_equal(got, 0);
+    assert_int_equal(ws_parser_feed(&p, f + 18, n - 18, tp_len_cb, &got), 0);
+    assert_null(p.msg);
+    assert_int_equal(got, sizeof payload);
+    free(f);
+    ws_parser_free(&p);
 }
 
 /* ---- the server under test (runs on the loop thread) ---- */
@@ -693,6 +883,9 @@ int main(void)
         cmocka_unit_test(test_accept_key_rfc6455),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_frame_header),
+        cmocka_unit_test(test_parser_splits),
+        cmocka_unit_test(test_parser_errors),
+        cmocka_unit_test(test_parser_memory_follows_bytes),
     };
     const struct CMUnitTest e2e[] = {
         cmocka_unit_test(test_http_split_every_offset),
