@@ -263,6 +263,25 @@ class Cluster:
 
     # -- observation
 
+    def receive_offsets(self, partitions=(0, 1)):
+        """End offset of each chat-receive partition (kcat -Q, latest), read
+        from the embedded broker: how many records each gateway was sent."""
+        with open(os.path.join(self.dir, "bootstrap")) as f:
+            brokers = f.read().strip()
+        args = ["kcat", "-b", brokers, "-Q"]
+        for p in partitions:
+            args += ["-t", f"chat-receive:{p}:-1"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout
+        ends = {}
+        for line in out.splitlines():
+            # chat-receive [1] offset 3
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "chat-receive" and parts[2] == "offset":
+                ends[int(parts[1].strip("[]"))] = int(parts[3])
+        missing = set(partitions) - set(ends)
+        assert not missing, f"kcat -Q gave no offset for partitions {missing}: {out!r}"
+        return ends
+
     def metrics(self, name):
         return chatlib.read_metrics(self.ports[name])
 
