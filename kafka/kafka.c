@@ -20,6 +20,10 @@
 #define KAFKA_DRAIN_MAX 10000
 /* Shutdown: how long to wait for delivery reports of purged messages. */
 #define KAFKA_PURGE_WAIT_MS 1000
+/* librdkafka 2.0.2 aborts when a cooperative-sticky member that joined is
+ * destroyed before its first assignment (fixed upstream in 2.3.0, #4381):
+ * close waits this long for one. */
+#define KAFKA_FIRST_ASSIGN_WAIT_MS 5000
 
 #define KAFKA_PRODUCER_MAGIC 0x4b50524fu
 #define KAFKA_CONSUMER_MAGIC 0x4b434f4eu
@@ -281,6 +285,14 @@ static int kafka_stats_healthy(const cJSON *root)
             return 1;
     }
     return 0;
+}
+
+/* The group member holds its assignment (possibly empty). */
+static int kafka_stats_steady(const cJSON *root)
+{
+    const cJSON *cgrp = cJSON_GetObjectItemCaseSensitive(root, "cgrp");
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(cgrp, "join_state");
+    return cJSON_IsString(js) && strcmp(js->valuestring, "steady") == 0;
 }
 
 static int64_t kafka_stats_num(const cJSON *o, const char *name)
@@ -678,6 +690,7 @@ struct kafka_consumer {
     size_t n_batch;
     struct kafka_parts own;
     int held, closing, dispatching, healthy, fatal;
+    int assigned_once;           /* a first assignment completed (group) */
     int64_t lag;
 };
 
@@ -778,6 +791,7 @@ static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *e
             error = rd_kafka_incremental_assign(c->rk, parts);
         else
             rd_kafka_assign(c->rk, parts);
+        c->assigned_once = 1;
         for (int i = 0; i < parts->cnt; i++)
             if (strcmp(parts->elems[i].topic, c->topic) == 0)
                 kafka_parts_add(&c->own, parts->elems[i].partition);
@@ -831,6 +845,8 @@ static void kafka_consumer_on_event(kafka_consumer_t *c, rd_kafka_event_t *ev)
             c->healthy = kafka_stats_healthy(root) &&
                          (c->group || kafka_stats_fetching(root, c->topic, &c->own));
             c->lag = kafka_stats_lag(root, c->topic, &c->own);
+            if (c->group && kafka_stats_steady(root))
+                c->assigned_once = 1; /* an empty assignment has no event */
             if (c->lag >= 0)
                 metric_set(kafka_m.lag[c->group], (double)c->lag);
             cJSON_Delete(root);
@@ -1069,6 +1085,24 @@ int64_t kafka_consumer_lag(const kafka_consumer_t *c)
     return c->lag;
 }
 
+/* Shutdown only, blocking (bounded): see KAFKA_FIRST_ASSIGN_WAIT_MS. */
+static void kafka_consumer_await_assignment(kafka_consumer_t *c)
+{
+    uint64_t deadline = uv_hrtime() + (uint64_t)KAFKA_FIRST_ASSIGN_WAIT_MS * 1000000;
+    log_info("kafka_close_awaits_assignment", "client=%s", rd_kafka_name(c->rk));
+    while (!c->assigned_once && uv_hrtime() < deadline) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(c->pump.q, 100);
+        if (!ev)
+            continue;
+        if (rd_kafka_event_type(ev) != RD_KAFKA_EVENT_FETCH) /* records: re-read by the next owner */
+            kafka_consumer_on_event(c, ev);
+        rd_kafka_event_destroy(ev);
+    }
+    if (!c->assigned_once)
+        log_warn("kafka_close_unassigned", "client=%s waited_ms=%d", rd_kafka_name(c->rk),
+                 KAFKA_FIRST_ASSIGN_WAIT_MS);
+}
+
 void kafka_consumer_close(kafka_consumer_t *c)
 {
     if (!c)
@@ -1082,6 +1116,8 @@ void kafka_consumer_close(kafka_consumer_t *c)
         rd_kafka_event_destroy(c->batch_ev[i]);
     c->n_batch = 0;
     rd_kafka_queue_io_event_enable(c->pump.q, -1, NULL, 0);
+    if (c->group && !c->assigned_once)
+        kafka_consumer_await_assignment(c);
     rd_kafka_resp_err_t err = rd_kafka_consumer_close(c->rk);
     if (err)
         log_warn("kafka_consumer_close_failed", "client=%s err=%s", rd_kafka_name(c->rk),

@@ -3,6 +3,8 @@ drains, /readyz is 503 and new upgrades get 503 (the listener stays open);
 its clients are closed with 1012; it exits 0 within --drain; its clients
 reconnect to the other gateway and recover by `sync`."""
 import asyncio
+import signal
+import time
 
 import checker
 import harness
@@ -67,3 +69,24 @@ def test_gateway_sigterm(make_cluster):
         await run.close()
         res.assert_ok()
     harness.run_bounded(body(), 120)
+
+
+def test_classifier_sigterm_while_joining(make_cluster):
+    """A classifier SIGTERMed while it joins the consumer group exits 0.
+    librdkafka 2.0.2 aborts when a cooperative-sticky member is destroyed
+    after its JoinGroup and before its first assignment (fixed in 2.3.0):
+    chatd's close waits (bounded) for that assignment. Without the wait this
+    aborted at one of these delays on the project's machine."""
+    c = make_cluster(n_gw=1)
+    exits = []
+    for delay in (1.2, 1.5, 1.8, 2.1, 2.4, 2.7):
+        c.kill("classifier1")
+        time.sleep(3)   # the group settles on classifier0 alone
+        p = c.restart("classifier1", wait=False)
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        p.wait_exit(25)
+        exits.append((delay, p.p.returncode, round(time.monotonic() - t0, 1)))
+    print(f"(delay s, exit code, exit took s): {exits}")
+    assert all(rc == 0 for _, rc, _ in exits), exits
