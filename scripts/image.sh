@@ -21,6 +21,8 @@
 #   CHATD_IMAGE_CACHE  base tarball + podman storage (default /var/tmp/chatd-image)
 #   CHATD_IMAGE_FRESH  1 = debootstrap a new base even if one is cached
 #   DEBIAN_MIRROR      debootstrap mirror (default http://deb.debian.org/debian)
+#   CHATD_IMAGE_SAVE   also write the image there as a docker-archive tarball
+#                      (for `kind load image-archive`, `docker load`, ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -148,4 +150,8 @@ hc=$(cat "$CACHE/healthcheck.json")
 step "all-in-one smoke test from the image (tests/deploy/image_smoke.py)"
 CHATD_BIN=$wrapper CHATD_IMAGE_ROOT=$root CHATD_IMAGE_HEALTHCHECK=$hc \
     $PY -m pytest -q -p no:cacheprovider tests/deploy/image_smoke.py
+if [ -n "${CHATD_IMAGE_SAVE:-}" ]; then
+    "${P[@]}" save --format docker-archive -o "$CHATD_IMAGE_SAVE" "$IMAGE"
+    step "saved $IMAGE to $CHATD_IMAGE_SAVE"
+fi
 step "done"

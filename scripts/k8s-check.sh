@@ -42,6 +42,10 @@ done
 # production expects chatd-secrets to be created by the operator (docs/DEPLOY.md).
 node "$V/validate.mjs" "$out/local.yaml"
 node "$V/validate.mjs" --external Secret/chatd-secrets "$out/production.yaml"
+if grep -qE 'CHATD_DEV_TOKENS|CHATD_FAULT_INJECTION|kind: Secret$' "$out/production.yaml"; then
+    echo "k8s-check: production render enables dev tokens / fault injection or carries a Secret" >&2
+    exit 1
+fi
 
 # The validator must still catch what it is meant to catch.
 set +e
