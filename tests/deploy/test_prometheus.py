@@ -224,7 +224,8 @@ def test_prometheus_reads_counters_back_after_traffic(cluster, prometheus):
     prometheus.wait_value('count(up{job="chatd"} == 1)', lambda v: v == len(cluster.procs))
     time.sleep(2 * SCRAPE_S + 0.5)
     names = ["chatd_messages_in_total", "chatd_acks_total", "chatd_classifier_messages_total",
-             "chatd_messages_out_total", "chatd_sequence_latency_seconds_count"]
+             "chatd_messages_out_total", "chatd_sequence_latency_seconds_count",
+             "chatd_delivery_latency_seconds_count"]
     start = {n: prometheus.scalar(total(n)) for n in names}
 
     room = uid("prom")
@@ -250,15 +251,20 @@ def test_prometheus_reads_counters_back_after_traffic(cluster, prometheus):
     prometheus.wait_value(total("chatd_messages_out_total"),
                           lambda v: v - start["chatd_messages_out_total"] >= 2 * N_MSGS,
                           what=f"chatd_messages_out_total to grow by >= {2 * N_MSGS}")
+    # One end-to-end observation per destination gateway: a on 0, b on 1.
+    prometheus.wait_value(total("chatd_delivery_latency_seconds_count"),
+                          lambda v: v - start["chatd_delivery_latency_seconds_count"] >= 2 * N_MSGS,
+                          what=f"chatd_delivery_latency_seconds_count to grow by >= {2 * N_MSGS}")
     by_role = {r["metric"]["role"]: float(r["value"][1]) for r in
                prometheus.query('sum by (role) (last_over_time(chatd_messages_in_total[1h]))')}
     assert set(by_role) == {"gateway"}, f"messages_in only on gateways: {by_role}"
 
-    # A latency percentile computed by Prometheus from chatd's buckets.
-    p99 = prometheus.wait_value(
-        'histogram_quantile(0.99, sum by (le) (rate(chatd_sequence_latency_seconds_bucket[1m])))',
-        lambda v: not math.isnan(v), what="p99 sequence latency")
-    assert 0 < p99 < 30, p99
+    # Latency percentiles computed by Prometheus from chatd's buckets.
+    for h in ["chatd_sequence_latency_seconds", "chatd_delivery_latency_seconds"]:
+        p99 = prometheus.wait_value(
+            f'histogram_quantile(0.99, sum by (le) (rate({h}_bucket[1m])))',
+            lambda v: not math.isnan(v), what=f"p99 of {h}")
+        assert 0 < p99 < 30, (h, p99)
 
 
 def dashboard_exprs():
@@ -285,6 +291,6 @@ def test_dashboard_queries_run_on_prometheus(cluster, prometheus):
             empty.append((title, q))
     titles_with_data = {t for t, _ in exprs} - {t for t, _ in empty}
     for must in ["Processes up, by role", "WebSocket connections", "Messages per second",
-                 "End-to-end latency, by stage (p50 / p95 / p99)", "Kafka consumer lag (records)",
+                 "End-to-end latency (p50 / p95 / p99) and its stages (p99)", "Kafka consumer lag (records)",
                  "Errors by code (replies to clients)"]:
         assert must in titles_with_data, f"dashboard panel {must!r} has no data; empty: {empty}"
