@@ -220,8 +220,11 @@ def test_prometheus_reads_counters_back_after_traffic(cluster, prometheus):
     def total(metric):
         return f"sum(last_over_time({metric}[1h]))"
 
-    # Values as Prometheus last saw them, once every target was scraped.
+    # Values as Prometheus last saw them, once every target was scraped and
+    # every earlier send was sequenced (no resends here: the two are equal).
     prometheus.wait_value('count(up{job="chatd"} == 1)', lambda v: v == len(cluster.procs))
+    prometheus.wait_value(f"{total('chatd_messages_in_total')} - {total('chatd_classifier_messages_total')}",
+                          lambda v: v == 0, what="earlier sends all sequenced")
     time.sleep(2 * SCRAPE_S + 0.5)
     names = ["chatd_messages_in_total", "chatd_acks_total", "chatd_classifier_messages_total",
              "chatd_messages_out_total", "chatd_sequence_latency_seconds_count",
