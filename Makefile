@@ -8,6 +8,9 @@
 #   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
 #   make chatbench  build build/chatbench, the load generator (bench/)
+#   make deploy-test promtool check metrics + a real Prometheus scraping a cluster (part of make test)
+#   make k8s-check  render every k8s/ overlay (kubectl kustomize) and validate it offline
+#   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make clean
 
 CC      ?= cc
@@ -34,7 +37,8 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration soak run cluster clean chatbench fuzz fuzz-build fuzz-replay
+.PHONY: all deps test unit integration deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+        image k8s-check
 all: $(BUILD)/chatd
 
 deps:
@@ -80,6 +84,19 @@ unit: $(UNIT_BINS)
 integration: $(BUILD)/chatd
 	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
 
+# /metrics through promtool on every role, naming and label cardinality, then
+# Debian's Prometheus scraping a cluster under traffic (tests/deploy/).
+deploy-test: $(BUILD)/chatd
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/deploy/test_prometheus.py $(PYTEST_ARGS)
+
+# The Dockerfile built with podman (chroot isolation, Debian bases made with
+# debootstrap, cached in /var/tmp/chatd-image) and smoke-tested.
+image:
+	bash scripts/image.sh
+
+k8s-check:
+	bash scripts/k8s-check.sh
+
 # Random faults (gateway/classifier kill, Redis restarted empty, PostgreSQL
 # down, Kafka broker faults) under traffic for DURATION seconds, then the
 # fault checker; not part of `make test`.
@@ -90,6 +107,7 @@ test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) deploy-test
 
 run: deps
 	$(MAKE) all

@@ -84,6 +84,26 @@ char *record_msg_frame(const struct chat_msg *m, size_t *len)
     return jbuf_take(&b, len);
 }
 
+int64_t record_msg_frame_ts(const char *val, size_t len)
+{
+    static const char key[] = ",\"ts\":";
+    size_t end = len, digits = 0;
+    int64_t ts = 0, mul = 1;
+    if (end == 0 || val[end - 1] != '}')
+        return -1;
+    end--;
+    /* 15 digits: the bound record_send_decode puts on ts (< 1e15). */
+    while (end > 0 && val[end - 1] >= '0' && val[end - 1] <= '9' && digits < 15) {
+        ts += (val[end - 1] - '0') * mul;
+        mul *= 10;
+        end--;
+        digits++;
+    }
+    if (digits == 0 || end < sizeof key - 1 || memcmp(val + end - (sizeof key - 1), key, sizeof key - 1))
+        return -1;
+    return ts;
+}
+
 static void record_hex(char *out, const unsigned char *in, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

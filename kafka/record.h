@@ -55,6 +55,10 @@ int record_send_decode(const char *room, size_t room_len, const char *val, size_
 void record_decoded_free(void *owner);
 /* The client frame {"op":"msg",...}: malloc'd, caller frees; NULL on ENOMEM. */
 char *record_msg_frame(const struct chat_msg *m, size_t *len);
+/* The ts of a frame made by record_msg_frame, read from its fixed ending
+ * `,"ts":N}` without parsing the JSON (the gateway's fan-out path); -1 when
+ * the value does not end that way. */
+int64_t record_msg_frame_ts(const char *val, size_t len);
 
 /* Message ids: with a cid the id is derived from (room, user, cid), so a
  * resend gets the same id and the classifier's dedup by id also dedups cids;

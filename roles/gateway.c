@@ -506,6 +506,13 @@ static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, si
         room[rec->key_len] = 0;
         if (rec->ts_ms > 0 && now >= (uint64_t)rec->ts_ms)
             metric_observe(g->m.hop_seconds, (double)(now - (uint64_t)rec->ts_ms) / 1000.0);
+        if (rec->type == REC_MSG) {
+            /* End to end: the sending gateway's receive time (in the frame)
+             * to this fan-out; both are wall clocks, maybe of two nodes. */
+            int64_t sent = record_msg_frame_ts(rec->val, rec->val_len);
+            if (sent > 0 && now >= (uint64_t)sent)
+                metric_observe(g->m.delivery_seconds, (double)(now - (uint64_t)sent) / 1000.0);
+        }
         struct gw_room *r;
         if (rec->type == REC_JOINED)
             gw_member_event(g, rec, room);
@@ -587,6 +594,8 @@ static void gw_metrics_init(gateway_t *g)
     g->m.records = metrics_counter("chatd_gateway_records_total", "chat-receive records consumed", NULL);
     g->m.records_skipped = metrics_counter("chatd_gateway_records_skipped_total", "records of an unknown format version", NULL);
     g->m.hop_seconds = metrics_histogram("chatd_receive_hop_seconds", "classifier produce to gateway consume", NULL);
+    g->m.delivery_seconds = metrics_histogram("chatd_delivery_latency_seconds",
+                                              "message received by a gateway to its fan-out on the destination gateway", NULL);
     g->m.users = metrics_gauge("chatd_users_online", "users with a connection on this gateway", NULL);
     g->m.rooms = metrics_gauge("chatd_rooms_online", "rooms with a member online on this gateway", NULL);
     static const char *const codes[] = { "bad_request", "not_member", "too_large", "rate_limited",

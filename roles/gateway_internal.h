@@ -82,7 +82,7 @@ struct gateway {
         metric_t *handshakes_ok, *handshakes_401, *handshakes_503, *shed;
         metric_t *requests, *sends, *acks, *deliveries, *records, *records_skipped;
         metric_t *errors[13];
-        metric_t *hop_seconds;
+        metric_t *hop_seconds, *delivery_seconds;
         metric_t *users, *rooms;
     } m;
 };

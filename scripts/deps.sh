@@ -10,6 +10,7 @@ PKGS=(
   redis-server postgresql
   python3 python3-pytest python3-websockets python3-redis python3-psycopg2
   curl procps
+  prometheus
   clang libclang-rt-14-dev
   kcat
 )

@@ -273,6 +273,13 @@ static void test_record_roundtrip(void **state)
     snprintf(want, sizeof want,
              "{\"op\":\"msg\",\"room\":\"lobby\",\"seq\":42,\"id\":\"%s\",\"from\":\"amy\",\"cid\":\"c1\",\"text\":\"h\\\"i\\n\",\"ts\":1700000000123}", id);
     assert_string_equal(frame, want);
+    assert_int_equal(record_msg_frame_ts(frame, len), 1700000000123);
+    /* text that looks like the ending does not fool it: the ending is fixed */
+    static const char *const not_frames[] = { "", "}", "{\"ts\":}", "{\"ts\":12}", "{\"x\",\"ts\":12",
+                                              "{\"a\":1,\"ts\":-5}", "{\"a\":1,\"ts\":1234567890123456}" };
+    for (size_t i = 0; i < sizeof not_frames / sizeof *not_frames; i++)
+        assert_int_equal(record_msg_frame_ts(not_frames[i], strlen(not_frames[i])), -1);
+    assert_int_equal(record_msg_frame_ts("{\"a\":1,\"ts\":0}", 14), 0);
     free(frame);
     record_decoded_free(owner);
     free(val);
