@@ -75,6 +75,8 @@ static const char usage[] =
     "  --json FILE              write the report as JSON\n"
     "  --jwt-secret SECRET      sign HS256 tokens (default: $CHATD_JWT_SECRET; if\n"
     "                           neither, tokens come from POST /api/dev/token)\n"
+    "  --proto chatd|socketio   what the clients speak (chatd); socketio drives the\n"
+    "                           Socket.IO peer of bench/peer/ (needs a JWT secret)\n"
     "  --help\n";
 
 /* ---- options ---- */
@@ -174,6 +176,7 @@ static void parse_options(struct conf *c, int argc, char **argv)
         { "connect-concurrency", required_argument, 0, 'C' },
         { "setup-timeout", required_argument, 0, 'T' },
         { "jwt-secret", required_argument, 0, 'S' }, { "help", no_argument, 0, 'h' },
+        { "proto", required_argument, 0, 'x' },
         { 0, 0, 0, 0 },
     };
     char *urls = NULL;
@@ -199,6 +202,16 @@ static void parse_options(struct conf *c, int argc, char **argv)
         case 'T': c->setup_timeout = opt_num("setup-timeout", optarg, 1, 1e6); break;
         case 'j': c->json_path = optarg; break;
         case 'S': snprintf(c->secret, sizeof c->secret, "%s", optarg); break;
+        case 'x':
+            if (strcmp(optarg, "chatd") == 0) {
+                c->proto = PROTO_CHATD;
+            } else if (strcmp(optarg, "socketio") == 0) {
+                c->proto = PROTO_SOCKETIO;
+            } else {
+                fprintf(stderr, "chatbench: --proto: expected chatd or socketio, got \"%s\"\n", optarg);
+                exit(2);
+            }
+            break;
         case 's':
             if (parse_src(c, optarg) < 0) {
                 fprintf(stderr, "chatbench: --source-ips: bad list or range (max %d)\n", CONF_MAX_SRC);
@@ -220,6 +233,11 @@ static void parse_options(struct conf *c, int argc, char **argv)
             exit(2);
         }
         c->ngw++;
+    }
+    if (c->proto == PROTO_SOCKETIO && !c->secret[0]) {
+        fprintf(stderr, "chatbench: --proto=socketio needs --jwt-secret or $CHATD_JWT_SECRET "
+                        "(the peer has no dev tokens)\n");
+        exit(2);
     }
     c->nrooms = (c->clients + c->room_size - 1) / c->room_size;
     for (int r = 0; r < c->nrooms; r++)
@@ -387,11 +405,15 @@ static void print_summary(FILE *f, const struct conf *c, const struct stats *st,
                           const struct hist *ack)
 {
     double win = st->window_s > 0 ? st->window_s : 1;
-    fprintf(f, "chatbench summary: run %s, %d clients in %d rooms of %d, %d senders, %d gateway(s), "
+    fprintf(f, "chatbench summary: run %s (%s), %d clients in %d rooms of %d, %d senders, %d gateway(s), "
                "%d proc(s), rate %g/s, payload %d B\n",
-            c->run, c->clients, c->nrooms, c->room_size, c->nsenders, c->ngw, c->procs, c->rate, c->payload);
+            c->run, c->proto == PROTO_SOCKETIO ? "socketio" : "chatd", c->clients, c->nrooms, c->room_size,
+            c->nsenders, c->ngw, c->procs, c->rate, c->payload);
     fprintf(f, "  setup        %" PRIu64 " of %d clients joined in %.2f s (%" PRIu64 " handshakes)\n",
             st->joined, c->clients, st->setup_s, st->handshakes);
+    fprintf(f, "  connect      %" PRIu64 " of %d clients had a hello in %.2f s (%.0f handshakes/s)\n",
+            st->connected, c->clients, st->connect_s,
+            st->connect_s > 0 ? (double)st->connected / st->connect_s : 0.0);
     fprintf(f, "  window       %.2f s (after %.1f s warmup)\n", st->window_s, c->warmup);
     fprintf(f, "  sent         %" PRIu64 " (%.1f/s; %" PRIu64 " in all phases)\n", st->sent_win,
             (double)st->sent_win / win, st->sent);
@@ -427,13 +449,16 @@ static int write_json(const char *path, const struct conf *c, const struct stats
     if (!f)
         return -1;
     double win = st->window_s > 0 ? st->window_s : 1;
-    fprintf(f, "{\n  \"run\": \"%s\",\n  \"config\": {\"clients\": %d, \"room_size\": %d, \"rooms\": %d, "
+    fprintf(f, "{\n  \"run\": \"%s\",\n  \"config\": {\"proto\": \"%s\", \"clients\": %d, \"room_size\": %d, \"rooms\": %d, "
                "\"senders\": %d, \"rate\": %g, \"duration\": %g, \"warmup\": %g, \"payload\": %d, "
                "\"procs\": %d, \"gateways\": %d, \"source_ips\": %d},\n",
-            c->run, c->clients, c->room_size, c->nrooms, c->nsenders, c->rate, c->duration, c->warmup,
+            c->run, c->proto == PROTO_SOCKETIO ? "socketio" : "chatd", c->clients, c->room_size, c->nrooms, c->nsenders, c->rate, c->duration, c->warmup,
             c->payload, c->procs, c->ngw, c->nsrc);
     fprintf(f, "  \"setup_s\": %.3f, \"joined\": %" PRIu64 ", \"handshakes\": %" PRIu64 ", \"window_s\": %.3f,\n",
             st->setup_s, st->joined, st->handshakes, st->window_s);
+    fprintf(f, "  \"connected\": %" PRIu64 ", \"connect_s\": %.3f, \"handshakes_per_s\": %.1f,\n",
+            st->connected, st->connect_s,
+            st->connect_s > 0 ? (double)st->connected / st->connect_s : 0.0);
     fprintf(f, "  \"sent\": %" PRIu64 ", \"sent_all_phases\": %" PRIu64 ", \"acked\": %" PRIu64
                ", \"delivered\": %" PRIu64 ", \"expected\": %" PRIu64 ", \"missing\": %" PRIu64
                ", \"extra\": %" PRIu64 ",\n",
