@@ -8,6 +8,8 @@
 #   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
 #   make chatbench  build build/chatbench, the load generator (bench/)
+#   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
+#                   (~15 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
 #   make clean
 
 CC      ?= cc
@@ -34,7 +36,8 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration soak run cluster clean chatbench fuzz fuzz-build fuzz-replay
+.PHONY: all deps test unit integration soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+        bench bench-deps bench-peer
 all: $(BUILD)/chatd
 
 deps:
@@ -63,12 +66,36 @@ $(BUILD)/gen/web_index.c: web/index.html
 $(BUILD)/gen/web_index.o: $(BUILD)/gen/web_index.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c))
+BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out bench/fanout_limit.c,$(wildcard bench/*.c)))
 
 chatbench: $(BUILD)/chatbench
 
 $(BUILD)/chatbench: $(BENCH_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/fanout_limit: bench/fanout_limit.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $<
+
+# ---- benchmarks (bench/run.py; docs/PERFORMANCE.md) ----
+# Extra Debian packages only the benchmarks need: the peer's Node.js, the
+# plot, the profile.
+BENCH_PKGS := nodejs npm gnuplot-nox linux-perf
+BENCH_QUICK ?= 0
+BENCH_ARGS ?=
+
+bench-deps:
+	@bash scripts/deps.sh $(BENCH_PKGS)
+
+# The peer's npm packages, exactly as locked.
+bench-peer: bench/peer/node_modules/.package-lock.json
+
+bench/peer/node_modules/.package-lock.json: bench/peer/package.json bench/peer/package-lock.json
+	cd bench/peer && npm ci --no-audit --no-fund
+
+bench: bench-deps
+	$(MAKE) all chatbench $(BUILD)/fanout_limit bench-peer
+	BENCH_QUICK=$(BENCH_QUICK) $(PYTHON) bench/run.py --build $(BUILD) $(BENCH_ARGS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)

@@ -245,11 +245,11 @@ static void client_send_slot(struct client *c, struct sender_slot *s)
     }
     int n = w->conf->proto == PROTO_SOCKETIO
                 ? snprintf(w->sbuf, w->sbuf_cap,
-                           "42%" PRIu64 "[\"send\",{\"room\":\"%s\",\"cid\":\"%" PRIu64
-                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, s->n, s->t)
+                           "42%" PRIu64 "[\"send\",{\"room\":\"%s\",\"cid\":\"%s.%" PRIu64
+                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt, s->n, s->t)
                 : snprintf(w->sbuf, w->sbuf_cap,
-                           "{\"op\":\"send\",\"rid\":%" PRIu64 ",\"room\":\"%s\",\"cid\":\"%" PRIu64
-                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, s->n, s->t);
+                           "{\"op\":\"send\",\"rid\":%" PRIu64 ",\"room\":\"%s\",\"cid\":\"%s.%" PRIu64
+                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt, s->n, s->t);
     /* Pad the text to --payload bytes: "t=<ns>" plus one space and 'x's. */
     int tlen = snprintf(NULL, 0, "t=%" PRIu64, s->t);
     if (tlen < w->conf->payload) {
@@ -360,6 +360,18 @@ static const char *client_str(const cJSON *j, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A cid is "<salt>.<n>": the salt is new on every chatbench invocation, so a
+ * later run with the same --run-id (same users, same rooms) is not taken by
+ * chatd for resends of the earlier run's messages. 0 = not one of ours. */
+static uint64_t client_cid_n(const struct client *c, const char *cid)
+{
+    const char *salt = c->w->conf->cid_salt;
+    size_t sl = strlen(salt);
+    if (!cid || strncmp(cid, salt, sl) != 0 || cid[sl] != '.')
+        return 0;
+    return strtoull(cid + sl + 1, NULL, 10);
+}
+
 static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now)
 {
     struct worker *w = c->w;
@@ -378,7 +390,7 @@ static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now
     }
     struct client *snd = from && cid ? worker_client_by_user(w, from) : NULL;
     if (snd && snd->snd) {
-        uint64_t n = strtoull(cid, NULL, 10);
+        uint64_t n = client_cid_n(c, cid);
         if (n > 0 && n < snd->snd->next && (snd->snd->info[n] & MSG_COUNT) != MSG_COUNT)
             snd->snd->info[n]++;
     }
@@ -601,6 +613,7 @@ static void client_sio_frame(struct client *c, const uint8_t *p, size_t n)
 
 static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
 {
+    c->w->st.frames++;
     if (c->w->conf->proto == PROTO_SOCKETIO) {
         client_sio_frame(c, p, n);
         return;
@@ -613,9 +626,9 @@ static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
     } else if (strcmp(op, "msg") == 0) {
         client_on_msg(c, j, now, 0);
     } else if (strcmp(op, "ack") == 0) {
-        const char *cid = client_str(j, "cid");
-        if (cid)
-            client_on_ack(c, strtoull(cid, NULL, 10));
+        uint64_t n = client_cid_n(c, client_str(j, "cid"));
+        if (n)
+            client_on_ack(c, n);
     } else if (strcmp(op, "history") == 0) {
         client_on_history(c, j, now);
     } else if (strcmp(op, "ok") == 0 && client_num(j, "rid") == RID_JOIN) {

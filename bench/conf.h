@@ -31,7 +31,9 @@ struct conf {
     double rate, duration, warmup, drain, setup_timeout;
     const char *json_path;
     char secret[256];                      /* empty: fetch dev tokens */
-    char run[16];                          /* unique per run: user and room ids */
+    char run[16];                          /* user and room ids: unique per run unless --run-id */
+    char cid_salt[20];                     /* unique per invocation: cid = "<salt>.<n>" */
+    double settle;                         /* max wait for quiet after setup */
     int nrooms;                            /* ceil(clients / room_size) */
     int nsenders;                          /* across all rooms */
 };

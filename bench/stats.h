@@ -44,6 +44,7 @@ struct stats {
     uint64_t delivered_win;               /* deliveries of window messages */
     uint64_t missing, extra;              /* set at the end, per message */
     uint64_t dups, gaps, syncs, resends;
+    uint64_t frames;                      /* every text frame received, any phase */
     uint64_t errs[SE__COUNT];
     double setup_s;                       /* until every client had joined */
     double connect_s;                     /* first connect until every client had a hello */
