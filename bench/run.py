@@ -65,14 +65,15 @@ def config(quick):
             r10_clients=1000, r10_rates=[250, 1000, 3000, 6000, 10000],
             r1000_clients=2000, r1000_rates=[10, 50, 150, 300, 500],
             warmup=1, duration=3, drain=5, half_duration=5,
-            lingers=[], profile_seconds=4, limit_duration=2,
+            kafka_variants=[], profile_seconds=4, limit_duration=2,
         )
     return dict(
         quick=False, idle_clients=15000, idle_hold=6,
         r10_clients=4000, r10_rates=[500, 1000, 2500, 5000, 10000, 15000, 20000, 30000, 40000, 50000],
         r1000_clients=4000, r1000_rates=[10, 25, 50, 100, 200, 300, 400, 600, 800, 1000],
         warmup=2, duration=5, drain=8, half_duration=15,
-        lingers=[0, 10], profile_seconds=8, limit_duration=5,
+        kafka_variants=[["linger.ms=0"], ["linger.ms=10"], ["linger.ms=0", "fetch.wait.max.ms=1"]],
+        profile_seconds=8, limit_duration=5,
     )
 
 
@@ -87,6 +88,35 @@ def proc_cpu_s(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def proc_tree_cpu_s(pid):
+    """CPU seconds of a process and its live children (PostgreSQL backends,
+    chatbench workers): children's time is not in the parent's stat."""
+    own = proc_cpu_s(pid)
+    if own is None:
+        return None
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        kids = []
+    return own + sum(proc_cpu_s(int(k)) or 0 for k in kids)
+
+
+def proc_wait_s(pid):
+    """Seconds the process's threads spent runnable but waiting for a CPU
+    (schedstat run_delay): what other load on the machine cost it."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        return None
+    return total / 1e9
 
 
 def proc_mem_kib(pid):
@@ -184,6 +214,7 @@ class Cluster:
     classifiers (the producers and consumers of both Kafka hops)."""
 
     def __init__(self, chatd, stores, workdir, kafka_opts=()):
+        self.stores = stores
         self.procs = {}
         self.ports = {}
         tag = f"{int(time.time() * 1000) % 100000}"
@@ -217,7 +248,10 @@ class Cluster:
         return ",".join(f"ws://127.0.0.1:{self.ports[n]}/ws" for n in names)
 
     def pids(self):
-        return {n: p.pid for n, p in self.procs.items()}
+        d = {n: p.pid for n, p in self.procs.items()}
+        d["redis"] = self.stores.redis.pid
+        d["postgres"] = self.stores.pg.pid
+        return d
 
     def metrics_ports(self):
         return {n: p for n, p in self.ports.items() if n != "broker"}
@@ -345,7 +379,7 @@ class Bench:
         self.cfg = cfg
         self.n = 0
 
-    def run(self, label, args, watch_pids, on_line=None, timeout=600, metrics_ports=None):
+    def run(self, label, args, watch_pids, on_line=None, timeout=600, metrics_ports=None, rate=0):
         """One chatbench run; returns its JSON report plus the CPU seconds each
         watched process and chatbench itself used during it."""
         self.n += 1
@@ -353,7 +387,8 @@ class Bench:
         logpath = os.path.join(self.outdir, f"{self.n:02d}-{label}.log")
         cmd = [self.chatbench, "--jwt-secret", SECRET, "--json", path] + [str(a) for a in args]
         log(f"[{label}] {' '.join(cmd[3:])}")
-        cpu0 = {n: proc_cpu_s(p) for n, p in watch_pids.items()}
+        cpu0 = {n: proc_tree_cpu_s(p) for n, p in watch_pids.items()}
+        wait0 = {n: proc_wait_s(p) for n, p in watch_pids.items()}
         mports = metrics_ports() if metrics_ports else {}
         m0 = scrape(mports)
         t0 = time.monotonic()
@@ -366,8 +401,16 @@ class Bench:
             reader.start()
             killer = threading.Timer(timeout, lambda: p.send_signal(signal.SIGTERM))
             killer.start()
+            # CPU of every process inside the measured window only: from its
+            # first progress line to its last (one a second).
+            win = {}
             for line in p.stderr:
                 lf.write(line)
+                if line.startswith("[") and " measure " in line:
+                    snap = {n: proc_tree_cpu_s(q) for n, q in watch_pids.items()}
+                    snap["chatbench"] = proc_tree_cpu_s(p.pid)
+                    win.setdefault("first", (time.monotonic(), snap))
+                    win["last"] = (time.monotonic(), snap)
                 if line.startswith("["):
                     print(f"  {label}: {line.rstrip()}", file=sys.stderr, flush=True)
                 elif line.strip():
@@ -384,10 +427,17 @@ class Bench:
         wall = time.monotonic() - t0
         cpu = {}
         for n, pid in watch_pids.items():
-            c1 = proc_cpu_s(pid)
+            c1 = proc_tree_cpu_s(pid)
             if c1 is not None and cpu0.get(n) is not None:
                 cpu[n] = round(c1 - cpu0[n], 2)
         cpu["chatbench"] = round(ru.ru_utime + ru.ru_stime, 2)
+        wait = {}
+        for n, pid in watch_pids.items():
+            w1 = proc_wait_s(pid)
+            if w1 is not None and wait0.get(n) is not None:
+                wait[n] = round(w1 - wait0[n], 2)
+        with open("/proc/loadavg") as f:
+            load1 = float(f.read().split()[0])
         try:
             with open(path) as f:
                 rep = json.load(f)
@@ -397,6 +447,17 @@ class Bench:
         if mports:
             rep["stages"] = stages(m0, scrape(mports))
         rep["cpu_s"] = cpu
+        if "first" in win and rate > 0:
+            (t1, a), (t2, b) = win["first"], win["last"]
+            dt = t2 - t1
+            if dt > 0.5:
+                rep["window_cpu"] = dict(
+                    seconds=round(dt, 2), rate=rate,
+                    cores={n: round((b[n] - a[n]) / dt, 3) for n in b if b.get(n) is not None and a.get(n) is not None},
+                    us_per_msg={n: round((b[n] - a[n]) / (dt * rate) * 1e6, 1) for n in b
+                                if b.get(n) is not None and a.get(n) is not None})
+        rep["runq_wait_s"] = wait
+        rep["loadavg1_after"] = load1
         rep["wall_s"] = round(wall, 1)
         rep["log"] = os.path.relpath(logpath, REPO)
         return rep
@@ -434,7 +495,9 @@ def summarize(rep, rate, room_size):
                 deliveries_per_s=rep.get("deliveries_per_s"), p50=lat.get("p50"), p90=lat.get("p90"),
                 p99=lat.get("p99"), p999=lat.get("p999"), max=lat.get("max"),
                 ack_p99=rep.get("ack_ms", {}).get("p99"), missing=rep.get("missing"),
-                errors=rep.get("errors"), cpu_s=rep.get("cpu_s"), stages=rep.get("stages"), window_s=rep.get("window_s"),
+                errors=rep.get("errors"), cpu_s=rep.get("cpu_s"), stages=rep.get("stages"),
+                runq_wait_s=rep.get("runq_wait_s"), loadavg1=rep.get("loadavg1_after"),
+                window_cpu=rep.get("window_cpu"), window_s=rep.get("window_s"),
                 setup_s=rep.get("setup_s"), wall_s=rep.get("wall_s"), failed=point_ok(rep, rate, room_size), log=rep.get("log"))
 
 
@@ -456,7 +519,7 @@ def sweep(bench, system, target, clients, room_size, rates, proto):
             target.check()
             rep = bench.run(f"{system}-rooms{room_size}-r{rate}" + ("-again" if attempt == 2 else ""),
                             bench.load_args(target.urls(), clients, room_size, rate, run_id, proto=proto),
-                            target.pids(), metrics_ports=target.metrics_ports)
+                            target.pids(), metrics_ports=target.metrics_ports, rate=rate)
             pt = summarize(rep, rate, room_size)
             pt["attempt"] = attempt
             points.append(pt)
@@ -471,14 +534,14 @@ def sweep(bench, system, target, clients, room_size, rates, proto):
                 join_setup_s=prime.get("setup_s"), join_settle_s=prime.get("settle_s"))
 
 
-def half_peak(bench, system, target, sw, proto, label=""):
-    if not sw["peak"]:
+def half_peak(bench, system, target, sw, proto, label="", fallback=False):
+    if not sw["peak"] and not fallback:
         return None
-    rate = max(1, sw["peak"]["rate"] // 2)
+    rate = max(1, (sw["peak"] or sw["points"][0])["rate"] // 2)
     rep = bench.run(f"{system}-rooms{sw['room_size']}-half{label}",
                     bench.load_args(target.urls(), sw["clients"], sw["room_size"], rate, sw["run_id"],
                                     duration=bench.cfg["half_duration"], proto=proto),
-                    target.pids(), metrics_ports=target.metrics_ports)
+                    target.pids(), metrics_ports=target.metrics_ports, rate=rate)
     return summarize(rep, rate, sw["room_size"])
 
 
@@ -575,10 +638,13 @@ def plot(outdir, res, png):
             if not sw:
                 continue
             path = os.path.join(outdir, f"plot-{system}-{rs}.dat")
+            last = {}                 # a rate run twice: its second run
+            for p in sw["points"]:
+                if p.get("deliveries_per_s"):
+                    last[p["rate"]] = p
             with open(path, "w") as f:
-                for p in sw["points"]:
-                    if p.get("deliveries_per_s"):
-                        f.write(f"{p['deliveries_per_s']} {p['p50']} {p['p99']}\n")
+                for _, p in sorted(last.items()):
+                    f.write(f"{p['deliveries_per_s']} {p['p50']} {p['p99']}\n")
             series.append((system, rs, path))
     lines = []
     colors = {"chatd": "#1f77b4", "peer": "#d62728"}
@@ -589,14 +655,14 @@ def plot(outdir, res, png):
                      f"title '{name}, rooms of {rs}: p99'")
         lines.append(f"'{path}' using 1:2 with linespoints lc rgb '{colors[system]}' dt {dt} pt 6 "
                      f"title '{name}, rooms of {rs}: p50'")
-    script = f"""set terminal pngcairo size 1000,600 font 'sans,10' noenhanced
+    script = f"""set terminal pngcairo size 900,650 font 'sans,10' noenhanced
 set output '{png}'
 set title 'End-to-end latency against load (make bench{" BENCH_QUICK=1" if res["config"]["quick"] else ""}, {res["machine"]["date"]})'
 set xlabel 'deliveries/s (messages x room members)'
 set ylabel 'latency, ms'
 set logscale xy
 set grid
-set key outside right top
+set key below maxrows 4
 set arrow from graph 0, first {P99_LIMIT_MS} to graph 1, first {P99_LIMIT_MS} nohead dt 3 lc rgb 'gray'
 plot {", ".join(lines)}
 """
@@ -609,15 +675,17 @@ plot {", ".join(lines)}
 
 def sweep_table(sw, name):
     rows = [f"| {name}, rooms of {sw['room_size']} ({sw['clients']:,} clients) | msgs/s sent | deliveries/s "
-            f"| p50 ms | p99 ms | p99.9 ms | ack p99 ms | CPU s (server / chatbench) | held? |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+            f"| p50 ms | p99 ms | p99.9 ms | ack p99 ms | CPU s (server / chatbench) | server wait for CPU, s "
+            f"| load avg | held? |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for p in sw["points"]:
         cpu = p.get("cpu_s") or {}
         server = sum(v for k, v in cpu.items() if k != "chatbench")
         again = " (again)" if p.get("attempt") == 2 else ""
         rows.append(f"| rate {p['rate']:,}/s{again} | {fmt(p['sent_per_s'])} | {fmt(p['deliveries_per_s'], 0)} | "
                     f"{fmt(p['p50'], 2)} | {fmt(p['p99'], 2)} | {fmt(p['p999'], 2)} | {fmt(p['ack_p99'], 2)} | "
-                    f"{server:.1f} / {cpu.get('chatbench', 0):.1f} | {'yes' if not p['failed'] else 'no: ' + p['failed']} |")
+                    f"{server:.1f} / {cpu.get('chatbench', 0):.1f} | {sum((p.get('runq_wait_s') or {}).values()):.2f} | "
+                    f"{fmt(p.get('loadavg1'), 1)} | {'yes' if not p['failed'] else 'no: ' + p['failed']} |")
     return "\n".join(rows)
 
 
@@ -679,7 +747,10 @@ def write_doc(doc, res, png_rel):
                "window message was acknowledged and delivered to every member (missing = 0), the rate was "
                "carried (≥ 95 %) and p99 < 50 ms; a row that does not hold is run once more (\"again\"), and "
                "the ladder stops at the first rate that fails twice. "
-               "CPU s: CPU seconds used during the row by the server processes (sum) and by chatbench.")
+               "CPU s: CPU seconds used during the row by the server processes (sum) and by chatbench. "
+               "Server wait for CPU: seconds the server processes' threads were runnable but waiting for a core "
+               "(schedstat run_delay, summed) — the cost of everything else on the machine. Load avg: 1-minute "
+               "load average right after the row.")
     out.append("")
     for system, name in (("chatd", "chatd"), ("peer", "Socket.IO")):
         for rs in ("10", "1000"):
@@ -698,16 +769,16 @@ def write_doc(doc, res, png_rel):
     out.append("")
     out.append("| system | rooms of | msgs/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ack p99 ms |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for system, name in (("chatd", "chatd (linger.ms 2, default)"), ("peer", "Socket.IO")):
+    for system, name in (("chatd", "chatd (defaults: linger.ms 2, fetch.wait.max.ms 5)"), ("peer", "Socket.IO")):
         for rs in ("10", "1000"):
             h = res.get(system, {}).get(f"half{rs}")
             if h:
                 out.append(f"| {name} | {rs} | {h['rate']:,} | {fmt(h['deliveries_per_s'], 0)} | {fmt(h['p50'], 2)} | "
                            f"{fmt(h['p90'], 2)} | {fmt(h['p99'], 2)} | {fmt(h['p999'], 2)} | {fmt(h['max'], 2)} | "
                            f"{fmt(h['ack_p99'], 2)} |")
-    for lg, h in sorted(c.get("linger", {}).items(), key=lambda x: int(x[0])):
+    for lg, h in c.get("kafka_variants", {}).items():
         if h:
-            out.append(f"| chatd, linger.ms {lg} | 10 | {h['rate']:,} | {fmt(h['deliveries_per_s'], 0)} | "
+            out.append(f"| chatd, {lg} | 10 | {h['rate']:,} | {fmt(h['deliveries_per_s'], 0)} | "
                        f"{fmt(h['p50'], 2)} | {fmt(h['p90'], 2)} | {fmt(h['p99'], 2)} | {fmt(h['p999'], 2)} | "
                        f"{fmt(h['max'], 2)} | {fmt(h['ack_p99'], 2)} |")
     out.append("")
@@ -745,6 +816,37 @@ def write_doc(doc, res, png_rel):
                            sum(v for k, v in (r.get("cpu_s") or {}).items() if k.startswith("gateway")),
                            (r.get("cpu_s") or {}).get("chatbench", 0), r.get("wall_s") or 0)
                        for _, r in runs) + " |")
+        out.append("")
+    cpu_rows = []
+    for system, name in (("chatd", "chatd"), ("peer", "Socket.IO")):
+        for rs in ("10", "1000"):
+            sw = res.get(system, {}).get(f"rooms{rs}")
+            if not sw:
+                continue
+            for p in ([sw["peak"]] if sw["peak"] else []) + ([sw["points"][-1]] if sw["points"][-1]["failed"] else []):
+                if p and p.get("window_cpu"):
+                    cpu_rows.append((f"{name}, rooms of {rs}, {p['rate']:,} msgs/s"
+                                     f"{' (peak)' if p is sw['peak'] else ' (did not hold)'}", p["window_cpu"]))
+    if cpu_rows:
+        groups = [("Kafka broker (embedded)", ("broker",)), ("classifiers", ("classifier",)),
+                  ("gateways / Node processes", ("gateway", "node")), ("Redis", ("redis", "peer-redis")),
+                  ("PostgreSQL", ("postgres",)), ("chatbench", ("chatbench",))]
+        out.append("### CPU per message, inside the window")
+        out.append("")
+        out.append("CPU time of each process (PostgreSQL with its backends, chatbench with its workers) between the "
+                   "first and the last progress line of the window (one a second), divided by the messages offered "
+                   "in that time (rate × seconds). Each message of a room of 10 is 10 deliveries plus an ack. Two "
+                   "cores give 2,000,000 µs of CPU per second: the sum bounds the rate this box can carry.")
+        out.append("")
+        out.append("| run | " + " | ".join(g for g, _ in groups) + " | all, µs/msg | cores busy |")
+        out.append("|---|" + "---:|" * (len(groups) + 2))
+        for label, w in cpu_rows:
+            cells = []
+            for _, prefixes in groups:
+                v = [x for n, x in w["us_per_msg"].items() if n.startswith(prefixes)]
+                cells.append(f"{sum(v):,.0f}" if v else "–")
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {sum(w['us_per_msg'].values()):,.0f} | "
+                       f"{sum(w['cores'].values()):.2f} |")
         out.append("")
     out.append("### 3. and 4. Idle connections and connection setup")
     out.append("")
@@ -842,25 +944,28 @@ def main():
         c["rooms1000"] = sweep(bench, "chatd", cluster, cfg["r1000_clients"], 1000, cfg["r1000_rates"], "chatd")
         c["half10"] = half_peak(bench, "chatd", cluster, c["rooms10"], "chatd")
         c["half1000"] = half_peak(bench, "chatd", cluster, c["rooms1000"], "chatd")
-        # 4. profile at the rooms-of-1000 peak rate (or the last rate tried).
+        # 4. profile where rooms of 1000 stopped holding (or the top of the ladder).
         sw = c["rooms1000"]
-        prate = (sw["peak"] or sw["points"][-1])["rate"]
-        pids = {k: v for k, v in cluster.pids().items() if k in ("gateway0", "classifier0")}
+        prate = sw["points"][-1]["rate"]
+        pids = {k: v for k, v in cluster.pids().items() if k in ("gateway0", "classifier0", "broker")}
         holder = {}
 
         def during():
             holder["rep"] = bench.run("chatd-profile", bench.load_args(
                 cluster.urls(), sw["clients"], 1000, prate, sw["run_id"], duration=cfg["profile_seconds"] + 2),
-                cluster.pids(), metrics_ports=cluster.metrics_ports)
+                cluster.pids(), metrics_ports=cluster.metrics_ports, rate=prate)
         c["profile"] = profile(outdir, pids, cfg["profile_seconds"] + cfg["warmup"] + 3, during)
         c["profile"]["during"] = (f"rooms of 1000, {sw['clients']:,} clients, {prate:,} msgs/s "
                                   f"(p99 {holder.get('rep', {}).get('latency_ms', {}).get('p99', '?')} ms)")
-        # linger variants (full mode): both Kafka hops' producers, rooms of 10 at half peak.
-        c["linger"] = {}
-        for lg in cfg["lingers"]:
+        # Kafka batching variants (full mode), applied to gateways and classifiers,
+        # i.e. both hops' producers and consumers; rooms of 10 at half peak.
+        c["kafka_variants"] = {}
+        for opts in cfg["kafka_variants"]:
             cluster.stop()
-            cluster = Cluster(chatd, stores, workdir, kafka_opts=[f"linger.ms={lg}"])
-            c["linger"][str(lg)] = half_peak(bench, "chatd", cluster, c["rooms10"], "chatd", f"-linger{lg}")
+            cluster = Cluster(chatd, stores, workdir, kafka_opts=opts)
+            label = "-" + "-".join(o.replace(".", "").replace("=", "") for o in opts)
+            c["kafka_variants"][", ".join(opts)] = half_peak(bench, "chatd", cluster, c["rooms10"], "chatd",
+                                                             label, fallback=True)
         cluster.stop()
         cluster = None
         if not args.skip_peer:
