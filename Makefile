@@ -79,13 +79,15 @@ $(BUILD)/fanout_limit: bench/fanout_limit.c
 
 # ---- benchmarks (bench/run.py; docs/PERFORMANCE.md) ----
 # Extra Debian packages only the benchmarks need: the peer's Node.js, the
-# plot, the profile.
-BENCH_PKGS := nodejs npm gnuplot-nox linux-perf
+# plot, the profile. Debian's npm only when no npm is there (a NodeSource
+# nodejs brings its own and conflicts with Debian's).
+BENCH_PKGS := nodejs gnuplot-nox linux-perf
 BENCH_QUICK ?= 0
 BENCH_ARGS ?=
 
 bench-deps:
 	@bash scripts/deps.sh $(BENCH_PKGS)
+	@command -v npm >/dev/null || bash scripts/deps.sh npm
 
 # The peer's npm packages, exactly as locked.
 bench-peer: bench/peer/node_modules/.package-lock.json
@@ -93,7 +95,7 @@ bench-peer: bench/peer/node_modules/.package-lock.json
 bench/peer/node_modules/.package-lock.json: bench/peer/package.json bench/peer/package-lock.json
 	cd bench/peer && npm ci --no-audit --no-fund
 
-bench: bench-deps
+bench: deps bench-deps
 	$(MAKE) all chatbench $(BUILD)/fanout_limit bench-peer
 	BENCH_QUICK=$(BENCH_QUICK) $(PYTHON) bench/run.py --build $(BUILD) $(BENCH_ARGS)
 

@@ -65,7 +65,7 @@ def config(quick):
             r10_clients=1000, r10_rates=[250, 1000, 3000, 6000, 10000],
             r1000_clients=2000, r1000_rates=[10, 50, 150, 300, 500],
             warmup=1, duration=3, drain=5, half_duration=5,
-            kafka_variants=[], profile_seconds=4, limit_duration=2,
+            kafka_variants=[], profile_seconds=4, profile_min_rate=100, limit_duration=2,
         )
     return dict(
         quick=False, idle_clients=15000, idle_hold=6,
@@ -73,7 +73,7 @@ def config(quick):
         r1000_clients=4000, r1000_rates=[10, 25, 50, 100, 200, 300, 400, 600, 800, 1000],
         warmup=2, duration=5, drain=8, half_duration=15,
         kafka_variants=[["linger.ms=0"], ["linger.ms=10"], ["linger.ms=0", "fetch.wait.max.ms=1"]],
-        profile_seconds=8, limit_duration=5,
+        profile_seconds=8, profile_min_rate=200, limit_duration=5,
     )
 
 
@@ -378,6 +378,7 @@ class Bench:
         self.outdir = outdir
         self.cfg = cfg
         self.n = 0
+        self.broken = []              # runs without a report: the harness failed
 
     def run(self, label, args, watch_pids, on_line=None, timeout=600, metrics_ports=None, rate=0):
         """One chatbench run; returns its JSON report plus the CPU seconds each
@@ -443,6 +444,7 @@ class Bench:
                 rep = json.load(f)
         except (OSError, ValueError):
             rep = {"error": f"no report (exit {p.returncode}); see {logpath}"}
+            self.broken.append(label)
         rep["exit"] = p.returncode
         if mports:
             rep["stages"] = stages(m0, scrape(mports))
@@ -608,7 +610,19 @@ def profile(outdir, pids, seconds, during):
                 rows.append([parts[0], parts[1], sym])
         with open(os.path.join(outdir, f"perf-{name}.txt"), "w") as f:
             f.write(r.stdout)
-        out[name] = {"top": rows[:14], "report": os.path.relpath(os.path.join(outdir, f"perf-{name}.txt"), REPO)}
+        d = subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", "dso",
+                            "-g", "none", "--percent-limit", "2"], capture_output=True, text=True)
+        dsos = []
+        for line in d.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].endswith("%") and not line.lstrip().startswith("#"):
+                dsos.append([parts[0], parts[1]])
+        samples = 0
+        for line in r.stdout.splitlines():
+            if line.startswith("# Samples:"):
+                samples = line.split()[2]
+        out[name] = {"top": rows[:12], "dso": dsos[:8], "samples": samples,
+                     "report": os.path.relpath(os.path.join(outdir, f"perf-{name}.txt"), REPO)}
     return out
 
 
@@ -882,7 +896,8 @@ def write_doc(doc, res, png_rel):
             if "error" in p:
                 out.append(f"- {name}: {p['error']}")
                 continue
-            out.append(f"**{name}** (full report: `{p['report']}`)")
+            out.append(f"**{name}** ({p.get('samples', '?')} samples; full report: `{p['report']}`). "
+                       "By object: " + ", ".join(f"{o} {pc}" for pc, o in p.get("dso", [])))
             out.append("")
             out.append("| self | object | symbol |")
             out.append("|---:|---|---|")
@@ -944,9 +959,10 @@ def main():
         c["rooms1000"] = sweep(bench, "chatd", cluster, cfg["r1000_clients"], 1000, cfg["r1000_rates"], "chatd")
         c["half10"] = half_peak(bench, "chatd", cluster, c["rooms10"], "chatd")
         c["half1000"] = half_peak(bench, "chatd", cluster, c["rooms1000"], "chatd")
-        # 4. profile where rooms of 1000 stopped holding (or the top of the ladder).
+        # 4. profile where rooms of 1000 stopped holding (or the top of the
+        # ladder), but at least at a load that keeps the processes busy.
         sw = c["rooms1000"]
-        prate = sw["points"][-1]["rate"]
+        prate = max(sw["points"][-1]["rate"], cfg["profile_min_rate"])
         pids = {k: v for k, v in cluster.pids().items() if k in ("gateway0", "classifier0", "broker")}
         holder = {}
 
@@ -1012,6 +1028,8 @@ def main():
         write_doc(args.doc, res, os.path.basename(docpng))
         log(f"wrote {os.path.relpath(args.doc, REPO)} and docs/performance-latency.png")
     log(f"done in {res['wall_s'] / 60:.1f} min; results in {os.path.relpath(outdir, REPO)}/results.json")
+    if bench.broken:
+        sys.exit(f"bench: chatbench produced no report for: {', '.join(bench.broken)}")
 
 
 if __name__ == "__main__":
