@@ -9,7 +9,7 @@
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
 #   make chatbench  build build/chatbench, the load generator (bench/)
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
-#                   (~15 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
+#                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
 #   make clean
 
 CC      ?= cc
