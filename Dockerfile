@@ -3,7 +3,7 @@
 # scripts/image.sh (podman, chroot isolation) in CI; docs/DEPLOY.md.
 FROM debian:bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      build-essential pkg-config xxd libuv1-dev librdkafka-dev libwslay-dev libhiredis-dev \
+      build-essential pkg-config xxd libuv1-dev librdkafka-dev libhiredis-dev \
       libpq-dev libcjson-dev libjwt-dev libssl-dev libhttp-parser-dev uthash-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -15,7 +15,7 @@ FROM debian:bookworm-slim
 # them); ca-certificates for TLS to Kafka or PostgreSQL. No curl: the health
 # check below uses bash, which every Debian image has.
 RUN apt-get update && apt-get install -y --no-install-recommends \
-      libuv1 librdkafka1 libwslay1 libhiredis0.14 libpq5 libcjson1 libjwt0 libssl3 \
+      libuv1 librdkafka1 libhiredis0.14 libpq5 libcjson1 libjwt0 libssl3 \
       libhttp-parser2.9 ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 chatd \

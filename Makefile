@@ -11,6 +11,8 @@
 #   make deploy-test promtool check metrics + a real Prometheus scraping a cluster (part of make test)
 #   make k8s-check  render every k8s/ overlay (kubectl kustomize) and validate it offline
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
+#   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
+#                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
 #   make clean
 
 CC      ?= cc
@@ -18,7 +20,7 @@ PKGS    := libuv rdkafka hiredis libpq libcjson libjwt openssl
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Werror -Wno-missing-field-initializers
 CPPFLAGS += -I. -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lwslay -lhttp_parser -lm -lpthread
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm -lpthread
 
 ifeq ($(SAN),1)
 BUILD   := build/san
@@ -38,7 +40,8 @@ PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
 .PHONY: all deps test unit integration deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
-        image k8s-check
+        image k8s-check \
+        bench bench-deps bench-peer
 all: $(BUILD)/chatd
 
 deps:
@@ -67,12 +70,39 @@ $(BUILD)/gen/web_index.c: web/index.html
 $(BUILD)/gen/web_index.o: $(BUILD)/gen/web_index.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(wildcard bench/*.c))
+BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out bench/fanout_limit.c,$(wildcard bench/*.c)))
 
 chatbench: $(BUILD)/chatbench
 
+# Only the load generator still uses libwslay (chatd's own frame parser is net/ws_parser.c).
 $(BUILD)/chatbench: $(BENCH_OBJS)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lwslay
+
+$(BUILD)/fanout_limit: bench/fanout_limit.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $<
+
+# ---- benchmarks (bench/run.py; docs/PERFORMANCE.md) ----
+# Extra Debian packages only the benchmarks need: the peer's Node.js, the
+# plot, the profile. Debian's npm only when no npm is there (a NodeSource
+# nodejs brings its own and conflicts with Debian's).
+BENCH_PKGS := nodejs gnuplot-nox linux-perf
+BENCH_QUICK ?= 0
+BENCH_ARGS ?=
+
+bench-deps:
+	@bash scripts/deps.sh $(BENCH_PKGS)
+	@command -v npm >/dev/null || bash scripts/deps.sh npm
+
+# The peer's npm packages, exactly as locked.
+bench-peer: bench/peer/node_modules/.package-lock.json
+
+bench/peer/node_modules/.package-lock.json: bench/peer/package.json bench/peer/package-lock.json
+	cd bench/peer && npm ci --no-audit --no-fund
+
+bench: deps bench-deps
+	$(MAKE) all chatbench $(BUILD)/fanout_limit bench-peer
+	BENCH_QUICK=$(BENCH_QUICK) $(PYTHON) bench/run.py --build $(BUILD) $(BENCH_ARGS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)
@@ -134,7 +164,7 @@ FUZZ_PKGS    := libuv libcjson libjwt openssl
 FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
                 -I. -D_GNU_SOURCE \
                 $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
-FUZZ_LIBS    := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lwslay -lhttp_parser -lm
+FUZZ_LIBS    := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lhttp_parser -lm
 FUZZ_TARGETS := fuzz_http fuzz_proto fuzz_auth fuzz_record fuzz_ws
 FUZZ_LIB_SRCS := $(wildcard lib/*.c)
 # -max_len per target: past each parser's limits, not much more.

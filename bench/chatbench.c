@@ -47,6 +47,9 @@ struct parent {
     uv_loop_t *loop;
     struct parent_worker *w;
     int n, nready, ndone, go_sent, signals;
+    int settling, quiet_ticks;        /* all ready: waiting for the frames to stop */
+    uint64_t t_ready, frames_mark;
+    double settle_s;                  /* time spent settling */
     uv_timer_t progress;
     uv_signal_t sigint, sigterm;
     uint64_t t0;
@@ -75,6 +78,12 @@ static const char usage[] =
     "  --json FILE              write the report as JSON\n"
     "  --jwt-secret SECRET      sign HS256 tokens (default: $CHATD_JWT_SECRET; if\n"
     "                           neither, tokens come from POST /api/dev/token)\n"
+    "  --settle S               after setup, wait until no frame arrived for ~2 s\n"
+    "                           (join events of big rooms), at most S seconds (30)\n"
+    "  --run-id ID              user and room ids of an earlier run, to reuse its\n"
+    "                           rooms (default: new ones)\n"
+    "  --proto chatd|socketio   what the clients speak (chatd); socketio drives the\n"
+    "                           Socket.IO peer of bench/peer/ (needs a JWT secret)\n"
     "  --help\n";
 
 /* ---- options ---- */
@@ -174,12 +183,15 @@ static void parse_options(struct conf *c, int argc, char **argv)
         { "connect-concurrency", required_argument, 0, 'C' },
         { "setup-timeout", required_argument, 0, 'T' },
         { "jwt-secret", required_argument, 0, 'S' }, { "help", no_argument, 0, 'h' },
+        { "proto", required_argument, 0, 'x' }, { "settle", required_argument, 0, 'e' },
+        { "run-id", required_argument, 0, 'i' },
         { 0, 0, 0, 0 },
     };
     char *urls = NULL;
     *c = (struct conf){ .clients = 100, .room_size = 10, .senders_per_room = 1, .procs = 1,
                         .payload = 64, .connect_concurrency = 64, .rate = 100, .duration = 10,
-                        .warmup = 2, .drain = 10, .setup_timeout = 120 };
+                        .warmup = 2, .drain = 10, .setup_timeout = 120, .settle = 30 };
+    const char *run_id = NULL;
     const char *env = getenv("CHATD_JWT_SECRET");
     if (env)
         snprintf(c->secret, sizeof c->secret, "%s", env);
@@ -198,7 +210,26 @@ static void parse_options(struct conf *c, int argc, char **argv)
         case 'C': c->connect_concurrency = (int)opt_num("connect-concurrency", optarg, 1, 1e6); break;
         case 'T': c->setup_timeout = opt_num("setup-timeout", optarg, 1, 1e6); break;
         case 'j': c->json_path = optarg; break;
+        case 'e': c->settle = opt_num("settle", optarg, 0, 1e6); break;
+        case 'i':
+            if (strlen(optarg) == 0 || strlen(optarg) >= sizeof c->run ||
+                strspn(optarg, "0123456789abcdefghijklmnopqrstuvwxyz") != strlen(optarg)) {
+                fprintf(stderr, "chatbench: --run-id: 1 to %zu characters of [0-9a-z]\n", sizeof c->run - 1);
+                exit(2);
+            }
+            run_id = optarg;
+            break;
         case 'S': snprintf(c->secret, sizeof c->secret, "%s", optarg); break;
+        case 'x':
+            if (strcmp(optarg, "chatd") == 0) {
+                c->proto = PROTO_CHATD;
+            } else if (strcmp(optarg, "socketio") == 0) {
+                c->proto = PROTO_SOCKETIO;
+            } else {
+                fprintf(stderr, "chatbench: --proto: expected chatd or socketio, got \"%s\"\n", optarg);
+                exit(2);
+            }
+            break;
         case 's':
             if (parse_src(c, optarg) < 0) {
                 fprintf(stderr, "chatbench: --source-ips: bad list or range (max %d)\n", CONF_MAX_SRC);
@@ -221,13 +252,24 @@ static void parse_options(struct conf *c, int argc, char **argv)
         }
         c->ngw++;
     }
+    if (c->proto == PROTO_SOCKETIO && !c->secret[0]) {
+        fprintf(stderr, "chatbench: --proto=socketio needs --jwt-secret or $CHATD_JWT_SECRET "
+                        "(the peer has no dev tokens)\n");
+        exit(2);
+    }
     c->nrooms = (c->clients + c->room_size - 1) / c->room_size;
     for (int r = 0; r < c->nrooms; r++)
         c->nsenders += conf_room_senders(c, r);
     if (c->procs > c->nrooms)
         c->procs = c->nrooms;
-    snprintf(c->run, sizeof c->run, "%08x",
-             (unsigned)(time(NULL) * 2654435761u ^ (unsigned)getpid() * 40503u));
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned salt = (unsigned)(ts.tv_sec * 2654435761u ^ (unsigned)ts.tv_nsec ^ (unsigned)getpid() * 40503u);
+    snprintf(c->cid_salt, sizeof c->cid_salt, "%08x", salt);
+    if (run_id)
+        snprintf(c->run, sizeof c->run, "%s", run_id);
+    else
+        snprintf(c->run, sizeof c->run, "%08x", salt);
 }
 
 /* Each worker holds whole rooms; its fd count must fit RLIMIT_NOFILE. */
@@ -274,6 +316,8 @@ static void parent_sum(struct parent *p, struct stats *st, int *phase)
     }
 }
 
+static void parent_settle_tick(struct parent *p);
+
 static void parent_on_progress(uv_timer_t *t)
 {
     struct parent *p = container_of(t, struct parent, progress);
@@ -282,6 +326,7 @@ static void parent_on_progress(uv_timer_t *t)
     uint64_t now = worker_now(), errs = 0;
     double sent = 0, acked = 0, delivered = 0;
     parent_sum(p, &st, &phase);
+    parent_settle_tick(p);
     for (int e = 0; e < SE__COUNT; e++)
         errs += st.errs[e];
     for (int i = 0; i < p->n; i++) {
@@ -292,20 +337,65 @@ static void parent_on_progress(uv_timer_t *t)
     fprintf(stderr,
             "[%5.1fs] %-7s conns %" PRIu64 "/%" PRIu64 "  sent/s %.0f  acked/s %.0f  delivered/s %.0f"
             "  p99 %.2f ms (%s)  reconnects %" PRIu64 "  errors %" PRIu64 "\n",
-            (double)(now - p->t0) / 1e9, stats_phase_name(phase), st.conns, st.clients, sent, acked,
+            (double)(now - p->t0) / 1e9,
+            phase == PHASE_READY && !p->go_sent ? "settle" : stats_phase_name(phase), st.conns, st.clients,
+            sent, acked,
             delivered, hist_quantile(&p->h, 0.99) / 1000.0,
             phase >= PHASE_MEASURE ? "window" : "so far", st.reconnects, errs);
 }
 
-static void parent_go(struct parent *p)
+static uint64_t parent_frames(const struct parent *p)
 {
-    if (p->go_sent || p->nready < p->n)
-        return;
+    uint64_t f = 0;
+    for (int i = 0; i < p->n; i++)
+        f += p->w[i].have ? p->w[i].last.st.frames : 0;
+    return f;
+}
+
+static void parent_start(struct parent *p)
+{
     p->go_sent = 1;
+    p->settle_s = (double)(worker_now() - p->t_ready) / 1e9;
     uint64_t start = worker_now() + 100000000u; /* 100 ms: every worker has it by then */
     for (int i = 0; i < p->n; i++)
         if (!p->w[i].gone && write(p->w[i].down_fd, &start, sizeof start) != sizeof start)
             fprintf(stderr, "chatbench: worker %d: cannot send start: %s\n", i, strerror(errno));
+}
+
+/* Every client joined. Joining a big room makes chatd tell every member
+ * online ("joined"): a room of 1000 filling up sends ~500000 of those, which
+ * would land in the window. So sending starts once no frame arrived for two
+ * progress ticks (workers report once a second), or after --settle. */
+static void parent_go(struct parent *p)
+{
+    if (p->go_sent || p->settling || p->nready < p->n)
+        return;
+    p->t_ready = worker_now();
+    if (p->conf->settle <= 0) {
+        parent_start(p);
+        return;
+    }
+    p->settling = 1;
+    p->frames_mark = parent_frames(p);
+}
+
+static void parent_settle_tick(struct parent *p)
+{
+    if (!p->settling || p->go_sent)
+        return;
+    uint64_t f = parent_frames(p);
+    if (f == p->frames_mark) {
+        p->quiet_ticks++;
+    } else {
+        p->frames_mark = f;
+        p->quiet_ticks = 0;
+    }
+    if (p->quiet_ticks >= 2 || (double)(worker_now() - p->t_ready) / 1e9 >= p->conf->settle) {
+        if (p->quiet_ticks < 2)
+            fprintf(stderr, "chatbench: still receiving after --settle %g s: starting anyway\n",
+                    p->conf->settle);
+        parent_start(p);
+    }
 }
 
 static void parent_worker_done(struct parent *p, struct parent_worker *w)
@@ -384,14 +474,19 @@ static double ms(uint64_t us)
 }
 
 static void print_summary(FILE *f, const struct conf *c, const struct stats *st, const struct hist *h,
-                          const struct hist *ack)
+                          const struct hist *ack, double settle_s)
 {
     double win = st->window_s > 0 ? st->window_s : 1;
-    fprintf(f, "chatbench summary: run %s, %d clients in %d rooms of %d, %d senders, %d gateway(s), "
+    fprintf(f, "chatbench summary: run %s (%s), %d clients in %d rooms of %d, %d senders, %d gateway(s), "
                "%d proc(s), rate %g/s, payload %d B\n",
-            c->run, c->clients, c->nrooms, c->room_size, c->nsenders, c->ngw, c->procs, c->rate, c->payload);
+            c->run, c->proto == PROTO_SOCKETIO ? "socketio" : "chatd", c->clients, c->nrooms, c->room_size,
+            c->nsenders, c->ngw, c->procs, c->rate, c->payload);
     fprintf(f, "  setup        %" PRIu64 " of %d clients joined in %.2f s (%" PRIu64 " handshakes)\n",
             st->joined, c->clients, st->setup_s, st->handshakes);
+    fprintf(f, "  connect      %" PRIu64 " of %d clients had a hello in %.2f s (%.0f handshakes/s)\n",
+            st->connected, c->clients, st->connect_s,
+            st->connect_s > 0 ? (double)st->connected / st->connect_s : 0.0);
+    fprintf(f, "  settle       %.2f s (waiting for setup's frames to stop)\n", settle_s);
     fprintf(f, "  window       %.2f s (after %.1f s warmup)\n", st->window_s, c->warmup);
     fprintf(f, "  sent         %" PRIu64 " (%.1f/s; %" PRIu64 " in all phases)\n", st->sent_win,
             (double)st->sent_win / win, st->sent);
@@ -421,19 +516,22 @@ static void print_summary(FILE *f, const struct conf *c, const struct stats *st,
 }
 
 static int write_json(const char *path, const struct conf *c, const struct stats *st, const struct hist *h,
-                      const struct hist *ack)
+                      const struct hist *ack, double settle_s)
 {
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
     double win = st->window_s > 0 ? st->window_s : 1;
-    fprintf(f, "{\n  \"run\": \"%s\",\n  \"config\": {\"clients\": %d, \"room_size\": %d, \"rooms\": %d, "
+    fprintf(f, "{\n  \"run\": \"%s\",\n  \"config\": {\"proto\": \"%s\", \"clients\": %d, \"room_size\": %d, \"rooms\": %d, "
                "\"senders\": %d, \"rate\": %g, \"duration\": %g, \"warmup\": %g, \"payload\": %d, "
                "\"procs\": %d, \"gateways\": %d, \"source_ips\": %d},\n",
-            c->run, c->clients, c->room_size, c->nrooms, c->nsenders, c->rate, c->duration, c->warmup,
+            c->run, c->proto == PROTO_SOCKETIO ? "socketio" : "chatd", c->clients, c->room_size, c->nrooms, c->nsenders, c->rate, c->duration, c->warmup,
             c->payload, c->procs, c->ngw, c->nsrc);
     fprintf(f, "  \"setup_s\": %.3f, \"joined\": %" PRIu64 ", \"handshakes\": %" PRIu64 ", \"window_s\": %.3f,\n",
             st->setup_s, st->joined, st->handshakes, st->window_s);
+    fprintf(f, "  \"settle_s\": %.3f, \"connected\": %" PRIu64 ", \"connect_s\": %.3f, \"handshakes_per_s\": %.1f,\n",
+            settle_s, st->connected, st->connect_s,
+            st->connect_s > 0 ? (double)st->connected / st->connect_s : 0.0);
     fprintf(f, "  \"sent\": %" PRIu64 ", \"sent_all_phases\": %" PRIu64 ", \"acked\": %" PRIu64
                ", \"delivered\": %" PRIu64 ", \"expected\": %" PRIu64 ", \"missing\": %" PRIu64
                ", \"extra\": %" PRIu64 ",\n",
@@ -547,8 +645,8 @@ int main(int argc, char **argv)
     struct stats st;
     int phase;
     parent_sum(&p, &st, &phase);
-    print_summary(stdout, &conf, &st, &p.h, &p.ack);
-    if (conf.json_path && write_json(conf.json_path, &conf, &st, &p.h, &p.ack) < 0) {
+    print_summary(stdout, &conf, &st, &p.h, &p.ack, p.settle_s);
+    if (conf.json_path && write_json(conf.json_path, &conf, &st, &p.h, &p.ack, p.settle_s) < 0) {
         fprintf(stderr, "chatbench: cannot write %s: %s\n", conf.json_path, strerror(errno));
         ok = 0;
     }

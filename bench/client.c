@@ -173,10 +173,10 @@ static void client_write_out(struct client *c)
     }
 }
 
-static void client_send_frame(struct client *c, const char *json, size_t len)
+/* Queues one text message whatever the protocol state (the Engine.IO
+ * handshake answers before the connection is ready). */
+static void client_ws_queue(struct client *c, const char *json, size_t len)
 {
-    if (c->state != CS_READY)
-        return;
     struct wslay_event_msg m = { .opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)json,
                                  .msg_length = len };
     if (wslay_event_queue_msg(c->ws, &m) != 0) {
@@ -184,6 +184,12 @@ static void client_send_frame(struct client *c, const char *json, size_t len)
         return;
     }
     client_flush(c);
+}
+
+static void client_send_frame(struct client *c, const char *json, size_t len)
+{
+    if (c->state == CS_READY)
+        client_ws_queue(c, json, len);
 }
 
 static void client_flush(struct client *c)
@@ -202,13 +208,17 @@ static void client_flush(struct client *c)
 static void client_send_join(struct client *c)
 {
     char b[160];
-    int n = snprintf(b, sizeof b, "{\"op\":\"join\",\"rid\":%d,\"room\":\"%s\"}", RID_JOIN, c->room_id);
+    int n = c->w->conf->proto == PROTO_SOCKETIO
+                ? snprintf(b, sizeof b, "42%d[\"join\",{\"room\":\"%s\"}]", RID_JOIN, c->room_id)
+                : snprintf(b, sizeof b, "{\"op\":\"join\",\"rid\":%d,\"room\":\"%s\"}", RID_JOIN, c->room_id);
     c->want_join = 0;
     client_send_frame(c, b, (size_t)n);
 }
 
 static void client_sync(struct client *c)
 {
+    if (c->w->conf->proto == PROTO_SOCKETIO)
+        return;                       /* no history in Socket.IO */
     if (c->syncing) {
         c->want_sync = 1;
         return;
@@ -233,9 +243,13 @@ static void client_send_slot(struct client *c, struct sender_slot *s)
         w->sbuf = b;
         w->sbuf_cap = need;
     }
-    int n = snprintf(w->sbuf, w->sbuf_cap,
-                     "{\"op\":\"send\",\"rid\":%" PRIu64 ",\"room\":\"%s\",\"cid\":\"%" PRIu64
-                     "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, s->n, s->t);
+    int n = w->conf->proto == PROTO_SOCKETIO
+                ? snprintf(w->sbuf, w->sbuf_cap,
+                           "42%" PRIu64 "[\"send\",{\"room\":\"%s\",\"cid\":\"%s.%" PRIu64
+                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt, s->n, s->t)
+                : snprintf(w->sbuf, w->sbuf_cap,
+                           "{\"op\":\"send\",\"rid\":%" PRIu64 ",\"room\":\"%s\",\"cid\":\"%s.%" PRIu64
+                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt, s->n, s->t);
     /* Pad the text to --payload bytes: "t=<ns>" plus one space and 'x's. */
     int tlen = snprintf(NULL, 0, "t=%" PRIu64, s->t);
     if (tlen < w->conf->payload) {
@@ -243,8 +257,13 @@ static void client_send_slot(struct client *c, struct sender_slot *s)
         for (int i = tlen + 1; i < w->conf->payload; i++)
             w->sbuf[n++] = 'x';
     }
-    memcpy(w->sbuf + n, "\"}", 2);
-    n += 2;
+    if (w->conf->proto == PROTO_SOCKETIO) {
+        memcpy(w->sbuf + n, "\"}]", 3);
+        n += 3;
+    } else {
+        memcpy(w->sbuf + n, "\"}", 2);
+        n += 2;
+    }
     if (s->tries++ > 0)
         w->st.resends++;
     s->state = SLOT_INFLIGHT;
@@ -341,6 +360,18 @@ static const char *client_str(const cJSON *j, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A cid is "<salt>.<n>": the salt is new on every chatbench invocation, so a
+ * later run with the same --run-id (same users, same rooms) is not taken by
+ * chatd for resends of the earlier run's messages. 0 = not one of ours. */
+static uint64_t client_cid_n(const struct client *c, const char *cid)
+{
+    const char *salt = c->w->conf->cid_salt;
+    size_t sl = strlen(salt);
+    if (!cid || strncmp(cid, salt, sl) != 0 || cid[sl] != '.')
+        return 0;
+    return strtoull(cid + sl + 1, NULL, 10);
+}
+
 static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now)
 {
     struct worker *w = c->w;
@@ -359,7 +390,7 @@ static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now
     }
     struct client *snd = from && cid ? worker_client_by_user(w, from) : NULL;
     if (snd && snd->snd) {
-        uint64_t n = strtoull(cid, NULL, 10);
+        uint64_t n = client_cid_n(c, cid);
         if (n > 0 && n < snd->snd->next && (snd->snd->info[n] & MSG_COUNT) != MSG_COUNT)
             snd->snd->info[n]++;
     }
@@ -425,17 +456,20 @@ static void client_on_hello(struct client *c)
     w->st.conns++;
     w->st.handshakes++;
     worker_connect_done(w);
-    if (!c->joined)
+    if (!c->ever_ready) {
+        c->ever_ready = 1;
+        worker_on_connected(w);
+    }
+    if (!c->joined || w->conf->proto == PROTO_SOCKETIO)
         client_send_join(c);
     else
         client_sync(c);
     client_resend(c, 0);
 }
 
-static void client_on_ack(struct client *c, const cJSON *j)
+static void client_on_ack(struct client *c, uint64_t cid)
 {
-    const char *cid = client_str(j, "cid");
-    struct sender_slot *sl = cid ? client_slot(c, strtoull(cid, NULL, 10)) : NULL;
+    struct sender_slot *sl = client_slot(c, cid);
     if (!sl)
         return;                       /* ack of a resend already acked */
     struct worker *w = c->w;
@@ -479,8 +513,111 @@ static void client_on_error(struct client *c, const cJSON *j)
     }
 }
 
+static void client_on_joined(struct client *c, uint64_t head)
+{
+    if (c->joined)
+        return;
+    c->joined = 1;
+    if (head > c->last)
+        c->last = head;
+    if (head > c->max_seen)
+        c->max_seen = head;
+    worker_on_joined(c->w);
+}
+
+/* Socket.IO: an acknowledgement "43<id>[reply]" of join (id RID_JOIN) or of a
+ * send (id 2 * cid); a reply with "code" is the peer's error. */
+static void client_sio_ack(struct client *c, uint64_t id, cJSON *reply)
+{
+    if (cJSON_IsObject(reply) && client_str(reply, "code")) {
+        cJSON_AddNumberToObject(reply, "rid", (double)id);
+        client_on_error(c, reply);
+    } else if (id == RID_JOIN) {
+        client_on_joined(c, 0);
+    } else if (id > 0 && id % 2 == 0) {
+        client_on_ack(c, id / 2);
+    }
+}
+
+/* Socket.IO: a "msg" event is one delivery; no seq, so no gap detection. */
+static void client_sio_event(struct client *c, const cJSON *args, uint64_t now)
+{
+    const cJSON *name = cJSON_GetArrayItem(args, 0), *m = cJSON_GetArrayItem(args, 1);
+    if (!cJSON_IsString(name) || strcmp(name->valuestring, "msg") != 0)
+        return;
+    const char *room = cJSON_IsObject(m) ? client_str(m, "room") : NULL;
+    if (!room || strcmp(room, c->room_id) != 0) {
+        c->w->st.errs[SE_BAD_FRAME]++;
+        return;
+    }
+    client_count_delivery(c, m, now);
+}
+
+/* Engine.IO packet type, then for "4" (message) a Socket.IO packet: type,
+ * optional ack id, JSON payload. */
+static void client_sio_frame(struct client *c, const uint8_t *p, size_t n)
+{
+    if (n >= 1 && p[0] == '0') {      /* Engine.IO open: connect to namespace "/" */
+        if (c->state == CS_HELLO)
+            client_ws_queue(c, "40", 2);
+        return;
+    }
+    if (n == 1 && p[0] == '2') {      /* ping */
+        client_ws_queue(c, "3", 1);
+        return;
+    }
+    if (n == 1 && (p[0] == '3' || p[0] == '6'))
+        return;
+    if (n == 1 && p[0] == '1') {      /* Engine.IO close */
+        client_fail(c, SE_CLOSE_OTHER);
+        return;
+    }
+    if (n < 2 || p[0] != '4') {
+        c->w->st.errs[SE_BAD_FRAME]++;
+        return;
+    }
+    size_t i = 2;
+    uint64_t id = 0;
+    int has_id = 0;
+    while (i < n && p[i] >= '0' && p[i] <= '9') {
+        id = id * 10 + (uint64_t)(p[i++] - '0');
+        has_id = 1;
+    }
+    switch (p[1]) {
+    case '0':                         /* CONNECT accepted: plays chatd's hello */
+        client_on_hello(c);
+        return;
+    case '4':                         /* CONNECT_ERROR: the token was refused */
+        client_fail(c, SE_HTTP_401);
+        return;
+    case '1':                         /* DISCONNECT by the server */
+        client_fail(c, SE_CLOSE_OTHER);
+        return;
+    case '2':
+    case '3':
+        break;
+    default:
+        c->w->st.errs[SE_BAD_FRAME]++;
+        return;
+    }
+    uint64_t now = worker_now();
+    cJSON *args = cJSON_ParseWithLength((const char *)p + i, n - i);
+    if (!cJSON_IsArray(args) || (p[1] == '3' && !has_id))
+        c->w->st.errs[SE_BAD_FRAME]++;
+    else if (p[1] == '3')
+        client_sio_ack(c, id, cJSON_GetArrayItem(args, 0));
+    else
+        client_sio_event(c, args, now);
+    cJSON_Delete(args);
+}
+
 static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
 {
+    c->w->st.frames++;
+    if (c->w->conf->proto == PROTO_SOCKETIO) {
+        client_sio_frame(c, p, n);
+        return;
+    }
     uint64_t now = worker_now();
     cJSON *j = cJSON_ParseWithLength((const char *)p, n);
     const char *op = client_str(j, "op");
@@ -489,19 +626,13 @@ static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
     } else if (strcmp(op, "msg") == 0) {
         client_on_msg(c, j, now, 0);
     } else if (strcmp(op, "ack") == 0) {
-        client_on_ack(c, j);
+        uint64_t n = client_cid_n(c, client_str(j, "cid"));
+        if (n)
+            client_on_ack(c, n);
     } else if (strcmp(op, "history") == 0) {
         client_on_history(c, j, now);
     } else if (strcmp(op, "ok") == 0 && client_num(j, "rid") == RID_JOIN) {
-        if (!c->joined) {
-            uint64_t head = client_num(j, "seq");
-            c->joined = 1;
-            if (head > c->last)
-                c->last = head;
-            if (head > c->max_seen)
-                c->max_seen = head;
-            worker_on_joined(c->w);
-        }
+        client_on_joined(c, client_num(j, "seq"));
     } else if (strcmp(op, "error") == 0) {
         client_on_error(c, j);
     } else if (strcmp(op, "hello") == 0) {
@@ -730,10 +861,17 @@ static void client_on_connect(uv_connect_t *req, int status)
     int n = snprintf(buf, sizeof buf, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key64);
     SHA1((const unsigned char *)buf, (size_t)n, sha);
     client_b64(sha, sizeof sha, c->accept);
-    n = snprintf(buf, sizeof buf,
-                 "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-                 "Authorization: Bearer %s\r\n\r\n", gw->path, gw->host, key64, c->token);
+    if (c->w->conf->proto == PROTO_SOCKETIO)
+        n = snprintf(buf, sizeof buf,
+                     "GET /socket.io/?EIO=4&transport=websocket&token=%s HTTP/1.1\r\nHost: %s\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     c->token, gw->host, key64);
+    else
+        n = snprintf(buf, sizeof buf,
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+                     "Authorization: Bearer %s\r\n\r\n", gw->path, gw->host, key64, c->token);
     c->state = CS_UPGRADING;
     if (n < 0 || (size_t)n >= sizeof buf || client_append(c, buf, (size_t)n) < 0 ||
         uv_read_start((uv_stream_t *)&c->tcp, client_on_alloc, client_on_read) < 0) {

@@ -4,6 +4,14 @@
  * reconnect with jittered backoff, sync from the last seq and resend every
  * unacked message with its original cid.
  *
+ * With --proto=socketio it speaks Socket.IO 5 over Engine.IO 4 (WebSocket
+ * transport) to bench/peer/server.js instead, with the same job: token in the
+ * query, "40" connect (its reply plays hello), "join" and "send" events with
+ * acknowledgement ids (the same numbers as chatd's rids), "msg" events
+ * counted as deliveries, "2" pings answered "3". Socket.IO has no seqs and no
+ * sync: a reconnect joins the room again and resends unacked messages, and
+ * what was missed meanwhile stays missing.
+ *
  * A client is owned by its worker (an array element that lives for the whole
  * run); its uv handles are re-initialised on every connection, and the
  * connection's memory (wslay context, buffers) is freed in the TCP handle's
@@ -44,6 +52,7 @@ struct client {
     char *wbuf, *wfl;                 /* pending output; the part in a uv_write */
     size_t wlen, wcap;
     int joined, syncing, want_sync, want_join;
+    int ever_ready;                   /* had a hello once: later ones are reconnects */
     int close_seen, close_bytes;      /* a close frame arrived; its code so far */
     unsigned close_code;
     uint64_t last, max_seen;          /* highest contiguous / highest seen seq */

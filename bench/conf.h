@@ -16,6 +16,10 @@ struct conf_gw {
     char path[128];   /* "/ws" unless the URL says otherwise */
 };
 
+/* What the clients speak: chatd's PROTOCOL.md, or Socket.IO 5 over Engine.IO 4
+ * (WebSocket transport only) to drive the peer server in bench/peer/. */
+enum { PROTO_CHATD, PROTO_SOCKETIO };
+
 struct conf {
     struct conf_gw gw[CONF_MAX_GW];
     int ngw;
@@ -23,10 +27,13 @@ struct conf {
     int nsrc;
     int clients, room_size, senders_per_room, procs, payload;
     int connect_concurrency;               /* per worker */
+    int proto;                             /* PROTO_* */
     double rate, duration, warmup, drain, setup_timeout;
     const char *json_path;
     char secret[256];                      /* empty: fetch dev tokens */
-    char run[16];                          /* unique per run: user and room ids */
+    char run[16];                          /* user and room ids: unique per run unless --run-id */
+    char cid_salt[20];                     /* unique per invocation: cid = "<salt>.<n>" */
+    double settle;                         /* max wait for quiet after setup */
     int nrooms;                            /* ceil(clients / room_size) */
     int nsenders;                          /* across all rooms */
 };

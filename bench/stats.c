@@ -48,6 +48,8 @@ void stats_add(struct stats *d, const struct stats *s)
         dp[i] += sp[i];
     if (s->setup_s > d->setup_s)
         d->setup_s = s->setup_s;
+    if (s->connect_s > d->connect_s)
+        d->connect_s = s->connect_s;
     if (s->window_s > d->window_s)
         d->window_s = s->window_s;
 }

@@ -37,14 +37,17 @@ const char *stats_phase_name(int phase);
 struct stats {
     uint64_t clients, conns, joined;      /* conns, joined: gauges */
     uint64_t handshakes, reconnects;
+    uint64_t connected;                   /* clients that had a first hello */
     uint64_t sent, acked, delivered;      /* every phase */
     uint64_t sent_win, acked_win;         /* messages created in the window */
     uint64_t expected;                    /* acked_win x members of the room */
     uint64_t delivered_win;               /* deliveries of window messages */
     uint64_t missing, extra;              /* set at the end, per message */
     uint64_t dups, gaps, syncs, resends;
+    uint64_t frames;                      /* every text frame received, any phase */
     uint64_t errs[SE__COUNT];
     double setup_s;                       /* until every client had joined */
+    double connect_s;                     /* first connect until every client had a hello */
     double window_s;                      /* measured window, as run */
 };
 

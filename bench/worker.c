@@ -129,6 +129,13 @@ void worker_on_joined(struct worker *w)
         worker_ready(w);
 }
 
+void worker_on_connected(struct worker *w)
+{
+    w->st.connected++;
+    if (w->st.connected == (uint64_t)w->nclients)
+        w->st.connect_s = (double)(worker_now() - w->t_connect) / 1e9;
+}
+
 static void worker_finish(struct worker *w)
 {
     if (w->phase == PHASE_DONE)
@@ -317,6 +324,7 @@ int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd)
     uv_timer_start(&w->tick, worker_on_tick, 1, 1);
     uv_timer_start(&w->report, worker_on_report, 1000, 1000);
     uv_signal_start(&w->sigterm, worker_on_sigterm, SIGTERM);
+    w->t_connect = worker_now();
     for (int i = 0; i < w->nclients; i++)
         worker_cq_push(w, &w->clients[i]);
     if (w->nclients == 0)

@@ -33,6 +33,7 @@ struct worker {
     int up_fd;
     int phase;
     uint64_t t0, t_start, t_measure, t_end, t_drain, t_checked;
+    uint64_t t_connect;               /* first connection attempt */
     double rate;                      /* this worker's messages/s */
     uint64_t scheduled;
     size_t rr;
@@ -57,6 +58,8 @@ void worker_cq_push(struct worker *w, struct client *c);
 /* A client left the connecting state (hello or failure): frees its slot. */
 void worker_connect_done(struct worker *w);
 void worker_on_joined(struct worker *w);
+/* A client had its first hello (reconnects do not count). */
+void worker_on_connected(struct worker *w);
 /* The local client whose user id is `user`, or NULL. */
 struct client *worker_client_by_user(struct worker *w, const char *user);
 /* 1 when a message stamped t falls in the measured window. */

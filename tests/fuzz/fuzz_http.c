@@ -1,5 +1,5 @@
 /* fuzz_http: the HTTP/1.1 front door, net/http.c (http-parser driven), and
- * the WebSocket upgrade that continues from it (net/ws.c + wslay).
+ * the WebSocket upgrade that continues from it (net/ws.c + net/ws_parser.c).
  *
  * net/http.c exposes no pure parsing entry point: its http-parser callbacks
  * and http_conn_feed() are static and a connection exists only once the
@@ -15,7 +15,7 @@
  *
  * The handler reads every accessor (ASan checks the strings), then:
  *   a request with an Upgrade header  -> ws_accept (frames after the
- *                                        request go through wslay);
+ *                                        request go through net/ws_parser.c);
  *   path /defer...                    -> answered one loop turn later;
  *   query e=...                       -> http_respond_error (escaping);
  *   otherwise                         -> 200 echoing the body.

@@ -805,7 +805,7 @@ static void test_ws_protocol_errors(void **state)
     close(fd);
     t_wait_closes(++closes, 1009);
 
-    /* Unmasked client frame: protocol error (wslay). */
+    /* Unmasked client frame: protocol error (1002). */
     fd = t_ws_open();
     t_send(fd, "\x81\x02hi", 4);
     t_expect_close(fd, 1002);
