@@ -438,7 +438,10 @@ function msgNode(m) {
 // Inserts a message of a loaded room in seq order; false if already held
 // (the server delivers at least once; (room, seq) identifies a message).
 function addMsg(r, m) {
-  if (!Number.isInteger(m.seq) || m.seq < r.lo || r.msgs.has(m.seq) || typeof m.text !== 'string') return false;
+  if (!Number.isInteger(m.seq) || m.seq < r.lo || r.msgs.has(m.seq) || typeof m.text !== 'string') {
+    while (r.msgs.has(r.last + 1)) r.last++;
+    return false;
+  }
   r.msgs.set(m.seq, m);
   r.head = Math.max(r.head, m.seq);
   while (r.msgs.has(r.last + 1)) r.last++;
@@ -486,14 +489,16 @@ function catchUp(r, done) {
   };
   const page = () => {
     const stick = r === S.current && atBottom();
+    const from = r.last;
     const sent = request({ op: 'sync', room: r.name, after: r.last, limit: SYNC_LIMIT }, (h) => {
       if (h.op === 'history') {
         h.messages.forEach((m) => addMsg(r, m));
         if (stick) scrollToBottom();
         if (r === S.current) maybeRead();
         renderRooms();
-        // a live message may have moved head on meanwhile
-        if (h.more || (r.last < r.head && h.messages.length > 0)) page(); else finish();
+        // Go on while there is more and each page moves last on (a live
+        // message may have moved head meanwhile); never spin in place.
+        if ((h.more || r.last < r.head) && r.last > from) page(); else finish();
       } else if (h.code === 'unavailable' || h.code === 'rate_limited') {
         setTimeout(page, 500 + Math.random() * 1500);
       } else {
@@ -769,7 +774,12 @@ function wire() {
   $('back').addEventListener('click', () => $('app').classList.remove('room-open'));
   $('composer').addEventListener('submit', (e) => { e.preventDefault(); submitText(); });
   $('text').addEventListener('input', onInput);
+  // A timeline that was at its bottom stays there when the window (or a
+  // phone's keyboard) resizes it.
+  let stuck = true;
+  new ResizeObserver(() => { if (stuck) scrollToBottom(); }).observe($('timeline'));
   $('timeline').addEventListener('scroll', () => {
+    stuck = atBottom();
     if (!S.current) return;
     if ($('timeline').scrollTop < 60) loadOlder(S.current);
     maybeRead();

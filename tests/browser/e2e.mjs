@@ -108,7 +108,7 @@ async function sideBySide(a, b, file) {
   const img = (buf, who) => `<figure><figcaption>${who}</figcaption><img src="data:image/png;base64,${buf.toString('base64')}"></figure>`;
   await p.setContent(`<style>body{margin:0;display:flex;gap:12px;padding:8px;background:#c9ced8;font:14px system-ui}
     figure{margin:0} figcaption{padding:2px 4px;color:#333} img{display:block;border:1px solid #999}</style>
-    ${img(sa, 'window 1: alice, gateway 0 (:8080)')}${img(sb, 'window 2: bob, gateway 1 (:8081)')}`);
+    ${img(sa, 'window 1: alice on gateway 0 (killed and restarted during the test)')}${img(sb, 'window 2: bob on gateway 1')}`);
   await p.screenshot({ path: file, fullPage: true });
   await ctx.close();
 }
@@ -183,16 +183,20 @@ await openRoom(bob, 'lobby');
 await say(alice, 'Great. I will test a gateway crash now.');
 await waitShown(bob, sent);
 await waitShown(alice, sent);
-await sideBySide(alice, bob, path.join(SHOTS, 'screenshot-chat.png'));
 
-step('gateway 0 killed (SIGKILL): alice reconnects, nothing lost or doubled');
+step('gateway 0 frozen (SIGSTOP), then killed (SIGKILL): alice reconnects, nothing lost or doubled');
+await ask('stop gateway0');
+const inflight = 'Sent as the gateway froze';
+await send(alice, inflight); // written to the socket, never acked: resent after the reconnect
+await alice.locator('#timeline li.pending[data-state="sending"]').waitFor();
 await ask('kill gateway0');
 await alice.locator('#status[data-state="reconnecting"], #status[data-state="connecting"]').waitFor();
 for (let i = 1; i <= 3; i++) await say(bob, `While you were away ${i}`);
+sent.push(inflight); // alice's resend reaches the server after bob's three
 const offline = ['Typed while offline 1', 'Typed while offline 2'];
 for (const t of offline) { sent.push(t); await send(alice, t); }
-await alice.waitForFunction(() => document.querySelectorAll('#timeline li.pending[data-state="queued"]').length === 2);
-assert.match(await alice.textContent('#status'), /2 queued/);
+await alice.waitForFunction(() => document.querySelectorAll('#timeline li.pending[data-state="queued"]').length === 3);
+assert.match(await alice.textContent('#status'), /3 queued/);
 await ask('restart gateway0');
 await alice.locator('#status[data-state="connected"]').waitFor({ timeout: RECONNECT_WAIT });
 await waitShown(alice, sent);
@@ -208,6 +212,17 @@ for (const [who, page] of [['alice', alice], ['bob', bob]]) {
   result[who] = tl.msgs;
 }
 assert.deepEqual(result.alice, result.bob, 'alice and bob see different timelines');
+
+step('a sync overlapping what is shown (at-least-once delivery) adds nothing');
+await alice.evaluate(() => { const r = S.rooms.get('lobby'); r.last = 0; catchUp(r); });
+await alice.waitForFunction(() => !S.rooms.get('lobby').catching);
+checkTimeline('alice after a full re-sync', await timeline(alice), sent);
+
+step('screenshot: two users chatting, bob typing');
+await bob.locator('#text').pressSequentially('Got all of them, in order', { delay: 15 });
+await alice.locator('#typing', { hasText: 'bob is typing' }).waitFor();
+await sideBySide(alice, bob, path.join(SHOTS, 'screenshot-chat.png'));
+await bob.fill('#text', '');
 
 step('phone width');
 await bob.setViewportSize({ width: 375, height: 740 });

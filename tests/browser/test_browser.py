@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -46,7 +47,7 @@ def test_two_users_chat_across_gateway_kill(browser_cluster):
                          text=True, bufsize=1)
     q = queue.Queue()
     threading.Thread(target=_reader, args=(p.stdout, q), daemon=True).start()
-    out, result = [], None
+    out, result, frozen = [], None, []
     deadline = time.monotonic() + DEADLINE_S
     try:
         while True:
@@ -61,6 +62,11 @@ def test_two_users_chat_across_gateway_kill(browser_cluster):
             out.append(line)
             if line.startswith("@result "):
                 result = json.loads(line[len("@result "):])
+            elif line.startswith("@stop "):
+                frozen.append(c.procs[line.split()[1]])
+                frozen[-1].send_signal(signal.SIGSTOP)
+                p.stdin.write("ok\n")
+                p.stdin.flush()
             elif line.startswith("@kill "):
                 c.kill(line.split()[1])
                 p.stdin.write("ok\n")
@@ -71,6 +77,9 @@ def test_two_users_chat_across_gateway_kill(browser_cluster):
                 p.stdin.flush()
         rc = p.wait(timeout=30)
     finally:
+        for f in frozen:  # a failure between SIGSTOP and SIGKILL must not hang the teardown
+            if f.alive():
+                os.kill(f.pid, signal.SIGCONT)
         if p.poll() is None:
             p.kill()
             p.wait()
@@ -86,8 +95,8 @@ def test_two_users_chat_across_gateway_kill(browser_cluster):
     assert [r["seq"] for r in stored] == list(range(1, len(stored) + 1)), stored
     for who, shown in result["pages"].items():
         assert shown == stored, f"{who}'s page differs from the database:\n{shown}\n{stored}"
-    # The two messages typed while gateway 0 was down were resent after the
-    # reconnect (same cid): stored once each.
-    offline = [r for r in stored if r["text"].startswith("Typed while offline")]
-    assert [r["text"] for r in offline] == ["Typed while offline 1", "Typed while offline 2"], offline
+    # The message in flight when gateway 0 froze and the two typed while it
+    # was down went out (again) after the reconnect: stored once each.
+    late = [r["text"] for r in stored if r["from"] == "alice"][-3:]
+    assert late == ["Sent as the gateway froze", "Typed while offline 1", "Typed while offline 2"], stored
     assert os.path.getsize(os.path.join(shots, "screenshot-chat.png")) > 10000
