@@ -159,6 +159,7 @@ function start(token, user) {
   const want = store.get('current');
   if (typeof want === 'string' && ROOM_RE.test(want)) openRoom(roomOf(want));
   for (const o of S.outbox) roomOf(o.room);
+  renderPendingAll();
   renderRooms();
   connect();
 }
@@ -210,6 +211,12 @@ async function onClosed(code, opened) {
   S.ws = null;
   S.connected = S.flushed = false;
   S.waiting.clear();
+  // Replies to what was in flight are lost with the socket: nothing may
+  // wait for them (the next hello catches up again).
+  for (const r of S.rooms.values()) {
+    r.catching = r.loading = r.olderBusy = false;
+    r.afterCatch = [];
+  }
   for (const o of S.outbox) if (o.state === 'sending') o.state = 'queued';
   renderPendingAll();
   if (!S.token) return;
@@ -273,7 +280,7 @@ function onHello(m) {
   S.user = m.user;
   if (typeof m.heartbeat === 'number' && m.heartbeat > 0) S.heartbeat = m.heartbeat;
   setStatus('connected', `connected · gateway ${m.gateway}`);
-  request({ op: 'rooms' }, (r) => { if (r.op === 'rooms') applyRooms(r.rooms); });
+  request({ op: 'rooms' }, (m) => { if (m.op === 'rooms') applyRooms(m.rooms); });
   // Every room with messages on screen catches up from its last seq; the
   // others only need their head, which `rooms` gives. Then the outbox.
   const loaded = [...S.rooms.values()].filter((r) => r.loaded);
@@ -293,7 +300,7 @@ setInterval(() => {
   if (S.probeAt && now - S.probeAt > PROBE_TIMEOUT_MS) { dropConnection(4000); return; }
   if (!S.probeAt && now - S.lastRx > S.heartbeat * 1000) {
     S.probeAt = now;
-    request({ op: 'rooms' }, (r) => { if (r.op === 'rooms') applyRooms(r.rooms); });
+    request({ op: 'rooms' }, (m) => { if (m.op === 'rooms') applyRooms(m.rooms); });
   }
 }, 2000);
 
@@ -310,6 +317,7 @@ function roomOf(name) {
       loaded: false, lo: 0, last: 0,   // window [lo, ...]; last: highest seq with none missing below it
       msgs: new Map(), catching: false, olderBusy: false,
       typing: new Map(), online: [], readServer: 0, // read: shown; readServer: the server's mark
+      joinedAt: 0,                     // when our join was answered (see applyRooms)
       list: el('ol', { class: 'messages', 'data-room': name }),
     };
     S.rooms.set(name, r);
@@ -341,9 +349,13 @@ function applyRooms(list) {
     r.read = Math.max(r.read, x.read | 0);
     r.readServer = Math.max(r.readServer, x.read | 0);
   }
-  // Rooms left from another tab disappear, unless a send is waiting for them.
+  // Rooms left from another tab disappear, unless a send is waiting for them
+  // or we joined them just now (the gateway may read the list before it
+  // has stored a join sent earlier).
   for (const name of [...S.rooms.keys()]) {
-    if (!seen.has(name) && !S.outbox.some((o) => o.room === name && o.state !== 'acked')) dropRoom(name);
+    const r = S.rooms.get(name);
+    if (!seen.has(name) && Date.now() - r.joinedAt > 10000 &&
+        !S.outbox.some((o) => o.room === name && o.state !== 'acked')) dropRoom(name);
   }
   if (!S.current && list.length) openRoom(roomOf([...seen].sort()[0]));
   renderRooms();
@@ -407,8 +419,8 @@ function joinRoom(name) {
   if (!request({ op: 'join', room: name }, (m) => {
     if (m.op !== 'ok') { notice(`cannot join ${name}: ${m.message || m.code}`); return; }
     const r = roomOf(name);
+    r.joinedAt = Date.now();
     r.head = Math.max(r.head, m.seq | 0);
-    r.read = Math.max(r.read, 0);
     openRoom(r);
   })) notice('not connected: try again when the status says connected');
 }
@@ -521,7 +533,7 @@ function resetWindow(r) {
 
 // The newest page of a room not on screen yet; older pages come on scroll up.
 function loadLatest(r, done) {
-  if (r.loading) return;
+  if (r.loading) { if (done) done(); return; }
   r.loading = true;
   const after = Math.max(0, r.head - PAGE);
   const sent = request({ op: 'sync', room: r.name, after, limit: PAGE }, (h) => {
@@ -700,7 +712,7 @@ function renderOnline() {
 function onMemberEvent(m) {
   if (typeof m.room !== 'string') return;
   if (m.user === S.user) { // another tab of ours joined or left
-    if (m.op === 'left') { dropRoom(m.room); renderRooms(); } else request({ op: 'rooms' }, (r) => { if (r.op === 'rooms') applyRooms(r.rooms); });
+    if (m.op === 'left') { dropRoom(m.room); renderRooms(); } else request({ op: 'rooms' }, (x) => { if (x.op === 'rooms') applyRooms(x.rooms); });
     return;
   }
   if (S.current && S.current.name === m.room) refreshPresence(S.current);
