@@ -104,6 +104,19 @@ def test_web_asset_head_and_methods(cluster):
     assert st == 200 and "evil" not in hdrs.get("content-security-policy", ""), hdrs
 
 
+def test_token_check_the_page_relies_on(cluster):
+    """The page checks a pasted token with an invalid room id: the token is
+    judged first (401), then the room (400), with no backend involved."""
+    port = cluster.gw_ports[0]
+    good = {"Authorization": "Bearer " + cluster.token(uid("tok"))}
+    bad = {"Authorization": "Bearer " + make_token(uid("tok"), "not-the-secret")}
+    assert http_request(port, "GET", "/api/rooms/!/messages", headers=good)[0] == 400
+    assert http_request(port, "GET", "/api/rooms/!/messages", headers=bad)[0] == 401
+    assert http_request(port, "GET", "/api/rooms/!/messages")[0] == 401
+    # and the demo probe: an empty body is 400 with dev tokens on
+    assert http_request(port, "POST", "/api/dev/token", body=b"{}")[0] == 400
+
+
 def test_unknown_path_404(cluster):
     st, _, _ = http_request(cluster.gw_ports[0], "GET", "/no/such/path-" + uid())
     assert st == 404, st
