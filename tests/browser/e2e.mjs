@@ -168,15 +168,16 @@ for (let i = 0; i < 10 && !marked; i++) {
 }
 assert.ok(marked, 'the read mark of #random was not stored: unread again after reload');
 
-step('direct message');
+step('direct message: alice starts it, bob finds it in his list');
 await alice.fill('#dm-user', 'bob');
 await alice.press('#dm-user', 'Enter');
 await alice.locator('#rooms li.active[data-room="dm:alice:bob"]').waitFor();
 assert.equal(await alice.textContent('#room-title'), '@bob');
-await bob.fill('#dm-user', 'alice');
-await bob.press('#dm-user', 'Enter');
-await bob.locator('#rooms li.active[data-room="dm:alice:bob"]').waitFor();
 await send(alice, 'psst, this one is just for you');
+await waitShown(alice, ['psst, this one is just for you']);
+await bob.locator('#rooms li[data-room="dm:alice:bob"] .unread:not([hidden])', { hasText: '1' }).waitFor();
+assert.equal(await bob.textContent('#rooms li[data-room="dm:alice:bob"] .name'), '@alice');
+await openRoom(bob, 'dm:alice:bob');
 await waitShown(bob, ['psst, this one is just for you']);
 await openRoom(alice, 'lobby');
 await openRoom(bob, 'lobby');
