@@ -13,6 +13,8 @@
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
 #                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
+#   make browser-deps  npm ci in tests/browser (playwright-core, pinned by its package-lock.json)
+#   make screenshots   run the browser test, writing its screenshots to docs/
 #   make clean
 
 CC      ?= cc
@@ -31,8 +33,9 @@ BUILD   := build
 endif
 
 SRCS    := $(wildcard lib/*.c conf/*.c net/*.c kafka/*.c store/*.c roles/*.c)
-OBJS    := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/gen/migrations.o $(BUILD)/gen/web_index.o
+OBJS    := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/gen/migrations.o $(BUILD)/gen/web_assets.o
 MIGRATIONS := $(sort $(wildcard store/migrations/*.sql))
+WEB_FILES  := $(sort $(wildcard web/*))
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -41,7 +44,8 @@ PYTEST_ARGS ?=
 
 .PHONY: all deps test unit integration deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check \
-        bench bench-deps bench-peer
+        bench bench-deps bench-peer \
+        browser-deps screenshots
 all: $(BUILD)/chatd
 
 deps:
@@ -62,12 +66,12 @@ $(BUILD)/gen/migrations.c: $(MIGRATIONS) scripts/embed-migrations.sh
 $(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-# The browser page is compiled in too: index_html[] / index_html_len.
-$(BUILD)/gen/web_index.c: web/index.html
+# The browser page (web/*) is compiled in too: a table of path, type, ETag, bytes.
+$(BUILD)/gen/web_assets.c: $(WEB_FILES) scripts/embed-web.sh
 	@mkdir -p $(dir $@)
-	cd web && xxd -i index.html > $(abspath $@)
+	bash scripts/embed-web.sh $(WEB_FILES) > $@.tmp && mv $@.tmp $@
 
-$(BUILD)/gen/web_index.o: $(BUILD)/gen/web_index.c
+$(BUILD)/gen/web_assets.o: $(BUILD)/gen/web_assets.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out bench/fanout_limit.c,$(wildcard bench/*.c)))
@@ -111,8 +115,22 @@ $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: $(BUILD)/chatd
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
+integration: $(BUILD)/chatd browser-deps
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/browser $(PYTEST_ARGS)
+
+# The browser test's one npm package (playwright-core, no browser download:
+# it drives Debian's chromium). npm ci writes node_modules/.package-lock.json,
+# which stands for the install.
+BROWSER_DIR := tests/browser
+browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
+
+$(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+# docs/screenshot-chat.png and docs/screenshot-phone.png, as the README shows them.
+screenshots: $(BUILD)/chatd browser-deps
+	CHATD_BIN=$(abspath $(BUILD)/chatd) CHATD_SHOTS=$(abspath docs) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/browser
 
 # /metrics through promtool on every role, naming and label cardinality, then
 # Debian's Prometheus scraping a cluster under traffic (tests/deploy/).

@@ -301,15 +301,22 @@ static void http_conn_send(struct http_conn *c, int status, const char *ctype, c
         ctype = "text/plain; charset=utf-8";
     if (!extra)
         extra = "";
-    static const char fmt[] = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n";
-    int hlen = snprintf(NULL, 0, fmt, status, http_status_text(status), ctype, len, conn_hdr, extra);
+    /* A 304 has no body, and its Content-Length would have to be the 200's
+     * (RFC 9110 8.6), so it has none. */
+    char clen[48] = "";
+    if (status == 304)
+        len = 0;
+    else
+        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
+    static const char fmt[] = "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%s\r\n";
+    int hlen = snprintf(NULL, 0, fmt, status, http_status_text(status), ctype, clen, conn_hdr, extra);
     size_t blen = head_only ? 0 : len;
     struct http_write *w = hlen < 0 ? NULL : malloc(sizeof *w + (size_t)hlen + 1 + blen);
     if (!w) {
         http_conn_close(c);
         return;
     }
-    snprintf(w->data, (size_t)hlen + 1, fmt, status, http_status_text(status), ctype, len, conn_hdr, extra);
+    snprintf(w->data, (size_t)hlen + 1, fmt, status, http_status_text(status), ctype, clen, conn_hdr, extra);
     if (blen)
         memcpy(w->data + hlen, body, blen);
     uv_buf_t b = uv_buf_init(w->data, (unsigned)((size_t)hlen + blen));

@@ -11,12 +11,9 @@
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "net/assets.h"
 #include "roles/gateway_internal.h"
 #include "store/db.h"
-
-/* web/index.html, compiled in (see the Makefile). */
-extern unsigned char index_html[];
-extern unsigned int index_html_len;
 
 uint64_t gw_now_ms(void)
 {
@@ -433,9 +430,8 @@ int gateway_http(gateway_t *g, http_req_t *req)
     size_t plen = strlen(path);
     if (!strcmp(path, "/ws")) {
         gw_http_ws(g, req);
-    } else if (!strcmp(path, "/") || !strcmp(path, "/index.html")) {
-        http_respond(req, 200, "text/html; charset=utf-8", (const char *)index_html, index_html_len,
-                     NULL);
+    } else if (assets_serve(req)) {
+        /* the browser page (web/) */
     } else if (!strcmp(path, "/api/dev/token") && g->conf->dev_tokens) {
         if (strcmp(method, "POST") != 0)
             http_respond_error(req, 405, "bad_request", "use POST");

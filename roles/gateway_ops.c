@@ -126,6 +126,45 @@ static void gw_member_changed(gateway_t *g, const char *op, const char *room, co
 
 /* ---- join: membership (PostgreSQL), route then head (Redis) ---- */
 
+/* A direct message must reach its recipient, who cannot know the room
+ * exists: the first join of dm:A:B makes the other user a member too, and
+ * its `joined` (user = the other) reaches that user's sessions through the
+ * classifier's per-user routes, which adds the room there. */
+struct gw_dm_peer {
+    gateway_t *g;
+    char room[PROTO_ROOM_MAX + 1];
+    char peer[AUTH_USER_MAX + 1];
+};
+
+static void gw_on_dm_peer_db(int err, PGresult *res, void *ud)
+{
+    struct gw_dm_peer *d = ud;
+    if (err)
+        log_warn("dm_peer_join_failed", "room=%s user=%s err=%s", d->room, d->peer, err_code(err));
+    else if (PQntuples(res) > 0)
+        gw_member_changed(d->g, "joined", d->room, d->peer);
+    free(d);
+}
+
+static void gw_dm_add_peer(gateway_t *g, const char *room, const char *user)
+{
+    /* proto checked the form dm:A:B and that user is A or B */
+    const char *a = room + 3, *colon = strchr(a, ':');
+    CHATD_ASSERT(colon != NULL);
+    size_t alen = (size_t)(colon - a);
+    int user_is_a = strlen(user) == alen && memcmp(user, a, alen) == 0;
+    const char *peer = user_is_a ? colon + 1 : a;
+    size_t plen = user_is_a ? strlen(colon + 1) : alen;
+    if (plen == 0 || plen > AUTH_USER_MAX)
+        return;
+    struct gw_dm_peer *d = calloc(1, sizeof *d);
+    CHATD_ASSERT(d != NULL);
+    d->g = g;
+    strcpy(d->room, room);
+    memcpy(d->peer, peer, plen);
+    db_join(g->pg, d->room, d->peer, gw_on_dm_peer_db, d);
+}
+
 static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
 {
     struct gw_conn *c = gw_pending_conn(p);
@@ -135,8 +174,11 @@ static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
     } else {
         gw_reply_ok(c, p->rid, p->room, head);
-        if (p->inserted)
+        if (p->inserted) {
             gw_member_changed(p->g, "joined", p->room, p->user);
+            if (!strncmp(p->room, "dm:", 3))
+                gw_dm_add_peer(p->g, p->room, p->user);
+        }
     }
     free(p);
 }

@@ -13,7 +13,14 @@ PKGS=(
   prometheus
   clang libclang-rt-14-dev
   kcat
+  chromium
 )
+# Node.js for the browser test (tests/browser): Debian's nodejs and npm,
+# unless a node with its npm is on PATH already (NodeSource's nodejs bundles
+# npm and conflicts with Debian's npm package).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PKGS+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PKGS[@]}" "$@"; do

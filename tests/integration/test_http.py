@@ -1,6 +1,7 @@
 """HTTP endpoints on the gateway port: probes, metrics, the browser page,
 dev tokens and the REST history API."""
 import json
+import re
 import urllib.parse
 
 import pytest
@@ -46,6 +47,74 @@ def test_browser_client_page(cluster):
     assert st == 200, st
     assert "text/html" in hdrs.get("content-type", ""), hdrs
     assert b"<" in body
+
+
+WEB_ASSETS = {"/": "text/html; charset=utf-8", "/index.html": "text/html; charset=utf-8",
+              "/app.js": "text/javascript; charset=utf-8", "/style.css": "text/css; charset=utf-8",
+              "/favicon.svg": "image/svg+xml"}
+
+
+@pytest.mark.parametrize("path", sorted(WEB_ASSETS))
+def test_web_asset_headers(cluster, path):
+    port = cluster.gw_ports[0]
+    st, hdrs, body = http_request(port, "GET", path)
+    assert st == 200, st
+    assert hdrs.get("content-type") == WEB_ASSETS[path], hdrs
+    assert int(hdrs["content-length"]) == len(body) > 0
+    assert hdrs.get("cache-control") == "no-cache", hdrs
+    assert hdrs.get("x-content-type-options") == "nosniff", hdrs
+    csp = hdrs.get("content-security-policy", "")
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    assert directives.get("script-src") == ["'self'"], csp
+    assert directives.get("default-src") == ["'none'"], csp
+    assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp, csp
+    assert directives.get("frame-ancestors") == ["'none'"], csp
+    assert f"ws://127.0.0.1:{port}" in directives.get("connect-src", []), csp
+    etag = hdrs.get("etag", "")
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) > 8, hdrs
+    # Revalidation: the same tag answers 304 with no body and no Content-Length.
+    st, hdrs2, body2 = http_request(port, "GET", path, headers={"If-None-Match": etag})
+    assert st == 304 and body2 == b"" and "content-length" not in hdrs2, (st, hdrs2)
+    assert hdrs2.get("etag") == etag
+    st, _, body3 = http_request(port, "GET", path, headers={"If-None-Match": '"other"'})
+    assert st == 200 and body3 == body
+    # Both gateways run the same binary: the same bytes and tag.
+    st, hdrs4, body4 = http_request(cluster.gw_ports[1], "GET", path)
+    assert st == 200 and body4 == body and hdrs4.get("etag") == etag
+
+
+def test_web_page_has_no_inline_script_or_style(cluster):
+    _, _, body = http_request(cluster.gw_ports[0], "GET", "/")
+    html = body.decode()
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all("src=" in t for t in scripts), scripts
+    assert not re.search(r"<script\b[^>]*>\s*[^<\s]", html), "inline script body"
+    assert "<style" not in html and " style=" not in html and " on" + "click=" not in html
+
+
+def test_web_asset_head_and_methods(cluster):
+    port = cluster.gw_ports[0]
+    st, hdrs, body = http_request(port, "HEAD", "/app.js")
+    assert st == 200 and body == b"" and int(hdrs["content-length"]) > 1000, (st, hdrs)
+    st, hdrs, body = http_request(port, "POST", "/app.js", body=b"x")
+    assert st == 405 and "GET" in hdrs.get("allow", ""), (st, hdrs)
+    assert json.loads(body)["error"] == "bad_request"
+    # A forged Host header is not echoed into the CSP.
+    st, hdrs, _ = http_request(port, "GET", "/", headers={"Host": "evil\"; script-src *"})
+    assert st == 200 and "evil" not in hdrs.get("content-security-policy", ""), hdrs
+
+
+def test_token_check_the_page_relies_on(cluster):
+    """The page checks a pasted token with an invalid room id: the token is
+    judged first (401), then the room (400), with no backend involved."""
+    port = cluster.gw_ports[0]
+    good = {"Authorization": "Bearer " + cluster.token(uid("tok"))}
+    bad = {"Authorization": "Bearer " + make_token(uid("tok"), "not-the-secret")}
+    assert http_request(port, "GET", "/api/rooms/!/messages", headers=good)[0] == 400
+    assert http_request(port, "GET", "/api/rooms/!/messages", headers=bad)[0] == 401
+    assert http_request(port, "GET", "/api/rooms/!/messages")[0] == 401
+    # and the demo probe: an empty body is 400 with dev tokens on
+    assert http_request(port, "POST", "/api/dev/token", body=b"{}")[0] == 400
 
 
 def test_unknown_path_404(cluster):

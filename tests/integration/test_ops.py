@@ -372,3 +372,48 @@ def test_dm_rooms(cluster):
         for cl in (a, b, c):
             await cl.close()
     arun(body())
+
+
+def test_dm_first_join_makes_the_other_user_a_member(cluster):
+    """Starting a direct message reaches the recipient without them joining:
+    online, they get `joined` (user = themselves), the room in `rooms` and its
+    messages live; offline, the room is theirs at the next connect."""
+    sfx = uid("")
+    ua, ub, uc = "a" + sfx, "b" + sfx, "c" + sfx
+    room, room_c = f"dm:{ua}:{ub}", f"dm:{ua}:{uc}"
+
+    async def body():
+        a = await cluster.client(ua, gw=0)
+        b = await cluster.client(ub, gw=1)
+        assert await a.join(room) == 0
+        await b.wait_event(lambda e: e.get("op") == "joined" and e.get("room") == room
+                           and e.get("user") == ub, what="b's own joined")
+        r = await b.ok("rooms")
+        assert {"room": room, "seq": 0, "read": 0} in r["rooms"], r
+        await a.send(room, "hi b", cid="c1")
+        await b.wait_seqs(room, [1])
+        assert [m["text"] for m in await b.sync_all(room)] == ["hi b"]
+        # b's own join later is answered like any join and announces nothing
+        assert await b.join(room) == 1
+        # c is offline when a starts the DM: the room is waiting at c's connect
+        assert await a.join(room_c) == 0
+        await a.send(room_c, "hi c")
+        c = None
+        for _ in range(50):  # the peer's membership is written just after a's join reply
+            c = await cluster.client(uc, gw=1)
+            r = await c.ok("rooms")
+            if any(x["room"] == room_c for x in r["rooms"]):
+                break
+            await c.close()
+            c = None
+            await asyncio.sleep(0.1)
+        assert c is not None, "c never became a member of its DM"
+        for _ in range(100):  # acked means in Kafka; sequenced and stored just after
+            texts = [m["text"] for m in await c.sync_all(room_c)]
+            if texts:
+                break
+            await asyncio.sleep(0.1)
+        assert texts == ["hi c"], texts
+        for cl in (a, b, c):
+            await cl.close()
+    arun(body())
