@@ -181,6 +181,30 @@ static int proto_fields(const cJSON *o, const struct proto_limits *lim, const ch
     }
 }
 
+/* cJSON decodes \u0000 (and copies a raw NUL byte) into a NUL that ends its
+ * C string: "a\u0000b" would silently become "a" (a room, cid or text other
+ * than the one sent), and PostgreSQL text cannot hold NUL anyway. So both are
+ * refused anywhere in a frame. data is valid JSON here, so tracking quotes
+ * and backslashes is exact. */
+static int proto_has_nul_escape(const char *data, size_t len)
+{
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (data[i] == '\0') /* cJSON takes a raw NUL inside a string too */
+            return 1;
+        if (!in_str) {
+            in_str = data[i] == '"';
+        } else if (data[i] == '"') {
+            in_str = 0;
+        } else if (data[i] == '\\' && i + 1 < len) {
+            if (data[i + 1] == 'u' && len - i >= 6 && !memcmp(data + i + 2, "0000", 4))
+                return 1;
+            i++;
+        }
+    }
+    return 0;
+}
+
 int proto_parse(const char *data, size_t len, const struct proto_limits *lim, const char *user,
                 struct proto_req *r, const char **why)
 {
@@ -194,6 +218,10 @@ int proto_parse(const char *data, size_t len, const struct proto_limits *lim, co
     int rc = proto_rid(o, r, why);
     if (rc)
         return rc;
+    if (proto_has_nul_escape(data, len)) {
+        *why = "strings must not contain U+0000";
+        return ERR_BAD_REQUEST;
+    }
     const char *op;
     if (proto_str(o, "op", 1, &op) < 0) {
         *why = "op must be a string";
