@@ -78,7 +78,7 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/chatd
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/security $(PYTEST_ARGS)
 
 # Random faults (gateway/classifier kill, Redis restarted empty, PostgreSQL
 # down, Kafka broker faults) under traffic for DURATION seconds, then the

@@ -63,6 +63,7 @@ struct ws_conn {
     uint8_t state;
     uint8_t dirty;     /* on ws_g.dirty (outside the flush pass) */
     uint8_t shut;      /* FIN sent */
+    uint8_t own_close; /* our 1002 close frame replaced wslay's (ws_conn_fail_1002) */
     uint16_t code;     /* on_close code; 0: derive from the close handshake */
     uv_tcp_t *tcp;
     wslay_event_context_ptr wslay;
@@ -423,6 +424,31 @@ static void ws_conn_protocol_close(ws_conn_t *c, uint16_t code, const char *reas
     ws_conn_enter_closing(c, code);
 }
 
+/* wslay answers some protocol errors with a close frame that has no status
+ * code: frame-level ones (a control frame over 125 bytes or fragmented, a
+ * 64-bit length with its top bit set, a non-minimal length), for which
+ * wslay_event_recv returns WSLAY_ERR_CALLBACK_FAILURE, and a close frame
+ * with a 1-byte body, which it takes as "no status". RFC 6455 (5.5.1, 7.4.1)
+ * wants 1002: wslay's frame is dropped (its output shut) and ours queued. */
+static void ws_conn_fail_1002(ws_conn_t *c, const char *why)
+{
+    static const uint8_t close_1002[] = { 0x88, 0x02, 0x03, 0xea };
+    if (c->state != WS_OPEN)
+        return;
+    log_info("ws_protocol_close", "peer=%s code=1002 reason=%s", c->peer, why);
+    metric_inc(ws_m.protocol);
+    wslay_event_shutdown_read(c->wslay);
+    wslay_event_shutdown_write(c->wslay);
+    c->own_close = 1;
+    ws_frame_t *f = ws_frame_raw(close_1002, sizeof close_1002);
+    if (!f) {
+        ws_conn_cut(c, 1002);
+        return;
+    }
+    if (ws_conn_enqueue(c, f) == 0)
+        ws_conn_enter_closing(c, 1002);
+}
+
 static void ws_wslay_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
                             void *user)
 {
@@ -433,6 +459,8 @@ static void ws_wslay_on_msg(wslay_event_context_ptr ctx, const struct wslay_even
          * frames the rest of this read produces. */
         if (wslay_event_send(ctx) != 0)
             ws_conn_cut(c, 1011);
+    } else if (arg->opcode == WSLAY_CONNECTION_CLOSE && arg->msg_length == 1) {
+        ws_conn_fail_1002(c, "close-frame-body-of-1-byte");
     } else if (arg->opcode == WSLAY_BINARY_FRAME) {
         ws_conn_protocol_close(c, 1003, "binary frames are not supported");
     } else if (arg->opcode == WSLAY_TEXT_FRAME && c->state == WS_OPEN) {
@@ -473,7 +501,11 @@ static void ws_conn_feed(ws_conn_t *c, const uint8_t *data, size_t len)
     int r = wslay_event_recv(c->wslay);
     c->in = NULL;
     c->in_len = 0;
-    if (r != 0) {
+    if (r == WSLAY_ERR_CALLBACK_FAILURE && c->state == WS_OPEN) {
+        /* Our recv callback never fails (it only says "would block"), so
+         * this is wslay's frame-level protocol error. */
+        ws_conn_fail_1002(c, "bad-frame-header");
+    } else if (r != 0) {
         log_warn("ws_recv_failed", "peer=%s err=%d", c->peer, r);
         ws_conn_cut(c, 1011);
         return;
@@ -575,7 +607,8 @@ static void ws_shutdown_cb(uv_shutdown_t *req, int status)
  * otherwise send FIN and wait (read_cb sees its close frame or EOF). */
 static void ws_conn_maybe_finish(ws_conn_t *c)
 {
-    if (c->state != WS_CLOSING || c->qlen || c->inflight || !wslay_event_get_close_sent(c->wslay))
+    if (c->state != WS_CLOSING || c->qlen || c->inflight ||
+        !(wslay_event_get_close_sent(c->wslay) || c->own_close))
         return;
     if (wslay_event_get_close_received(c->wslay)) {
         ws_conn_cut(c, 0);

@@ -1,6 +1,9 @@
 #include "roles/gateway.h"
 
 #include <inttypes.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -598,8 +601,14 @@ int gw_conn_expired(struct gw_conn *c, uint64_t now_ms)
     return 1;
 }
 
+#define GW_TRIM_EVERY 5 /* sweeps */
+
 /* Once a second: an idle connection is closed within a second of its exp
- * (a request after exp is refused at once, gateway_ops.c). */
+ * (a request after exp is refused at once, gateway_ops.c).
+ * Every GW_TRIM_EVERY seconds, glibc is asked to give free heap pages back:
+ * after a flood of connections (each with wslay buffers and partly received
+ * messages) is gone, glibc would otherwise keep the freed memory mapped,
+ * and the process would stay at its peak RSS. */
 static void gw_on_expiry_sweep(uv_timer_t *t)
 {
     gateway_t *g = t->data;
@@ -607,6 +616,10 @@ static void gw_on_expiry_sweep(uv_timer_t *t)
     struct gw_conn *c, *tmp;
     HASH_ITER(hh, g->conns, c, tmp)
         gw_conn_expired(c, now);
+#ifdef __GLIBC__
+    if (++g->sweeps % GW_TRIM_EVERY == 0)
+        malloc_trim(0);
+#endif
 }
 
 static void gw_on_heartbeat(uv_timer_t *t)
