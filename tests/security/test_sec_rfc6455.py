@@ -29,6 +29,18 @@ def close_payload(code, reason=b""):
     return struct.pack("!H", code) + reason
 
 
+def long_form(opcode, payload, ext):
+    """A masked frame whose length uses the 16-bit (ext=126) or 64-bit
+    (ext=127) form even where a shorter one fits (RFC 6455 5.2: the minimal
+    number of bytes MUST be used)."""
+    import os
+    key = os.urandom(4)
+    n = len(payload)
+    ln = struct.pack("!H", n) if ext == 126 else struct.pack("!Q", n)
+    return (bytes([0x80 | opcode, 0x80 | ext]) + ln + key +
+            bytes(b ^ key[i % 4] for i, b in enumerate(payload)))
+
+
 # (section, label, frames to send, expected close code)
 PROTOCOL_ERRORS = [
     ("5.1", "unmasked client frame", [F(TEXT, rooms_req(), mask=False)], 1002),
@@ -67,6 +79,8 @@ PROTOCOL_ERRORS = [
      [F(TEXT, b"a" * 40000, fin=False), F(CONT, b"a" * 40000)], 1009),
     ("10.4", "announced length of 2^62 bytes", [F(TEXT, b"", length=1 << 62)], 1009),
     ("5.2", "64-bit length with its top bit set", [F(TEXT, b"", length=(1 << 63) + 5)], 1002),
+    ("5.2", "16-bit length form for 10 bytes", [long_form(TEXT, rooms_req(), 126)], 1002),
+    ("5.2", "64-bit length form for 200 bytes", [long_form(TEXT, b" " * 170 + rooms_req(), 127)], 1002),
     ("chatd", "binary frame (PROTOCOL.md: 1003)", [F(BINARY, b"\x00\x01")], 1003),
 ]
 
