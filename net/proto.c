@@ -184,8 +184,8 @@ static int proto_fields(const cJSON *o, const struct proto_limits *lim, const ch
 /* cJSON decodes \u0000 (and copies a raw NUL byte) into a NUL that ends its
  * C string: "a\u0000b" would silently become "a" (a room, cid or text other
  * than the one sent), and PostgreSQL text cannot hold NUL anyway. So both are
- * refused anywhere in a frame. data is valid JSON here, so tracking quotes
- * and backslashes is exact. */
+ * refused anywhere in a frame. data is exactly one JSON value here, so
+ * tracking quotes and backslashes is exact. */
 static int proto_has_nul_escape(const char *data, size_t len)
 {
     int in_str = 0;
@@ -209,9 +209,14 @@ int proto_parse(const char *data, size_t len, const struct proto_limits *lim, co
                 struct proto_req *r, const char **why)
 {
     memset(r, 0, sizeof *r);
-    cJSON *o = cJSON_ParseWithLength(data, len);
+    const char *end = data;
+    cJSON *o = cJSON_ParseWithLengthOpts(data, len, &end, 0);
     r->owner = o;
-    if (!cJSON_IsObject(o)) {
+    /* cJSON stops after the first value: "{...}{...}" must not pass as its
+     * first half (found by fuzzing). Whitespace may follow. */
+    while (o && end < data + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (!cJSON_IsObject(o) || end != data + len) {
         *why = "a frame must be one JSON object";
         return ERR_BAD_REQUEST;
     }

@@ -194,7 +194,14 @@ static void test_proto_nul(void **state)
     assert_int_equal(r.text_len, 5);
     assert_memory_equal(r.text, "\x01\xf0\x9f\x98\x80", 5);
     proto_req_free(&r);
-    /* lone surrogates are refused by cJSON */
+    /* one object per frame: trailing data is refused, whitespace is not */
+    assert_int_equal(parse("{\"op\":\"rooms\"}{\"op\":\"rooms\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"rooms\"} x", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse(" {\"op\":\"rooms\"} \r\n\t", &r), 0);
+    proto_req_free(&r);
+        /* lone surrogates are refused by cJSON */
     assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\udc00\"}", &r), ERR_BAD_REQUEST);
     proto_req_free(&r);
 }
