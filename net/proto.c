@@ -181,25 +181,38 @@ static int proto_fields(const cJSON *o, const struct proto_limits *lim, const ch
     }
 }
 
-/* cJSON decodes \u0000 (and copies a raw NUL byte) into a NUL that ends its
- * C string: "a\u0000b" would silently become "a" (a room, cid or text other
- * than the one sent), and PostgreSQL text cannot hold NUL anyway. So both are
- * refused anywhere in a frame. data is exactly one JSON value here, so
- * tracking quotes and backslashes is exact. */
-static int proto_has_nul_escape(const char *data, size_t len)
+static int proto_hex(char c)
 {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* 1 if the frame holds something that cJSON would turn into a NUL, which
+ * ends its C strings: "a\u0000b" would silently become "a" (a room, cid or
+ * text other than the one sent), and PostgreSQL text cannot hold NUL anyway.
+ * That is a raw 0 byte, \u0000, and also a malformed \u escape: cJSON reads
+ * "\u0e7 " or "\u00g0" as code point 0 (found by fuzzing). So escapes are
+ * checked strictly here. data is exactly one JSON value, so tracking quotes
+ * and backslashes is exact. */
+static int proto_has_nul(const char *data, size_t len)
+{
+    if (memchr(data, 0, len))
+        return 1;
     int in_str = 0;
     for (size_t i = 0; i < len; i++) {
-        if (data[i] == '\0') /* cJSON takes a raw NUL inside a string too */
-            return 1;
         if (!in_str) {
             in_str = data[i] == '"';
         } else if (data[i] == '"') {
             in_str = 0;
-        } else if (data[i] == '\\' && i + 1 < len) {
-            if (data[i + 1] == 'u' && len - i >= 6 && !memcmp(data + i + 2, "0000", 4))
+        } else if (data[i] == '\\') {
+            if (i + 1 >= len)
                 return 1;
-            i++;
+            char e = data[++i];
+            if (e != 'u')
+                continue; /* cJSON refuses unknown escapes itself */
+            if (len - i < 5 || !proto_hex(data[i + 1]) || !proto_hex(data[i + 2]) ||
+                !proto_hex(data[i + 3]) || !proto_hex(data[i + 4]) || !memcmp(data + i + 1, "0000", 4))
+                return 1;
+            i += 4;
         }
     }
     return 0;
@@ -223,7 +236,7 @@ int proto_parse(const char *data, size_t len, const struct proto_limits *lim, co
     int rc = proto_rid(o, r, why);
     if (rc)
         return rc;
-    if (proto_has_nul_escape(data, len)) {
+    if (proto_has_nul(data, len)) {
         *why = "strings must not contain U+0000";
         return ERR_BAD_REQUEST;
     }

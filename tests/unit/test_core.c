@@ -194,6 +194,14 @@ static void test_proto_nul(void **state)
     assert_int_equal(r.text_len, 5);
     assert_memory_equal(r.text, "\x01\xf0\x9f\x98\x80", 5);
     proto_req_free(&r);
+    /* malformed \u escapes, which cJSON reads as code point 0 */
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"o \\u0e7 x\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\u00g0\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\u00E9\"}", &r), 0);
+    assert_string_equal(r.text, "\xc3\xa9");
+    proto_req_free(&r);
     /* one object per frame: trailing data is refused, whitespace is not */
     assert_int_equal(parse("{\"op\":\"rooms\"}{\"op\":\"rooms\"}", &r), ERR_BAD_REQUEST);
     proto_req_free(&r);
