@@ -265,6 +265,14 @@ def test_hostile_payloads_stored_byte_exact(sec):
         r = await a.await_reply(obj, fut)
         assert r["op"] == "error" and r["code"] == "bad_request", r
         await asyncio.sleep(0.06)
+        # A malformed \u escape, which cJSON alone would decode as U+0000.
+        for i, esc in enumerate(("\\u0e7 x", "\\u00g0", "\\u12zz")):
+            obj = {"rid": f"esc{i}"}
+            fut = a.issue(obj)
+            await a.ws.send('{"op":"send","room":"%s","text":"a%sb","rid":"esc%d"}' % (room, esc, i))
+            r = await a.await_reply(obj, fut)
+            assert r["op"] == "error" and r["code"] == "bad_request", (esc, r)
+            await asyncio.sleep(0.06)
         await a.expect_error({"op": "send", "room": room, "text": "🙂" * 1024 + "x"}, "too_large")
         await asyncio.sleep(0.06)
         await a.expect_error({"op": "join", "room": "lobby\u0000evil"}, "bad_request")
