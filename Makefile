@@ -116,7 +116,7 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/chatd browser-deps
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/browser $(PYTEST_ARGS)
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
 # The browser test's one npm package (playwright-core, no browser download:
 # it drives Debian's chromium). npm ci writes node_modules/.package-lock.json,

@@ -243,6 +243,13 @@ static int chatd_run(struct chatd *d)
         log_error("listen_failed", "addr=%s:%d err=%d", c->listen_host, c->listen_port, rc);
         return rc;
     }
+    struct http_limits hl = {
+        .max_header = c->max_header,
+        .max_url = c->max_url,
+        .request_timeout_ms = (unsigned)c->request_timeout_ms,
+        .max_conns = (unsigned)c->max_http_conns,
+    };
+    http_server_set_limits(d->http, &hl);
     uv_signal_init(d->loop, &d->sigterm);
     uv_signal_init(d->loop, &d->sigint);
     uv_timer_init(d->loop, &d->drain);

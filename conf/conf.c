@@ -71,6 +71,21 @@ static const struct conf_flag conf_flags[] = {
           "history reads (sync, REST) in flight per gateway; more are answered unavailable / 503"),
     F_INT("handshake-concurrency", handshake_concurrency, "256", 1, 100000,
           "upgrades in flight per gateway (loading the user's rooms); more get 503 + Retry-After"),
+    F_INT("max-conns", max_conns, "10000", 1, 1000000,
+          "WebSocket connections (open + being set up) per gateway; more get 503 + Retry-After before the upgrade"),
+    F_INT("max-conns-per-user", max_conns_per_user, "32", 1, 100000,
+          "WebSocket connections of one user per gateway; more get 429 before the upgrade"),
+    F_STR("origins", origins, "",
+          "browser Origins allowed to open /ws, comma-separated (e.g. https://chat.example.com); "
+          "'' = same-origin only, '*' = any; requests without Origin (non-browser) are allowed; 403 otherwise"),
+    F_SIZE("max-header-bytes", max_header, "16384", 1024, 1048576,
+           "HTTP request line + headers, bytes (431 above)"),
+    F_SIZE("max-url-bytes", max_url, "8192", 256, 1048576, "HTTP request target (path + query), bytes (414 above)"),
+    F_INT("request-timeout-ms", request_timeout_ms, "10000", 100, 600000,
+          "a connection must deliver a complete HTTP request (the upgrade included) within this; "
+          "408 + close when part of one came, plain close when idle (slowloris)"),
+    F_INT("max-http-conns", max_http_conns, "4096", 1, 1000000,
+          "sockets still in the HTTP phase (not yet upgraded); a new one above this gets 503 and is closed"),
     F_INT("migrate-wait", migrate_wait_s, "30", 0, 3600, "seconds to wait for PostgreSQL at start"),
     { "log-level", T_LEVEL, offsetof(struct conf, log_level), 0, "info", 0, 0, "debug | info | warn | error" },
 };
@@ -84,7 +99,8 @@ void conf_usage(FILE *out)
 {
     fprintf(out, "usage: chatd [--flag=value ...]\n\n"
                  "Every flag is also read from the environment as CHATD_<FLAG> (e.g. CHATD_LISTEN);\n"
-                 "the command line wins. The JWT secret is read only from CHATD_JWT_SECRET.\n\n");
+                 "the command line wins. The JWT secret is read only from CHATD_JWT_SECRET\n"
+                 "(and, during a rotation, CHATD_JWT_SECRET_PREVIOUS, also accepted).\n\n");
     for (size_t i = 0; i < CONF_NFLAGS; i++) {
         const struct conf_flag *f = &conf_flags[i];
         fprintf(out, "  --%-22s %s", f->name, f->help);
@@ -295,6 +311,20 @@ static int conf_check(struct conf *c)
     }
     if (secret)
         strcpy(c->jwt_secret, secret);
+    /* Rotation: tokens signed with the previous secret keep working until
+     * they expire; new ones are signed (by the issuer) with the current one. */
+    const char *prev = getenv("CHATD_JWT_SECRET_PREVIOUS");
+    if (prev && strlen(prev) >= sizeof c->jwt_secret_previous) {
+        fprintf(stderr, "chatd: CHATD_JWT_SECRET_PREVIOUS is too long (max %zu bytes)\n",
+                sizeof c->jwt_secret_previous - 1);
+        return -1;
+    }
+    if (prev)
+        strcpy(c->jwt_secret_previous, prev);
+    if (c->max_url > c->max_header) {
+        fprintf(stderr, "chatd: --max-url-bytes must not exceed --max-header-bytes\n");
+        return -1;
+    }
     if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && !c->jwt_secret[0] && !c->dev_tokens) {
         fprintf(stderr, "chatd: set CHATD_JWT_SECRET (the HS256 secret clients' tokens are signed with)\n");
         return -1;

@@ -33,6 +33,7 @@ struct conf {
     int dev_tokens;
     int fault_injection;         /* broker: /faults/ HTTP API (tests only) */
     char jwt_secret[256];        /* from CHATD_JWT_SECRET only */
+    char jwt_secret_previous[256]; /* CHATD_JWT_SECRET_PREVIOUS: still accepted during a rotation */
     char topic_send[128];
     char topic_receive[128];
     int send_partitions;
@@ -53,6 +54,13 @@ struct conf {
     int history_max;             /* sync/REST limit cap (1000) */
     int history_concurrency;     /* history reads in flight per gateway */
     int handshake_concurrency;   /* upgrades waiting for their rooms per gateway */
+    int max_conns;               /* WebSockets + upgrades in flight per gateway (503 above) */
+    int max_conns_per_user;      /* per user per gateway (429 above) */
+    char origins[1024];          /* browser Origins allowed to upgrade: "" same-origin, "*" any */
+    size_t max_header;           /* HTTP request line + headers, bytes (431 above) */
+    size_t max_url;              /* HTTP request target, bytes (414 above) */
+    int request_timeout_ms;      /* a complete HTTP request within this, or 408 / close */
+    int max_http_conns;          /* sockets in the HTTP phase (503 + close above) */
     int migrate_wait_s;
     enum log_level log_level;
 };

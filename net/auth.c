@@ -37,6 +37,8 @@ static int auth_get_exp(jwt_t *jwt, int64_t *exp)
     return 0;
 }
 
+static const char auth_why_signature[] = "malformed or badly signed";
+
 int auth_verify(const char *secret, const char *token, int64_t now_s, struct auth_identity *id,
                 const char **why)
 {
@@ -45,7 +47,7 @@ int auth_verify(const char *secret, const char *token, int64_t now_s, struct aut
     *why = "missing token";
     if (!token || !*token)
         return ERR_UNAUTHORIZED;
-    *why = "malformed or badly signed";
+    *why = auth_why_signature;
     if (jwt_decode(&jwt, token, (const unsigned char *)secret, (int)strlen(secret)) != 0 || !jwt)
         return ERR_UNAUTHORIZED;
     int rc = ERR_UNAUTHORIZED;
@@ -75,6 +77,17 @@ int auth_verify(const char *secret, const char *token, int64_t now_s, struct aut
     *why = NULL;
 out:
     jwt_free(jwt);
+    return rc;
+}
+
+int auth_verify_rotating(const char *secret, const char *previous, const char *token, int64_t now_s,
+                         struct auth_identity *id, const char **why)
+{
+    int rc = auth_verify(secret, token, now_s, id, why);
+    /* Only a signature failure is worth a second try: an expired or
+     * malformed token fails the same way with any key. */
+    if (rc && *why == auth_why_signature && previous && previous[0])
+        rc = auth_verify(previous, token, now_s, id, why);
     return rc;
 }
 

@@ -23,6 +23,11 @@ struct auth_identity {
  * static reason ("expired", "bad signature", ...) for the log. */
 int auth_verify(const char *secret, const char *token, int64_t now_s, struct auth_identity *id,
                 const char **why);
+/* auth_verify with secret, then, if the signature did not match and
+ * previous is non-empty, with previous (secret rotation: tokens signed with
+ * the previous secret stay valid until they expire). */
+int auth_verify_rotating(const char *secret, const char *previous, const char *token, int64_t now_s,
+                         struct auth_identity *id, const char **why);
 /* Issues a token for user valid ttl_s seconds. Returns a malloc'd string
  * (caller frees) or NULL. */
 char *auth_issue(const char *secret, const char *user, int64_t now_s, int64_t ttl_s);

@@ -24,11 +24,8 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 
-#define HTTP_HEAD_MAX (16 * 1024) /* URL + headers; 431 above */
 #define HTTP_BODY_MAX (64 * 1024) /* 413 above */
-#define HTTP_IDLE_MS 30000        /* no complete request within this: closed */
 #define HTTP_LINGER_MS 2000       /* wait this long for the peer's FIN after closing */
-#define HTTP_SWEEP_MS 1000
 #define HTTP_BACKLOG 511
 
 #define HTTP_SERVER_MAGIC 0x48535256u
@@ -49,6 +46,8 @@ struct http_server {
     void *user;
     struct http_conn *conns;  /* every connection still in the HTTP phase */
     struct http_conn *resumes;
+    struct http_limits lim;
+    unsigned nconns;  /* connections in the HTTP phase */
     unsigned handles; /* open handles; freed at 0 once closing */
     int port;
     unsigned accepting : 1, closing : 1;
@@ -78,13 +77,14 @@ struct http_req {
     char *body;
     size_t body_len, body_cap;
     size_t used;
+    size_t cap;     /* of buf, the max_header of when the request began */
     size_t headers; /* offset of the first header name */
     unsigned nheaders;
     uint8_t part;
     uint8_t method;
     uint8_t keep_alive, upgrade, http10;
     char peer[INET6_ADDRSTRLEN];
-    char buf[HTTP_HEAD_MAX + 1]; /* url\0 (name\0 value\0)* */
+    char buf[]; /* lim.max_header + 1: url\0 (name\0 value\0)* */
 };
 
 struct http_write {
@@ -142,6 +142,7 @@ static void http_conn_unlink(struct http_conn *c)
         s->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    s->nconns--;
     if (c->in_resume) {
         struct http_conn **pp = &s->resumes;
         while (*pp != c)
@@ -236,7 +237,9 @@ static const char *http_status_text(int status)
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 409: return "Conflict";
+    case 408: return "Request Timeout";
     case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
     case 426: return "Upgrade Required";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
@@ -331,7 +334,7 @@ static void http_conn_send(struct http_conn *c, int status, const char *ctype, c
         return;
     }
     c->state = HTTP_READING;
-    c->deadline = uv_now(c->srv->loop) + HTTP_IDLE_MS;
+    c->deadline = uv_now(c->srv->loop) + c->srv->lim.request_timeout_ms;
     http_parser_pause(&c->parser, 0);
     http_conn_resume_later(c);
 }
@@ -341,9 +344,11 @@ static void http_conn_reject(struct http_conn *c, int status)
 {
     const char *body;
     switch (status) {
+    case 408: body = "{\"error\":\"bad_request\",\"message\":\"request not received in time\"}"; break;
     case 413: body = "{\"error\":\"too_large\",\"message\":\"request body too large\"}"; break;
+    case 414: body = "{\"error\":\"too_large\",\"message\":\"request target too long\"}"; break;
     case 431: body = "{\"error\":\"too_large\",\"message\":\"request headers too large\"}"; break;
-    case 503: body = "{\"error\":\"unavailable\",\"message\":\"out of memory, try again\"}"; break;
+    case 503: body = "{\"error\":\"unavailable\",\"message\":\"server busy, try again\"}"; break;
     default: body = "{\"error\":\"bad_request\",\"message\":\"malformed request\"}"; break;
     }
     log_info("http_reject", "peer=%s status=%d", c->peer, status);
@@ -358,7 +363,7 @@ static void http_conn_reject(struct http_conn *c, int status)
 static int http_req_append(struct http_conn *c, const char *at, size_t len)
 {
     http_req_t *r = c->req;
-    if (len > HTTP_HEAD_MAX - r->used) {
+    if (len > r->cap - r->used) {
         c->fail = 431;
         return -1;
     }
@@ -388,13 +393,14 @@ static int http_req_switch(struct http_conn *c, enum http_part part)
 static int http_on_message_begin(http_parser *p)
 {
     struct http_conn *c = p->data;
-    http_req_t *r = malloc(sizeof *r);
+    http_req_t *r = malloc(sizeof *r + c->srv->lim.max_header + 1);
     if (!r) {
         c->fail = 503;
         return -1;
     }
     memset(r, 0, offsetof(http_req_t, buf));
     r->magic = HTTP_REQ_MAGIC;
+    r->cap = c->srv->lim.max_header;
     r->conn = c;
     memcpy(r->peer, c->peer, sizeof r->peer);
     c->req = r;
@@ -404,6 +410,11 @@ static int http_on_message_begin(http_parser *p)
 static int http_on_url(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
+    /* The URL is the buffer's first string: its length so far is r->used. */
+    if (len > c->srv->lim.max_url || c->req->used > c->srv->lim.max_url - len) {
+        c->fail = 414;
+        return -1;
+    }
     return http_req_switch(c, HTTP_PART_URL) || http_req_append(c, at, len) ? -1 : 0;
 }
 
@@ -614,13 +625,21 @@ static void http_server_on_connection(uv_stream_t *l, int status)
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     http_conn_peer(c);
-    c->deadline = uv_now(s->loop) + HTTP_IDLE_MS;
+    c->deadline = uv_now(s->loop) + s->lim.request_timeout_ms;
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
     s->conns = c;
+    s->nconns++;
     s->handles++;
     metric_add(http_m_conns, 1);
+    if (s->nconns > s->lim.max_conns) {
+        /* A flood of idle sockets must not starve the process of fds; the
+         * refused socket lingers at most HTTP_LINGER_MS. */
+        log_debug("http_conn_refused", "peer=%s conns=%u", c->peer, s->nconns);
+        http_conn_reject(c, 503);
+        return;
+    }
     http_conn_read(c, 1);
 }
 
@@ -630,9 +649,16 @@ static void http_server_sweep_cb(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     for (struct http_conn *c = s->conns; c; c = c->next)
         if ((c->state == HTTP_READING || c->state == HTTP_LINGER) && now >= c->deadline) {
-            if (c->state == HTTP_READING)
-                log_debug("http_idle_close", "peer=%s", c->peer);
-            http_conn_close(c);
+            /* Slowloris: part of a request came, the rest did not. An idle
+             * keep-alive connection is closed without a word. */
+            if (c->state == HTTP_READING && c->req) {
+                log_info("http_request_timeout", "peer=%s", c->peer);
+                http_conn_reject(c, 408);
+            } else {
+                if (c->state == HTTP_READING)
+                    log_debug("http_idle_close", "peer=%s", c->peer);
+                http_conn_close(c);
+            }
         }
 }
 
@@ -681,7 +707,7 @@ int http_server_init(http_server_t **out, uv_loop_t *loop, const char *host, int
     s->accepting = 1;
     uv_timer_init(loop, &s->sweep);
     s->sweep.data = s;
-    uv_timer_start(&s->sweep, http_server_sweep_cb, HTTP_SWEEP_MS, HTTP_SWEEP_MS);
+    http_server_set_limits(s, NULL);
     uv_idle_init(loop, &s->resume);
     s->resume.data = s;
     s->handles += 2;
@@ -690,6 +716,24 @@ int http_server_init(http_server_t **out, uv_loop_t *loop, const char *host, int
 }
 
 int http_server_port(const http_server_t *s) { return s->port; }
+
+void http_server_set_limits(http_server_t *s, const struct http_limits *lim)
+{
+    static const struct http_limits defaults = { 16 * 1024, 8 * 1024, 10000, 4096 };
+    s->lim = lim ? *lim : defaults;
+    if (!s->lim.max_header)
+        s->lim.max_header = defaults.max_header;
+    if (!s->lim.max_url || s->lim.max_url > s->lim.max_header)
+        s->lim.max_url = s->lim.max_header;
+    if (!s->lim.request_timeout_ms)
+        s->lim.request_timeout_ms = defaults.request_timeout_ms;
+    if (!s->lim.max_conns)
+        s->lim.max_conns = defaults.max_conns;
+    /* The sweep enforces the timeout: a quarter of it, within [50, 1000] ms. */
+    unsigned every = s->lim.request_timeout_ms / 4;
+    every = every > 1000 ? 1000 : every < 50 ? 50 : every;
+    uv_timer_start(&s->sweep, http_server_sweep_cb, every, every);
+}
 
 void http_server_stop_accepting(http_server_t *s)
 {

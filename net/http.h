@@ -10,8 +10,13 @@
  * later from any callback. A request stays valid until then even if the peer
  * disconnected in between (the response is then dropped silently).
  *
- * Limits: headers + URL at most 16 KiB (else 431), body at most 64 KiB (else
- * 413); malformed requests get 400 and the connection is closed.
+ * Limits (struct http_limits, set by http_server_set_limits): request line +
+ * headers (431 above), request target (414 above), body at most 64 KiB (413
+ * above), a complete request within request_timeout_ms of the connection or
+ * of the previous response (408 if part of one came, else a silent close: the
+ * slowloris bound), at most max_conns sockets in the HTTP phase (a new one
+ * above gets 503 and is closed). Malformed requests get 400. Every refusal
+ * closes the connection.
  */
 #ifndef CHATD_HTTP_H
 #define CHATD_HTTP_H
@@ -24,10 +29,20 @@ typedef struct http_req http_req_t;
 
 typedef void (*http_handler_cb)(http_req_t *req, void *user);
 
+struct http_limits {
+    size_t max_header;           /* URL + header names and values, bytes (16 KiB) */
+    size_t max_url;              /* request target, bytes (8 KiB; at most max_header) */
+    unsigned request_timeout_ms; /* 10000 */
+    unsigned max_conns;          /* sockets in the HTTP phase (4096) */
+};
+
 /* Binds and listens on host:port (host is a numeric IPv4/IPv6 address).
  * Returns 0 or a negative ERR_* / UV error code (logged by the caller). */
 int http_server_init(http_server_t **out, uv_loop_t *loop, const char *host, int port,
                      http_handler_cb cb, void *user);
+/* Replaces the limits (NULL or a 0 field: the default above). They apply to
+ * requests that start after the call. */
+void http_server_set_limits(http_server_t *s, const struct http_limits *lim);
 /* The port actually bound (useful with port 0). */
 int http_server_port(const http_server_t *s);
 /* Stops accepting new connections; existing ones continue (drain). */

@@ -181,19 +181,65 @@ static int proto_fields(const cJSON *o, const struct proto_limits *lim, const ch
     }
 }
 
+static int proto_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* 1 if the frame holds something that cJSON would turn into a NUL, which
+ * ends its C strings: "a\u0000b" would silently become "a" (a room, cid or
+ * text other than the one sent), and PostgreSQL text cannot hold NUL anyway.
+ * That is a raw 0 byte, \u0000, and also a malformed \u escape: cJSON reads
+ * "\u0e7 " or "\u00g0" as code point 0 (found by fuzzing). So escapes are
+ * checked strictly here. data is exactly one JSON value, so tracking quotes
+ * and backslashes is exact. */
+static int proto_has_nul(const char *data, size_t len)
+{
+    if (memchr(data, 0, len))
+        return 1;
+    int in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!in_str) {
+            in_str = data[i] == '"';
+        } else if (data[i] == '"') {
+            in_str = 0;
+        } else if (data[i] == '\\') {
+            if (i + 1 >= len)
+                return 1;
+            char e = data[++i];
+            if (e != 'u')
+                continue; /* cJSON refuses unknown escapes itself */
+            if (len - i < 5 || !proto_hex(data[i + 1]) || !proto_hex(data[i + 2]) ||
+                !proto_hex(data[i + 3]) || !proto_hex(data[i + 4]) || !memcmp(data + i + 1, "0000", 4))
+                return 1;
+            i += 4;
+        }
+    }
+    return 0;
+}
+
 int proto_parse(const char *data, size_t len, const struct proto_limits *lim, const char *user,
                 struct proto_req *r, const char **why)
 {
     memset(r, 0, sizeof *r);
-    cJSON *o = cJSON_ParseWithLength(data, len);
+    const char *end = data;
+    cJSON *o = cJSON_ParseWithLengthOpts(data, len, &end, 0);
     r->owner = o;
-    if (!cJSON_IsObject(o)) {
+    /* cJSON stops after the first value: "{...}{...}" must not pass as its
+     * first half (found by fuzzing). Whitespace may follow. */
+    while (o && end < data + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r'))
+        end++;
+    if (!cJSON_IsObject(o) || end != data + len) {
         *why = "a frame must be one JSON object";
         return ERR_BAD_REQUEST;
     }
     int rc = proto_rid(o, r, why);
     if (rc)
         return rc;
+    if (proto_has_nul(data, len)) {
+        *why = "strings must not contain U+0000";
+        return ERR_BAD_REQUEST;
+    }
     const char *op;
     if (proto_str(o, "op", 1, &op) < 0) {
         *why = "op must be a string";

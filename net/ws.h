@@ -14,8 +14,10 @@
  * its queued bytes; past limits.max_queue_bytes the client is too slow and is
  * cut (socket closed, on_close called with 1008): it reconnects and syncs.
  *
- * Protocol outcomes (the peer misbehaved): invalid UTF-8 -> close 1007,
- * message over limits.max_msg -> 1009, binary message -> 1003. The server
+ * Protocol outcomes (the peer misbehaved): framing against RFC 6455
+ * (unmasked, reserved bits or opcodes, bad control frames, bad close codes)
+ * -> close 1002, invalid UTF-8 -> 1007, message over limits.max_msg -> 1009,
+ * binary message -> 1003. The server
  * pings a connection idle for ping_interval_ms and closes it (1001) if no
  * frame arrives within pong_timeout_ms after that.
  *

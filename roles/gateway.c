@@ -1,6 +1,9 @@
 #include "roles/gateway.h"
 
 #include <inttypes.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +155,7 @@ struct gw_handshake {
     gateway_t *g;
     http_req_t *req;
     struct gw_user *u;
+    int64_t exp_s;
     int pending;                    /* route registrations in flight */
     int err;
 };
@@ -172,6 +176,7 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     c->u = u;
     c->tokens = g->conf->rate_burst;
     c->tokens_ms = gw_now_ms();
+    c->exp_s = hs->exp_s;
     c->ws = ws_accept(hs->req, hello, (size_t)n, &gw_ws_callbacks, c);
     if (!c->ws) {
         free(c);
@@ -255,8 +260,8 @@ static int gw_authenticate(gateway_t *g, http_req_t *req, struct auth_identity *
 {
     char buf[4096];
     const char *why;
-    int rc = auth_verify(g->conf->jwt_secret, gw_token(req, buf, sizeof buf), (int64_t)time(NULL),
-                         id, &why);
+    int rc = auth_verify_rotating(g->conf->jwt_secret, g->conf->jwt_secret_previous,
+                                  gw_token(req, buf, sizeof buf), (int64_t)time(NULL), id, &why);
     if (rc) {
         metric_inc(g->m.handshakes_401);
         log_info("auth_failed", "peer=%s path=%s why=%s", http_req_peer(req), http_req_path(req),
@@ -267,11 +272,67 @@ static int gw_authenticate(gateway_t *g, http_req_t *req, struct auth_identity *
     return rc;
 }
 
+/* 1 if s[0..n) equals the value of Host (case-insensitive). */
+static int gw_same_host(const char *s, size_t n, const char *host)
+{
+    return host && strlen(host) == n && !strncasecmp(s, host, n);
+}
+
+/* A browser sends Origin on every WebSocket upgrade; a page of another site
+ * must not open sockets here with a token it got hold of. Clients that are
+ * not browsers send none and are not concerned. */
+static int gw_origin_allowed(gateway_t *g, http_req_t *req)
+{
+    const char *origin = http_req_header(req, "origin");
+    const char *list = g->conf->origins;
+    if (!origin || !strcmp(list, "*"))
+        return 1;
+    const char *sep = strstr(origin, "://");
+    if (sep && gw_same_host(sep + 3, strlen(sep + 3), http_req_header(req, "host")))
+        return 1;
+    size_t olen = strlen(origin);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " ,");
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m > 0 && p[m - 1] == ' ')
+            m--;
+        if (m && m == olen && !strncasecmp(p, origin, m))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
 static void gw_http_ws(gateway_t *g, http_req_t *req)
 {
     struct auth_identity id;
+    if (!gw_origin_allowed(g, req)) {
+        const char *o = http_req_header(req, "origin");
+        metric_inc(g->m.handshakes_403);
+        log_info("origin_refused", "peer=%s origin=%s", http_req_peer(req), log_q(o, strlen(o)));
+        http_respond_error(req, 403, "forbidden", "this Origin may not open WebSockets here");
+        return;
+    }
+    /* Checked before the token: cheapest first when the gateway is full. */
+    if (ws_conn_count() + (size_t)g->hs_inflight >= (size_t)g->conf->max_conns) {
+        metric_inc(g->m.shed);
+        metric_inc(g->m.handshakes_503);
+        gw_respond_retry(req, "this gateway is full, retry or try another");
+        return;
+    }
     if (gw_authenticate(g, req, &id))
         return;
+    struct gw_user *known = gw_user_find(g, id.user);
+    if (known && known->n_conns + known->pending >= g->conf->max_conns_per_user) {
+        metric_inc(g->m.handshakes_429);
+        log_info("user_conns_refused", "user=%s conns=%d pending=%d", id.user, known->n_conns,
+                 known->pending);
+        static const char body[] =
+            "{\"error\":\"rate_limited\",\"message\":\"too many connections for this user\"}";
+        http_respond(req, 429, "application/json", body, sizeof body - 1, "Retry-After: 5\r\n");
+        return;
+    }
     if (!gateway_ready(g)) {
         metric_inc(g->m.handshakes_503);
         http_respond_error(req, 503, "unavailable", "this gateway is not serving; try another");
@@ -291,6 +352,7 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
     hs->g = g;
     hs->req = req;
     hs->u = gw_user_get(g, id.user);
+    hs->exp_s = id.exp;
     hs->u->pending++;
     hs->pending = 1;
     /* The user's rooms are loaded before the 101: once a client has its
@@ -531,6 +593,38 @@ static void gw_on_heartbeat_done(int err, void *ud)
         g->live_since_ms = uv_now(g->loop);
 }
 
+int gw_conn_expired(struct gw_conn *c, uint64_t now_ms)
+{
+    if ((int64_t)(now_ms / 1000) < c->exp_s)
+        return 0;
+    log_info("token_expired", "user=%s conn=%" PRIu64 " exp=%" PRId64, c->u->id, c->id, c->exp_s);
+    metric_inc(c->g->m.expired);
+    c->exp_s = INT64_MAX; /* once: the close handshake may take a while */
+    ws_conn_close(c->ws, 1008, "token expired");
+    return 1;
+}
+
+#define GW_TRIM_EVERY 5 /* sweeps */
+
+/* Once a second: an idle connection is closed within a second of its exp
+ * (a request after exp is refused at once, gateway_ops.c).
+ * Every GW_TRIM_EVERY seconds, glibc is asked to give free heap pages back:
+ * after a flood of connections (each with wslay buffers and partly received
+ * messages) is gone, glibc would otherwise keep the freed memory mapped,
+ * and the process would stay at its peak RSS. */
+static void gw_on_expiry_sweep(uv_timer_t *t)
+{
+    gateway_t *g = t->data;
+    uint64_t now = gw_now_ms();
+    struct gw_conn *c, *tmp;
+    HASH_ITER(hh, g->conns, c, tmp)
+        gw_conn_expired(c, now);
+#ifdef __GLIBC__
+    if (++g->sweeps % GW_TRIM_EVERY == 0)
+        malloc_trim(0);
+#endif
+}
+
 static void gw_on_heartbeat(uv_timer_t *t)
 {
     gateway_t *g = t->data;
@@ -582,6 +676,10 @@ static void gw_metrics_init(gateway_t *g)
     g->m.handshakes_ok = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"ok\"");
     g->m.handshakes_401 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"unauthorized\"");
     g->m.handshakes_503 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"unavailable\"");
+    g->m.handshakes_403 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"forbidden_origin\"");
+    g->m.handshakes_429 = metrics_counter("chatd_handshakes_total", "WebSocket upgrades by result", "result=\"too_many_user_conns\"");
+    g->m.expired = metrics_counter("chatd_token_expired_closes_total",
+                                   "connections closed with 1008 because their token expired", NULL);
     g->m.shed = metrics_counter("chatd_shed_total", "handshakes and history reads refused by a concurrency cap", NULL);
     g->m.requests = metrics_counter("chatd_requests_total", "client requests received", NULL);
     g->m.sends = metrics_counter("chatd_messages_in_total", "send requests produced to Kafka", NULL);
@@ -644,6 +742,9 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     g->heartbeat.data = g;
     unsigned every = (unsigned)c->gateway_ttl_s * 1000 / 3;
     uv_timer_start(&g->heartbeat, gw_on_heartbeat, every, every);
+    uv_timer_init(d->loop, &g->expiry);
+    g->expiry.data = g;
+    uv_timer_start(&g->expiry, gw_on_expiry_sweep, 1000, 1000);
     log_info("gateway_started", "epoch=%s partition=%d topic=%s", g->epoch, c->gateway_id,
              c->topic_receive);
     *out = g;
@@ -682,6 +783,7 @@ void gateway_close(gateway_t *g)
     /* Connections still open are cut; their on_close frees them. */
     ws_shutdown();
     uv_close((uv_handle_t *)&g->heartbeat, NULL);
+    uv_close((uv_handle_t *)&g->expiry, NULL);
 }
 
 void gateway_free(gateway_t *g)

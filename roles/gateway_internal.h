@@ -30,6 +30,7 @@ struct gw_conn {
     struct gw_conn *next, *prev;    /* in u->conns */
     double tokens;                  /* rate limit bucket */
     uint64_t tokens_ms;
+    int64_t exp_s;                  /* the token's exp: closed with 1008 from then on */
     UT_hash_handle hh;              /* g->conns by id */
 };
 
@@ -78,8 +79,11 @@ struct gateway {
     struct gw_room *rooms;
     struct proto_limits limits;
     uv_timer_t heartbeat;
+    uv_timer_t expiry;              /* closes connections whose token expired */
+    unsigned sweeps;                /* expiry sweeps so far (malloc_trim cadence) */
     struct {
         metric_t *handshakes_ok, *handshakes_401, *handshakes_503, *shed;
+        metric_t *handshakes_403, *handshakes_429, *expired;
         metric_t *requests, *sends, *acks, *deliveries, *records, *records_skipped;
         metric_t *errors[13];
         metric_t *hop_seconds, *delivery_seconds;
@@ -94,6 +98,9 @@ struct gw_member *gw_member_add(gateway_t *g, struct gw_user *u, const char *roo
 void gw_member_remove(gateway_t *g, struct gw_member *m);
 struct gw_member *gw_member_find(struct gw_user *u, const char *room);
 struct gw_user *gw_user_find(gateway_t *g, const char *id);
+
+/* 1 (and the connection is being closed with 1008) if c's token expired. */
+int gw_conn_expired(struct gw_conn *c, uint64_t now_ms);
 
 /* gateway_ops.c */
 void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user);

@@ -491,6 +491,8 @@ void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user)
     struct gw_conn *c = user;
     CHATD_ASSERT(c && c->magic == GW_CONN_MAGIC && c->ws == ws);
     metric_inc(c->g->m.requests);
+    if (gw_conn_expired(c, gw_now_ms()))
+        return;
     /* Every frame costs a token, malformed ones too; parsing still runs so
      * the refusal can echo the rid. */
     int allowed = gw_rate_ok(c);

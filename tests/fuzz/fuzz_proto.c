@@ -47,6 +47,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(!r.rid[0] || json_value_valid(r.rid));
     CHECK(strlen(r.room) <= PROTO_ROOM_MAX && strlen(r.cid) <= PROTO_CID_MAX);
     if (rc == 0) {
+        /* A NUL would have cut a string short (net/proto.c): never accepted. */
+        CHECK(memchr(data, 0, size) == NULL);
+        CHECK(!memmem(data, size, "\\u0000", 6) || memmem(data, size, "\\\\u0000", 7));
         CHECK((unsigned)r.op <= OP_PRESENCE);
         CHECK(proto_op_name(r.op) != NULL);
         if (r.op != OP_ROOMS) {

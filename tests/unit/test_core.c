@@ -41,6 +41,42 @@ static void test_conf_defaults(void **state)
     assert_string_equal(c.topic_send, "chat-send");
     assert_int_equal(c.max_frame, 65536);
     assert_int_equal(c.history_max, 1000);
+    assert_int_equal(c.max_conns, 10000);
+    assert_int_equal(c.max_conns_per_user, 32);
+    assert_string_equal(c.origins, "");
+    assert_int_equal(c.max_header, 16384);
+    assert_int_equal(c.max_url, 8192);
+    assert_int_equal(c.request_timeout_ms, 10000);
+    assert_int_equal(c.max_http_conns, 4096);
+    assert_string_equal(c.jwt_secret_previous, "");
+}
+
+static void test_conf_security_flags(void **state)
+{
+    (void)state;
+    struct conf c;
+    setenv("CHATD_JWT_SECRET", "new", 1);
+    setenv("CHATD_JWT_SECRET_PREVIOUS", "old", 1);
+    setenv("CHATD_MAX_CONNS_PER_USER", "3", 1);
+    char *argv[] = { "chatd", "--role=gateway", "--kafka=h:1", "--origins=https://a.example,https://b.example",
+                     "--max-header-bytes=4096", "--max-url-bytes=2048", "--request-timeout-ms=500",
+                     "--max-conns=7", "--max-http-conns=9" };
+    assert_int_equal(conf_try(&c, 9, argv), 0);
+    assert_string_equal(c.jwt_secret, "new");
+    assert_string_equal(c.jwt_secret_previous, "old");
+    assert_int_equal(c.max_conns_per_user, 3);
+    assert_string_equal(c.origins, "https://a.example,https://b.example");
+    assert_int_equal(c.max_header, 4096);
+    assert_int_equal(c.max_url, 2048);
+    assert_int_equal(c.request_timeout_ms, 500);
+    assert_int_equal(c.max_conns, 7);
+    assert_int_equal(c.max_http_conns, 9);
+    /* a URL limit above the header limit cannot hold */
+    char *bad[] = { "chatd", "--role=gateway", "--kafka=h:1", "--max-header-bytes=2048", "--max-url-bytes=4096" };
+    assert_int_equal(conf_try(&c, 5, bad), -1);
+    unsetenv("CHATD_JWT_SECRET");
+    unsetenv("CHATD_JWT_SECRET_PREVIOUS");
+    unsetenv("CHATD_MAX_CONNS_PER_USER");
 }
 
 static void test_conf_flags_and_env(void **state)
@@ -132,6 +168,49 @@ static void test_proto_ops(void **state)
     proto_req_free(&r);
     assert_int_equal(parse("{\"op\":\"read\",\"room\":\"a\",\"seq\":3}", &r), 0);
     assert_int_equal(r.seq, 3);
+    proto_req_free(&r);
+}
+
+/* A NUL would cut the string cJSON hands over: refused, never truncated. */
+static void test_proto_nul(void **state)
+{
+    (void)state;
+    struct proto_req r;
+    const char *why = NULL;
+    static const char raw[] = "{\"op\":\"send\",\"room\":\"a\",\"text\":\"x\0y\"}";
+    assert_int_equal(proto_parse(raw, sizeof raw - 1, &lim, "bob", &r, &why), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"x\\u0000y\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"join\",\"room\":\"lobby\\u0000x\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    /* an escaped backslash followed by u0000 is text, not a NUL */
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\\\u0000\"}", &r), 0);
+    assert_int_equal(r.text_len, 6);
+    assert_string_equal(r.text, "\\u0000");
+    proto_req_free(&r);
+    /* other escapes decode byte-exact */
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\u0001\\ud83d\\ude00\"}", &r), 0);
+    assert_int_equal(r.text_len, 5);
+    assert_memory_equal(r.text, "\x01\xf0\x9f\x98\x80", 5);
+    proto_req_free(&r);
+    /* malformed \u escapes, which cJSON reads as code point 0 */
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"o \\u0e7 x\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\u00g0\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\u00E9\"}", &r), 0);
+    assert_string_equal(r.text, "\xc3\xa9");
+    proto_req_free(&r);
+    /* one object per frame: trailing data is refused, whitespace is not */
+    assert_int_equal(parse("{\"op\":\"rooms\"}{\"op\":\"rooms\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"rooms\"} x", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse(" {\"op\":\"rooms\"} \r\n\t", &r), 0);
+    proto_req_free(&r);
+        /* lone surrogates are refused by cJSON */
+    assert_int_equal(parse("{\"op\":\"send\",\"room\":\"a\",\"text\":\"\\udc00\"}", &r), ERR_BAD_REQUEST);
     proto_req_free(&r);
 }
 
@@ -321,6 +400,20 @@ static void test_auth(void **state)
         assert_int_equal(auth_verify("k", t, now, &id, &why), ERR_UNAUTHORIZED);
         free(t);
     }
+    /* rotation: the previous secret is tried only after the current one */
+    t = auth_issue("old", "amy", now, 60);
+    assert_non_null(t);
+    assert_int_equal(auth_verify_rotating("new", "old", t, now, &id, &why), 0);
+    assert_string_equal(id.user, "amy");
+    assert_int_equal(auth_verify_rotating("new", "", t, now, &id, &why), ERR_UNAUTHORIZED);
+    assert_int_equal(auth_verify_rotating("new", NULL, t, now, &id, &why), ERR_UNAUTHORIZED);
+    assert_int_equal(auth_verify_rotating("new", "old", t, now + 61, &id, &why), ERR_UNAUTHORIZED);
+    assert_string_equal(why, "expired");
+    free(t);
+    t = auth_issue("new", "amy", now, 60);
+    assert_int_equal(auth_verify_rotating("new", "old", t, now, &id, &why), 0);
+    assert_int_equal(auth_verify_rotating("other", "third", t, now, &id, &why), ERR_UNAUTHORIZED);
+    free(t);
     assert_true(auth_user_valid("a.b-c_D9", 8));
     assert_false(auth_user_valid("a:b", 3));
     assert_false(auth_user_valid("", 0));
@@ -330,6 +423,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conf_defaults),   cmocka_unit_test(test_conf_flags_and_env),
+        cmocka_unit_test(test_conf_security_flags), cmocka_unit_test(test_proto_nul),
         cmocka_unit_test(test_conf_refuses),    cmocka_unit_test(test_proto_ops),
         cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),

@@ -297,6 +297,9 @@ static void test_parser_memory_follows_bytes(void **state)
 
 /* ---- the server under test (runs on the loop thread) ---- */
 
+#define T_REQUEST_TIMEOUT_MS 1500
+#define T_MAX_HTTP_CONNS 48
+
 static uv_loop_t t_loop;
 static uv_async_t t_stop;
 static pthread_t t_thread;
@@ -397,6 +400,10 @@ static int t_setup(void **state)
     struct ws_limits lim = { 65536, 256 * 1024, 1000, 500 };
     assert_int_equal(ws_init(&t_loop, &lim), 0);
     assert_int_equal(http_server_init(&t_srv, &t_loop, "127.0.0.1", 0, t_handler, NULL), 0);
+    /* Short request timeout so the slowloris case runs in a second or two;
+     * every other test sends its request at once. */
+    struct http_limits hl = { 16 * 1024, 4096, T_REQUEST_TIMEOUT_MS, T_MAX_HTTP_CONNS };
+    http_server_set_limits(t_srv, &hl);
     t_port = http_server_port(t_srv);
     assert_true(t_port > 0);
     uv_async_init(&t_loop, &t_stop, t_stop_cb);
@@ -698,6 +705,73 @@ static void test_http_limits(void **state)
     assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 400);
     assert_true(t_closed_by_peer(fd));
     close(fd);
+
+    /* A request target over max_url (4096 here), headers well under theirs. */
+    req = malloc(8192);
+    n = sprintf(req, "GET /healthz?x=");
+    memset(req + n, 'q', 5000);
+    strcpy(req + n + 5000, " HTTP/1.1\r\nHost: a\r\n\r\n");
+    fd = t_connect();
+    t_send(fd, req, strlen(req));
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 414);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    free(req);
+}
+
+/* Slowloris: half a request gets 408 after the request timeout; an idle
+ * socket is closed without a word. */
+static void test_http_request_timeout(void **state)
+{
+    (void)state;
+    char head[1024], body[256];
+    struct timeval tv = { 5, 0 };
+    int fd = t_connect();
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    static const char part[] = "GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: ";
+    t_send(fd, part, sizeof part - 1);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 408);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    assert_true(waited >= T_REQUEST_TIMEOUT_MS / 1000.0 - 0.1);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+
+    fd = t_connect();
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+}
+
+/* Past max_conns sockets in the HTTP phase a new one gets 503 and is closed;
+ * once they are gone the server answers again. */
+static void test_http_max_conns(void **state)
+{
+    (void)state;
+    char head[1024], body[256];
+    int fds[T_MAX_HTTP_CONNS];
+    for (int i = 0; i < T_MAX_HTTP_CONNS; i++)
+        fds[i] = t_connect();
+    t_sleep_ms(100); /* let the loop accept them all */
+    int fd = t_connect();
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 503);
+    assert_true(t_closed_by_peer(fd));
+    close(fd);
+    for (int i = 0; i < T_MAX_HTTP_CONNS; i++)
+        close(fds[i]);
+    for (int tries = 0;; tries++) {
+        t_sleep_ms(50);
+        fd = t_connect();
+        static const char ok[] = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+        t_send(fd, ok, sizeof ok - 1);
+        int st = t_http_read(fd, head, sizeof head, body, sizeof body);
+        close(fd);
+        if (st == 200)
+            break;
+        assert_true(tries < 60); /* the 503'd sockets linger at most 2 s */
+    }
 }
 
 static void test_http_respond_after_peer_left(void **state)
@@ -892,6 +966,8 @@ int main(void)
         cmocka_unit_test(test_http_pipelined_and_close),
         cmocka_unit_test(test_http_accessors),
         cmocka_unit_test(test_http_limits),
+        cmocka_unit_test(test_http_request_timeout),
+        cmocka_unit_test(test_http_max_conns),
         cmocka_unit_test(test_http_respond_after_peer_left),
         cmocka_unit_test(test_ws_echo),
         cmocka_unit_test(test_ws_leftover_after_upgrade),
