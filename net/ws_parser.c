@@ -90,13 +90,16 @@ static int ws_parser_header(ws_parser_t *p, const uint8_t *h)
     if (!(h[1] & 0x80))
         return 1002;
     uint64_t len = h[1] & 0x7f;
+    /* RFC 6455 5.2: the length takes the shortest form that holds it. */
     if (len == 126) {
         len = (uint64_t)h[2] << 8 | h[3];
+        if (len < 126)
+            return 1002;
     } else if (len == 127) {
         len = 0;
         for (int i = 0; i < 8; i++)
             len = len << 8 | h[2 + i];
-        if (len >> 63)
+        if (len >> 63 || len <= 0xffff)
             return 1002;
     }
     if (op >= 0x8) {

@@ -175,9 +175,12 @@ class WS:
             n = struct.unpack("!Q", self._need(8))[0]
         return b0 & 0x0F, self._need(n)
 
-    def read_until(self, opcodes, max_frames=100):
-        """Frames until one of opcodes; answers pings. Returns (op, data)."""
+    def read_until(self, opcodes, max_frames=100, deadline=None):
+        """Frames until one of opcodes; answers pings. Returns (op, data).
+        deadline (time.monotonic()): fail then, even while pings keep coming."""
         for _ in range(max_frames):
+            if deadline is not None and time.monotonic() > deadline:
+                raise AssertionError(f"none of {opcodes} before the deadline")
             op, data = self.read_frame()
             if op in opcodes:
                 return op, data
@@ -185,14 +188,14 @@ class WS:
                 self.send(frame(0xA, data))
         raise AssertionError(f"none of {opcodes} within {max_frames} frames")
 
-    def close_code(self):
+    def close_code(self, deadline=None):
         """Reads up to the server's close frame; its code (None if empty)."""
-        _, data = self.read_until({0x8})
+        _, data = self.read_until({0x8}, deadline=deadline)
         return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
 
     def expect_close(self, code, timeout=10):
         self.sock.settimeout(timeout)
-        got = self.close_code()
+        got = self.close_code(deadline=time.monotonic() + timeout)
         assert got == code, f"expected close {code}, got {got}"
         # The server closes TCP after its close frame (RFC 6455 7.1.1).
         try:

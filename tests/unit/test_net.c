@@ -235,6 +235,11 @@ static void test_parser_errors(void **state)
     assert_int_equal(tp_result(f, n, 1024), 1002);
     static const uint8_t msb[] = { 0x81, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1, 1, 2, 3, 4 };
     assert_int_equal(tp_result(msb, sizeof msb, 1024), 1002);
+    /* Non-minimal length forms (RFC 6455 5.2): 10 bytes in 16 bits, 200 in 64. */
+    static const uint8_t long16[] = { 0x81, 0xfe, 0x00, 0x0a, 1, 2, 3, 4 };
+    assert_int_equal(tp_result(long16, sizeof long16, 1024), 1002);
+    static const uint8_t long64[] = { 0x81, 0xff, 0, 0, 0, 0, 0, 0, 0, 200, 1, 2, 3, 4 };
+    assert_int_equal(tp_result(long64, sizeof long64, 1024), 1002);
     /* 1009 from the header alone: no payload byte sent. */
     static const uint8_t huge[] = { 0x81, 0xfe, 0x04, 0x01, 1, 2, 3, 4 };
     assert_int_equal(tp_result(huge, sizeof huge, 1024), 1009);
