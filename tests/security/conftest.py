@@ -29,16 +29,8 @@ import chatlib  # noqa: E402
 import harness  # noqa: E402
 import seclib  # noqa: E402
 
-SECRET = harness.JWT_SECRET
-PREVIOUS_SECRET = "security-previous-secret-" + "p" * 20
+from secconf import LIMITS, PREVIOUS_SECRET, SECRET, token  # noqa: E402
 
-# The limits the attacks run into (docs/SECURITY.md has the defaults).
-LIMITS = {
-    "rate": 20, "rate_burst": 40, "max_conns_per_user": 4, "request_timeout_ms": 2000,
-    "max_header": 8192, "max_url": 4096, "max_frame": 65536, "max_text": 4096,
-    "heartbeat": 3, "pong_timeout": 2, "max_http_conns": 300, "max_conns_gw1": 60,
-    "origins": "https://good.example", "send_queue": 65536,
-}
 GW_ARGS = [f"--rate={LIMITS['rate']}", f"--rate-burst={LIMITS['rate_burst']}",
            f"--max-conns-per-user={LIMITS['max_conns_per_user']}",
            f"--request-timeout-ms={LIMITS['request_timeout_ms']}",
@@ -60,10 +52,6 @@ GW_ENV = {"CHATD_JWT_SECRET_PREVIOUS": PREVIOUS_SECRET,
 RSS_WAIT_S = 20
 
 RESULTS = []   # one line per attack, for the summary
-
-
-def token(user, **kw):
-    return chatlib.make_token(user, SECRET, **kw)
 
 
 class SecCluster:

@@ -11,7 +11,7 @@ import websockets.exceptions
 import chatlib
 import seclib
 from chatlib import Client, b64url, uid
-from conftest import LIMITS, PREVIOUS_SECRET, SECRET, token
+from secconf import LIMITS, PREVIOUS_SECRET, SECRET, token
 
 
 def _alg_none(sub):

@@ -7,7 +7,7 @@ import websockets.exceptions
 
 import seclib
 from chatlib import Client, uid
-from conftest import LIMITS, token
+from secconf import LIMITS, token
 
 
 def _partial_head(port):

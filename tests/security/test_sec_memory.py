@@ -9,7 +9,7 @@ import time
 import chatlib
 import seclib
 from chatlib import Client, uid
-from conftest import LIMITS, token
+from secconf import LIMITS, token
 
 
 def test_half_received_messages(sec):

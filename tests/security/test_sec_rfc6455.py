@@ -15,7 +15,7 @@ import pytest
 
 import seclib
 from chatlib import uid
-from conftest import LIMITS, token
+from secconf import LIMITS, token
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 F = seclib.frame
