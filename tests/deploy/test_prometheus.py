@@ -30,7 +30,7 @@ N_MSGS = 25
 # Every label chatd may put on a series, and the values each may take: a label
 # outside this table (a user, a room, a connection id) would grow without bound.
 LABELS = {
-    "result": {"ok", "unauthorized", "unavailable"},
+    "result": {"ok", "unauthorized", "unavailable", "forbidden_origin", "too_many_user_conns"},
     "code": {"bad_request", "not_member", "too_large", "rate_limited", "forbidden",
              "unavailable", "internal"},
     "consumer": {"assigned", "group"},
