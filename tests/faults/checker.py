@@ -51,12 +51,10 @@ def _kafka_log(run, mid):
     import shutil
     import subprocess
     kcat = shutil.which("kcat")
-    path = os.path.join(run.cluster.dir, "bootstrap")
-    if not kcat or not os.path.exists(path):
+    if not kcat or not os.path.exists(run.cluster.bootstrap_path()):
         return "<no kcat>"
     try:
-        brokers = open(path).read().strip()
-        out = subprocess.run([kcat, "-C", "-q", "-b", brokers, "-t", "chat-send", "-o", "beginning",
+        out = subprocess.run([kcat, "-C", "-q", "-b", run.cluster.brokers(), "-t", "chat-send", "-o", "beginning",
                               "-e", "-f", "%p:%o %s\\n"], capture_output=True, text=True,
                              timeout=60).stdout
         hits = [ln.split(" ", 1)[0] for ln in out.splitlines() if mid and mid in ln]

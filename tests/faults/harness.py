@@ -162,7 +162,7 @@ class Cluster:
 
     def start(self):
         self.redis = start_redis(self.dir)
-        bootstrap = os.path.join(self.dir, "bootstrap")
+        bootstrap = self.bootstrap_path()
         self.ports["broker"] = free_port()
         self._chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{self.ports['broker']}",
                                f"--kafka-bootstrap-file={bootstrap}",
@@ -263,12 +263,19 @@ class Cluster:
 
     # -- observation
 
+    def bootstrap_path(self):
+        """The file the embedded broker writes its address to."""
+        return os.path.join(self.dir, "bootstrap")
+
+    def brokers(self):
+        """The embedded broker's bootstrap address (for kcat)."""
+        with open(self.bootstrap_path()) as f:
+            return f.read().strip()
+
     def receive_offsets(self, partitions=(0, 1)):
         """End offset of each chat-receive partition (kcat -Q, latest), read
         from the embedded broker: how many records each gateway was sent."""
-        with open(os.path.join(self.dir, "bootstrap")) as f:
-            brokers = f.read().strip()
-        args = ["kcat", "-b", brokers, "-Q"]
+        args = ["kcat", "-b", self.brokers(), "-Q"]
         for p in partitions:
             args += ["-t", f"chat-receive:{p}:-1"]
         out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout
