@@ -691,6 +691,7 @@ struct kafka_consumer {
     struct kafka_parts own;
     int held, closing, dispatching, healthy, fatal;
     int assigned_once;           /* a first assignment completed (group) */
+    unsigned generation;         /* bumped on every assign and revoke */
     int64_t lag;
 };
 
@@ -792,6 +793,7 @@ static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *e
         else
             rd_kafka_assign(c->rk, parts);
         c->assigned_once = 1;
+        c->generation++;
         for (int i = 0; i < parts->cnt; i++)
             if (strcmp(parts->elems[i].topic, c->topic) == 0)
                 kafka_parts_add(&c->own, parts->elems[i].partition);
@@ -807,6 +809,7 @@ static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *e
                 kafka_parts_del(&c->own, parts->elems[i].partition);
         if (!coop)
             c->own.n = 0;
+        c->generation++;
     } else {
         log_error("kafka_rebalance_error", "client=%s err=%s", rd_kafka_name(c->rk),
                   rd_kafka_err2name(err));
@@ -1065,6 +1068,11 @@ int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_o
         return ERR_UNAVAILABLE;
     }
     return 0;
+}
+
+unsigned kafka_consumer_generation(const kafka_consumer_t *c)
+{
+    return c->generation;
 }
 
 int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition)

@@ -95,6 +95,9 @@ void kafka_consumer_hold(kafka_consumer_t *c, int hold);
 int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset);
 /* 1 if partition is currently assigned to this consumer. */
 int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition);
+/* Changes whenever partitions are assigned or revoked: state derived from
+ * owning a partition is valid only while it stays the same. */
+unsigned kafka_consumer_generation(const kafka_consumer_t *c);
 /* 1 while a broker is up and, for an assigned consumer, its partition is
  * being fetched (its start offset is resolved). */
 int kafka_consumer_healthy(const kafka_consumer_t *c);

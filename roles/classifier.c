@@ -42,6 +42,34 @@ struct cl_room {
     UT_hash_handle hh;
 };
 
+/* Max stored seq of rooms this classifier has stored into since its last
+ * rebalance. Rooms are keyed to chat-send partitions, so while the
+ * assignment stays the same nobody else writes these rooms and the figure
+ * is what PostgreSQL would answer: a batch asks PostgreSQL only for rooms it
+ * has not seen (the per-batch query was a third of PostgreSQL's CPU). Any
+ * assign or revoke empties it. */
+#define CL_FLOORS_MAX 65536
+struct cl_floor {
+    int64_t floor;
+    UT_hash_handle hh;
+    char room[];
+};
+
+/* One batch of records and where it is in the pipeline. */
+struct cl_batch {
+    classifier_t *c;
+    struct cl_item *items;        /* NULL: the slot is free */
+    size_t n_items;
+    struct cl_room *rooms;
+    int pending;
+    int err;
+    int attempt;
+    int stored;                   /* sequenced and stored: ready to produce */
+    uint64_t started_ms;
+    unsigned gen;                 /* consumer generation when the batch arrived */
+    uv_timer_t retry;
+};
+
 struct classifier {
     uv_loop_t *loop;
     const struct conf *conf;
@@ -51,15 +79,14 @@ struct classifier {
     redis_client_t *redis;
     pg_client_t *pg;
     int draining, closing;
-    /* the batch in flight */
-    struct cl_item *items;
-    size_t n_items;
-    struct cl_room *rooms;
-    int pending;
-    int err;
-    int attempt;
-    uint64_t started_ms;
-    uv_timer_t retry;
+    /* Two batches overlap: `out` was produced and waits for its acks while
+     * `cur` is sequenced and stored; cur is produced only once out is
+     * committed, so chat-receive gets the batches in order. */
+    struct cl_batch slot[2];
+    struct cl_batch *cur, *out;
+    struct cl_floor *floors;
+    size_t n_floors;
+    unsigned floors_gen;          /* consumer generation the floors belong to */
     struct {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
         metric_t *batch_seconds, *sequence_seconds;
@@ -73,77 +100,145 @@ static uint64_t cl_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void cl_run(classifier_t *c);
+static void cl_run(struct cl_batch *b);
 
-static void cl_batch_free(classifier_t *c)
+static void cl_floors_clear(classifier_t *c)
+{
+    struct cl_floor *f, *tmp;
+    HASH_ITER(hh, c->floors, f, tmp) {
+        HASH_DEL(c->floors, f);
+        free(f);
+    }
+    c->n_floors = 0;
+}
+
+/* The cached floor of room, or -1 when PostgreSQL must be asked. */
+static int64_t cl_floor_get(struct cl_batch *b, const char *room)
+{
+    classifier_t *c = b->c;
+    if (c->floors_gen != b->gen) {
+        cl_floors_clear(c);
+        c->floors_gen = b->gen;
+    }
+    struct cl_floor *f;
+    HASH_FIND_STR(c->floors, room, f);
+    return f ? f->floor : -1;
+}
+
+static void cl_floor_raise(struct cl_batch *b, const char *room, int64_t seq)
+{
+    classifier_t *c = b->c;
+    struct cl_floor *f;
+    if (c->floors_gen != b->gen ||
+        kafka_consumer_generation(c->consumer) != b->gen)
+        return; /* a rebalance happened meanwhile: learn nothing */
+    HASH_FIND_STR(c->floors, room, f);
+    if (!f) {
+        if (c->n_floors >= CL_FLOORS_MAX) /* rare: many rooms, one assignment */
+            cl_floors_clear(c);
+        size_t len = strlen(room);
+        f = malloc(sizeof *f + len + 1);
+        CHATD_ASSERT(f != NULL);
+        memcpy(f->room, room, len + 1);
+        f->floor = seq;
+        HASH_ADD(hh, c->floors, room[0], len, f);
+        c->n_floors++;
+    } else if (seq > f->floor) {
+        f->floor = seq;
+    }
+}
+
+static void cl_batch_free(struct cl_batch *b)
 {
     struct cl_room *r, *tmp;
-    HASH_ITER(hh, c->rooms, r, tmp) {
-        HASH_DEL(c->rooms, r);
+    HASH_ITER(hh, b->rooms, r, tmp) {
+        HASH_DEL(b->rooms, r);
         free(r);
     }
-    for (size_t i = 0; i < c->n_items; i++) {
-        record_decoded_free(c->items[i].owner);
-        free(c->items[i].val);
-        free(c->items[i].gws);
+    for (size_t i = 0; i < b->n_items; i++) {
+        record_decoded_free(b->items[i].owner);
+        free(b->items[i].val);
+        free(b->items[i].gws);
     }
-    free(c->items);
-    c->items = NULL;
-    c->n_items = 0;
+    free(b->items);
+    b->items = NULL;
+    b->n_items = 0;
 }
 
 static void cl_on_retry(uv_timer_t *t) { cl_run(t->data); }
 
 /* A step failed: the whole batch is retried, every step being idempotent. */
-static void cl_fail(classifier_t *c, const char *step, int err)
+static void cl_fail(struct cl_batch *b, const char *step, int err)
 {
+    classifier_t *c = b->c;
     if (c->closing)
         return;
-    unsigned delay = 100u << (c->attempt < 6 ? c->attempt : 6);
-    c->attempt++;
+    unsigned delay = 100u << (b->attempt < 6 ? b->attempt : 6);
+    b->attempt++;
     metric_inc(c->m.retries);
     log_warn("batch_retry", "step=%s err=%s attempt=%d records=%zu delay_ms=%u", step,
-             err_code(err), c->attempt, c->n_items, delay);
-    uv_timer_start(&c->retry, cl_on_retry, delay, 0);
+             err_code(err), b->attempt, b->n_items, delay);
+    uv_timer_start(&b->retry, cl_on_retry, delay, 0);
+}
+
+static void cl_produce(struct cl_batch *b);
+
+/* Produces cur once it is stored and the batch before it is committed, and
+ * lets the consumer hand over the next batch while cur's acks are awaited. */
+static void cl_advance(classifier_t *c)
+{
+    if (c->out || !c->cur || !c->cur->stored || c->closing) {
+        if (!c->cur && !c->out && !c->draining && !c->closing)
+            kafka_consumer_hold(c->consumer, 0);
+        return;
+    }
+    c->out = c->cur;
+    c->cur = NULL;
+    cl_produce(c->out);
+    if (!c->cur && !c->draining && !c->closing)
+        kafka_consumer_hold(c->consumer, 0);
 }
 
 /* ---- 5. commit ---- */
 
-static void cl_commit(classifier_t *c)
+static void cl_commit(struct cl_batch *b)
 {
+    classifier_t *c = b->c;
     /* Offsets rise within a partition: commit each partition's last + 1. */
-    for (size_t i = 0; i < c->n_items; i++) {
-        const struct cl_item *it = &c->items[i];
+    for (size_t i = 0; i < b->n_items; i++) {
+        const struct cl_item *it = &b->items[i];
         size_t j = i + 1;
-        while (j < c->n_items && c->items[j].partition != it->partition)
+        while (j < b->n_items && b->items[j].partition != it->partition)
             j++;
-        if (j == c->n_items && kafka_consumer_owns(c->consumer, it->partition))
+        if (j == b->n_items && kafka_consumer_owns(c->consumer, it->partition))
             kafka_consumer_commit(c->consumer, it->partition, it->offset + 1);
     }
-    metric_observe(c->m.batch_seconds, (double)(cl_now_ms() - c->started_ms) / 1000.0);
-    cl_batch_free(c);
-    c->attempt = 0;
-    if (!c->draining)
-        kafka_consumer_hold(c->consumer, 0);
+    metric_observe(c->m.batch_seconds, (double)(cl_now_ms() - b->started_ms) / 1000.0);
+    cl_batch_free(b);
+    b->attempt = 0;
+    c->out = NULL;
+    cl_advance(c);
 }
 
 /* ---- 4. produce to chat-receive ---- */
 
 static void cl_on_delivered(int err, void *opaque)
 {
-    classifier_t *c = opaque;
+    struct cl_batch *b = opaque;
+    classifier_t *c = b->c;
     if (err)
-        c->err = err;
-    if (--c->pending > 0 || c->closing)
+        b->err = err;
+    if (--b->pending > 0 || c->closing)
         return;
-    if (c->err)
-        cl_fail(c, "produce", c->err);
+    if (b->err)
+        cl_fail(b, "produce", b->err);
     else
-        cl_commit(c);
+        cl_commit(b);
 }
 
-static void cl_produce_one(classifier_t *c, const struct cl_item *it, const char *val, size_t len)
+static void cl_produce_one(struct cl_batch *b, const struct cl_item *it, const char *val, size_t len)
 {
+    classifier_t *c = b->c;
     struct kafka_hdrs h = { .version = RECORD_VERSION, .type = it->type };
     if (it->user[0]) {
         h.user = it->user;
@@ -151,64 +246,82 @@ static void cl_produce_one(classifier_t *c, const struct cl_item *it, const char
     }
     for (size_t k = 0; k < it->n_gws; k++) {
         int rc = kafka_produce(c->producer, c->conf->topic_receive, it->gws[k], it->room,
-                               strlen(it->room), val, len, &h, cl_on_delivered, c);
+                               strlen(it->room), val, len, &h, cl_on_delivered, b);
         if (rc)
-            c->err = rc;
+            b->err = rc;
         else
-            c->pending++;
+            b->pending++;
     }
 }
 
-static void cl_produce(classifier_t *c)
+static void cl_produce(struct cl_batch *b)
 {
-    c->err = 0;
-    c->pending = 1; /* held until every record is handed over */
+    classifier_t *c = b->c;
+    b->err = 0;
+    b->pending = 1; /* held until every record is handed over */
     uint64_t now = cl_now_ms();
-    for (size_t i = 0; i < c->n_items; i++) {
-        struct cl_item *it = &c->items[i];
+    for (size_t i = 0; i < b->n_items; i++) {
+        struct cl_item *it = &b->items[i];
         /* A resent cid is never delivered twice. */
         if (it->skip || it->dup == ROUTES_DUP_OTHER)
             continue;
         if (it->type != REC_MSG) {
-            cl_produce_one(c, it, it->val, it->val_len);
+            cl_produce_one(b, it, it->val, it->val_len);
             continue;
         }
         size_t len;
         char *frame = record_msg_frame(&it->msg, &len);
         if (!frame) {
-            c->err = ERR_NOMEM;
+            b->err = ERR_NOMEM;
             break;
         }
-        cl_produce_one(c, it, frame, len);
+        cl_produce_one(b, it, frame, len);
         free(frame);
         if (now >= (uint64_t)it->msg.ts)
             metric_observe(c->m.sequence_seconds, (double)(now - (uint64_t)it->msg.ts) / 1000.0);
         metric_add(c->m.deliveries, (double)it->n_gws);
     }
-    cl_on_delivered(0, c);
+    cl_on_delivered(0, b);
 }
 
 /* ---- 3. store ---- */
 
+static void cl_stored(struct cl_batch *b)
+{
+    b->stored = 1;
+    if (b == b->c->out) /* a produce retry: out went through every step again */
+        cl_produce(b);
+    else
+        cl_advance(b->c);
+}
+
 static void cl_on_stored(int err, PGresult *res, void *ud)
 {
-    classifier_t *c = ud;
+    struct cl_batch *b = ud;
+    classifier_t *c = b->c;
     (void)res;
     if (c->closing)
         return;
-    if (err)
-        cl_fail(c, "store", err);
-    else
-        cl_produce(c);
+    if (err) {
+        cl_fail(b, "store", err);
+        return;
+    }
+    for (size_t i = 0; i < b->n_items; i++) {
+        const struct cl_item *it = &b->items[i];
+        if (!it->skip && it->type == REC_MSG && it->dup != ROUTES_DUP_OTHER)
+            cl_floor_raise(b, it->room, it->msg.seq);
+    }
+    cl_stored(b);
 }
 
-static void cl_store(classifier_t *c)
+static void cl_store(struct cl_batch *b)
 {
-    const struct chat_msg **msgs = calloc(c->n_items, sizeof *msgs);
+    classifier_t *c = b->c;
+    const struct chat_msg **msgs = calloc(b->n_items, sizeof *msgs);
     CHATD_ASSERT(msgs != NULL);
     size_t n = 0, fresh = 0;
-    for (size_t i = 0; i < c->n_items; i++) {
-        const struct cl_item *it = &c->items[i];
+    for (size_t i = 0; i < b->n_items; i++) {
+        const struct cl_item *it = &b->items[i];
         if (it->skip || it->type != REC_MSG || it->dup == ROUTES_DUP_OTHER)
             continue;
         msgs[n++] = &it->msg;
@@ -216,46 +329,48 @@ static void cl_store(classifier_t *c)
     }
     metric_add(c->m.sequenced, (double)fresh);
     if (n == 0)
-        cl_produce(c);
+        cl_stored(b);
     else
-        db_store_msgs(c->pg, msgs, n, cl_on_stored, c);
+        db_store_msgs(c->pg, msgs, n, cl_on_stored, b);
     free(msgs);
 }
 
 /* ---- 2. seqs and routes (Redis) ---- */
 
 struct cl_ref {
-    classifier_t *c;
+    struct cl_batch *b;
     size_t i;
 };
 
-static struct cl_ref *cl_ref_new(classifier_t *c, size_t i)
+static struct cl_ref *cl_ref_new(struct cl_batch *b, size_t i)
 {
     struct cl_ref *r = malloc(sizeof *r);
     CHATD_ASSERT(r != NULL);
-    r->c = c;
+    r->b = b;
     r->i = i;
     return r;
 }
 
-static void cl_route_done(classifier_t *c)
+static void cl_route_done(struct cl_batch *b)
 {
-    if (--c->pending > 0 || c->closing)
+    classifier_t *c = b->c;
+    if (--b->pending > 0 || c->closing)
         return;
-    if (c->err)
-        cl_fail(c, "route", c->err);
+    if (b->err)
+        cl_fail(b, "route", b->err);
     else
-        cl_store(c);
+        cl_store(b);
 }
 
 static void cl_on_assigned(int err, int64_t seq, int dup, const int *gws, size_t n, void *ud)
 {
     struct cl_ref *ref = ud;
-    classifier_t *c = ref->c;
-    struct cl_item *it = &c->items[ref->i];
+    struct cl_batch *b = ref->b;
+    classifier_t *c = b->c;
+    struct cl_item *it = &b->items[ref->i];
     free(ref);
     if (err) {
-        c->err = err;
+        b->err = err;
     } else {
         it->msg.seq = seq;
         it->dup = dup;
@@ -267,7 +382,7 @@ static void cl_on_assigned(int err, int64_t seq, int dup, const int *gws, size_t
         memcpy(it->gws, gws, n * sizeof *gws);
         it->n_gws = n;
     }
-    cl_route_done(c);
+    cl_route_done(b);
 }
 
 static void cl_on_dests(int err, const int *gws, size_t n, void *ud)
@@ -275,141 +390,136 @@ static void cl_on_dests(int err, const int *gws, size_t n, void *ud)
     cl_on_assigned(err, 0, 0, gws, n, ud);
 }
 
-static void cl_route(classifier_t *c)
+static void cl_route(struct cl_batch *b)
 {
-    c->err = 0;
-    c->pending = 1;
-    for (size_t i = 0; i < c->n_items; i++) {
-        struct cl_item *it = &c->items[i];
+    classifier_t *c = b->c;
+    b->err = 0;
+    b->pending = 1;
+    for (size_t i = 0; i < b->n_items; i++) {
+        struct cl_item *it = &b->items[i];
         if (it->skip)
             continue;
-        c->pending++;
+        b->pending++;
         if (it->type != REC_MSG) {
             routes_dests(c->routes, it->room, it->user[0] ? it->user : NULL, cl_on_dests,
-                         cl_ref_new(c, i));
+                         cl_ref_new(b, i));
             continue;
         }
         struct cl_room *r;
         char tag[40];
-        HASH_FIND_STR(c->rooms, it->room, r);
+        HASH_FIND_STR(b->rooms, it->room, r);
         CHATD_ASSERT(r != NULL);
         snprintf(tag, sizeof tag, "%d:%" PRId64, it->partition, it->offset);
         routes_assign(c->routes, it->room, it->msg.id, r->floor, it->known, tag, cl_on_assigned,
-                      cl_ref_new(c, i));
+                      cl_ref_new(b, i));
     }
-    cl_route_done(c);
+    cl_route_done(b);
 }
 
 /* ---- 1. what PostgreSQL already has ---- */
 
-static void cl_lookup_done(classifier_t *c)
+static void cl_lookup_done(struct cl_batch *b)
 {
-    if (--c->pending > 0 || c->closing)
+    classifier_t *c = b->c;
+    if (--b->pending > 0 || c->closing)
         return;
-    if (c->err)
-        cl_fail(c, "lookup", c->err);
+    if (b->err)
+        cl_fail(b, "lookup", b->err);
     else
-        cl_route(c);
+        cl_route(b);
 }
 
 static void cl_on_rooms_max(int err, PGresult *res, void *ud)
 {
-    classifier_t *c = ud;
+    struct cl_batch *b = ud;
     if (err)
-        c->err = err;
+        b->err = err;
     for (int i = 0; !err && i < PQntuples(res); i++) {
         struct cl_room *r;
-        HASH_FIND_STR(c->rooms, PQgetvalue(res, i, 0), r);
+        HASH_FIND_STR(b->rooms, PQgetvalue(res, i, 0), r);
         if (r)
             r->floor = strtoll(PQgetvalue(res, i, 1), NULL, 10);
     }
-    cl_lookup_done(c);
+    cl_lookup_done(b);
 }
 
 static void cl_on_known_ids(int err, PGresult *res, void *ud)
 {
-    classifier_t *c = ud;
+    struct cl_batch *b = ud;
     if (err)
-        c->err = err;
+        b->err = err;
     /* Few rows in the common case (only re-consumed or resent messages). */
     for (int i = 0; !err && i < PQntuples(res); i++)
-        for (size_t k = 0; k < c->n_items; k++) {
-            struct cl_item *it = &c->items[k];
+        for (size_t k = 0; k < b->n_items; k++) {
+            struct cl_item *it = &b->items[k];
             if (!it->skip && it->type == REC_MSG && !strcmp(it->msg.id, PQgetvalue(res, i, 1)) &&
                 !strcmp(it->room, PQgetvalue(res, i, 0)))
                 it->known = strtoll(PQgetvalue(res, i, 2), NULL, 10);
         }
-    cl_lookup_done(c);
+    cl_lookup_done(b);
 }
 
-/* Appends "s" to an array literal. Every element is double-quoted (else a
- * room named NULL would read as SQL NULL); room ids and message ids hold no
- * '"' or '\\' (validated in cl_item_load), so no escaping is needed. */
-static void cl_array_add(struct jbuf *b, const char *s)
+static void cl_lookup(struct cl_batch *b)
 {
-    jbuf_rawz(b, b->len > 1 ? ",\"" : "\"");
-    jbuf_rawz(b, s);
-    jbuf_rawz(b, "\"");
-}
-
-static void cl_lookup(classifier_t *c)
-{
+    classifier_t *c = b->c;
     struct jbuf rooms, pairs_r, pairs_i;
     jbuf_init(&rooms, 256);
     jbuf_init(&pairs_r, 256);
     jbuf_init(&pairs_i, 256);
-    jbuf_rawz(&rooms, "{");
-    jbuf_rawz(&pairs_r, "{");
-    jbuf_rawz(&pairs_i, "{");
-    for (size_t i = 0; i < c->n_items; i++) {
-        struct cl_item *it = &c->items[i];
+    for (size_t i = 0; i < b->n_items; i++) {
+        struct cl_item *it = &b->items[i];
         it->known = -1;
         if (it->skip || it->type != REC_MSG)
             continue;
         struct cl_room *r;
-        HASH_FIND_STR(c->rooms, it->room, r);
+        HASH_FIND_STR(b->rooms, it->room, r);
         if (!r) {
             r = calloc(1, sizeof *r);
             CHATD_ASSERT(r != NULL);
             r->name = it->room;
-            HASH_ADD_KEYPTR(hh, c->rooms, r->name, strlen(r->name), r);
-            cl_array_add(&rooms, it->room);
+            HASH_ADD_KEYPTR(hh, b->rooms, r->name, strlen(r->name), r);
+            r->floor = cl_floor_get(b, it->room);
+            if (r->floor < 0) {
+                r->floor = 0;
+                db_array_add(&rooms, it->room);
+            }
         }
-        cl_array_add(&pairs_r, it->room);
-        cl_array_add(&pairs_i, it->msg.id);
+        db_array_add(&pairs_r, it->room);
+        db_array_add(&pairs_i, it->msg.id);
     }
-    jbuf_rawz(&rooms, "}");
-    jbuf_rawz(&pairs_r, "}");
-    jbuf_rawz(&pairs_i, "}");
-    char *rs = jbuf_take(&rooms, NULL), *ps = jbuf_take(&pairs_r, NULL), *is = jbuf_take(&pairs_i, NULL);
-    CHATD_ASSERT(rs && ps && is);
-    c->err = 0;
-    c->pending = 1;
-    if (c->rooms) {
-        c->pending += 2;
-        db_rooms_max(c->pg, rs, cl_on_rooms_max, c);
-        db_known_ids(c->pg, ps, is, cl_on_known_ids, c);
+    int ask_floors = rooms.len > 0;
+    char *rs = db_array_end(&rooms), *ps = db_array_end(&pairs_r), *is = db_array_end(&pairs_i);
+    b->err = 0;
+    b->pending = 1;
+    if (ask_floors) {
+        b->pending++;
+        db_rooms_max(c->pg, rs, cl_on_rooms_max, b);
+    }
+    if (b->rooms) {
+        b->pending++;
+        db_known_ids(c->pg, ps, is, cl_on_known_ids, b);
     }
     free(rs);
     free(ps);
     free(is);
-    cl_lookup_done(c);
+    cl_lookup_done(b);
 }
 
-static void cl_run(classifier_t *c)
+static void cl_run(struct cl_batch *b)
 {
+    classifier_t *c = b->c;
     if (c->closing)
         return;
     if (!routes_live_known(c->routes)) { /* every route would look dead */
-        uv_timer_start(&c->retry, cl_on_retry, 200, 0);
+        uv_timer_start(&b->retry, cl_on_retry, 200, 0);
         return;
     }
     struct cl_room *r, *tmp;
-    HASH_ITER(hh, c->rooms, r, tmp) {
-        HASH_DEL(c->rooms, r);
+    HASH_ITER(hh, b->rooms, r, tmp) {
+        HASH_DEL(b->rooms, r);
         free(r);
     }
-    cl_lookup(c);
+    cl_lookup(b);
 }
 
 /* ---- batches in ---- */
@@ -461,17 +571,23 @@ static void cl_item_load(classifier_t *c, struct cl_item *it, const struct kafka
 static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size_t n, void *user)
 {
     classifier_t *c = user;
-    CHATD_ASSERT(c->items == NULL);
+    CHATD_ASSERT(c->cur == NULL);
+    struct cl_batch *b = c->out == &c->slot[0] ? &c->slot[1] : &c->slot[0];
+    CHATD_ASSERT(b->items == NULL);
     kafka_consumer_hold(kc, 1);
-    c->items = calloc(n, sizeof *c->items);
-    CHATD_ASSERT(c->items != NULL);
-    c->n_items = n;
-    c->started_ms = cl_now_ms();
+    b->items = calloc(n, sizeof *b->items);
+    CHATD_ASSERT(b->items != NULL);
+    b->n_items = n;
+    b->stored = 0;
+    b->attempt = 0;
+    b->started_ms = cl_now_ms();
+    b->gen = kafka_consumer_generation(kc);
+    c->cur = b;
     for (size_t i = 0; i < n; i++)
-        cl_item_load(c, &c->items[i], &recs[i]);
+        cl_item_load(c, &b->items[i], &recs[i]);
     metric_inc(c->m.batches);
     metric_add(c->m.records, (double)n);
-    cl_run(c);
+    cl_run(b);
 }
 
 /* ---- lifecycle ---- */
@@ -512,8 +628,11 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
         free(c);
         return rc;
     }
-    uv_timer_init(d->loop, &c->retry);
-    c->retry.data = c;
+    for (int i = 0; i < 2; i++) {
+        c->slot[i].c = c;
+        uv_timer_init(d->loop, &c->slot[i].retry);
+        c->slot[i].retry.data = &c->slot[i];
+    }
     log_info("classifier_started", "group=%s topic=%s", d->conf->group_id, d->conf->topic_send);
     *out = c;
     return 0;
@@ -528,24 +647,29 @@ int classifier_ready(const classifier_t *c)
 void classifier_drain(classifier_t *c)
 {
     c->draining = 1;
-    if (!c->items)
+    if (!c->cur)
         kafka_consumer_hold(c->consumer, 1);
 }
 
-int classifier_busy(const classifier_t *c) { return c->items != NULL; }
+int classifier_busy(const classifier_t *c) { return c->cur || c->out; }
 
 void classifier_close(classifier_t *c)
 {
     c->closing = 1;
-    if (c->items)
-        log_warn("batch_abandoned", "records=%zu note=\"re-consumed by the next owner\"", c->n_items);
+    for (int i = 0; i < 2; i++) {
+        if (c->slot[i].items)
+            log_warn("batch_abandoned", "records=%zu note=\"re-consumed by the next owner\"",
+                     c->slot[i].n_items);
+        uv_close((uv_handle_t *)&c->slot[i].retry, NULL);
+    }
     kafka_consumer_close(c->consumer);
     pg_client_close(c->pg);
-    uv_close((uv_handle_t *)&c->retry, NULL);
 }
 
 void classifier_free(classifier_t *c)
 {
-    cl_batch_free(c);
+    cl_batch_free(&c->slot[0]);
+    cl_batch_free(&c->slot[1]);
+    cl_floors_clear(c);
     free(c);
 }

@@ -1,8 +1,11 @@
 /* classifier: consumes chat-send as one consumer group (cooperative-sticky),
  * and for each batch, in offset order:
- *   1. reads from PostgreSQL each room's max stored seq and the seqs of the
- *      batch's message ids already stored (two pipelined queries), so Redis
- *      can never hand out a stored seq again, even after losing its keys;
+ *   1. reads from PostgreSQL the seqs of the batch's message ids already
+ *      stored and, for rooms it has not stored into since its last
+ *      rebalance, their max stored seq (pipelined prepared statements), so
+ *      Redis can never hand out a stored seq again, even after losing its
+ *      keys (the max of a room it stores into is kept in memory: while the
+ *      assignment holds nobody else writes the room);
  *   2. assigns each message its room's next seq and reads the room's live
  *      gateways in one Redis script (dedup by message id, so a re-consumed
  *      record or a resent cid keeps its seq); events only read routes;
@@ -10,9 +13,12 @@
  *   4. produces one record per destination gateway to chat-receive at
  *      partition = gateway id (a resent cid is not delivered again);
  *   5. commits the offsets once every produced record is acknowledged.
- * One batch is in flight at a time (the consumer is held meanwhile), so a
- * room's records are handled strictly in order. Any failure retries the
- * whole batch with backoff: every step is idempotent.
+ * Two batches overlap: while one waits for its acknowledgements (4-5) the
+ * next is sequenced and stored (1-3), and it is produced only after the
+ * first is committed, so chat-receive gets them in order and a room's seqs
+ * are assigned strictly in offset order. Any failure retries that batch
+ * with backoff (every step is idempotent); a batch waiting behind a failed
+ * one waits until it has been produced again.
  */
 #ifndef CHATD_CLASSIFIER_H
 #define CHATD_CLASSIFIER_H
@@ -36,12 +42,12 @@ struct classifier_deps {
 
 int classifier_init(classifier_t **out, const struct classifier_deps *d);
 int classifier_ready(const classifier_t *c);
-/* Stops taking new batches; the one in flight finishes. */
+/* Stops taking new batches; the ones in flight finish. */
 void classifier_drain(classifier_t *c);
 /* 1 while a batch is in flight. */
 int classifier_busy(const classifier_t *c);
-/* Leaves the group (blocking, shutdown only); the batch in flight is
- * abandoned (it is re-consumed by the next owner). Then, once the loop has
+/* Leaves the group (blocking, shutdown only); the batches in flight are
+ * abandoned (re-consumed by the next owner). Then, once the loop has
  * run dry, classifier_free. */
 void classifier_close(classifier_t *c);
 void classifier_free(classifier_t *c);

@@ -20,20 +20,22 @@ void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_resul
 {
     const char *p[] = { user, name && *name ? name : NULL };
     /* Not waited for: last_seen is informational, the membership read is not. */
-    pg_query(pg,
-             "INSERT INTO users (user_id, name) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE "
-             "SET last_seen = now(), name = COALESCE(EXCLUDED.name, users.name)",
-             2, p, db_on_logged, NULL);
+    static struct pg_stmt st = {
+        "INSERT INTO users (user_id, name) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE "
+        "SET last_seen = now(), name = COALESCE(EXCLUDED.name, users.name)",
+    };
+    pg_query_stmt(pg, &st, 2, p, db_on_logged, NULL);
     pg_query(pg, "SELECT room FROM members WHERE user_id = $1", 1, p, cb, ud);
 }
 
 void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
 {
     const char *p[] = { room, user };
-    pg_query(pg,
-             "WITH r AS (INSERT INTO rooms (room) VALUES ($1) ON CONFLICT DO NOTHING) "
-             "INSERT INTO members (room, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
-             2, p, cb, ud);
+    static struct pg_stmt st = {
+        "WITH r AS (INSERT INTO rooms (room) VALUES ($1) ON CONFLICT DO NOTHING) "
+        "INSERT INTO members (room, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+    };
+    pg_query_stmt(pg, &st, 2, p, cb, ud);
 }
 
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
@@ -91,19 +93,61 @@ void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
 void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud)
 {
     const char *p[] = { rooms };
-    pg_query(pg,
-             "SELECT r, COALESCE((SELECT max(seq) FROM messages WHERE room = r), 0) "
-             "FROM unnest($1::text[]) AS r",
-             1, p, cb, ud);
+    static struct pg_stmt st = {
+        "SELECT r, COALESCE((SELECT max(seq) FROM messages WHERE room = r), 0) "
+        "FROM unnest($1::text[]) AS r",
+    };
+    pg_query_stmt(pg, &st, 1, p, cb, ud);
 }
 
 void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud)
 {
     const char *p[] = { rooms, ids };
-    pg_query(pg,
-             "SELECT m.room, m.id, m.seq FROM unnest($1::text[], $2::text[]) AS k(room, id) "
-             "JOIN messages m ON m.room = k.room AND m.id = k.id",
-             2, p, cb, ud);
+    /* A prepared statement keeps its first generic plan: as a plain join,
+     * planned while messages was empty, that was a hash join over a
+     * sequential scan (milliseconds per batch once the table grew). LATERAL
+     * with LIMIT 1 cannot be flattened, so each pair stays an index probe. */
+    static struct pg_stmt st = {
+        "SELECT k.room, k.id, m.seq FROM unnest($1::text[], $2::text[]) AS k(room, id) "
+        "CROSS JOIN LATERAL (SELECT seq FROM messages m WHERE m.room = k.room AND m.id = k.id "
+        "LIMIT 1) m",
+    };
+    pg_query_stmt(pg, &st, 2, p, cb, ud);
+}
+
+void db_array_add(struct jbuf *b, const char *s)
+{
+    jbuf_raw(b, b->len ? "," : "{", 1);
+    if (!s) {
+        jbuf_raw(b, "NULL", 4);
+        return;
+    }
+    jbuf_raw(b, "\"", 1);
+    for (const char *run = s;; s++) {
+        if (*s == '"' || *s == '\\' || !*s) {
+            jbuf_raw(b, run, (size_t)(s - run));
+            if (!*s)
+                break;
+            jbuf_raw(b, "\\", 1);
+            run = s;
+        }
+    }
+    jbuf_raw(b, "\"", 1);
+}
+
+void db_array_int(struct jbuf *b, int64_t v)
+{
+    char n[24];
+    int len = snprintf(n, sizeof n, "%s%" PRId64, b->len ? "," : "{", v);
+    jbuf_raw(b, n, (size_t)len);
+}
+
+char *db_array_end(struct jbuf *b)
+{
+    jbuf_raw(b, b->len ? "}" : "{}", b->len ? 1 : 2);
+    char *s = jbuf_take(b, NULL);
+    CHATD_ASSERT(s != NULL);
+    return s;
 }
 
 #define DB_MSG_COLS 7
@@ -111,38 +155,34 @@ void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result
 void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,
                    void *ud)
 {
-    /* One multi-row INSERT: one round trip per batch. */
-    struct jbuf sql;
-    jbuf_init(&sql, 96 + n * 48);
-    jbuf_rawz(&sql, "INSERT INTO messages (room, seq, id, user_id, cid, body, ts) VALUES ");
-    const char **p = calloc(n * DB_MSG_COLS, sizeof *p);
-    char (*nums)[24] = calloc(n * 2, sizeof *nums);
-    CHATD_ASSERT(p && nums);
+    /* One statement per batch, whatever its size: the columns travel as
+     * arrays, so the statement is prepared once instead of a VALUES list
+     * parsed and planned per batch. */
+    static struct pg_stmt st = {
+        "INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
+        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::bigint[]) ON CONFLICT DO NOTHING",
+    };
+    struct jbuf col[DB_MSG_COLS];
+    for (int k = 0; k < DB_MSG_COLS; k++)
+        jbuf_init(&col[k], k == 5 ? 96 * n : 32 * n);
     for (size_t i = 0; i < n; i++) {
         const struct chat_msg *m = msgs[i];
-        char row[192];
-        size_t b = i * DB_MSG_COLS;
-        snprintf(row, sizeof row, "%s($%zu,$%zu,$%zu,$%zu,$%zu,$%zu,$%zu)", i ? "," : "", b + 1,
-                 b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
-        jbuf_rawz(&sql, row);
-        snprintf(nums[2 * i], 24, "%" PRId64, m->seq);
-        snprintf(nums[2 * i + 1], 24, "%" PRId64, m->ts);
-        p[b] = m->room;
-        p[b + 1] = nums[2 * i];
-        p[b + 2] = m->id;
-        p[b + 3] = m->from;
-        p[b + 4] = m->cid;
-        p[b + 5] = m->text;
-        p[b + 6] = nums[2 * i + 1];
+        db_array_add(&col[0], m->room);
+        db_array_int(&col[1], m->seq);
+        db_array_add(&col[2], m->id);
+        db_array_add(&col[3], m->from);
+        db_array_add(&col[4], m->cid);
+        db_array_add(&col[5], m->text);
+        db_array_int(&col[6], m->ts);
     }
-    jbuf_rawz(&sql, " ON CONFLICT DO NOTHING");
-    char *q = jbuf_take(&sql, NULL);
-    CHATD_ASSERT(q != NULL);
-    /* pg_query copies what it sends before returning (libpq buffers it). */
-    pg_query(pg, q, (int)(n * DB_MSG_COLS), p, cb, ud);
-    free(q);
-    free(p);
-    free(nums);
+    char *p[DB_MSG_COLS];
+    for (int k = 0; k < DB_MSG_COLS; k++)
+        p[k] = db_array_end(&col[k]);
+    /* pg_query_stmt copies what it sends before returning (libpq buffers it). */
+    pg_query_stmt(pg, &st, DB_MSG_COLS, (const char *const *)p, cb, ud);
+    for (int k = 0; k < DB_MSG_COLS; k++)
+        free(p[k]);
 }
 
 void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n)

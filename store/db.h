@@ -45,6 +45,13 @@ void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result
 void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,
                    void *ud);
 
+/* PostgreSQL array literals for array parameters: add elements to an empty
+ * jbuf (a text element is quoted and escaped, NULL is SQL NULL), then
+ * db_array_end closes it and hands over the string (free it). */
+void db_array_add(struct jbuf *b, const char *s);
+void db_array_int(struct jbuf *b, int64_t v);
+char *db_array_end(struct jbuf *b);
+
 /* Writes rows [0, n) of a db_history result as MSG objects, comma-separated. */
 void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n);
 

@@ -1,7 +1,10 @@
 /* pg: async PostgreSQL client on the libuv loop. See pg.h for the contract.
  *
  * Each pg_query is PQsendQueryParams + PQpipelineSync, so the results of one
- * query arrive as: result, NULL, PGRES_PIPELINE_SYNC. Queries sit in a FIFO
+ * query arrive as: result, NULL, PGRES_PIPELINE_SYNC. A pg_query_stmt whose
+ * statement this connection has not prepared yet sends PQsendPrepare first,
+ * inside the same sync: its results are then prepare result, NULL, result,
+ * NULL, PGRES_PIPELINE_SYNC. Queries sit in a FIFO
  * in the order they were sent; the head is the one whose results come next
  * and the oldest deadline, the only one the timer watches.
  *
@@ -49,6 +52,8 @@ struct pg_query_req {
     uint64_t start_ns;
     int err;          /* deferred delivery only */
     int synced;       /* saw the NULL that ends the results; the sync comes next */
+    int preparing;    /* the PREPARE's results come first */
+    uint64_t stmt_bit; /* the statement prepared with this query, or 0 */
     PGresult *res;    /* first result */
     struct pg_query_req *next;
 };
@@ -75,6 +80,7 @@ struct pg_client {
     uv_timer_t deadline_timer, reconnect_timer, defer_timer;
     int open_handles;
     unsigned inflight;
+    uint64_t prepared; /* bit i: statement id i+1 is prepared on this connection */
     struct pg_query_req *fifo_head, *fifo_tail;
     struct pg_query_req *defer_head, *defer_tail;
 };
@@ -275,6 +281,7 @@ static void pg_teardown(pg_client_t *c, int err)
 {
     c->gen++;
     c->want_reset = 0;
+    c->prepared = 0;
     pg_poll_close(c);
     if (c->conn) {
         PQfinish(c->conn);
@@ -452,6 +459,11 @@ static int pg_drain(pg_client_t *c)
         struct pg_query_req *q = c->fifo_head;
         PGresult *res = PQgetResult(c->conn);
         if (!res) {
+            if (q->preparing) { /* the PREPARE's results ended; the query's come next */
+                q->preparing = 0;
+                nulls = 0;
+                continue;
+            }
             /* One NULL ends a query's results; two in a row would mean libpq
              * has nothing for us although it is not busy: wait for input. */
             if (q->synced || ++nulls > 1)
@@ -462,6 +474,12 @@ static int pg_drain(pg_client_t *c)
         nulls = 0;
         ExecStatusType st = PQresultStatus(res);
         if (st != PGRES_PIPELINE_SYNC) {
+            if (q->preparing && pg_result_err(res) == 0) {
+                PQclear(res);
+                continue;
+            }
+            if (q->preparing) /* the query fails with this error; prepare again next time */
+                c->prepared &= ~q->stmt_bit;
             if (!q->res && !q->synced)
                 q->res = res;
             else
@@ -650,8 +668,7 @@ unsigned pg_client_inflight(const pg_client_t *c)
     return c ? c->inflight : 0;
 }
 
-void pg_query(pg_client_t *c, const char *sql, int nparams, const char *const *params,
-              pg_result_cb cb, void *user)
+static struct pg_query_req *pg_req_new(pg_client_t *c, int nparams, pg_result_cb cb, void *user)
 {
     CHATD_ASSERT(c && c->magic == PG_CLIENT_MAGIC);
     struct pg_query_req *q = calloc(1, sizeof *q);
@@ -662,21 +679,28 @@ void pg_query(pg_client_t *c, const char *sql, int nparams, const char *const *p
     q->start_ns = uv_hrtime();
     if (c->state != PG_ST_UP || c->want_reset) {
         pg_defer(c, q, c->state == PG_ST_CLOSING ? ERR_CANCELLED : ERR_UNAVAILABLE);
-        return;
+        return NULL;
     }
     if (nparams < 0 || nparams > 65535) {
         pg_defer(c, q, ERR_BAD_REQUEST);
-        return;
+        return NULL;
     }
-    if (!PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0)) {
-        log_warn("pg_send_failed", "err=%s", pg_errmsg(c->conn));
-        pg_defer(c, q, ERR_UNAVAILABLE);
-        if (PQstatus(c->conn) == CONNECTION_BAD) {
-            c->want_reset = 1;
-            pg_defer_kick(c);
-        }
-        return;
+    return q;
+}
+
+static void pg_send_failed(pg_client_t *c, struct pg_query_req *q)
+{
+    log_warn("pg_send_failed", "err=%s", pg_errmsg(c->conn));
+    pg_defer(c, q, ERR_UNAVAILABLE);
+    if (PQstatus(c->conn) == CONNECTION_BAD) {
+        c->want_reset = 1;
+        pg_defer_kick(c);
     }
+}
+
+/* q's commands are queued in libpq: track q, end the pipeline unit, send. */
+static void pg_sent(pg_client_t *c, struct pg_query_req *q)
+{
     pg_fifo_push(c, q);
     /* PQpipelineSync also pushes the bytes out (libpq 14/15). A failure
      * leaves a query without its sync: reset, q fails with the rest. */
@@ -692,6 +716,52 @@ void pg_query(pg_client_t *c, const char *sql, int nparams, const char *const *p
     } else if (f == 1) {
         pg_poll_set(c, UV_READABLE | UV_WRITABLE);
     }
+}
+
+void pg_query(pg_client_t *c, const char *sql, int nparams, const char *const *params,
+              pg_result_cb cb, void *user)
+{
+    struct pg_query_req *q = pg_req_new(c, nparams, cb, user);
+    if (!q)
+        return;
+    if (!PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0)) {
+        pg_send_failed(c, q);
+        return;
+    }
+    pg_sent(c, q);
+}
+
+void pg_query_stmt(pg_client_t *c, struct pg_stmt *stmt, int nparams, const char *const *params,
+                   pg_result_cb cb, void *user)
+{
+    static unsigned pg_stmt_ids;
+    if (stmt->id == 0) {
+        CHATD_ASSERT(pg_stmt_ids < PG_STMTS_MAX);
+        stmt->id = ++pg_stmt_ids;
+    }
+    struct pg_query_req *q = pg_req_new(c, nparams, cb, user);
+    if (!q)
+        return;
+    char name[16];
+    snprintf(name, sizeof name, "chatd_%u", stmt->id);
+    uint64_t bit = (uint64_t)1 << (stmt->id - 1);
+    if (!(c->prepared & bit)) {
+        if (!PQsendPrepare(c->conn, name, stmt->sql, nparams, NULL)) {
+            pg_send_failed(c, q);
+            return;
+        }
+        c->prepared |= bit;
+        q->preparing = 1;
+        q->stmt_bit = bit;
+    }
+    if (!PQsendQueryPrepared(c->conn, name, nparams, params, NULL, NULL, 0)) {
+        /* The PREPARE is queued without its query: only a reset resyncs. */
+        c->want_reset = 1;
+        pg_defer_kick(c);
+        pg_defer(c, q, ERR_UNAVAILABLE);
+        return;
+    }
+    pg_sent(c, q);
 }
 
 void pg_client_close(pg_client_t *c)

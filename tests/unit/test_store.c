@@ -26,6 +26,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "store/db.h"
 #include "store/migrate.h"
 #include "store/pg.h"
 #include "store/redis.h"
@@ -665,7 +666,7 @@ struct test_pgres {
     int err;
     int sync;
     int order; /* position in callback order */
-    char val[64];
+    char val[160];
     char sqlstate[8];
 };
 
@@ -789,6 +790,116 @@ static void test_pg_bad_query(void **state)
     test_loop_finish(&loop);
 }
 
+static void test_pg_stmt_one(uv_loop_t *loop, pg_client_t *c, struct pg_stmt *st,
+                             struct test_pgres *t, const char *p1)
+{
+    memset(t, 0, sizeof *t);
+    const char *params[1] = {p1};
+    test_in_call = 1;
+    pg_query_stmt(c, st, 1, params, test_on_pg, t);
+    test_in_call = 0;
+    assert_int_equal(test_wait_count(loop, &t->n, 1, 5000), 0);
+    assert_false(t->sync);
+}
+
+/* Prepared statements: prepared in the same pipeline unit as their first
+ * use, interleaved with plain queries in order, re-prepared on a new
+ * connection, and a statement PostgreSQL rejects fails every time with its
+ * own error (not "prepared statement does not exist"). */
+static void test_pg_prepared(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 2000);
+    static struct pg_stmt twice = { "SELECT $1::int * 2" };
+    static struct pg_stmt bad = { "SELEC $1" };
+    enum { N = 6 };
+    struct test_pgres r[N];
+    memset(r, 0, sizeof r);
+    test_pg_seq = 0;
+    const char *v[N] = {"1", "2", "3", "4", "5", "6"};
+    for (int i = 0; i < N; i++) { /* even: prepared, odd: plain */
+        const char *params[1] = {v[i]};
+        if (i % 2 == 0)
+            pg_query_stmt(c, &twice, 1, params, test_on_pg, &r[i]);
+        else
+            pg_query(c, "SELECT $1::int + 100", 1, params, test_on_pg, &r[i]);
+    }
+    assert_int_equal(test_wait_count(&loop, &r[N - 1].n, 1, 5000), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(r[i].err, 0);
+        assert_int_equal(r[i].order, i);
+        assert_int_equal(atoi(r[i].val), i % 2 == 0 ? (i + 1) * 2 : i + 1 + 100);
+    }
+    struct test_pgres t, pid;
+    for (int i = 0; i < 2; i++) {
+        test_pg_stmt_one(&loop, c, &bad, &t, "1");
+        assert_int_equal(t.err, ERR_INTERNAL);
+        assert_string_equal(t.sqlstate, "42601");
+    }
+    test_pg_stmt_one(&loop, c, &twice, &t, "21");
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.val, "42");
+    /* A new connection has no prepared statements. */
+    test_pg_one(&loop, c, &pid, "SELECT pg_backend_pid()::text", NULL);
+    char sql[200];
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)::int", pid.val);
+    test_pg_one(&loop, c, &t, sql, NULL);
+    assert_int_equal(test_run_until(&loop, test_pg_ready, c, 5000), 0);
+    for (int tries = 0; tries < 50; tries++) { /* the reset may still be on its way */
+        test_pg_stmt_one(&loop, c, &twice, &t, "50");
+        if (t.err == 0)
+            break;
+        test_sleep_loop(&loop, 100);
+    }
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.val, "100");
+    struct test_pgres pid2;
+    test_pg_one(&loop, c, &pid2, "SELECT pg_backend_pid()::text", NULL);
+    assert_string_not_equal(pid.val, pid2.val);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
+/* db_array_*: what PostgreSQL reads back is exactly what went in, whatever
+ * the text holds (quotes, backslashes, commas, braces, "NULL", blanks). */
+static void test_db_array_roundtrip(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 2000);
+    struct jbuf b;
+    jbuf_init(&b, 64);
+    const char *in[] = {"a,b", "q\"uote", "back\\slash", NULL, "", "NULL", " sp ", "{}", "\\\"", "é€"};
+    for (size_t i = 0; i < sizeof in / sizeof in[0]; i++)
+        db_array_add(&b, in[i]);
+    char *lit = db_array_end(&b);
+    struct test_pgres t;
+    test_pg_one(&loop, c, &t, "SELECT array_to_json($1::text[])::text", lit);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.val, "[\"a,b\",\"q\\\"uote\",\"back\\\\slash\",null,\"\",\"NULL\",\" sp \","
+                               "\"{}\",\"\\\\\\\"\",\"é€\"]");
+    free(lit);
+    jbuf_init(&b, 8);
+    lit = db_array_end(&b);
+    test_pg_one(&loop, c, &t, "SELECT cardinality($1::text[])::text", lit);
+    assert_string_equal(t.val, "0");
+    free(lit);
+    jbuf_init(&b, 8);
+    db_array_int(&b, -5);
+    db_array_int(&b, 9007199254740993);
+    lit = db_array_end(&b);
+    test_pg_one(&loop, c, &t, "SELECT array_to_json($1::bigint[])::text", lit);
+    assert_string_equal(t.val, "[-5,9007199254740993]");
+    free(lit);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
 static void test_pg_timeout(void **state)
 {
     (void)state;
@@ -830,7 +941,7 @@ static void test_pg_connection_lost(void **state)
     assert_int_equal(pid.err, 0);
     pg_query(c, "SELECT pg_sleep(10)", 0, NULL, test_on_pg, &slow);
     test_sleep_loop(&loop, 100);
-    char sql[128];
+    char sql[200];
     snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%s)::int", pid.val);
     assert_int_equal(test_pg_scalar(sql), 1);
     assert_int_equal(test_wait_count(&loop, &slow.n, 1, 3000), 0);
@@ -908,6 +1019,8 @@ int main(void)
         cmocka_unit_test(test_pg_migrate),
         cmocka_unit_test(test_pg_pipeline),
         cmocka_unit_test(test_pg_bad_query),
+        cmocka_unit_test(test_pg_prepared),
+        cmocka_unit_test(test_db_array_roundtrip),
         cmocka_unit_test(test_pg_timeout),
         cmocka_unit_test(test_pg_connection_lost),
         cmocka_unit_test(test_pg_unavailable_and_close),
