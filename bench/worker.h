@@ -42,6 +42,7 @@ struct worker {
     uint64_t rng;
     struct stats st;
     struct hist h_warm, h_win, h_ack;
+    size_t run_len, salt_len;         /* of conf->run, conf->cid_salt */
     char *sbuf;                       /* scratch for one outgoing frame */
     size_t sbuf_cap;
     unsigned char ctl_buf[8];
@@ -60,8 +61,8 @@ void worker_connect_done(struct worker *w);
 void worker_on_joined(struct worker *w);
 /* A client had its first hello (reconnects do not count). */
 void worker_on_connected(struct worker *w);
-/* The local client whose user id is `user`, or NULL. */
-struct client *worker_client_by_user(struct worker *w, const char *user);
+/* The local client whose user id is user[0..len), or NULL. */
+struct client *worker_client_by_user(struct worker *w, const char *user, size_t len);
 /* 1 when a message stamped t falls in the measured window. */
 int worker_in_window(const struct worker *w, uint64_t t);
 
