@@ -483,7 +483,7 @@ static void client_on_ack(struct client *c, uint64_t cid)
     w->st.acked++;
     c->retry_k = 0;
     if (c->snd->info[sl->n] & MSG_INWIN) {
-        uint64_t now = worker_now();
+        uint64_t now = w->now;
         hist_add(&w->h_ack, now > sl->t ? (now - sl->t) / 1000 : 0);
         w->st.acked_win++;
         w->st.expected += (uint64_t)c->members;
@@ -592,7 +592,7 @@ static void client_sio_frame(struct client *c, const uint8_t *p, size_t n)
     }
     struct delivery d;
     if (delivery_scan_sio((const char *)p, n, &d)) {
-        client_sio_msg(c, &d, worker_now());
+        client_sio_msg(c, &d, c->w->now);
         return;
     }
     size_t i = 2;
@@ -619,7 +619,7 @@ static void client_sio_frame(struct client *c, const uint8_t *p, size_t n)
         c->w->st.errs[SE_BAD_FRAME]++;
         return;
     }
-    uint64_t now = worker_now();
+    uint64_t now = c->w->now;
     cJSON *args = cJSON_ParseWithLength((const char *)p + i, n - i);
     if (!cJSON_IsArray(args) || (p[1] == '3' && !has_id))
         c->w->st.errs[SE_BAD_FRAME]++;
@@ -637,7 +637,7 @@ static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
         client_sio_frame(c, p, n);
         return;
     }
-    uint64_t now = worker_now();
+    uint64_t now = c->w->now;
     struct delivery d;
     if (delivery_scan_chatd((const char *)p, n, &d)) {
         client_on_msg(c, &d, now, 0);
@@ -791,6 +791,8 @@ static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         client_fail(c, SE_EOF);
         return;
     }
+    /* One clock reading per read: every frame in it arrived then. */
+    c->w->now = worker_now();
     if (c->state == CS_UPGRADING)
         client_on_upgrade(c, buf->base, (size_t)n);
     else if (c->state == CS_HELLO || c->state == CS_READY)

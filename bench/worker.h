@@ -35,6 +35,7 @@ struct worker {
     uint64_t t0, t_start, t_measure, t_end, t_drain, t_checked;
     uint64_t t_connect;               /* first connection attempt */
     double rate;                      /* this worker's messages/s */
+    uint64_t now;                     /* when the bytes being handled were read */
     uint64_t scheduled;
     size_t rr;
     struct client *cq_head, *cq_tail; /* waiting to connect */
