@@ -12,8 +12,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "bench/delivery.h"
 #include "bench/stats.h"
 #include "bench/worker.h"
+#include "bench/wsframe.h"
 
 #define CLIENT_MAGIC 0x43424e43u
 #define container_of(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
@@ -49,7 +51,6 @@ struct sender {
 };
 
 static void client_fail(struct client *c, int err);
-static void client_flush(struct client *c);
 static void client_on_timer(uv_timer_t *t);
 
 static struct client *client_from(void *p)
@@ -72,6 +73,8 @@ int client_init(struct client *c, struct worker *w, int gidx, char *token, int s
     c->gw = gidx % cf->ngw;
     snprintf(c->user, sizeof c->user, "b%s-%d", cf->run, gidx);
     snprintf(c->room_id, sizeof c->room_id, "bench-%s-%d", cf->run, c->room);
+    c->room_len = strlen(c->room_id);
+    wsframe_reader_init(&c->rd, CLIENT_MAX_FRAME);
     if (sender) {
         c->snd = calloc(1, sizeof *c->snd);
         if (!c->snd)
@@ -113,7 +116,8 @@ void client_account(const struct client *c, struct stats *st)
 
 /* ---- output ---- */
 
-static int client_append(struct client *c, const void *p, size_t n)
+/* Room for n more bytes of output. */
+static int client_reserve(struct client *c, size_t n)
 {
     if (c->wlen + n > c->wcap) {
         size_t cap = c->wcap ? c->wcap : 1024;
@@ -125,6 +129,13 @@ static int client_append(struct client *c, const void *p, size_t n)
         c->wbuf = b;
         c->wcap = cap;
     }
+    return 0;
+}
+
+static int client_append(struct client *c, const void *p, size_t n)
+{
+    if (client_reserve(c, n) < 0)
+        return -1;
     memcpy(c->wbuf + c->wlen, p, n);
     c->wlen += n;
     return 0;
@@ -173,34 +184,30 @@ static void client_write_out(struct client *c)
     }
 }
 
-/* Queues one text message whatever the protocol state (the Engine.IO
- * handshake answers before the connection is ready). */
-static void client_ws_queue(struct client *c, const char *json, size_t len)
+/* Frames one message into the output buffer (masked, as a client must)
+ * and writes it out, whatever the protocol state: the Engine.IO handshake
+ * and pongs answer before the connection is ready. */
+static void client_ws_queue_op(struct client *c, int op, const void *p, size_t n)
 {
-    struct wslay_event_msg m = { .opcode = WSLAY_TEXT_FRAME, .msg = (const uint8_t *)json,
-                                 .msg_length = len };
-    if (wslay_event_queue_msg(c->ws, &m) != 0) {
+    if (c->state != CS_HELLO && c->state != CS_READY)
+        return;
+    if (client_reserve(c, n + WSFRAME_MAX_HEADER) < 0) {
         client_fail(c, SE_EOF);
         return;
     }
-    client_flush(c);
+    c->wlen += wsframe_encode((uint8_t *)c->wbuf + c->wlen, op, p, n, (uint32_t)worker_rand(c->w));
+    client_write_out(c);
+}
+
+static void client_ws_queue(struct client *c, const char *json, size_t len)
+{
+    client_ws_queue_op(c, WSFRAME_TEXT, json, len);
 }
 
 static void client_send_frame(struct client *c, const char *json, size_t len)
 {
     if (c->state == CS_READY)
         client_ws_queue(c, json, len);
-}
-
-static void client_flush(struct client *c)
-{
-    if ((c->state != CS_HELLO && c->state != CS_READY) || !c->ws)
-        return;
-    if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
-        client_fail(c, SE_EOF);
-        return;
-    }
-    client_write_out(c);
 }
 
 /* ---- requests ---- */
@@ -363,24 +370,22 @@ static const char *client_str(const cJSON *j, const char *k)
 /* A cid is "<salt>.<n>": the salt is new on every chatbench invocation, so a
  * later run with the same --run-id (same users, same rooms) is not taken by
  * chatd for resends of the earlier run's messages. 0 = not one of ours. */
-static uint64_t client_cid_n(const struct client *c, const char *cid)
+static uint64_t client_cid_n(const struct client *c, struct delivery_str cid)
 {
-    const char *salt = c->w->conf->cid_salt;
-    size_t sl = strlen(salt);
-    if (!cid || strncmp(cid, salt, sl) != 0 || cid[sl] != '.')
+    const struct worker *w = c->w;
+    size_t sl = w->salt_len;
+    if (!cid.p || cid.n <= sl + 1 || memcmp(cid.p, w->conf->cid_salt, sl) != 0 || cid.p[sl] != '.')
         return 0;
-    return strtoull(cid + sl + 1, NULL, 10);
+    return delivery_u64(cid.p + sl + 1, cid.n - sl - 1);
 }
 
-static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now)
+static void client_count_delivery(struct client *c, const struct delivery *d, uint64_t now)
 {
     struct worker *w = c->w;
-    const char *text = client_str(m, "text"), *from = client_str(m, "from");
-    const char *cid = client_str(m, "cid");
     w->st.delivered++;
-    if (!text || strncmp(text, "t=", 2) != 0)
+    if (!d->text.p || d->text.n < 2 || memcmp(d->text.p, "t=", 2) != 0)
         return;
-    uint64_t t = strtoull(text + 2, NULL, 10);
+    uint64_t t = delivery_u64(d->text.p + 2, d->text.n - 2);
     uint64_t lat = now > t ? (now - t) / 1000 : 0;
     if (worker_in_window(w, t)) {
         w->st.delivered_win++;
@@ -388,9 +393,9 @@ static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now
     } else {
         hist_add(&w->h_warm, lat);
     }
-    struct client *snd = from && cid ? worker_client_by_user(w, from) : NULL;
+    struct client *snd = d->from.p && d->cid.p ? worker_client_by_user(w, d->from.p, d->from.n) : NULL;
     if (snd && snd->snd) {
-        uint64_t n = client_cid_n(c, cid);
+        uint64_t n = client_cid_n(c, d->cid);
         if (n > 0 && n < snd->snd->next && (snd->snd->info[n] & MSG_COUNT) != MSG_COUNT)
             snd->snd->info[n]++;
     }
@@ -399,11 +404,10 @@ static void client_count_delivery(struct client *c, const cJSON *m, uint64_t now
 /* One msg, live or from a history page. Only the next seq is taken; a live
  * one beyond it is left to the sync it triggers (dedup by seq is then a
  * comparison with `last`). */
-static void client_on_msg(struct client *c, const cJSON *m, uint64_t now, int from_history)
+static void client_on_msg(struct client *c, const struct delivery *d, uint64_t now, int from_history)
 {
-    const char *room = client_str(m, "room");
-    uint64_t seq = client_num(m, "seq");
-    if (seq == 0 || (room && strcmp(room, c->room_id) != 0)) {
+    uint64_t seq = d->seq;
+    if (seq == 0 || (d->room.p && !delivery_str_eq(d->room, c->room_id, c->room_len))) {
         c->w->st.errs[SE_BAD_FRAME]++;
         return;
     }
@@ -424,7 +428,7 @@ static void client_on_msg(struct client *c, const cJSON *m, uint64_t now, int fr
         c->w->st.errs[SE_BAD_FRAME]++;
     }
     c->last = seq;
-    client_count_delivery(c, m, now);
+    client_count_delivery(c, d, now);
 }
 
 static void client_on_history(struct client *c, const cJSON *j, uint64_t now)
@@ -432,8 +436,11 @@ static void client_on_history(struct client *c, const cJSON *j, uint64_t now)
     uint64_t before = c->last;
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(j, "messages"), *m;
     c->syncing = 0;
-    cJSON_ArrayForEach(m, msgs)
-        client_on_msg(c, m, now, 1);
+    cJSON_ArrayForEach(m, msgs) {
+        struct delivery d;
+        delivery_from_json(m, &d);
+        client_on_msg(c, &d, now, 1);
+    }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "more")) ||
         (c->last > before && (c->want_sync || c->max_seen > c->last))) {
         client_sync(c);
@@ -476,7 +483,7 @@ static void client_on_ack(struct client *c, uint64_t cid)
     w->st.acked++;
     c->retry_k = 0;
     if (c->snd->info[sl->n] & MSG_INWIN) {
-        uint64_t now = worker_now();
+        uint64_t now = w->now;
         hist_add(&w->h_ack, now > sl->t ? (now - sl->t) / 1000 : 0);
         w->st.acked_win++;
         w->st.expected += (uint64_t)c->members;
@@ -540,17 +547,24 @@ static void client_sio_ack(struct client *c, uint64_t id, cJSON *reply)
 }
 
 /* Socket.IO: a "msg" event is one delivery; no seq, so no gap detection. */
+static void client_sio_msg(struct client *c, const struct delivery *d, uint64_t now)
+{
+    if (!delivery_str_eq(d->room, c->room_id, c->room_len)) {
+        c->w->st.errs[SE_BAD_FRAME]++;
+        return;
+    }
+    client_count_delivery(c, d, now);
+}
+
 static void client_sio_event(struct client *c, const cJSON *args, uint64_t now)
 {
     const cJSON *name = cJSON_GetArrayItem(args, 0), *m = cJSON_GetArrayItem(args, 1);
     if (!cJSON_IsString(name) || strcmp(name->valuestring, "msg") != 0)
         return;
-    const char *room = cJSON_IsObject(m) ? client_str(m, "room") : NULL;
-    if (!room || strcmp(room, c->room_id) != 0) {
-        c->w->st.errs[SE_BAD_FRAME]++;
-        return;
-    }
-    client_count_delivery(c, m, now);
+    struct delivery d = { 0 };
+    if (cJSON_IsObject(m))
+        delivery_from_json(m, &d);
+    client_sio_msg(c, &d, now);
 }
 
 /* Engine.IO packet type, then for "4" (message) a Socket.IO packet: type,
@@ -574,6 +588,11 @@ static void client_sio_frame(struct client *c, const uint8_t *p, size_t n)
     }
     if (n < 2 || p[0] != '4') {
         c->w->st.errs[SE_BAD_FRAME]++;
+        return;
+    }
+    struct delivery d;
+    if (delivery_scan_sio((const char *)p, n, &d)) {
+        client_sio_msg(c, &d, c->w->now);
         return;
     }
     size_t i = 2;
@@ -600,7 +619,7 @@ static void client_sio_frame(struct client *c, const uint8_t *p, size_t n)
         c->w->st.errs[SE_BAD_FRAME]++;
         return;
     }
-    uint64_t now = worker_now();
+    uint64_t now = c->w->now;
     cJSON *args = cJSON_ParseWithLength((const char *)p + i, n - i);
     if (!cJSON_IsArray(args) || (p[1] == '3' && !has_id))
         c->w->st.errs[SE_BAD_FRAME]++;
@@ -618,15 +637,22 @@ static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
         client_sio_frame(c, p, n);
         return;
     }
-    uint64_t now = worker_now();
+    uint64_t now = c->w->now;
+    struct delivery d;
+    if (delivery_scan_chatd((const char *)p, n, &d)) {
+        client_on_msg(c, &d, now, 0);
+        return;
+    }
     cJSON *j = cJSON_ParseWithLength((const char *)p, n);
     const char *op = client_str(j, "op");
     if (!op) {
         c->w->st.errs[SE_BAD_FRAME]++;
     } else if (strcmp(op, "msg") == 0) {
-        client_on_msg(c, j, now, 0);
+        delivery_from_json(j, &d);
+        client_on_msg(c, &d, now, 0);
     } else if (strcmp(op, "ack") == 0) {
-        uint64_t n = client_cid_n(c, client_str(j, "cid"));
+        const char *cid = client_str(j, "cid");
+        uint64_t n = client_cid_n(c, (struct delivery_str){ .p = cid, .n = cid ? strlen(cid) : 0 });
         if (n)
             client_on_ack(c, n);
     } else if (strcmp(op, "history") == 0) {
@@ -641,113 +667,48 @@ static void client_on_frame(struct client *c, const uint8_t *p, size_t n)
     cJSON_Delete(j);
 }
 
-/* ---- wslay glue ---- */
+/* ---- frames ---- */
 
-static ssize_t client_ws_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                              void *user)
+static int client_ws_on_frame(void *user, int op, const uint8_t *p, size_t n)
 {
-    (void)flags;
     struct client *c = client_from(user);
-    if (c->in_len == 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    size_t n = len < c->in_len ? len : c->in_len;
-    memcpy(buf, c->in, n);
-    c->in += n;
-    c->in_len -= n;
-    return (ssize_t)n;
-}
-
-static ssize_t client_ws_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
-                              int flags, void *user)
-{
-    (void)flags;
-    if (client_append(client_from(user), data, len) < 0) {
-        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-        return -1;
-    }
-    return (ssize_t)len;
-}
-
-/* Masking keys need not be secret here: the server only checks they are set. */
-static int client_ws_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *user)
-{
-    (void)ctx;
-    struct client *c = client_from(user);
-    for (size_t i = 0; i < len; i += 8) {
-        uint64_t r = worker_rand(c->w);
-        memcpy(buf + i, &r, len - i < 8 ? len - i : 8);
-    }
-    return 0;
-}
-
-static void client_ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a,
-                             void *user)
-{
-    (void)ctx;
-    struct client *c = client_from(user);
-    if (a->opcode == WSLAY_TEXT_FRAME)
-        client_on_frame(c, a->msg, a->msg_length);
-    else if (a->opcode == WSLAY_BINARY_FRAME)
+    switch (op) {
+    case WSFRAME_TEXT:
+        client_on_frame(c, p, n);
+        break;
+    case WSFRAME_BINARY:
         c->w->st.errs[SE_BAD_FRAME]++;
-}
-
-/* The close code is read here, from the raw frame: wslay 1.1 takes only
- * 1000-1011 and 3000-4999 as valid, so it answers chatd's 1012 ("service
- * restart") with a protocol error and never reports the close as received. */
-static void client_ws_on_frame_start(wslay_event_context_ptr ctx,
-                                     const struct wslay_event_on_frame_recv_start_arg *a, void *user)
-{
-    (void)ctx;
-    struct client *c = client_from(user);
-    if (a->opcode == WSLAY_CONNECTION_CLOSE) {
+        break;
+    case WSFRAME_PING:
+        client_ws_queue_op(c, WSFRAME_PONG, p, n);
+        break;
+    case WSFRAME_CLOSE:
         c->close_seen = 1;
-        c->close_code = 0;
-        c->close_bytes = 0;
+        c->close_code = n >= 2 ? (unsigned)p[0] << 8 | p[1] : 0;
+        break;
+    default:
+        break;
     }
+    return c->state != CS_HELLO && c->state != CS_READY;
 }
-
-static void client_ws_on_frame_chunk(wslay_event_context_ptr ctx,
-                                     const struct wslay_event_on_frame_recv_chunk_arg *a, void *user)
-{
-    (void)ctx;
-    struct client *c = client_from(user);
-    for (size_t i = 0; c->close_seen && c->close_bytes < 2 && i < a->data_length; i++) {
-        c->close_code = c->close_code << 8 | a->data[i];
-        c->close_bytes++;
-    }
-}
-
-static const struct wslay_event_callbacks client_ws_callbacks = {
-    .recv_callback = client_ws_recv,
-    .send_callback = client_ws_send,
-    .genmask_callback = client_ws_genmask,
-    .on_frame_recv_start_callback = client_ws_on_frame_start,
-    .on_frame_recv_chunk_callback = client_ws_on_frame_chunk,
-    .on_msg_recv_callback = client_ws_on_msg,
-};
 
 static void client_feed(struct client *c, const char *p, size_t n)
 {
-    c->in = (const uint8_t *)p;
-    c->in_len = n;
-    int r = wslay_event_recv(c->ws);
-    c->in_len = 0;
+    int r = wsframe_reader_feed(&c->rd, (const uint8_t *)p, n, client_ws_on_frame, c);
     if (c->state != CS_HELLO && c->state != CS_READY)
         return;                       /* failed inside a callback */
-    if (r != 0) {
+    if (r < 0) {
         client_fail(c, SE_BAD_FRAME);
         return;
     }
-    if (c->close_seen || wslay_event_get_close_received(c->ws)) {
-        unsigned code = c->close_bytes == 2 ? c->close_code : 0;
-        client_flush(c);              /* our close reply */
+    if (c->close_seen) {
+        /* Our close reply echoes the code, then the connection goes. */
+        unsigned code = c->close_code;
+        uint8_t b[2] = { (uint8_t)(code >> 8), (uint8_t)code };
+        client_ws_queue_op(c, WSFRAME_CLOSE, b, code ? 2 : 0);
         c->reconnect_now = code == 1012;
         client_fail(c, code == 1012 ? SE_CLOSE_1012 : code == 1001 ? SE_CLOSE_1001 : SE_CLOSE_OTHER);
-        return;
     }
-    client_flush(c);
 }
 
 /* ---- connection ---- */
@@ -804,11 +765,6 @@ static void client_on_upgrade(struct client *c, const char *p, size_t n)
     }
     /* What follows the headers (already the hello, often) is WebSocket. */
     size_t hdr = (size_t)(end + 4 - c->hs), rest = c->hs_len - hdr;
-    if (wslay_event_context_client_init(&c->ws, &client_ws_callbacks, c) != 0) {
-        client_fail(c, SE_HANDSHAKE);
-        return;
-    }
-    wslay_event_config_set_max_recv_msg_length(c->ws, CLIENT_MAX_FRAME);
     c->state = CS_HELLO;
     if (rest)
         client_feed(c, c->hs + hdr, rest);
@@ -835,6 +791,8 @@ static void client_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         client_fail(c, SE_EOF);
         return;
     }
+    /* One clock reading per read: every frame in it arrived then. */
+    c->w->now = worker_now();
     if (c->state == CS_UPGRADING)
         client_on_upgrade(c, buf->base, (size_t)n);
     else if (c->state == CS_HELLO || c->state == CS_READY)
@@ -899,9 +857,7 @@ static void client_schedule(struct client *c)
 static void client_on_closed(uv_handle_t *h)
 {
     struct client *c = client_from(container_of(h, struct client, tcp));
-    if (c->ws)
-        wslay_event_context_free(c->ws);
-    c->ws = NULL;
+    wsframe_reader_free(&c->rd);
     c->close_seen = 0;
     free(c->hs);
     c->hs = NULL;

@@ -14,7 +14,7 @@
  *
  * A client is owned by its worker (an array element that lives for the whole
  * run); its uv handles are re-initialised on every connection, and the
- * connection's memory (wslay context, buffers) is freed in the TCP handle's
+ * connection's memory (frame reader, buffers) is freed in the TCP handle's
  * close callback.
  */
 #ifndef BENCH_CLIENT_H
@@ -22,7 +22,8 @@
 
 #include <stdint.h>
 #include <uv.h>
-#include <wslay/wslay.h>
+
+#include "bench/wsframe.h"
 
 struct worker;
 struct stats;
@@ -34,6 +35,7 @@ struct client {
     struct worker *w;
     int gidx, room, members;          /* global client and room index */
     char user[48], room_id[64];
+    size_t room_len;
     char *token;
     uv_tcp_t tcp;
     uv_connect_t creq;
@@ -46,15 +48,13 @@ struct client {
     char *hs;                         /* upgrade answer being read */
     size_t hs_len;
     char accept[32];                  /* expected Sec-WebSocket-Accept */
-    wslay_event_context_ptr ws;
-    const uint8_t *in;                /* bytes wslay is reading from */
-    size_t in_len;
+    struct wsframe_reader rd;         /* from the upgrade on */
     char *wbuf, *wfl;                 /* pending output; the part in a uv_write */
     size_t wlen, wcap;
     int joined, syncing, want_sync, want_join;
     int ever_ready;                   /* had a hello once: later ones are reconnects */
-    int close_seen, close_bytes;      /* a close frame arrived; its code so far */
-    unsigned close_code;
+    int close_seen;                   /* a close frame arrived */
+    unsigned close_code;              /* its code, 0 if it had none */
     uint64_t last, max_seen;          /* highest contiguous / highest seen seq */
     struct client *cq_next;           /* worker's connect queue */
     struct sender *snd;               /* NULL unless this client sends */

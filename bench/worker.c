@@ -76,20 +76,24 @@ void worker_connect_done(struct worker *w)
     worker_pump(w);
 }
 
-struct client *worker_client_by_user(struct worker *w, const char *user)
+/* Ids are "b<run>-<g>" and runs are [0-9a-z]: the client is found by
+ * arithmetic, with no lookup by string. */
+struct client *worker_client_by_user(struct worker *w, const char *user, size_t len)
 {
     const struct conf *cf = w->conf;
-    const char *dash = strrchr(user, '-');
-    if (!dash || user[0] != 'b' || strncmp(user + 1, cf->run, strlen(cf->run)) != 0)
+    size_t rl = w->run_len, i = rl + 2;
+    if (len <= i || user[0] != 'b' || memcmp(user + 1, cf->run, rl) != 0 || user[rl + 1] != '-')
         return NULL;
-    long g = strtol(dash + 1, NULL, 10);
-    if (g < 0 || g >= cf->clients)
+    long g = 0;
+    for (; i < len && user[i] >= '0' && user[i] <= '9' && g < cf->clients; i++)
+        g = g * 10 + (user[i] - '0');
+    if (i != len || g >= cf->clients)
         return NULL;
     int room = (int)g / cf->room_size;
     if (room % cf->procs != w->idx)
         return NULL;
-    long i = (long)(room / cf->procs) * cf->room_size + g % cf->room_size;
-    return i < w->nclients && w->clients[i].gidx == g ? &w->clients[i] : NULL;
+    long k = (long)(room / cf->procs) * cf->room_size + g % cf->room_size;
+    return k < w->nclients && w->clients[k].gidx == g ? &w->clients[k] : NULL;
 }
 
 static void worker_send_rec(struct worker *w, uint32_t type)
@@ -306,6 +310,8 @@ int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd)
     w->magic = WORKER_MAGIC;
     w->conf = conf;
     w->idx = idx;
+    w->run_len = strlen(conf->run);
+    w->salt_len = strlen(conf->cid_salt);
     w->up_fd = up_fd;
     w->t0 = worker_now();
     w->t_measure = w->t_end = UINT64_MAX;

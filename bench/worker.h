@@ -35,6 +35,7 @@ struct worker {
     uint64_t t0, t_start, t_measure, t_end, t_drain, t_checked;
     uint64_t t_connect;               /* first connection attempt */
     double rate;                      /* this worker's messages/s */
+    uint64_t now;                     /* when the bytes being handled were read */
     uint64_t scheduled;
     size_t rr;
     struct client *cq_head, *cq_tail; /* waiting to connect */
@@ -42,6 +43,7 @@ struct worker {
     uint64_t rng;
     struct stats st;
     struct hist h_warm, h_win, h_ack;
+    size_t run_len, salt_len;         /* of conf->run, conf->cid_salt */
     char *sbuf;                       /* scratch for one outgoing frame */
     size_t sbuf_cap;
     unsigned char ctl_buf[8];
@@ -60,8 +62,8 @@ void worker_connect_done(struct worker *w);
 void worker_on_joined(struct worker *w);
 /* A client had its first hello (reconnects do not count). */
 void worker_on_connected(struct worker *w);
-/* The local client whose user id is `user`, or NULL. */
-struct client *worker_client_by_user(struct worker *w, const char *user);
+/* The local client whose user id is user[0..len), or NULL. */
+struct client *worker_client_by_user(struct worker *w, const char *user, size_t len);
 /* 1 when a message stamped t falls in the measured window. */
 int worker_in_window(const struct worker *w, uint64_t t);
 
