@@ -78,9 +78,13 @@ BENCH_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out bench/fanout_limit.c,$(wi
 
 chatbench: $(BUILD)/chatbench
 
-# Only the load generator still uses libwslay (chatd's own frame parser is net/ws_parser.c).
+# Frames: chatd's own parser is net/ws_parser.c, chatbench's bench/wsframe.c
+# (each header says why neither uses libwslay).
 $(BUILD)/chatbench: $(BENCH_OBJS)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lwslay
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# test_bench compiles bench/wsframe.c and bench/delivery.c itself.
+$(BUILD)/tests/test_bench: bench/wsframe.c bench/wsframe.h bench/delivery.c bench/delivery.h
 
 $(BUILD)/fanout_limit: bench/fanout_limit.c
 	@mkdir -p $(dir $@)
@@ -110,7 +114,7 @@ bench: deps bench-deps
 
 $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $(filter-out bench/%,$^) $(LDLIBS) -lcmocka
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done

@@ -211,9 +211,10 @@ def chatd_env():
 
 class Cluster:
     """broker, 2 classifiers, 2 gateways; `kafka_opts` go to gateways and
-    classifiers (the producers and consumers of both Kafka hops)."""
+    classifiers (the producers and consumers of both Kafka hops),
+    `gateway_args` to the gateways."""
 
-    def __init__(self, chatd, stores, workdir, kafka_opts=()):
+    def __init__(self, chatd, stores, workdir, kafka_opts=(), gateway_args=()):
         self.stores = stores
         self.procs = {}
         self.ports = {}
@@ -238,7 +239,7 @@ class Cluster:
             self._start(chatd, f"gateway{i}", p,
                         ["--role=gateway", f"--gateway-id={i}", f"--listen=127.0.0.1:{p}",
                          "--rate=1000000", "--rate-burst=1000000", "--max-conns=19000"]
-                        + common, workdir, tag)
+                        + list(gateway_args) + common, workdir, tag)
         for name, proc in self.procs.items():
             wait_ready(proc, self.ports[name], 60)
 

@@ -609,7 +609,7 @@ int gw_conn_expired(struct gw_conn *c, uint64_t now_ms)
 /* Once a second: an idle connection is closed within a second of its exp
  * (a request after exp is refused at once, gateway_ops.c).
  * Every GW_TRIM_EVERY seconds, glibc is asked to give free heap pages back:
- * after a flood of connections (each with wslay buffers and partly received
+ * after a flood of connections (each with parser state and partly received
  * messages) is gone, glibc would otherwise keep the freed memory mapped,
  * and the process would stay at its peak RSS. */
 static void gw_on_expiry_sweep(uv_timer_t *t)

@@ -5,7 +5,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential pkg-config
-  libuv1-dev librdkafka-dev libwslay-dev libhiredis-dev libpq-dev
+  libuv1-dev librdkafka-dev libhiredis-dev libpq-dev
   libcjson-dev libjwt-dev libssl-dev libhttp-parser-dev libcmocka-dev uthash-dev
   redis-server postgresql
   python3 python3-pytest python3-websockets python3-redis python3-psycopg2
