@@ -58,8 +58,6 @@ static const struct conf_flag conf_flags[] = {
     F_SIZE("max-text", max_text, "4096", 1, 1048576, "largest message text, bytes (too_large above)"),
     F_SIZE("send-queue", send_queue, "1048576", 4096, 1073741824,
            "per-connection output bound, bytes: a slower client is disconnected"),
-    F_INT("write-delay-ms", write_delay_ms, "0", 0, 100,
-          "under load, write to a socket at most once per this many ms (0: every loop turn)"),
     F_DBL("rate", rate, "20", "client requests per second per connection (token bucket)"),
     F_DBL("rate-burst", rate_burst, "50", "token bucket depth"),
     F_INT("heartbeat", heartbeat_s, "25", 1, 3600, "seconds of silence before the server pings a client"),

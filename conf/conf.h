@@ -43,7 +43,6 @@ struct conf {
     size_t max_frame;            /* largest client frame (close 1009 above) */
     size_t max_text;             /* largest message text (too_large above) */
     size_t send_queue;           /* per-connection output bound, bytes */
-    int write_delay_ms;          /* socket write coalescing under load (0: off) */
     double rate;                 /* client requests per second, sustained */
     double rate_burst;
     int heartbeat_s;             /* ping idle clients after this */

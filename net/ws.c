@@ -97,8 +97,6 @@ static struct {
     uv_check_t flush;
     uv_idle_t wake;
     uv_timer_t sweep;
-    uv_timer_t delay;     /* write_delay_ms: the postponed flush */
-    uint64_t last_flush;  /* loop ms */
     ws_frame_t *ping; /* shared by every ping we send */
     uint64_t last_accept; /* loop ms; trim the heap once a burst of them ends */
     uint64_t accepts, accepts_trimmed;
@@ -708,9 +706,9 @@ void ws_conn_close(ws_conn_t *c, uint16_t code, const char *reason)
 
 /* ---- the loop-turn flush and the sweep ---- */
 
-static void ws_flush_all(void)
+static void ws_flush_cb(uv_check_t *h)
 {
-    ws_g.last_flush = uv_now(ws_g.loop);
+    (void)h;
     ws_conn_t *list = ws_g.dirty;
     ws_g.dirty = NULL;
     while (list) {
@@ -732,30 +730,6 @@ static void ws_flush_all(void)
     }
     if (!ws_g.dirty)
         uv_idle_stop(&ws_g.wake);
-}
-
-static void ws_delay_cb(uv_timer_t *t)
-{
-    (void)t;
-    ws_flush_all();
-}
-
-static void ws_flush_cb(uv_check_t *h)
-{
-    (void)h;
-    if (!ws_g.dirty) {
-        uv_idle_stop(&ws_g.wake);
-        return;
-    }
-    uint64_t since = uv_now(ws_g.loop) - ws_g.last_flush;
-    if (ws_g.lim.write_delay_ms && since < ws_g.lim.write_delay_ms) {
-        if (!uv_is_active((uv_handle_t *)&ws_g.delay))
-            uv_timer_start(&ws_g.delay, ws_delay_cb, ws_g.lim.write_delay_ms - since, 0);
-        uv_idle_stop(&ws_g.wake); /* the loop may sleep until the timer */
-        return;
-    }
-    uv_timer_stop(&ws_g.delay);
-    ws_flush_all();
 }
 
 static void ws_sweep_cb(uv_timer_t *t)
@@ -820,8 +794,6 @@ int ws_init(uv_loop_t *loop, const struct ws_limits *limits)
     uv_unref((uv_handle_t *)&ws_g.flush);
     uv_idle_init(loop, &ws_g.wake);
     uv_unref((uv_handle_t *)&ws_g.wake);
-    uv_timer_init(loop, &ws_g.delay);
-    uv_unref((uv_handle_t *)&ws_g.delay);
     uv_timer_init(loop, &ws_g.sweep);
     unsigned every = ws_g.lim.ping_interval_ms / 4;
     every = every > 1000 ? 1000 : every < 10 ? 10 : every;
@@ -838,7 +810,6 @@ void ws_shutdown(void)
         ws_conn_cut(c, 1001);
     uv_close((uv_handle_t *)&ws_g.flush, NULL);
     uv_close((uv_handle_t *)&ws_g.wake, NULL);
-    uv_close((uv_handle_t *)&ws_g.delay, NULL);
     uv_close((uv_handle_t *)&ws_g.sweep, NULL);
     ws_pool_drain(&ws_qpool); /* connections still closing return theirs to malloc */
     ws_pool_drain(&ws_wpool);

@@ -10,11 +10,7 @@
  * they were queued.
  *
  * Output is flushed once per loop turn (a uv_check handle): everything queued
- * for a socket during one turn goes out in one writev. With write_delay_ms
- * set, a flush that comes sooner than that after the previous one waits for
- * a timer instead: an idle server still writes at once, a busy one writes
- * each socket at most once per interval, with every frame of the interval
- * in that write (a write costs microseconds, its bytes almost nothing). Each connection counts
+ * for a socket during one turn goes out in one writev. Each connection counts
  * its queued bytes; past limits.max_queue_bytes the client is too slow and is
  * cut (socket closed, on_close called with 1008): it reconnects and syncs.
  *
@@ -47,7 +43,6 @@ struct ws_limits {
     size_t max_queue_bytes;  /* per-connection output bound (default 1 MiB) */
     unsigned ping_interval_ms; /* default 25000 */
     unsigned pong_timeout_ms;  /* default 10000 */
-    unsigned write_delay_ms;   /* 0 (default): flush every loop turn */
 };
 
 struct ws_callbacks {

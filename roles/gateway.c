@@ -724,7 +724,6 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
         .max_queue_bytes = c->send_queue,
         .ping_interval_ms = (unsigned)c->heartbeat_s * 1000,
         .pong_timeout_ms = (unsigned)c->pong_timeout_s * 1000,
-        .write_delay_ms = (unsigned)c->write_delay_ms,
     };
     int rc = ws_init(d->loop, &wl);
     if (rc == 0)

@@ -398,15 +398,11 @@ static void *t_loop_main(void *arg)
     return NULL;
 }
 
-static unsigned t_write_delay_ms; /* the write-delay group sets it */
-
 static int t_setup(void **state)
 {
     (void)state;
     assert_int_equal(uv_loop_init(&t_loop), 0);
-    /* The write-delay group idles for over a second: no pings there. */
-    unsigned ping_ms = t_write_delay_ms ? 60000 : 1000;
-    struct ws_limits lim = { 65536, 256 * 1024, ping_ms, 500, t_write_delay_ms };
+    struct ws_limits lim = { 65536, 256 * 1024, 1000, 500 };
     assert_int_equal(ws_init(&t_loop, &lim), 0);
     assert_int_equal(http_server_init(&t_srv, &t_loop, "127.0.0.1", 0, t_handler, NULL), 0);
     /* Short request timeout so the slowloris case runs in a second or two;
@@ -420,20 +416,14 @@ static int t_setup(void **state)
     return pthread_create(&t_thread, NULL, t_loop_main, NULL);
 }
 
-static int t_setup_write_delay(void **state)
-{
-    t_write_delay_ms = 1000;
-    return t_setup(state);
-}
-
 static int t_teardown(void **state)
 {
     (void)state;
     uv_async_send(&t_stop);
     pthread_join(t_thread, NULL);
-    /* metrics_free() only at the end of main: modules keep their series
-     * for the whole process, across the groups' servers. */
-    return uv_loop_close(&t_loop);
+    int r = uv_loop_close(&t_loop);
+    metrics_free();
+    return r;
 }
 
 /* ---- a blocking client ---- */
@@ -848,41 +838,6 @@ static void test_ws_echo(void **state)
     t_wait_closes(closes + 1, 1000);
 }
 
-static uint64_t t_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* write_delay_ms (1 s here): a flush right after another waits for the
- * timer and carries every frame queued meanwhile in one write; an idle
- * server writes at once. Bounds are one-sided or generous (loaded CI). */
-static void test_ws_write_delay(void **state)
-{
-    (void)state;
-    int fd = t_ws_open(); /* its hello was the last flush */
-    t_sleep_ms(1100);
-    uint64_t t0 = t_now_ms();
-    t_ws_send(fd, 1, "a", 1);
-    t_expect_frame(fd, 1, "a", 1);
-    assert_true(t_now_ms() - t0 < 900); /* idle: written at once */
-    uint64_t t1 = t_now_ms();
-    t_ws_send(fd, 1, "b", 1);
-    t_sleep_ms(50);
-    t_ws_send(fd, 1, "c", 1);
-    uint8_t buf[64];
-    ssize_t n = recv(fd, buf, sizeof buf, 0);
-    uint64_t waited = t_now_ms() - t1;
-    assert_true(waited >= 800); /* held until a second after the flush of "a" */
-    static const uint8_t both[] = { 0x81, 1, 'b', 0x81, 1, 'c' };
-    assert_int_equal(n, (ssize_t)sizeof both); /* one write, both frames */
-    assert_memory_equal(buf, both, sizeof both);
-    t_ws_send(fd, 8, "\x03\xe8", 2);
-    t_expect_frame(fd, 8, "\x03\xe8", 2);
-    close(fd);
-}
-
 static void test_ws_leftover_after_upgrade(void **state)
 {
     (void)state;
@@ -1028,10 +983,5 @@ int main(void)
     };
     int failed = cmocka_run_group_tests_name("net_pure", pure, NULL, NULL);
     failed += cmocka_run_group_tests_name("net_e2e", e2e, t_setup, t_teardown);
-    const struct CMUnitTest delayed[] = {
-        cmocka_unit_test(test_ws_write_delay),
-    };
-    failed += cmocka_run_group_tests_name("net_write_delay", delayed, t_setup_write_delay, t_teardown);
-    metrics_free();
     return failed ? 1 : 0;
 }
