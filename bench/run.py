@@ -85,7 +85,7 @@ def config(quick):
         quick=False, idle_clients=15000, idle_hold=6,
         r10_clients=4000, r10_rates=[1000, 2500, 5000, 7500, 10000, 12500, 15000, 20000, 30000, 40000, 50000],
         r1000_clients=4000, r1000_rates=[25, 50, 100, 200, 300, 400, 600, 800, 1000],
-        r1000x1_clients=1000, r1000x1_rates=[200, 400, 800, 1200, 1600, 2000, 2500, 3000, 4000],
+        r1000x1_clients=1000, r1000x1_rates=[100, 200, 400, 800, 1200, 1600, 2000, 2500, 3000, 4000],
         warmup=2, duration=5, drain=8, half_duration=15,
         kafka_variants=[["linger.ms=0"], ["linger.ms=10"], ["fetch.wait.max.ms=1"]],
         profile_seconds=8, profile_min_rate=2500, limit_duration=5,
