@@ -187,14 +187,11 @@ static void cl_produce(struct cl_batch *b);
  * lets the consumer hand over the next batch while cur's acks are awaited. */
 static void cl_advance(classifier_t *c)
 {
-    if (c->out || !c->cur || !c->cur->stored || c->closing) {
-        if (!c->cur && !c->out && !c->draining && !c->closing)
-            kafka_consumer_hold(c->consumer, 0);
-        return;
+    if (!c->out && c->cur && c->cur->stored && !c->closing) {
+        c->out = c->cur;
+        c->cur = NULL;
+        cl_produce(c->out);
     }
-    c->out = c->cur;
-    c->cur = NULL;
-    cl_produce(c->out);
     if (!c->cur && !c->draining && !c->closing)
         kafka_consumer_hold(c->consumer, 0);
 }

@@ -52,8 +52,7 @@ struct pg_query_req {
     uint64_t start_ns;
     int err;          /* deferred delivery only */
     int synced;       /* saw the NULL that ends the results; the sync comes next */
-    int preparing;    /* the PREPARE's results come first */
-    uint64_t stmt_bit; /* the statement prepared with this query, or 0 */
+    uint64_t preparing; /* bit of the statement whose PREPARE's results come first, or 0 */
     PGresult *res;    /* first result */
     struct pg_query_req *next;
 };
@@ -479,7 +478,7 @@ static int pg_drain(pg_client_t *c)
                 continue;
             }
             if (q->preparing) /* the query fails with this error; prepare again next time */
-                c->prepared &= ~q->stmt_bit;
+                c->prepared &= ~q->preparing;
             if (!q->res && !q->synced)
                 q->res = res;
             else
@@ -751,8 +750,7 @@ void pg_query_stmt(pg_client_t *c, struct pg_stmt *stmt, int nparams, const char
             return;
         }
         c->prepared |= bit;
-        q->preparing = 1;
-        q->stmt_bit = bit;
+        q->preparing = bit;
     }
     if (!PQsendQueryPrepared(c->conn, name, nparams, params, NULL, NULL, 0)) {
         /* The PREPARE is queued without its query: only a reset resyncs. */

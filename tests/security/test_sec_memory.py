@@ -14,7 +14,7 @@ from secconf import LIMITS, token
 
 def test_half_received_messages(sec):
     """300 connections each send 60 KB of a fragmented message and stall:
-    the gateway buffers them (wslay reassembly), then they vanish."""
+    the gateway buffers them (frame reassembly), then they vanish."""
     port = sec.gw_ports[0]
     base = sec.rss("gateway0")
     conns = []

@@ -709,16 +709,33 @@ static pg_client_t *test_pg_client(uv_loop_t *loop, const char *conninfo, unsign
     return c;
 }
 
-static void test_pg_one(uv_loop_t *loop, pg_client_t *c, struct test_pgres *t, const char *sql,
-                        const char *p1)
+/* One query, plain (st NULL) or prepared, waited for; never called back
+ * from inside the call. */
+static void test_pg_run(uv_loop_t *loop, pg_client_t *c, struct pg_stmt *st, const char *sql,
+                        struct test_pgres *t, const char *p1)
 {
     memset(t, 0, sizeof *t);
     const char *params[1] = {p1};
     test_in_call = 1;
-    pg_query(c, sql, p1 ? 1 : 0, params, test_on_pg, t);
+    if (st)
+        pg_query_stmt(c, st, p1 ? 1 : 0, params, test_on_pg, t);
+    else
+        pg_query(c, sql, p1 ? 1 : 0, params, test_on_pg, t);
     test_in_call = 0;
     assert_int_equal(test_wait_count(loop, &t->n, 1, 5000), 0);
     assert_false(t->sync);
+}
+
+static void test_pg_one(uv_loop_t *loop, pg_client_t *c, struct test_pgres *t, const char *sql,
+                        const char *p1)
+{
+    test_pg_run(loop, c, NULL, sql, t, p1);
+}
+
+static void test_pg_one_stmt(uv_loop_t *loop, pg_client_t *c, struct pg_stmt *st,
+                             struct test_pgres *t, const char *p1)
+{
+    test_pg_run(loop, c, st, NULL, t, p1);
 }
 
 static void test_pg_pipeline(void **state)
@@ -790,18 +807,6 @@ static void test_pg_bad_query(void **state)
     test_loop_finish(&loop);
 }
 
-static void test_pg_stmt_one(uv_loop_t *loop, pg_client_t *c, struct pg_stmt *st,
-                             struct test_pgres *t, const char *p1)
-{
-    memset(t, 0, sizeof *t);
-    const char *params[1] = {p1};
-    test_in_call = 1;
-    pg_query_stmt(c, st, 1, params, test_on_pg, t);
-    test_in_call = 0;
-    assert_int_equal(test_wait_count(loop, &t->n, 1, 5000), 0);
-    assert_false(t->sync);
-}
-
 /* Prepared statements: prepared in the same pipeline unit as their first
  * use, interleaved with plain queries in order, re-prepared on a new
  * connection, and a statement PostgreSQL rejects fails every time with its
@@ -835,11 +840,11 @@ static void test_pg_prepared(void **state)
     }
     struct test_pgres t, pid;
     for (int i = 0; i < 2; i++) {
-        test_pg_stmt_one(&loop, c, &bad, &t, "1");
+        test_pg_one_stmt(&loop, c, &bad, &t, "1");
         assert_int_equal(t.err, ERR_INTERNAL);
         assert_string_equal(t.sqlstate, "42601");
     }
-    test_pg_stmt_one(&loop, c, &twice, &t, "21");
+    test_pg_one_stmt(&loop, c, &twice, &t, "21");
     assert_int_equal(t.err, 0);
     assert_string_equal(t.val, "42");
     /* A new connection has no prepared statements. */
@@ -849,7 +854,7 @@ static void test_pg_prepared(void **state)
     test_pg_one(&loop, c, &t, sql, NULL);
     assert_int_equal(test_run_until(&loop, test_pg_ready, c, 5000), 0);
     for (int tries = 0; tries < 50; tries++) { /* the reset may still be on its way */
-        test_pg_stmt_one(&loop, c, &twice, &t, "50");
+        test_pg_one_stmt(&loop, c, &twice, &t, "50");
         if (t.err == 0)
             break;
         test_sleep_loop(&loop, 100);
