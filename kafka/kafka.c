@@ -561,6 +561,20 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
     return 0;
 }
 
+void kafka_producer_warm(kafka_producer_t *p, const char *topic)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    /* rd_kafka_topic_new() (unlike producev's internal lookup) queries the
+     * leader at once; the topic then stays known to rk after our handle goes. */
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(p->rk, topic, NULL);
+    if (!rkt) {
+        log_warn("kafka_warm_failed", "client=%s topic=%s err=%s", rd_kafka_name(p->rk), topic,
+                 rd_kafka_err2name(rd_kafka_last_error()));
+        return;
+    }
+    rd_kafka_topic_destroy(rkt);
+}
+
 int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, const void *key,
                   size_t key_len, const void *val, size_t val_len, const struct kafka_hdrs *h,
                   kafka_delivery_cb cb, void *opaque)
@@ -1090,6 +1104,12 @@ int kafka_consumer_healthy(const kafka_consumer_t *c)
 {
     CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
     return c->healthy && !c->fatal;
+}
+
+int kafka_consumer_joined(const kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return !c->group || c->assigned_once;
 }
 
 int64_t kafka_consumer_lag(const kafka_consumer_t *c)

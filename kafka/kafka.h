@@ -67,6 +67,11 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
 int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, const void *key,
                   size_t key_len, const void *val, size_t val_len, const struct kafka_hdrs *h,
                   kafka_delivery_cb cb, void *opaque);
+/* Asks for topic's metadata now. librdkafka learns a topic's partitions
+ * lazily: a topic first named by kafka_produce() waits for the next 1 s
+ * metadata scan, so the first messages after a start would take up to a
+ * second. Roles call this at init for the topics they produce to. */
+void kafka_producer_warm(kafka_producer_t *p, const char *topic);
 /* 1 while at least one broker connection is up (from librdkafka stats). */
 int kafka_producer_healthy(const kafka_producer_t *p);
 /* Records produced but not yet acknowledged. */
@@ -101,6 +106,11 @@ unsigned kafka_consumer_generation(const kafka_consumer_t *c);
 /* 1 while a broker is up and, for an assigned consumer, its partition is
  * being fetched (its start offset is resolved). */
 int kafka_consumer_healthy(const kafka_consumer_t *c);
+/* 1 once a group consumer has completed its first assignment (possibly an
+ * empty one); always 1 for an assigned consumer. A group's first join waits
+ * out the broker's group.initial.rebalance.delay.ms (3 s by default, and in
+ * the mock cluster), during which nothing of the topic is consumed. */
+int kafka_consumer_joined(const kafka_consumer_t *c);
 /* Sum of consumer lag over assigned partitions, from stats (-1 unknown). */
 int64_t kafka_consumer_lag(const kafka_consumer_t *c);
 /* Shutdown only (blocking): leaves the group cleanly, then destroys. */

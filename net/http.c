@@ -23,6 +23,7 @@
 
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "lib/slab.h"
 
 #define HTTP_BODY_MAX (64 * 1024) /* 413 above */
 #define HTTP_LINGER_MS 2000       /* wait this long for the peer's FIN after closing */
@@ -83,6 +84,7 @@ struct http_req {
     uint8_t part;
     uint8_t method;
     uint8_t keep_alive, upgrade, http10;
+    uint8_t slab;   /* from http_reqs */
     char peer[INET6_ADDRSTRLEN];
     char buf[]; /* lim.max_header + 1: url\0 (name\0 value\0)* */
 };
@@ -152,6 +154,26 @@ static void http_conn_unlink(struct http_conn *c)
     metric_add(http_m_conns, -1);
 }
 
+/* Requests of the first server's size (every server of a process has the
+ * same limits; tests aside) come from a slab: a handshake storm has a
+ * thousand in flight, and their 16 KiB would otherwise be heap that the
+ * connections' few long-lived heap objects keep resident (lib/slab.h). */
+static struct slab http_reqs = SLAB_INIT_SIZE("http_req", 0);
+
+static http_req_t *http_req_new(size_t max_header)
+{
+    size_t size = sizeof(http_req_t) + max_header + 1;
+    if (!http_reqs.size)
+        http_reqs.size = size;
+    int from_slab = size == http_reqs.size;
+    http_req_t *r = from_slab ? slab_alloc_raw(&http_reqs) : malloc(size);
+    if (!r)
+        return NULL;
+    memset(r, 0, offsetof(http_req_t, buf)); /* the buffer is filled as it arrives */
+    r->slab = (uint8_t)from_slab;
+    return r;
+}
+
 static void http_req_free(http_req_t *r)
 {
     if (!r)
@@ -159,7 +181,10 @@ static void http_req_free(http_req_t *r)
     CHATD_ASSERT(r->magic == HTTP_REQ_MAGIC);
     r->magic = 0;
     free(r->body);
-    free(r);
+    if (r->slab)
+        slab_free(&http_reqs, r);
+    else
+        free(r);
 }
 
 static void http_conn_close_cb(uv_handle_t *h)
@@ -171,7 +196,7 @@ static void http_conn_close_cb(uv_handle_t *h)
     if (c->req && c->req->conn == c)
         c->req->conn = NULL;
     free(c->leftover);
-    free(h);
+    http_socket_free((uv_tcp_t *)h);
     c->magic = 0;
     free(c);
     http_server_unref(s);
@@ -393,12 +418,11 @@ static int http_req_switch(struct http_conn *c, enum http_part part)
 static int http_on_message_begin(http_parser *p)
 {
     struct http_conn *c = p->data;
-    http_req_t *r = malloc(sizeof *r + c->srv->lim.max_header + 1);
+    http_req_t *r = http_req_new(c->srv->lim.max_header);
     if (!r) {
         c->fail = 503;
         return -1;
     }
-    memset(r, 0, offsetof(http_req_t, buf));
     r->magic = HTTP_REQ_MAGIC;
     r->cap = c->srv->lim.max_header;
     r->conn = c;
@@ -594,7 +618,12 @@ static void http_conn_peer(struct http_conn *c)
         uv_ip6_name((struct sockaddr_in6 *)&ss, c->peer, sizeof c->peer);
 }
 
-static void http_free_handle_cb(uv_handle_t *h) { free(h); }
+/* Accepted sockets outlive their HTTP connection when upgraded (ws.c). */
+static struct slab http_sockets = SLAB_INIT("socket", uv_tcp_t);
+
+void http_socket_free(uv_tcp_t *tcp) { slab_free(&http_sockets, tcp); }
+
+static void http_free_handle_cb(uv_handle_t *h) { http_socket_free((uv_tcp_t *)h); }
 
 /* libuv's accept loop already skips ECONNABORTED and keeps a spare fd to
  * shed connections on EMFILE/ENFILE (uv__emfile_trick), so an error here is
@@ -606,7 +635,7 @@ static void http_server_on_connection(uv_stream_t *l, int status)
         log_warn("http_accept_failed", "port=%d err=%s", s->port, uv_err_name(status));
         return;
     }
-    uv_tcp_t *tcp = malloc(sizeof *tcp);
+    uv_tcp_t *tcp = slab_alloc(&http_sockets);
     struct http_conn *c = calloc(1, sizeof *c);
     CHATD_ASSERT(tcp != NULL && c != NULL); /* libuv stalls the listener until we accept */
     uv_tcp_init(s->loop, tcp);

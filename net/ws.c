@@ -33,6 +33,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "lib/slab.h"
 #include "net/ws_parser.h"
 
 #ifndef IOV_MAX
@@ -91,6 +92,9 @@ struct ws_conn {
     uint8_t peer_family;
 };
 
+/* One per open connection: kept apart from the handshakes' transients. */
+static struct slab ws_conns = SLAB_INIT("ws_conn", ws_conn_t);
+
 static struct {
     uv_loop_t *loop;
     struct ws_limits lim;
@@ -111,57 +115,20 @@ static struct {
 
 static void ws_conn_cut(ws_conn_t *c, uint16_t code);
 
-/* Fixed-size blocks recycled loop-wide. The fan-out path queues to and
- * writes to thousands of sockets per Kafka batch: a free list serves the
- * queue arrays and write requests without malloc, and an idle connection
+/* Fixed-size blocks from slabs (lib/slab.h). The fan-out path queues to and
+ * writes to thousands of sockets per Kafka batch: the slabs' free lists serve
+ * the queue arrays and write requests without malloc, and an idle connection
  * holds neither (it gives them back when its queue drains). */
-struct ws_pool {
-    void *free;
-    unsigned n, max;
-    size_t size;
-};
-
 #define WS_QCAP_POOLED 8 /* queue slots of a pooled block */
 
-static struct ws_pool ws_qpool = { NULL, 0, 4096, WS_QCAP_POOLED * sizeof(ws_frame_t *) };
-static struct ws_pool ws_wpool = { NULL, 0, 4096,
-                                   sizeof(struct ws_write) + WS_QCAP_POOLED * sizeof(ws_frame_t *) };
-
-static void *ws_pool_get(struct ws_pool *p)
-{
-    void *b = p->free;
-    if (!b)
-        return malloc(p->size);
-    p->free = *(void **)b;
-    p->n--;
-    return b;
-}
-
-static void ws_pool_put(struct ws_pool *p, void *b)
-{
-    if (p->n >= p->max) {
-        free(b);
-        return;
-    }
-    *(void **)b = p->free;
-    p->free = b;
-    p->n++;
-}
-
-static void ws_pool_drain(struct ws_pool *p)
-{
-    while (p->free) {
-        void *b = p->free;
-        p->free = *(void **)b;
-        free(b);
-    }
-    p->n = 0;
-}
+static struct slab ws_qslab = SLAB_INIT_SIZE("ws_queue", WS_QCAP_POOLED * sizeof(ws_frame_t *));
+static struct slab ws_wslab = SLAB_INIT_SIZE("ws_write", sizeof(struct ws_write) +
+                                                        WS_QCAP_POOLED * sizeof(ws_frame_t *));
 
 static void ws_conn_queue_release(ws_conn_t *c)
 {
     if (c->qcap == WS_QCAP_POOLED)
-        ws_pool_put(&ws_qpool, c->q);
+        slab_free(&ws_qslab, c->q);
     else
         free(c->q);
     c->q = NULL;
@@ -322,11 +289,11 @@ static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
         unsigned cap = c->qcap ? c->qcap * 2 : WS_QCAP_POOLED;
         ws_frame_t **q;
         if (cap == WS_QCAP_POOLED) {
-            q = ws_pool_get(&ws_qpool);
+            q = slab_alloc(&ws_qslab);
         } else if (c->qcap == WS_QCAP_POOLED) { /* a pooled block does not realloc */
             if ((q = malloc(cap * sizeof *q))) {
                 memcpy(q, c->q, c->qlen * sizeof *q);
-                ws_pool_put(&ws_qpool, c->q);
+                slab_free(&ws_qslab, c->q);
             }
         } else {
             q = realloc(c->q, cap * sizeof *q);
@@ -350,7 +317,7 @@ static void ws_write_free(struct ws_write *w)
     for (unsigned i = 0; i < w->n; i++)
         ws_frame_unref(w->frames[i]);
     if (w->n <= WS_QCAP_POOLED)
-        ws_pool_put(&ws_wpool, w);
+        slab_free(&ws_wslab, w);
     else
         free(w);
 }
@@ -440,7 +407,7 @@ static void ws_conn_write(ws_conn_t *c)
             ws_conn_mark_dirty(c);
         return;
     }
-    struct ws_write *w = n <= WS_QCAP_POOLED ? ws_pool_get(&ws_wpool)
+    struct ws_write *w = n <= WS_QCAP_POOLED ? slab_alloc(&ws_wslab)
                                              : malloc(sizeof *w + n * sizeof w->frames[0]);
     if (!w) {
         ws_conn_cut(c, 1011);
@@ -652,9 +619,9 @@ static void ws_conn_close_cb(uv_handle_t *h)
         ws_conn_queue_release(c);
     free(c->pending);
     ws_parser_free(&c->rx);
-    free(h);
+    http_socket_free((uv_tcp_t *)h);
     c->magic = 0;
-    free(c);
+    slab_free(&ws_conns, c);
 }
 
 /* Closes the socket now; queued output is dropped. code 0: derive it from
@@ -811,8 +778,6 @@ void ws_shutdown(void)
     uv_close((uv_handle_t *)&ws_g.flush, NULL);
     uv_close((uv_handle_t *)&ws_g.wake, NULL);
     uv_close((uv_handle_t *)&ws_g.sweep, NULL);
-    ws_pool_drain(&ws_qpool); /* connections still closing return theirs to malloc */
-    ws_pool_drain(&ws_wpool);
     ws_frame_unref(ws_g.ping); /* queues still holding it keep their references */
     ws_g.ping = NULL;
     ws_g.loop = NULL;
@@ -883,7 +848,7 @@ ws_conn_t *ws_accept(http_req_t *req, const char *hello, size_t hello_len,
         http_respond_error(req, 400, "bad_request", "invalid websocket handshake");
         return NULL;
     }
-    ws_conn_t *c = calloc(1, sizeof *c);
+    ws_conn_t *c = slab_alloc(&ws_conns);
     if (!c) {
         http_respond_error(req, 503, "unavailable", "out of memory, try again");
         return NULL;

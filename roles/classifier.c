@@ -610,6 +610,7 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     c->loop = d->loop;
     c->conf = d->conf;
     c->producer = d->producer;
+    kafka_producer_warm(c->producer, d->conf->topic_receive);
     c->routes = d->routes;
     c->redis = d->redis;
     cl_metrics_init(c);
@@ -635,10 +636,13 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     return 0;
 }
 
+/* Ready once in the group: a rolling update then replaces the next old
+ * classifier only after the new one can take its partitions. */
 int classifier_ready(const classifier_t *c)
 {
     return !c->draining && redis_client_ready(c->redis) && pg_client_ready(c->pg) &&
-           kafka_producer_healthy(c->producer) && kafka_consumer_healthy(c->consumer);
+           kafka_producer_healthy(c->producer) && kafka_consumer_healthy(c->consumer) &&
+           kafka_consumer_joined(c->consumer);
 }
 
 void classifier_drain(classifier_t *c)

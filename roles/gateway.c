@@ -1,6 +1,7 @@
 #include "roles/gateway.h"
 
 #include <inttypes.h>
+#include <stddef.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -14,6 +15,7 @@
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/slab.h"
 #include "net/assets.h"
 #include "roles/gateway_internal.h"
 #include "store/db.h"
@@ -27,6 +29,21 @@ uint64_t gw_now_ms(void)
 
 /* ---- local index: users, rooms, members ---- */
 
+/* What each open connection keeps (lib/slab.h says why not malloc). */
+static struct slab gw_conns = SLAB_INIT("gw_conn", struct gw_conn);
+static struct slab gw_members = SLAB_INIT("gw_member", struct gw_member);
+static struct slab gw_users[2] = {
+    SLAB_INIT_SIZE("gw_user", sizeof(struct gw_user) + GW_USER_ID_SHORT),
+    SLAB_INIT_SIZE("gw_user_long", sizeof(struct gw_user) + AUTH_USER_MAX + 1),
+};
+
+static struct slab gw_rooms = SLAB_INIT("gw_room", struct gw_room);
+
+static struct slab *gw_user_slab(const char *id)
+{
+    return &gw_users[strlen(id) >= GW_USER_ID_SHORT];
+}
+
 struct gw_user *gw_user_find(gateway_t *g, const char *id)
 {
     struct gw_user *u;
@@ -34,18 +51,32 @@ struct gw_user *gw_user_find(gateway_t *g, const char *id)
     return u;
 }
 
-struct gw_member *gw_member_find(struct gw_user *u, const char *room)
+/* g->members is keyed by the bytes of (u, r). */
+#define GW_MEMBER_KEY_LEN (2 * sizeof(void *))
+_Static_assert(offsetof(struct gw_member, r) == offsetof(struct gw_member, u) + sizeof(void *),
+               "gw_member key is u then r");
+
+static struct gw_member *gw_member_of(gateway_t *g, struct gw_user *u, struct gw_room *r)
 {
-    struct gw_member *m;
-    HASH_FIND(hh, u->rooms, room, strlen(room), m);
+    struct gw_member key = { .u = u, .r = r }, *m;
+    HASH_FIND(hh, g->members, &key.u, GW_MEMBER_KEY_LEN, m);
     return m;
 }
 
-struct gw_conn *gw_conn_find(gateway_t *g, uint64_t id)
+struct gw_member *gw_member_find(gateway_t *g, struct gw_user *u, const char *room)
 {
-    struct gw_conn *c;
-    HASH_FIND(hh, g->conns, &id, sizeof id, c);
-    return c;
+    struct gw_room *r;
+    HASH_FIND_STR(g->rooms, room, r);
+    return r ? gw_member_of(g, u, r) : NULL;
+}
+
+void gw_conn_unref(struct gw_conn *c)
+{
+    CHATD_ASSERT(c->magic == GW_CONN_MAGIC && c->pending > 0);
+    if (--c->pending > 0 || c->ws)
+        return;
+    c->magic = 0;
+    slab_free(&gw_conns, c);
 }
 
 static void gw_on_route_head(int err, int64_t head, void *ud)
@@ -58,25 +89,26 @@ static void gw_on_route_head(int err, int64_t head, void *ud)
 
 struct gw_member *gw_member_add(gateway_t *g, struct gw_user *u, const char *room, int do_register)
 {
-    struct gw_member *m = gw_member_find(u, room);
-    if (m)
-        return m;
+    struct gw_member *m;
     struct gw_room *r;
     HASH_FIND_STR(g->rooms, room, r);
+    if (r && (m = gw_member_of(g, u, r)))
+        return m;
     if (!r) {
-        r = calloc(1, sizeof *r);
+        r = slab_alloc(&gw_rooms);
         CHATD_ASSERT(r != NULL);
         strcpy(r->name, room);
         HASH_ADD_STR(g->rooms, name, r);
         metric_inc(g->m.rooms);
     }
-    m = calloc(1, sizeof *m);
+    m = slab_alloc(&gw_members);
     CHATD_ASSERT(m != NULL);
     m->u = u;
     m->r = r;
     DL_APPEND(r->members, m);
+    DL_APPEND2(u->rooms, m, uprev, unext);
     r->n_members++;
-    HASH_ADD_KEYPTR(hh, u->rooms, r->name, strlen(r->name), m);
+    HASH_ADD(hh, g->members, u, GW_MEMBER_KEY_LEN, m);
     if (do_register)
         routes_room_join(g->routes, room, g->conf->gateway_id, g->epoch, u->id, gw_on_route_head,
                          NULL);
@@ -89,15 +121,16 @@ void gw_member_remove(gateway_t *g, struct gw_member *m)
     struct gw_user *u = m->u;
     if (!g->closing)
         routes_room_drop_user(g->routes, r->name, u->id, g->conf->gateway_id, g->epoch);
-    HASH_DELETE(hh, u->rooms, m);
+    HASH_DELETE(hh, g->members, m);
+    DL_DELETE2(u->rooms, m, uprev, unext);
     DL_DELETE(r->members, m);
-    free(m);
+    slab_free(&gw_members, m);
     if (--r->n_members > 0)
         return;
     if (!g->closing)
         routes_room_drop_gateway(g->routes, r->name, g->conf->gateway_id);
     HASH_DEL(g->rooms, r);
-    free(r);
+    slab_free(&gw_rooms, r);
     metric_add(g->m.rooms, -1);
 }
 
@@ -106,7 +139,7 @@ static struct gw_user *gw_user_get(gateway_t *g, const char *id)
     struct gw_user *u = gw_user_find(g, id);
     if (u)
         return u;
-    u = calloc(1, sizeof *u);
+    u = slab_alloc(gw_user_slab(id));
     CHATD_ASSERT(u != NULL);
     strcpy(u->id, id);
     HASH_ADD_STR(g->users, id, u);
@@ -120,12 +153,12 @@ static void gw_user_release(gateway_t *g, struct gw_user *u)
     if (u->n_conns > 0 || u->pending > 0)
         return;
     struct gw_member *m, *tmp;
-    HASH_ITER(hh, u->rooms, m, tmp)
+    DL_FOREACH_SAFE2(u->rooms, m, tmp, unext)
         gw_member_remove(g, m);
     if (!g->closing)
         routes_user_drop(g->routes, u->id, g->conf->gateway_id);
     HASH_DEL(g->users, u);
-    free(u);
+    slab_free(gw_user_slab(u->id), u);
     metric_add(g->m.users, -1);
 }
 
@@ -138,12 +171,16 @@ static void gw_on_ws_close(ws_conn_t *ws, int code, void *user)
     gateway_t *g = c->g;
     (void)ws;
     log_debug("conn_close", "user=%s conn=%" PRIu64 " code=%d", c->u->id, c->id, code);
-    HASH_DEL(g->conns, c);
     DL_DELETE(c->u->conns, c);
     c->u->n_conns--;
+    g->n_conns--;
     gw_user_release(g, c->u);
+    c->ws = NULL;
+    c->u = NULL;
+    if (c->pending > 0)
+        return;
     c->magic = 0;
-    free(c);
+    slab_free(&gw_conns, c);
 }
 
 static const struct ws_callbacks gw_ws_callbacks = {
@@ -168,7 +205,7 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     int n = snprintf(hello, sizeof hello,
                      "{\"op\":\"hello\",\"user\":\"%s\",\"gateway\":%d,\"heartbeat\":%d}", u->id,
                      g->conf->gateway_id, g->conf->heartbeat_s);
-    struct gw_conn *c = calloc(1, sizeof *c);
+    struct gw_conn *c = slab_alloc(&gw_conns);
     CHATD_ASSERT(c != NULL);
     c->magic = GW_CONN_MAGIC;
     c->g = g;
@@ -179,14 +216,14 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     c->exp_s = hs->exp_s;
     c->ws = ws_accept(hs->req, hello, (size_t)n, &gw_ws_callbacks, c);
     if (!c->ws) {
-        free(c);
+        slab_free(&gw_conns, c);
         return;
     }
     if (u->n_conns == 0)
         routes_user_add(g->routes, u->id, g->conf->gateway_id, g->epoch);
     DL_APPEND(u->conns, c);
     u->n_conns++;
-    HASH_ADD(hh, g->conns, id, sizeof c->id, c);
+    g->n_conns++;
     metric_inc(g->m.handshakes_ok);
     log_debug("conn_open", "user=%s conn=%" PRIu64 " peer=%s", u->id, c->id, ws_conn_peer(c->ws));
 }
@@ -538,7 +575,7 @@ static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const cha
     struct gw_user *u = gw_user_find(g, user);
     if (!u)
         return;
-    struct gw_member *m = gw_member_find(u, room);
+    struct gw_member *m = gw_member_find(g, u, room);
     if (rec->type == REC_JOINED && !m)
         gw_member_add(g, u, room, 1);
     else if (rec->type == REC_LEFT && m)
@@ -616,9 +653,10 @@ static void gw_on_expiry_sweep(uv_timer_t *t)
 {
     gateway_t *g = t->data;
     uint64_t now = gw_now_ms();
-    struct gw_conn *c, *tmp;
-    HASH_ITER(hh, g->conns, c, tmp)
-        gw_conn_expired(c, now);
+    struct gw_user *u, *utmp;
+    HASH_ITER(hh, g->users, u, utmp)
+        for (struct gw_conn *c = u->conns; c; c = c->next)
+            gw_conn_expired(c, now);
 #ifdef __GLIBC__
     if (++g->sweeps % GW_TRIM_EVERY == 0)
         malloc_trim(0);
@@ -645,7 +683,7 @@ static void gw_reregister(gateway_t *g)
         if (u->n_conns == 0)
             continue;
         routes_user_add(g->routes, u->id, gw, g->epoch);
-        for (struct gw_member *m = u->rooms; m; m = m->hh.next, n++)
+        for (struct gw_member *m = u->rooms; m; m = m->unext, n++)
             routes_room_join(g->routes, m->r->name, gw, g->epoch, u->id, gw_on_route_head, NULL);
     }
     log_info("routes_reregistered", "users=%u memberships=%zu", HASH_COUNT(g->users), n);
@@ -710,6 +748,7 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     g->loop = d->loop;
     g->conf = c;
     g->producer = d->producer;
+    kafka_producer_warm(g->producer, d->conf->topic_send);
     g->routes = d->routes;
     g->redis = d->redis;
     g->limits.max_text = c->max_text;
@@ -764,15 +803,16 @@ int gateway_ready(const gateway_t *g)
            kafka_consumer_healthy(g->consumer);
 }
 
-size_t gateway_clients(const gateway_t *g) { return HASH_CNT(hh, g->conns); }
+size_t gateway_clients(const gateway_t *g) { return g->n_conns; }
 
 void gateway_drain(gateway_t *g)
 {
     g->draining = 1;
-    struct gw_conn *c, *tmp;
-    HASH_ITER(hh, g->conns, c, tmp)
-        ws_conn_close(c->ws, 1012, "service restart");
-    log_info("gateway_draining", "clients=%u", HASH_CNT(hh, g->conns));
+    struct gw_user *u, *utmp;
+    HASH_ITER(hh, g->users, u, utmp)
+        for (struct gw_conn *c = u->conns; c; c = c->next)
+            ws_conn_close(c->ws, 1012, "service restart");
+    log_info("gateway_draining", "clients=%zu", g->n_conns);
 }
 
 void gateway_close(gateway_t *g)
@@ -788,7 +828,7 @@ void gateway_close(gateway_t *g)
 
 void gateway_free(gateway_t *g)
 {
-    CHATD_ASSERT(HASH_CNT(hh, g->conns) == 0);
+    CHATD_ASSERT(g->n_conns == 0);
     struct gw_user *u, *tmp;
     HASH_ITER(hh, g->users, u, tmp) {
         u->pending = 0;

@@ -7,11 +7,9 @@
 #include <uthash.h>
 #include <utlist.h>
 
-/* Every user with a room has its own room index (u->rooms), and uthash
- * gives each new table 32 buckets (512 B + its 56 B header): most of what a
- * joined idle connection cost over a bare one (make bench, idle
- * connections). Tables start with 4 buckets and double as they fill, as
- * before; the gateway-wide ones simply grow a few more times. */
+/* uthash gives each table 32 buckets (512 B) to start with; the gateway's
+ * tables grow past that anyway, and small ones (tests, a quiet gateway)
+ * should not pay for them. */
 #undef HASH_INITIAL_NUM_BUCKETS
 #undef HASH_INITIAL_NUM_BUCKETS_LOG2
 #define HASH_INITIAL_NUM_BUCKETS 4U
@@ -30,42 +28,52 @@
 struct gw_user;
 struct gw_room;
 
-/* One client connection. */
+/* One client connection. Requests waiting for a backend hold it (pending):
+ * once closed (ws NULL) it is freed when the last of them completes, so
+ * their callbacks need no lookup (and connections no table by id). */
 struct gw_conn {
     uint32_t magic;
-    uint64_t id;
+    unsigned pending;               /* gw_pending requests holding it */
+    uint64_t id;                    /* for logs */
     gateway_t *g;
-    ws_conn_t *ws;
-    struct gw_user *u;
+    ws_conn_t *ws;                  /* NULL once closed */
+    struct gw_user *u;              /* NULL once closed */
     struct gw_conn *next, *prev;    /* in u->conns */
     double tokens;                  /* rate limit bucket */
     uint64_t tokens_ms;
     int64_t exp_s;                  /* the token's exp: closed with 1008 from then on */
-    UT_hash_handle hh;              /* g->conns by id */
 };
 
-/* User U is a member of room R and online on this gateway. */
+/* User U is a member of room R and online on this gateway. Memory per
+ * idle joined connection is a benchmark target (docs/PERFORMANCE.md): one
+ * gateway-wide table of members keyed by (u, r), and plain lists per user
+ * and per room, cost less than a hash table per user (two allocations,
+ * about 160 B, for the one or few rooms most users are in). */
 struct gw_member {
-    struct gw_user *u;
+    struct gw_user *u;              /* u and r: the key in g->members */
     struct gw_room *r;
     struct gw_member *next, *prev;  /* in r->members */
-    UT_hash_handle hh;              /* u->rooms, keyed by r->name */
+    struct gw_member *unext, *uprev; /* in u->rooms */
+    UT_hash_handle hh;              /* g->members */
 };
 
 struct gw_user {
-    char id[AUTH_USER_MAX + 1];
     struct gw_conn *conns;
     int n_conns;
     int pending;                    /* handshakes in flight for this user */
     struct gw_member *rooms;
     UT_hash_handle hh;              /* g->users */
+    char id[];                      /* GW_USER_ID_SHORT or AUTH_USER_MAX + 1 bytes */
 };
 
+/* Ids up to 39 bytes (a UUID is 36) come from the smaller of two slabs. */
+#define GW_USER_ID_SHORT 40
+
 struct gw_room {
-    char name[PROTO_ROOM_MAX + 1];
     struct gw_member *members;
     int n_members;
     UT_hash_handle hh;              /* g->rooms */
+    char name[PROTO_ROOM_MAX + 1];
 };
 
 struct gateway {
@@ -84,9 +92,10 @@ struct gateway {
     uint64_t next_conn_id;
     int hist_inflight;              /* sync + REST history reads */
     int hs_inflight;                /* handshakes loading rooms */
-    struct gw_conn *conns;
+    size_t n_conns;
     struct gw_user *users;
     struct gw_room *rooms;
+    struct gw_member *members;
     struct proto_limits limits;
     uv_timer_t heartbeat;
     uv_timer_t expiry;              /* closes connections whose token expired */
@@ -102,11 +111,12 @@ struct gateway {
 };
 
 uint64_t gw_now_ms(void);
-struct gw_conn *gw_conn_find(gateway_t *g, uint64_t id);
+/* Drops a pending request's hold on c (see struct gw_conn). */
+void gw_conn_unref(struct gw_conn *c);
 /* Adds (user, room) to the local index; register=1 also writes the route. */
 struct gw_member *gw_member_add(gateway_t *g, struct gw_user *u, const char *room, int do_register);
 void gw_member_remove(gateway_t *g, struct gw_member *m);
-struct gw_member *gw_member_find(struct gw_user *u, const char *room);
+struct gw_member *gw_member_find(gateway_t *g, struct gw_user *u, const char *room);
 struct gw_user *gw_user_find(gateway_t *g, const char *id);
 
 /* 1 (and the connection is being closed with 1008) if c's token expired. */

@@ -9,13 +9,14 @@
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/slab.h"
 #include "roles/gateway_internal.h"
 #include "store/db.h"
 
 /* One request waiting for a backend. */
 struct gw_pending {
     gateway_t *g;
-    uint64_t conn_id;
+    struct gw_conn *c;            /* held: see struct gw_conn */
     enum proto_op op;
     char rid[PROTO_RID_MAX + 3];
     char room[PROTO_ROOM_MAX + 1];
@@ -27,12 +28,23 @@ struct gw_pending {
     int inserted;                 /* join/leave changed the membership */
 };
 
+/* Thousands can be in flight in a join storm; a slab keeps them out of the
+ * heap pages the storm's long-lived objects land in (lib/slab.h). */
+static struct slab gw_pendings = SLAB_INIT("gw_pending", struct gw_pending);
+
+static void gw_pending_free(struct gw_pending *p)
+{
+    gw_conn_unref(p->c);
+    slab_free(&gw_pendings, p);
+}
+
 static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_req *r)
 {
-    struct gw_pending *p = calloc(1, sizeof *p);
+    struct gw_pending *p = slab_alloc(&gw_pendings);
     CHATD_ASSERT(p != NULL);
     p->g = c->g;
-    p->conn_id = c->id;
+    p->c = c;
+    c->pending++;
     p->op = r->op;
     strcpy(p->rid, r->rid);
     strcpy(p->room, r->room);
@@ -64,13 +76,14 @@ void gw_send_error(struct gw_conn *c, const char *rid, int err, const char *why)
     gw_send_buf(c, &b);
 }
 
-/* The connection a pending request belongs to, or NULL (then p is freed). */
+/* The connection a pending request belongs to, or NULL if it has closed
+ * (then p is freed). */
 static struct gw_conn *gw_pending_conn(struct gw_pending *p)
 {
-    struct gw_conn *c = gw_conn_find(p->g, p->conn_id);
-    if (!c)
-        free(p);
-    return c;
+    if (p->c->ws)
+        return p->c;
+    gw_pending_free(p);
+    return NULL;
 }
 
 static void gw_reply_ok(struct gw_conn *c, const char *rid, const char *room, int64_t seq)
@@ -180,7 +193,7 @@ static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
                 gw_dm_add_peer(p->g, p->room, p->user);
         }
     }
-    free(p);
+    gw_pending_free(p);
 }
 
 static void gw_on_join_seeded(int err, int64_t head, void *ud) { gw_join_reply(ud, err, head); }
@@ -214,7 +227,7 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
         return;
     if (err) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-        free(p);
+        gw_pending_free(p);
         return;
     }
     p->inserted = PQntuples(res) > 0;
@@ -234,16 +247,16 @@ static void gw_on_leave_db(int err, PGresult *res, void *ud)
         return;
     if (err) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-        free(p);
+        gw_pending_free(p);
         return;
     }
     if (PQntuples(res) > 0)
         gw_member_changed(p->g, "left", p->room, p->user);
-    struct gw_member *m = gw_member_find(c->u, p->room);
+    struct gw_member *m = gw_member_find(p->g, c->u, p->room);
     if (m)
         gw_member_remove(p->g, m);
     gw_reply_ok(c, p->rid, p->room, -1);
-    free(p);
+    gw_pending_free(p);
 }
 
 /* ---- send: produce, ack on Kafka's acknowledgement ---- */
@@ -256,7 +269,7 @@ static void gw_on_send_dr(int err, void *opaque)
         return;
     if (err) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, "the message was not stored, send it again");
-        free(p);
+        gw_pending_free(p);
         return;
     }
     struct jbuf b;
@@ -269,7 +282,7 @@ static void gw_on_send_dr(int err, void *opaque)
     jbuf_obj_close(&b);
     metric_inc(p->g->m.acks);
     gw_send_buf(c, &b);
-    free(p);
+    gw_pending_free(p);
 }
 
 static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
@@ -292,7 +305,7 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
     free(val);
     if (rc) {
         gw_send_error(c, r->rid, rc == ERR_TOO_LARGE ? ERR_TOO_LARGE : ERR_UNAVAILABLE, NULL);
-        free(p);
+        gw_pending_free(p);
         return;
     }
     metric_inc(g->m.sends);
@@ -309,7 +322,7 @@ static void gw_on_sync_db(int err, PGresult *res, void *ud)
         return;
     if (err) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, "history is unavailable, try again");
-        free(p);
+        gw_pending_free(p);
         return;
     }
     int n = PQntuples(res), more = n > p->limit;
@@ -325,7 +338,7 @@ static void gw_on_sync_db(int err, PGresult *res, void *ud)
     jbuf_bool(&b, more);
     jbuf_obj_close(&b);
     gw_send_buf(c, &b);
-    free(p);
+    gw_pending_free(p);
 }
 
 /* ---- rooms ---- */
@@ -338,7 +351,7 @@ static void gw_on_rooms_db(int err, PGresult *res, void *ud)
         return;
     if (err) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-        free(p);
+        gw_pending_free(p);
         return;
     }
     struct jbuf b;
@@ -357,7 +370,7 @@ static void gw_on_rooms_db(int err, PGresult *res, void *ud)
     jbuf_arr_close(&b);
     jbuf_obj_close(&b);
     gw_send_buf(c, &b);
-    free(p);
+    gw_pending_free(p);
 }
 
 /* ---- read marks ---- */
@@ -370,7 +383,7 @@ static void gw_on_read_db(int err, PGresult *res, void *ud)
         return;
     if (err || PQntuples(res) == 0) {
         gw_send_error(c, p->rid, err ? ERR_UNAVAILABLE : ERR_NOT_MEMBER, NULL);
-        free(p);
+        gw_pending_free(p);
         return;
     }
     int64_t seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -384,7 +397,7 @@ static void gw_on_read_db(int err, PGresult *res, void *ud)
     jbuf_kv_int(&b, "seq", seq);
     jbuf_obj_close(&b);
     gw_produce_event(p->g, REC_EVENT, p->room, p->user, &b);
-    free(p);
+    gw_pending_free(p);
 }
 
 /* ---- presence ---- */
@@ -397,7 +410,7 @@ static void gw_on_presence(int err, char **users, size_t n, void *ud)
         return;
     if (err) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-        free(p);
+        gw_pending_free(p);
         return;
     }
     struct jbuf b;
@@ -413,7 +426,7 @@ static void gw_on_presence(int err, char **users, size_t n, void *ud)
     jbuf_arr_close(&b);
     jbuf_obj_close(&b);
     gw_send_buf(c, &b);
-    free(p);
+    gw_pending_free(p);
 }
 
 static void gw_op_typing(struct gw_conn *c, const struct proto_req *r)
@@ -447,7 +460,7 @@ static int gw_rate_ok(struct gw_conn *c)
 static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
 {
     gateway_t *g = c->g;
-    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && !gw_member_find(c->u, r->room)) {
+    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && !gw_member_find(c->g, c->u, r->room)) {
         gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
         return;
     }

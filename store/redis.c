@@ -34,6 +34,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "lib/slab.h"
 
 #define REDIS_CLIENT_MAGIC 0x52434c49u
 #define REDIS_CMD_MAGIC 0x52434d44u
@@ -248,9 +249,12 @@ static int redis_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
 
 /* ---- command lists ---- */
 
+/* Thousands in flight in a connection storm (lib/slab.h says why not malloc). */
+static struct slab redis_cmds = SLAB_INIT("redis_cmd", struct redis_cmd);
+
 static struct redis_cmd *redis_cmd_new(redis_client_t *r, redis_reply_cb cb, void *user)
 {
-    struct redis_cmd *e = calloc(1, sizeof *e);
+    struct redis_cmd *e = slab_alloc(&redis_cmds);
     CHATD_ASSERT(e != NULL);
     e->magic = REDIS_CMD_MAGIC;
     e->r = r;
@@ -264,7 +268,7 @@ static void redis_cmd_free(struct redis_cmd *e)
 {
     e->magic = 0;
     free(e->eval_argv);
-    free(e);
+    slab_free(&redis_cmds, e);
 }
 
 static void redis_fifo_unlink(redis_client_t *r, struct redis_cmd *e)

@@ -7,6 +7,7 @@
 
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/slab.h"
 
 #define ROUTES_EPOCH_MAX 40
 #define ROUTES_KEY_MAX 320
@@ -74,9 +75,13 @@ struct routes_op {
     char key[ROUTES_KEY_MAX];
 };
 
+/* A connection storm has thousands in flight: from a slab, apart from the
+ * long-lived heap objects (lib/slab.h). */
+static struct slab routes_ops = SLAB_INIT("routes_op", struct routes_op);
+
 static struct routes_op *routes_op_new(routes_t *rt, void *user)
 {
-    struct routes_op *op = calloc(1, sizeof *op);
+    struct routes_op *op = slab_alloc(&routes_ops);
     CHATD_ASSERT(op != NULL);
     op->rt = rt;
     op->user = user;
@@ -94,7 +99,7 @@ static struct routes_op *routes_op_new_gws(routes_t *rt, void *user)
 static void routes_op_free(struct routes_op *op)
 {
     free(op->gws);
-    free(op);
+    slab_free(&routes_ops, op);
 }
 
 static void routes_key(char *out, const char *kind, const char *id, const char *suffix)

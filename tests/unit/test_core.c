@@ -14,6 +14,7 @@
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/jbuf.h"
+#include "lib/slab.h"
 #include "net/auth.h"
 #include "net/proto.h"
 
@@ -419,6 +420,71 @@ static void test_auth(void **state)
     assert_false(auth_user_valid("", 0));
 }
 
+/* ---- slab ---- */
+
+static int ptr_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)*(char *const *)a, y = (uintptr_t)*(char *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void slab_check_zero(const char *p, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        assert_int_equal(p[k], 0);
+}
+
+struct slab_wide { long double x; char c; };
+
+static void test_slab(void **state)
+{
+    (void)state;
+    enum { N = 10000, SZ = 40 }; /* several 128 KiB blocks */
+    static struct slab s = SLAB_INIT_SIZE("test", SZ);
+    char **p = calloc(N, sizeof *p);
+    assert_non_null(p);
+    for (int i = 0; i < N; i++) {
+        p[i] = slab_alloc(&s);
+        assert_non_null(p[i]);
+        assert_int_equal((uintptr_t)p[i] % _Alignof(void *), 0);
+        slab_check_zero(p[i], SZ);
+        memset(p[i], 0xab, SZ);
+    }
+    assert_int_equal(s.objects, N);
+    qsort(p, N, sizeof *p, ptr_cmp); /* no two objects overlap */
+    for (int i = 1; i < N; i++)
+        assert_true((uintptr_t)p[i] - (uintptr_t)p[i - 1] >= SZ);
+    for (int i = 0; i < N; i += 2)
+        slab_free(&s, p[i]);
+    assert_int_equal(s.objects, N / 2);
+    for (int i = 0; i < N; i += 2) { /* freed slots come back zeroed */
+        p[i] = slab_alloc(&s);
+        assert_non_null(p[i]);
+        slab_check_zero(p[i], SZ);
+        memset(p[i], 0xcd, SZ);
+    }
+    for (int i = 1; i < N; i += 2) /* the others kept their bytes */
+        assert_int_equal((unsigned char)p[i][SZ - 1], 0xab);
+    for (int i = 0; i < N; i++)
+        slab_free(&s, p[i]);
+    assert_int_equal(s.objects, 0);
+#if !defined(__SANITIZE_ADDRESS__)
+    assert_true(s.blocks <= 1); /* emptied blocks are unmapped; one is kept */
+#endif
+    slab_free(&s, NULL);
+    free(p);
+
+    static struct slab w = SLAB_INIT("wide", struct slab_wide);
+    struct slab_wide *a[3];
+    for (int i = 0; i < 3; i++) {
+        a[i] = slab_alloc(&w);
+        assert_non_null(a[i]);
+        assert_int_equal((uintptr_t)a[i] % _Alignof(struct slab_wide), 0);
+    }
+    for (int i = 0; i < 3; i++)
+        slab_free(&w, a[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -428,6 +494,7 @@ int main(void)
         cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
         cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_slab),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,165 @@
+#include "lib/slab.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "lib/log.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+
+void *slab_alloc(struct slab *s)
+{
+    void *p = calloc(1, s->size);
+    if (p)
+        s->objects++;
+    return p;
+}
+
+void *slab_alloc_raw(struct slab *s) { return slab_alloc(s); }
+
+void slab_free(struct slab *s, void *p)
+{
+    if (!p)
+        return;
+    s->objects--;
+    free(p);
+}
+
+#else
+
+struct slab_block {
+    struct slab *owner;
+    struct slab_block *next, *prev; /* in owner->partial */
+    void *free;                     /* freed slots */
+    char *fresh;                    /* first never-used slot */
+    unsigned used, cap;
+};
+
+#define SLAB_HDR ((sizeof(struct slab_block) + 15) & ~(size_t)15)
+#define SLAB_PAGE 4096u
+
+static struct slab_block *slab_block_of(const void *p)
+{
+    return (struct slab_block *)((uintptr_t)p & ~(uintptr_t)(SLAB_BLOCK - 1));
+}
+
+static void slab_block_reset(struct slab *s, struct slab_block *b)
+{
+    b->free = NULL;
+    b->fresh = (char *)b + SLAB_HDR;
+    b->used = 0;
+    b->cap = (unsigned)((SLAB_BLOCK - SLAB_HDR) / s->slot);
+}
+
+/* mmap gives page alignment only: map twice the size, keep the aligned half. */
+static struct slab_block *slab_block_new(struct slab *s)
+{
+    size_t len = 2 * (size_t)SLAB_BLOCK;
+    char *raw = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        return NULL;
+    char *base = (char *)(((uintptr_t)raw + SLAB_BLOCK - 1) & ~(uintptr_t)(SLAB_BLOCK - 1));
+    if (base > raw)
+        munmap(raw, (size_t)(base - raw));
+    if (base + SLAB_BLOCK < raw + len)
+        munmap(base + SLAB_BLOCK, (size_t)(raw + len - (base + SLAB_BLOCK)));
+    struct slab_block *b = (struct slab_block *)base;
+    b->owner = s;
+    slab_block_reset(s, b);
+    s->blocks++;
+    return b;
+}
+
+static void slab_list_add(struct slab *s, struct slab_block *b)
+{
+    b->prev = NULL;
+    b->next = s->partial;
+    if (s->partial)
+        s->partial->prev = b;
+    s->partial = b;
+}
+
+static void slab_list_del(struct slab *s, struct slab_block *b)
+{
+    if (b->prev)
+        b->prev->next = b->next;
+    else
+        s->partial = b->next;
+    if (b->next)
+        b->next->prev = b->prev;
+    b->next = b->prev = NULL;
+}
+
+/* A free slot holds the free list's pointer. */
+static void slab_slot_size(struct slab *s)
+{
+    size_t a = s->align < _Alignof(void *) ? _Alignof(void *) : s->align;
+    size_t n = s->size < sizeof(void *) ? sizeof(void *) : s->size;
+    s->slot = (n + a - 1) & ~(a - 1);
+}
+
+void *slab_alloc_raw(struct slab *s)
+{
+    if (!s->slot)
+        slab_slot_size(s);
+    struct slab_block *b = s->partial;
+    if (!b) {
+        b = s->spare ? s->spare : slab_block_new(s);
+        if (!b)
+            return NULL;
+        s->spare = NULL;
+        slab_list_add(s, b);
+    }
+    void *p = b->free;
+    if (p) {
+        b->free = *(void **)p;
+    } else {
+        p = b->fresh;
+        b->fresh += s->slot;
+    }
+    if (++b->used == b->cap)
+        slab_list_del(s, b);
+    s->objects++;
+    return p;
+}
+
+void *slab_alloc(struct slab *s)
+{
+    void *p = slab_alloc_raw(s);
+    if (p)
+        memset(p, 0, s->size);
+    return p;
+}
+
+/* An emptied block: kept as the spare with its pages given back, or unmapped. */
+static void slab_block_release(struct slab *s, struct slab_block *b)
+{
+    slab_list_del(s, b);
+    if (s->spare) {
+        munmap(b, SLAB_BLOCK);
+        s->blocks--;
+        return;
+    }
+    madvise((char *)b + SLAB_PAGE, SLAB_BLOCK - SLAB_PAGE, MADV_DONTNEED);
+    slab_block_reset(s, b);
+    s->spare = b;
+}
+
+void slab_free(struct slab *s, void *p)
+{
+    if (!p)
+        return;
+    struct slab_block *b = slab_block_of(p);
+    CHATD_ASSERT(b->owner == s && b->used > 0);
+    if (b->used == b->cap)
+        slab_list_add(s, b);
+    *(void **)p = b->free;
+    b->free = p;
+    s->objects--;
+    if (--b->used == 0)
+        slab_block_release(s, b);
+}
+
+#endif

@@ -1,0 +1,51 @@
+/* Fixed-size object pools for what every connection keeps while it is
+ * open (its socket handle, WebSocket state, gateway entries).
+ *
+ * Why by hand: with glibc malloc these small long-lived objects land
+ * between the short-lived allocations of other connections' handshakes
+ * (request buffers, JWT parsing, query results, replies). Once a
+ * connection storm is over, the freed space is scattered in pages that
+ * still hold a live object, so malloc_trim cannot give it back: 200 to
+ * 400 B per idle connection on top of the objects themselves
+ * (docs/PERFORMANCE.md, idle connections). jemalloc (Debian's libjemalloc2)
+ * measured no better, since it too mixes lifetimes within a size class.
+ * A slab per object type keeps them dense, apart from the transients, and
+ * needs no header per object.
+ *
+ * Blocks of SLAB_BLOCK bytes come from mmap, aligned to their size so an
+ * object finds its block by masking its address; slots are handed out from
+ * a free list, then by bumping into untouched pages. A block that empties
+ * is unmapped (one is kept per slab, against churn at a boundary). Loop
+ * thread only. Under AddressSanitizer slab_alloc/slab_free are calloc/free,
+ * so use-after-free stays detectable. */
+#ifndef CHATD_SLAB_H
+#define CHATD_SLAB_H
+
+#include <stddef.h>
+
+#define SLAB_BLOCK (128u * 1024u)
+
+struct slab_block;
+
+struct slab {
+    const char *name;
+    size_t size;                /* object size as asked */
+    size_t align;               /* the object type's alignment */
+    size_t slot;                /* size rounded up to align */
+    struct slab_block *partial; /* blocks with a free slot */
+    struct slab_block *spare;   /* one empty block kept */
+    size_t objects, blocks;
+};
+
+/* For objects of type T, or of sz bytes aligned like pointers. */
+#define SLAB_INIT(nm, T) { .name = (nm), .size = sizeof(T), .align = _Alignof(T) }
+#define SLAB_INIT_SIZE(nm, sz) { .name = (nm), .size = (sz), .align = _Alignof(void *) }
+
+/* Zeroed, or NULL when out of memory. */
+void *slab_alloc(struct slab *s);
+/* The same, contents undefined: for large objects the caller fills. */
+void *slab_alloc_raw(struct slab *s);
+/* p from slab_alloc(s) on the same s, or NULL. */
+void slab_free(struct slab *s, void *p);
+
+#endif
