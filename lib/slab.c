@@ -27,18 +27,21 @@ void slab_free(struct slab *s, void *p)
     free(p);
 }
 
+void slab_trim(void) {}
+
 #else
 
 struct slab_block {
     struct slab *owner;
-    struct slab_block *next, *prev; /* in owner->partial */
+    struct slab_block *next, *prev; /* in owner->partial (next: or owner->spare) */
     void *free;                     /* freed slots */
     char *fresh;                    /* first never-used slot */
     unsigned used, cap;
 };
 
 #define SLAB_HDR ((sizeof(struct slab_block) + 15) & ~(size_t)15)
-#define SLAB_PAGE 4096u
+
+static struct slab *slab_all; /* for slab_trim() */
 
 static struct slab_block *slab_block_of(const void *p)
 {
@@ -69,6 +72,11 @@ static struct slab_block *slab_block_new(struct slab *s)
     b->owner = s;
     slab_block_reset(s, b);
     s->blocks++;
+    if (!s->listed) {
+        s->listed = 1;
+        s->next_slab = slab_all;
+        slab_all = s;
+    }
     return b;
 }
 
@@ -106,10 +114,10 @@ void *slab_alloc_raw(struct slab *s)
         slab_slot_size(s);
     struct slab_block *b = s->partial;
     if (!b) {
-        b = s->spare ? s->spare : slab_block_new(s);
-        if (!b)
+        if ((b = s->spare))
+            s->spare = b->next;
+        else if (!(b = slab_block_new(s)))
             return NULL;
-        s->spare = NULL;
         slab_list_add(s, b);
     }
     void *p = b->free;
@@ -133,18 +141,24 @@ void *slab_alloc(struct slab *s)
     return p;
 }
 
-/* An emptied block: kept as the spare with its pages given back, or unmapped. */
+/* An emptied block waits on the spare list for slab_trim(). */
 static void slab_block_release(struct slab *s, struct slab_block *b)
 {
     slab_list_del(s, b);
-    if (s->spare) {
-        munmap(b, SLAB_BLOCK);
-        s->blocks--;
-        return;
-    }
-    madvise((char *)b + SLAB_PAGE, SLAB_BLOCK - SLAB_PAGE, MADV_DONTNEED);
     slab_block_reset(s, b);
+    b->next = s->spare;
     s->spare = b;
+}
+
+void slab_trim(void)
+{
+    for (struct slab *s = slab_all; s; s = s->next_slab)
+        while (s->spare) {
+            struct slab_block *b = s->spare;
+            s->spare = b->next;
+            munmap(b, SLAB_BLOCK);
+            s->blocks--;
+        }
 }
 
 void slab_free(struct slab *s, void *p)

@@ -15,7 +15,9 @@
  * Blocks of SLAB_BLOCK bytes come from mmap, aligned to their size so an
  * object finds its block by masking its address; slots are handed out from
  * a free list, then by bumping into untouched pages. A block that empties
- * is unmapped (one is kept per slab, against churn at a boundary). Loop
+ * is kept as a spare until slab_trim(): the fan-out path and handshake
+ * bursts empty and refill the same few blocks many times a second, and an
+ * mmap + munmap + page faults each time cost more than the objects. Loop
  * thread only. Under AddressSanitizer slab_alloc/slab_free are calloc/free,
  * so use-after-free stays detectable. */
 #ifndef CHATD_SLAB_H
@@ -33,8 +35,10 @@ struct slab {
     size_t align;               /* the object type's alignment */
     size_t slot;                /* size rounded up to align */
     struct slab_block *partial; /* blocks with a free slot */
-    struct slab_block *spare;   /* one empty block kept */
-    size_t objects, blocks;
+    struct slab_block *spare;   /* empty blocks, until slab_trim() */
+    size_t objects, blocks;     /* blocks: mapped, spares included */
+    struct slab *next_slab;     /* every slab that mapped a block */
+    int listed;
 };
 
 /* For objects of type T, or of sz bytes aligned like pointers. */
@@ -47,5 +51,8 @@ void *slab_alloc(struct slab *s);
 void *slab_alloc_raw(struct slab *s);
 /* p from slab_alloc(s) on the same s, or NULL. */
 void slab_free(struct slab *s, void *p);
+/* Unmaps the spare blocks of every slab (a periodic timer calls it, next to
+ * malloc_trim: after a burst the memory goes back within seconds). */
+void slab_trim(void);
 
 #endif
