@@ -10,7 +10,9 @@ Starts Redis and PostgreSQL on free ports in a temp dir, then a chatd cluster
      fresh chatbench run, until p99 > 50 ms, a missing delivery, or the rate
      not carried; the peak is the last point that held;
   3. latency at half of each peak (longer window); in full mode also with
-     librdkafka linger.ms 0 and 10 against the default 2 (cluster restarted);
+     other librdkafka batching settings (kafka_variants in config(): linger.ms
+     1, 0 and 10 against the default 2, fetch.wait.max.ms 5 and 1 against 2;
+     a fresh cluster each);
   4. a profile (perf record) of a gateway and a classifier at the rooms-of-1000
      peak load;
   then stops chatd and runs the same 1.-3. against the peer (Socket.IO 4 +
@@ -87,7 +89,10 @@ def config(quick):
         r1000_clients=4000, r1000_rates=[25, 50, 100, 200, 300, 400, 600, 800, 1000],
         r1000x1_clients=1000, r1000x1_rates=[100, 200, 400, 800, 1200, 1600, 2000, 2500, 3000, 4000],
         warmup=2, duration=5, drain=8, half_duration=15,
-        kafka_variants=[["linger.ms=0"], ["linger.ms=10"], ["fetch.wait.max.ms=5"], ["fetch.wait.max.ms=1"]],
+        # (options, the shapes measured at half of their peak with them)
+        kafka_variants=[(["linger.ms=1"], ["10", "1000"]), (["linger.ms=0"], ["10"]),
+                        (["linger.ms=10"], ["10"]), (["fetch.wait.max.ms=5"], ["10"]),
+                        (["fetch.wait.max.ms=1"], ["10"])],
         profile_seconds=8, profile_min_rate=2500, limit_duration=5,
     )
 
@@ -853,9 +858,11 @@ def write_doc(doc, res, png_rel):
                 out.append(f"| {name} | {lab} | {h['rate']:,} | {fmt(h['deliveries_per_s'], 0)} | {fmt(h['p50'], 2)} | "
                            f"{fmt(h['p90'], 2)} | {fmt(h['p99'], 2)} | {fmt(h['p999'], 2)} | {fmt(h['max'], 2)} | "
                            f"{fmt(h['ack_p99'], 2)} |")
-    for lg, h in c.get("kafka_variants", {}).items():
+    shape_label = {k: lab for k, _, lab in SWEEPS}
+    for name_key, h in c.get("kafka_variants", {}).items():
+        lg, _, key = name_key.partition("|")
         if h:
-            out.append(f"| chatd, {lg} | rooms of 10 | {h['rate']:,} | {fmt(h['deliveries_per_s'], 0)} | "
+            out.append(f"| chatd, {lg} | {shape_label.get(key or '10')} | {h['rate']:,} | {fmt(h['deliveries_per_s'], 0)} | "
                        f"{fmt(h['p50'], 2)} | {fmt(h['p90'], 2)} | {fmt(h['p99'], 2)} | {fmt(h['p999'], 2)} | "
                        f"{fmt(h['max'], 2)} | {fmt(h['ack_p99'], 2)} |")
     out.append("")
@@ -1056,14 +1063,15 @@ def main():
         c["profile"]["during"] = (f"rooms of 10, {sw['clients']:,} clients, {prate:,} msgs/s "
                                   f"(p99 {holder.get('rep', {}).get('latency_ms', {}).get('p99', '?')} ms)")
         # Kafka batching variants (full mode), applied to gateways and classifiers,
-        # i.e. both hops' producers and consumers; rooms of 10 at half peak.
+        # i.e. both hops' producers and consumers; each shape at half its peak.
         c["kafka_variants"] = {}
-        for opts in cfg["kafka_variants"]:
+        for opts, keys in cfg["kafka_variants"]:
             cluster.stop()
             cluster = Cluster(chatd, stores, workdir, kafka_opts=opts)
             label = "-" + "-".join(o.replace(".", "").replace("=", "") for o in opts)
-            c["kafka_variants"][", ".join(opts)] = half_peak(bench, "chatd", cluster, c["rooms10"], "chatd",
-                                                             label, fallback=True)
+            for key in keys:
+                c["kafka_variants"][f"{', '.join(opts)}|{key}"] = half_peak(
+                    bench, "chatd", cluster, c[f"rooms{key}"], "chatd", label, fallback=True, key=key)
         cluster.stop()
         cluster = None
         if not args.skip_peer:
