@@ -1,5 +1,7 @@
 /* Fixed-size object pools for what every connection keeps while it is
- * open (its socket handle, WebSocket state, gateway entries).
+ * open (its socket handle, WebSocket state, gateway entries) and for what a
+ * connection storm has in flight by the thousand (request buffers, pending
+ * requests, Redis commands).
  *
  * Why by hand: with glibc malloc these small long-lived objects land
  * between the short-lived allocations of other connections' handshakes
@@ -7,8 +9,10 @@
  * connection storm is over, the freed space is scattered in pages that
  * still hold a live object, so malloc_trim cannot give it back: 200 to
  * 400 B per idle connection on top of the objects themselves
- * (docs/PERFORMANCE.md, idle connections). jemalloc (Debian's libjemalloc2)
- * measured no better, since it too mixes lifetimes within a size class.
+ * (docs/PERFORMANCE.md, idle connections). jemalloc (Debian's libjemalloc2,
+ * LD_PRELOADed into the gateway) measured no better, since it too mixes
+ * lifetimes within a size class; no packaged pool library frees per object
+ * and returns emptied memory.
  * A slab per object type keeps them dense, apart from the transients, and
  * needs no header per object.
  *
