@@ -7,7 +7,7 @@
 
 #include "lib/log.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef SLAB_USES_MALLOC
 
 void *slab_alloc(struct slab *s)
 {

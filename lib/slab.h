@@ -31,6 +31,15 @@
 
 #define SLAB_BLOCK (128u * 1024u)
 
+/* gcc says __SANITIZE_ADDRESS__, clang (the fuzz build) __has_feature. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SLAB_USES_MALLOC 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SLAB_USES_MALLOC 1
+#endif
+#endif
+
 struct slab_block;
 
 struct slab {
