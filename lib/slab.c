@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <utlist.h>
 
 #include "lib/log.h"
 
@@ -33,7 +34,7 @@ void slab_trim(void) {}
 
 struct slab_block {
     struct slab *owner;
-    struct slab_block *next, *prev; /* in owner->partial (next: or owner->spare) */
+    struct slab_block *next, *prev; /* in owner->partial or (next only) owner->spare */
     void *free;                     /* freed slots */
     char *fresh;                    /* first never-used slot */
     unsigned used, cap;
@@ -80,26 +81,6 @@ static struct slab_block *slab_block_new(struct slab *s)
     return b;
 }
 
-static void slab_list_add(struct slab *s, struct slab_block *b)
-{
-    b->prev = NULL;
-    b->next = s->partial;
-    if (s->partial)
-        s->partial->prev = b;
-    s->partial = b;
-}
-
-static void slab_list_del(struct slab *s, struct slab_block *b)
-{
-    if (b->prev)
-        b->prev->next = b->next;
-    else
-        s->partial = b->next;
-    if (b->next)
-        b->next->prev = b->prev;
-    b->next = b->prev = NULL;
-}
-
 /* A free slot holds the free list's pointer. */
 static void slab_slot_size(struct slab *s)
 {
@@ -115,10 +96,10 @@ void *slab_alloc_raw(struct slab *s)
     struct slab_block *b = s->partial;
     if (!b) {
         if ((b = s->spare))
-            s->spare = b->next;
+            LL_DELETE(s->spare, b);
         else if (!(b = slab_block_new(s)))
             return NULL;
-        slab_list_add(s, b);
+        DL_PREPEND(s->partial, b);
     }
     void *p = b->free;
     if (p) {
@@ -128,7 +109,7 @@ void *slab_alloc_raw(struct slab *s)
         b->fresh += s->slot;
     }
     if (++b->used == b->cap)
-        slab_list_del(s, b);
+        DL_DELETE(s->partial, b);
     s->objects++;
     return p;
 }
@@ -144,10 +125,9 @@ void *slab_alloc(struct slab *s)
 /* An emptied block waits on the spare list for slab_trim(). */
 static void slab_block_release(struct slab *s, struct slab_block *b)
 {
-    slab_list_del(s, b);
+    DL_DELETE(s->partial, b);
     slab_block_reset(s, b);
-    b->next = s->spare;
-    s->spare = b;
+    LL_PREPEND(s->spare, b);
 }
 
 void slab_trim(void)
@@ -155,7 +135,7 @@ void slab_trim(void)
     for (struct slab *s = slab_all; s; s = s->next_slab)
         while (s->spare) {
             struct slab_block *b = s->spare;
-            s->spare = b->next;
+            LL_DELETE(s->spare, b);
             munmap(b, SLAB_BLOCK);
             s->blocks--;
         }
@@ -168,7 +148,7 @@ void slab_free(struct slab *s, void *p)
     struct slab_block *b = slab_block_of(p);
     CHATD_ASSERT(b->owner == s && b->used > 0);
     if (b->used == b->cap)
-        slab_list_add(s, b);
+        DL_PREPEND(s->partial, b);
     *(void **)p = b->free;
     b->free = p;
     s->objects--;

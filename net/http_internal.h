@@ -18,9 +18,10 @@ int http_req_alive(const http_req_t *r);
 
 /* Finishes req by handing its socket to the caller: returns the uv_tcp_t
  * (not reading, handle->data NULL; the caller owns and must uv_close it and
- * release it with http_socket_free() in the close callback) and moves the bytes the client sent after
- * the request into *leftover (malloc'd, caller frees; NULL when none).
- * Frees the HTTP connection and req. req must be alive. */
+ * release it with http_socket_free() in the close callback) and moves the
+ * bytes the client sent after the request into *leftover (malloc'd, caller
+ * frees; NULL when none). Frees the HTTP connection and req. req must be
+ * alive. */
 uv_tcp_t *http_req_take_socket(http_req_t *req, char **leftover, size_t *leftover_len);
 /* Frees an accepted socket's handle once uv_close has called back (they
  * live in a slab: lib/slab.h). */

@@ -70,13 +70,20 @@ struct gw_member *gw_member_find(gateway_t *g, struct gw_user *u, const char *ro
     return r ? gw_member_of(g, u, r) : NULL;
 }
 
-void gw_conn_unref(struct gw_conn *c)
+/* Frees c once it is closed and no pending request holds it. */
+static void gw_conn_release(struct gw_conn *c)
 {
-    CHATD_ASSERT(c->magic == GW_CONN_MAGIC && c->pending > 0);
-    if (--c->pending > 0 || c->ws)
+    if (c->pending > 0 || c->ws)
         return;
     c->magic = 0;
     slab_free(&gw_conns, c);
+}
+
+void gw_conn_unref(struct gw_conn *c)
+{
+    CHATD_ASSERT(c->magic == GW_CONN_MAGIC && c->pending > 0);
+    c->pending--;
+    gw_conn_release(c);
 }
 
 static void gw_on_route_head(int err, int64_t head, void *ud)
@@ -177,10 +184,7 @@ static void gw_on_ws_close(ws_conn_t *ws, int code, void *user)
     gw_user_release(g, c->u);
     c->ws = NULL;
     c->u = NULL;
-    if (c->pending > 0)
-        return;
-    c->magic = 0;
-    slab_free(&gw_conns, c);
+    gw_conn_release(c);
 }
 
 static const struct ws_callbacks gw_ws_callbacks = {
