@@ -19,7 +19,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -39,14 +38,7 @@ def heap_rss_kib(pid):
 
 
 def one_run(a, cfg, i):
-    work = tempfile.mkdtemp(prefix="chatd-idle-")
-    out = tempfile.mkdtemp(prefix="chatd-idle-out-")
-    os.chmod(work, 0o755)
-    bench = B.Bench(a.build, out, cfg)
-    stores = cluster = None
-    try:
-        stores = B.Stores(work)
-        cluster = B.Cluster(os.path.join(a.build, "chatd"), stores, work)
+    with B.scratch_cluster(a.build, cfg, "chatd-idle") as (bench, cluster, out):
         pid = cluster.procs["gateway0"].pid
         n = a.clients
         time.sleep(1)
@@ -70,11 +62,6 @@ def one_run(a, cfg, i):
                     anon_bytes_per_conn=round((anon - before[1]) * 1024 / n),
                     heap_kib_before=heap_before, heap_kib_after=heap,
                     handshakes_per_s=rep.get("handshakes_per_s"))
-    finally:
-        if cluster:
-            cluster.stop()
-        if stores:
-            stores.stop()
 
 
 def main():

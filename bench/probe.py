@@ -15,12 +15,9 @@ also records `perf record -a -g` for 3 s in the middle of each window
     /usr/bin/python3 bench/probe.py --rates 4000 --kafka-opt fetch.wait.max.ms=1
 """
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -43,15 +40,8 @@ def main():
     B.BENCH_SEND_PARTITIONS = a.send_partitions
     cfg = B.config(False)
     cfg["duration"] = a.duration
-    out = tempfile.mkdtemp(prefix="chatd-probe-out-")
-    work = tempfile.mkdtemp(prefix="chatd-probe-")
-    os.chmod(work, 0o755)
-    bench = B.Bench(a.build, out, cfg)
-    stores = cluster = None
-    try:
-        stores = B.Stores(work)
-        cluster = B.Cluster(os.path.join(a.build, "chatd"), stores, work, kafka_opts=a.kafka_opt,
-                            gateway_args=a.gateway_arg)
+    with B.scratch_cluster(a.build, cfg, "chatd-probe", kafka_opts=a.kafka_opt,
+                           gateway_args=a.gateway_arg) as (bench, cluster, out):
         run_id = f"p{os.urandom(4).hex()}"
         bench.run("join", bench.load_args(cluster.urls(), a.clients, a.room_size, 0, run_id, duration=0.5)
                   + ["--settle", 180, "--warmup", 0], cluster.pids())
@@ -74,12 +64,6 @@ def main():
                   + f"; all {sum(us.values()):.0f}", flush=True)
             for k, v in (rep.get("stages") or {}).items():
                 print(f"  {k}: mean {v['mean_ms']} ms, p99 ≤{v['p99_ms']} ms", flush=True)
-    finally:
-        if cluster:
-            cluster.stop()
-        if stores:
-            stores.stop()
-        shutil.rmtree(work, ignore_errors=True)
     print(f"chatbench reports and logs: {out}")
 
 

@@ -26,6 +26,7 @@ plus docs/performance-latency.png.
 BENCH_QUICK=1: smaller ladders and windows (~3 minutes) to show it works.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -187,6 +188,14 @@ class Stores:
     def __init__(self, workdir):
         self.workdir = workdir
         self.redis = start_redis(workdir, name="redis")
+        self.pg = None
+        try:
+            self._start_pg(workdir)
+        except BaseException:  # do not leave Redis (or a half-started PostgreSQL) behind
+            self.stop()
+            raise
+
+    def _start_pg(self, workdir):
         datadir = os.path.join(workdir, "pgdata")
         os.makedirs(datadir, mode=0o700)
         as_pg = {}
@@ -221,7 +230,8 @@ class Stores:
 
     def stop(self):
         self.redis.stop(timeout=10)
-        self.pg.stop(sig=signal.SIGINT, timeout=20)
+        if self.pg:
+            self.pg.stop(sig=signal.SIGINT, timeout=20)
 
 
 def chatd_env():
@@ -262,8 +272,12 @@ class Cluster:
                         ["--role=gateway", f"--gateway-id={i}", f"--listen=127.0.0.1:{p}",
                          "--rate=1000000", "--rate-burst=1000000", "--max-conns=19000"]
                         + list(gateway_args) + common, workdir, tag)
-        for name, proc in self.procs.items():
-            wait_ready(proc, self.ports[name], 60)
+        try:
+            for name, proc in self.procs.items():
+                wait_ready(proc, self.ports[name], 60)
+        except BaseException:  # a process that did not come up: stop the others too
+            self.stop()
+            raise
 
     def _start(self, chatd, name, port, args, workdir, tag):
         self.procs[name] = Proc(f"{name}-{tag}", [chatd] + args, workdir, env=chatd_env())
@@ -296,6 +310,28 @@ class Cluster:
             if n != "broker":
                 p.wait_exit(25)
         self.procs["broker"].stop(timeout=25)
+
+
+@contextlib.contextmanager
+def scratch_cluster(build, cfg, prefix, **cluster_kw):
+    """Stores and a Cluster in new temp dirs, for the tools that measure
+    between two `make bench` runs (probe.py, idle_probe.py). Yields (bench,
+    cluster, outdir); on exit stops both and removes the work dir (chatbench's
+    reports and logs stay in outdir)."""
+    out = tempfile.mkdtemp(prefix=f"{prefix}-out-")
+    work = tempfile.mkdtemp(prefix=f"{prefix}-")
+    os.chmod(work, 0o755)
+    stores = cluster = None
+    try:
+        stores = Stores(work)
+        cluster = Cluster(os.path.join(build, "chatd"), stores, work, **cluster_kw)
+        yield Bench(build, out, cfg), cluster, out
+    finally:
+        if cluster:
+            cluster.stop()
+        if stores:
+            stores.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Peer:
