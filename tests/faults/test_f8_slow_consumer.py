@@ -5,7 +5,8 @@ messages: the stalled ones are cut at their bounded send queue
 (chatd_ws_slow_consumer_cuts_total rises), gateway 0's RSS stays flat-ish
 (it does not hold the flood for them), the members that read get everything
 live, and the slow users, back (reconnect to any gateway + `sync`), recover
-everything."""
+everything. (That a reply larger than --send-queue into an empty backlog is
+never cut is test_net's test_ws_big_frame_into_empty_backlog.)"""
 import asyncio
 import os
 
@@ -85,17 +86,10 @@ def test_slow_consumer(make_cluster):
             await run.converge(timeout=20)
         except asyncio.TimeoutError:
             pass            # the checker says who did not converge
-        empty = sum(c.log_count(g, "event=ws_slow_consumer", "queued=0 ")
-                    for g in ("gateway0", "gateway1"))
         res = checker.check(run, extra_line=f"cuts={cuts:.0f} readers_cut={readers_cut} "
-                            f"cuts_with_empty_queue={empty} "
                             f"slow_reconnects={sum(s.reconnects for s in slow)} "
                             f"flood {flood_mb:.1f} MiB in {t_flood:.1f}s, gateway0 rss "
                             f"{rss0 / 1024:.0f}->{rss1 / 1024:.0f} MiB")
         await run.close()
-        if empty:
-            res.problems.append(f"{empty} cuts of connections whose queue was empty: a single "
-                                f"reply (a `sync` page) larger than --send-queue cuts the client "
-                                f"that asked for it, so it can never catch up")
         res.assert_ok()
     harness.run_bounded(body(), 150)

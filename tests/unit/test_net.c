@@ -319,12 +319,24 @@ static void t_on_text(ws_conn_t *c, const char *data, size_t len, void *user)
 {
     (void)user;
     if (len == 5 && memcmp(data, "flood", 5) == 0) {
-        /* One frame, many references: passes any queue bound in one turn. */
+        /* One frame, many references: up to 64 MiB, more than the kernel
+         * buffers of a loopback pair can take (tcp_rmem may allow 32 MiB), so
+         * the backlog passes any queue bound whatever the sysctls. */
         static char big[64 * 1024];
         memset(big, 'x', sizeof big);
         ws_frame_t *f = ws_frame_text(big, sizeof big);
-        for (int i = 0; i < 64 && ws_conn_send(c, f) == 0; i++)
+        for (int i = 0; i < 1024 && ws_conn_send(c, f) == 0; i++)
             ;
+        ws_frame_unref(f);
+    } else if (len == 4 && memcmp(data, "huge", 4) == 0) {
+        /* One frame of 4 x max_queue_bytes into an empty backlog. */
+        size_t n = 4 * 256 * 1024;
+        char *big = malloc(n);
+        CHATD_ASSERT(big);
+        memset(big, 'h', n);
+        ws_frame_t *f = ws_frame_text(big, n);
+        free(big);
+        CHATD_ASSERT(ws_conn_send(c, f) == 0);
         ws_frame_unref(f);
     } else if (len == 3 && memcmp(data, "bye", 3) == 0) {
         ws_conn_close(c, 1000, "bye");
@@ -428,10 +440,14 @@ static int t_teardown(void **state)
 
 /* ---- a blocking client ---- */
 
-static int t_connect(void)
+/* rcvbuf > 0: a fixed receive buffer, set before connect so that the
+ * window never autotunes past it (a reader that stops reading). */
+static int t_connect_rcvbuf(int rcvbuf)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
+    if (rcvbuf > 0)
+        assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)t_port) };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
@@ -441,6 +457,8 @@ static int t_connect(void)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
+
+static int t_connect(void) { return t_connect_rcvbuf(0); }
 
 static void t_send(int fd, const void *data, size_t len)
 {
@@ -569,13 +587,15 @@ static void t_ws_expect_open(int fd)
     t_expect_frame(fd, 1, "{\"op\":\"hello\"}", 14);
 }
 
-static int t_ws_open(void)
+static int t_ws_open_rcvbuf(int rcvbuf)
 {
-    int fd = t_connect();
+    int fd = t_connect_rcvbuf(rcvbuf);
     t_send(fd, t_upgrade, sizeof t_upgrade - 1);
     t_ws_expect_open(fd);
     return fd;
 }
+
+static int t_ws_open(void) { return t_ws_open_rcvbuf(0); }
 
 static void t_expect_close(int fd, int code)
 {
@@ -905,13 +925,37 @@ static void test_ws_server_close_and_slow_consumer(void **state)
     t_wait_closes(++closes, 1000);
 
     double cuts = t_metric("chatd_ws_slow_consumer_cuts_total");
-    fd = t_ws_open();
+    fd = t_ws_open_rcvbuf(16 * 1024);
     t_ws_send(fd, 1, "flood", 5);
     t_wait_closes(++closes, 1008);
     close(fd);
     assert_true(t_metric("chatd_ws_slow_consumer_cuts_total") == cuts + 1);
     assert_true(t_metric("chatd_ws_frames_in_total") >= 10);
     assert_true(t_metric("chatd_ws_connections") == 0);
+}
+
+/* A frame into an empty backlog is taken however large (a long `sync` page
+ * must not cut the client that asked for it); the bound applies to what
+ * queues behind it. */
+static void test_ws_big_frame_into_empty_backlog(void **state)
+{
+    (void)state;
+    int closes = __atomic_load_n(&t_closes, __ATOMIC_SEQ_CST);
+    int fd = t_ws_open_rcvbuf(16 * 1024);
+    t_ws_send(fd, 1, "huge", 4);
+    size_t cap = 4 * 256 * 1024;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    int op = -1;
+    assert_int_equal(t_ws_read(fd, &op, buf, cap), (long)cap);
+    assert_int_equal(op, 1);
+    assert_true(buf[0] == 'h' && buf[cap - 1] == 'h');
+    free(buf);
+    t_ws_send(fd, 1, "still", 5);
+    t_expect_frame(fd, 1, "still", 5);
+    assert_int_equal(__atomic_load_n(&t_closes, __ATOMIC_SEQ_CST), closes);
+    close(fd);
+    t_wait_closes(closes + 1, 1006);
 }
 
 static void test_ws_ping_timeout(void **state)
@@ -978,6 +1022,7 @@ int main(void)
         cmocka_unit_test(test_ws_leftover_after_upgrade),
         cmocka_unit_test(test_ws_protocol_errors),
         cmocka_unit_test(test_ws_server_close_and_slow_consumer),
+        cmocka_unit_test(test_ws_big_frame_into_empty_backlog),
         cmocka_unit_test(test_ws_bad_handshakes),
         cmocka_unit_test(test_ws_ping_timeout),
     };
