@@ -25,6 +25,9 @@
 /* Lifetime of a message id's seq in Redis. Only a cache: past it the
  * classifier learns the seq from PostgreSQL (roles/classifier.h, step 1). */
 #define CHATD_DEDUP_TTL_S 86400
+/* Gateway producer linger.ms: on the embedded broker 2 ms measured best
+ * (docs/PERFORMANCE.md, table 2 variants); --kafka-opt=linger.ms=N overrides. */
+#define CHATD_GATEWAY_LINGER_MS 2
 
 struct chatd {
     struct conf conf;
@@ -199,6 +202,9 @@ static int chatd_start_kafka(struct chatd *d)
     d->kafka.n_opts = c->n_kafka_opts;
     d->kafka.client_id = client_id;
     d->kafka.embedded = !strcmp(c->kafka, "embedded");
+    /* A process that runs both roles shares one producer: the gateway's
+     * batching wins there (development). */
+    d->kafka.linger_ms = gw_role ? CHATD_GATEWAY_LINGER_MS : 0;
     return rc;
 }
 

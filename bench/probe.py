@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="measured window, s")
     ap.add_argument("--kafka-opt", action="append", default=[], help="to gateways and classifiers")
     ap.add_argument("--gateway-arg", action="append", default=[])
+    ap.add_argument("--classifier-arg", action="append", default=[],
+                    help="after --kafka-opt, so a classifier-only --kafka-opt wins")
     ap.add_argument("--send-partitions", type=int, default=B.BENCH_SEND_PARTITIONS)
     ap.add_argument("--perf", metavar="PREFIX", default="")
     a = ap.parse_args()
@@ -41,7 +43,7 @@ def main():
     cfg = B.config(False)
     cfg["duration"] = a.duration
     with B.scratch_cluster(a.build, cfg, "chatd-probe", kafka_opts=a.kafka_opt,
-                           gateway_args=a.gateway_arg) as (bench, cluster, out):
+                           gateway_args=a.gateway_arg, classifier_args=a.classifier_arg) as (bench, cluster, out):
         run_id = f"p{os.urandom(4).hex()}"
         bench.run("join", bench.load_args(cluster.urls(), a.clients, a.room_size, 0, run_id, duration=0.5)
                   + ["--settle", 180, "--warmup", 0], cluster.pids())

@@ -10,9 +10,10 @@ Starts Redis and PostgreSQL on free ports in a temp dir, then a chatd cluster
      fresh chatbench run, until p99 > 50 ms, a missing delivery, or the rate
      not carried; the peak is the last point that held;
   3. latency at half of each peak (longer window); in full mode also with
-     other librdkafka batching settings (kafka_variants in config(): linger.ms
-     1, 0 and 10 against the default 2, fetch.wait.max.ms 5 and 1 against 2;
-     a fresh cluster each);
+     other librdkafka batching settings (kafka_variants in config(): the
+     gateways' linger.ms 1 and 10 against their default 2, the classifiers'
+     linger.ms 2 against their default 0, linger.ms 0 everywhere,
+     fetch.wait.max.ms 5 and 1 against 2; a fresh cluster each);
   4. a profile (perf record) of a gateway and a classifier at the rooms-of-1000
      peak load;
   then stops chatd and runs the same 1.-3. against the peer (Socket.IO 4 +
@@ -91,8 +92,10 @@ def config(quick):
         r1000x1_clients=1000, r1000x1_rates=[100, 200, 400, 800, 1200, 1600, 2000, 2500, 3000, 4000],
         warmup=2, duration=5, drain=8, half_duration=15,
         # (options, the shapes measured at half of their peak with them)
-        kafka_variants=[(["linger.ms=1"], ["10", "1000"]), (["linger.ms=0"], ["10"]),
-                        (["linger.ms=10"], ["10"]), (["fetch.wait.max.ms=5"], ["10"]),
+        # An option prefixed "gateway:" or "classifier:" goes to that role only.
+        kafka_variants=[(["classifier:linger.ms=2"], ["10", "1000"]),
+                        (["gateway:linger.ms=1"], ["10", "1000"]), (["linger.ms=0"], ["10"]),
+                        (["gateway:linger.ms=10"], ["10"]), (["fetch.wait.max.ms=5"], ["10"]),
                         (["fetch.wait.max.ms=1"], ["10"])],
         profile_seconds=8, profile_min_rate=2500, limit_duration=5,
     )
@@ -243,9 +246,9 @@ def chatd_env():
 class Cluster:
     """broker, 2 classifiers, 2 gateways; `kafka_opts` go to gateways and
     classifiers (the producers and consumers of both Kafka hops),
-    `gateway_args` to the gateways."""
+    `gateway_args` to the gateways, `classifier_args` to the classifiers."""
 
-    def __init__(self, chatd, stores, workdir, kafka_opts=(), gateway_args=()):
+    def __init__(self, chatd, stores, workdir, kafka_opts=(), gateway_args=(), classifier_args=()):
         self.stores = stores
         self.procs = {}
         self.ports = {}
@@ -262,7 +265,7 @@ class Cluster:
         for i in range(2):
             p = free_port()
             self._start(chatd, f"classifier{i}", p, ["--role=classifier", f"--listen=127.0.0.1:{p}"]
-                        + common, workdir, tag)
+                        + common + list(classifier_args), workdir, tag)
         for i in range(2):
             p = free_port()
             # Benchmark senders exceed the default 20 requests/s per connection,
@@ -271,7 +274,7 @@ class Cluster:
             self._start(chatd, f"gateway{i}", p,
                         ["--role=gateway", f"--gateway-id={i}", f"--listen=127.0.0.1:{p}",
                          "--rate=1000000", "--rate-burst=1000000", "--max-conns=19000"]
-                        + list(gateway_args) + common, workdir, tag)
+                        + common + list(gateway_args), workdir, tag)
         try:
             for name, proc in self.procs.items():
                 wait_ready(proc, self.ports[name], 60)
@@ -310,6 +313,20 @@ class Cluster:
             if n != "broker":
                 p.wait_exit(25)
         self.procs["broker"].stop(timeout=25)
+
+
+def variant_args(opts):
+    """Cluster keyword arguments for a Kafka variant: "gateway:k=v" and
+    "classifier:k=v" go to that role only (after the common options, so they
+    win), anything else to both."""
+    kw = {"kafka_opts": [], "gateway_args": [], "classifier_args": []}
+    for o in opts:
+        role, sep, opt = o.partition(":")
+        if sep:
+            kw[f"{role}_args"].append(f"--kafka-opt={opt}")
+        else:
+            kw["kafka_opts"].append(o)
+    return kw
 
 
 @contextlib.contextmanager
@@ -887,7 +904,7 @@ def write_doc(doc, res, png_rel):
     out.append("")
     out.append("| system | rooms | msgs/s | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | ack p99 ms |")
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for system, name in (("chatd", "chatd (defaults: linger.ms 2, fetch.wait.max.ms 2)"), ("peer", "Socket.IO")):
+    for system, name in (("chatd", "chatd (defaults: linger.ms 2 gateways, 0 classifiers; fetch.wait.max.ms 2)"), ("peer", "Socket.IO")):
         for rs, _, lab in SWEEPS:
             h = res.get(system, {}).get(f"half{rs}")
             if h:
@@ -1098,13 +1115,14 @@ def main():
         c["profile"] = profile(outdir, pids, cfg["profile_seconds"] + cfg["warmup"] + 3, during)
         c["profile"]["during"] = (f"rooms of 10, {sw['clients']:,} clients, {prate:,} msgs/s "
                                   f"(p99 {holder.get('rep', {}).get('latency_ms', {}).get('p99', '?')} ms)")
-        # Kafka batching variants (full mode), applied to gateways and classifiers,
-        # i.e. both hops' producers and consumers; each shape at half its peak.
+        # Kafka batching variants (full mode), applied to gateways and classifiers
+        # (both hops' producers and consumers) unless a role is named; each
+        # shape at half its peak.
         c["kafka_variants"] = {}
         for opts, keys in cfg["kafka_variants"]:
             cluster.stop()
-            cluster = Cluster(chatd, stores, workdir, kafka_opts=opts)
-            label = "-" + "-".join(o.replace(".", "").replace("=", "") for o in opts)
+            cluster = Cluster(chatd, stores, workdir, **variant_args(opts))
+            label = "-" + "-".join(o.replace(".", "").replace("=", "").replace(":", "-") for o in opts)
             for key in keys:
                 c["kafka_variants"][f"{', '.join(opts)}|{key}"] = half_peak(
                     bench, "chatd", cluster, c[f"rooms{key}"], "chatd", label, fallback=True, key=key)

@@ -503,10 +503,12 @@ static void kafka_producer_on_closed(struct kafka_pump *pp)
 
 int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct kafka_conf *conf)
 {
+    char linger[16];
+    snprintf(linger, sizeof linger, "%d", conf->linger_ms);
     const char *const defaults[] = {
         "enable.idempotence", "true",
         "acks", "all",
-        "linger.ms", "2",
+        "linger.ms", linger,
         /* A send waits at most this long for Kafka before the client hears
          * "unavailable" (librdkafka's default is 5 minutes). */
         "message.timeout.ms", "10000",
@@ -555,8 +557,10 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
         free(p);
         return err;
     }
-    log_info("kafka_producer_ready", "client=%s brokers=%s", rd_kafka_name(p->rk),
-             conf->brokers ? conf->brokers : "-");
+    char linger_now[16] = "?";
+    kafka_producer_setting(p, "linger.ms", linger_now, sizeof linger_now);
+    log_info("kafka_producer_ready", "client=%s brokers=%s linger_ms=%s", rd_kafka_name(p->rk),
+             conf->brokers ? conf->brokers : "-", linger_now);
     *out = p;
     return 0;
 }
@@ -632,6 +636,13 @@ size_t kafka_producer_inflight(const kafka_producer_t *p)
 {
     CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
     return p->inflight;
+}
+
+int kafka_producer_setting(const kafka_producer_t *p, const char *name, char *buf, size_t len)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    size_t n = len;
+    return rd_kafka_conf_get(rd_kafka_conf(p->rk), name, buf, &n) == RD_KAFKA_CONF_OK ? 0 : ERR_NOT_FOUND;
 }
 
 /* Serves the queue on this thread until every report arrived or deadline.

@@ -31,6 +31,11 @@ struct kafka_conf {
     size_t n_opts;
     const char *client_id;      /* e.g. "chatd-gateway-3" */
     int embedded;               /* brokers are librdkafka's mock cluster */
+    /* Producer linger.ms (opts override it). A gateway produces one record
+     * per client message and needs the wait to batch them; a classifier's
+     * records are already one per gateway per batch, so it sends at once
+     * (what arrives while a request is in flight is still batched). */
+    int linger_ms;
 };
 
 /* Metadata chatd puts in record headers (see docs/ARCHITECTURE.md). */
@@ -76,6 +81,9 @@ void kafka_producer_warm(kafka_producer_t *p, const char *topic);
 int kafka_producer_healthy(const kafka_producer_t *p);
 /* Records produced but not yet acknowledged. */
 size_t kafka_producer_inflight(const kafka_producer_t *p);
+/* The effective value of a librdkafka property (defaults + opts), for logs
+ * and tests. 0, or ERR_NOT_FOUND for an unknown name. */
+int kafka_producer_setting(const kafka_producer_t *p, const char *name, char *buf, size_t len);
 /* Shutdown only: flushes up to timeout_ms (blocking), then destroys. Pending
  * callbacks are called (err ERR_UNAVAILABLE for the undelivered). */
 void kafka_producer_close(kafka_producer_t *p, int timeout_ms);

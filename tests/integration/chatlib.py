@@ -11,6 +11,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -37,6 +38,15 @@ def uid(prefix="t"):
 
 _used_ports = set()
 
+
+
+def producer_linger(proc):
+    """linger.ms of the Kafka producer process `proc` started with (its
+    kafka_producer_ready log line, --log-level=info)."""
+    with open(proc.logpath, "rb") as f:
+        found = re.findall(rb"event=kafka_producer_ready .* linger_ms=(\S+)", f.read())
+    assert found, f"{proc.name}: no kafka_producer_ready line in {proc.logpath}"
+    return found[-1].decode()
 
 def free_port():
     for _ in range(100):

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from chatlib import Client, RawWS, arun, http_request, start_redis, uid, wait_http_status
+from chatlib import (Client, RawWS, arun, http_request, producer_linger, start_redis, uid,
+                     wait_http_status)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,11 @@ def inst_query(inst, sql, args=()):
             return cur.fetchall()
     finally:
         c.close()
+
+
+def test_all_in_one_producer_linger(inst):
+    """One producer serves both roles; the gateway's batching wins."""
+    assert producer_linger(inst.proc) == "2"
 
 
 def test_all_in_one_dev_token(inst):

@@ -141,6 +141,30 @@ static void test_bad_opt(void **state)
     settle();
 }
 
+/* linger.ms comes from kafka_conf (per role) and --kafka-opt overrides it. */
+static void test_producer_linger(void **state)
+{
+    (void)state;
+    struct kafka_conf kc = kconf;
+    kafka_producer_t *p;
+    char v[32];
+
+    kc.linger_ms = 7;
+    assert_int_equal(kafka_producer_init(&p, &loop, &kc), 0);
+    assert_int_equal(kafka_producer_setting(p, "linger.ms", v, sizeof v), 0);
+    assert_string_equal(v, "7");
+    assert_int_equal(kafka_producer_setting(p, "no.such.key", v, sizeof v), ERR_NOT_FOUND);
+    kafka_producer_close(p, 0);
+
+    const char *opt[] = { "linger.ms=3" };
+    kc.opts = opt, kc.n_opts = 1;
+    assert_int_equal(kafka_producer_init(&p, &loop, &kc), 0);
+    assert_int_equal(kafka_producer_setting(p, "linger.ms", v, sizeof v), 0);
+    assert_string_equal(v, "3");
+    kafka_producer_close(p, 0);
+    settle();
+}
+
 /* ---- test: produce 1000, group consumer reads back, commits ---- */
 
 struct group_ctx {
@@ -625,6 +649,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_opt),
+        cmocka_unit_test(test_producer_linger),
         cmocka_unit_test(test_bootstrap_file),
         cmocka_unit_test(test_roundtrip_and_commit),
         cmocka_unit_test(test_assigned_from_end),
