@@ -826,7 +826,6 @@ def write_doc(doc, res, png_rel):
     out.append("")
     out.append("| figure | chatd | Socket.IO + Redis adapter | chatd / peer | goal |")
     out.append("|---|---:|---:|---:|---|")
-    labels = {k: l for k, _, l in SWEEPS}
     for rs, _, lab in SWEEPS:
         goal = ("50,000 msgs/s accepted (500,000 deliveries/s) at p99 < 50 ms" if rs == "10"
                 else "1,000,000 deliveries/s at p99 < 50 ms")

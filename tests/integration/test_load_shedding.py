@@ -9,9 +9,8 @@ import signal
 
 import psycopg2
 import pytest
-import websockets
 
-from chatlib import Client, arun, http_request, uid
+from chatlib import arun, http_request, uid
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 import asyncio
 import json
 
-import pytest
-
 from chatlib import arun, check_msg, uid
 
 

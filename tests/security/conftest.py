@@ -29,7 +29,7 @@ import chatlib  # noqa: E402
 import harness  # noqa: E402
 import seclib  # noqa: E402
 
-from secconf import LIMITS, PREVIOUS_SECRET, SECRET, token  # noqa: E402
+from secconf import LIMITS, PREVIOUS_SECRET, token  # noqa: E402
 
 GW_ARGS = [f"--rate={LIMITS['rate']}", f"--rate-burst={LIMITS['rate_burst']}",
            f"--max-conns-per-user={LIMITS['max_conns_per_user']}",
