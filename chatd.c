@@ -14,6 +14,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
+#include "lib/slab.h"
 #include "net/http.h"
 #include "roles/broker.h"
 #include "roles/classifier.h"
@@ -290,6 +291,7 @@ int main(int argc, char **argv)
     }
     d.up = metrics_gauge("chatd_up", "1 while the process runs", NULL);
     metric_set(d.up, 1);
+    metrics_set_collector(slab_collect);
     rc = chatd_run(&d);
     if (rc) /* start-up failed (logged): nothing is worth a graceful exit */
         return 1;

@@ -23,6 +23,7 @@ struct metric {
 };
 
 static struct metric *metrics_head, *metrics_tail;
+static void (*metrics_collector)(metrics_out_t *out);
 
 static double metrics_bound(int k) { return 0.0001 * (double)(1u << k); }
 
@@ -130,6 +131,21 @@ static void metrics_render_one(struct metrics_buf *b, const struct metric *m)
                    m->labels, m->count);
 }
 
+void metrics_set_collector(void (*fn)(metrics_out_t *out)) { metrics_collector = fn; }
+
+void metrics_emit_family(metrics_out_t *out, const char *name, const char *help, const char *type)
+{
+    metrics_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void metrics_emit(metrics_out_t *out, const char *name, const char *labels, double v)
+{
+    if (labels && labels[0])
+        metrics_printf(out, "%s{%s} %.17g\n", name, labels, v);
+    else
+        metrics_printf(out, "%s %.17g\n", name, v);
+}
+
 char *metrics_render(size_t *len)
 {
     struct metrics_buf b = { .p = malloc(4096), .cap = 4096 };
@@ -138,6 +154,8 @@ char *metrics_render(size_t *len)
     b.p[0] = 0;
     for (const struct metric *m = metrics_head; m; m = m->next)
         metrics_render_one(&b, m);
+    if (metrics_collector)
+        metrics_collector(&b);
     if (b.failed) {
         free(b.p);
         return NULL;
@@ -158,4 +176,5 @@ void metrics_free(void)
         m = next;
     }
     metrics_head = metrics_tail = NULL;
+    metrics_collector = NULL;
 }

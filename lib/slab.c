@@ -1,20 +1,52 @@
 #include "lib/slab.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <utlist.h>
 
 #include "lib/log.h"
+#include "lib/metrics.h"
+
+static struct slab *slab_all; /* every slab that allocated: trim, metrics */
+
+void slab_list(struct slab *s)
+{
+    if (!s->listed) {
+        s->listed = 1;
+        s->next_slab = slab_all;
+        slab_all = s;
+    }
+}
+
+void slab_collect(struct metrics_buf *out)
+{
+    char labels[80];
+    metrics_emit_family(out, "chatd_slab_objects", "Live objects in a fixed-size slab (lib/slab.h).",
+                        "gauge");
+    for (struct slab *s = slab_all; s; s = s->next_slab) {
+        snprintf(labels, sizeof labels, "slab=\"%s\"", s->name);
+        metrics_emit(out, "chatd_slab_objects", labels, (double)s->objects);
+    }
+    metrics_emit_family(out, "chatd_slab_mapped_bytes",
+                        "Bytes a slab has mapped, spare blocks included (lib/slab.h).", "gauge");
+    for (struct slab *s = slab_all; s; s = s->next_slab) {
+        snprintf(labels, sizeof labels, "slab=\"%s\"", s->name);
+        metrics_emit(out, "chatd_slab_mapped_bytes", labels, (double)s->blocks * SLAB_BLOCK);
+    }
+}
 
 #ifdef SLAB_USES_MALLOC
 
 void *slab_alloc(struct slab *s)
 {
     void *p = calloc(1, s->size);
-    if (p)
+    if (p) {
         s->objects++;
+        slab_list(s);
+    }
     return p;
 }
 
@@ -41,8 +73,6 @@ struct slab_block {
 };
 
 #define SLAB_HDR ((sizeof(struct slab_block) + 15) & ~(size_t)15)
-
-static struct slab *slab_all; /* for slab_trim() */
 
 static struct slab_block *slab_block_of(const void *p)
 {
@@ -73,11 +103,7 @@ static struct slab_block *slab_block_new(struct slab *s)
     b->owner = s;
     slab_block_reset(s, b);
     s->blocks++;
-    if (!s->listed) {
-        s->listed = 1;
-        s->next_slab = slab_all;
-        slab_all = s;
-    }
+    slab_list(s);
     return b;
 }
 

@@ -50,13 +50,25 @@ struct slab {
     struct slab_block *partial; /* blocks with a free slot */
     struct slab_block *spare;   /* empty blocks, until slab_trim() */
     size_t objects, blocks;     /* blocks: mapped, spares included */
-    struct slab *next_slab;     /* every slab that mapped a block */
+    struct slab *next_slab;     /* every slab that has allocated */
     int listed;
 };
 
 /* For objects of type T, or of sz bytes aligned like pointers. */
 #define SLAB_INIT(nm, T) { .name = (nm), .size = sizeof(T), .align = _Alignof(T) }
 #define SLAB_INIT_SIZE(nm, sz) { .name = (nm), .size = (sz), .align = _Alignof(void *) }
+
+/* Adds s to the slabs slab_trim() and slab_collect() walk (once; the first
+ * allocation does it too). */
+void slab_list(struct slab *s);
+
+/* A file-scope slab, listed before main() runs: /metrics then has the same
+ * series from the first scrape on, whatever has been allocated yet.
+ * SLAB_DEFINE(gw_conns, SLAB_INIT("gw_conn", struct gw_conn)); */
+#define SLAB_DEFINE(var, ...)                                                      \
+    static struct slab var;                                                        \
+    __attribute__((constructor)) static void var##_list(void) { slab_list(&var); } \
+    static struct slab var = __VA_ARGS__
 
 /* Zeroed, or NULL when out of memory. */
 void *slab_alloc(struct slab *s);
@@ -67,5 +79,11 @@ void slab_free(struct slab *s, void *p);
 /* Unmaps the spare blocks of every slab (a periodic timer calls it, next to
  * malloc_trim: after a burst the memory goes back within seconds). */
 void slab_trim(void);
+/* A metrics collector (metrics_set_collector): per slab that has allocated,
+ * chatd_slab_objects (live objects) and chatd_slab_mapped_bytes (blocks
+ * mapped, spares included; 0 under AddressSanitizer, where slabs are
+ * malloc). With these a gateway's RSS reads as connections x objects. */
+struct metrics_buf;
+void slab_collect(struct metrics_buf *out);
 
 #endif

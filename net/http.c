@@ -158,7 +158,7 @@ static void http_conn_unlink(struct http_conn *c)
  * same limits; tests aside) come from a slab: a handshake storm has a
  * thousand in flight, and their 16 KiB would otherwise be heap that the
  * connections' few long-lived heap objects keep resident (lib/slab.h). */
-static struct slab http_reqs = SLAB_INIT_SIZE("http_req", 0);
+SLAB_DEFINE(http_reqs, SLAB_INIT_SIZE("http_req", 0));
 
 static http_req_t *http_req_new(size_t max_header)
 {
@@ -619,7 +619,7 @@ static void http_conn_peer(struct http_conn *c)
 }
 
 /* Accepted sockets outlive their HTTP connection when upgraded (ws.c). */
-static struct slab http_sockets = SLAB_INIT("socket", uv_tcp_t);
+SLAB_DEFINE(http_sockets, SLAB_INIT("socket", uv_tcp_t));
 
 void http_socket_free(uv_tcp_t *tcp) { slab_free(&http_sockets, tcp); }
 

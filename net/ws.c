@@ -93,7 +93,7 @@ struct ws_conn {
 };
 
 /* One per open connection: kept apart from the handshakes' transients. */
-static struct slab ws_conns = SLAB_INIT("ws_conn", ws_conn_t);
+SLAB_DEFINE(ws_conns, SLAB_INIT("ws_conn", ws_conn_t));
 
 static struct {
     uv_loop_t *loop;
@@ -121,9 +121,9 @@ static void ws_conn_cut(ws_conn_t *c, uint16_t code);
  * holds neither (it gives them back when its queue drains). */
 #define WS_QCAP_POOLED 8 /* queue slots of a pooled block */
 
-static struct slab ws_qslab = SLAB_INIT_SIZE("ws_queue", WS_QCAP_POOLED * sizeof(ws_frame_t *));
-static struct slab ws_wslab = SLAB_INIT_SIZE("ws_write", sizeof(struct ws_write) +
-                                                        WS_QCAP_POOLED * sizeof(ws_frame_t *));
+SLAB_DEFINE(ws_qslab, SLAB_INIT_SIZE("ws_queue", WS_QCAP_POOLED * sizeof(ws_frame_t *)));
+SLAB_DEFINE(ws_wslab, SLAB_INIT_SIZE("ws_write", sizeof(struct ws_write) +
+                                                      WS_QCAP_POOLED * sizeof(ws_frame_t *)));
 
 static void ws_conn_queue_release(ws_conn_t *c)
 {

@@ -30,18 +30,16 @@ uint64_t gw_now_ms(void)
 /* ---- local index: users, rooms, members ---- */
 
 /* What each open connection keeps (lib/slab.h says why not malloc). */
-static struct slab gw_conns = SLAB_INIT("gw_conn", struct gw_conn);
-static struct slab gw_members = SLAB_INIT("gw_member", struct gw_member);
-static struct slab gw_users[2] = {
-    SLAB_INIT_SIZE("gw_user", sizeof(struct gw_user) + GW_USER_ID_SHORT),
-    SLAB_INIT_SIZE("gw_user_long", sizeof(struct gw_user) + AUTH_USER_MAX + 1),
-};
+SLAB_DEFINE(gw_conns, SLAB_INIT("gw_conn", struct gw_conn));
+SLAB_DEFINE(gw_members, SLAB_INIT("gw_member", struct gw_member));
+SLAB_DEFINE(gw_users_short, SLAB_INIT_SIZE("gw_user", sizeof(struct gw_user) + GW_USER_ID_SHORT));
+SLAB_DEFINE(gw_users_long, SLAB_INIT_SIZE("gw_user_long", sizeof(struct gw_user) + AUTH_USER_MAX + 1));
 
-static struct slab gw_rooms = SLAB_INIT("gw_room", struct gw_room);
+SLAB_DEFINE(gw_rooms, SLAB_INIT("gw_room", struct gw_room));
 
 static struct slab *gw_user_slab(const char *id)
 {
-    return &gw_users[strlen(id) >= GW_USER_ID_SHORT];
+    return strlen(id) < GW_USER_ID_SHORT ? &gw_users_short : &gw_users_long;
 }
 
 struct gw_user *gw_user_find(gateway_t *g, const char *id)

@@ -30,7 +30,7 @@ struct gw_pending {
 
 /* Thousands can be in flight in a join storm; a slab keeps them out of the
  * heap pages the storm's long-lived objects land in (lib/slab.h). */
-static struct slab gw_pendings = SLAB_INIT("gw_pending", struct gw_pending);
+SLAB_DEFINE(gw_pendings, SLAB_INIT("gw_pending", struct gw_pending));
 
 static void gw_pending_free(struct gw_pending *p)
 {

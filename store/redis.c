@@ -250,7 +250,7 @@ static int redis_ev_attach(redisAsyncContext *ac, uv_loop_t *loop)
 /* ---- command lists ---- */
 
 /* Thousands in flight in a connection storm (lib/slab.h says why not malloc). */
-static struct slab redis_cmds = SLAB_INIT("redis_cmd", struct redis_cmd);
+SLAB_DEFINE(redis_cmds, SLAB_INIT("redis_cmd", struct redis_cmd));
 
 static struct redis_cmd *redis_cmd_new(redis_client_t *r, redis_reply_cb cb, void *user)
 {

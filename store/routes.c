@@ -77,7 +77,7 @@ struct routes_op {
 
 /* A connection storm has thousands in flight: from a slab, apart from the
  * long-lived heap objects (lib/slab.h). */
-static struct slab routes_ops = SLAB_INIT("routes_op", struct routes_op);
+SLAB_DEFINE(routes_ops, SLAB_INIT("routes_op", struct routes_op));
 
 static struct routes_op *routes_op_new(routes_t *rt, void *user)
 {

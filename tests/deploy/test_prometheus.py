@@ -35,6 +35,9 @@ LABELS = {
              "unavailable", "internal"},
     "consumer": {"assigned", "group"},
     "le": None,  # histogram buckets, fixed at registration
+    # lib/slab.h users (SLAB_INIT in net/, store/, roles/): one series per slab
+    "slab": {"socket", "http_req", "ws_conn", "ws_queue", "ws_write", "redis_cmd", "routes_op",
+             "gw_conn", "gw_member", "gw_user", "gw_user_long", "gw_room", "gw_pending"},
 }
 
 
@@ -295,5 +298,6 @@ def test_dashboard_queries_run_on_prometheus(cluster, prometheus):
     titles_with_data = {t for t, _ in exprs} - {t for t, _ in empty}
     for must in ["Processes up, by role", "WebSocket connections", "Messages per second",
                  "End-to-end latency (p50 / p95 / p99) and its stages (p99)", "Kafka consumer lag (records)",
-                 "Errors by code (replies to clients)"]:
+                 "Errors by code (replies to clients)",
+                 "Connection state in slabs (bytes), by slab"]:
         assert must in titles_with_data, f"dashboard panel {must!r} has no data; empty: {empty}"

@@ -14,6 +14,7 @@
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/jbuf.h"
+#include "lib/metrics.h"
 #include "lib/slab.h"
 #include "net/auth.h"
 #include "net/proto.h"
@@ -486,6 +487,37 @@ static void test_slab(void **state)
         slab_free(&w, a[i]);
 }
 
+/* /metrics shows each slab's objects and mapped bytes, one family each. */
+static void test_slab_metrics(void **state)
+{
+    (void)state;
+    static struct slab m = SLAB_INIT_SIZE("metrics_test", 100);
+    void *p[3];
+    for (int i = 0; i < 3; i++)
+        assert_non_null(p[i] = slab_alloc(&m));
+    metrics_set_collector(slab_collect);
+    size_t len;
+    char *text = metrics_render(&len);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "# TYPE chatd_slab_objects gauge\n"));
+    assert_non_null(strstr(text, "\nchatd_slab_objects{slab=\"metrics_test\"} 3\n"));
+#ifdef SLAB_USES_MALLOC
+    assert_non_null(strstr(text, "\nchatd_slab_mapped_bytes{slab=\"metrics_test\"} 0\n"));
+#else
+    assert_non_null(strstr(text, "\nchatd_slab_mapped_bytes{slab=\"metrics_test\"} 131072\n"));
+#endif
+    /* families are not interleaved: every objects line before the bytes family */
+    assert_true(strstr(text, "chatd_slab_mapped_bytes") > strstr(text, "chatd_slab_objects{slab=\"metrics_test\"}"));
+    free(text);
+    for (int i = 0; i < 3; i++)
+        slab_free(&m, p[i]);
+    metrics_free();
+    text = metrics_render(&len); /* metrics_free drops the collector */
+    assert_non_null(text);
+    assert_null(strstr(text, "chatd_slab"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,7 +527,7 @@ int main(void)
         cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
         cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_slab),
+        cmocka_unit_test(test_slab),           cmocka_unit_test(test_slab_metrics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
