@@ -13,6 +13,7 @@
 #include "kafka/kafka.h"
 #include "lib/err.h"
 #include "lib/log.h"
+#include "lib/loopstat.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
 #include "net/http.h"
@@ -115,6 +116,7 @@ static void chatd_close_all(struct chatd *d)
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->drain, NULL);
+    loopstat_stop();
 }
 
 static int chatd_drained(const struct chatd *d)
@@ -237,7 +239,9 @@ static int chatd_run(struct chatd *d)
 {
     const struct conf *c = &d->conf;
     d->loop = uv_default_loop();
-    int rc = chatd_start_kafka(d);
+    int rc = loopstat_start(d->loop);
+    if (rc == 0)
+        rc = chatd_start_kafka(d);
     if (rc)
         return rc;
     if (c->role != ROLE_BROKER && (rc = pg_migrate(c->pg, c->migrate_wait_s * 1000))) {

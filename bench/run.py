@@ -404,6 +404,9 @@ STAGES = [
     ("classifier batch (PG + Redis + produce)", "chatd_classifier_batch_seconds", "classifier"),
     ("classifier produce -> Kafka ack (hop 2)", "chatd_kafka_delivery_seconds", "classifier"),
     ("classifier produce -> gateway consume", "chatd_receive_hop_seconds", "gateway"),
+    # per loop iteration, the time spent in callbacks: what a request can wait
+    ("gateway loop iteration, busy part", "chatd_loop_iteration_seconds", "gateway"),
+    ("classifier loop iteration, busy part", "chatd_loop_iteration_seconds", "classifier"),
 ]
 
 

@@ -299,5 +299,6 @@ def test_dashboard_queries_run_on_prometheus(cluster, prometheus):
     for must in ["Processes up, by role", "WebSocket connections", "Messages per second",
                  "End-to-end latency (p50 / p95 / p99) and its stages (p99)", "Kafka consumer lag (records)",
                  "Errors by code (replies to clients)",
-                 "Connection state in slabs (bytes), by slab"]:
+                 "Connection state in slabs (bytes), by slab",
+                 "Event loop busy (utilisation) and iteration p99, by pod"]:
         assert must in titles_with_data, f"dashboard panel {must!r} has no data; empty: {empty}"

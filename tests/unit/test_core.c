@@ -9,11 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "conf/conf.h"
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/jbuf.h"
+#include "lib/loopstat.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
 #include "net/auth.h"
@@ -518,6 +520,48 @@ static void test_slab_metrics(void **state)
     free(text);
 }
 
+static void loopstat_busy_cb(uv_timer_t *t)
+{
+    (void)t;
+    usleep(30 * 1000); /* a callback that runs 30 ms */
+}
+
+static double metric_in(const char *text, const char *series)
+{
+    const char *p = strstr(text, series);
+    assert_non_null(p);
+    return strtod(p + strlen(series), NULL);
+}
+
+/* A callback's run time shows in the loop's busy counter and histogram;
+ * time blocked waiting does not (a 500 ms idle wait comes first). */
+static void test_loopstat(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_timer_t busy;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(loopstat_start(&loop), 0);
+    uv_timer_init(&loop, &busy);
+    uv_timer_start(&busy, loopstat_busy_cb, 500, 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(&loop, UV_RUN_NOWAIT); /* one more iteration: its prepare observes the 30 ms */
+    size_t len;
+    char *text = metrics_render(&len);
+    assert_non_null(text);
+    double busy_s = metric_in(text, "\nchatd_loop_busy_seconds_total ");
+    assert_true(busy_s >= 0.030);
+    assert_true(busy_s < 0.400); /* the 500 ms in epoll_wait is not busy */
+    assert_true(metric_in(text, "\nchatd_loop_iteration_seconds_count{} ") >= 1);
+    assert_true(metric_in(text, "\nchatd_loop_iteration_seconds_bucket{le=\"+Inf\"} ") >= 1);
+    free(text);
+    loopstat_stop();
+    uv_close((uv_handle_t *)&busy, NULL);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    metrics_free();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
         cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
         cmocka_unit_test(test_slab),           cmocka_unit_test(test_slab_metrics),
+        cmocka_unit_test(test_loopstat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
