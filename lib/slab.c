@@ -10,7 +10,7 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 
-static struct slab *slab_all; /* every slab that allocated: trim, metrics */
+static struct slab *slab_all; /* listed slabs: trim, metrics */
 
 void slab_list(struct slab *s)
 {

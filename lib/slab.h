@@ -50,7 +50,7 @@ struct slab {
     struct slab_block *partial; /* blocks with a free slot */
     struct slab_block *spare;   /* empty blocks, until slab_trim() */
     size_t objects, blocks;     /* blocks: mapped, spares included */
-    struct slab *next_slab;     /* every slab that has allocated */
+    struct slab *next_slab;     /* the listed slabs (slab_list) */
     int listed;
 };
 
@@ -79,7 +79,7 @@ void slab_free(struct slab *s, void *p);
 /* Unmaps the spare blocks of every slab (a periodic timer calls it, next to
  * malloc_trim: after a burst the memory goes back within seconds). */
 void slab_trim(void);
-/* A metrics collector (metrics_set_collector): per slab that has allocated,
+/* A metrics collector (metrics_set_collector): per listed slab,
  * chatd_slab_objects (live objects) and chatd_slab_mapped_bytes (blocks
  * mapped, spares included; 0 under AddressSanitizer, where slabs are
  * malloc). With these a gateway's RSS reads as connections x objects. */
