@@ -658,7 +658,9 @@ class RawWS:
             (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
         assert hdrs.get("sec-websocket-accept") == accept, f"bad Sec-WebSocket-Accept: {hdrs}"
 
-    def send_frame(self, opcode, payload, fin=True):
+    @staticmethod
+    def frame(opcode, payload, fin=True):
+        """One masked client frame, as bytes."""
         b0 = (0x80 if fin else 0) | opcode
         n = len(payload)
         if n < 126:
@@ -669,7 +671,15 @@ class RawWS:
             hdr = struct.pack("!BBQ", b0, 0x80 | 127, n)
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(hdr + mask + masked)
+        return hdr + mask + masked
+
+    def send_frame(self, opcode, payload, fin=True):
+        self.sock.sendall(self.frame(opcode, payload, fin))
+
+    def send_frames(self, frames):
+        """(opcode, payload) pairs in one write: on loopback they arrive, and
+        are parsed, together."""
+        self.sock.sendall(b"".join(self.frame(op, p) for op, p in frames))
 
     def _need(self, n):
         while len(self.buf) < n:
