@@ -108,31 +108,6 @@ static int metrics_name_seen(const struct metric *upto, const char *name)
     return 0;
 }
 
-static void metrics_render_one(struct metrics_buf *b, const struct metric *m)
-{
-    static const char *const types[] = { "counter", "gauge", "histogram" };
-    if (!metrics_name_seen(m, m->name))
-        metrics_printf(b, "# HELP %s %s\n# TYPE %s %s\n", m->name, m->help, m->name, types[m->kind]);
-    const char *sep = m->labels[0] ? "," : "";
-    if (m->kind != METRIC_HISTOGRAM) {
-        if (m->labels[0])
-            metrics_printf(b, "%s{%s} %.17g\n", m->name, m->labels, m->value);
-        else
-            metrics_printf(b, "%s %.17g\n", m->name, m->value);
-        return;
-    }
-    unsigned long long cum = 0;
-    for (int k = 0; k < METRICS_BUCKETS; k++) {
-        cum += m->buckets[k];
-        metrics_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", m->name, m->labels, sep, metrics_bound(k), cum);
-    }
-    metrics_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", m->name, m->labels, sep, m->count);
-    metrics_printf(b, "%s_sum{%s} %.17g\n%s_count{%s} %llu\n", m->name, m->labels, m->value, m->name,
-                   m->labels, m->count);
-}
-
-void metrics_set_collector(void (*fn)(metrics_out_t *out)) { metrics_collector = fn; }
-
 void metrics_emit_family(metrics_out_t *out, const char *name, const char *help, const char *type)
 {
     metrics_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -145,6 +120,28 @@ void metrics_emit(metrics_out_t *out, const char *name, const char *labels, doub
     else
         metrics_printf(out, "%s %.17g\n", name, v);
 }
+
+static void metrics_render_one(struct metrics_buf *b, const struct metric *m)
+{
+    static const char *const types[] = { "counter", "gauge", "histogram" };
+    if (!metrics_name_seen(m, m->name))
+        metrics_emit_family(b, m->name, m->help, types[m->kind]);
+    if (m->kind != METRIC_HISTOGRAM) {
+        metrics_emit(b, m->name, m->labels, m->value);
+        return;
+    }
+    const char *sep = m->labels[0] ? "," : "";
+    unsigned long long cum = 0;
+    for (int k = 0; k < METRICS_BUCKETS; k++) {
+        cum += m->buckets[k];
+        metrics_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", m->name, m->labels, sep, metrics_bound(k), cum);
+    }
+    metrics_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", m->name, m->labels, sep, m->count);
+    metrics_printf(b, "%s_sum{%s} %.17g\n%s_count{%s} %llu\n", m->name, m->labels, m->value, m->name,
+                   m->labels, m->count);
+}
+
+void metrics_set_collector(void (*fn)(metrics_out_t *out)) { metrics_collector = fn; }
 
 char *metrics_render(size_t *len)
 {
