@@ -7,6 +7,9 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#ifdef __GLIBC__ /* defined by the headers above */
+#include <malloc.h>
+#endif
 
 #include "conf/conf.h"
 #include "kafka/broker.h"
@@ -38,6 +41,7 @@ struct chatd {
     struct kafka_conf kafka;
     kafka_broker_t *broker;
     http_server_t *http;
+    http_server_t *admin;        /* --admin-listen, or NULL */
     redis_client_t *redis;
     routes_t *routes;
     kafka_producer_t *producer;
@@ -45,6 +49,7 @@ struct chatd {
     classifier_t *classifier;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain;
+    uv_timer_t trim;
     uint64_t drain_deadline;
     int draining;
     metric_t *up;
@@ -64,16 +69,18 @@ static int chatd_ready(const struct chatd *d)
     return 1;
 }
 
-static void chatd_on_http(http_req_t *req, void *user)
+/* The paths Kubernetes and Prometheus use. /metrics is left to the admin
+ * listener when there is one: the client port may face the internet, and a
+ * scrape costs a render of every series. Returns 1 if it answered. */
+static int chatd_http_ops(struct chatd *d, http_req_t *req, int metrics)
 {
-    struct chatd *d = user;
     const char *path = http_req_path(req);
     if (!strcmp(path, "/healthz")) {
         http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
     } else if (!strcmp(path, "/readyz")) {
         int ok = chatd_ready(d);
         http_respond(req, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n", ok ? 6 : 10, NULL);
-    } else if (!strcmp(path, "/metrics")) {
+    } else if (metrics && !strcmp(path, "/metrics")) {
         size_t len;
         char *text = metrics_render(&len);
         if (text)
@@ -81,18 +88,33 @@ static void chatd_on_http(http_req_t *req, void *user)
         else
             http_respond_error(req, 500, "internal", "out of memory");
         free(text);
-    } else if (d->broker && d->conf.fault_injection && broker_role_http(d->broker, req)) {
-        return;
-    } else if (!d->gateway || !gateway_http(d->gateway, req)) {
-        http_respond_error(req, 404, "not_found", "no such path");
+    } else {
+        return 0;
     }
+    return 1;
+}
+
+static void chatd_on_http(http_req_t *req, void *user)
+{
+    struct chatd *d = user;
+    if (chatd_http_ops(d, req, !d->admin))
+        return;
+    if (d->broker && d->conf.fault_injection && broker_role_http(d->broker, req))
+        return;
+    if (!d->gateway || !gateway_http(d->gateway, req))
+        http_respond_error(req, 404, "not_found", "no such path");
+}
+
+static void chatd_on_admin_http(http_req_t *req, void *user)
+{
+    if (!chatd_http_ops(user, req, 1))
+        http_respond_error(req, 404, "not_found", "no such path");
 }
 
 static void chatd_on_redis_connect(redis_client_t *r, void *user)
 {
     struct chatd *d = user;
     (void)r;
-    log_info("redis_connected", "url=%s", d->conf.redis);
     if (d->gateway)
         gateway_on_redis_connect(d->gateway);
 }
@@ -113,9 +135,12 @@ static void chatd_close_all(struct chatd *d)
         routes_close(d->routes);
     if (d->http)
         http_server_close(d->http);
+    if (d->admin)
+        http_server_close(d->admin);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->drain, NULL);
+    uv_close((uv_handle_t *)&d->trim, NULL);
     loopstat_stop();
 }
 
@@ -156,6 +181,22 @@ static void chatd_on_signal(uv_signal_t *s, int signum)
         classifier_drain(d->classifier);
     d->drain_deadline = uv_now(d->loop) + (uint64_t)d->conf.drain_s * 1000;
     uv_timer_start(&d->drain, chatd_on_drain_tick, 0, 50);
+}
+
+/* Every CHATD_TRIM_MS, emptied slab blocks are unmapped and glibc is asked
+ * to give free heap pages back. After a burst is gone (a connection flood on
+ * a gateway, with parser state and half-received messages; a big batch on a
+ * classifier) the memory would otherwise stay mapped at its peak. Slabs keep
+ * emptied blocks until then, so a burst does not map and unmap them. */
+#define CHATD_TRIM_MS 5000
+
+static void chatd_on_trim(uv_timer_t *t)
+{
+    (void)t;
+    slab_trim();
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }
 
 /* ---- start ---- */
@@ -235,6 +276,39 @@ static int chatd_start_roles(struct chatd *d)
     return 0;
 }
 
+/* The client listener, and the admin one if configured. The admin listener
+ * serves Prometheus and the kubelet only: a few sockets. */
+#define CHATD_ADMIN_MAX_CONNS 64
+
+static int chatd_listen(struct chatd *d)
+{
+    const struct conf *c = &d->conf;
+    struct http_limits hl = {
+        .max_header = c->max_header,
+        .max_url = c->max_url,
+        .request_timeout_ms = (unsigned)c->request_timeout_ms,
+        .max_conns = (unsigned)c->max_http_conns,
+    };
+    int rc = http_server_init(&d->http, d->loop, c->listen.host, c->listen.port, chatd_on_http, d);
+    if (rc) {
+        log_error("listen_failed", "addr=%s:%d err=%d", c->listen.host, c->listen.port, rc);
+        return rc;
+    }
+    http_server_set_limits(d->http, &hl);
+    log_info("listening", "addr=%s:%d role=%s metrics=%s", c->listen.host, http_server_port(d->http),
+             conf_role_name(c->role), c->admin.set ? "admin" : "here");
+    if (!c->admin.set)
+        return 0;
+    if ((rc = http_server_init(&d->admin, d->loop, c->admin.host, c->admin.port, chatd_on_admin_http, d))) {
+        log_error("admin_listen_failed", "addr=%s:%d err=%d", c->admin.host, c->admin.port, rc);
+        return rc;
+    }
+    hl.max_conns = CHATD_ADMIN_MAX_CONNS;
+    http_server_set_limits(d->admin, &hl);
+    log_info("admin_listening", "addr=%s:%d", c->admin.host, http_server_port(d->admin));
+    return 0;
+}
+
 static int chatd_run(struct chatd *d)
 {
     const struct conf *c = &d->conf;
@@ -250,25 +324,17 @@ static int chatd_run(struct chatd *d)
     }
     if (c->role != ROLE_BROKER && (rc = chatd_start_roles(d)))
         return rc;
-    if ((rc = http_server_init(&d->http, d->loop, c->listen_host, c->listen_port, chatd_on_http, d))) {
-        log_error("listen_failed", "addr=%s:%d err=%d", c->listen_host, c->listen_port, rc);
+    if ((rc = chatd_listen(d)))
         return rc;
-    }
-    struct http_limits hl = {
-        .max_header = c->max_header,
-        .max_url = c->max_url,
-        .request_timeout_ms = (unsigned)c->request_timeout_ms,
-        .max_conns = (unsigned)c->max_http_conns,
-    };
-    http_server_set_limits(d->http, &hl);
     uv_signal_init(d->loop, &d->sigterm);
     uv_signal_init(d->loop, &d->sigint);
     uv_timer_init(d->loop, &d->drain);
+    uv_timer_init(d->loop, &d->trim);
     d->sigterm.data = d->sigint.data = d->drain.data = d;
+    uv_timer_start(&d->trim, chatd_on_trim, CHATD_TRIM_MS, CHATD_TRIM_MS);
+    uv_unref((uv_handle_t *)&d->trim);
     uv_signal_start(&d->sigterm, chatd_on_signal, SIGTERM);
     uv_signal_start(&d->sigint, chatd_on_signal, SIGINT);
-    log_info("listening", "addr=%s:%d role=%s", c->listen_host, http_server_port(d->http),
-             conf_role_name(c->role));
     uv_run(d->loop, UV_RUN_DEFAULT);
     return 0;
 }

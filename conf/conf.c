@@ -32,8 +32,12 @@ struct conf_flag {
 static const struct conf_flag conf_flags[] = {
     { "role", T_ROLE, offsetof(struct conf, role), 0, "all", 0, 0,
       "gateway | classifier | all | broker" },
-    { "listen", T_LISTEN, 0, 0, "0.0.0.0:8080", 0, 0,
+    { "listen", T_LISTEN, offsetof(struct conf, listen), 0, "0.0.0.0:8080", 0, 0,
       "HOST:PORT for /healthz, /readyz, /metrics (and /ws, /api, / on gateways)" },
+    /* lo = 1: may be empty (off) */
+    { "admin-listen", T_LISTEN, offsetof(struct conf, admin), 0, "", 1, 0,
+      "HOST:PORT of a second listener for /metrics, /healthz, /readyz only; when set, /metrics is "
+      "served only there (keep it off the port clients reach). '' = off" },
     F_INT("gateway-id", gateway_id, NULL, 0, 65535,
           "this gateway's id = its chat-receive partition (default: the number after the last '-' of the hostname, else 0)"),
     F_STR("kafka", kafka, "embedded",
@@ -123,11 +127,15 @@ static int conf_parse_long(const char *v, long lo, long hi, long *out)
     return 0;
 }
 
-static int conf_parse_listen(struct conf *c, const char *v)
+static int conf_parse_listen(struct conf_addr *a, const char *v, int may_be_empty)
 {
+    if (!v[0] && may_be_empty) {
+        memset(a, 0, sizeof *a);
+        return 0;
+    }
     const char *colon = strrchr(v, ':');
     long port;
-    if (!colon || colon == v || (size_t)(colon - v) >= sizeof c->listen_host ||
+    if (!colon || colon == v || (size_t)(colon - v) >= sizeof a->host ||
         conf_parse_long(colon + 1, 0, 65535, &port) < 0)
         return -1;
     const char *h = v;
@@ -136,9 +144,12 @@ static int conf_parse_listen(struct conf *c, const char *v)
         h++;
         hl -= 2;
     }
-    memcpy(c->listen_host, h, hl);
-    c->listen_host[hl] = 0;
-    c->listen_port = (int)port;
+    if (hl == 0)
+        return -1;
+    memcpy(a->host, h, hl);
+    a->host[hl] = 0;
+    a->port = (int)port;
+    a->set = 1;
     return 0;
 }
 
@@ -186,7 +197,7 @@ static int conf_set(struct conf *c, const struct conf_flag *f, const char *v)
             }
         return -1;
     case T_LISTEN:
-        return conf_parse_listen(c, v);
+        return conf_parse_listen((struct conf_addr *)(base + f->off), v, f->lo == 1);
     case T_LEVEL:
         return log_level_parse(v, &c->log_level);
     case T_KOPT:
@@ -321,6 +332,10 @@ static int conf_check(struct conf *c)
     }
     if (prev)
         strcpy(c->jwt_secret_previous, prev);
+    if (c->admin.set && c->admin.port != 0 && c->admin.port == c->listen.port) {
+        fprintf(stderr, "chatd: --admin-listen must use another port than --listen (%d)\n", c->listen.port);
+        return -1;
+    }
     if (c->max_url > c->max_header) {
         fprintf(stderr, "chatd: --max-url-bytes must not exceed --max-header-bytes\n");
         return -1;

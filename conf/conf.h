@@ -19,10 +19,17 @@ enum conf_role { ROLE_ALL = 0, ROLE_GATEWAY, ROLE_CLASSIFIER, ROLE_BROKER };
 
 #define CONF_MAX_KAFKA_OPTS 64
 
+/* A listener address; port 0 = any free port (tests). */
+struct conf_addr {
+    char host[64];
+    int port;
+    int set;                     /* 0: --admin-listen not given (or "") */
+};
+
 struct conf {
     enum conf_role role;
-    char listen_host[64];
-    int listen_port;
+    struct conf_addr listen;     /* clients (/ws, /api, /), and ops paths */
+    struct conf_addr admin;      /* if set: /metrics only here, plus /healthz, /readyz */
     int gateway_id;
     char kafka[512];             /* "embedded" or "host:port,..." */
     char kafka_bootstrap_file[256];

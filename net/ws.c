@@ -102,8 +102,6 @@ static struct {
     uv_idle_t wake;
     uv_timer_t sweep;
     ws_frame_t *ping; /* shared by every ping we send */
-    uint64_t last_accept; /* loop ms; trim the heap once a burst of them ends */
-    uint64_t accepts, accepts_trimmed;
     ws_conn_t *conns; /* every connection, for the ping sweep */
     ws_conn_t *dirty;
     size_t count;

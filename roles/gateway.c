@@ -3,7 +3,6 @@
 #include <inttypes.h>
 #include <stddef.h>
 #ifdef __GLIBC__
-#include <malloc.h>
 #endif
 #include <stdio.h>
 #include <stdlib.h>
@@ -643,15 +642,8 @@ int gw_conn_expired(struct gw_conn *c, uint64_t now_ms)
     return 1;
 }
 
-#define GW_TRIM_EVERY 5 /* sweeps */
-
 /* Once a second: an idle connection is closed within a second of its exp
- * (a request after exp is refused at once, gateway_ops.c).
- * Every GW_TRIM_EVERY seconds, emptied slab blocks are unmapped and glibc is
- * asked to give free heap pages back:
- * after a flood of connections (each with parser state and partly received
- * messages) is gone, glibc would otherwise keep the freed memory mapped,
- * and the process would stay at its peak RSS. */
+ * (a request after exp is refused at once, gateway_ops.c). */
 static void gw_on_expiry_sweep(uv_timer_t *t)
 {
     gateway_t *g = t->data;
@@ -660,12 +652,6 @@ static void gw_on_expiry_sweep(uv_timer_t *t)
     HASH_ITER(hh, g->users, u, utmp)
         for (struct gw_conn *c = u->conns; c; c = c->next)
             gw_conn_expired(c, now);
-    if (++g->sweeps % GW_TRIM_EVERY == 0) {
-        slab_trim();
-#ifdef __GLIBC__
-        malloc_trim(0);
-#endif
-    }
 }
 
 static void gw_on_heartbeat(uv_timer_t *t)

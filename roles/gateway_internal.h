@@ -99,7 +99,6 @@ struct gateway {
     struct proto_limits limits;
     uv_timer_t heartbeat;
     uv_timer_t expiry;              /* closes connections whose token expired */
-    unsigned sweeps;                /* expiry sweeps so far (malloc_trim cadence) */
     struct {
         metric_t *handshakes_ok, *handshakes_401, *handshakes_503, *shed;
         metric_t *handshakes_403, *handshakes_429, *expired;

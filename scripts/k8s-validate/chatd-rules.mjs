@@ -99,6 +99,9 @@ export function checkChatd(objs, external) {
   const send = Number(conf.data.CHATD_SEND_PARTITIONS);
   const drain = Number(conf.data.CHATD_DRAIN ?? 10);
   if (!(recv > 0 && send > 0)) errs.push(`${conf.metadata.name}: partition counts must be positive numbers`);
+  // The admin listener: /metrics off the client port (docs/DEPLOY.md, "Ports").
+  const adminPort = Number((conf.data.CHATD_ADMIN_LISTEN ?? "").split(":").pop());
+  if (!(adminPort > 0)) errs.push(`${conf.metadata.name}: CHATD_ADMIN_LISTEN must be HOST:PORT (/metrics off the client port)`);
   const chatdPods = pods.filter((p) => (p.spec.containers ?? []).some((c) => (c.args ?? []).some((a) => a.startsWith("--role="))));
   if (chatdPods.length === 0) errs.push("no chatd workload (container with --role=) in the render");
   for (const { owner, spec } of chatdPods) {
@@ -110,6 +113,18 @@ export function checkChatd(objs, external) {
     if (grace < drain + 10) errs.push(`${who}: terminationGracePeriodSeconds ${grace} < CHATD_DRAIN ${drain} + 10`);
     if (c.readinessProbe?.httpGet?.path !== "/readyz") errs.push(`${who}: readiness probe must be GET /readyz`);
     if (c.livenessProbe?.httpGet?.path !== "/healthz") errs.push(`${who}: liveness probe must be GET /healthz`);
+    if (adminPort > 0) {
+      const named = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+      const portOf = (p) => (typeof p === "string" ? named[p] : p);
+      if (!Object.values(named).includes(adminPort) && !(c.ports ?? []).some((p) => p.containerPort === adminPort))
+        errs.push(`${who}: no containerPort ${adminPort} (CHATD_ADMIN_LISTEN)`);
+      for (const probe of ["startupProbe", "livenessProbe", "readinessProbe"])
+        if (c[probe] && portOf(c[probe].httpGet?.port) !== adminPort)
+          errs.push(`${who}: ${probe} must use the admin port ${adminPort}`);
+      const ann = owner.spec.template.metadata?.annotations ?? {};
+      if (ann["prometheus.io/scrape"] === "true" && Number(ann["prometheus.io/port"]) !== adminPort)
+        errs.push(`${who}: prometheus.io/port ${ann["prometheus.io/port"]} is not the admin port ${adminPort}`);
+    }
     if (!(c.envFrom ?? []).some((e) => e.configMapRef?.name === conf.metadata.name))
       errs.push(`${who}: does not take its settings from ConfigMap ${conf.metadata.name}`);
     if (role === "gateway") {
@@ -127,6 +142,19 @@ export function checkChatd(objs, external) {
     }
     if (!objs.some((o) => o.kind === "PodDisruptionBudget" && matches(o.spec?.selector?.matchLabels, owner.spec.template.metadata.labels)))
       errs.push(`${who}: no PodDisruptionBudget`);
+  }
+
+  // No Service reaches the admin port: Prometheus scrapes pods directly.
+  for (const o of objs.filter((x) => x.kind === "Service" && x.spec?.selector)) {
+    for (const { spec, labels } of chatdPods.filter((p) => matches(o.spec.selector, p.labels))) {
+      const c = spec.containers.find((x) => (x.args ?? []).some((a) => a.startsWith("--role=")));
+      const named = Object.fromEntries((c.ports ?? []).map((p) => [p.name, p.containerPort]));
+      for (const sp of o.spec.ports ?? []) {
+        const t = sp.targetPort ?? sp.port;
+        if (adminPort > 0 && (typeof t === "string" ? named[t] : t) === adminPort)
+          errs.push(`${key("Service", o.metadata.name)}: exposes the admin port ${adminPort} of ${labels["app.kubernetes.io/component"] ?? "chatd"} pods`);
+      }
+    }
   }
 
   // Kafka (KRaft): quorum voters = brokers, replication fits

@@ -42,10 +42,10 @@ GW_ARGS = [f"--rate={LIMITS['rate']}", f"--rate-burst={LIMITS['rate_burst']}",
 
 LATENCY_FLOOR_S = 3.0
 LATENCY_FACTOR = 10.0
-# "Back to baseline" means within this much of it: the gateway trims glibc's
+# "Back to baseline" means within this much of it: every chatd process trims glibc's
 # heap every 5 s, but allocator caches remain; under ASan the gateways run
 # with a small quarantine (GW_ENV) and ASan's own allocator caches more.
-RSS_TOLERANCE_KB = (64 if harness.SANITIZED else 16) * 1024
+RSS_TOLERANCE_KB = (64 if harness.SANITIZED else 6) * 1024
 GW_ENV = {"CHATD_JWT_SECRET_PREVIOUS": PREVIOUS_SECRET,
           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
                            ":quarantine_size_mb=4:thread_local_quarantine_size_kb=64").lstrip(":")}

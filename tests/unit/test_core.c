@@ -40,8 +40,9 @@ static void test_conf_defaults(void **state)
     char *argv[] = { "chatd", "--role=classifier", "--kafka=127.0.0.1:9092" };
     assert_int_equal(conf_try(&c, 3, argv), 0);
     assert_int_equal(c.role, ROLE_CLASSIFIER);
-    assert_string_equal(c.listen_host, "0.0.0.0");
-    assert_int_equal(c.listen_port, 8080);
+    assert_string_equal(c.listen.host, "0.0.0.0");
+    assert_int_equal(c.listen.port, 8080);
+    assert_int_equal(c.admin.set, 0);
     assert_string_equal(c.topic_send, "chat-send");
     assert_int_equal(c.max_frame, 65536);
     assert_int_equal(c.history_max, 1000);
@@ -94,8 +95,8 @@ static void test_conf_flags_and_env(void **state)
                      "--kafka-opt=linger.ms=5", "--kafka-opt", "acks=all", "--dev-tokens",
                      "--rate=2.5" };
     assert_int_equal(conf_try(&c, 10, argv), 0);
-    assert_string_equal(c.listen_host, "::1"); /* the command line wins */
-    assert_int_equal(c.listen_port, 7000);
+    assert_string_equal(c.listen.host, "::1"); /* the command line wins */
+    assert_int_equal(c.listen.port, 7000);
     assert_int_equal(c.gateway_id, 3);         /* from the environment */
     assert_string_equal(c.jwt_secret, "s3cret");
     assert_int_equal(c.n_kafka_opts, 2);
@@ -121,6 +122,9 @@ static void test_conf_refuses(void **state)
         { "chatd", "--kafka-opt=novalue", NULL },
         { "chatd", "positional", NULL },
         { "chatd", "--role=gateway", NULL },          /* no JWT secret */
+        { "chatd", "--admin-listen=:9090", NULL },     /* no host */
+        { "chatd", "--admin-listen=9090", NULL },
+        { "chatd", "--admin-listen=0.0.0.0:8080", NULL }, /* the client port */
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int argc = bad[i][2] ? 3 : 2;
@@ -130,6 +134,26 @@ static void test_conf_refuses(void **state)
     char *argv[] = { "chatd", "--role=broker" };
     assert_int_equal(conf_try(&c, 2, argv), -1);
     unsetenv("CHATD_HEARTBEAT");
+}
+
+static void test_conf_admin_listen(void **state)
+{
+    (void)state;
+    struct conf c;
+    char *argv[] = { "chatd", "--role=classifier", "--kafka=h:1", "--admin-listen=[::]:9090" };
+    assert_int_equal(conf_try(&c, 4, argv), 0);
+    assert_int_equal(c.admin.set, 1);
+    assert_string_equal(c.admin.host, "::");
+    assert_int_equal(c.admin.port, 9090);
+    /* "" turns it off again (an overlay can unset it) */
+    setenv("CHATD_ADMIN_LISTEN", "127.0.0.1:9090", 1);
+    char *off[] = { "chatd", "--role=classifier", "--kafka=h:1", "--admin-listen=" };
+    assert_int_equal(conf_try(&c, 4, off), 0);
+    assert_int_equal(c.admin.set, 0);
+    assert_int_equal(conf_try(&c, 3, off), 0); /* from the environment */
+    assert_int_equal(c.admin.set, 1);
+    assert_string_equal(c.admin.host, "127.0.0.1");
+    unsetenv("CHATD_ADMIN_LISTEN");
 }
 
 /* ---- proto ---- */
@@ -567,7 +591,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conf_defaults),   cmocka_unit_test(test_conf_flags_and_env),
         cmocka_unit_test(test_conf_security_flags), cmocka_unit_test(test_proto_nul),
-        cmocka_unit_test(test_conf_refuses),    cmocka_unit_test(test_proto_ops),
+        cmocka_unit_test(test_conf_refuses),    cmocka_unit_test(test_conf_admin_listen),
+        cmocka_unit_test(test_proto_ops),
         cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
         cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
