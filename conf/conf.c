@@ -45,7 +45,9 @@ static const struct conf_flag conf_flags[] = {
     F_STR("kafka-bootstrap-file", kafka_bootstrap_file, "",
           "where an embedded broker writes its address, and where other roles read it"),
     { "kafka-opt", T_KOPT, 0, 0, NULL, 0, 0, "librdkafka property key=value (repeatable; applied last)" },
-    F_STR("redis", redis, "redis://127.0.0.1:6379/0", "redis://HOST:PORT[/DB]"),
+    F_STR("redis", redis, "redis://127.0.0.1:6379/0",
+          "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (percent-escape @ : / in the password; "
+          "with a password, set CHATD_REDIS from a secret, not the flag: argv is visible in ps)"),
     F_STR("pg", pg, "host=127.0.0.1 port=5432 dbname=chatd user=chatd", "libpq conninfo or postgresql:// URI"),
     { "dev-tokens", T_BOOL, offsetof(struct conf, dev_tokens), 0, "0", 0, 0,
       "enable POST /api/dev/token (demo only: anyone can become anyone)" },

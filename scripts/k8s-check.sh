@@ -10,7 +10,8 @@
 #    cross-object rules). kubeconform / kubeval are in neither Debian nor npm.
 #  - the validator must reject scripts/k8s-validate/testdata/bad.yaml with
 #    every problem of bad.expected (it cannot silently stop checking).
-#  - promtool check config on the Prometheus config of the render.
+#  - promtool check config on the Prometheus config of the render (with the
+#    alerting rules it loads), and promtool test rules on those rules.
 # Rendered files are left in build/k8s/ for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,24 +61,36 @@ done < "$V/testdata/bad.expected"
 [ $missing -eq 0 ] || { echo "$bad"; exit 1; }
 echo "k8s-check: validator rejects the known-bad file ($(wc -l < "$V/testdata/bad.expected") expected problems found)"
 
-# Prometheus config as rendered. Debian's promtool (2.42) is built without
-# Kubernetes service discovery, so the kubernetes_sd_configs block is swapped
-# for an equivalent static target; everything else (relabeling, regexes,
-# globals) is checked by promtool itself.
+# Prometheus config and alerting rules as rendered. Debian's promtool (2.42)
+# is built without Kubernetes service discovery, so the kubernetes_sd_configs
+# block is swapped for an equivalent static target; everything else
+# (relabeling, regexes, globals, the rule file it loads) is checked by
+# promtool itself.
 for o in "$out"/*.yaml; do
-    /usr/bin/python3 - "$o" "$out/prometheus-$(basename "$o" .yaml).yml" <<'PY'
-import json, sys, re
+    pd="$out/prometheus-$(basename "$o" .yaml)"
+    mkdir -p "$pd"
+    /usr/bin/python3 - "$o" "$pd" <<'PY'
+import os, sys, re
 text = open(sys.argv[1]).read()
 docs = text.split("\n---\n")
 cfg = [d for d in docs if "kind: ConfigMap" in d and "name: prometheus-config" in d]
 assert len(cfg) == 1, "prometheus-config ConfigMap not found exactly once"
-m = re.search(r"  prometheus.yml: \|\n((?:    .*\n|\n)+)", cfg[0] + "\n")
-assert m, "prometheus.yml key not found"
-body = "\n".join(l[4:] for l in m.group(1).splitlines())
-assert "kubernetes_sd_configs:" in body
-body = re.sub(r"kubernetes_sd_configs:\n(?:      .*\n)+", "static_configs:\n      - targets: ['127.0.0.1:8080']\n", body)
-open(sys.argv[2], "w").write(body)
+
+def key(name):
+    m = re.search(r"  " + re.escape(name) + r": \|\n((?:    .*\n|\n)+)", cfg[0] + "\n")
+    assert m, name + " key not found in prometheus-config"
+    return "\n".join(l[4:] for l in m.group(1).splitlines()) + "\n"
+
+body = key("prometheus.yml")
+assert "kubernetes_sd_configs:" in body and "chatd-alerts.yml" in body
+body = re.sub(r"kubernetes_sd_configs:\n(?:      .*\n)+", "static_configs:\n      - targets: ['127.0.0.1:9090']\n", body)
+open(os.path.join(sys.argv[2], "prometheus.yml"), "w").write(body)
+open(os.path.join(sys.argv[2], "chatd-alerts.yml"), "w").write(key("chatd-alerts.yml"))
 PY
-    promtool check config "$out/prometheus-$(basename "$o" .yaml).yml"
+    promtool check config "$pd/prometheus.yml"
+    cmp -s "$pd/chatd-alerts.yml" k8s/monitoring/chatd-alerts.yml ||
+        { echo "k8s-check: rendered chatd-alerts.yml differs from k8s/monitoring/chatd-alerts.yml" >&2; exit 1; }
 done
+# The alerts fire on their cases and stay quiet on a healthy cluster.
+(cd k8s/monitoring && promtool test rules chatd-alerts.test.yml)
 echo "k8s-check: ok"

@@ -45,7 +45,7 @@
 enum redis_state {
     REDIS_ST_DOWN,       /* waiting for the reconnect timer */
     REDIS_ST_RESOLVING,  /* uv_getaddrinfo in flight */
-    REDIS_ST_CONNECTING, /* TCP connect, then SELECT when db != 0 */
+    REDIS_ST_CONNECTING, /* TCP connect, then the setup: AUTH, SELECT */
     REDIS_ST_UP,
     REDIS_ST_CLOSING,
 };
@@ -71,9 +71,8 @@ struct redis_client {
     unsigned magic;
     uv_loop_t *loop;
     enum redis_state state;
-    char host[256];
-    int port;
-    int db;
+    struct redis_url url;         /* host, port, db, AUTH credentials */
+    int setup;                    /* REDIS_SETUP_*: where the connection's setup is */
     unsigned timeout_ms;
     redis_connect_cb on_connect;
     void *user;
@@ -127,12 +126,67 @@ static unsigned redis_backoff_ms(redis_client_t *r)
     return cap / 2 + (unsigned)(redis_rng % (cap / 2 + 1));
 }
 
-int redis_url_parse(const char *url, char *host, size_t host_len, int *port, int *db)
+static int redis_hex(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes src[0..n) into dst (size cap, NUL-terminated). A NUL byte
+ * or a bad escape is refused: AUTH's arguments are plain strings. */
+static int redis_url_decode(const char *src, size_t n, char *dst, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)src[i];
+        if (c == '%') {
+            int hi, lo;
+            if (i + 2 >= n || (hi = redis_hex(src[i + 1])) < 0 || (lo = redis_hex(src[i + 2])) < 0)
+                return -1;
+            c = hi * 16 + lo;
+            i += 2;
+        }
+        if (c == 0 || o + 1 >= cap)
+            return -1;
+        dst[o++] = (char)c;
+    }
+    dst[o] = 0;
+    return 0;
+}
+
+/* [USER]:PASSWORD before the last '@' of the authority. */
+static int redis_url_userinfo(const char *ui, size_t n, struct redis_url *out)
+{
+    const char *colon = memchr(ui, ':', n);
+    if (!colon) /* a bare word is ambiguous (user or password?): refused */
+        return -1;
+    size_t ul = (size_t)(colon - ui), pl = n - ul - 1;
+    if (pl == 0 || redis_url_decode(ui, ul, out->user, sizeof out->user) < 0 ||
+        redis_url_decode(colon + 1, pl, out->password, sizeof out->password) < 0)
+        return -1;
+    return 0;
+}
+
+int redis_url_parse(const char *url, struct redis_url *out)
 {
     static const char scheme[] = "redis://";
+    memset(out, 0, sizeof *out);
     if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0)
         return ERR_BAD_REQUEST;
     const char *p = url + sizeof scheme - 1, *h, *he;
+    size_t alen = strcspn(p, "/"), ui = alen;
+    while (ui > 0 && p[ui - 1] != '@')
+        ui--;
+    if (ui > 0) { /* user info: up to the last '@' before the path */
+        if (redis_url_userinfo(p, ui - 1, out) < 0)
+            return ERR_BAD_REQUEST;
+        p += ui;
+    }
     if (*p == '[') { /* [v6]:port */
         h = p + 1;
         he = strchr(h, ']');
@@ -145,8 +199,7 @@ int redis_url_parse(const char *url, char *host, size_t host_len, int *port, int
         p = he;
     }
     size_t hl = (size_t)(he - h);
-    /* No user info (AUTH is not supported), no blanks. */
-    if (hl == 0 || hl >= host_len || memchr(h, '@', hl) || memchr(h, ' ', hl))
+    if (hl == 0 || hl >= sizeof out->host || memchr(h, '@', hl) || memchr(h, ' ', hl))
         return ERR_BAD_REQUEST;
     long pv = 6379, dv = 0;
     if (*p == ':') {
@@ -167,12 +220,10 @@ int redis_url_parse(const char *url, char *host, size_t host_len, int *port, int
     }
     if (*p != '\0')
         return ERR_BAD_REQUEST;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    if (port)
-        *port = (int)pv;
-    if (db)
-        *db = (int)dv;
+    memcpy(out->host, h, hl);
+    out->host[hl] = '\0';
+    out->port = (int)pv;
+    out->db = (int)dv;
     return 0;
 }
 
@@ -329,7 +380,7 @@ static void redis_schedule_reconnect(redis_client_t *r)
     if (uv_is_active((uv_handle_t *)&r->reconnect_timer))
         return;
     unsigned ms = redis_backoff_ms(r);
-    log_debug("redis_reconnect_in", "host=%s port=%d ms=%u", r->host, r->port, ms);
+    log_debug("redis_reconnect_in", "host=%s port=%d ms=%u", r->url.host, r->url.port, ms);
     uv_timer_start(&r->reconnect_timer, redis_on_reconnect_timer, ms, 0);
 }
 
@@ -391,24 +442,67 @@ static void redis_become_up(redis_client_t *r)
     r->attempts = 0;
     r->notify_connect = 1;
     redis_set_up(1);
-    log_info("redis_connected", "host=%s port=%d db=%d", r->host, r->port, r->db);
+    log_info("redis_connected", "host=%s port=%d db=%d auth=%s", r->url.host, r->url.port, r->url.db,
+             !r->url.password[0] ? "none" : r->url.user[0] ? "acl" : "password");
     redis_defer_kick(r);
 }
 
-static void redis_on_select(int err, redisReply *reply, void *user)
+/* A new connection is set up before callers may use it: AUTH when the URL
+ * has a password, SELECT when db != 0. */
+enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_DONE };
+
+static void redis_on_setup(int err, redisReply *reply, void *user);
+
+static void redis_setup_next(redis_client_t *r)
+{
+    const char *argv[3];
+    size_t argvlen[3];
+    int argc = 0;
+    char dbs[16];
+    if (r->setup == REDIS_SETUP_AUTH && !r->url.password[0])
+        r->setup = REDIS_SETUP_SELECT;
+    if (r->setup == REDIS_SETUP_SELECT && r->url.db == 0)
+        r->setup = REDIS_SETUP_DONE;
+    if (r->setup == REDIS_SETUP_DONE) {
+        redis_become_up(r);
+        return;
+    }
+    if (r->setup == REDIS_SETUP_AUTH) {
+        argv[argc++] = "AUTH";
+        if (r->url.user[0])
+            argv[argc++] = r->url.user;
+        argv[argc++] = r->url.password;
+    } else {
+        snprintf(dbs, sizeof dbs, "%d", r->url.db);
+        argv[argc++] = "SELECT";
+        argv[argc++] = dbs;
+    }
+    for (int i = 0; i < argc; i++)
+        argvlen[i] = strlen(argv[i]);
+    struct redis_cmd *e = redis_cmd_new(r, redis_on_setup, r);
+    e->internal = 1;
+    redis_send(r, e, argc, argv, argvlen);
+}
+
+static void redis_on_setup(int err, redisReply *reply, void *user)
 {
     redis_client_t *r = user;
     if (err == ERR_CANCELLED)
         return;
     if (err != 0 || !reply || reply->type == REDIS_REPLY_ERROR) {
-        log_error("redis_select_failed", "host=%s port=%d db=%d err=%s", r->host, r->port, r->db,
+        /* The reply (e.g. WRONGPASS) names the problem, never the password. */
+        log_error(r->setup == REDIS_SETUP_AUTH ? "redis_auth_failed" : "redis_select_failed",
+                  "host=%s port=%d db=%d user=%s err=%s", r->url.host, r->url.port, r->url.db,
+                  r->url.user[0] ? log_q(r->url.user, strlen(r->url.user)) : "default",
                   reply && reply->str ? log_q(reply->str, reply->len) : err_code(err));
         if (err == 0 && r->state == REDIS_ST_CONNECTING)
             redis_drop(r);
         return;
     }
-    if (r->state == REDIS_ST_CONNECTING)
-        redis_become_up(r);
+    if (r->state != REDIS_ST_CONNECTING)
+        return;
+    r->setup++;
+    redis_setup_next(r);
 }
 
 static void redis_on_connected(const redisAsyncContext *ac, int status)
@@ -418,25 +512,15 @@ static void redis_on_connected(const redisAsyncContext *ac, int status)
     if (r->ac != ac)
         return;
     if (status != REDIS_OK) {
-        log_warn("redis_connect_failed", "host=%s port=%d err=%s", r->host, r->port,
+        log_warn("redis_connect_failed", "host=%s port=%d err=%s", r->url.host, r->url.port,
                  log_q(ac->errstr, strlen(ac->errstr)));
         r->ac = NULL; /* hiredis frees it when we return */
         metric_inc(redis_m_errors);
         redis_schedule_reconnect(r);
         return;
     }
-    if (r->db == 0) {
-        redis_become_up(r);
-        return;
-    }
-    /* SELECT goes first; commands are accepted once its reply says OK. */
-    char dbs[16];
-    snprintf(dbs, sizeof dbs, "%d", r->db);
-    const char *argv[2] = {"SELECT", dbs};
-    size_t argvlen[2] = {6, strlen(dbs)};
-    struct redis_cmd *e = redis_cmd_new(r, redis_on_select, r);
-    e->internal = 1;
-    redis_send(r, e, 2, argv, argvlen);
+    r->setup = REDIS_SETUP_AUTH;
+    redis_setup_next(r);
 }
 
 static void redis_on_disconnected(const redisAsyncContext *ac, int status)
@@ -445,7 +529,7 @@ static void redis_on_disconnected(const redisAsyncContext *ac, int status)
     CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
     if (r->ac != ac)
         return; /* we dropped it ourselves */
-    log_warn("redis_disconnected", "host=%s port=%d err=%s", r->host, r->port,
+    log_warn("redis_disconnected", "host=%s port=%d err=%s", r->url.host, r->url.port,
              status == REDIS_OK ? "none" : log_q(ac->errstr, strlen(ac->errstr)));
     r->ac = NULL;
     redis_schedule_reconnect(r);
@@ -453,10 +537,10 @@ static void redis_on_disconnected(const redisAsyncContext *ac, int status)
 
 static void redis_connect_ip(redis_client_t *r, const char *ip)
 {
-    redisAsyncContext *ac = redisAsyncConnect(ip, r->port);
+    redisAsyncContext *ac = redisAsyncConnect(ip, r->url.port);
     CHATD_ASSERT(ac != NULL);
     if (ac->err) {
-        log_warn("redis_connect_failed", "host=%s ip=%s port=%d err=%s", r->host, ip, r->port,
+        log_warn("redis_connect_failed", "host=%s ip=%s port=%d err=%s", r->url.host, ip, r->url.port,
                  log_q(ac->errstr, strlen(ac->errstr)));
         redisAsyncFree(ac);
         metric_inc(redis_m_errors);
@@ -465,7 +549,7 @@ static void redis_connect_ip(redis_client_t *r, const char *ip)
     }
     ac->data = r;
     if (redis_ev_attach(ac, r->loop) != 0) {
-        log_error("redis_attach_failed", "host=%s port=%d", r->host, r->port);
+        log_error("redis_attach_failed", "host=%s port=%d", r->url.host, r->url.port);
         redisAsyncFree(ac);
         redis_schedule_reconnect(r);
         return;
@@ -493,7 +577,7 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
         return;
     }
     if (status < 0 || !res) {
-        log_warn("redis_resolve_failed", "host=%s err=%s", r->host, uv_strerror(status));
+        log_warn("redis_resolve_failed", "host=%s err=%s", r->url.host, uv_strerror(status));
         metric_inc(redis_m_errors);
         redis_schedule_reconnect(r);
         return;
@@ -522,9 +606,9 @@ static void redis_connect_start(redis_client_t *r)
     hints.ai_socktype = SOCK_STREAM;
     r->state = REDIS_ST_RESOLVING;
     r->gai.data = r;
-    int rc = uv_getaddrinfo(r->loop, &r->gai, redis_on_resolved, r->host, NULL, &hints);
+    int rc = uv_getaddrinfo(r->loop, &r->gai, redis_on_resolved, r->url.host, NULL, &hints);
     if (rc < 0) {
-        log_warn("redis_resolve_failed", "host=%s err=%s", r->host, uv_strerror(rc));
+        log_warn("redis_resolve_failed", "host=%s err=%s", r->url.host, uv_strerror(rc));
         redis_schedule_reconnect(r);
         return;
     }
@@ -547,14 +631,14 @@ static void redis_on_deadline(uv_timer_t *t)
     if (r->state == REDIS_ST_CLOSING || !r->ac)
         return;
     if (r->state == REDIS_ST_CONNECTING && now >= r->connect_deadline_ms) {
-        log_warn("redis_connect_timeout", "host=%s port=%d", r->host, r->port);
+        log_warn("redis_connect_timeout", "host=%s port=%d", r->url.host, r->url.port);
         metric_inc(redis_m_errors);
         redis_drop(r);
         return;
     }
     struct redis_cmd *e = r->fifo_head;
     if (e && e->deadline_ms <= now) {
-        log_warn("redis_timeout", "host=%s port=%d timeout_ms=%u", r->host, r->port, r->timeout_ms);
+        log_warn("redis_timeout", "host=%s port=%d timeout_ms=%u", r->url.host, r->url.port, r->timeout_ms);
         redisAsyncContext *ac = r->ac;
         r->ac = NULL;
         redis_schedule_reconnect(r);
@@ -652,7 +736,9 @@ int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
     *out = NULL;
     redis_client_t *r = calloc(1, sizeof *r);
     CHATD_ASSERT(r != NULL);
-    if (redis_url_parse(url, r->host, sizeof r->host, &r->port, &r->db) != 0) {
+    if (redis_url_parse(url, &r->url) != 0) {
+        /* Not the URL itself: it may hold a password. */
+        log_error("redis_url_invalid", "want=\"redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]\"");
         free(r);
         return ERR_BAD_REQUEST;
     }

@@ -29,12 +29,26 @@ typedef void (*redis_reply_cb)(int err, redisReply *reply, void *user);
 /* Called on every (re)connection, e.g. to re-register state after a restart. */
 typedef void (*redis_connect_cb)(redis_client_t *r, void *user);
 
-/* url: redis://HOST:PORT[/DB]. Connecting starts at once; returns 0 or
- * ERR_BAD_REQUEST for a bad URL. */
+/* A parsed redis:// URL. */
+struct redis_url {
+    char host[256];
+    int port;                     /* 6379 when absent */
+    int db;                       /* 0 when absent */
+    char user[128];               /* Redis 6 ACL user; "" = AUTH with the password only */
+    char password[256];           /* "" = no AUTH */
+};
+
+/* url: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]. On every connection the
+ * client sends AUTH (when there is a password), then SELECT (db != 0), and
+ * only then counts as connected; a refused AUTH is logged and retried with
+ * the reconnect backoff. The password is never logged. Connecting starts at
+ * once; returns 0 or ERR_BAD_REQUEST for a bad URL. */
 int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
                       unsigned timeout_ms, redis_connect_cb on_connect, void *user);
-/* Parses redis://HOST:PORT[/DB] (pure; for conf and tests). 0 or ERR_BAD_REQUEST. */
-int redis_url_parse(const char *url, char *host, size_t host_len, int *port, int *db);
+/* Parses a URL as above (pure; for tests). USER and PASSWORD are
+ * percent-decoded (%40 for '@', %3A for ':', %2F for '/').
+ * 0 or ERR_BAD_REQUEST. */
+int redis_url_parse(const char *url, struct redis_url *out);
 
 int redis_client_ready(const redis_client_t *r);
 void redis_command_argv(redis_client_t *r, redis_reply_cb cb, void *user, int argc,

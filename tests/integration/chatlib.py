@@ -184,14 +184,18 @@ def check_registry():
     return problems
 
 
-def start_redis(logdir, name="redis", port=None):
+def start_redis(logdir, name="redis", port=None, args=(), password=None, username=None):
+    """args: more redis-server settings; password: its --requirepass, or
+    with username an ACL user's password (for the start-up ping)."""
     port = port or free_port()
+    auth = ["--requirepass", password] if password and not username else []
     proc = Proc(name, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                       "--save", "", "--appendonly", "no"], logdir)
+                       "--save", "", "--appendonly", "no"] + auth + list(args), logdir)
     deadline = time.monotonic() + 15
     while True:
         try:
-            if redislib.Redis(host="127.0.0.1", port=port, socket_timeout=1).ping():
+            if redislib.Redis(host="127.0.0.1", port=port, username=username, password=password,
+                              socket_timeout=1).ping():
                 break
         except Exception:
             pass

@@ -248,23 +248,30 @@ def start_all_instance(workdir, pg):
     started = []
     leftovers = []
 
-    def start(name, extra_args=()):
+    def start(name, extra_args=(), redis_args=(), redis_password=None, redis_user=None,
+              redis_url=None, ready=True):
+        """redis_args/redis_password/redis_user: the instance's redis-server; redis_url
+        (given the redis process) replaces the plain redis://127.0.0.1:PORT;
+        ready=False returns without waiting for /readyz."""
         d = os.path.join(workdir, name)
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
-        r = start_redis(d, name=f"{name}-redis")
+        r = start_redis(d, name=f"{name}-redis", args=redis_args, password=redis_password,
+                        username=redis_user)
         leftovers.append(r)
         dbname = "chatd_" + uid("db").replace("-", "_")
         conninfo = pg.create_db(dbname)
         port = free_port()
+        url = redis_url(r) if redis_url else r.url
         p = start_chatd(name, ["--role=all", f"--listen=127.0.0.1:{port}", "--kafka=embedded",
-                               f"--redis={r.url}", f"--pg={conninfo}", "--log-level=info"]
+                               f"--redis={url}", f"--pg={conninfo}", "--log-level=info"]
                         + KAFKA_TEST_OPTS + list(extra_args), d)
         inst = Instance(p, port, r, conninfo, dbname, d)
         started.append(inst)
         leftovers.remove(r)
         try:
-            wait_ready(p, port, READY_TIMEOUT)
+            if ready:
+                wait_ready(p, port, READY_TIMEOUT)
         except Exception as e:
             pytest.fail(str(e), pytrace=False)
         return inst

@@ -296,22 +296,36 @@ static int test_pg_group_teardown(void **state)
 static void test_redis_url_parse(void **state)
 {
     (void)state;
-    char host[64];
-    int port = 0, db = -1;
-    assert_int_equal(redis_url_parse("redis://10.1.2.3:6380", host, sizeof host, &port, &db), 0);
-    assert_string_equal(host, "10.1.2.3");
-    assert_int_equal(port, 6380);
-    assert_int_equal(db, 0);
-    assert_int_equal(redis_url_parse("redis://cache.local:6379/4", host, sizeof host, &port, &db), 0);
-    assert_string_equal(host, "cache.local");
-    assert_int_equal(port, 6379);
-    assert_int_equal(db, 4);
-    assert_int_equal(redis_url_parse("redis://[::1]:7000/2", host, sizeof host, &port, &db), 0);
-    assert_string_equal(host, "::1");
-    assert_int_equal(port, 7000);
-    assert_int_equal(db, 2);
-    assert_int_equal(redis_url_parse("redis://h", host, sizeof host, &port, &db), 0);
-    assert_int_equal(port, 6379); /* port defaults */
+    struct redis_url u;
+    assert_int_equal(redis_url_parse("redis://10.1.2.3:6380", &u), 0);
+    assert_string_equal(u.host, "10.1.2.3");
+    assert_int_equal(u.port, 6380);
+    assert_int_equal(u.db, 0);
+    assert_string_equal(u.password, "");
+    assert_int_equal(redis_url_parse("redis://cache.local:6379/4", &u), 0);
+    assert_string_equal(u.host, "cache.local");
+    assert_int_equal(u.port, 6379);
+    assert_int_equal(u.db, 4);
+    assert_int_equal(redis_url_parse("redis://[::1]:7000/2", &u), 0);
+    assert_string_equal(u.host, "::1");
+    assert_int_equal(u.port, 7000);
+    assert_int_equal(u.db, 2);
+    assert_int_equal(redis_url_parse("redis://h", &u), 0);
+    assert_int_equal(u.port, 6379); /* port defaults */
+    /* AUTH: password only, ACL user + password, escapes, '@' in the password */
+    assert_int_equal(redis_url_parse("redis://:s3cret@h:6379/1", &u), 0);
+    assert_string_equal(u.user, "");
+    assert_string_equal(u.password, "s3cret");
+    assert_string_equal(u.host, "h");
+    assert_int_equal(u.db, 1);
+    assert_int_equal(redis_url_parse("redis://chatd:p%40ss%3Aw%2Fd@[::1]:7000", &u), 0);
+    assert_string_equal(u.user, "chatd");
+    assert_string_equal(u.password, "p@ss:w/d");
+    assert_string_equal(u.host, "::1");
+    assert_int_equal(u.port, 7000);
+    assert_int_equal(redis_url_parse("redis://:a@b@h", &u), 0); /* the last '@' ends it */
+    assert_string_equal(u.password, "a@b");
+    assert_string_equal(u.host, "h");
 
     static const char *bad[] = {
         "10.0.0.1:6379",        /* missing scheme */
@@ -325,15 +339,23 @@ static void test_redis_url_parse(void **state)
         "redis://h:-1",         /* negative port */
         "redis://h:6379/x",     /* bad db */
         "redis://h:6379/1/2",   /* trailing junk */
-        "redis://u:p@h:6379",   /* user info unsupported */
+        "redis://pass@h:6379",  /* user or password? refused */
+        "redis://u:@h:6379",    /* empty password */
+        "redis://:p@",          /* no host after the user info */
+        "redis://:p%4@h",       /* truncated escape */
+        "redis://:p%zz@h",      /* bad escape */
+        "redis://:p%00@h",      /* NUL */
         "redis://[::1:6379",    /* unclosed bracket */
         NULL,
     };
     for (int i = 0; bad[i]; i++)
-        if (redis_url_parse(bad[i], host, sizeof host, &port, &db) != ERR_BAD_REQUEST)
+        if (redis_url_parse(bad[i], &u) != ERR_BAD_REQUEST)
             fail_msg("accepted bad url %s", bad[i]);
-    assert_int_equal(redis_url_parse("redis://averyveryverylonghostname", host, 8, &port, &db),
-                     ERR_BAD_REQUEST);
+    char longhost[300];
+    memset(longhost, 'a', sizeof longhost);
+    memcpy(longhost, "redis://", 8);
+    longhost[sizeof longhost - 1] = 0;
+    assert_int_equal(redis_url_parse(longhost, &u), ERR_BAD_REQUEST);
     redis_client_t *r = (redis_client_t *)&r;
     uv_loop_t loop;
     uv_loop_init(&loop);
