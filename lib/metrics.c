@@ -137,8 +137,11 @@ static void metrics_render_one(struct metrics_buf *b, const struct metric *m)
         metrics_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", m->name, m->labels, sep, metrics_bound(k), cum);
     }
     metrics_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", m->name, m->labels, sep, m->count);
-    metrics_printf(b, "%s_sum{%s} %.17g\n%s_count{%s} %llu\n", m->name, m->labels, m->value, m->name,
-                   m->labels, m->count);
+    char name[256];
+    snprintf(name, sizeof name, "%s_sum", m->name);
+    metrics_emit(b, name, m->labels, m->value);
+    snprintf(name, sizeof name, "%s_count", m->name);
+    metrics_emit(b, name, m->labels, (double)m->count);
 }
 
 void metrics_set_collector(void (*fn)(metrics_out_t *out)) { metrics_collector = fn; }

@@ -303,7 +303,7 @@ static void test_roundtrip_and_commit(void **state)
     assert_non_null(text);
     assert_non_null(strstr(text, "\nchatd_kafka_produced_total 1000\n"));
     assert_non_null(strstr(text, "\nchatd_kafka_delivery_errors_total 0\n"));
-    assert_non_null(strstr(text, "\nchatd_kafka_delivery_seconds_count{} 1000\n"));
+    assert_non_null(strstr(text, "\nchatd_kafka_delivery_seconds_count 1000\n"));
     assert_non_null(strstr(text, "\nchatd_kafka_consumed_total{consumer=\"group\"} 1000\n"));
     free(text);
     assert_true(run_until(group_lag_zero, &g, WAIT_MS)); /* commits reached the broker */
