@@ -13,7 +13,7 @@
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
 #                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
-#   make browser-deps  npm ci in tests/browser (playwright-core, pinned by its package-lock.json)
+#   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #   make screenshots   run the browser test, writing its screenshots to docs/
 #   make clean
 
@@ -122,9 +122,9 @@ unit: $(UNIT_BINS)
 integration: $(BUILD)/chatd browser-deps
 	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
-# The browser test's one npm package (playwright-core, no browser download:
-# it drives Debian's chromium). npm ci writes node_modules/.package-lock.json,
-# which stands for the install.
+# The browser tests' npm packages (no browser download: playwright-core drives
+# Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).
+# npm ci writes node_modules/.package-lock.json, which stands for the install.
 BROWSER_DIR := tests/browser
 browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
 

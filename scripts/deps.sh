@@ -13,7 +13,7 @@ PKGS=(
   prometheus
   clang libclang-rt-14-dev
   kcat
-  chromium
+  chromium firefox-esr
 )
 # Node.js for the browser test (tests/browser): Debian's nodejs and npm,
 # unless a node with its npm is on PATH already (NodeSource's nodejs bundles

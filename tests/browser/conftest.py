@@ -27,8 +27,10 @@ def browser_workdir():
 
 @pytest.fixture
 def browser_cluster(browser_workdir, request):
-    pg = harness.Postgres(browser_workdir)
-    c = harness.Cluster(browser_workdir, pg, "browser")
+    d = tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=browser_workdir)  # one per test
+    os.chmod(d, 0o755)
+    pg = harness.Postgres(d)
+    c = harness.Cluster(d, pg, "browser")
     try:
         c.start()
     except Exception as e:
