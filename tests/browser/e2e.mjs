@@ -9,7 +9,7 @@
 //      CHROMIUM (default /usr/bin/chromium)
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
-import readline from 'node:readline';
+import { ask, step } from './control.mjs';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -20,16 +20,6 @@ const RECONNECT_WAIT = 90000; // restart + jittered backoff (up to 16 s per atte
 assert.ok(GW[0] && GW[1], 'CHATD_GW0 and CHATD_GW1 must be set');
 assert.ok(SHOTS, 'CHATD_SHOTS must be set');
 
-const stdin = readline.createInterface({ input: process.stdin });
-const lines = [];
-let lineWaiter = null;
-stdin.on('line', (l) => { if (lineWaiter) { const w = lineWaiter; lineWaiter = null; w(l); } else lines.push(l); });
-async function ask(cmd) {
-  console.log('@' + cmd);
-  const reply = lines.length ? lines.shift() : await new Promise((res) => { lineWaiter = res; });
-  assert.equal(reply, 'ok', `${cmd}: ${reply}`);
-}
-const step = (s) => console.log(`step: ${s}`);
 
 const args = ['--disable-background-networking', '--disable-component-update', '--disable-default-apps',
   '--disable-sync', '--no-first-run', '--no-default-browser-check', '--disable-domain-reliability',

@@ -11,23 +11,13 @@
 // env: CHATD_GW0, CHATD_GW1 (ports), FIREFOX (default /usr/bin/firefox-esr)
 import puppeteer from 'puppeteer-core';
 import assert from 'node:assert/strict';
-import readline from 'node:readline';
+import { ask, step } from './control.mjs';
 
 const GW = [process.env.CHATD_GW0, process.env.CHATD_GW1];
 const WAIT = 30000;
 const RECONNECT_WAIT = 90000;
 assert.ok(GW[0] && GW[1], 'CHATD_GW0 and CHATD_GW1 must be set');
 
-const stdin = readline.createInterface({ input: process.stdin });
-const lines = [];
-let lineWaiter = null;
-stdin.on('line', (l) => { if (lineWaiter) { const w = lineWaiter; lineWaiter = null; w(l); } else lines.push(l); });
-async function ask(cmd) {
-  console.log('@' + cmd);
-  const reply = lines.length ? lines.shift() : await new Promise((res) => { lineWaiter = res; });
-  assert.equal(reply, 'ok', `${cmd}: ${reply}`);
-}
-const step = (s) => console.log(`step: ${s}`);
 
 const browser = await puppeteer.launch({
   browser: 'firefox', executablePath: process.env.FIREFOX || '/usr/bin/firefox-esr', headless: true,
