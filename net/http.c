@@ -21,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "lib/hex.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
@@ -808,17 +809,6 @@ const char *http_req_header(const http_req_t *r, const char *name)
     return NULL;
 }
 
-static int http_hex(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Decodes s[0..len) (%XX and '+') into buf; NULL if it does not fit. */
 static const char *http_query_decode(const char *s, size_t len, char *buf, size_t buflen)
 {
@@ -829,8 +819,8 @@ static const char *http_query_decode(const char *s, size_t len, char *buf, size_
         char ch = s[i];
         if (ch == '+') {
             ch = ' ';
-        } else if (ch == '%' && i + 2 < len && http_hex(s[i + 1]) >= 0 && http_hex(s[i + 2]) >= 0) {
-            ch = (char)(http_hex(s[i + 1]) * 16 + http_hex(s[i + 2]));
+        } else if (ch == '%' && i + 2 < len && hex_digit(s[i + 1]) >= 0 && hex_digit(s[i + 2]) >= 0) {
+            ch = (char)(hex_digit(s[i + 1]) * 16 + hex_digit(s[i + 2]));
             i += 2;
         }
         if (o + 1 >= buflen)

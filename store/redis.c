@@ -32,6 +32,7 @@
 #include <openssl/sha.h>
 
 #include "lib/err.h"
+#include "lib/hex.h"
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
@@ -126,17 +127,6 @@ static unsigned redis_backoff_ms(redis_client_t *r)
     return cap / 2 + (unsigned)(redis_rng % (cap / 2 + 1));
 }
 
-static int redis_hex(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes src[0..n) into dst (size cap, NUL-terminated). A NUL byte
  * or a bad escape is refused: AUTH's arguments are plain strings. */
 static int redis_url_decode(const char *src, size_t n, char *dst, size_t cap)
@@ -146,7 +136,7 @@ static int redis_url_decode(const char *src, size_t n, char *dst, size_t cap)
         int c = (unsigned char)src[i];
         if (c == '%') {
             int hi, lo;
-            if (i + 2 >= n || (hi = redis_hex(src[i + 1])) < 0 || (lo = redis_hex(src[i + 2])) < 0)
+            if (i + 2 >= n || (hi = hex_digit(src[i + 1])) < 0 || (lo = hex_digit(src[i + 2])) < 0)
                 return -1;
             c = hi * 16 + lo;
             i += 2;
@@ -179,7 +169,7 @@ int redis_url_parse(const char *url, struct redis_url *out)
     if (!url || strncmp(url, scheme, sizeof scheme - 1) != 0)
         return ERR_BAD_REQUEST;
     const char *p = url + sizeof scheme - 1, *h, *he;
-    size_t alen = strcspn(p, "/"), ui = alen;
+    size_t ui = strcspn(p, "/");
     while (ui > 0 && p[ui - 1] != '@')
         ui--;
     if (ui > 0) { /* user info: up to the last '@' before the path */
