@@ -234,6 +234,7 @@ static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healt
 
 struct kafka_parts {
     int32_t *v;
+    unsigned *since;             /* consumer generation when v[i] was assigned */
     size_t n, cap;
 };
 
@@ -254,8 +255,12 @@ static void kafka_parts_add(struct kafka_parts *s, int32_t p)
         int32_t *v = realloc(s->v, cap * sizeof *v);
         CHATD_ASSERT(v != NULL);
         s->v = v;
+        unsigned *since = realloc(s->since, cap * sizeof *since);
+        CHATD_ASSERT(since != NULL);
+        s->since = since;
         s->cap = cap;
     }
+    s->since[s->n] = 0;
     s->v[s->n++] = p;
 }
 
@@ -263,7 +268,9 @@ static void kafka_parts_del(struct kafka_parts *s, int32_t p)
 {
     for (size_t i = 0; i < s->n; i++)
         if (s->v[i] == p) {
-            s->v[i] = s->v[--s->n];
+            s->n--;
+            s->v[i] = s->v[s->n];
+            s->since[i] = s->since[s->n];
             return;
         }
 }
@@ -822,6 +829,10 @@ static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *e
         for (int i = 0; i < parts->cnt; i++)
             if (strcmp(parts->elems[i].topic, c->topic) == 0)
                 kafka_parts_add(&c->own, parts->elems[i].partition);
+        for (size_t i = 0; i < c->own.n; i++)
+            for (int k = 0; k < parts->cnt; k++)
+                if (c->own.v[i] == parts->elems[k].partition)
+                    c->own.since[i] = c->generation;
     } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         log_info("kafka_revoked", "client=%s topic=%s partitions=%s lost=%d",
                  rd_kafka_name(c->rk), c->topic, list, rd_kafka_assignment_lost(c->rk));
@@ -921,6 +932,7 @@ static void kafka_consumer_free(kafka_consumer_t *c)
     free(c->batch_ev);
     free(c->recs);
     free(c->own.v);
+    free(c->own.since);
     c->magic = 0;
     free(c);
 }
@@ -1109,6 +1121,22 @@ int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition)
 {
     CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
     return kafka_parts_has(&c->own, partition);
+}
+
+int kafka_consumer_setting(const kafka_consumer_t *c, const char *name, char *buf, size_t len)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    size_t n = len;
+    return rd_kafka_conf_get(rd_kafka_conf(c->rk), name, buf, &n) == RD_KAFKA_CONF_OK ? 0 : ERR_NOT_FOUND;
+}
+
+unsigned kafka_consumer_owned_since(const kafka_consumer_t *c, int32_t partition)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    for (size_t i = 0; i < c->own.n; i++)
+        if (c->own.v[i] == partition)
+            return c->own.since[i];
+    return 0;
 }
 
 int kafka_consumer_healthy(const kafka_consumer_t *c)

@@ -108,6 +108,12 @@ void kafka_consumer_hold(kafka_consumer_t *c, int hold);
 int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset);
 /* 1 if partition is currently assigned to this consumer. */
 int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition);
+/* As kafka_producer_setting, for a consumer. */
+int kafka_consumer_setting(const kafka_consumer_t *c, const char *name, char *buf, size_t len);
+/* Group consumer: the generation at which partition was (last) assigned, 0
+ * when it is not owned. State proved for one ownership (a fence epoch)
+ * stays valid while this stays the same, whatever happens to the others. */
+unsigned kafka_consumer_owned_since(const kafka_consumer_t *c, int32_t partition);
 /* Changes whenever partitions are assigned or revoked: state derived from
  * owning a partition is valid only while it stays the same. */
 unsigned kafka_consumer_generation(const kafka_consumer_t *c);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uthash.h>
 
 #include "kafka/record.h"
@@ -31,14 +32,20 @@ struct cl_item {
     int skip;                     /* undecodable: logged, committed, dropped */
     int64_t known;                /* seq PostgreSQL has for this id, or -1 */
     int dup;                      /* ROUTES_DUP_* from the assign script */
+    char tag[32];                 /* "partition:offset": which record got a seq */
     int *gws;
     size_t n_gws;
 };
 
-/* A room of the batch and its max stored seq. */
+/* A room of the batch: its max stored seq and its messages, in batch
+ * (offset) order, sequenced in one routes_assign call. */
 struct cl_room {
     const char *name;             /* points into an item */
     int64_t floor;
+    struct cl_batch *b;
+    struct routes_assign_item *ai;
+    size_t *idx;                  /* ai[k] is items[idx[k]] */
+    size_t n, cap;
     UT_hash_handle hh;
 };
 
@@ -53,6 +60,15 @@ struct cl_floor {
     int64_t floor;
     UT_hash_handle hh;
     char room[];
+};
+
+/* This classifier's hold on a chat-send partition (migrations/002): the
+ * epoch it took in PostgreSQL, for the ownership that began at consumer
+ * generation `since`. epoch 0: not taken (or refused: taken by another). */
+struct cl_fence {
+    int64_t epoch;
+    unsigned since;
+    uint64_t refused_ms;          /* when a store was refused: wait before retaking */
 };
 
 /* One batch of records and where it is in the pipeline. */
@@ -86,9 +102,14 @@ struct classifier {
     struct cl_batch *cur, *out;
     struct cl_floor *floors;
     size_t n_floors;
+    struct cl_fence *fences;      /* by partition */
+    size_t n_fences;
+    char owner[128];              /* host:pid, written with each epoch taken */
+    unsigned fence_wait_ms;       /* after a refusal: session.timeout.ms + margin */
     unsigned floors_gen;          /* consumer generation the floors belong to */
     struct {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
+        metric_t *collisions, *fenced, *lost;
         metric_t *batch_seconds, *sequence_seconds;
     } m;
 };
@@ -148,13 +169,20 @@ static void cl_floor_raise(struct cl_batch *b, const char *room, int64_t seq)
     }
 }
 
-static void cl_batch_free(struct cl_batch *b)
+static void cl_rooms_clear(struct cl_batch *b)
 {
     struct cl_room *r, *tmp;
     HASH_ITER(hh, b->rooms, r, tmp) {
         HASH_DEL(b->rooms, r);
+        free(r->ai);
+        free(r->idx);
         free(r);
     }
+}
+
+static void cl_batch_free(struct cl_batch *b)
+{
+    cl_rooms_clear(b);
     for (size_t i = 0; i < b->n_items; i++) {
         record_decoded_free(b->items[i].owner);
         free(b->items[i].val);
@@ -292,23 +320,112 @@ static void cl_stored(struct cl_batch *b)
         cl_advance(b->c);
 }
 
+/* A message given a seq that another message holds in PostgreSQL (a Redis
+ * counter behind the store: a restart, a zombie's stale floor). Nothing of
+ * the batch was stored. The floors are re-read from PostgreSQL and the
+ * retry gives every unstored id whose seq is <= the floor a new seq
+ * (store/routes.h), so the message is stored once, under one seq. */
+static void cl_on_collision(struct cl_batch *b, const char *kind, const char *detail)
+{
+    classifier_t *c = b->c;
+    metric_inc(c->m.collisions);
+    log_error("seq_collision", "kind=%s records=%zu detail=%s", kind, b->n_items,
+              detail ? log_q(detail, strlen(detail)) : "-");
+    cl_floors_clear(c);
+    c->floors_gen = 0;
+    cl_fail(b, "store_collision", ERR_INTERNAL);
+}
+
+/* The store was refused: another classifier took the epoch of one of the
+ * batch's partitions. Nothing was stored; the retry drops what this
+ * classifier no longer owns and, after the wait, retakes what it still owns
+ * (it lost nothing if the other was the zombie). */
+static void cl_on_fenced(struct cl_batch *b, const char *held)
+{
+    classifier_t *c = b->c;
+    uint64_t now = cl_now_ms();
+    char parts[256] = "";
+    size_t o = 0;
+    for (size_t i = 0; i < b->n_items; i++) {
+        int32_t p = b->items[i].partition;
+        if (b->items[i].skip || b->items[i].type != REC_MSG || (size_t)p >= c->n_fences ||
+            c->fences[p].refused_ms == now)
+            continue;
+        char tok[16];
+        snprintf(tok, sizeof tok, ",%d,", p);
+        char list[272];
+        snprintf(list, sizeof list, ",%.*s,", (int)(strlen(held) > 2 ? strlen(held) - 2 : 0), held + 1);
+        if (strstr(list, tok))
+            continue; /* still held */
+        c->fences[p].epoch = 0;
+        c->fences[p].refused_ms = now;
+        if (o + 16 < sizeof parts)
+            o += (size_t)snprintf(parts + o, sizeof parts - o, "%s%d", o ? "," : "", p);
+    }
+    metric_inc(c->m.fenced);
+    log_warn("classifier_fenced", "partitions=%s records=%zu wait_ms=%u", parts[0] ? parts : "-",
+             b->n_items, c->fence_wait_ms);
+    cl_fail(b, "fenced", ERR_UNAVAILABLE);
+}
+
 static void cl_on_stored(int err, PGresult *res, void *ud)
 {
     struct cl_batch *b = ud;
     classifier_t *c = b->c;
-    (void)res;
     if (c->closing)
         return;
-    if (err) {
-        cl_fail(b, "store", err);
+    const char *state = err && res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state && strcmp(state, "23505") == 0) {
+        cl_on_collision(b, PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME),
+                        PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL));
         return;
     }
+    if (err || PQntuples(res) != 1) {
+        cl_fail(b, "store", err ? err : ERR_INTERNAL);
+        return;
+    }
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
+        cl_on_fenced(b, PQgetvalue(res, 0, 2));
+        return;
+    }
+    /* Rows not inserted must be the ids PostgreSQL had at these very seqs
+     * (known): anything else is an id stored under another seq meanwhile. */
+    long inserted = strtol(PQgetvalue(res, 0, 1), NULL, 10), expected = 0;
     for (size_t i = 0; i < b->n_items; i++) {
         const struct cl_item *it = &b->items[i];
-        if (!it->skip && it->type == REC_MSG && it->dup != ROUTES_DUP_OTHER)
+        if (!it->skip && it->type == REC_MSG && it->dup != ROUTES_DUP_OTHER) {
+            expected += it->known < 0;
             cl_floor_raise(b, it->room, it->msg.seq);
+        }
+    }
+    if (inserted != expected) {
+        char d[64];
+        snprintf(d, sizeof d, "inserted %ld of %ld new", inserted, expected);
+        cl_on_collision(b, "messages_room_id", d);
+        return;
     }
     cl_stored(b);
+}
+
+/* The (partition, epoch) pairs of the batch's messages, as array literals. */
+static void cl_fence_arrays(struct cl_batch *b, char **parts, char **epochs)
+{
+    classifier_t *c = b->c;
+    struct jbuf jp, je;
+    jbuf_init(&jp, 64);
+    jbuf_init(&je, 64);
+    int32_t last = -1;
+    for (size_t i = 0; i < b->n_items; i++) {
+        const struct cl_item *it = &b->items[i];
+        if (it->skip || it->type != REC_MSG || it->partition == last)
+            continue;
+        /* A batch holds each partition's records in one run. */
+        last = it->partition;
+        db_array_int(&jp, it->partition);
+        db_array_int(&je, (size_t)it->partition < c->n_fences ? c->fences[it->partition].epoch : 0);
+    }
+    *parts = db_array_end(&jp);
+    *epochs = db_array_end(&je);
 }
 
 static void cl_store(struct cl_batch *b)
@@ -325,10 +442,18 @@ static void cl_store(struct cl_batch *b)
         fresh += it->dup == 0;
     }
     metric_add(c->m.sequenced, (double)fresh);
-    if (n == 0)
+    if (n == 0) {
         cl_stored(b);
-    else
-        db_store_msgs(c->pg, msgs, n, cl_on_stored, b);
+    } else {
+        struct db_fence f = { .topic = c->conf->topic_send };
+        char *parts, *epochs;
+        cl_fence_arrays(b, &parts, &epochs);
+        f.parts = parts;
+        f.epochs = epochs;
+        db_store_msgs(c->pg, &f, msgs, n, cl_on_stored, b);
+        free(parts);
+        free(epochs);
+    }
     free(msgs);
 }
 
@@ -359,56 +484,89 @@ static void cl_route_done(struct cl_batch *b)
         cl_store(b);
 }
 
-static void cl_on_assigned(int err, int64_t seq, int dup, const int *gws, size_t n, void *ud)
+static void cl_item_gws(struct cl_item *it, const int *gws, size_t n)
 {
-    struct cl_ref *ref = ud;
-    struct cl_batch *b = ref->b;
+    free(it->gws);
+    it->gws = malloc((n ? n : 1) * sizeof *gws);
+    CHATD_ASSERT(it->gws != NULL);
+    memcpy(it->gws, gws, n * sizeof *gws);
+    it->n_gws = n;
+}
+
+static void cl_on_assigned(int err, const int *gws, size_t n, void *ud)
+{
+    struct cl_room *r = ud;
+    struct cl_batch *b = r->b;
     classifier_t *c = b->c;
-    struct cl_item *it = &b->items[ref->i];
-    free(ref);
-    if (err) {
+    if (err)
         b->err = err;
-    } else {
-        it->msg.seq = seq;
-        it->dup = dup;
-        if (dup == ROUTES_DUP_OTHER)
+    for (size_t k = 0; !err && k < r->n; k++) {
+        struct cl_item *it = &b->items[r->idx[k]];
+        it->msg.seq = r->ai[k].seq;
+        it->dup = r->ai[k].dup;
+        if (it->dup == ROUTES_DUP_OTHER)
             metric_inc(c->m.dups);
-        free(it->gws);
-        it->gws = malloc((n ? n : 1) * sizeof *gws);
-        CHATD_ASSERT(it->gws != NULL);
-        memcpy(it->gws, gws, n * sizeof *gws);
-        it->n_gws = n;
+        cl_item_gws(it, gws, n);
     }
     cl_route_done(b);
 }
 
 static void cl_on_dests(int err, const int *gws, size_t n, void *ud)
 {
-    cl_on_assigned(err, 0, 0, gws, n, ud);
+    struct cl_ref *ref = ud;
+    struct cl_batch *b = ref->b;
+    if (err)
+        b->err = err;
+    else
+        cl_item_gws(&b->items[ref->i], gws, n);
+    free(ref);
+    cl_route_done(b);
 }
 
+static void cl_room_add(struct cl_room *r, struct cl_item *it, size_t i)
+{
+    if (r->n == r->cap) {
+        r->cap = r->cap ? 2 * r->cap : 8;
+        r->ai = realloc(r->ai, r->cap * sizeof *r->ai);
+        r->idx = realloc(r->idx, r->cap * sizeof *r->idx);
+        CHATD_ASSERT(r->ai && r->idx);
+    }
+    snprintf(it->tag, sizeof it->tag, "%d:%" PRId64, it->partition, it->offset);
+    r->ai[r->n] = (struct routes_assign_item){
+        .msg_id = it->msg.id, .known = it->known, .tag = it->tag,
+    };
+    r->idx[r->n++] = i;
+}
+
+/* One assign call per room (its messages in offset order), one dests call
+ * per member event. */
 static void cl_route(struct cl_batch *b)
 {
     classifier_t *c = b->c;
     b->err = 0;
     b->pending = 1;
+    struct cl_room *r, *tmp;
+    HASH_ITER(hh, b->rooms, r, tmp)
+        r->n = 0;
     for (size_t i = 0; i < b->n_items; i++) {
         struct cl_item *it = &b->items[i];
         if (it->skip)
             continue;
-        b->pending++;
         if (it->type != REC_MSG) {
+            b->pending++;
             routes_dests(c->routes, it->room, it->user[0] ? it->user : NULL, cl_on_dests,
                          cl_ref_new(b, i));
             continue;
         }
-        struct cl_room *r;
-        char tag[40];
         HASH_FIND_STR(b->rooms, it->room, r);
         CHATD_ASSERT(r != NULL);
-        snprintf(tag, sizeof tag, "%d:%" PRId64, it->partition, it->offset);
-        routes_assign(c->routes, it->room, it->msg.id, r->floor, it->known, tag, cl_on_assigned,
-                      cl_ref_new(b, i));
+        cl_room_add(r, it, i);
+    }
+    HASH_ITER(hh, b->rooms, r, tmp) {
+        if (r->n == 0)
+            continue;
+        b->pending++;
+        routes_assign(c->routes, r->name, r->floor, r->ai, r->n, cl_on_assigned, r);
     }
     cl_route_done(b);
 }
@@ -474,6 +632,7 @@ static void cl_lookup(struct cl_batch *b)
             r = calloc(1, sizeof *r);
             CHATD_ASSERT(r != NULL);
             r->name = it->room;
+            r->b = b;
             HASH_ADD_KEYPTR(hh, b->rooms, r->name, strlen(r->name), r);
             r->floor = cl_floor_get(b, it->room);
             if (r->floor < 0) {
@@ -502,6 +661,112 @@ static void cl_lookup(struct cl_batch *b)
     cl_lookup_done(b);
 }
 
+/* ---- 0. ownership ---- */
+
+/* Records of partitions this classifier no longer owns are dropped (the
+ * owner re-consumes them: they are never committed here), at every step
+ * that could write. */
+static void cl_drop_lost(struct cl_batch *b)
+{
+    classifier_t *c = b->c;
+    size_t lost = 0;
+    for (size_t i = 0; i < b->n_items; i++) {
+        struct cl_item *it = &b->items[i];
+        if (!it->skip && !kafka_consumer_owns(c->consumer, it->partition)) {
+            it->skip = 1;
+            lost++;
+        }
+    }
+    if (lost) {
+        metric_add(c->m.lost, (double)lost);
+        log_info("batch_records_dropped", "records=%zu of=%zu reason=partition_not_owned", lost,
+                 b->n_items);
+    }
+}
+
+static struct cl_fence *cl_fence_of(classifier_t *c, int32_t p)
+{
+    if ((size_t)p >= c->n_fences) {
+        size_t n = (size_t)p + 1;
+        struct cl_fence *f = realloc(c->fences, n * sizeof *f);
+        CHATD_ASSERT(f != NULL);
+        memset(f + c->n_fences, 0, (n - c->n_fences) * sizeof *f);
+        c->fences = f;
+        c->n_fences = n;
+    }
+    return &c->fences[p];
+}
+
+static void cl_on_fence_taken(int err, PGresult *res, void *ud)
+{
+    struct cl_batch *b = ud;
+    classifier_t *c = b->c;
+    if (c->closing)
+        return;
+    if (err) {
+        cl_fail(b, "fence", err);
+        return;
+    }
+    char list[256] = "";
+    size_t o = 0;
+    for (int i = 0; i < PQntuples(res); i++) {
+        int32_t p = (int32_t)strtol(PQgetvalue(res, i, 0), NULL, 10);
+        struct cl_fence *f = cl_fence_of(c, p);
+        f->epoch = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+        f->since = kafka_consumer_owned_since(c->consumer, p);
+        if (o + 40 < sizeof list)
+            o += (size_t)snprintf(list + o, sizeof list - o, "%s%d@%" PRId64, o ? "," : "", p,
+                                  f->epoch);
+    }
+    log_info("partition_fence_taken", "partitions=%s owner=%s", list, c->owner);
+    cl_rooms_clear(b);
+    cl_lookup(b);
+}
+
+/* Takes the epoch of every partition of the batch this classifier does not
+ * hold yet for its current ownership; 1 if the batch must wait (a take in
+ * flight, or a refusal too recent to retake). */
+static int cl_fence_need(struct cl_batch *b)
+{
+    classifier_t *c = b->c;
+    struct jbuf jp;
+    jbuf_init(&jp, 64);
+    uint64_t now = cl_now_ms(), wait = 0;
+    int32_t *seen = calloc(b->n_items, sizeof *seen);
+    size_t n_seen = 0;
+    CHATD_ASSERT(seen != NULL);
+    for (size_t i = 0; i < b->n_items; i++) {
+        const struct cl_item *it = &b->items[i];
+        size_t k = 0;
+        while (k < n_seen && seen[k] != it->partition)
+            k++;
+        if (it->skip || it->type != REC_MSG || k < n_seen)
+            continue; /* each partition once: a take may not update a row twice */
+        seen[n_seen++] = it->partition;
+        struct cl_fence *f = cl_fence_of(c, it->partition);
+        unsigned since = kafka_consumer_owned_since(c->consumer, it->partition);
+        if (f->epoch && f->since == since)
+            continue;
+        if (f->refused_ms && now < f->refused_ms + c->fence_wait_ms && f->since == since) {
+            uint64_t w = f->refused_ms + c->fence_wait_ms - now;
+            wait = w > wait ? w : wait;
+            continue;
+        }
+        f->refused_ms = 0;
+        db_array_int(&jp, it->partition);
+    }
+    free(seen);
+    char *parts = db_array_end(&jp);
+    int take = strcmp(parts, "{}") != 0;
+    if (wait) {
+        uv_timer_start(&b->retry, cl_on_retry, wait, 0);
+    } else if (take) {
+        db_fence_take(c->pg, c->conf->topic_send, c->owner, parts, cl_on_fence_taken, b);
+    }
+    free(parts);
+    return wait || take;
+}
+
 static void cl_run(struct cl_batch *b)
 {
     classifier_t *c = b->c;
@@ -511,11 +776,10 @@ static void cl_run(struct cl_batch *b)
         uv_timer_start(&b->retry, cl_on_retry, 200, 0);
         return;
     }
-    struct cl_room *r, *tmp;
-    HASH_ITER(hh, b->rooms, r, tmp) {
-        HASH_DEL(b->rooms, r);
-        free(r);
-    }
+    cl_drop_lost(b);
+    if (cl_fence_need(b))
+        return;
+    cl_rooms_clear(b);
     cl_lookup(b);
 }
 
@@ -598,6 +862,9 @@ static void cl_metrics_init(classifier_t *c)
     c->m.deliveries = metrics_counter("chatd_classifier_deliveries_total", "chat-receive records produced for messages", NULL);
     c->m.retries = metrics_counter("chatd_classifier_retries_total", "batch retries after a backend error", NULL);
     c->m.skipped = metrics_counter("chatd_classifier_records_skipped_total", "records of an unknown version or undecodable", NULL);
+    c->m.collisions = metrics_counter("chatd_classifier_seq_collisions_total", "stores refused because a seq or id was held by another message (then resequenced)", NULL);
+    c->m.fenced = metrics_counter("chatd_classifier_fenced_total", "stores refused because another classifier took a partition's epoch", NULL);
+    c->m.lost = metrics_counter("chatd_classifier_records_dropped_total", "records dropped because their partition was no longer owned", NULL);
     c->m.batch_seconds = metrics_histogram("chatd_classifier_batch_seconds", "time to process one batch", NULL);
     c->m.sequence_seconds = metrics_histogram("chatd_sequence_latency_seconds", "gateway receive to classifier produce", NULL);
 }
@@ -626,6 +893,14 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
         free(c);
         return rc;
     }
+    char host[64] = "?", v[32];
+    gethostname(host, sizeof host - 1);
+    snprintf(c->owner, sizeof c->owner, "%s:%d", host, (int)getpid());
+    /* A zombie learns it lost its partitions within a session timeout: after
+     * a refusal, retake only once that much has passed. */
+    c->fence_wait_ms = 6000;
+    if (kafka_consumer_setting(c->consumer, "session.timeout.ms", v, sizeof v) == 0)
+        c->fence_wait_ms = (unsigned)strtoul(v, NULL, 10) + 1000;
     for (int i = 0; i < 2; i++) {
         c->slot[i].c = c;
         uv_timer_init(d->loop, &c->slot[i].retry);
@@ -672,5 +947,6 @@ void classifier_free(classifier_t *c)
     cl_batch_free(&c->slot[0]);
     cl_batch_free(&c->slot[1]);
     cl_floors_clear(c);
+    free(c->fences);
     free(c);
 }

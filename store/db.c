@@ -150,18 +150,40 @@ char *db_array_end(struct jbuf *b)
     return s;
 }
 
+void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const char *parts,
+                   pg_result_cb cb, void *ud)
+{
+    const char *p[] = { topic, owner, parts };
+    static struct pg_stmt st = {
+        "INSERT INTO partition_owners (topic, partition, epoch, owner) "
+        "SELECT $1, p, 1, $2 FROM unnest($3::int[]) AS p "
+        "ON CONFLICT (topic, partition) DO UPDATE SET epoch = partition_owners.epoch + 1, "
+        "owner = EXCLUDED.owner, taken_at = now() RETURNING partition, epoch",
+    };
+    pg_query_stmt(pg, &st, 3, p, cb, ud);
+}
+
 #define DB_MSG_COLS 7
 
-void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,
-                   void *ud)
+void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
+                   size_t n, pg_result_cb cb, void *ud)
 {
     /* One statement per batch, whatever its size: the columns travel as
      * arrays, so the statement is prepared once instead of a VALUES list
-     * parsed and planned per batch. */
+     * parsed and planned per batch. The fence rows are share-locked: a
+     * take (an UPDATE) waits for this statement, or this statement sees the
+     * new epoch and stores nothing. The conflict target is (room, id) only,
+     * so a (room, seq) held by another message is an error, never a skip. */
     static struct pg_stmt st = {
-        "INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
-        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
-        "$6::text[], $7::bigint[]) ON CONFLICT DO NOTHING",
+        "WITH f AS (SELECT o.partition FROM partition_owners o "
+        "JOIN unnest($8::int[], $9::bigint[]) AS x(p, e) ON o.partition = x.p AND o.epoch = x.e "
+        "WHERE o.topic = $10 FOR SHARE OF o), "
+        "ok AS (SELECT count(*) = cardinality($8::int[]) AS held FROM f), "
+        "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
+        "SELECT u.* FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::bigint[]) AS u, ok WHERE ok.held "
+        "ON CONFLICT (room, id) DO NOTHING RETURNING 1) "
+        "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), ARRAY(SELECT partition FROM f)",
     };
     struct jbuf col[DB_MSG_COLS];
     for (int k = 0; k < DB_MSG_COLS; k++)
@@ -176,13 +198,16 @@ void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n
         db_array_add(&col[5], m->text);
         db_array_int(&col[6], m->ts);
     }
-    char *p[DB_MSG_COLS];
+    const char *p[DB_MSG_COLS + 3];
     for (int k = 0; k < DB_MSG_COLS; k++)
         p[k] = db_array_end(&col[k]);
+    p[DB_MSG_COLS] = f->parts;
+    p[DB_MSG_COLS + 1] = f->epochs;
+    p[DB_MSG_COLS + 2] = f->topic;
     /* pg_query_stmt copies what it sends before returning (libpq buffers it). */
-    pg_query_stmt(pg, &st, DB_MSG_COLS, (const char *const *)p, cb, ud);
+    pg_query_stmt(pg, &st, DB_MSG_COLS + 3, p, cb, ud);
     for (int k = 0; k < DB_MSG_COLS; k++)
-        free(p[k]);
+        free((char *)p[k]);
 }
 
 void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n)

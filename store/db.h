@@ -40,10 +40,24 @@ void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
  * for the pairs already stored. */
 void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud);
 void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud);
-/* Stores sequenced messages (room NUL-terminated), one statement; rows that
- * exist already (same (room,seq), id or cid) are skipped. */
-void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n, pg_result_cb cb,
-                   void *ud);
+/* Takes the next fencing epoch of each partition (an array literal of ints)
+ * of topic for owner: rows (partition, epoch). See migrations/002. */
+void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const char *parts,
+                   pg_result_cb cb, void *ud);
+/* A batch's fences: the partitions its messages come from and the epochs
+ * this classifier holds for them (array literals, pairwise). */
+struct db_fence {
+    const char *topic;
+    const char *parts;
+    const char *epochs;
+};
+/* Stores sequenced messages (room NUL-terminated) in one statement, only
+ * if every fence still holds (else nothing). A row whose (room, id) exists
+ * is skipped (a re-consumed record); a (room, seq) held by another id fails
+ * the whole statement with SQLSTATE 23505 (a seq collision: nothing is
+ * stored). One row: (held, inserted, held partitions as an array). */
+void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
+                   size_t n, pg_result_cb cb, void *ud);
 
 /* PostgreSQL array literals for array parameters: add elements to an empty
  * jbuf (a text element is quoted and escaped, NULL is SQL NULL), then

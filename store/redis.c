@@ -74,6 +74,7 @@ struct redis_client {
     enum redis_state state;
     struct redis_url url;         /* host, port, db, AUTH credentials */
     int setup;                    /* REDIS_SETUP_*: where the connection's setup is */
+    size_t setup_script;          /* REDIS_SETUP_SCRIPTS: next script to load */
     unsigned timeout_ms;
     redis_connect_cb on_connect;
     void *user;
@@ -437,9 +438,19 @@ static void redis_become_up(redis_client_t *r)
     redis_defer_kick(r);
 }
 
+/* Every script of the process, loaded on each new connection before it
+ * counts as up: a restarted or failed-over Redis starts with an empty script
+ * cache, and an EVALSHA answered NOSCRIPT is resent as EVAL after the
+ * commands pipelined behind it have run, i.e. out of order. Callers that
+ * need order across a flush (SCRIPT FLUSH on a live connection) keep
+ * ordered work inside one script call (store/routes.h). */
+#define REDIS_SCRIPTS_MAX 16
+static const struct redis_script *redis_scripts[REDIS_SCRIPTS_MAX];
+static size_t redis_n_scripts;
+
 /* A new connection is set up before callers may use it: AUTH when the URL
- * has a password, SELECT when db != 0. */
-enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_DONE };
+ * has a password, SELECT when db != 0, then SCRIPT LOAD of every script. */
+enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_SCRIPTS, REDIS_SETUP_DONE };
 
 static void redis_on_setup(int err, redisReply *reply, void *user);
 
@@ -452,6 +463,8 @@ static void redis_setup_next(redis_client_t *r)
     if (r->setup == REDIS_SETUP_AUTH && !r->url.password[0])
         r->setup = REDIS_SETUP_SELECT;
     if (r->setup == REDIS_SETUP_SELECT && r->url.db == 0)
+        r->setup = REDIS_SETUP_SCRIPTS;
+    if (r->setup == REDIS_SETUP_SCRIPTS && r->setup_script >= redis_n_scripts)
         r->setup = REDIS_SETUP_DONE;
     if (r->setup == REDIS_SETUP_DONE) {
         redis_become_up(r);
@@ -462,6 +475,10 @@ static void redis_setup_next(redis_client_t *r)
         if (r->url.user[0])
             argv[argc++] = r->url.user;
         argv[argc++] = r->url.password;
+    } else if (r->setup == REDIS_SETUP_SCRIPTS) {
+        argv[argc++] = "SCRIPT";
+        argv[argc++] = "LOAD";
+        argv[argc++] = redis_scripts[r->setup_script]->src;
     } else {
         snprintf(dbs, sizeof dbs, "%d", r->url.db);
         argv[argc++] = "SELECT";
@@ -479,9 +496,16 @@ static void redis_on_setup(int err, redisReply *reply, void *user)
     redis_client_t *r = user;
     if (err == ERR_CANCELLED)
         return;
-    if (err != 0 || !reply || reply->type == REDIS_REPLY_ERROR) {
+    if (r->setup == REDIS_SETUP_SCRIPTS && err == 0 && reply && reply->type == REDIS_REPLY_ERROR) {
+        /* Not fatal: EVALSHA falls back to EVAL (e.g. an ACL without SCRIPT). */
+        log_warn("redis_script_load_failed", "host=%s port=%d err=%s", r->url.host, r->url.port,
+                 log_q(reply->str, reply->len));
+        reply = NULL;
+    } else if (err != 0 || !reply || reply->type == REDIS_REPLY_ERROR) {
         /* The reply (e.g. WRONGPASS) names the problem, never the password. */
-        log_error(r->setup == REDIS_SETUP_AUTH ? "redis_auth_failed" : "redis_select_failed",
+        log_error(r->setup == REDIS_SETUP_AUTH     ? "redis_auth_failed"
+                  : r->setup == REDIS_SETUP_SELECT ? "redis_select_failed"
+                                                   : "redis_script_load_failed",
                   "host=%s port=%d db=%d user=%s err=%s", r->url.host, r->url.port, r->url.db,
                   r->url.user[0] ? log_q(r->url.user, strlen(r->url.user)) : "default",
                   reply && reply->str ? log_q(reply->str, reply->len) : err_code(err));
@@ -491,7 +515,10 @@ static void redis_on_setup(int err, redisReply *reply, void *user)
     }
     if (r->state != REDIS_ST_CONNECTING)
         return;
-    r->setup++;
+    if (r->setup == REDIS_SETUP_SCRIPTS)
+        r->setup_script++;
+    else
+        r->setup++;
     redis_setup_next(r);
 }
 
@@ -510,6 +537,7 @@ static void redis_on_connected(const redisAsyncContext *ac, int status)
         return;
     }
     r->setup = REDIS_SETUP_AUTH;
+    r->setup_script = 0;
     redis_setup_next(r);
 }
 
@@ -791,6 +819,11 @@ void redis_script_init(struct redis_script *s, const char *src)
         s->sha[2 * i + 1] = hex[md[i] & 15];
     }
     s->sha[40] = '\0';
+    for (size_t i = 0; i < redis_n_scripts; i++)
+        if (redis_scripts[i] == s)
+            return;
+    CHATD_ASSERT(redis_n_scripts < REDIS_SCRIPTS_MAX);
+    redis_scripts[redis_n_scripts++] = s;
 }
 
 /* s->src is referenced, not copied, until the retry is sent: scripts are

@@ -24,25 +24,50 @@ struct routes {
     struct redis_script assign, join, seed;
 };
 
-/* Assign a seq unless this message id already has one; then read routes.
- * KEYS: seq, id, gw. ARGV: ttl, floor, known seq or '', tag.
- * The id check comes first, so a re-consumed record or a resent cid keeps
- * its seq; the floor keeps a lost or stale seq key from reusing a stored seq. */
+/* Assigns seqs to a room's messages of one batch, in order, in one call:
+ * a call is atomic, so no other connection's commands (and no NOSCRIPT
+ * retry) can slip between two messages of a room.
+ * KEYS: seq, gw, then one id key per message. ARGV: ttl, floor, then per
+ * message its known seq (or '') and its tag.
+ * For each message, in order:
+ *   - PostgreSQL's seq for the id (known) wins over the id key;
+ *   - else the id key's seq, unless it is <= floor (the room's max stored
+ *     seq): the id is not stored, so that seq is held by another message (a
+ *     collision repaired, or a counter reset behind PostgreSQL): reassign;
+ *   - else INCR, after raising the counter to the floor.
+ * dup: 0 new, 2 the id key is this record's (deliver), 1 another's. */
 static const char routes_assign_lua[] =
-    "local s = redis.call('GET', KEYS[2])\n"
-    "if not s and ARGV[3] ~= '' then\n"
-    "  s = ARGV[3] .. '|pg'\n"
-    "  redis.call('SET', KEYS[2], s, 'EX', tonumber(ARGV[1]))\n"
-    "end\n"
-    "if s then\n"
-    "  local seq, tag = string.match(s, '^(%d+)|?(.*)$')\n"
-    "  return {tonumber(seq), tag == ARGV[4] and 2 or 1, redis.call('HGETALL', KEYS[3])}\n"
-    "end\n"
+    "local ttl, floor = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
-    "if cur < tonumber(ARGV[2]) then redis.call('SET', KEYS[1], ARGV[2]) end\n"
-    "local n = redis.call('INCR', KEYS[1])\n"
-    "redis.call('SET', KEYS[2], n .. '|' .. ARGV[4], 'EX', tonumber(ARGV[1]))\n"
-    "return {n, 0, redis.call('HGETALL', KEYS[3])}\n";
+    "if cur < floor then redis.call('SET', KEYS[1], floor) end\n"
+    "local out = {redis.call('HGETALL', KEYS[2])}\n"
+    "for i = 3, #KEYS do\n"
+    "  local known, tag = ARGV[2 * i - 3], ARGV[2 * i - 2]\n"
+    "  local seq, t\n"
+    "  local s = redis.call('GET', KEYS[i])\n"
+    "  if s then\n"
+    "    local a, b = string.match(s, '^(%d+)|?(.*)$')\n"
+    "    seq, t = tonumber(a), b\n"
+    "  end\n"
+    "  if known ~= '' then\n"
+    "    if seq ~= tonumber(known) then\n"
+    "      seq, t = tonumber(known), 'pg'\n"
+    "      redis.call('SET', KEYS[i], known .. '|pg', 'EX', ttl)\n"
+    "    end\n"
+    "  elseif seq and seq <= floor then\n"
+    "    seq = nil\n"
+    "  end\n"
+    "  if seq then\n"
+    "    out[#out + 1] = seq\n"
+    "    out[#out + 1] = (t == tag) and 2 or 1\n"
+    "  else\n"
+    "    local n = redis.call('INCR', KEYS[1])\n"
+    "    redis.call('SET', KEYS[i], n .. '|' .. tag, 'EX', ttl)\n"
+    "    out[#out + 1] = n\n"
+    "    out[#out + 1] = 0\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
 
 /* Register the route, then read the head: the order is the invariant. */
 static const char routes_join_lua[] =
@@ -72,6 +97,8 @@ struct routes_op {
     int err;
     size_t n_gws;
     int *gws;                         /* n_gw slots, for assign and dests */
+    struct routes_assign_item *items; /* assign: the caller's, filled in */
+    size_t n_items;
     char key[ROUTES_KEY_MAX];
 };
 
@@ -410,44 +437,74 @@ void routes_presence(routes_t *rt, const char *room, routes_presence_cb cb, void
 static void routes_on_assign(int err, redisReply *r, void *user)
 {
     struct routes_op *op = user;
-    size_t n = 0;
-    int64_t seq = 0;
-    int dup = 0;
-    if (err == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
-                     r->element[0]->type != REDIS_REPLY_INTEGER)) {
-        log_error("redis_script_failed", "script=assign err=%s",
+    struct routes_assign_item *items = op->items;
+    size_t n = 0, want = 1 + 2 * op->n_items;
+    if (err == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements != want)) {
+        log_error("redis_script_failed", "script=assign items=%zu err=%s", op->n_items,
                   r->type == REDIS_REPLY_ERROR ? log_q(r->str, r->len) : "unexpected reply");
         err = ERR_UNAVAILABLE;
     }
-    if (err == 0) {
-        seq = r->element[0]->integer;
-        dup = r->element[1]->type == REDIS_REPLY_INTEGER ? (int)r->element[1]->integer : 0;
-        n = routes_collect(op->rt, r->element[2], op->gws, 0, (size_t)op->rt->n_gw);
+    for (size_t i = 0; err == 0 && i < op->n_items; i++) {
+        const redisReply *s = r->element[1 + 2 * i], *d = r->element[2 + 2 * i];
+        if (s->type != REDIS_REPLY_INTEGER || d->type != REDIS_REPLY_INTEGER) {
+            log_error("redis_script_failed", "script=assign err=\"unexpected reply\"");
+            err = ERR_UNAVAILABLE;
+            break;
+        }
+        items[i].seq = s->integer;
+        items[i].dup = (int)d->integer;
     }
-    op->cb.assign(err, seq, dup, op->gws, n, op->user);
+    if (err == 0)
+        n = routes_collect(op->rt, r->element[0], op->gws, 0, (size_t)op->rt->n_gw);
+    op->cb.assign(err, op->gws, n, op->user);
     routes_op_free(op);
 }
 
-void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t floor,
-                   int64_t known, const char *tag, routes_assign_cb cb, void *user)
+void routes_assign(routes_t *rt, const char *room, int64_t floor, struct routes_assign_item *items,
+                   size_t n, routes_assign_cb cb, void *user)
 {
-    char k1[ROUTES_KEY_MAX], k2[ROUTES_KEY_MAX], k3[ROUTES_KEY_MAX], ttl[16], fl[24], kn[24] = "";
-    char idk[64];
-    routes_key(k1, "room", room, "seq");
-    snprintf(idk, sizeof idk, "id:%s", msg_id);
-    routes_key(k2, "room", room, idk);
-    routes_key(k3, "room", room, "gw");
-    snprintf(ttl, sizeof ttl, "%u", rt->dedup_ttl_s);
-    snprintf(fl, sizeof fl, "%" PRId64, floor);
-    if (known >= 0)
-        snprintf(kn, sizeof kn, "%" PRId64, known);
-    const char *argv[] = { k1, k2, k3, ttl, fl, kn, tag };
-    size_t lens[7];
-    for (int i = 0; i < 7; i++)
+    /* Keys and args, each in one block: seq, gw, ids; ttl, floor, pairs. */
+    size_t argc = 2 + n + 2 + 2 * n;
+    const char **argv = malloc(argc * sizeof *argv);
+    size_t *lens = malloc(argc * sizeof *lens);
+    char *keys = malloc((2 + n) * ROUTES_KEY_MAX);
+    char *nums = malloc((2 + n) * 24);
+    CHATD_ASSERT(argv && lens && keys && nums);
+    size_t a = 0;
+    routes_key(keys, "room", room, "seq");
+    routes_key(keys + ROUTES_KEY_MAX, "room", room, "gw");
+    argv[a++] = keys;
+    argv[a++] = keys + ROUTES_KEY_MAX;
+    for (size_t i = 0; i < n; i++) {
+        char idk[64], *k = keys + (2 + i) * ROUTES_KEY_MAX;
+        snprintf(idk, sizeof idk, "id:%s", items[i].msg_id);
+        routes_key(k, "room", room, idk);
+        argv[a++] = k;
+    }
+    snprintf(nums, 24, "%u", rt->dedup_ttl_s);
+    snprintf(nums + 24, 24, "%" PRId64, floor);
+    argv[a++] = nums;
+    argv[a++] = nums + 24;
+    for (size_t i = 0; i < n; i++) {
+        char *kn = nums + (2 + i) * 24;
+        kn[0] = 0;
+        if (items[i].known >= 0)
+            snprintf(kn, 24, "%" PRId64, items[i].known);
+        argv[a++] = kn;
+        argv[a++] = items[i].tag;
+    }
+    for (size_t i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
     struct routes_op *op = routes_op_new_gws(rt, user);
     op->cb.assign = cb;
-    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, 3, 7, argv, lens);
+    op->items = items;
+    op->n_items = n;
+    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, (int)(2 + n), (int)argc, argv,
+                     lens);
+    free(argv);
+    free(lens);
+    free(keys);
+    free(nums);
 }
 
 static void routes_on_dests(int err, redisReply *r, void *user)

@@ -41,12 +41,20 @@ typedef void (*routes_done_cb)(int err, void *user);
 typedef void (*routes_head_cb)(int err, int64_t head, void *user);
 /* dup: 0 a new seq; ROUTES_DUP_SAME the id already had a seq from this very
  * record (a retry or a re-consumption: deliver it); ROUTES_DUP_OTHER it had
- * one from another record or from PostgreSQL (a resent cid: do not deliver).
- * gws: live gateways with members of the room online (deduplicated). */
+ * one from another record or from PostgreSQL (a resent cid: do not deliver). */
 #define ROUTES_DUP_OTHER 1
 #define ROUTES_DUP_SAME 2
-typedef void (*routes_assign_cb)(int err, int64_t seq, int dup, const int *gws, size_t n_gws,
-                                 void *user);
+/* One message of a routes_assign call: the caller fills the inputs and keeps
+ * the array alive until the callback, which finds seq and dup filled in. */
+struct routes_assign_item {
+    const char *msg_id;
+    int64_t known;                /* the id's seq in PostgreSQL, or -1 */
+    const char *tag;              /* the record: "partition:offset" */
+    int64_t seq;                  /* out */
+    int dup;                      /* out: 0 or ROUTES_DUP_* */
+};
+/* gws: live gateways with members of the room online (deduplicated). */
+typedef void (*routes_assign_cb)(int err, const int *gws, size_t n_gws, void *user);
 typedef void (*routes_dests_cb)(int err, const int *gws, size_t n_gws, void *user);
 typedef void (*routes_presence_cb)(int err, char **users, size_t n_users, void *user);
 
@@ -82,10 +90,13 @@ void routes_user_drop(routes_t *rt, const char *user, int gw);
 void routes_presence(routes_t *rt, const char *room, routes_presence_cb cb, void *user);
 
 /* ---- classifier side ---- */
-/* floor: the room's max stored seq; known: the id's stored seq or -1;
- * tag: identifies the record ("partition:offset"). */
-void routes_assign(routes_t *rt, const char *room, const char *msg_id, int64_t floor,
-                   int64_t known, const char *tag, routes_assign_cb cb, void *user);
+/* Seqs for n messages of one room, in the order given, in one atomic script
+ * run (so a sender's order survives anything other connections do, a
+ * NOSCRIPT retry included). floor: the room's max stored seq (PostgreSQL);
+ * an unstored id whose seq is <= floor is given a new one (that seq is
+ * another message's). */
+void routes_assign(routes_t *rt, const char *room, int64_t floor, struct routes_assign_item *items,
+                   size_t n, routes_assign_cb cb, void *user);
 /* Live gateways of the room, plus those of `member` (may be NULL). */
 void routes_dests(routes_t *rt, const char *room, const char *member, routes_dests_cb cb,
                   void *user);

@@ -63,6 +63,41 @@ def _kafka_log(run, mid):
         return f"<{type(e).__name__}>"
 
 
+def bulk_problems(rows, ids, maybe=()):
+    """Records produced straight into chat-send (Cluster.produce_send), as
+    rows (room, seq, id, user, body) of their rooms: seqs dense per room,
+    every id once (ids in `maybe` may be missing: their produce failed), and
+    each sender's texts ("USER N") in seq order."""
+    problems = []
+    by_room = defaultdict(list)
+    seen = Counter(mid for _, _, mid, _, _ in rows)
+    for room, seq, mid, user, body in rows:
+        by_room[room].append((seq, user, body))
+    maybe = set(maybe)
+    missing = [m for m in ids if not seen.get(m) and m not in maybe]
+    if missing:
+        problems.append(f"lost: {len(missing)} of {len(ids)} records not stored, e.g. {missing[:3]}")
+    twice = [m for m, k in seen.items() if k > 1]
+    if twice:
+        problems.append(f"duplicated: {len(twice)} ids stored twice")
+    inversions = 0
+    for room, lst in by_room.items():
+        lst.sort()
+        seqs = [s for s, _, _ in lst]
+        if seqs != list(range(1, len(seqs) + 1)):
+            holes = sorted(set(range(1, max(seqs) + 1)) - set(seqs))
+            problems.append(f"not_dense: room {room} missing {holes[:5]} (max {max(seqs)})")
+        last = {}
+        for seq, user, body in lst:
+            i = int(body.split()[-1])
+            if user in last and i < last[user]:
+                inversions += 1
+            last[user] = max(i, last.get(user, -1))
+    if inversions:
+        problems.append(f"order: {inversions} per-sender order inversions")
+    return problems
+
+
 def check(run, extra_line="", rooms=None):
     """rooms: the rooms to check (default: every room of every client)."""
     res = Result(run.name)

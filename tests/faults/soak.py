@@ -1,10 +1,15 @@
 #!/usr/bin/python3
 """Soak with random faults: traffic from many clients while a schedule picks
-one of faults 1-5 at random every few seconds (gateway SIGKILL + restart,
+one of faults 1-6 at random every few seconds (gateway SIGKILL + restart,
 classifier SIGKILL + restart, Redis restarted empty, PostgreSQL down, Kafka
-broker down or failing requests), for --duration seconds; then the fault
-checker (checker.py). Bounded; prints the counts; exit 0 iff nothing was
-lost, duplicated or left inconsistent and no process misbehaved.
+broker down or failing requests, Redis's script cache flushed again and
+again), for --duration seconds; then the fault checker (checker.py).
+Besides the clients, bursts of records are produced straight into chat-send
+(thousands at a time, so classifier batches are larger than one Redis read)
+and checked for dense seqs, each sender's order and no loss. Seq collisions
+the classifiers detected and repaired are counted. Bounded; prints the
+counts; exit 0 iff nothing was lost, duplicated, reordered or left
+inconsistent and no process misbehaved.
 
     CHATD_BIN=build/chatd /usr/bin/python3 tests/faults/soak.py --duration 60
 """
@@ -91,7 +96,69 @@ async def fault_kafka(c, run, rnd):
     return f
 
 
-FAULTS = {1: fault_gateway, 2: fault_classifier, 3: fault_redis, 4: fault_pg, 5: fault_kafka}
+async def fault_script_flush(c, run, rnd):
+    f = run.fault("redis script cache flushed")
+    r = c.redis_client()
+    t_end = harness.now() + rnd.uniform(1, 4)
+    while harness.now() < t_end:
+        try:
+            await asyncio.to_thread(r.script_flush)
+        except Exception:  # noqa: BLE001 - Redis restarting: the fault goes on
+            pass
+        await asyncio.sleep(0.002)
+    run.restored(f)
+    return f
+
+
+FAULTS = {1: fault_gateway, 2: fault_classifier, 3: fault_redis, 4: fault_pg, 5: fault_kafka,
+          6: fault_script_flush}
+
+
+class Bulk:
+    """Bursts of records into chat-send (Cluster.produce_send): 4 senders in
+    each of `rooms` rooms, `per` records each per burst, every `every` s."""
+
+    def __init__(self, c, rooms=8, per=100, every=3.0):
+        self.c, self.per, self.every = c, per, every
+        self.rooms = [f"bulk-{harness.uid()[:8]}-{i}" for i in range(rooms)]
+        self.ids, self.maybe, self.n = [], [], 0
+        self.task = None
+
+    async def _loop(self):
+        while True:
+            msgs = [(room, f"b{k}", f"c{self.n + i}", f"b{k} {self.n + i}")
+                    for i in range(self.per) for room in self.rooms for k in range(4)]
+            self.n += self.per
+            try:
+                self.ids += await asyncio.to_thread(self.c.produce_send, msgs)
+            except Exception as e:  # noqa: BLE001 - broker down: these may be partly stored
+                log(f"bulk burst failed ({type(e).__name__}): its records may be missing")
+                self.maybe.append((len(self.ids), self.n))
+            await asyncio.sleep(self.every)
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._loop())
+        return self
+
+    async def stop(self):
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+    async def check(self, timeout=120):
+        deadline = harness.now() + timeout
+        rows = []
+        while harness.now() < deadline:
+            rows = await asyncio.to_thread(self.c.stored_rows, self.rooms)
+            if len({r[2] for r in rows} & set(self.ids)) >= len(self.ids):
+                break
+            await asyncio.sleep(1)
+        # a failed burst's ids were never returned: only its stored ones count
+        known = set(self.ids)
+        extra = [r[2] for r in rows if r[2] not in known]
+        return len(self.ids) + len(extra), checker.bulk_problems(rows, self.ids + extra)
 
 
 async def soak(c, args, rnd, faults):
@@ -101,6 +168,7 @@ async def soak(c, args, rnd, faults):
     log(f"{len(clients)} clients, {len(rooms)} rooms, {len(senders)} senders; "
         f"faults {sorted(faults)}")
     tr = harness.Traffic(senders, interval=args.interval).start()
+    bulk = Bulk(c).start() if args.bulk else None
     await run.warm_up()
     t_end = harness.now() + args.duration
     counts = {}
@@ -117,9 +185,19 @@ async def soak(c, args, rnd, faults):
         await asyncio.to_thread(c.wait_all_ready, 60)
     await asyncio.sleep(2)
     await tr.stop()
+    if bulk:
+        await bulk.stop()
     await run.converge(timeout=120, settle=90)
+    collisions = sum(c.log_count(n, "event=seq_collision") for n in ("classifier0", "classifier1"))
+    extra = f"seq collisions detected and repaired: {collisions}"
+    if bulk:
+        n_bulk, bulk_problems = await bulk.check()
+        extra += f" | bulk records: {n_bulk}"
     res = checker.check(run, extra_line="faults: " + ", ".join(
-        f"{k} x{v}" for k, v in sorted(counts.items())))
+        f"{k} x{v}" for k, v in sorted(counts.items())) + " | " + extra)
+    if bulk:
+        for p in bulk_problems:
+            res.problem("bulk", p)
     await run.close()
     return res
 
@@ -132,7 +210,9 @@ def main():
     ap.add_argument("--rooms", type=int, default=6)
     ap.add_argument("--senders", type=int, default=6)
     ap.add_argument("--interval", type=float, default=0.05, help="seconds between sends per sender")
-    ap.add_argument("--faults", default="1,2,3,4,5", help="which faults (1-5) to draw from")
+    ap.add_argument("--faults", default="1,2,3,4,5,6", help="which faults (1-6) to draw from")
+    ap.add_argument("--no-bulk", dest="bulk", action="store_false",
+                    help="no bursts of records straight into chat-send")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
@@ -151,7 +231,8 @@ def main():
     problems = []
     try:
         pg = harness.Postgres(work)
-        c = harness.Cluster(work, pg, "soak", broker_args=["--fault-injection"] if fi else [])
+        c = harness.Cluster(work, pg, "soak", broker_args=["--fault-injection"] if fi else [],
+                            cl_args=["--classifier-batch=2000"])
         c.start()
         res = harness.run_bounded(soak(c, args, rnd, faults), args.duration + 400)
         problems = res.problems

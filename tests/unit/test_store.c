@@ -30,6 +30,7 @@
 #include "store/migrate.h"
 #include "store/pg.h"
 #include "store/redis.h"
+#include "store/routes.h"
 
 #define PG_BIN "/usr/lib/postgresql/15/bin"
 
@@ -540,6 +541,112 @@ static void test_redis_script(void **state)
     test_loop_finish(&loop);
 }
 
+/* A connection loads every script before it counts as up: a Redis that
+ * restarted (empty script cache) never answers NOSCRIPT to a pipeline. */
+static void test_redis_script_preload(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    uv_loop_t loop;
+    static struct redis_script s;
+    redis_script_init(&s, "return 'preloaded'");
+    redis_client_t *r = test_redis_client(&loop, test_redis.url, 1000);
+    struct test_reply t;
+    test_redis_cmd(&loop, r, &t, "SCRIPT FLUSH", NULL, NULL);
+    redis_client_close(r);
+    test_loop_finish(&loop);
+    r = test_redis_client(&loop, test_redis.url, 1000); /* a new connection */
+    /* EVALSHA straight through redis_command: no EVAL fallback here */
+    test_redis_cmd(&loop, r, &t, "EVALSHA %s 0", s.sha, NULL);
+    assert_int_equal(t.err, 0);
+    assert_int_equal(t.type, REDIS_REPLY_STRING);
+    assert_string_equal(t.str, "preloaded");
+    redis_client_close(r);
+    test_loop_finish(&loop);
+}
+
+struct test_assign {
+    int n, err;
+    size_t n_gws;
+};
+
+static void test_on_assign(int err, const int *gws, size_t n_gws, void *user)
+{
+    struct test_assign *t = user;
+    (void)gws;
+    t->err = err;
+    t->n_gws = n_gws;
+    t->n++;
+}
+
+static void test_assign_run(uv_loop_t *loop, routes_t *rt, int64_t floor,
+                            struct routes_assign_item *items, size_t n)
+{
+    struct test_assign t = {0};
+    routes_assign(rt, "ta", floor, items, n, test_on_assign, &t);
+    assert_int_equal(test_wait_count(loop, &t.n, 1, 3000), 0);
+    assert_int_equal(t.err, 0);
+}
+
+#define TEST_ITEM(id, known, tag) { (id), (known), (tag), -1, -1 }
+
+/* The rules of routes_assign (store/routes.h), call by call. */
+static void test_routes_assign_rules(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    uv_loop_t loop;
+    redis_client_t *r = test_redis_client(&loop, test_redis.url, 1000);
+    routes_t *rt;
+    assert_int_equal(routes_init(&rt, &loop, r, 2, 60), 0);
+    struct test_reply t;
+    test_redis_cmd(&loop, r, &t, "DEL {room:ta}:seq", NULL, NULL);
+    test_redis_cmd(&loop, r, &t, "EVAL %s 0", "for _, k in ipairs(redis.call('KEYS', '{room:ta}:id:*')) do redis.call('DEL', k) end", NULL);
+    /* new ids: 1, 2, 3 in the order given */
+    struct routes_assign_item a[] = {
+        TEST_ITEM("a", -1, "0:1"), TEST_ITEM("b", -1, "0:2"), TEST_ITEM("c", -1, "0:3"),
+    };
+    test_assign_run(&loop, rt, 0, a, 3);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(a[i].seq, i + 1);
+        assert_int_equal(a[i].dup, 0);
+    }
+    /* the same records again (a retry): the same seqs, to be delivered */
+    test_assign_run(&loop, rt, 0, a, 3);
+    assert_int_equal(a[1].seq, 2);
+    assert_int_equal(a[1].dup, ROUTES_DUP_SAME);
+    /* the same id from another record (a resent cid): not delivered again */
+    struct routes_assign_item resent[] = { TEST_ITEM("a", -1, "0:9") };
+    test_assign_run(&loop, rt, 0, resent, 1);
+    assert_int_equal(resent[0].seq, 1);
+    assert_int_equal(resent[0].dup, ROUTES_DUP_OTHER);
+    /* PostgreSQL holds seqs up to 10 (another writer): the counter is raised
+     * to the floor, and an unstored id whose seq is <= 10 gets a new one */
+    struct routes_assign_item b[] = {
+        TEST_ITEM("b", -1, "0:2"), TEST_ITEM("d", -1, "0:4"), TEST_ITEM("c", 3, "0:3"),
+    };
+    test_assign_run(&loop, rt, 10, b, 3);
+    assert_int_equal(b[0].seq, 11);
+    assert_int_equal(b[0].dup, 0);
+    assert_int_equal(b[1].seq, 12);
+    /* stored at the seq its id key has: the record's own, deliverable */
+    assert_int_equal(b[2].seq, 3);
+    assert_int_equal(b[2].dup, ROUTES_DUP_SAME);
+    /* PostgreSQL's seq wins over a different id key */
+    struct routes_assign_item k[] = { TEST_ITEM("d", 7, "0:4"), TEST_ITEM("e", 5, "0:5") };
+    test_assign_run(&loop, rt, 12, k, 2);
+    assert_int_equal(k[0].seq, 7);
+    assert_int_equal(k[0].dup, ROUTES_DUP_OTHER);
+    assert_int_equal(k[1].seq, 5);
+    assert_int_equal(k[1].dup, ROUTES_DUP_OTHER);
+    routes_close(rt);
+    redis_client_close(r);
+    test_loop_finish(&loop);
+    routes_free(rt);
+}
+
 static void test_redis_timeout(void **state)
 {
     (void)state;
@@ -1038,6 +1145,8 @@ int main(void)
         cmocka_unit_test(test_redis_roundtrip),
         cmocka_unit_test(test_redis_select_db),
         cmocka_unit_test(test_redis_script),
+        cmocka_unit_test(test_redis_script_preload),
+        cmocka_unit_test(test_routes_assign_rules),
         cmocka_unit_test(test_redis_timeout),
         cmocka_unit_test(test_redis_restart),
         cmocka_unit_test(test_redis_close_cancels),

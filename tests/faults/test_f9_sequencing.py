@@ -1,0 +1,137 @@
+"""Fault 9: the sequencing invariants under conditions the client-driven
+tests do not reach (issue 15).
+
+Records are produced straight into chat-send in the gateway's format (kcat),
+so a classifier batch holds thousands of records, far more than one Redis
+read: the cases where "one connection runs a batch's commands in order" and
+"a stored seq is never handed out again" can break.
+"""
+import os
+import signal
+import threading
+import time
+import uuid
+
+import checker
+
+
+def wait_stored(c, rooms, n, timeout):
+    deadline = time.time() + timeout
+    got = 0
+    while time.time() < deadline:
+        got = c.query("SELECT count(*) FROM messages WHERE room = ANY(%s)", (list(rooms),))[0][0]
+        if got >= n:
+            return got
+        time.sleep(0.2)
+    return got
+
+
+def test_sender_order_script_flush(make_cluster):
+    """Two classifiers, batches of 2,000, Redis's script cache emptied every
+    few milliseconds (what a Redis restart or failover does to it): every
+    message stored once, seqs dense, each sender's order kept."""
+    # A session longer than the SIGSTOP below even on a loaded machine: the
+    # classifiers keep their partitions (a rebalance is another test's case).
+    c = make_cluster(cl_args=["--classifier-batch=2000", "--kafka-opt=session.timeout.ms=15000"])
+    rooms = [f"f9o-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
+    senders = [f"u{k}" for k in range(4)]
+    per_sender = int(os.environ.get("F9_PER_SENDER", "2500"))
+    msgs = [(room, u, f"c{i}", f"{u} {i}") for i in range(per_sender) for room in rooms
+            for u in senders]
+    stop = threading.Event()
+    flushes = [0]
+
+    def flusher():
+        r = c.redis_client()
+        while not stop.is_set():
+            try:
+                r.script_flush()
+                flushes[0] += 1
+            except Exception:  # noqa: BLE001 - Redis busy or restarting: keep going
+                pass
+            time.sleep(0.001)
+
+    # Hold both classifiers while the records land so their batches are full.
+    cls = [c.procs[n] for n in c.procs if n.startswith("classifier")]
+    for p in cls:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        ids = c.produce_send(msgs)
+    finally:
+        for p in cls:
+            p.send_signal(signal.SIGCONT)
+    t = threading.Thread(target=flusher, daemon=True)
+    t.start()
+    try:
+        got = wait_stored(c, rooms, len(ids), 120)
+    finally:
+        stop.set()
+        t.join(5)
+    rows = c.stored_rows(rooms)
+    problems = checker.bulk_problems(rows, ids)
+    print(f"f9 order: {len(ids)} produced, {got} stored, {flushes[0]} script flushes")
+    assert flushes[0] > 10, "the script cache was not flushed during the run"
+    if problems:
+        logs = [f"{n}: {ln}" for n in ("classifier0", "classifier1")
+                for ln in open(c.procs[n].logpath, errors="replace").read().splitlines()
+                if ("level=warn" in ln or "level=error" in ln or "kafka_assigned" in ln
+                    or "kafka_revoked" in ln) and "CONFWARN" not in ln]
+        problems += logs[-40:]
+    assert not problems, "\n".join(problems)
+
+
+def _one_room_cluster(make_cluster):
+    c = make_cluster(n_cl=1)
+    room = f"f9c-{uuid.uuid4().hex[:8]}"
+    ids = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(5)])
+    assert wait_stored(c, [room], 5, 30) == 5, "the first messages were not stored"
+    return c, room, ids
+
+
+def test_seq_collision_detected(make_cluster):
+    """Another writer stored seqs the Redis counter and the classifier's
+    floor do not know of (what a zombie classifier or a counter reset leaves
+    behind). The next message is given a seq already held: the store must
+    see the collision, count it, and store the message once under a new
+    seq; the old code skipped it silently (ON CONFLICT DO NOTHING) and the
+    acknowledged message was lost."""
+    c, room, ids = _one_room_cluster(make_cluster)
+    for seq in (6, 7, 8):
+        c.query("INSERT INTO messages (room, seq, id, user_id, body, ts) "
+                "VALUES (%s, %s, %s, 'other', %s, 0) RETURNING seq",
+                (room, seq, uuid.uuid4().hex, f"other {seq}"))
+    ids += c.produce_send([(room, "u0", "c5", "u0 5")])
+    got = wait_stored(c, [room], 9, 30)
+    rows = c.stored_rows([room])
+    problems = checker.bulk_problems(rows, ids)
+    assert got == 9 and not problems, f"stored {got}: {problems}; rows {sorted(rows)}"
+    mine = [r for r in rows if r[2] == ids[-1]]
+    assert len(mine) == 1 and mine[0][1] == 9, f"the message is not at seq 9 once: {mine}"
+    assert c.metric("classifier0", "chatd_classifier_seq_collisions_total") >= 1
+    assert c.log_count("classifier0", "event=seq_collision", "messages_pkey") >= 1
+
+
+def test_fenced_classifier_stops(make_cluster):
+    """A classifier whose partition was taken over (the new owner took the
+    partition's epoch in PostgreSQL) stores nothing more of it: its store is
+    refused while it holds the old epoch. It retakes the partition only once
+    a session timeout has passed and it still owns it (it was not the
+    zombie), and then nothing is lost or stored twice."""
+    c, room, ids = _one_room_cluster(make_cluster)
+    rows = c.query("UPDATE partition_owners SET epoch = epoch + 1, owner = 'f9-new-owner' "
+                   "WHERE topic = 'chat-send' RETURNING partition, epoch")
+    assert rows, "no partition epoch was taken by the classifier"
+    t0 = time.time()
+    ids += c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(5, 10)])
+    time.sleep(2.0)
+    n_fenced = c.query("SELECT count(*) FROM messages WHERE room = %s", (room,))[0][0]
+    assert n_fenced == 5, f"{n_fenced - 5} messages stored by a fenced classifier"
+    assert c.log_count("classifier0", "event=classifier_fenced") >= 1
+    got = wait_stored(c, [room], 10, 30)
+    took = time.time() - t0
+    problems = checker.bulk_problems(c.stored_rows([room]), ids)
+    assert got == 10 and not problems, f"stored {got}: {problems}"
+    owner = c.query("SELECT owner FROM partition_owners WHERE topic = 'chat-send' AND "
+                    "partition = %s", (rows[0][0],))[0][0]
+    assert owner != "f9-new-owner", "the classifier did not retake its partition"
+    print(f"f9 fence: refused, retaken and stored after {took:.1f} s")
