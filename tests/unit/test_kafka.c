@@ -668,6 +668,8 @@ static void test_delivery_in_doubt(void **state)
     for (int i = 0; i < DBT_N; i++) {
         snprintf(val, sizeof val, "dbt-%d", i);
         assert_int_equal(produce(p, &pc, 2, "dbt", val, 1, 'm', NULL), 0);
+        if (i == 0) /* its request on the wire before the others are queued */
+            run_until(NULL, NULL, 300);
     }
     assert_true(run_until(dbt_done, &pc, WAIT_MS));
     for (int b = 1; b <= 3; b++)
