@@ -119,6 +119,15 @@ def test_kafka_send_in_doubt(make_cluster):
         st, data = c.broker_fault(path, body)
         assert st == 200 and b'"ok":true' in data, f"POST {path} {body}: {st} {data!r}"
 
+    for path, bad, want in (("/faults/broker/1/rtt", "not json", 400),
+                            ("/faults/broker/1/rtt", {"rtt": 5}, 400),
+                            ("/faults/broker/1/rtt", {"rtt_ms": -1}, 400),
+                            ("/faults/broker/1/rtt", {"rtt_ms": 60001}, 400),
+                            ("/faults/broker/2/rtt", {"rtt_ms": 5}, 404),
+                            ("/faults/broker/99999999999/rtt", {"rtt_ms": 5}, 404)):
+        st, data = c.broker_fault(path, bad)
+        assert st == want, f"POST {path} {bad!r}: {st} {data!r}"
+
     async def body():
         run = harness.Run(c, "f5 kafka: send in doubt")
         room = harness.rooms_spanning(1)[0]
