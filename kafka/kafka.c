@@ -439,6 +439,17 @@ static void kafka_producer_log_failure(kafka_producer_t *p, const rd_kafka_messa
     p->err_suppressed = 0;
 }
 
+/* librdkafka knows whether a failed record reached a broker: never sent
+ * (or refused as not written) is NOT_PERSISTED; a request sent and then
+ * timed out or cut off is POSSIBLY_PERSISTED, and the broker may have
+ * appended it. Only the first is a certain "not written". */
+int kafka_delivery_err(int rd_err, int status)
+{
+    if (rd_err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    return status == RD_KAFKA_MSG_STATUS_NOT_PERSISTED ? ERR_UNAVAILABLE : ERR_IN_DOUBT;
+}
+
 static void kafka_producer_on_dr(kafka_producer_t *p, rd_kafka_event_t *ev)
 {
     const rd_kafka_message_t *m;
@@ -453,7 +464,7 @@ static void kafka_producer_on_dr(kafka_producer_t *p, rd_kafka_event_t *ev)
             metric_inc(kafka_m.produced);
             metric_observe(kafka_m.latency, (double)(now - d->t0_ns) / 1e9);
         }
-        kafka_producer_finish(p, d, m->err ? ERR_UNAVAILABLE : 0);
+        kafka_producer_finish(p, d, kafka_delivery_err(m->err, rd_kafka_message_status(m)));
     }
 }
 
@@ -696,9 +707,10 @@ void kafka_producer_close(kafka_producer_t *p, int timeout_ms)
     rd_kafka_queue_destroy(p->pump.q);
     rd_kafka_destroy(p->rk);
     p->rk = NULL;
-    /* Exactly one callback per accepted record, even those librdkafka lost. */
+    /* Exactly one callback per accepted record, even those librdkafka lost
+     * (whose request may have been sent). */
     while (p->pending.next != &p->pending)
-        kafka_producer_finish(p, p->pending.next, ERR_UNAVAILABLE);
+        kafka_producer_finish(p, p->pending.next, ERR_IN_DOUBT);
     log_info("kafka_producer_closed", "pending_at_close=%zu undelivered=%zu", start, left);
     kafka_pump_close(&p->pump);
 }

@@ -62,8 +62,12 @@ struct kafka_hdrs {           /* what kafka_produce writes as headers */
 
 /* ---- producer ---- */
 typedef struct kafka_producer kafka_producer_t;
-/* err is 0 when the broker acknowledged (acks=all), else ERR_UNAVAILABLE. */
+/* err is 0 when the broker acknowledged (acks=all), ERR_UNAVAILABLE when
+ * the record was certainly not written, ERR_IN_DOUBT when it may have been
+ * (its request was sent, then timed out or lost its connection). */
 typedef void (*kafka_delivery_cb)(int err, void *opaque);
+/* That err from librdkafka's error and rd_kafka_msg_status_t of a report. */
+int kafka_delivery_err(int rd_err, int status);
 
 int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct kafka_conf *conf);
 /* Copies key and value. partition < 0 means "by key" (librdkafka's default
@@ -85,7 +89,7 @@ size_t kafka_producer_inflight(const kafka_producer_t *p);
  * and tests. 0, or ERR_NOT_FOUND for an unknown name. */
 int kafka_producer_setting(const kafka_producer_t *p, const char *name, char *buf, size_t len);
 /* Shutdown only: flushes up to timeout_ms (blocking), then destroys. Pending
- * callbacks are called (err ERR_UNAVAILABLE for the undelivered). */
+ * callbacks are called (ERR_UNAVAILABLE or ERR_IN_DOUBT for the undelivered). */
 void kafka_producer_close(kafka_producer_t *p, int timeout_ms);
 
 /* ---- consumers ---- */

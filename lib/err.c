@@ -17,6 +17,7 @@ static const struct {
     [10] = { "not_found", "not found" },
     [11] = { "unauthorized", "missing or invalid token" },
     [12] = { "unavailable", "request cancelled" },
+    [13] = { "unavailable", "no answer from a backend that may have done it, try again" },
 };
 
 static int err_index(int err)

@@ -21,7 +21,8 @@ enum chatd_err {
     ERR_NOT_FOUND = -10,
     ERR_UNAUTHORIZED = -11,
     ERR_CANCELLED = -12,   /* the request was cancelled (shutdown, peer gone) */
-    ERR_LAST = -13
+    ERR_IN_DOUBT = -13,    /* sent, then no answer: the backend may have done it */
+    ERR_LAST = -14
 };
 
 /* Protocol code: "bad_request", "not_member", ..., "unavailable", "internal". */

@@ -51,6 +51,20 @@ static void broker_http_errors(kafka_broker_t *b, http_req_t *req)
         http_respond(req, 200, "application/json", "{\"ok\":true}", 11, NULL);
 }
 
+/* {"rtt_ms":N}: every response of the broker waits N ms (0 ends it). A
+ * produce then reaches the log at once but its acknowledgement can outlive
+ * message.timeout.ms: the "possibly persisted" failure. */
+static int broker_http_rtt(kafka_broker_t *b, http_req_t *req, int id)
+{
+    size_t len;
+    const char *body = http_req_body(req, &len);
+    cJSON *o = cJSON_ParseWithLength(body ? body : "", len);
+    const cJSON *rtt = cJSON_GetObjectItemCaseSensitive(o, "rtt_ms");
+    int rc = cJSON_IsNumber(rtt) ? kafka_broker_set_rtt(b, id, rtt->valueint) : ERR_BAD_REQUEST;
+    cJSON_Delete(o);
+    return rc;
+}
+
 int broker_role_http(kafka_broker_t *b, http_req_t *req)
 {
     static const char pfx[] = "/faults/broker/";
@@ -68,9 +82,13 @@ int broker_role_http(kafka_broker_t *b, http_req_t *req)
     char *end;
     long id = strncmp(path, pfx, sizeof pfx - 1) ? -1 : strtol(path + sizeof pfx - 1, &end, 10);
     int rc = ERR_NOT_FOUND;
-    if (id > 0 && (!strcmp(end, "/down") || !strcmp(end, "/up")))
+    if (id > 0 && id < 1000 && (!strcmp(end, "/down") || !strcmp(end, "/up")))
         rc = kafka_broker_set_down(b, (int)id, !strcmp(end, "/down"));
-    if (rc)
+    else if (id > 0 && id < 1000 && !strcmp(end, "/rtt"))
+        rc = broker_http_rtt(b, req, (int)id);
+    if (rc == ERR_BAD_REQUEST)
+        http_respond_error(req, 400, "bad_request", "body: {\"rtt_ms\":N} (0..60000)");
+    else if (rc)
         http_respond_error(req, rc == ERR_NOT_FOUND ? 404 : 500, err_code(rc), "no such broker or fault");
     else
         http_respond(req, 200, "application/json", "{\"ok\":true}", 11, NULL);

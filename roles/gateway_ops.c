@@ -261,6 +261,25 @@ static void gw_on_leave_db(int err, PGresult *res, void *ud)
 
 /* ---- send: produce, ack on Kafka's acknowledgement ---- */
 
+/* A send Kafka did not acknowledge is `unavailable` either way; "stored"
+ * tells a client whether the message may be stored anyway (the request
+ * reached Kafka and its answer did not come back: ERR_IN_DOUBT). */
+static void gw_send_failed(struct gw_conn *c, const char *rid, int err)
+{
+    int maybe = err == ERR_IN_DOUBT;
+    struct jbuf b;
+    metric_inc(c->g->m.errors[-ERR_UNAVAILABLE]);
+    jbuf_init(&b, 200);
+    proto_reply_open(&b, "error", rid);
+    jbuf_kv_strz(&b, "code", err_code(ERR_UNAVAILABLE));
+    jbuf_kv_strz(&b, "message", maybe ? "the message may have been stored: send it again with "
+                                        "the same cid"
+                                      : "the message was not stored, send it again");
+    jbuf_kv_strz(&b, "stored", maybe ? "maybe" : "no");
+    jbuf_obj_close(&b);
+    gw_send_buf(c, &b);
+}
+
 static void gw_on_send_dr(int err, void *opaque)
 {
     struct gw_pending *p = opaque;
@@ -268,7 +287,7 @@ static void gw_on_send_dr(int err, void *opaque)
     if (!c)
         return;
     if (err) {
-        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "the message was not stored, send it again");
+        gw_send_failed(c, p->rid, err);
         gw_pending_free(p);
         return;
     }
@@ -304,7 +323,10 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
                  : ERR_NOMEM;
     free(val);
     if (rc) {
-        gw_send_error(c, r->rid, rc == ERR_TOO_LARGE ? ERR_TOO_LARGE : ERR_UNAVAILABLE, NULL);
+        if (rc == ERR_TOO_LARGE)
+            gw_send_error(c, r->rid, ERR_TOO_LARGE, NULL);
+        else
+            gw_send_failed(c, r->rid, ERR_UNAVAILABLE);
         gw_pending_free(p);
         return;
     }

@@ -359,6 +359,24 @@ class Disconnected(Exception):
     pass
 
 
+def send_outcome(reply):
+    """How a client records a send's reply (docs/PROTOCOL.md): an
+    `unavailable` that does not say "stored":"no" may have been stored, and
+    is recorded as "unavailable(maybe)"."""
+    if not isinstance(reply, dict):
+        return "closed"
+    if reply.get("op") == "ack":
+        return "ack"
+    code = reply.get("code")
+    if code == "unavailable" and reply.get("stored") != "no":
+        return "unavailable(maybe)"
+    return code or str(reply.get("op"))
+
+
+def unavailable(outcome):
+    return outcome.startswith("unavailable")
+
+
 class SendRecord:
     __slots__ = ("user", "room", "cid", "text", "idx", "ordered", "outcomes", "acked",
                  "ack_id", "t_first", "t_ack", "gave_up")
@@ -750,7 +768,9 @@ class FClient:
 
     async def send_msg(self, room, text, resend=True, deadline_s=60, rec=None):
         """Sends one message with a cid, resending with the same cid after a
-        lost connection or (if resend) `unavailable`, until acked."""
+        lost connection or (if resend) `unavailable`, until acked. Always a
+        cid: an `unavailable` send may have been stored, and only the cid
+        makes the resend harmless."""
         rec = rec or self._new_send(room, text)
         deadline = now() + deadline_s
         while now() < deadline and not self.stopping:
@@ -771,7 +791,7 @@ class FClient:
                 rec.acked, rec.ack_id, rec.t_ack = True, reply.get("id"), now()
                 return rec
             code = reply.get("code")
-            rec.outcomes.append(code or str(op))
+            rec.outcomes.append(send_outcome(reply))
             if code == "unavailable":
                 self.unavailable += 1
                 if not resend:
@@ -806,7 +826,7 @@ class FClient:
                 rec.outcomes.append("ack")
                 rec.acked, rec.ack_id, rec.t_ack = True, r.get("id"), now()
             else:
-                rec.outcomes.append(r.get("code") if isinstance(r, dict) else "closed")
+                rec.outcomes.append(send_outcome(r))
                 rec.ordered = False
                 retry.append(rec)
         for rec in retry:

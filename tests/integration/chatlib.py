@@ -478,6 +478,10 @@ class Client:
         return r["seq"]
 
     async def send(self, room, text, cid=None, timeout=10):
+        """One send that must be acked. No cid unless given: the protocol
+        tests need cid-less sends, and this helper never resends (an
+        `unavailable` fails the test), so nothing can be stored twice. A
+        client that retries must send a cid (faults/harness.py FClient)."""
         f = {"room": room, "text": text}
         if cid is not None:
             f["cid"] = cid

@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "kafka/broker.h"
 #include "kafka/kafka.h"
 #include "lib/err.h"
@@ -78,6 +80,7 @@ static void settle(void)
 struct prod_ctx {
     int in_produce;
     int acked, failed, reentrant;
+    int in_doubt;                /* failed with ERR_IN_DOUBT */
 };
 
 static void on_delivery(int err, void *opaque)
@@ -89,6 +92,8 @@ static void on_delivery(int err, void *opaque)
         pc->acked++;
     else
         pc->failed++;
+    if (err == ERR_IN_DOUBT)
+        pc->in_doubt++;
 }
 
 static int produce(kafka_producer_t *p, struct prod_ctx *pc, int32_t partition, const char *key,
@@ -603,6 +608,93 @@ static void test_acked_is_stored(void **state)
     assert_true(lost_five > 0);
 }
 
+/* ---- a failed record says whether it may be in the log ----
+ *
+ * Responses delayed past message.timeout.ms: the first record's request is
+ * sent, the broker appends it, its answer comes too late (POSSIBLY_PERSISTED,
+ * ERR_IN_DOUBT); the records queued behind it (one request in flight on the
+ * embedded broker) are never sent (NOT_PERSISTED, ERR_UNAVAILABLE). Then
+ * the log is read: the in-doubt record is there, the others are not. */
+
+#define DBT_N 3
+
+static int all_acked_one(void *arg)
+{
+    struct prod_ctx *pc = arg;
+    return pc->acked + pc->failed >= 1;
+}
+
+static int dbt_done(void *arg)
+{
+    struct prod_ctx *pc = arg;
+    return pc->acked + pc->failed >= DBT_N;
+}
+
+static int dbt_end_done(void *arg)
+{
+    struct prod_ctx *pc = arg;
+    return pc->acked + pc->failed > DBT_N;
+}
+
+static void test_delivery_in_doubt(void **state)
+{
+    (void)state;
+    static const char *opts[] = { "message.timeout.ms=1500", "linger.ms=0",
+                                  "statistics.interval.ms=500" };
+    struct kafka_conf kc = { kafka_broker_bootstraps(broker), opts, 3, "chatd-test-dbt", 1 };
+    kafka_producer_t *p;
+    struct prod_ctx warm = { 0 }, pc = { 0 };
+    struct ia_ctx x = { .prefix = "dbt-" };
+    char val[32];
+
+    assert_int_equal(kafka_delivery_err(0, RD_KAFKA_MSG_STATUS_PERSISTED), 0);
+    assert_int_equal(kafka_delivery_err(RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,
+                                        RD_KAFKA_MSG_STATUS_NOT_PERSISTED), ERR_UNAVAILABLE);
+    assert_int_equal(kafka_delivery_err(RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,
+                                        RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED), ERR_IN_DOUBT);
+    assert_int_equal(kafka_delivery_err(RD_KAFKA_RESP_ERR__TRANSPORT,
+                                        RD_KAFKA_MSG_STATUS_PERSISTED), ERR_IN_DOUBT);
+    assert_string_equal(err_code(ERR_IN_DOUBT), "unavailable");
+
+    assert_int_equal(kafka_producer_init(&p, &loop, &kc), 0);
+    assert_true(run_until(producer_healthy, p, WAIT_MS));
+    /* metadata and connection first: the delay must hit the produce itself */
+    assert_int_equal(produce(p, &warm, 2, "dbt", "dbt-warm", 1, 'm', NULL), 0);
+    assert_true(run_until(all_acked_one, &warm, WAIT_MS));
+    assert_int_equal(warm.acked, 1);
+
+    for (int b = 1; b <= 3; b++)
+        assert_int_equal(kafka_broker_set_rtt(broker, b, 4000), 0);
+    for (int i = 0; i < DBT_N; i++) {
+        snprintf(val, sizeof val, "dbt-%d", i);
+        assert_int_equal(produce(p, &pc, 2, "dbt", val, 1, 'm', NULL), 0);
+        if (i == 0) /* its request on the wire before the others are queued */
+            run_until(NULL, NULL, 300);
+    }
+    assert_true(run_until(dbt_done, &pc, WAIT_MS));
+    for (int b = 1; b <= 3; b++)
+        assert_int_equal(kafka_broker_set_rtt(broker, b, 0), 0);
+    log_info("test_delivery_in_doubt", "acked=%d failed=%d in_doubt=%d", pc.acked, pc.failed,
+             pc.in_doubt);
+    assert_int_equal(pc.acked, 0);
+    assert_int_equal(pc.failed, DBT_N);
+    assert_int_equal(pc.in_doubt, 1);
+
+    /* after the run in partition 2: seeing it means all of it was read */
+    assert_int_equal(produce(p, &pc, 2, "dbt", "dbt-end", 1, 'm', NULL), 0);
+    assert_true(run_until(dbt_end_done, &pc, WAIT_MS));
+    assert_int_equal(pc.acked, 1);
+    kafka_producer_close(p, 5000);
+
+    assert_int_equal(kafka_consumer_init_group(&x.c, &loop, &kconf, "chatd-test-dbt", TOPIC, 100,
+                                               on_ia_batch, &x), 0);
+    assert_true(run_until(ia_consumed, &x, WAIT_MS));
+    kafka_consumer_close(x.c);
+    settle();
+    assert_int_equal(x.n, 1);    /* the in-doubt record was written... */
+    assert_int_equal(x.seen[0], 1); /* ...and it is the first, the one sent */
+}
+
 static void test_bootstrap_file(void **state)
 {
     (void)state;
@@ -656,6 +748,7 @@ int main(void)
         cmocka_unit_test(test_hold),
         cmocka_unit_test(test_close_calls_pending),
         cmocka_unit_test(test_acked_is_stored),
+        cmocka_unit_test(test_delivery_in_doubt),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
