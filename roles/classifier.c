@@ -180,6 +180,19 @@ static void cl_rooms_clear(struct cl_batch *b)
     }
 }
 
+static struct cl_fence *cl_fence_of(classifier_t *c, int32_t p)
+{
+    if ((size_t)p >= c->n_fences) {
+        size_t n = (size_t)p + 1;
+        struct cl_fence *f = realloc(c->fences, n * sizeof *f);
+        CHATD_ASSERT(f != NULL);
+        memset(f + c->n_fences, 0, (n - c->n_fences) * sizeof *f);
+        c->fences = f;
+        c->n_fences = n;
+    }
+    return &c->fences[p];
+}
+
 static void cl_batch_free(struct cl_batch *b)
 {
     cl_rooms_clear(b);
@@ -340,30 +353,25 @@ static void cl_on_collision(struct cl_batch *b, const char *kind, const char *de
  * batch's partitions. Nothing was stored; the retry drops what this
  * classifier no longer owns and, after the wait, retakes what it still owns
  * (it lost nothing if the other was the zombie). */
-static void cl_on_fenced(struct cl_batch *b, const char *held)
+static void cl_on_fenced(struct cl_batch *b, const char *lost)
 {
     classifier_t *c = b->c;
     uint64_t now = cl_now_ms();
-    char parts[256] = "";
-    size_t o = 0;
-    for (size_t i = 0; i < b->n_items; i++) {
-        int32_t p = b->items[i].partition;
-        if (b->items[i].skip || b->items[i].type != REC_MSG || (size_t)p >= c->n_fences ||
-            c->fences[p].refused_ms == now)
-            continue;
-        char tok[16];
-        snprintf(tok, sizeof tok, ",%d,", p);
-        char list[272];
-        snprintf(list, sizeof list, ",%.*s,", (int)(strlen(held) > 2 ? strlen(held) - 2 : 0), held + 1);
-        if (strstr(list, tok))
-            continue; /* still held */
-        c->fences[p].epoch = 0;
-        c->fences[p].refused_ms = now;
-        if (o + 16 < sizeof parts)
-            o += (size_t)snprintf(parts + o, sizeof parts - o, "%s%d", o ? "," : "", p);
+    /* lost: a PostgreSQL int array, "{3,5}" */
+    for (const char *q = lost + (*lost == '{'); *q && *q != '}';) {
+        char *end;
+        long p = strtol(q, &end, 10);
+        if (end == q)
+            break;
+        if (p >= 0 && p < 65536) { /* our own partitions, echoed back */
+            struct cl_fence *f = cl_fence_of(c, (int32_t)p);
+            f->epoch = 0;
+            f->refused_ms = now;
+        }
+        q = *end == ',' ? end + 1 : end;
     }
     metric_inc(c->m.fenced);
-    log_warn("classifier_fenced", "partitions=%s records=%zu wait_ms=%u", parts[0] ? parts : "-",
+    log_warn("classifier_fenced", "partitions=%s records=%zu wait_ms=%u", log_q(lost, strlen(lost)),
              b->n_items, c->fence_wait_ms);
     cl_fail(b, "fenced", ERR_UNAVAILABLE);
 }
@@ -684,18 +692,6 @@ static void cl_drop_lost(struct cl_batch *b)
     }
 }
 
-static struct cl_fence *cl_fence_of(classifier_t *c, int32_t p)
-{
-    if ((size_t)p >= c->n_fences) {
-        size_t n = (size_t)p + 1;
-        struct cl_fence *f = realloc(c->fences, n * sizeof *f);
-        CHATD_ASSERT(f != NULL);
-        memset(f + c->n_fences, 0, (n - c->n_fences) * sizeof *f);
-        c->fences = f;
-        c->n_fences = n;
-    }
-    return &c->fences[p];
-}
 
 static void cl_on_fence_taken(int err, PGresult *res, void *ud)
 {

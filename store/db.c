@@ -183,7 +183,8 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "SELECT u.* FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
         "$6::text[], $7::bigint[]) AS u, ok WHERE ok.held "
         "ON CONFLICT (room, id) DO NOTHING RETURNING 1) "
-        "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), ARRAY(SELECT partition FROM f)",
+        "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), "
+        "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f))",
     };
     struct jbuf col[DB_MSG_COLS];
     for (int k = 0; k < DB_MSG_COLS; k++)

@@ -55,7 +55,7 @@ struct db_fence {
  * if every fence still holds (else nothing). A row whose (room, id) exists
  * is skipped (a re-consumed record); a (room, seq) held by another id fails
  * the whole statement with SQLSTATE 23505 (a seq collision: nothing is
- * stored). One row: (held, inserted, held partitions as an array). */
+ * stored). One row: (held, inserted, partitions not held as an array). */
 void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
                    size_t n, pg_result_cb cb, void *ud);
 

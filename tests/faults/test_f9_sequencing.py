@@ -12,6 +12,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 import checker
 
 
@@ -26,30 +28,46 @@ def wait_stored(c, rooms, n, timeout):
     return got
 
 
-def test_sender_order_script_flush(make_cluster):
-    """Two classifiers, batches of 2,000, Redis's script cache emptied every
-    few milliseconds (what a Redis restart or failover does to it): every
-    message stored once, seqs dense, each sender's order kept."""
+def _classifier_problems(c):
+    return [f"{n}: {ln}" for n in ("classifier0", "classifier1")
+            for ln in open(c.procs[n].logpath, errors="replace").read().splitlines()
+            if ("level=warn" in ln or "level=error" in ln or "kafka_assigned" in ln
+                or "kafka_revoked" in ln) and "CONFWARN" not in ln][-40:]
+
+
+@pytest.mark.parametrize("fault", ["script_flush", "redis_restart"])
+def test_sender_order(make_cluster, fault):
+    """Two classifiers, batches of 2,000, and Redis either forgetting its
+    scripts every millisecond (SCRIPT FLUSH) or restarted empty three times
+    while the batches are sequenced: every record stored once, seqs dense,
+    each sender's order kept."""
     # A session longer than the SIGSTOP below even on a loaded machine: the
     # classifiers keep their partitions (a rebalance is another test's case).
     c = make_cluster(cl_args=["--classifier-batch=2000", "--kafka-opt=session.timeout.ms=15000"])
     rooms = [f"f9o-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
     senders = [f"u{k}" for k in range(4)]
-    per_sender = int(os.environ.get("F9_PER_SENDER", "2500"))
+    default = "2500"
+    per_sender = int(os.environ.get("F9_PER_SENDER", default))
     msgs = [(room, u, f"c{i}", f"{u} {i}") for i in range(per_sender) for room in rooms
             for u in senders]
     stop = threading.Event()
-    flushes = [0]
+    faults = [0]
 
     def flusher():
         r = c.redis_client()
         while not stop.is_set():
             try:
                 r.script_flush()
-                flushes[0] += 1
+                faults[0] += 1
             except Exception:  # noqa: BLE001 - Redis busy or restarting: keep going
                 pass
             time.sleep(0.001)
+
+    def restarter():
+        for _ in range(5):
+            c.redis_restart_empty(0.05)
+            faults[0] += 1
+            time.sleep(0.15)
 
     # Hold both classifiers while the records land so their batches are full.
     cls = [c.procs[n] for n in c.procs if n.startswith("classifier")]
@@ -60,23 +78,19 @@ def test_sender_order_script_flush(make_cluster):
     finally:
         for p in cls:
             p.send_signal(signal.SIGCONT)
-    t = threading.Thread(target=flusher, daemon=True)
+    t = threading.Thread(target=flusher if fault == "script_flush" else restarter, daemon=True)
     t.start()
     try:
         got = wait_stored(c, rooms, len(ids), 120)
     finally:
         stop.set()
-        t.join(5)
+        t.join(30)
     rows = c.stored_rows(rooms)
     problems = checker.bulk_problems(rows, ids)
-    print(f"f9 order: {len(ids)} produced, {got} stored, {flushes[0]} script flushes")
-    assert flushes[0] > 10, "the script cache was not flushed during the run"
+    print(f"f9 order ({fault}): {len(ids)} produced, {got} stored, {faults[0]} faults")
+    assert faults[0] >= (10 if fault == "script_flush" else 5), "the fault did not happen"
     if problems:
-        logs = [f"{n}: {ln}" for n in ("classifier0", "classifier1")
-                for ln in open(c.procs[n].logpath, errors="replace").read().splitlines()
-                if ("level=warn" in ln or "level=error" in ln or "kafka_assigned" in ln
-                    or "kafka_revoked" in ln) and "CONFWARN" not in ln]
-        problems += logs[-40:]
+        problems += _classifier_problems(c)
     assert not problems, "\n".join(problems)
 
 
