@@ -30,6 +30,7 @@ struct cl_item {
     struct chat_msg msg;          /* REC_MSG: decoded from val */
     void *owner;
     int skip;                     /* undecodable: logged, committed, dropped */
+    int lost;                     /* partition possibly lost: dropped, never committed */
     int64_t known;                /* seq PostgreSQL has for this id, or -1 */
     int dup;                      /* ROUTES_DUP_* from the assign script */
     char tag[32];                 /* "partition:offset": which record got a seq */
@@ -106,6 +107,7 @@ struct classifier {
     size_t n_fences;
     char owner[128];              /* host:pid, written with each epoch taken */
     unsigned fence_wait_ms;       /* after a refusal: session.timeout.ms + margin */
+    unsigned max_poll_ms;         /* a batch older than this: the group has dropped us */
     unsigned floors_gen;          /* consumer generation the floors belong to */
     struct {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
@@ -248,7 +250,7 @@ static void cl_commit(struct cl_batch *b)
         size_t j = i + 1;
         while (j < b->n_items && b->items[j].partition != it->partition)
             j++;
-        if (j == b->n_items && kafka_consumer_owns(c->consumer, it->partition))
+        if (j == b->n_items && !it->lost && kafka_consumer_owns(c->consumer, it->partition))
             kafka_consumer_commit(c->consumer, it->partition, it->offset + 1);
     }
     metric_observe(c->m.batch_seconds, (double)(cl_now_ms() - b->started_ms) / 1000.0);
@@ -678,17 +680,21 @@ static void cl_drop_lost(struct cl_batch *b)
 {
     classifier_t *c = b->c;
     size_t lost = 0;
+    /* Past max.poll.interval.ms the consumer has left the group, though it
+     * serves the revoke only once this batch lets go: nothing it holds is
+     * its own any more. */
+    int all = cl_now_ms() - b->started_ms > c->max_poll_ms;
     for (size_t i = 0; i < b->n_items; i++) {
         struct cl_item *it = &b->items[i];
-        if (!it->skip && !kafka_consumer_owns(c->consumer, it->partition)) {
-            it->skip = 1;
+        if (!it->lost && (all || !kafka_consumer_owns(c->consumer, it->partition))) {
+            it->skip = it->lost = 1;
             lost++;
         }
     }
     if (lost) {
         metric_add(c->m.lost, (double)lost);
-        log_info("batch_records_dropped", "records=%zu of=%zu reason=partition_not_owned", lost,
-                 b->n_items);
+        log_warn("batch_records_dropped", "records=%zu of=%zu reason=%s", lost, b->n_items,
+                 all ? "max_poll_interval" : "partition_not_owned");
     }
 }
 
@@ -897,6 +903,9 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     c->fence_wait_ms = 6000;
     if (kafka_consumer_setting(c->consumer, "session.timeout.ms", v, sizeof v) == 0)
         c->fence_wait_ms = (unsigned)strtoul(v, NULL, 10) + 1000;
+    c->max_poll_ms = 300000;
+    if (kafka_consumer_setting(c->consumer, "max.poll.interval.ms", v, sizeof v) == 0)
+        c->max_poll_ms = (unsigned)strtoul(v, NULL, 10);
     for (int i = 0; i < 2; i++) {
         c->slot[i].c = c;
         uv_timer_init(d->loop, &c->slot[i].retry);

@@ -149,3 +149,29 @@ def test_fenced_classifier_stops(make_cluster):
                     "partition = %s", (rows[0][0],))[0][0]
     assert owner != "f9-new-owner", "the classifier did not retake its partition"
     print(f"f9 fence: refused, retaken and stored after {took:.1f} s")
+
+
+def test_batch_past_max_poll_interval(make_cluster):
+    """A batch stuck in retries (PostgreSQL down) past max.poll.interval.ms:
+    the consumer has left the group by then, so the classifier drops the
+    batch (nothing written, nothing committed) instead of finishing it as a
+    zombie; once PostgreSQL is back the group hands the partitions out again
+    and every record is stored once, in order."""
+    c = make_cluster(n_cl=1, cl_args=["--kafka-opt=max.poll.interval.ms=4000"])
+    room = f"f9p-{uuid.uuid4().hex[:8]}"
+    ids = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(3)])
+    assert wait_stored(c, [room], 3, 30) == 3
+    c.pg.stop_fast()
+    try:
+        ids += c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(3, 10)])
+        time.sleep(7)
+    finally:
+        c.pg.start()
+    got = wait_stored(c, [room], 10, 60)
+    problems = checker.bulk_problems(c.stored_rows([room]), ids)
+    dropped = c.log_count("classifier0", "event=batch_records_dropped", "reason=max_poll_interval")
+    print(f"f9 max poll: stored {got}, batches dropped {dropped}")
+    if problems:
+        problems += _classifier_problems(c)
+    assert got == 10 and not problems, "\n".join(problems)
+    assert dropped >= 1, "the stuck batch was not dropped"
