@@ -121,7 +121,7 @@ class Bulk:
     def __init__(self, c, rooms=8, per=100, every=3.0):
         self.c, self.per, self.every = c, per, every
         self.rooms = [f"bulk-{harness.uid()[:8]}-{i}" for i in range(rooms)]
-        self.ids, self.maybe, self.n = [], [], 0
+        self.ids, self.n = [], 0
         self.task = None
 
     async def _loop(self):
@@ -133,7 +133,6 @@ class Bulk:
                 self.ids += await asyncio.to_thread(self.c.produce_send, msgs)
             except Exception as e:  # noqa: BLE001 - broker down: these may be partly stored
                 log(f"bulk burst failed ({type(e).__name__}): its records may be missing")
-                self.maybe.append((len(self.ids), self.n))
             await asyncio.sleep(self.every)
 
     def start(self):
