@@ -1,4 +1,4 @@
-"""Fault 9: the sequencing invariants under conditions the client-driven
+"""Fault 10: the sequencing invariants under conditions the client-driven
 tests do not reach (issue 15).
 
 Records are produced straight into chat-send in the gateway's format (kcat),
@@ -44,7 +44,7 @@ def test_sender_order(make_cluster, fault):
     # A session longer than the SIGSTOP below even on a loaded machine: the
     # classifiers keep their partitions (a rebalance is another test's case).
     c = make_cluster(cl_args=["--classifier-batch=2000", "--kafka-opt=session.timeout.ms=15000"])
-    rooms = [f"f9o-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
+    rooms = [f"f10o-{i}-{uuid.uuid4().hex[:6]}" for i in range(8)]
     senders = [f"u{k}" for k in range(4)]
     default = "2500"
     per_sender = int(os.environ.get("F9_PER_SENDER", default))
@@ -87,7 +87,7 @@ def test_sender_order(make_cluster, fault):
         t.join(30)
     rows = c.stored_rows(rooms)
     problems = checker.bulk_problems(rows, ids)
-    print(f"f9 order ({fault}): {len(ids)} produced, {got} stored, {faults[0]} faults")
+    print(f"f10 order ({fault}): {len(ids)} produced, {got} stored, {faults[0]} faults")
     assert faults[0] >= (10 if fault == "script_flush" else 5), "the fault did not happen"
     if problems:
         problems += _classifier_problems(c)
@@ -96,7 +96,7 @@ def test_sender_order(make_cluster, fault):
 
 def _one_room_cluster(make_cluster):
     c = make_cluster(n_cl=1)
-    room = f"f9c-{uuid.uuid4().hex[:8]}"
+    room = f"f10c-{uuid.uuid4().hex[:8]}"
     ids = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(5)])
     assert wait_stored(c, [room], 5, 30) == 5, "the first messages were not stored"
     return c, room, ids
@@ -132,7 +132,7 @@ def test_fenced_classifier_stops(make_cluster):
     a session timeout has passed and it still owns it (it was not the
     zombie), and then nothing is lost or stored twice."""
     c, room, ids = _one_room_cluster(make_cluster)
-    rows = c.query("UPDATE partition_owners SET epoch = epoch + 1, owner = 'f9-new-owner' "
+    rows = c.query("UPDATE partition_owners SET epoch = epoch + 1, owner = 'f10-new-owner' "
                    "WHERE topic = 'chat-send' RETURNING partition, epoch")
     assert rows, "no partition epoch was taken by the classifier"
     t0 = time.time()
@@ -147,8 +147,8 @@ def test_fenced_classifier_stops(make_cluster):
     assert got == 10 and not problems, f"stored {got}: {problems}"
     owner = c.query("SELECT owner FROM partition_owners WHERE topic = 'chat-send' AND "
                     "partition = %s", (rows[0][0],))[0][0]
-    assert owner != "f9-new-owner", "the classifier did not retake its partition"
-    print(f"f9 fence: refused, retaken and stored after {took:.1f} s")
+    assert owner != "f10-new-owner", "the classifier did not retake its partition"
+    print(f"f10 fence: refused, retaken and stored after {took:.1f} s")
 
 
 def test_batch_past_max_poll_interval(make_cluster):
@@ -158,7 +158,7 @@ def test_batch_past_max_poll_interval(make_cluster):
     zombie; once PostgreSQL is back the group hands the partitions out again
     and every record is stored once, in order."""
     c = make_cluster(n_cl=1, cl_args=["--kafka-opt=max.poll.interval.ms=4000"])
-    room = f"f9p-{uuid.uuid4().hex[:8]}"
+    room = f"f10p-{uuid.uuid4().hex[:8]}"
     ids = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(3)])
     assert wait_stored(c, [room], 3, 30) == 3
     c.pg.stop_fast()
@@ -170,7 +170,7 @@ def test_batch_past_max_poll_interval(make_cluster):
     got = wait_stored(c, [room], 10, 60)
     problems = checker.bulk_problems(c.stored_rows([room]), ids)
     dropped = c.log_count("classifier0", "event=batch_records_dropped", "reason=max_poll_interval")
-    print(f"f9 max poll: stored {got}, batches dropped {dropped}")
+    print(f"f10 max poll: stored {got}, batches dropped {dropped}")
     if problems:
         problems += _classifier_problems(c)
     assert got == 10 and not problems, "\n".join(problems)
