@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <unistd.h>
 
+#include "net/http.h"
+
 #ifndef CHATD_VERSION
 #define CHATD_VERSION "0.1.0"
 #endif
@@ -85,7 +87,7 @@ static const struct conf_flag conf_flags[] = {
           "browser Origins allowed to open /ws, comma-separated (e.g. https://chat.example.com); "
           "'' = same-origin only, '*' = any; requests without Origin (non-browser) are allowed; 403 otherwise"),
     F_SIZE("max-header-bytes", max_header, "16384", 1024, 1048576,
-           "HTTP request line + headers, bytes (431 above)"),
+           "HTTP request line + headers, bytes (431 above; at most 130 KiB less a request's bookkeeping)"),
     F_SIZE("max-url-bytes", max_url, "8192", 256, 1048576, "HTTP request target (path + query), bytes (414 above)"),
     F_INT("request-timeout-ms", request_timeout_ms, "10000", 100, 600000,
           "a connection must deliver a complete HTTP request (the upgrade included) within this; "
@@ -336,6 +338,13 @@ static int conf_check(struct conf *c)
         strcpy(c->jwt_secret_previous, prev);
     if (c->admin.set && c->admin.port != 0 && c->admin.port == c->listen.port) {
         fprintf(stderr, "chatd: --admin-listen must use another port than --listen (%d)\n", c->listen.port);
+        return -1;
+    }
+    /* Each request in progress holds a header buffer of this size, from a
+     * slab whose slot cannot exceed its block (lib/slab.h). */
+    if (c->max_header > http_max_header_limit()) {
+        fprintf(stderr, "chatd: --max-header-bytes=%zu is more than a request buffer can hold "
+                        "(at most %zu)\n", c->max_header, http_max_header_limit());
         return -1;
     }
     if (c->max_url > c->max_header) {

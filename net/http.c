@@ -161,10 +161,12 @@ static void http_conn_unlink(struct http_conn *c)
  * connections' few long-lived heap objects keep resident (lib/slab.h). */
 SLAB_DEFINE(http_reqs, SLAB_INIT_SIZE("http_req", 0));
 
+size_t http_max_header_limit(void) { return SLAB_MAX_OBJECT - sizeof(http_req_t) - 1; }
+
 static http_req_t *http_req_new(size_t max_header)
 {
     size_t size = sizeof(http_req_t) + max_header + 1;
-    if (!http_reqs.size)
+    if (!http_reqs.size && slab_fits(size))
         http_reqs.size = size;
     int from_slab = size == http_reqs.size;
     http_req_t *r = from_slab ? slab_alloc_raw(&http_reqs) : malloc(size);
@@ -753,6 +755,8 @@ void http_server_set_limits(http_server_t *s, const struct http_limits *lim)
     s->lim = lim ? *lim : defaults;
     if (!s->lim.max_header)
         s->lim.max_header = defaults.max_header;
+    if (s->lim.max_header > http_max_header_limit())
+        s->lim.max_header = http_max_header_limit();
     if (!s->lim.max_url || s->lim.max_url > s->lim.max_header)
         s->lim.max_url = s->lim.max_header;
     if (!s->lim.request_timeout_ms)

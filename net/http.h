@@ -36,12 +36,18 @@ struct http_limits {
     unsigned max_conns;          /* sockets in the HTTP phase (4096) */
 };
 
+/* The largest max_header: a request (its bookkeeping and header buffer) must
+ * fit one slot of the request slab (lib/slab.h, SLAB_MAX_OBJECT); conf
+ * refuses more at start and http_server_set_limits clamps to it. */
+size_t http_max_header_limit(void);
+
 /* Binds and listens on host:port (host is a numeric IPv4/IPv6 address).
  * Returns 0 or a negative ERR_* / UV error code (logged by the caller). */
 int http_server_init(http_server_t **out, uv_loop_t *loop, const char *host, int port,
                      http_handler_cb cb, void *user);
-/* Replaces the limits (NULL or a 0 field: the default above). They apply to
- * requests that start after the call. */
+/* Replaces the limits (NULL or a 0 field: the default above; max_header
+ * at most http_max_header_limit()). They apply to requests that start after
+ * the call. */
 void http_server_set_limits(http_server_t *s, const struct http_limits *lim);
 /* The port actually bound (useful with port 0). */
 int http_server_port(const http_server_t *s);
