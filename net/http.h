@@ -15,8 +15,11 @@
  * above), a complete request within request_timeout_ms of the connection or
  * of the previous response (408 if part of one came, else a silent close: the
  * slowloris bound), at most max_conns sockets in the HTTP phase (a new one
- * above gets 503 and is closed). Malformed requests get 400. Every refusal
- * closes the connection.
+ * above gets 503 and is closed), requests per connection by a token bucket
+ * (429 + Retry-After above), unsent output per connection (past 64 KiB the
+ * next pipelined request waits until the peer has read: a client that never
+ * reads holds one response plus 64 KiB, and is closed at the request
+ * timeout). Malformed requests get 400. Every refusal closes the connection.
  */
 #ifndef CHATD_HTTP_H
 #define CHATD_HTTP_H
@@ -34,6 +37,7 @@ struct http_limits {
     size_t max_url;              /* request target, bytes (8 KiB; at most max_header) */
     unsigned request_timeout_ms; /* 10000 */
     unsigned max_conns;          /* sockets in the HTTP phase (4096) */
+    double rate, rate_burst;     /* requests per second per connection, bucket depth (20, 50) */
 };
 
 /* The largest max_header: a request (its bookkeeping and header buffer) must

@@ -101,9 +101,11 @@ async def _seed(sc):
 @pytest.fixture(scope="session")
 def sec(sec_workdir):
     pg = harness.Postgres(sec_workdir)
+    admin = chatlib.free_port()  # gateway 0 has an admin listener (the amplification checks)
     c = harness.Cluster(sec_workdir, pg, "sec", gw_args=GW_ARGS, n_gw=2, n_cl=1,
                         gw_env=GW_ENV,
-                        gw_args_by_id={1: [f"--max-conns={LIMITS['max_conns_gw1']}"]})
+                        gw_args_by_id={0: [f"--admin-listen=127.0.0.1:{admin}"],
+                                       1: [f"--max-conns={LIMITS['max_conns_gw1']}"]})
     try:
         c.start()
     except Exception as e:
@@ -111,6 +113,7 @@ def sec(sec_workdir):
         pg.close()
         pytest.fail(f"security cluster did not start: {e}\n" + "\n".join(problems), pytrace=False)
     sc = SecCluster(c)
+    sc.admin_port = admin
     _CLUSTER.append(sc)
     try:
         seclib.arun(_seed(sc))

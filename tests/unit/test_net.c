@@ -304,6 +304,8 @@ static void test_parser_memory_follows_bytes(void **state)
 
 #define T_REQUEST_TIMEOUT_MS 1500
 #define T_MAX_HTTP_CONNS 48
+#define T_BIG (1024 * 1024) /* GET /big */
+#define T_RATE 1000
 
 static uv_loop_t t_loop;
 static uv_async_t t_stop;
@@ -387,6 +389,10 @@ static void t_handler(http_req_t *req, void *user)
         char *m = metrics_render(&len);
         http_respond(req, 200, "text/plain; version=0.0.4", m, len, NULL);
         free(m);
+    } else if (strcmp(path, "/big") == 0) {
+        static char big[T_BIG];
+        memset(big, 'b', sizeof big);
+        http_respond(req, 200, "text/plain", big, sizeof big, NULL);
     } else if (strcmp(path, "/later") == 0) {
         t_later = req;
         uv_timer_start(&t_later_timer, t_later_cb, 100, 0);
@@ -419,7 +425,8 @@ static int t_setup(void **state)
     assert_int_equal(http_server_init(&t_srv, &t_loop, "127.0.0.1", 0, t_handler, NULL), 0);
     /* Short request timeout so the slowloris case runs in a second or two;
      * every other test sends its request at once. */
-    struct http_limits hl = { 16 * 1024, 4096, T_REQUEST_TIMEOUT_MS, T_MAX_HTTP_CONNS };
+    struct http_limits hl = { 16 * 1024, 4096, T_REQUEST_TIMEOUT_MS, T_MAX_HTTP_CONNS,
+                              T_RATE, T_RATE }; /* the split test sends ~60 requests on one socket */
     http_server_set_limits(t_srv, &hl);
     t_port = http_server_port(t_srv);
     assert_true(t_port > 0);
@@ -668,6 +675,34 @@ static void test_http_pipelined_and_close(void **state)
     assert_string_equal(body, "{\"error\":\"not_found\",\"message\":\"no \\\"such\\\" path\"}");
     assert_non_null(strstr(head, "Connection: close\r\n"));
     assert_true(t_closed_by_peer(fd));
+    close(fd);
+}
+
+/* A client that pipelines requests and does not read (issue 16): once the
+ * unsent output passes the bound (64 KiB, net/http.c) the next request
+ * waits, so the server has answered only what the kernel took plus one
+ * response; as the client reads, the rest are answered in order. */
+static void test_http_pipelined_output_bound(void **state)
+{
+    (void)state;
+    enum { N = 30 }; /* 30 MiB of answers: past any socket buffer; under --rate-burst */
+    static const char one[] = "GET /big HTTP/1.1\r\nHost: a\r\n\r\n";
+    char reqs[N * (sizeof one - 1)];
+    for (int i = 0; i < N; i++)
+        memcpy(reqs + i * (sizeof one - 1), one, sizeof one - 1);
+    double before = t_metric("chatd_http_requests_total");
+    int fd = t_connect_rcvbuf(4096);
+    t_send(fd, reqs, sizeof reqs);
+    t_sleep_ms(300);
+    double answered = t_metric("chatd_http_requests_total") - before - 1;
+    /* The kernel takes a few MiB of the first responses (socket buffers). */
+    assert_true(answered >= 1);
+    assert_true(answered <= 8);
+    static char head[1024], body[T_BIG + 1];
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+        assert_int_equal(strlen(body), T_BIG);
+    }
     close(fd);
 }
 
@@ -1013,6 +1048,7 @@ int main(void)
     const struct CMUnitTest e2e[] = {
         cmocka_unit_test(test_http_split_every_offset),
         cmocka_unit_test(test_http_pipelined_and_close),
+        cmocka_unit_test(test_http_pipelined_output_bound),
         cmocka_unit_test(test_http_accessors),
         cmocka_unit_test(test_http_limits),
         cmocka_unit_test(test_http_request_timeout),
