@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "net/http.h"
+#include "net/proto.h"
 
 #ifndef CHATD_VERSION
 #define CHATD_VERSION "0.1.0"
@@ -345,6 +346,13 @@ static int conf_check(struct conf *c)
     if (c->max_header > http_max_header_limit()) {
         fprintf(stderr, "chatd: --max-header-bytes=%zu is more than a request buffer can hold "
                         "(at most %zu)\n", c->max_header, http_max_header_limit());
+        return -1;
+    }
+    /* Every reply is paged within half the output bound (roles/gateway.c);
+     * that half must hold the largest message, or no page could progress. */
+    if (c->send_queue / 2 < proto_msg_bound(c->max_text)) {
+        fprintf(stderr, "chatd: --send-queue=%zu cannot hold a --max-text=%zu message in a reply "
+                        "(needs at least %zu)\n", c->send_queue, c->max_text, 2 * proto_msg_bound(c->max_text));
         return -1;
     }
     if (c->max_url > c->max_header) {

@@ -424,7 +424,9 @@ static void gw_on_rest_history(int err, PGresult *res, void *ud)
     jbuf_kv_strz(&b, "room", rq->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, rq->room, res, more ? rq->limit : n);
+    int want = more ? rq->limit : n; /* a page within the reply budget, as sync */
+    if (db_history_json(&b, rq->room, res, want, GW_REPLY_BUDGET(rq->g) - 32) < want)
+        more = 1;
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);

@@ -332,7 +332,10 @@ static void gw_on_sync_db(int err, PGresult *res, void *ud)
     jbuf_kv_strz(&b, "room", p->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, p->room, res, more ? p->limit : n);
+    /* A page ends early (more) rather than pass the output bound. */
+    int want = more ? p->limit : n;
+    if (db_history_json(&b, p->room, res, want, GW_REPLY_BUDGET(p->g) - 32) < want)
+        more = 1;
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);
@@ -369,6 +372,13 @@ static void gw_on_rooms_db(int err, PGresult *res, void *ud)
     }
     jbuf_arr_close(&b);
     jbuf_obj_close(&b);
+    if (b.len > GW_REPLY_BUDGET(p->g)) { /* memberships from before --max-rooms-per-user */
+        log_warn("rooms_reply_too_large", "user=%s rooms=%d bytes=%zu", c->u->id, PQntuples(res), b.len);
+        jbuf_free(&b);
+        gw_send_error(c, p->rid, ERR_TOO_LARGE, "more rooms than one reply can hold");
+        gw_pending_free(p);
+        return;
+    }
     gw_send_buf(c, &b);
     gw_pending_free(p);
 }

@@ -185,9 +185,11 @@ void db_store_msgs(pg_client_t *pg, const struct chat_msg *const *msgs, size_t n
         free(p[k]);
 }
 
-void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n)
+int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n, size_t max_len)
 {
     for (int i = 0; i < n; i++) {
+        size_t len0 = b->len;
+        int comma0 = b->need_comma;
         jbuf_comma(b);
         jbuf_obj_open(b);
         jbuf_kv_strz(b, "op", "msg");
@@ -204,5 +206,12 @@ void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int 
         jbuf_rawz(b, PQgetvalue(res, i, 5));
         b->need_comma = 1;
         jbuf_obj_close(b);
+        if (max_len && i > 0 && b->len > max_len && !b->failed) {
+            b->len = len0; /* the page ends before this row */
+            b->p[len0] = '\0';
+            b->need_comma = comma0;
+            return i;
+        }
     }
+    return n;
 }

@@ -52,7 +52,9 @@ void db_array_add(struct jbuf *b, const char *s);
 void db_array_int(struct jbuf *b, int64_t v);
 char *db_array_end(struct jbuf *b);
 
-/* Writes rows [0, n) of a db_history result as MSG objects, comma-separated. */
-void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n);
+/* Writes rows [0, n) of a db_history result as MSG objects, comma-separated,
+ * stopping before a row that would take b past max_len bytes (0: no limit;
+ * the first row is always written). Returns the rows written. */
+int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n, size_t max_len);
 
 #endif

@@ -5,8 +5,8 @@ messages: the stalled ones are cut at their bounded send queue
 (chatd_ws_slow_consumer_cuts_total rises), gateway 0's RSS stays flat-ish
 (it does not hold the flood for them), the members that read get everything
 live, and the slow users, back (reconnect to any gateway + `sync`), recover
-everything. (That a reply larger than --send-queue into an empty backlog is
-never cut is test_net's test_ws_big_frame_into_empty_backlog.)"""
+everything. (That a reply up to --send-queue into an empty backlog is never
+cut, and one larger refused, is test_net's test_ws_big_frame_into_empty_backlog.)"""
 import asyncio
 import os
 

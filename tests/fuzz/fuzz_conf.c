@@ -4,7 +4,9 @@
  *
  *   --max-header-bytes -> one request buffer, a slot of the request slab
  *                         (net/http.c, lib/slab.h): allocated and written
- *                         end to end here, through a slab of that size.
+ *                         end to end here, through a slab of that size;
+ *   --send-queue       -> half of it pages every reply: it must hold the
+ *                         largest message (--max-text, every byte escaped).
  *
  * Input: arguments separated by NUL or newline, after an implicit "chatd".
  * Refused configurations are fine (conf prints why on stderr); an accepted
@@ -20,6 +22,7 @@
 #include "conf/conf.h"
 #include "lib/slab.h"
 #include "net/http.h"
+#include "net/proto.h"
 
 #define CHECK(cond) do { if (!(cond)) fuzz_fail(#cond, __LINE__); } while (0)
 static void fuzz_fail(const char *what, int line)
@@ -78,6 +81,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         slab_free(&s, b);
         slab_trim();
         CHECK(c.max_url <= c.max_header);
+        /* A reply page (half the output bound) holds the largest message. */
+        CHECK(c.send_queue / 2 >= proto_msg_bound(c.max_text));
     }
     free(buf);
     return 0;

@@ -91,6 +91,12 @@ static void test_conf_security_flags(void **state)
     snprintf(most, sizeof most, "--max-header-bytes=%zu", http_max_header_limit());
     char *fits[] = { "chatd", "--role=gateway", "--kafka=h:1", most };
     assert_int_equal(conf_try(&c, 4, fits), 0);
+    /* A reply page (half of --send-queue) must hold one --max-text message,
+     * every byte escaped. */
+    char *tight[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384" };
+    assert_int_equal(conf_try(&c, 4, tight), -1);
+    char *small_text[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384", "--max-text=512" };
+    assert_int_equal(conf_try(&c, 5, small_text), 0);
     
     unsetenv("CHATD_JWT_SECRET");
     unsetenv("CHATD_JWT_SECRET_PREVIOUS");
