@@ -84,6 +84,8 @@ static const struct conf_flag conf_flags[] = {
           "WebSocket connections (open + being set up) per gateway; more get 503 + Retry-After before the upgrade"),
     F_INT("max-conns-per-user", max_conns_per_user, "32", 1, 100000,
           "WebSocket connections of one user per gateway; more get 429 before the upgrade"),
+    F_INT("max-rooms-per-user", max_rooms_per_user, "1000", 1, 1000000,
+          "rooms one user may be a member of; a join beyond is forbidden (a dm's peer is then not added)"),
     F_STR("origins", origins, "",
           "browser Origins allowed to open /ws, comma-separated (e.g. https://chat.example.com); "
           "'' = same-origin only, '*' = any; requests without Origin (non-browser) are allowed; 403 otherwise"),
@@ -353,6 +355,13 @@ static int conf_check(struct conf *c)
     if (c->send_queue / 2 < proto_msg_bound(c->max_text)) {
         fprintf(stderr, "chatd: --send-queue=%zu cannot hold a --max-text=%zu message in a reply "
                         "(needs at least %zu)\n", c->send_queue, c->max_text, 2 * proto_msg_bound(c->max_text));
+        return -1;
+    }
+    /* ... and the user's `rooms` reply, one entry per room. */
+    if (c->send_queue / 2 < (size_t)c->max_rooms_per_user * PROTO_ROOMS_ENTRY_MAX + 256) {
+        fprintf(stderr, "chatd: --send-queue=%zu cannot hold the rooms reply of --max-rooms-per-user=%d "
+                        "(needs at least %zu)\n", c->send_queue, c->max_rooms_per_user,
+                2 * ((size_t)c->max_rooms_per_user * PROTO_ROOMS_ENTRY_MAX + 256));
         return -1;
     }
     if (c->max_url > c->max_header) {

@@ -28,14 +28,34 @@ void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_resul
     pg_query(pg, "SELECT room FROM members WHERE user_id = $1", 1, p, cb, ud);
 }
 
-void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
+void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms, pg_result_cb cb,
+             void *ud)
 {
-    const char *p[] = { room, user };
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", max_rooms);
+    const char *p[] = { room, user, cap };
+    /* Neither the room nor the membership is written past the cap. The
+     * statement's snapshot does not see its own insert: was_member is the
+     * state before. Concurrent joins of one user can each pass the count:
+     * the cap is exceeded by at most the joins in flight. */
     static struct pg_stmt st = {
-        "WITH r AS (INSERT INTO rooms (room) VALUES ($1) ON CONFLICT DO NOTHING) "
-        "INSERT INTO members (room, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+        "WITH ok AS (SELECT count(*) < $3::int AS ok FROM members WHERE user_id = $2), "
+        "r AS (INSERT INTO rooms (room) SELECT $1 WHERE (SELECT ok FROM ok) ON CONFLICT DO NOTHING), "
+        "ins AS (INSERT INTO members (room, user_id) SELECT $1, $2 WHERE (SELECT ok FROM ok) "
+        "ON CONFLICT DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM ins), "
+        "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2)",
     };
-    pg_query_stmt(pg, &st, 2, p, cb, ud);
+    pg_query_stmt(pg, &st, 3, p, cb, ud);
+}
+
+int db_join_result(const PGresult *res)
+{
+    if (PQntuples(res) != 1)
+        return DB_JOIN_FULL;
+    if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+        return DB_JOIN_INSERTED;
+    return PQgetvalue(res, 0, 1)[0] == 't' ? DB_JOIN_MEMBER : DB_JOIN_FULL;
 }
 
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)

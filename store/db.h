@@ -17,8 +17,12 @@
 
 /* Upserts the user (name, last_seen), then answers its rooms: (room). */
 void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud);
-/* Creates the room if needed and the membership; one row (1) iff it is new. */
-void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
+/* Adds user to room unless the user is already in max_rooms rooms (a new
+ * room is then not created either). Read the result with db_join_result. */
+void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms, pg_result_cb cb,
+             void *ud);
+enum { DB_JOIN_FULL = 0, DB_JOIN_INSERTED = 1, DB_JOIN_MEMBER = 2 /* already was */ };
+int db_join_result(const PGresult *res);
 /* Deletes the membership; one row iff it existed. */
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
 /* One row iff user is a member of room. */

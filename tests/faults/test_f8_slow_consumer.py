@@ -27,7 +27,9 @@ def test_slow_consumer(make_cluster):
     env = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
                             ":quarantine_size_mb=2:thread_local_quarantine_size_kb=64"
                             ).lstrip(":")}
-    c = make_cluster(gw_args_by_id={0: [f"--send-queue={SEND_QUEUE}"]}, gw_env=env)
+    # A rooms reply must fit half the queue: 100 rooms of 200 bytes do.
+    c = make_cluster(gw_args_by_id={0: [f"--send-queue={SEND_QUEUE}", "--max-rooms-per-user=100"]},
+                     gw_env=env)
     port = c.gw_ports[0]
 
     async def body():

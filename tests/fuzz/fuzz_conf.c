@@ -83,6 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(c.max_url <= c.max_header);
         /* A reply page (half the output bound) holds the largest message. */
         CHECK(c.send_queue / 2 >= proto_msg_bound(c.max_text));
+        CHECK(c.send_queue / 2 >= (size_t)c.max_rooms_per_user * PROTO_ROOMS_ENTRY_MAX);
     }
     free(buf);
     return 0;

@@ -38,7 +38,8 @@ GW_ARGS = [f"--rate={LIMITS['rate']}", f"--rate-burst={LIMITS['rate_burst']}",
            f"--max-frame={LIMITS['max_frame']}", f"--max-text={LIMITS['max_text']}",
            f"--heartbeat={LIMITS['heartbeat']}", f"--pong-timeout={LIMITS['pong_timeout']}",
            f"--max-http-conns={LIMITS['max_http_conns']}", f"--origins={LIMITS['origins']}",
-           f"--send-queue={LIMITS['send_queue']}"]
+           f"--send-queue={LIMITS['send_queue']}",
+           f"--max-rooms-per-user={LIMITS['max_rooms_per_user']}"]
 
 LATENCY_FLOOR_S = 3.0
 LATENCY_FACTOR = 10.0

@@ -49,6 +49,7 @@ static void test_conf_defaults(void **state)
     assert_int_equal(c.history_max, 1000);
     assert_int_equal(c.max_conns, 10000);
     assert_int_equal(c.max_conns_per_user, 32);
+    assert_int_equal(c.max_rooms_per_user, 1000);
     assert_string_equal(c.origins, "");
     assert_int_equal(c.max_header, 16384);
     assert_int_equal(c.max_url, 8192);
@@ -95,8 +96,15 @@ static void test_conf_security_flags(void **state)
      * every byte escaped. */
     char *tight[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384" };
     assert_int_equal(conf_try(&c, 4, tight), -1);
-    char *small_text[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384", "--max-text=512" };
-    assert_int_equal(conf_try(&c, 5, small_text), 0);
+    char *small_text[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384", "--max-text=512",
+                           "--max-rooms-per-user=10" };
+    assert_int_equal(conf_try(&c, 6, small_text), 0);
+    /* ... and the rooms reply of --max-rooms-per-user rooms (200 B each). */
+    char *many_rooms[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=65536" };
+    assert_int_equal(conf_try(&c, 4, many_rooms), -1);
+    char *few_rooms[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=65536", "--max-rooms-per-user=100" };
+    assert_int_equal(conf_try(&c, 5, few_rooms), 0);
+    assert_int_equal(c.max_rooms_per_user, 100);
     
     unsetenv("CHATD_JWT_SECRET");
     unsetenv("CHATD_JWT_SECRET_PREVIOUS");
