@@ -13,6 +13,7 @@
 #include "net/http.h"
 #include "net/http_internal.h"
 
+#include <errno.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <utlist.h>
 
 #include "lib/hex.h"
@@ -855,6 +857,19 @@ void http_server_close(http_server_t *s)
 const char *http_req_method(const http_req_t *r) { return http_method_str((enum http_method)r->method); }
 const char *http_req_path(const http_req_t *r) { return r->path; }
 const char *http_req_peer(const http_req_t *r) { return r->peer; }
+
+int http_req_peer_gone(const http_req_t *r)
+{
+    CHATD_ASSERT(r != NULL && r->magic == HTTP_REQ_MAGIC);
+    if (!http_req_alive(r))
+        return 1;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)r->conn->tcp, &fd) != 0)
+        return 1;
+    char ch;
+    ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 const char *http_req_body(const http_req_t *r, size_t *len)
 {

@@ -71,6 +71,10 @@ const char *http_req_query(const http_req_t *r, const char *name, char *buf, siz
 const char *http_req_header(const http_req_t *r, const char *name);
 const char *http_req_body(const http_req_t *r, size_t *len);
 const char *http_req_peer(const http_req_t *r);            /* "127.0.0.1" */
+/* 1 when the client has closed its side or the connection is gone: work
+ * done only for this request can stop. Peeks at the socket, reads nothing
+ * (a dispatched request's socket is not read, so libuv would not know). */
+int http_req_peer_gone(const http_req_t *r);
 
 /* Sends a complete response (Content-Length set, body copied) and finishes
  * req. Extra headers, if any, are full lines each ending in "\r\n". */
