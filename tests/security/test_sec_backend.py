@@ -5,6 +5,7 @@ registered one script call per batch of 100, and only while the client is
 still connected; a slow query fails alone instead of tearing down the
 PostgreSQL connection every other request shares."""
 import asyncio
+import threading
 import time
 
 import psycopg2
@@ -74,3 +75,40 @@ def test_abandoned_upgrade_stops_loading_rooms(sec):
     print(f"abandoned upgrade of a user in {N_ROOMS} rooms: {calls} Redis script calls after it left")
     assert calls == 0, f"{calls} room registrations for a client that had left"
     assert sec.c.log_count("gateway0", "handshake_abandoned", f"user={user}") == 1
+def test_slow_query_fails_alone(sec):
+    """A query stuck past --backend-timeout-ms (messages locked: a sync) is
+    answered `unavailable`; a request queued behind it on the same
+    PostgreSQL connection (a join: members and rooms only) still gets its
+    answer, and the connection is not reset."""
+    a_user, b_user, room = uid("slowa"), uid("slowb"), uid("slowroom")
+
+    async def run():
+        a = await Client.connect(sec.gw_ports[0], token(a_user))
+        b = await Client.connect(sec.gw_ports[0], token(b_user))
+        try:
+            await a.join(room)
+            await a.send(room, "before the lock")
+            await b.join(uid("other"))
+            resets = sec.c.log_count("gateway0", "pg_connected")
+            conn = psycopg2.connect(sec.c.pg.conninfo(sec.c.dbname), connect_timeout=5)
+            release = threading.Timer(3.0, conn.rollback)
+            try:
+                conn.cursor().execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                release.start()
+                slow = asyncio.ensure_future(a.req("sync", room=room, timeout=15))
+                await asyncio.sleep(1.0)  # queued behind it, well before its timeout
+                fast = await b.req("join", room=uid("bystander"), timeout=15)
+                r = await slow
+            finally:
+                release.join()
+                conn.close()
+            assert r.get("op") == "error" and r.get("code") == "unavailable", r
+            assert fast.get("op") == "ok", f"a bystander's request failed with the slow one: {fast}"
+            assert sec.c.log_count("gateway0", "pg_connected") == resets, "the PostgreSQL connection was reset"
+            page = await a.sync(room)
+            assert [m["text"] for m in page["messages"]] == ["before the lock"]
+        finally:
+            await a.close()
+            await b.close()
+
+    seclib.arun(run(), timeout=60)
