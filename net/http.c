@@ -98,6 +98,7 @@ struct http_req {
     uint8_t method;
     uint8_t keep_alive, upgrade, http10;
     uint8_t slab;   /* from http_reqs */
+    uint8_t in_body; /* headers complete: what http-parser reports as headers now are trailers */
     char peer[INET6_ADDRSTRLEN];
     char buf[]; /* lim.max_header + 1: url\0 (name\0 value\0)* */
 };
@@ -498,15 +499,21 @@ static int http_on_url(http_parser *p, const char *at, size_t len)
     return http_req_switch(c, HTTP_PART_URL) || http_req_append(c, at, len) ? -1 : 0;
 }
 
+/* Trailers (after a chunked body) are dropped: appended to the header
+ * table they would be read as headers, shifted (issue 16). */
 static int http_on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
+    if (c->req->in_body)
+        return 0;
     return http_req_switch(c, HTTP_PART_FIELD) || http_req_append(c, at, len) ? -1 : 0;
 }
 
 static int http_on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
+    if (c->req->in_body)
+        return 0;
     return http_req_switch(c, HTTP_PART_VALUE) || http_req_append(c, at, len) ? -1 : 0;
 }
 
@@ -544,6 +551,14 @@ static int http_on_headers_complete(http_parser *p)
         c->fail = 413;
         return -1;
     }
+    /* No body where none has a meaning: a GET or HEAD (the upgrade is a GET)
+     * or any upgrade. */
+    int has_body = (p->flags & F_CHUNKED) || (p->content_length != ULLONG_MAX && p->content_length > 0);
+    if (has_body && (p->method == HTTP_GET || p->method == HTTP_HEAD || p->upgrade)) {
+        c->fail = 400;
+        return -1;
+    }
+    r->in_body = 1;
     r->headers = strlen(r->buf) + 1;
     http_req_split_url(r);
     return 0;

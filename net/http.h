@@ -12,7 +12,8 @@
  *
  * Limits (struct http_limits, set by http_server_set_limits): request line +
  * headers (431 above), request target (414 above), body at most 64 KiB (413
- * above), a complete request within request_timeout_ms of the connection or
+ * above; a GET, HEAD or upgrade with any body: 400; trailers are dropped),
+ * a complete request within request_timeout_ms of the connection or
  * of the previous response (408 if part of one came, else a silent close: the
  * slowloris bound), at most max_conns sockets in the HTTP phase (a new one
  * above gets 503 and is closed), requests per connection by a token bucket

@@ -735,6 +735,44 @@ static void test_http_accessors(void **state)
     close(fd);
 }
 
+/* Issue 16: trailers after a chunked body never reach the header table
+ * (they were appended to it and read back shifted); a GET, HEAD or upgrade
+ * with a body is refused (400 + close). */
+static void test_http_trailers_and_bodies(void **state)
+{
+    (void)state;
+    char head[1024], body[256];
+    static const char trailer[] = "POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  "3\r\nabc\r\n0\r\nZ: X-Test\r\nY: injected\r\n\r\n";
+    /* (Appended, these were read as pairs shifted by one: X-Test -> "Y".) */
+    int fd = t_connect();
+    t_send(fd, trailer, sizeof trailer - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    assert_string_equal(body, "POST|-|-|abc|127.0.0.1");
+    close(fd);
+    static const char *const refused[] = {
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "HEAD /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx",
+        "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nOrigin: https://evil\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        fd = t_connect();
+        t_send(fd, refused[i], strlen(refused[i]));
+        assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 400);
+        assert_true(t_closed_by_peer(fd));
+        close(fd);
+    }
+    /* An empty body stays fine. */
+    static const char empty[] = "GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+    fd = t_connect();
+    t_send(fd, empty, sizeof empty - 1);
+    assert_int_equal(t_http_read(fd, head, sizeof head, body, sizeof body), 200);
+    close(fd);
+}
+
 static void test_http_limits(void **state)
 {
     (void)state;
@@ -1052,6 +1090,7 @@ int main(void)
         cmocka_unit_test(test_http_split_every_offset),
         cmocka_unit_test(test_http_pipelined_and_close),
         cmocka_unit_test(test_http_pipelined_output_bound),
+        cmocka_unit_test(test_http_trailers_and_bodies),
         cmocka_unit_test(test_http_accessors),
         cmocka_unit_test(test_http_limits),
         cmocka_unit_test(test_http_request_timeout),
