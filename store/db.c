@@ -34,16 +34,18 @@ void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms,
     char cap[16];
     snprintf(cap, sizeof cap, "%d", max_rooms);
     const char *p[] = { room, user, cap };
-    /* Neither the room nor the membership is written past the cap. The
-     * statement's snapshot does not see its own insert: was_member is the
-     * state before. Concurrent joins of one user can each pass the count:
-     * the cap is exceeded by at most the joins in flight. */
+    /* Neither the room nor the membership is written past the cap. Under the
+     * cap, no row inserted means a member already (maybe added by a
+     * concurrent statement its snapshot does not see: the dm peer's join on
+     * another gateway); at the cap, the snapshot says whether it was one.
+     * Concurrent joins of one user can each pass the count: the cap is
+     * exceeded by at most the joins in flight. */
     static struct pg_stmt st = {
         "WITH ok AS (SELECT count(*) < $3::int AS ok FROM members WHERE user_id = $2), "
         "r AS (INSERT INTO rooms (room) SELECT $1 WHERE (SELECT ok FROM ok) ON CONFLICT DO NOTHING), "
         "ins AS (INSERT INTO members (room, user_id) SELECT $1, $2 WHERE (SELECT ok FROM ok) "
         "ON CONFLICT DO NOTHING RETURNING 1) "
-        "SELECT (SELECT count(*) FROM ins), "
+        "SELECT (SELECT count(*) FROM ins), (SELECT ok FROM ok), "
         "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2)",
     };
     pg_query_stmt(pg, &st, 3, p, cb, ud);
@@ -55,7 +57,8 @@ int db_join_result(const PGresult *res)
         return DB_JOIN_FULL;
     if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
         return DB_JOIN_INSERTED;
-    return PQgetvalue(res, 0, 1)[0] == 't' ? DB_JOIN_MEMBER : DB_JOIN_FULL;
+    return PQgetvalue(res, 0, 1)[0] == 't' || PQgetvalue(res, 0, 2)[0] == 't' ? DB_JOIN_MEMBER
+                                                                               : DB_JOIN_FULL;
 }
 
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
