@@ -71,3 +71,28 @@ def test_sync_page_within_send_queue(sec):
             break
         after = page["messages"][-1]["seq"]
     assert len(got) == N_MSGS
+
+
+def test_rooms_reply_over_budget_refused(sec):
+    """Memberships from before --max-rooms-per-user (written here straight
+    into PostgreSQL: 400 rooms with 120-character names, ~75 KB of `rooms`
+    reply against --send-queue 64 KiB) make a `rooms` reply larger than the
+    bound: it is refused with too_large, not queued whole; the connection
+    and its other requests go on."""
+    user = uid("legacy")
+    rooms = [f"{uid('legacy')}-{i:04d}-".ljust(120, "x") for i in range(400)]
+    sec.query("INSERT INTO rooms (room) SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING RETURNING 1", (rooms,))
+    sec.query("INSERT INTO members (room, user_id) SELECT unnest(%s::text[]), %s "
+              "ON CONFLICT DO NOTHING RETURNING 1", (rooms, user))
+
+    async def run():
+        c = await Client.connect(sec.gw_ports[1], token(user))
+        try:
+            r = await c.req("rooms")
+            assert r.get("op") == "error" and r.get("code") == "too_large", str(r)[:300]
+            page = await c.sync(rooms[0])
+            assert page["messages"] == []
+        finally:
+            await c.close()
+
+    seclib.arun(run())
