@@ -288,6 +288,8 @@ static int chatd_listen(struct chatd *d)
         .max_url = c->max_url,
         .request_timeout_ms = (unsigned)c->request_timeout_ms,
         .max_conns = (unsigned)c->max_http_conns,
+        .rate = c->rate,
+        .rate_burst = c->rate_burst,
     };
     int rc = http_server_init(&d->http, d->loop, c->listen.host, c->listen.port, chatd_on_http, d);
     if (rc) {

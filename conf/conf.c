@@ -8,6 +8,9 @@
 #include <stddef.h>
 #include <unistd.h>
 
+#include "net/http.h"
+#include "net/proto.h"
+
 #ifndef CHATD_VERSION
 #define CHATD_VERSION "0.1.0"
 #endif
@@ -81,11 +84,13 @@ static const struct conf_flag conf_flags[] = {
           "WebSocket connections (open + being set up) per gateway; more get 503 + Retry-After before the upgrade"),
     F_INT("max-conns-per-user", max_conns_per_user, "32", 1, 100000,
           "WebSocket connections of one user per gateway; more get 429 before the upgrade"),
+    F_INT("max-rooms-per-user", max_rooms_per_user, "1000", 1, 1000000,
+          "rooms one user may be a member of; a join beyond is forbidden (a dm's peer is then not added)"),
     F_STR("origins", origins, "",
           "browser Origins allowed to open /ws, comma-separated (e.g. https://chat.example.com); "
           "'' = same-origin only, '*' = any; requests without Origin (non-browser) are allowed; 403 otherwise"),
     F_SIZE("max-header-bytes", max_header, "16384", 1024, 1048576,
-           "HTTP request line + headers, bytes (431 above)"),
+           "HTTP request line + headers, bytes (431 above; at most 130 KiB less a request's bookkeeping)"),
     F_SIZE("max-url-bytes", max_url, "8192", 256, 1048576, "HTTP request target (path + query), bytes (414 above)"),
     F_INT("request-timeout-ms", request_timeout_ms, "10000", 100, 600000,
           "a connection must deliver a complete HTTP request (the upgrade included) within this; "
@@ -336,6 +341,27 @@ static int conf_check(struct conf *c)
         strcpy(c->jwt_secret_previous, prev);
     if (c->admin.set && c->admin.port != 0 && c->admin.port == c->listen.port) {
         fprintf(stderr, "chatd: --admin-listen must use another port than --listen (%d)\n", c->listen.port);
+        return -1;
+    }
+    /* Each request in progress holds a header buffer of this size, from a
+     * slab whose slot cannot exceed its block (lib/slab.h). */
+    if (c->max_header > http_max_header_limit()) {
+        fprintf(stderr, "chatd: --max-header-bytes=%zu is more than a request buffer can hold "
+                        "(at most %zu)\n", c->max_header, http_max_header_limit());
+        return -1;
+    }
+    /* Every reply is paged within half the output bound (roles/gateway.c);
+     * that half must hold the largest message, or no page could progress. */
+    if (c->send_queue / 2 < proto_msg_bound(c->max_text)) {
+        fprintf(stderr, "chatd: --send-queue=%zu cannot hold a --max-text=%zu message in a reply "
+                        "(needs at least %zu)\n", c->send_queue, c->max_text, 2 * proto_msg_bound(c->max_text));
+        return -1;
+    }
+    /* ... and the user's `rooms` reply, one entry per room. */
+    if (c->send_queue / 2 < (size_t)c->max_rooms_per_user * PROTO_ROOMS_ENTRY_MAX + 256) {
+        fprintf(stderr, "chatd: --send-queue=%zu cannot hold the rooms reply of --max-rooms-per-user=%d "
+                        "(needs at least %zu)\n", c->send_queue, c->max_rooms_per_user,
+                2 * ((size_t)c->max_rooms_per_user * PROTO_ROOMS_ENTRY_MAX + 256));
         return -1;
     }
     if (c->max_url > c->max_header) {

@@ -12,6 +12,21 @@
 
 static struct slab *slab_all; /* listed slabs: trim, metrics */
 
+/* An object larger than a block would give a block zero slots, and the bump
+ * allocator would then hand out memory past the block's end. Refused in
+ * both builds, so the ASan build fails the way the real one does. */
+static int slab_refuses(struct slab *s)
+{
+    if (slab_fits(s->size))
+        return 0;
+    if (!s->refused) {
+        s->refused = 1;
+        log_error("slab_object_too_large", "slab=%s size=%zu max=%u", s->name, s->size,
+                  (unsigned)SLAB_MAX_OBJECT);
+    }
+    return 1;
+}
+
 void slab_list(struct slab *s)
 {
     if (!s->listed) {
@@ -42,6 +57,8 @@ void slab_collect(struct metrics_buf *out)
 
 void *slab_alloc(struct slab *s)
 {
+    if (slab_refuses(s))
+        return NULL;
     void *p = calloc(1, s->size);
     if (p) {
         s->objects++;
@@ -73,6 +90,7 @@ struct slab_block {
 };
 
 #define SLAB_HDR ((sizeof(struct slab_block) + 15) & ~(size_t)15)
+_Static_assert(SLAB_HDR <= SLAB_HDR_MAX, "SLAB_MAX_OBJECT must leave room for the block header");
 
 static struct slab_block *slab_block_of(const void *p)
 {
@@ -117,8 +135,11 @@ static void slab_slot_size(struct slab *s)
 
 void *slab_alloc_raw(struct slab *s)
 {
-    if (!s->slot)
+    if (!s->slot) {
+        if (slab_refuses(s))
+            return NULL;
         slab_slot_size(s);
+    }
     struct slab_block *b = s->partial;
     if (!b) {
         if ((b = s->spare))

@@ -30,6 +30,12 @@
 #include <stddef.h>
 
 #define SLAB_BLOCK (128u * 1024u)
+/* The largest object a slab holds: a block less its header (at most
+ * SLAB_HDR_MAX bytes). A slab asked for more refuses to allocate rather
+ * than hand out slots past its block's end; configuration that sizes a
+ * slab checks slab_fits() first (conf/conf.c). */
+#define SLAB_HDR_MAX 128u
+#define SLAB_MAX_OBJECT (SLAB_BLOCK - SLAB_HDR_MAX)
 
 /* gcc says __SANITIZE_ADDRESS__, clang (the fuzz build) __has_feature. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -52,6 +58,7 @@ struct slab {
     size_t objects, blocks;     /* blocks: mapped, spares included */
     struct slab *next_slab;     /* the listed slabs (slab_list) */
     int listed;
+    int refused;                /* size over SLAB_MAX_OBJECT, logged */
 };
 
 /* For objects of type T, or of sz bytes aligned like pointers. */
@@ -70,7 +77,11 @@ void slab_list(struct slab *s);
     __attribute__((constructor)) static void var##_list(void) { slab_list(&var); } \
     static struct slab var = __VA_ARGS__
 
-/* Zeroed, or NULL when out of memory. */
+/* 1 when an object of size bytes fits a slab slot (size <= SLAB_MAX_OBJECT). */
+static inline int slab_fits(size_t size) { return size > 0 && size <= SLAB_MAX_OBJECT; }
+
+/* Zeroed, or NULL when out of memory or when s->size does not fit a slot
+ * (slab_fits; logged once per slab: a program error, never client input). */
 void *slab_alloc(struct slab *s);
 /* The same, contents undefined: for large objects the caller fills. */
 void *slab_alloc_raw(struct slab *s);

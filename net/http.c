@@ -13,6 +13,7 @@
 #include "net/http.h"
 #include "net/http_internal.h"
 
+#include <errno.h>
 #include <http_parser.h>
 #include <netinet/in.h>
 #include <stdint.h>
@@ -20,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <utlist.h>
 
 #include "lib/hex.h"
 #include "lib/log.h"
@@ -29,6 +32,11 @@
 #define HTTP_BODY_MAX (64 * 1024) /* 413 above */
 #define HTTP_LINGER_MS 2000       /* wait this long for the peer's FIN after closing */
 #define HTTP_BACKLOG 511
+/* Unsent output per connection: past this, the next pipelined request is not
+ * parsed (nor the socket read) until the peer has taken the responses, so a
+ * client that pipelines requests and never reads holds at most this plus one
+ * response (issue 16). */
+#define HTTP_OUT_MAX (64 * 1024)
 
 #define HTTP_SERVER_MAGIC 0x48535256u
 #define HTTP_CONN_MAGIC 0x48434f4eu
@@ -60,12 +68,16 @@ struct http_conn {
     uint8_t state;
     uint8_t reading;
     uint8_t in_resume;
+    uint8_t blocked;          /* unsent output over HTTP_OUT_MAX: parsing waits */
     uint16_t fail;            /* status to answer when a callback stopped the parser */
     uv_tcp_t *tcp;
     http_server_t *srv;
     http_req_t *req;          /* being parsed, or owned by the handler */
     char *leftover;           /* bytes after a complete request */
     size_t leftover_len;
+    struct http_write *writes; /* responses libuv has not finished writing */
+    double tokens;            /* request rate bucket (lim.rate, lim.rate_burst) */
+    uint64_t tokens_ms;
     uint64_t deadline;        /* loop ms; idle (READING) or linger (LINGER) limit */
     struct http_conn *prev, *next, *resume_next;
     http_parser parser;
@@ -86,12 +98,15 @@ struct http_req {
     uint8_t method;
     uint8_t keep_alive, upgrade, http10;
     uint8_t slab;   /* from http_reqs */
+    uint8_t in_body; /* headers complete: what http-parser reports as headers now are trailers */
     char peer[INET6_ADDRSTRLEN];
     char buf[]; /* lim.max_header + 1: url\0 (name\0 value\0)* */
 };
 
 struct http_write {
     uv_write_t req;
+    struct http_conn *conn; /* NULL once the socket changed owner */
+    struct http_write *prev, *next;
     char data[];
 };
 
@@ -100,6 +115,7 @@ static metric_t *http_m_requests, *http_m_rejects, *http_m_conns;
 static void http_conn_close(struct http_conn *c);
 static int http_conn_feed(struct http_conn *c, const char *data, size_t len);
 static void http_server_resume_cb(uv_idle_t *h);
+static void http_conn_resume_later(struct http_conn *c);
 
 static struct http_conn *http_conn_from(void *p)
 {
@@ -161,10 +177,12 @@ static void http_conn_unlink(struct http_conn *c)
  * connections' few long-lived heap objects keep resident (lib/slab.h). */
 SLAB_DEFINE(http_reqs, SLAB_INIT_SIZE("http_req", 0));
 
+size_t http_max_header_limit(void) { return SLAB_MAX_OBJECT - sizeof(http_req_t) - 1; }
+
 static http_req_t *http_req_new(size_t max_header)
 {
     size_t size = sizeof(http_req_t) + max_header + 1;
-    if (!http_reqs.size)
+    if (!http_reqs.size && slab_fits(size))
         http_reqs.size = size;
     int from_slab = size == http_reqs.size;
     http_req_t *r = from_slab ? slab_alloc_raw(&http_reqs) : malloc(size);
@@ -277,10 +295,22 @@ static const char *http_status_text(int status)
     }
 }
 
-static void http_write_cb(uv_write_t *w, int status)
+/* A failed write shows up as a read error or EOF too. A connection that
+ * stopped parsing for its unsent output goes on once it is under the bound. */
+static void http_write_cb(uv_write_t *req, int status)
 {
-    (void)status; /* a failed write shows up as a read error or EOF too */
-    free((struct http_write *)w); /* req is the first member */
+    struct http_write *w = (struct http_write *)req; /* req is the first member */
+    struct http_conn *c = w->conn;
+    if (c) {
+        DL_DELETE(c->writes, w);
+        if (status == 0 && c->blocked && c->state == HTTP_READING &&
+            c->tcp->write_queue_size <= HTTP_OUT_MAX) {
+            c->blocked = 0;
+            c->deadline = uv_now(c->srv->loop) + c->srv->lim.request_timeout_ms;
+            http_conn_resume_later(c);
+        }
+    }
+    free(w);
 }
 
 static void http_shutdown_cb(uv_shutdown_t *req, int status)
@@ -355,6 +385,8 @@ static void http_conn_send(struct http_conn *c, int status, const char *ctype, c
         http_conn_close(c);
         return;
     }
+    w->conn = c;
+    DL_APPEND(c->writes, w);
     if (!keep) {
         http_conn_linger(c);
         return;
@@ -362,6 +394,12 @@ static void http_conn_send(struct http_conn *c, int status, const char *ctype, c
     c->state = HTTP_READING;
     c->deadline = uv_now(c->srv->loop) + c->srv->lim.request_timeout_ms;
     http_parser_pause(&c->parser, 0);
+    if (c->tcp->write_queue_size > HTTP_OUT_MAX) {
+        /* http_write_cb resumes; a peer that never reads is closed by the
+         * sweep once the request timeout passes. */
+        c->blocked = 1;
+        return;
+    }
     http_conn_resume_later(c);
 }
 
@@ -372,6 +410,7 @@ static void http_conn_reject(struct http_conn *c, int status)
     switch (status) {
     case 408: body = "{\"error\":\"bad_request\",\"message\":\"request not received in time\"}"; break;
     case 413: body = "{\"error\":\"too_large\",\"message\":\"request body too large\"}"; break;
+    case 429: body = "{\"error\":\"rate_limited\",\"message\":\"too many requests on this connection\"}"; break;
     case 414: body = "{\"error\":\"too_large\",\"message\":\"request target too long\"}"; break;
     case 431: body = "{\"error\":\"too_large\",\"message\":\"request headers too large\"}"; break;
     case 503: body = "{\"error\":\"unavailable\",\"message\":\"server busy, try again\"}"; break;
@@ -381,7 +420,24 @@ static void http_conn_reject(struct http_conn *c, int status)
     metric_inc(http_m_rejects);
     http_req_free(c->req);
     c->req = NULL;
-    http_conn_send(c, status, "application/json", body, strlen(body), NULL, 0, 0, 0);
+    http_conn_send(c, status, "application/json", body, strlen(body),
+                   status == 429 ? "Retry-After: 1\r\n" : NULL, 0, 0, 0);
+}
+
+/* Every request a connection has handled costs a token, like a WebSocket
+ * frame (the request's backend work and response are what a flood buys). */
+static int http_conn_take_token(struct http_conn *c)
+{
+    const struct http_limits *l = &c->srv->lim;
+    uint64_t now = uv_now(c->srv->loop);
+    c->tokens += (double)(now - c->tokens_ms) * l->rate / 1000.0;
+    if (c->tokens > l->rate_burst)
+        c->tokens = l->rate_burst;
+    c->tokens_ms = now;
+    if (c->tokens < 1.0)
+        return -1;
+    c->tokens -= 1.0;
+    return 0;
 }
 
 /* ---- parser callbacks: URL and headers go into req->buf ---- */
@@ -443,15 +499,21 @@ static int http_on_url(http_parser *p, const char *at, size_t len)
     return http_req_switch(c, HTTP_PART_URL) || http_req_append(c, at, len) ? -1 : 0;
 }
 
+/* Trailers (after a chunked body) are dropped: appended to the header
+ * table they would be read as headers, shifted (issue 16). */
 static int http_on_header_field(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
+    if (c->req->in_body)
+        return 0;
     return http_req_switch(c, HTTP_PART_FIELD) || http_req_append(c, at, len) ? -1 : 0;
 }
 
 static int http_on_header_value(http_parser *p, const char *at, size_t len)
 {
     struct http_conn *c = p->data;
+    if (c->req->in_body)
+        return 0;
     return http_req_switch(c, HTTP_PART_VALUE) || http_req_append(c, at, len) ? -1 : 0;
 }
 
@@ -489,6 +551,14 @@ static int http_on_headers_complete(http_parser *p)
         c->fail = 413;
         return -1;
     }
+    /* No body where none has a meaning: a GET or HEAD (the upgrade is a GET)
+     * or any upgrade. */
+    int has_body = (p->flags & F_CHUNKED) || (p->content_length != ULLONG_MAX && p->content_length > 0);
+    if (has_body && (p->method == HTTP_GET || p->method == HTTP_HEAD || p->upgrade)) {
+        c->fail = 400;
+        return -1;
+    }
+    r->in_body = 1;
     r->headers = strlen(r->buf) + 1;
     http_req_split_url(r);
     return 0;
@@ -572,6 +642,11 @@ static int http_conn_feed(struct http_conn *c, const char *data, size_t len)
     http_conn_read(c, 0);
     if (c->state == HTTP_CLOSED)
         return 0;
+    if (http_conn_take_token(c) < 0) {
+        log_info("http_rate_limited", "peer=%s", c->peer);
+        http_conn_reject(c, 429);
+        return 0;
+    }
     c->state = HTTP_DISPATCHED;
     metric_inc(http_m_requests);
     c->srv->cb(c->req, c->srv->user);
@@ -656,6 +731,8 @@ static void http_server_on_connection(uv_stream_t *l, int status)
     c->parser.data = c;
     http_conn_peer(c);
     c->deadline = uv_now(s->loop) + s->lim.request_timeout_ms;
+    c->tokens = s->lim.rate_burst;
+    c->tokens_ms = uv_now(s->loop);
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
@@ -749,16 +826,22 @@ int http_server_port(const http_server_t *s) { return s->port; }
 
 void http_server_set_limits(http_server_t *s, const struct http_limits *lim)
 {
-    static const struct http_limits defaults = { 16 * 1024, 8 * 1024, 10000, 4096 };
+    static const struct http_limits defaults = { 16 * 1024, 8 * 1024, 10000, 4096, 20, 50 };
     s->lim = lim ? *lim : defaults;
     if (!s->lim.max_header)
         s->lim.max_header = defaults.max_header;
+    if (s->lim.max_header > http_max_header_limit())
+        s->lim.max_header = http_max_header_limit();
     if (!s->lim.max_url || s->lim.max_url > s->lim.max_header)
         s->lim.max_url = s->lim.max_header;
     if (!s->lim.request_timeout_ms)
         s->lim.request_timeout_ms = defaults.request_timeout_ms;
     if (!s->lim.max_conns)
         s->lim.max_conns = defaults.max_conns;
+    if (!(s->lim.rate > 0))
+        s->lim.rate = defaults.rate;
+    if (!(s->lim.rate_burst >= 1))
+        s->lim.rate_burst = defaults.rate_burst;
     /* The sweep enforces the timeout: a quarter of it, within [50, 1000] ms. */
     unsigned every = s->lim.request_timeout_ms / 4;
     every = every > 1000 ? 1000 : every < 50 ? 50 : every;
@@ -789,6 +872,19 @@ void http_server_close(http_server_t *s)
 const char *http_req_method(const http_req_t *r) { return http_method_str((enum http_method)r->method); }
 const char *http_req_path(const http_req_t *r) { return r->path; }
 const char *http_req_peer(const http_req_t *r) { return r->peer; }
+
+int http_req_peer_gone(const http_req_t *r)
+{
+    CHATD_ASSERT(r != NULL && r->magic == HTTP_REQ_MAGIC);
+    if (!http_req_alive(r))
+        return 1;
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)r->conn->tcp, &fd) != 0)
+        return 1;
+    char ch;
+    ssize_t n = recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
 
 const char *http_req_body(const http_req_t *r, size_t *len)
 {
@@ -915,6 +1011,8 @@ uv_tcp_t *http_req_take_socket(http_req_t *req, char **leftover, size_t *leftove
     uv_tcp_t *tcp = c->tcp;
     *leftover = c->leftover;
     *leftover_len = c->leftover_len;
+    for (struct http_write *w = c->writes; w; w = w->next)
+        w->conn = NULL; /* still in libuv's queue; the socket is ws's now */
     http_conn_unlink(c);
     tcp->data = NULL;
     c->magic = 0;

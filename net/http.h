@@ -12,11 +12,15 @@
  *
  * Limits (struct http_limits, set by http_server_set_limits): request line +
  * headers (431 above), request target (414 above), body at most 64 KiB (413
- * above), a complete request within request_timeout_ms of the connection or
+ * above; a GET, HEAD or upgrade with any body: 400; trailers are dropped),
+ * a complete request within request_timeout_ms of the connection or
  * of the previous response (408 if part of one came, else a silent close: the
  * slowloris bound), at most max_conns sockets in the HTTP phase (a new one
- * above gets 503 and is closed). Malformed requests get 400. Every refusal
- * closes the connection.
+ * above gets 503 and is closed), requests per connection by a token bucket
+ * (429 + Retry-After above), unsent output per connection (past 64 KiB the
+ * next pipelined request waits until the peer has read: a client that never
+ * reads holds one response plus 64 KiB, and is closed at the request
+ * timeout). Malformed requests get 400. Every refusal closes the connection.
  */
 #ifndef CHATD_HTTP_H
 #define CHATD_HTTP_H
@@ -34,14 +38,21 @@ struct http_limits {
     size_t max_url;              /* request target, bytes (8 KiB; at most max_header) */
     unsigned request_timeout_ms; /* 10000 */
     unsigned max_conns;          /* sockets in the HTTP phase (4096) */
+    double rate, rate_burst;     /* requests per second per connection, bucket depth (20, 50) */
 };
+
+/* The largest max_header: a request (its bookkeeping and header buffer) must
+ * fit one slot of the request slab (lib/slab.h, SLAB_MAX_OBJECT); conf
+ * refuses more at start and http_server_set_limits clamps to it. */
+size_t http_max_header_limit(void);
 
 /* Binds and listens on host:port (host is a numeric IPv4/IPv6 address).
  * Returns 0 or a negative ERR_* / UV error code (logged by the caller). */
 int http_server_init(http_server_t **out, uv_loop_t *loop, const char *host, int port,
                      http_handler_cb cb, void *user);
-/* Replaces the limits (NULL or a 0 field: the default above). They apply to
- * requests that start after the call. */
+/* Replaces the limits (NULL or a 0 field: the default above; max_header
+ * at most http_max_header_limit()). They apply to requests that start after
+ * the call. */
 void http_server_set_limits(http_server_t *s, const struct http_limits *lim);
 /* The port actually bound (useful with port 0). */
 int http_server_port(const http_server_t *s);
@@ -61,6 +72,10 @@ const char *http_req_query(const http_req_t *r, const char *name, char *buf, siz
 const char *http_req_header(const http_req_t *r, const char *name);
 const char *http_req_body(const http_req_t *r, size_t *len);
 const char *http_req_peer(const http_req_t *r);            /* "127.0.0.1" */
+/* 1 when the client has closed its side or the connection is gone: work
+ * done only for this request can stop. Peeks at the socket, reads nothing
+ * (a dispatched request's socket is not read, so libuv would not know). */
+int http_req_peer_gone(const http_req_t *r);
 
 /* Sends a complete response (Content-Length set, body copied) and finishes
  * req. Extra headers, if any, are full lines each ending in "\r\n". */

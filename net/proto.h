@@ -14,6 +14,15 @@
 #define PROTO_CID_MAX 64
 #define PROTO_RID_MAX 64
 
+/* The most bytes one stored message takes in a reply or a fan-out frame: its
+ * text escaped (\u00XX: six bytes for one), the cid escaped, the room, ids,
+ * seq, ts and keys. Replies are paged within a byte budget that must hold at
+ * least one such message (conf refuses a --send-queue that cannot). */
+#define PROTO_MSG_OVERHEAD 1024
+/* One {"room":R,"seq":S,"read":S} of a rooms reply, comma included. */
+#define PROTO_ROOMS_ENTRY_MAX (PROTO_ROOM_MAX + 72)
+static inline size_t proto_msg_bound(size_t max_text) { return 6 * max_text + 6 * PROTO_CID_MAX + PROTO_MSG_OVERHEAD; }
+
 enum proto_op { OP_JOIN, OP_LEAVE, OP_SEND, OP_SYNC, OP_ROOMS, OP_TYPING, OP_READ, OP_PRESENCE };
 
 struct proto_limits {

@@ -254,9 +254,9 @@ static size_t ws_conn_backlog(const ws_conn_t *c)
 }
 
 /* The bound is on the backlog, not on what one loop turn queued: a burst
- * (a Kafka batch fanned out, a long history page) first goes to the kernel,
- * and only a reader whose backlog stays past the bound is cut. A frame into
- * an empty backlog is always taken, however large. */
+ * (a Kafka batch fanned out, a history page) first goes to the kernel, and
+ * only a reader whose backlog stays past the bound is cut. A frame into an
+ * empty backlog is taken if it is within the bound itself. */
 static int ws_conn_over_bound(ws_conn_t *c, size_t len)
 {
     if (c->queued + len <= ws_g.lim.max_queue_bytes)
@@ -270,9 +270,17 @@ static int ws_conn_over_bound(ws_conn_t *c, size_t len)
 }
 
 /* Takes over one reference to f. A reader that stops reading is cut here,
- * at the moment its backlog passes the bound. */
+ * at the moment its backlog passes the bound. A frame larger than the bound
+ * by itself is refused, the connection left alone: its sender must page
+ * (issue 16: a 24 MB sync page used to be queued whole). */
 static int ws_conn_enqueue(ws_conn_t *c, ws_frame_t *f)
 {
+    if (f->len > ws_g.lim.max_queue_bytes) {
+        log_warn("ws_frame_too_large", "peer=%s bytes=%zu limit=%zu", ws_conn_peer(c), f->len,
+                 ws_g.lim.max_queue_bytes);
+        ws_frame_unref(f);
+        return ERR_TOO_LARGE;
+    }
     if (ws_conn_over_bound(c, f->len)) {
         ws_frame_unref(f);
         if (c->state != WS_CLOSED) {

@@ -73,7 +73,8 @@ void ws_frame_unref(ws_frame_t *f);
 
 /* Queues f (takes its own reference). Returns 0, or ERR_UNAVAILABLE if the
  * connection is closing, or ERR_TOO_LARGE if the queue bound was passed (the
- * connection is then being cut). */
+ * connection is then being cut) or f alone is larger than the bound (f is
+ * dropped, the connection stays: senders page within the bound). */
 int ws_conn_send(ws_conn_t *c, ws_frame_t *f);
 /* Encodes and queues one text message. Same returns as ws_conn_send. */
 int ws_conn_send_text(ws_conn_t *c, const char *data, size_t len);

@@ -196,6 +196,8 @@ struct gw_handshake {
     int64_t exp_s;
     int pending;                    /* route registrations in flight */
     int err;
+    char *rooms;                    /* the user's rooms, NUL-separated, registered in batches */
+    size_t rooms_len, rooms_off;
 };
 
 static void gw_handshake_finish(struct gw_handshake *hs)
@@ -236,7 +238,10 @@ static void gw_handshake_done(struct gw_handshake *hs)
         return;
     g->hs_inflight--;
     hs->u->pending--;
-    if (hs->err || g->draining) {
+    if (hs->err == ERR_CANCELLED) { /* the client left while its rooms were loading */
+        log_info("handshake_abandoned", "user=%s", hs->u->id);
+        http_respond_error(hs->req, 503, "unavailable", "gone");
+    } else if (hs->err || g->draining) {
         log_warn("handshake_failed", "user=%s err=%s", hs->u->id,
                  hs->err ? err_code(hs->err) : "draining");
         metric_inc(g->m.handshakes_503);
@@ -248,28 +253,59 @@ static void gw_handshake_done(struct gw_handshake *hs)
     free(hs);
 }
 
-static void gw_on_hs_route(int err, int64_t head, void *ud)
+/* Every room of the user is routed here before the 101 (and its hello), a
+ * batch (one Redis round trip) at a time, and only while the client is still
+ * there: an upgrade it gave up on costs at most one batch more (issue 16). */
+static void gw_hs_register_next(struct gw_handshake *hs);
+
+static void gw_on_hs_batch(int err, void *ud)
 {
     struct gw_handshake *hs = ud;
-    (void)head;
     if (err)
         hs->err = err;
-    gw_handshake_done(hs);
+    gw_hs_register_next(hs);
 }
 
-/* Every room of the user is routed here before the 101 (and its hello). */
+static void gw_hs_register_next(struct gw_handshake *hs)
+{
+    gateway_t *g = hs->g;
+    if (!hs->err && hs->rooms_off < hs->rooms_len && http_req_peer_gone(hs->req))
+        hs->err = ERR_CANCELLED;
+    if (hs->err || g->draining || hs->rooms_off >= hs->rooms_len) {
+        free(hs->rooms);
+        hs->rooms = NULL;
+        gw_handshake_done(hs);
+        return;
+    }
+    const char *batch[ROUTES_BATCH_MAX];
+    size_t n = 0;
+    while (n < ROUTES_BATCH_MAX && hs->rooms_off < hs->rooms_len) {
+        const char *room = hs->rooms + hs->rooms_off;
+        hs->rooms_off += strlen(room) + 1;
+        gw_member_add(g, hs->u, room, 0);
+        batch[n++] = room;
+    }
+    int rc = routes_rooms_join(g->routes, batch, n, g->conf->gateway_id, g->epoch, hs->u->id,
+                               gw_on_hs_batch, hs);
+    if (rc)
+        gw_on_hs_batch(rc, hs);
+}
+
 static void gw_on_user_rooms(int err, PGresult *res, void *ud)
 {
     struct gw_handshake *hs = ud;
-    gateway_t *g = hs->g;
     hs->err = err;
-    for (int i = 0; !err && !g->draining && i < PQntuples(res); i++) {
-        const char *room = PQgetvalue(res, i, 0);
-        hs->pending++;
-        gw_member_add(g, hs->u, room, 0);
-        routes_room_join(g->routes, room, g->conf->gateway_id, g->epoch, hs->u->id, gw_on_hs_route, hs);
+    size_t len = 0;
+    for (int i = 0; !err && i < PQntuples(res); i++)
+        len += (size_t)PQgetlength(res, i, 0) + 1;
+    if (len && !(hs->rooms = malloc(len)))
+        hs->err = ERR_NOMEM;
+    for (int i = 0; hs->rooms && i < PQntuples(res); i++) {
+        size_t n = (size_t)PQgetlength(res, i, 0) + 1;
+        memcpy(hs->rooms + hs->rooms_len, PQgetvalue(res, i, 0), n);
+        hs->rooms_len += n;
     }
-    gw_handshake_done(hs);
+    gw_hs_register_next(hs);
 }
 
 /* 503 with Retry-After: a cap shed the request; the client retries soon. */
@@ -424,7 +460,9 @@ static void gw_on_rest_history(int err, PGresult *res, void *ud)
     jbuf_kv_strz(&b, "room", rq->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, rq->room, res, more ? rq->limit : n);
+    int want = more ? rq->limit : n; /* a page within the reply budget, as sync */
+    if (db_history_json(&b, rq->room, res, want, GW_REPLY_BUDGET(rq->g) - 32) < want)
+        more = 1;
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);

@@ -109,6 +109,11 @@ struct gateway {
     } m;
 };
 
+/* Bytes one reply may take (sync and REST pages, rooms): half of
+ * --send-queue, so a reply always fits the connection's output bound next to
+ * some backlog; conf makes it hold at least one message (proto_msg_bound). */
+#define GW_REPLY_BUDGET(g) ((g)->conf->send_queue / 2)
+
 uint64_t gw_now_ms(void);
 /* Drops a pending request's hold on c (see struct gw_conn). */
 void gw_conn_unref(struct gw_conn *c);

@@ -152,9 +152,12 @@ struct gw_dm_peer {
 static void gw_on_dm_peer_db(int err, PGresult *res, void *ud)
 {
     struct gw_dm_peer *d = ud;
+    int j = err ? DB_JOIN_FULL : db_join_result(res);
     if (err)
         log_warn("dm_peer_join_failed", "room=%s user=%s err=%s", d->room, d->peer, err_code(err));
-    else if (PQntuples(res) > 0)
+    else if (j == DB_JOIN_FULL) /* the peer can still join it once under the cap */
+        log_info("dm_peer_over_room_cap", "room=%s user=%s", d->room, d->peer);
+    else if (j == DB_JOIN_INSERTED)
         gw_member_changed(d->g, "joined", d->room, d->peer);
     free(d);
 }
@@ -175,7 +178,7 @@ static void gw_dm_add_peer(gateway_t *g, const char *room, const char *user)
     d->g = g;
     strcpy(d->room, room);
     memcpy(d->peer, peer, plen);
-    db_join(g->pg, d->room, d->peer, gw_on_dm_peer_db, d);
+    db_join(g->pg, d->room, d->peer, g->conf->max_rooms_per_user, gw_on_dm_peer_db, d);
 }
 
 static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
@@ -230,7 +233,13 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
         gw_pending_free(p);
         return;
     }
-    p->inserted = PQntuples(res) > 0;
+    int j = db_join_result(res);
+    if (j == DB_JOIN_FULL) {
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "in too many rooms (--max-rooms-per-user): leave one first");
+        gw_pending_free(p);
+        return;
+    }
+    p->inserted = j == DB_JOIN_INSERTED;
     /* Local index first: a record for the room may arrive before the head. */
     gw_member_add(p->g, c->u, p->room, 0);
     routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
@@ -354,7 +363,10 @@ static void gw_on_sync_db(int err, PGresult *res, void *ud)
     jbuf_kv_strz(&b, "room", p->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, p->room, res, more ? p->limit : n);
+    /* A page ends early (more) rather than pass the output bound. */
+    int want = more ? p->limit : n;
+    if (db_history_json(&b, p->room, res, want, GW_REPLY_BUDGET(p->g) - 32) < want)
+        more = 1;
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);
@@ -391,6 +403,13 @@ static void gw_on_rooms_db(int err, PGresult *res, void *ud)
     }
     jbuf_arr_close(&b);
     jbuf_obj_close(&b);
+    if (b.len > GW_REPLY_BUDGET(p->g)) { /* memberships from before --max-rooms-per-user */
+        log_warn("rooms_reply_too_large", "user=%s rooms=%d bytes=%zu", c->u->id, PQntuples(res), b.len);
+        jbuf_free(&b);
+        gw_send_error(c, p->rid, ERR_TOO_LARGE, "more rooms than one reply can hold");
+        gw_pending_free(p);
+        return;
+    }
     gw_send_buf(c, &b);
     gw_pending_free(p);
 }
@@ -488,7 +507,7 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
     }
     switch (r->op) {
     case OP_JOIN:
-        db_join(g->pg, r->room, c->u->id, gw_on_join_db, gw_pending_new(c, r));
+        db_join(g->pg, r->room, c->u->id, g->conf->max_rooms_per_user, gw_on_join_db, gw_pending_new(c, r));
         break;
     case OP_LEAVE:
         db_leave(g->pg, r->room, c->u->id, gw_on_leave_db, gw_pending_new(c, r));

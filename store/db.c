@@ -28,14 +28,37 @@ void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_resul
     pg_query(pg, "SELECT room FROM members WHERE user_id = $1", 1, p, cb, ud);
 }
 
-void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
+void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms, pg_result_cb cb,
+             void *ud)
 {
-    const char *p[] = { room, user };
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", max_rooms);
+    const char *p[] = { room, user, cap };
+    /* Neither the room nor the membership is written past the cap. Under the
+     * cap, no row inserted means a member already (maybe added by a
+     * concurrent statement its snapshot does not see: the dm peer's join on
+     * another gateway); at the cap, the snapshot says whether it was one.
+     * Concurrent joins of one user can each pass the count: the cap is
+     * exceeded by at most the joins in flight. */
     static struct pg_stmt st = {
-        "WITH r AS (INSERT INTO rooms (room) VALUES ($1) ON CONFLICT DO NOTHING) "
-        "INSERT INTO members (room, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+        "WITH ok AS (SELECT count(*) < $3::int AS ok FROM members WHERE user_id = $2), "
+        "r AS (INSERT INTO rooms (room) SELECT $1 WHERE (SELECT ok FROM ok) ON CONFLICT DO NOTHING), "
+        "ins AS (INSERT INTO members (room, user_id) SELECT $1, $2 WHERE (SELECT ok FROM ok) "
+        "ON CONFLICT DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM ins), (SELECT ok FROM ok), "
+        "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2)",
     };
-    pg_query_stmt(pg, &st, 2, p, cb, ud);
+    pg_query_stmt(pg, &st, 3, p, cb, ud);
+}
+
+int db_join_result(const PGresult *res)
+{
+    if (PQntuples(res) != 1)
+        return DB_JOIN_FULL;
+    if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
+        return DB_JOIN_INSERTED;
+    return PQgetvalue(res, 0, 1)[0] == 't' || PQgetvalue(res, 0, 2)[0] == 't' ? DB_JOIN_MEMBER
+                                                                               : DB_JOIN_FULL;
 }
 
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
@@ -211,9 +234,11 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         free((char *)p[k]);
 }
 
-void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n)
+int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n, size_t max_len)
 {
     for (int i = 0; i < n; i++) {
+        size_t len0 = b->len;
+        int comma0 = b->need_comma;
         jbuf_comma(b);
         jbuf_obj_open(b);
         jbuf_kv_strz(b, "op", "msg");
@@ -230,5 +255,12 @@ void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int 
         jbuf_rawz(b, PQgetvalue(res, i, 5));
         b->need_comma = 1;
         jbuf_obj_close(b);
+        if (max_len && i > 0 && b->len > max_len && !b->failed) {
+            b->len = len0; /* the page ends before this row */
+            b->p[len0] = '\0';
+            b->need_comma = comma0;
+            return i;
+        }
     }
+    return n;
 }

@@ -17,8 +17,12 @@
 
 /* Upserts the user (name, last_seen), then answers its rooms: (room). */
 void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud);
-/* Creates the room if needed and the membership; one row (1) iff it is new. */
-void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
+/* Adds user to room unless the user is already in max_rooms rooms (a new
+ * room is then not created either). Read the result with db_join_result. */
+void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms, pg_result_cb cb,
+             void *ud);
+enum { DB_JOIN_FULL = 0, DB_JOIN_INSERTED = 1, DB_JOIN_MEMBER = 2 /* already was */ };
+int db_join_result(const PGresult *res);
 /* Deletes the membership; one row iff it existed. */
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
 /* One row iff user is a member of room. */
@@ -66,7 +70,9 @@ void db_array_add(struct jbuf *b, const char *s);
 void db_array_int(struct jbuf *b, int64_t v);
 char *db_array_end(struct jbuf *b);
 
-/* Writes rows [0, n) of a db_history result as MSG objects, comma-separated. */
-void db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n);
+/* Writes rows [0, n) of a db_history result as MSG objects, comma-separated,
+ * stopping before a row that would take b past max_len bytes (0: no limit;
+ * the first row is always written). Returns the rows written. */
+int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n, size_t max_len);
 
 #endif

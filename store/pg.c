@@ -40,6 +40,7 @@
 #define PG_BACKOFF_MIN_MS 100
 #define PG_BACKOFF_MAX_MS 5000
 #define PG_CONNECT_MIN_MS 2000
+#define PG_ABANDON_GRACE_MS 1000 /* for the server's cancel of a timed-out query to arrive */
 #define PG_MAX_ADDRS 8
 
 enum pg_state { PG_ST_DOWN, PG_ST_RESOLVING, PG_ST_CONNECTING, PG_ST_UP, PG_ST_CLOSING };
@@ -52,6 +53,7 @@ struct pg_query_req {
     uint64_t start_ns;
     int err;          /* deferred delivery only */
     int synced;       /* saw the NULL that ends the results; the sync comes next */
+    int abandoned;    /* timed out: the caller was answered, the results are dropped */
     uint64_t preparing; /* bit of the statement whose PREPARE's results come first, or 0 */
     PGresult *res;    /* first result */
     struct pg_query_req *next;
@@ -80,6 +82,7 @@ struct pg_client {
     int open_handles;
     unsigned inflight;
     uint64_t prepared; /* bit i: statement id i+1 is prepared on this connection */
+    char options[512]; /* the conninfo's options plus statement_timeout */
     struct pg_query_req *fifo_head, *fifo_tail;
     struct pg_query_req *defer_head, *defer_tail;
 };
@@ -201,6 +204,13 @@ static void pg_fifo_push(pg_client_t *c, struct pg_query_req *q)
 static void pg_deliver(struct pg_query_req *q, int err)
 {
     PGresult *res = q->res;
+    if (q->abandoned) { /* answered ERR_TIMEOUT already, counted then */
+        if (res)
+            PQclear(res);
+        q->magic = 0;
+        free(q);
+        return;
+    }
     if (err == 0)
         metric_observe(pg_m_seconds, (double)(uv_hrtime() - q->start_ns) / 1e9);
     else if (err != ERR_CANCELLED)
@@ -303,8 +313,18 @@ static void pg_connect_begin(pg_client_t *c)
 {
     const char *kw[64], *val[64];
     int n = 0;
+    /* The server cancels a statement running past the deadline itself: that
+     * query fails alone and the connection every other query shares stays. */
+    const char *user_opts = "";
+    for (PQconninfoOption *o = c->opts; o->keyword; o++)
+        if (o->val && strcmp(o->keyword, "options") == 0)
+            user_opts = o->val;
+    snprintf(c->options, sizeof c->options, "%s%s-c statement_timeout=%u", user_opts,
+             user_opts[0] ? " " : "", c->timeout_ms);
+    kw[n] = "options", val[n++] = c->options;
     for (PQconninfoOption *o = c->opts; o->keyword && n < 60; o++)
-        if (o->val && !(c->resolve_host && strcmp(o->keyword, "host") == 0)) {
+        if (o->val && !(c->resolve_host && strcmp(o->keyword, "host") == 0) &&
+            strcmp(o->keyword, "options") != 0) {
             kw[n] = o->keyword;
             val[n++] = o->val;
         }
@@ -488,6 +508,11 @@ static int pg_drain(pg_client_t *c)
         PQclear(res);
         pg_fifo_pop(c);
         int err = pg_result_err(q->res);
+        if (err && q->res && !strcmp(PQresultErrorField(q->res, PG_DIAG_SQLSTATE) ?: "", "57014")) {
+            PQclear(q->res); /* statement_timeout: the server cancelled it */
+            q->res = NULL;
+            err = ERR_TIMEOUT;
+        }
         if (err && q->res)
             log_debug("pg_query_failed", "sqlstate=%s err=%s",
                       PQresultErrorField(q->res, PG_DIAG_SQLSTATE) ? PQresultErrorField(q->res, PG_DIAG_SQLSTATE) : "-",
@@ -558,11 +583,33 @@ static void pg_on_deadline(uv_timer_t *t)
     if (c->state != PG_ST_UP && c->state != PG_ST_CONNECTING)
         return;
     struct pg_query_req *q = c->fifo_head;
-    if (q && q->deadline_ms <= now) {
-        /* Not cancelled server-side: PQcancel blocks. The server notices the
-         * closed socket when the statement ends or next writes. */
+    if (q && q->deadline_ms <= now && !q->abandoned) {
+        /* Every query past its deadline is answered ERR_TIMEOUT now and
+         * stays in the FIFO, its results dropped when they come: the server
+         * cancels a slow statement itself (statement_timeout), so one slow
+         * query does not fail the others in flight (issue 16). */
+        unsigned gen = c->gen, n = 0;
+        for (struct pg_query_req *p = q; p && p->deadline_ms <= now; p = p->next) {
+            if (p->abandoned)
+                continue;
+            pg_result_cb cb = p->cb;
+            void *user = p->user;
+            p->abandoned = 1;
+            p->cb = NULL;
+            p->deadline_ms = now + c->timeout_ms + PG_ABANDON_GRACE_MS;
+            metric_inc(pg_m_errors);
+            n++;
+            if (cb)
+                cb(ERR_TIMEOUT, NULL, user);
+            if (c->gen != gen || c->state != PG_ST_UP)
+                return; /* the callback reset or closed the client */
+        }
+        log_warn("pg_timeout", "timeout_ms=%u timed_out=%u inflight=%u", c->timeout_ms, n, c->inflight);
+    } else if (q && q->deadline_ms <= now) {
+        /* Not even the server's own cancel came back: the connection is
+         * stuck. Not cancelled server-side: PQcancel blocks. */
         pg_fifo_pop(c);
-        log_warn("pg_timeout", "timeout_ms=%u inflight=%u", c->timeout_ms, c->inflight);
+        log_warn("pg_stuck", "timeout_ms=%u inflight=%u", c->timeout_ms, c->inflight);
         if (q->res) {
             PQclear(q->res);
             q->res = NULL;
@@ -574,6 +621,12 @@ static void pg_on_deadline(uv_timer_t *t)
         return;
     }
     uint64_t next = q ? q->deadline_ms : UINT64_MAX;
+    for (struct pg_query_req *p = q; p; p = p->next) /* the first one not timed out yet */
+        if (!p->abandoned) {
+            if (p->deadline_ms < next)
+                next = p->deadline_ms;
+            break;
+        }
     if (c->state == PG_ST_CONNECTING && c->connect_deadline_ms < next)
         next = c->connect_deadline_ms;
     if (next != UINT64_MAX)

@@ -21,7 +21,7 @@ struct routes {
     int live_known;
     int live_pending;                 /* GETs of the current refresh in flight */
     uv_timer_t live_timer;
-    struct redis_script assign, join, seed;
+    struct redis_script assign, join, join_many, seed;
 };
 
 /* Assigns seqs to a room's messages of one batch, in order, in one call:
@@ -76,6 +76,19 @@ static const char routes_join_lua[] =
     "local s = redis.call('GET', KEYS[3])\n"
     "if s then return tonumber(s) end\n"
     "return -1\n";
+
+/* A user's rooms at an upgrade, one batch per call: the route and the
+ * member of each, as routes_join_lua without reading the heads (a new
+ * connection syncs). KEYS: gw:N:rooms, then room:R:gw and room:R:on per
+ * room. ARGV: gw, epoch, member, then the rooms. */
+static const char routes_join_many_lua[] =
+    "local n = (#KEYS - 1) / 2\n"
+    "for i = 1, n do\n"
+    "  redis.call('SADD', KEYS[1], ARGV[3 + i])\n"
+    "  redis.call('HSET', KEYS[2 * i], ARGV[1], ARGV[2])\n"
+    "  redis.call('SADD', KEYS[2 * i + 1], ARGV[3])\n"
+    "end\n"
+    "return n\n";
 
 static const char routes_seed_lua[] =
     "redis.call('SET', KEYS[1], ARGV[1], 'NX')\n"
@@ -220,6 +233,7 @@ int routes_init(routes_t **out, uv_loop_t *loop, redis_client_t *redis, int n_ga
     rt->dedup_ttl_s = dedup_ttl_s;
     redis_script_init(&rt->assign, routes_assign_lua);
     redis_script_init(&rt->join, routes_join_lua);
+    redis_script_init(&rt->join_many, routes_join_many_lua);
     redis_script_init(&rt->seed, routes_seed_lua);
     uv_timer_init(loop, &rt->live_timer);
     rt->live_timer.data = rt;
@@ -343,6 +357,46 @@ void routes_room_join(routes_t *rt, const char *room, int gw, const char *epoch,
     /* Cleanup bookkeeping first: it is pipelined ahead of the script. */
     redis_command(rt->redis, routes_on_logged, NULL, "SADD gw:%d:rooms %s", gw, room);
     redis_script_run(rt->redis, &rt->join, routes_on_head, op, 3, 6, argv, lens);
+}
+
+int routes_rooms_join(routes_t *rt, const char *const *rooms, size_t n, int gw, const char *epoch,
+                      const char *user, routes_done_cb cb, void *user_data)
+{
+    CHATD_ASSERT(n > 0 && n <= ROUTES_BATCH_MAX);
+    size_t argc = 1 + 2 * n + 3 + n;
+    char (*keys)[ROUTES_KEY_MAX] = malloc((1 + 2 * n) * sizeof *keys);
+    const char **argv = malloc(argc * sizeof *argv);
+    size_t *lens = malloc(argc * sizeof *lens);
+    char gws[16], member[160];
+    if (!keys || !argv || !lens) {
+        free(keys);
+        free(argv);
+        free(lens);
+        return ERR_NOMEM;
+    }
+    snprintf(keys[0], sizeof keys[0], "gw:%d:rooms", gw);
+    argv[0] = keys[0];
+    for (size_t i = 0; i < n; i++) {
+        routes_key(keys[1 + 2 * i], "room", rooms[i], "gw");
+        routes_key(keys[2 + 2 * i], "room", rooms[i], "on");
+        argv[1 + 2 * i] = keys[1 + 2 * i];
+        argv[2 + 2 * i] = keys[2 + 2 * i];
+        argv[1 + 2 * n + 3 + i] = rooms[i];
+    }
+    snprintf(gws, sizeof gws, "%d", gw);
+    snprintf(member, sizeof member, "%s@%d:%s", user, gw, epoch);
+    argv[1 + 2 * n] = gws;
+    argv[2 + 2 * n] = epoch;
+    argv[3 + 2 * n] = member;
+    for (size_t i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    struct routes_op *op = routes_op_new(rt, user_data);
+    op->cb.done = cb;
+    redis_script_run(rt->redis, &rt->join_many, routes_on_done, op, (int)(1 + 2 * n), (int)argc, argv, lens);
+    free(keys);
+    free(argv);
+    free(lens);
+    return 0;
 }
 
 void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user)

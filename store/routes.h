@@ -78,6 +78,12 @@ void routes_gateway_cleanup(routes_t *rt, int gw, routes_done_cb cb, void *user)
 /* Registers gw for room (and user online there), then reads the head. */
 void routes_room_join(routes_t *rt, const char *room, int gw, const char *epoch, const char *user,
                       routes_head_cb cb, void *user_data);
+/* Registers gw for n rooms (and user online in each) in one script call, one
+ * round trip per batch of at most ROUTES_BATCH_MAX rooms (an upgrade's
+ * rooms); heads are not read. rooms are copied. Returns 0 or ERR_NOMEM. */
+#define ROUTES_BATCH_MAX 100
+int routes_rooms_join(routes_t *rt, const char *const *rooms, size_t n, int gw, const char *epoch,
+                      const char *user, routes_done_cb cb, void *user_data);
 /* Sets the room's seq key to seq unless present; answers the head. */
 void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user);
 /* Fire-and-forget removals (failures are logged; stale entries are harmless

@@ -5,8 +5,8 @@ messages: the stalled ones are cut at their bounded send queue
 (chatd_ws_slow_consumer_cuts_total rises), gateway 0's RSS stays flat-ish
 (it does not hold the flood for them), the members that read get everything
 live, and the slow users, back (reconnect to any gateway + `sync`), recover
-everything. (That a reply larger than --send-queue into an empty backlog is
-never cut is test_net's test_ws_big_frame_into_empty_backlog.)"""
+everything. (That a reply up to --send-queue into an empty backlog is never
+cut, and one larger refused, is test_net's test_ws_big_frame_into_empty_backlog.)"""
 import asyncio
 import os
 
@@ -27,7 +27,9 @@ def test_slow_consumer(make_cluster):
     env = {"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
                             ":quarantine_size_mb=2:thread_local_quarantine_size_kb=64"
                             ).lstrip(":")}
-    c = make_cluster(gw_args_by_id={0: [f"--send-queue={SEND_QUEUE}"]}, gw_env=env)
+    # A rooms reply must fit half the queue: 100 rooms of 200 bytes do.
+    c = make_cluster(gw_args_by_id={0: [f"--send-queue={SEND_QUEUE}", "--max-rooms-per-user=100"]},
+                     gw_env=env)
     port = c.gw_ports[0]
 
     async def body():

@@ -38,7 +38,8 @@ GW_ARGS = [f"--rate={LIMITS['rate']}", f"--rate-burst={LIMITS['rate_burst']}",
            f"--max-frame={LIMITS['max_frame']}", f"--max-text={LIMITS['max_text']}",
            f"--heartbeat={LIMITS['heartbeat']}", f"--pong-timeout={LIMITS['pong_timeout']}",
            f"--max-http-conns={LIMITS['max_http_conns']}", f"--origins={LIMITS['origins']}",
-           f"--send-queue={LIMITS['send_queue']}"]
+           f"--send-queue={LIMITS['send_queue']}",
+           f"--max-rooms-per-user={LIMITS['max_rooms_per_user']}"]
 
 LATENCY_FLOOR_S = 3.0
 LATENCY_FACTOR = 10.0
@@ -101,9 +102,11 @@ async def _seed(sc):
 @pytest.fixture(scope="session")
 def sec(sec_workdir):
     pg = harness.Postgres(sec_workdir)
+    admin = chatlib.free_port()  # gateway 0 has an admin listener (the amplification checks)
     c = harness.Cluster(sec_workdir, pg, "sec", gw_args=GW_ARGS, n_gw=2, n_cl=1,
                         gw_env=GW_ENV,
-                        gw_args_by_id={1: [f"--max-conns={LIMITS['max_conns_gw1']}"]})
+                        gw_args_by_id={0: [f"--admin-listen=127.0.0.1:{admin}"],
+                                       1: [f"--max-conns={LIMITS['max_conns_gw1']}"]})
     try:
         c.start()
     except Exception as e:
@@ -111,6 +114,7 @@ def sec(sec_workdir):
         pg.close()
         pytest.fail(f"security cluster did not start: {e}\n" + "\n".join(problems), pytrace=False)
     sc = SecCluster(c)
+    sc.admin_port = admin
     _CLUSTER.append(sc)
     try:
         seclib.arun(_seed(sc))

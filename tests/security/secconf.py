@@ -13,7 +13,7 @@ LIMITS = {
     "rate": 20, "rate_burst": 40, "max_conns_per_user": 4, "request_timeout_ms": 2000,
     "max_header": 8192, "max_url": 4096, "max_frame": 65536, "max_text": 4096,
     "heartbeat": 3, "pong_timeout": 2, "max_http_conns": 300, "max_conns_gw1": 60,
-    "origins": "https://good.example", "send_queue": 65536,
+    "origins": "https://good.example", "send_queue": 65536, "max_rooms_per_user": 50,
 }
 
 

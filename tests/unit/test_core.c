@@ -19,6 +19,7 @@
 #include "lib/metrics.h"
 #include "lib/slab.h"
 #include "net/auth.h"
+#include "net/http.h"
 #include "net/proto.h"
 
 /* ---- conf ---- */
@@ -48,6 +49,7 @@ static void test_conf_defaults(void **state)
     assert_int_equal(c.history_max, 1000);
     assert_int_equal(c.max_conns, 10000);
     assert_int_equal(c.max_conns_per_user, 32);
+    assert_int_equal(c.max_rooms_per_user, 1000);
     assert_string_equal(c.origins, "");
     assert_int_equal(c.max_header, 16384);
     assert_int_equal(c.max_url, 8192);
@@ -79,6 +81,31 @@ static void test_conf_security_flags(void **state)
     /* a URL limit above the header limit cannot hold */
     char *bad[] = { "chatd", "--role=gateway", "--kafka=h:1", "--max-header-bytes=2048", "--max-url-bytes=4096" };
     assert_int_equal(conf_try(&c, 5, bad), -1);
+    /* A header limit whose request buffer would not fit the request slab
+     * (lib/slab.h) is refused at start; the largest that fits is taken. */
+    char big[64], most[64];
+    snprintf(big, sizeof big, "--max-header-bytes=%d", 256 * 1024);
+    char *over[] = { "chatd", "--role=gateway", "--kafka=h:1", big };
+    assert_int_equal(conf_try(&c, 4, over), -1);
+    snprintf(big, sizeof big, "--max-header-bytes=%zu", http_max_header_limit() + 1);
+    assert_int_equal(conf_try(&c, 4, over), -1);
+    snprintf(most, sizeof most, "--max-header-bytes=%zu", http_max_header_limit());
+    char *fits[] = { "chatd", "--role=gateway", "--kafka=h:1", most };
+    assert_int_equal(conf_try(&c, 4, fits), 0);
+    /* A reply page (half of --send-queue) must hold one --max-text message,
+     * every byte escaped. */
+    char *tight[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384" };
+    assert_int_equal(conf_try(&c, 4, tight), -1);
+    char *small_text[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=16384", "--max-text=512",
+                           "--max-rooms-per-user=10" };
+    assert_int_equal(conf_try(&c, 6, small_text), 0);
+    /* ... and the rooms reply of --max-rooms-per-user rooms (200 B each). */
+    char *many_rooms[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=65536" };
+    assert_int_equal(conf_try(&c, 4, many_rooms), -1);
+    char *few_rooms[] = { "chatd", "--role=gateway", "--kafka=h:1", "--send-queue=65536", "--max-rooms-per-user=100" };
+    assert_int_equal(conf_try(&c, 5, few_rooms), 0);
+    assert_int_equal(c.max_rooms_per_user, 100);
+    
     unsetenv("CHATD_JWT_SECRET");
     unsetenv("CHATD_JWT_SECRET_PREVIOUS");
     unsetenv("CHATD_MAX_CONNS_PER_USER");
@@ -513,6 +540,35 @@ static void test_slab(void **state)
         slab_free(&w, a[i]);
 }
 
+/* An object larger than a block is refused (NULL), in both builds: slots
+ * past a block's end were handed out before (issue 16). The largest object
+ * that fits is served, in blocks of one. */
+static void test_slab_refuses_oversized(void **state)
+{
+    (void)state;
+    static struct slab big = SLAB_INIT_SIZE("too_big", SLAB_BLOCK);
+    assert_false(slab_fits(SLAB_BLOCK));
+    assert_null(slab_alloc(&big));
+    assert_null(slab_alloc_raw(&big));
+    assert_int_equal(big.objects, 0);
+    static struct slab over = SLAB_INIT_SIZE("just_over", SLAB_MAX_OBJECT + 1);
+    assert_null(slab_alloc(&over));
+    static struct slab most = SLAB_INIT_SIZE("largest", SLAB_MAX_OBJECT);
+    assert_true(slab_fits(SLAB_MAX_OBJECT));
+    char *a = slab_alloc(&most), *b = slab_alloc(&most);
+    assert_non_null(a);
+    assert_non_null(b);
+    memset(a, 1, SLAB_MAX_OBJECT);
+    memset(b, 2, SLAB_MAX_OBJECT);
+    assert_int_equal(a[SLAB_MAX_OBJECT - 1], 1); /* no overlap */
+#ifndef SLAB_USES_MALLOC
+    assert_int_equal(most.blocks, 2);
+#endif
+    slab_free(&most, a);
+    slab_free(&most, b);
+    slab_trim();
+}
+
 /* /metrics shows each slab's objects and mapped bytes, one family each. */
 static void test_slab_metrics(void **state)
 {
@@ -597,6 +653,7 @@ int main(void)
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
         cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
         cmocka_unit_test(test_slab),           cmocka_unit_test(test_slab_metrics),
+        cmocka_unit_test(test_slab_refuses_oversized),
         cmocka_unit_test(test_loopstat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

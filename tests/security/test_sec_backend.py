@@ -1,0 +1,114 @@
+"""Backend work tied to its client (issue 16, finding 3): an upgrade of a
+user in many rooms issued several Redis commands per room, and went on
+loading and routing them after the client had given up. Rooms are now
+registered one script call per batch of 100, and only while the client is
+still connected; a slow query fails alone instead of tearing down the
+PostgreSQL connection every other request shares."""
+import asyncio
+import threading
+import time
+
+import psycopg2
+import redis as redislib
+
+import seclib
+from chatlib import Client, uid
+from secconf import LIMITS, token
+
+N_ROOMS = LIMITS["max_rooms_per_user"]
+
+
+def _scripts(sec):
+    """EVAL + EVALSHA calls Redis has served (a room registration is one)."""
+    r = redislib.Redis(host="127.0.0.1", port=sec.c.redis.port, socket_timeout=5)
+    st = r.info("commandstats")
+    return sum(st.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+async def _member_of_many(port, user, n):
+    c = await Client.connect(port, token(user))
+    try:
+        for i in range(n):
+            await c.join(uid(f"many{i}"))
+            await asyncio.sleep(1.2 / LIMITS["rate"])
+    finally:
+        await c.close()
+
+
+def test_upgrade_registers_rooms_in_batches(sec):
+    user = uid("many")
+    seclib.arun(_member_of_many(sec.gw_ports[0], user, N_ROOMS), timeout=120)
+    time.sleep(0.5)
+    before = _scripts(sec)
+    w = seclib.WS(sec.gw_ports[0], token(user))
+    try:
+        w.read_until({0x1})  # hello: every room is routed by now
+        calls = _scripts(sec) - before
+    finally:
+        w.close()
+    print(f"upgrade of a user in {N_ROOMS} rooms: {calls} Redis script calls")
+    assert calls <= (N_ROOMS + 99) // 100 + 1, f"{calls} script calls for {N_ROOMS} rooms"
+
+
+def test_abandoned_upgrade_stops_loading_rooms(sec):
+    """The user's rooms query is held (members locked) while the client gives
+    up after 0.3 s; once the query answers, nothing is routed for it."""
+    user = uid("gone")
+    seclib.arun(_member_of_many(sec.gw_ports[0], user, N_ROOMS), timeout=120)
+    time.sleep(0.5)
+    before = _scripts(sec)
+    conn = psycopg2.connect(sec.c.pg.conninfo(sec.c.dbname), connect_timeout=5)
+    try:
+        cur = conn.cursor()
+        cur.execute("LOCK TABLE members IN ACCESS EXCLUSIVE MODE")
+        s = seclib.raw_connect(sec.gw_ports[0])
+        req, _ = seclib.upgrade_request(sec.gw_ports[0], token(user))
+        s.sendall(req)
+        time.sleep(0.3)
+        s.close()
+        time.sleep(0.5)
+    finally:
+        conn.rollback()
+        conn.close()
+    time.sleep(1.0)
+    calls = _scripts(sec) - before
+    print(f"abandoned upgrade of a user in {N_ROOMS} rooms: {calls} Redis script calls after it left")
+    assert calls == 0, f"{calls} room registrations for a client that had left"
+    assert sec.c.log_count("gateway0", "handshake_abandoned", f"user={user}") == 1
+def test_slow_query_fails_alone(sec):
+    """A query stuck past --backend-timeout-ms (messages locked: a sync) is
+    answered `unavailable`; a request queued behind it on the same
+    PostgreSQL connection (a join: members and rooms only) still gets its
+    answer, and the connection is not reset."""
+    a_user, b_user, room = uid("slowa"), uid("slowb"), uid("slowroom")
+
+    async def run():
+        a = await Client.connect(sec.gw_ports[0], token(a_user))
+        b = await Client.connect(sec.gw_ports[0], token(b_user))
+        try:
+            await a.join(room)
+            await a.send(room, "before the lock")
+            await b.join(uid("other"))
+            resets = sec.c.log_count("gateway0", "pg_connected")
+            conn = psycopg2.connect(sec.c.pg.conninfo(sec.c.dbname), connect_timeout=5)
+            release = threading.Timer(3.0, conn.rollback)
+            try:
+                conn.cursor().execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                release.start()
+                slow = asyncio.ensure_future(a.req("sync", room=room, timeout=15))
+                await asyncio.sleep(1.0)  # queued behind it, well before its timeout
+                fast = await b.req("join", room=uid("bystander"), timeout=15)
+                r = await slow
+            finally:
+                release.join()
+                conn.close()
+            assert r.get("op") == "error" and r.get("code") == "unavailable", r
+            assert fast.get("op") == "ok", f"a bystander's request failed with the slow one: {fast}"
+            assert sec.c.log_count("gateway0", "pg_connected") == resets, "the PostgreSQL connection was reset"
+            page = await a.sync(room)
+            assert [m["text"] for m in page["messages"]] == ["before the lock"]
+        finally:
+            await a.close()
+            await b.close()
+
+    seclib.arun(run(), timeout=60)
