@@ -179,6 +179,9 @@ class KafkaCluster:
             f"default.replication.factor={n}",
             f"min.insync.replicas={isr}",
             "unclean.leader.election.enable=false",
+            # The tests shorten chatd's session.timeout.ms to 3 s (faster
+            # failover); Kafka's floor is 6 s, chatd's own default.
+            "group.min.session.timeout.ms=1000",
             "auto.create.topics.enable=false",
             f"offsets.topic.replication.factor={n}",
             "offsets.topic.num.partitions=10",
