@@ -19,12 +19,13 @@ mkdir -p "$ROOT"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 pids=()
+PGROOT=$ROOT
 cleanup() {
   trap - INT TERM EXIT
   echo "run: stopping" >&2
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  as_pg "$PGBIN/pg_ctl" -D "$ROOT/pg" -m fast stop >/dev/null 2>&1 || true
+  as_pg "$PGBIN/pg_ctl" -D "$PGROOT/pg" -m fast stop >/dev/null 2>&1 || true
 }
 trap cleanup INT TERM EXIT
 
@@ -32,13 +33,27 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$ROOT" --save '' --app
   --logfile "$ROOT/redis.log" &
 pids+=($!)
 
-if [ ! -s "$ROOT/pg/PG_VERSION" ]; then
-  mkdir -p "$ROOT/pg"
-  [ "$(id -u)" -eq 0 ] && chown postgres "$ROOT" "$ROOT/pg"
-  as_pg "$PGBIN/initdb" -D "$ROOT/pg" -A trust -U postgres >/dev/null
+# PostgreSQL's files live in $PGROOT: .run/ itself, unless this clone sits
+# under a directory the postgres user cannot enter (root's 0700 home): then
+# a directory of this clone's own in /var/tmp.
+PGROOT=$ROOT
+if [ "$(id -u)" -eq 0 ]; then
+  chown postgres "$ROOT"
+  if ! runuser -u postgres -- test -w "$ROOT"; then
+    PGROOT=/var/tmp/chatd-run-$(printf %s "$ROOT" | sha256sum | cut -c1-16)
+    mkdir -p "$PGROOT"
+    chown postgres "$PGROOT"
+    chmod 0700 "$PGROOT"
+    echo "run: the postgres user cannot reach $ROOT; PostgreSQL data in $PGROOT/pg" >&2
+  fi
 fi
-as_pg "$PGBIN/pg_ctl" -D "$ROOT/pg" -l "$ROOT/pg.log" -w \
-  -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $ROOT" start >/dev/null
+if [ ! -s "$PGROOT/pg/PG_VERSION" ]; then
+  mkdir -p "$PGROOT/pg"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$PGROOT/pg"
+  as_pg "$PGBIN/initdb" -D "$PGROOT/pg" -A trust -U postgres >/dev/null
+fi
+as_pg "$PGBIN/pg_ctl" -D "$PGROOT/pg" -l "$PGROOT/pg.log" -w \
+  -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PGROOT" start >/dev/null
 as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
   "SELECT 1 FROM pg_database WHERE datname='chatd'" | grep -q 1 ||
   as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE chatd"
