@@ -3,12 +3,14 @@
 # chatd --role=all with the embedded Kafka broker and dev tokens on
 # http://127.0.0.1:8080. Ctrl-C stops everything this script started.
 # make cluster (second argument "cluster"): the same stores, then a broker,
-# two classifiers and two gateways (http://127.0.0.1:8080 and :8081).
+# two classifiers and two gateways (http://127.0.0.1:8080 and :8081); with
+# KAFKA=real, Apache Kafka (3 KRaft nodes, scripts/kafka.py) instead of the broker.
 set -euo pipefail
 
 CHATD=${1:-build/chatd}
 MODE=${2:-all}
 ROOT=$(pwd)/.run
+HERE=$(cd "$(dirname "$0")" && pwd)
 REDIS_PORT=${REDIS_PORT:-16379}
 PG_PORT=${PG_PORT:-15432}
 LISTEN=${CHATD_LISTEN:-127.0.0.1:8080}
@@ -61,6 +63,26 @@ as_pg "$PGBIN/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc \
 export CHATD_JWT_SECRET=${CHATD_JWT_SECRET:-dev-secret-change-me}
 export CHATD_REDIS="redis://127.0.0.1:$REDIS_PORT/0"
 export CHATD_PG="host=127.0.0.1 port=$PG_PORT user=postgres dbname=chatd"
+
+if [ "$MODE" = cluster ] && [ "${KAFKA:-embedded}" = real ]; then
+  # Apache Kafka (scripts/kafka.py) in .run/kafka, stopped with the rest;
+  # the first classifier creates chatd's topics, the others wait for them.
+  KDIR="$ROOT/kafka"
+  kafka_down() { /usr/bin/python3 "$HERE/kafka.py" down "$KDIR" || true; }
+  trap 'cleanup; kafka_down' INT TERM EXIT
+  CHATD_KAFKA=$(/usr/bin/python3 "$HERE/kafka.py" up "$KDIR" --nodes "${KAFKA_NODES:-3}" \
+                ${KAFKA_VERSION:+--version "$KAFKA_VERSION"})
+  export CHATD_KAFKA
+  "$CHATD" --role=classifier --listen=127.0.0.1:9101 --kafka-create-topics & pids+=($!)
+  "$CHATD" --role=classifier --listen=127.0.0.1:9102 --kafka-create-topics & pids+=($!)
+  "$CHATD" --role=gateway --gateway-id=0 --listen=127.0.0.1:8080 --dev-tokens --kafka-create-topics & pids+=($!)
+  "$CHATD" --role=gateway --gateway-id=1 --listen=127.0.0.1:8081 --dev-tokens --kafka-create-topics & pids+=($!)
+  echo "run: gateways on http://127.0.0.1:8080 and http://127.0.0.1:8081, classifiers :9101 :9102," \
+       "Apache Kafka $CHATD_KAFKA (logs in $KDIR; redis :$REDIS_PORT, postgres :$PG_PORT; Ctrl-C stops)" >&2
+  wait -n "${pids[@]}" || true
+  echo "run: a chatd process exited; stopping the cluster" >&2
+  exit 1
+fi
 
 if [ "$MODE" = cluster ]; then
   # Several processes on one machine: they find the broker through this file.
