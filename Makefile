@@ -6,7 +6,7 @@
 #   make cluster    the same stores, then broker + 2 classifiers + 2 gateways (:8080, :8081)
 #   make cluster KAFKA=real  the same on Apache Kafka (3 KRaft nodes, scripts/kafka.py) instead of the embedded broker
 #   make kafka-up / kafka-down  a real Kafka on loopback in .run/kafka (KAFKA_NODES=1|3, KAFKA_VERSION)
-#   make integration-kafka  the integration suite again, on real Kafka (part of make test)
+#   make integration-kafka  the integration and fault suites again, on real Kafka (part of make test)
 #   make soak       random faults under traffic for DURATION seconds (600), then the fault checker
 #   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
@@ -131,7 +131,7 @@ KAFKA_DIR     ?= $(abspath .run/kafka)
 KAFKA_NODES   ?= 3
 KAFKA_VERSION ?=
 KAFKA_FLAGS    = --nodes $(KAFKA_NODES) $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-# The same suites with CHATD_TEST_KAFKA=real: one single-node Kafka per
+# The integration and fault suites with CHATD_TEST_KAFKA=real: one single-node Kafka per
 # session (tests/integration/kafkamode.py), topics created by chatd.
 KAFKA_TEST_ENV = CHATD_TEST_KAFKA=real $(if $(KAFKA_VERSION),CHATD_KAFKA_VERSION=$(KAFKA_VERSION))
 
@@ -143,7 +143,7 @@ kafka-down:
 
 integration-kafka: $(BUILD)/chatd
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
 
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).

@@ -557,10 +557,11 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
         free(p);
         return err;
     }
-    char linger_now[16] = "?";
+    char linger_now[16] = "?", inflight_now[16] = "?";
     kafka_producer_setting(p, "linger.ms", linger_now, sizeof linger_now);
-    log_info("kafka_producer_ready", "client=%s brokers=%s linger_ms=%s", rd_kafka_name(p->rk),
-             conf->brokers ? conf->brokers : "-", linger_now);
+    kafka_producer_setting(p, "max.in.flight.requests.per.connection", inflight_now, sizeof inflight_now);
+    log_info("kafka_producer_ready", "client=%s brokers=%s linger_ms=%s max_in_flight=%s",
+             rd_kafka_name(p->rk), conf->brokers ? conf->brokers : "-", linger_now, inflight_now);
     *out = p;
     return 0;
 }
@@ -1038,12 +1039,15 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
         kafka_consumer_free(c);
         return err;
     }
+    char wait_now[16] = "?";
+    size_t wait_len = sizeof wait_now;
+    rd_kafka_conf_get(rd_kafka_conf(c->rk), "fetch.wait.max.ms", wait_now, &wait_len);
     if (c->group)
-        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s", rd_kafka_name(c->rk),
-                 group_id, topic);
+        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s fetch_wait_ms=%s",
+                 rd_kafka_name(c->rk), group_id, topic, wait_now);
     else
-        log_info("kafka_consumer_ready", "client=%s topic=%s partition=%" PRId32,
-                 rd_kafka_name(c->rk), topic, partition);
+        log_info("kafka_consumer_ready", "client=%s topic=%s partition=%" PRId32 " fetch_wait_ms=%s",
+                 rd_kafka_name(c->rk), topic, partition, wait_now);
     *out = c;
     return 0;
 }

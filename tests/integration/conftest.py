@@ -92,9 +92,8 @@ def kafka(workdir):
     if not kafkamode.REAL:
         yield None
         return
-    k = kafkamode.start(os.path.join(workdir, "kafka"))
-    yield k
-    k.down()
+    yield kafkamode.acquire(os.path.join(workdir, "kafka"))
+    kafkamode.release()
 
 
 class PG(chatlib.PGClient):

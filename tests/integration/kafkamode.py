@@ -24,9 +24,24 @@ REAL = MODE == "real"
 NODES = int(os.environ.get("CHATD_TEST_KAFKA_NODES", "1"))
 
 
-def start(dir):
-    """Starts (fetching first if needed) the session's Kafka; returns the KafkaCluster."""
-    return kafkactl.KafkaCluster(dir, nodes=NODES).up()
+_shared = {"cluster": None, "users": 0}
+
+
+def acquire(dir):
+    """The session's Kafka, started in dir by the first caller (fetching the
+    jars if needed): one pytest run of several suites shares one broker."""
+    if _shared["cluster"] is None:
+        _shared["cluster"] = kafkactl.KafkaCluster(dir, nodes=NODES).up()
+    _shared["users"] += 1
+    return _shared["cluster"]
+
+
+def release():
+    """The last user stops it."""
+    _shared["users"] -= 1
+    if _shared["users"] == 0:
+        _shared["cluster"].down()
+        _shared["cluster"] = None
 
 
 def chatd_args(k, prefix=None):

@@ -15,7 +15,14 @@ import pytest
 
 import kafkamode
 from chatlib import arun, uid
-from conftest import CHATD_BIN, chatd_env
+
+CHATD_BIN = os.environ.get("CHATD_BIN") or os.path.join(kafkamode.REPO, "build", "chatd")
+
+
+def chatd_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATD_")}
+    env["CHATD_JWT_SECRET"] = "kafka-real-test-secret-" + "r" * 16
+    return env
 
 pytestmark = pytest.mark.skipif(not kafkamode.REAL, reason="real Kafka only (CHATD_TEST_KAFKA=real)")
 

@@ -14,7 +14,9 @@ import pytest
 
 import kafkamode
 from chatlib import free_port, http_request
-from conftest import CHATD_BIN, REPO
+
+REPO = kafkamode.REPO
+CHATD_BIN = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (runs PostgreSQL as the postgres user)"),
