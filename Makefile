@@ -4,6 +4,9 @@
 #   make test SAN=1 the same under ASan + UBSan (objects in build/san/)
 #   make run        install deps, start local redis + postgres under .run/, run chatd --role=all
 #   make cluster    the same stores, then broker + 2 classifiers + 2 gateways (:8080, :8081)
+#   make cluster KAFKA=real  the same on Apache Kafka (3 KRaft nodes, scripts/kafka.py) instead of the embedded broker
+#   make kafka-up / kafka-down  a real Kafka on loopback in .run/kafka (KAFKA_NODES=1|3, KAFKA_VERSION)
+#   make integration-kafka  the integration and fault suites again, on real Kafka (part of make test)
 #   make soak       random faults under traffic for DURATION seconds (600), then the fault checker
 #   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
@@ -42,7 +45,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+.PHONY: all deps test unit integration integration-kafka kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check \
         bench bench-deps bench-peer \
         browser-deps screenshots
@@ -122,6 +125,26 @@ unit: $(UNIT_BINS)
 integration: $(BUILD)/chatd browser-deps
 	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
+# ---- real Apache Kafka (scripts/kafka.py; jars pinned by scripts/kafka/pom.xml) ----
+KAFKA         ?= embedded
+KAFKA_DIR     ?= $(abspath .run/kafka)
+KAFKA_NODES   ?= 3
+KAFKA_VERSION ?=
+KAFKA_FLAGS    = --nodes $(KAFKA_NODES) $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
+# The integration and fault suites with CHATD_TEST_KAFKA=real: one single-node Kafka per
+# session (tests/integration/kafkamode.py), topics created by chatd.
+KAFKA_TEST_ENV = CHATD_TEST_KAFKA=real $(if $(KAFKA_VERSION),CHATD_KAFKA_VERSION=$(KAFKA_VERSION))
+
+kafka-up:
+	$(PYTHON) scripts/kafka.py up $(KAFKA_DIR) $(KAFKA_FLAGS)
+
+kafka-down:
+	$(PYTHON) scripts/kafka.py down $(KAFKA_DIR)
+
+integration-kafka: $(BUILD)/chatd
+	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
+	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
+
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).
 # npm ci writes node_modules/.package-lock.json, which stands for the install.
@@ -159,6 +182,7 @@ test: deps
 	$(MAKE) all
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) integration-kafka
 	$(MAKE) deploy-test
 
 run: deps
@@ -167,7 +191,8 @@ run: deps
 
 cluster: deps
 	$(MAKE) all
-	bash scripts/run-local.sh $(abspath $(BUILD)/chatd) cluster
+	KAFKA=$(KAFKA) KAFKA_NODES=$(KAFKA_NODES) KAFKA_VERSION=$(KAFKA_VERSION) \
+	  bash scripts/run-local.sh $(abspath $(BUILD)/chatd) cluster
 
 clean:
 	rm -rf build

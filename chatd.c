@@ -252,6 +252,25 @@ static int chatd_start_kafka(struct chatd *d)
     return rc;
 }
 
+/* Real Kafka: both topics exist, and this gateway's id has its chat-receive
+ * partition (a StatefulSet scaled past the topic). Blocking, before the loop. */
+#define CHATD_TOPICS_TIMEOUT_MS 30000
+
+static int chatd_ensure_topics(struct chatd *d)
+{
+    const struct conf *c = &d->conf;
+    struct kafka_topic_need need[] = {
+        { c->topic_send, c->send_partitions, 1 },
+        { c->topic_receive, c->receive_partitions,
+          chatd_has_gateway(d) ? c->gateway_id + 1 : 1 },
+    };
+    int rc = kafka_topics_ensure(&d->kafka, need, 2, c->kafka_create_topics, c->replication_factor,
+                                 CHATD_TOPICS_TIMEOUT_MS);
+    if (rc)
+        log_error("kafka_topics_not_ready", "brokers=%s err=%s", d->kafka.brokers, err_code(rc));
+    return rc;
+}
+
 static int chatd_start_roles(struct chatd *d)
 {
     const struct conf *c = &d->conf;
@@ -319,6 +338,8 @@ static int chatd_run(struct chatd *d)
     if (rc == 0)
         rc = chatd_start_kafka(d);
     if (rc)
+        return rc;
+    if (c->role != ROLE_BROKER && !d->kafka.embedded && (rc = chatd_ensure_topics(d)))
         return rc;
     if (c->role != ROLE_BROKER && (rc = pg_migrate(c->pg, c->migrate_wait_s * 1000))) {
         log_error("migrations_failed", "err=%s", err_code(rc));

@@ -45,6 +45,8 @@ struct conf {
     char topic_receive[128];
     int send_partitions;
     int receive_partitions;
+    int kafka_create_topics;     /* real Kafka: create/grow topics at start */
+    int replication_factor;      /* of created topics; -1 = broker default */
     int embedded_brokers;
     char group_id[128];
     size_t max_frame;            /* largest client frame (close 1009 above) */

@@ -575,10 +575,11 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
         free(p);
         return err;
     }
-    char linger_now[16] = "?";
+    char linger_now[16] = "?", inflight_now[16] = "?";
     kafka_producer_setting(p, "linger.ms", linger_now, sizeof linger_now);
-    log_info("kafka_producer_ready", "client=%s brokers=%s linger_ms=%s", rd_kafka_name(p->rk),
-             conf->brokers ? conf->brokers : "-", linger_now);
+    kafka_producer_setting(p, "max.in.flight.requests.per.connection", inflight_now, sizeof inflight_now);
+    log_info("kafka_producer_ready", "client=%s brokers=%s linger_ms=%s max_in_flight=%s",
+             rd_kafka_name(p->rk), conf->brokers ? conf->brokers : "-", linger_now, inflight_now);
     *out = p;
     return 0;
 }
@@ -1062,12 +1063,15 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
         kafka_consumer_free(c);
         return err;
     }
+    char wait_now[16] = "?";
+    size_t wait_len = sizeof wait_now;
+    rd_kafka_conf_get(rd_kafka_conf(c->rk), "fetch.wait.max.ms", wait_now, &wait_len);
     if (c->group)
-        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s", rd_kafka_name(c->rk),
-                 group_id, topic);
+        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s fetch_wait_ms=%s",
+                 rd_kafka_name(c->rk), group_id, topic, wait_now);
     else
-        log_info("kafka_consumer_ready", "client=%s topic=%s partition=%" PRId32,
-                 rd_kafka_name(c->rk), topic, partition);
+        log_info("kafka_consumer_ready", "client=%s topic=%s partition=%" PRId32 " fetch_wait_ms=%s",
+                 rd_kafka_name(c->rk), topic, partition, wait_now);
     *out = c;
     return 0;
 }
@@ -1217,4 +1221,204 @@ void kafka_consumer_close(kafka_consumer_t *c)
     rd_kafka_destroy(c->rk);
     c->rk = NULL;
     kafka_pump_close(&c->pump);
+}
+
+/* ===================================================================== */
+/* ---- topics (admin, start-up only, blocking) ---- */
+
+#define KAFKA_ADMIN_MAX_TOPICS 8
+#define KAFKA_ADMIN_ROUNDS 5
+
+/* log.queue=true puts an unattached handle's log lines on its main queue. */
+static void kafka_admin_drain_logs(rd_kafka_t *rk)
+{
+    rd_kafka_queue_t *q = rd_kafka_queue_get_main(rk);
+    rd_kafka_event_t *ev;
+    while ((ev = rd_kafka_queue_poll(q, 0)) != NULL) {
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_LOG)
+            kafka_on_log_event(rk, ev);
+        rd_kafka_event_destroy(ev);
+    }
+    rd_kafka_queue_destroy(q);
+}
+
+static int kafka_admin_left_ms(uint64_t deadline_ns)
+{
+    uint64_t now = uv_hrtime();
+    return now >= deadline_ns ? 1 : (int)((deadline_ns - now) / 1000000) + 1;
+}
+
+/* -1: no such topic, else its partition count. */
+static int kafka_md_partitions(const rd_kafka_metadata_t *md, const char *topic)
+{
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (!strcmp(md->topics[i].topic, topic))
+            return md->topics[i].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+                       ? -1
+                       : md->topics[i].partition_cnt;
+    return -1;
+}
+
+/* Waits for one CreateTopics / CreatePartitions result. "Already exists" and
+ * "already that many partitions" count as done: another chatd starting at
+ * the same time got there first (the next metadata round checks). */
+static int kafka_admin_result(rd_kafka_t *rk, rd_kafka_queue_t *q, int timeout_ms)
+{
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms);
+    kafka_admin_drain_logs(rk);
+    if (!ev) {
+        log_error("kafka_admin_timeout", "client=%s waited_ms=%d", rd_kafka_name(rk), timeout_ms);
+        return ERR_TIMEOUT;
+    }
+    const rd_kafka_topic_result_t **res = NULL;
+    size_t n = 0;
+    int rc = 0;
+    if (rd_kafka_event_error(ev)) {
+        const char *s = rd_kafka_event_error_string(ev);
+        log_error("kafka_admin_failed", "client=%s op=%s err=%s msg=%s", rd_kafka_name(rk),
+                  rd_kafka_event_name(ev), rd_kafka_err2name(rd_kafka_event_error(ev)),
+                  log_q(s, strlen(s)));
+        rc = ERR_UNAVAILABLE;
+    } else if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_CREATETOPICS_RESULT) {
+        res = rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+    } else {
+        res = rd_kafka_CreatePartitions_result_topics(rd_kafka_event_CreatePartitions_result(ev), &n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[i]);
+        const char *s = rd_kafka_topic_result_error_string(res[i]);
+        if (e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS ||
+            e == RD_KAFKA_RESP_ERR_INVALID_PARTITIONS) {
+            log_info("kafka_topic_done", "op=%s topic=%s result=%s", rd_kafka_event_name(ev),
+                     rd_kafka_topic_result_name(res[i]), rd_kafka_err2name(e));
+            continue;
+        }
+        log_error("kafka_topic_admin_failed", "op=%s topic=%s err=%s msg=%s", rd_kafka_event_name(ev),
+                  rd_kafka_topic_result_name(res[i]), rd_kafka_err2name(e), log_q(s ? s : "", s ? strlen(s) : 0));
+        rc = ERR_UNAVAILABLE;
+    }
+    rd_kafka_event_destroy(ev);
+    return rc;
+}
+
+/* One metadata round: what is missing or too small is queued for creation
+ * (create) or refused with the command that fixes it. *todo: operations sent. */
+static int kafka_topics_round(rd_kafka_t *rk, rd_kafka_queue_t *q, const struct kafka_conf *conf,
+                              const struct kafka_topic_need *topics, size_t n, int create,
+                              int replication, uint64_t deadline, int *todo)
+{
+    const rd_kafka_metadata_t *md;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, kafka_admin_left_ms(deadline));
+    kafka_admin_drain_logs(rk);
+    *todo = 0;
+    if (e) {
+        log_error("kafka_metadata_failed", "brokers=%s err=%s", conf->brokers, rd_kafka_err2name(e));
+        return ERR_UNAVAILABLE;
+    }
+    rd_kafka_NewTopic_t *nt[KAFKA_ADMIN_MAX_TOPICS];
+    rd_kafka_NewPartitions_t *np[KAFKA_ADMIN_MAX_TOPICS];
+    size_t n_nt = 0, n_np = 0;
+    char errstr[256], rf[48] = "";
+    int rc = 0;
+    if (replication > 0)
+        snprintf(rf, sizeof rf, " --replication-factor %d", replication);
+    /* Every refusal is logged (rc stays set); a bad spec stops the round. */
+    for (size_t i = 0; i < n && rc != ERR_BAD_REQUEST; i++) {
+        const struct kafka_topic_need *t = &topics[i];
+        int have = kafka_md_partitions(md, t->name);
+        if (have >= t->min_partitions)
+            continue;
+        if (!create && have < 0) {
+            log_error("kafka_topic_missing",
+                      "topic=%s brokers=%s fix=\"kafka-topics.sh --bootstrap-server %s --create "
+                      "--topic %s --partitions %d%s, or start one chatd with --kafka-create-topics\"",
+                      t->name, conf->brokers, conf->brokers, t->name, t->partitions, rf);
+            rc = ERR_UNAVAILABLE;
+        } else if (!create) {
+            log_error("kafka_topic_too_small",
+                      "topic=%s partitions=%d needed=%d fix=\"kafka-topics.sh --bootstrap-server %s "
+                      "--alter --topic %s --partitions %d, or start this chatd with --kafka-create-topics\"",
+                      t->name, have, t->min_partitions, conf->brokers, t->name, t->min_partitions);
+            rc = ERR_UNAVAILABLE;
+        } else if (have < 0) {
+            log_info("kafka_topic_create", "topic=%s partitions=%d replication=%d", t->name,
+                     t->partitions, replication);
+            nt[n_nt] = rd_kafka_NewTopic_new(t->name, t->partitions, replication, errstr, sizeof errstr);
+            if (!nt[n_nt]) {
+                log_error("kafka_topic_bad_spec", "topic=%s err=%s", t->name, log_q(errstr, strlen(errstr)));
+                rc = ERR_BAD_REQUEST;
+            } else {
+                n_nt++;
+            }
+        } else {
+            log_info("kafka_topic_grow", "topic=%s partitions=%d to=%d", t->name, have, t->min_partitions);
+            np[n_np] = rd_kafka_NewPartitions_new(t->name, (size_t)t->min_partitions, errstr, sizeof errstr);
+            if (!np[n_np]) {
+                log_error("kafka_topic_bad_spec", "topic=%s err=%s", t->name, log_q(errstr, strlen(errstr)));
+                rc = ERR_BAD_REQUEST;
+            } else {
+                n_np++;
+            }
+        }
+    }
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_AdminOptions_t *opt = NULL;
+    if (rc == 0 && (n_nt || n_np)) {
+        opt = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ANY);
+        /* The broker answers once the change is done (or this passed). */
+        rd_kafka_AdminOptions_set_operation_timeout(opt, kafka_admin_left_ms(deadline), errstr, sizeof errstr);
+        rd_kafka_AdminOptions_set_request_timeout(opt, kafka_admin_left_ms(deadline), errstr, sizeof errstr);
+    }
+    if (rc == 0 && n_nt) {
+        rd_kafka_CreateTopics(rk, nt, n_nt, opt, q);
+        rc = kafka_admin_result(rk, q, kafka_admin_left_ms(deadline));
+    }
+    if (rc == 0 && n_np) {
+        rd_kafka_CreatePartitions(rk, np, n_np, opt, q);
+        rc = kafka_admin_result(rk, q, kafka_admin_left_ms(deadline));
+    }
+    if (opt)
+        rd_kafka_AdminOptions_destroy(opt);
+    rd_kafka_NewTopic_destroy_array(nt, n_nt);
+    rd_kafka_NewPartitions_destroy_array(np, n_np);
+    *todo = (int)(n_nt + n_np);
+    return rc;
+}
+
+int kafka_topics_ensure(const struct kafka_conf *conf, const struct kafka_topic_need *topics,
+                        size_t n, int create, int replication, int timeout_ms)
+{
+    const char *const defaults[] = { "allow.auto.create.topics", "false", NULL };
+    char errstr[512];
+    rd_kafka_conf_t *kc;
+    if (n > KAFKA_ADMIN_MAX_TOPICS)
+        return ERR_BAD_REQUEST;
+    int rc = kafka_conf_build(&kc, conf, defaults, RD_KAFKA_EVENT_LOG);
+    if (rc)
+        return rc;
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, kc, errstr, sizeof errstr);
+    if (!rk) {
+        log_error("kafka_init_failed", "type=admin err=%s", log_q(errstr, strlen(errstr)));
+        rd_kafka_conf_destroy(kc);
+        return ERR_BAD_REQUEST;
+    }
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    uint64_t deadline = uv_hrtime() + (uint64_t)timeout_ms * 1000000;
+    int todo = 0;
+    for (int round = 0; round < KAFKA_ADMIN_ROUNDS; round++) {
+        rc = kafka_topics_round(rk, q, conf, topics, n, create, replication, deadline, &todo);
+        if (rc || !todo)
+            break;
+        usleep(200 * 1000); /* the next round's metadata shows what was done */
+    }
+    if (rc == 0 && todo) {
+        log_error("kafka_topics_unsettled", "brokers=%s rounds=%d", conf->brokers, KAFKA_ADMIN_ROUNDS);
+        rc = ERR_UNAVAILABLE;
+    }
+    if (rc == 0)
+        for (size_t i = 0; i < n; i++)
+            log_info("kafka_topic_ok", "topic=%s min_partitions=%d", topics[i].name, topics[i].min_partitions);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+    return rc;
 }

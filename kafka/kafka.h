@@ -134,4 +134,19 @@ int64_t kafka_consumer_lag(const kafka_consumer_t *c);
 /* Shutdown only (blocking): leaves the group cleanly, then destroys. */
 void kafka_consumer_close(kafka_consumer_t *c);
 
+/* ---- topics (real Kafka only: the embedded broker creates its own) ----
+ * Checked once at start-up, blocking, before the loop runs. A topic that is
+ * missing, or has fewer than min_partitions, is created (partitions) or
+ * grown (to min_partitions) when create is set, else start-up stops with a
+ * log line naming the command to run. Metadata comes from a list of all
+ * topics, so a broker with auto.create.topics.enable never creates one with
+ * its defaults behind chatd's back. replication -1: the brokers' default. */
+struct kafka_topic_need {
+    const char *name;
+    int partitions;          /* when created */
+    int min_partitions;      /* fewer: grow (create) or refuse */
+};
+int kafka_topics_ensure(const struct kafka_conf *conf, const struct kafka_topic_need *topics,
+                        size_t n, int create, int replication, int timeout_ms);
+
 #endif

@@ -14,6 +14,9 @@ PKGS=(
   clang libclang-rt-14-dev
   kcat
   chromium firefox-esr
+  # Real Apache Kafka for the second test pass (scripts/kafka.py): a JRE to
+  # run the broker, Maven to fetch the jars scripts/kafka/pom.xml pins.
+  openjdk-17-jre-headless maven
 )
 # Node.js for the browser test (tests/browser): Debian's nodejs and npm,
 # unless a node with its npm is on PATH already (NodeSource's nodejs bundles

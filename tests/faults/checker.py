@@ -58,10 +58,11 @@ def _kafka_log(run, mid):
     import shutil
     import subprocess
     kcat = shutil.which("kcat")
-    if not kcat or not os.path.exists(run.cluster.bootstrap_path()):
+    if not kcat or not (run.cluster.kafka or os.path.exists(run.cluster.bootstrap_path())):
         return "<no kcat>"
     try:
-        out = subprocess.run([kcat, "-C", "-q", "-b", run.cluster.brokers(), "-t", "chat-send", "-o", "beginning",
+        out = subprocess.run([kcat, "-C", "-q", "-b", run.cluster.brokers(), "-t", run.cluster.topic_send,
+                              "-o", "beginning",
                               "-e", "-f", "%p:%o %s\\n"], capture_output=True, text=True,
                              timeout=60).stdout
         hits = [ln.split(" ", 1)[0] for ln in out.splitlines() if mid and mid in ln]

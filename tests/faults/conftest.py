@@ -35,13 +35,25 @@ def fault_pg(fault_workdir):
     pg.close()
 
 
+@pytest.fixture(scope="session")
+def fault_kafka(fault_workdir):
+    """Real Apache Kafka for the session when CHATD_TEST_KAFKA=real, else None
+    (each cluster then runs its own embedded broker)."""
+    if not harness.kafkamode.REAL:
+        yield None
+        return
+    yield harness.kafkamode.acquire(os.path.join(fault_workdir, "kafka"))
+    harness.kafkamode.release()
+
+
 @pytest.fixture
-def make_cluster(fault_workdir, fault_pg, request):
+def make_cluster(fault_workdir, fault_pg, fault_kafka, request):
     """Factory: make_cluster(**Cluster kwargs) -> a started Cluster."""
     mine = []
 
     def make(**kw):
         name = request.node.name.replace("[", "_").replace("]", "")
+        kw.setdefault("kafka", fault_kafka)
         c = harness.Cluster(fault_workdir, fault_pg, f"{name}-{len(mine)}", **kw)
         mine.append(c)
         _CLUSTERS.append(c)

@@ -10,6 +10,7 @@ tests/integration/chatlib.py.
 import asyncio
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import redis as redislib  # noqa: E402
 import websockets.exceptions  # noqa: E402
 
 import chatlib  # noqa: E402
+import kafkamode  # noqa: E402
 from chatlib import Proc, free_port, start_redis, uid, wait_ready  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -131,8 +133,15 @@ class Postgres(chatlib.PGClient):
 
 class Cluster:
     def __init__(self, workdir, pg, name, gw_args=(), cl_args=(), broker_args=(),
-                 gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None):
+                 gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None, kafka=None):
+        """kafka: a real Kafka (kafkamode) shared by the session; this cluster
+        then uses topics and a group of its own, and has no broker process."""
         self.name = name
+        self.kafka = kafka
+        prefix = re.sub(r"[^A-Za-z0-9._-]", "-", name)[-180:]
+        self.topic_send = f"{prefix}-send" if kafka else "chat-send"
+        self.topic_receive = f"{prefix}-receive" if kafka else "chat-receive"
+        self.kafka_prefix = prefix
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         os.chmod(self.dir, 0o755)
@@ -163,13 +172,17 @@ class Cluster:
     def start(self):
         self.redis = start_redis(self.dir)
         bootstrap = self.bootstrap_path()
-        self.ports["broker"] = free_port()
-        self._chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{self.ports['broker']}",
-                               f"--kafka-bootstrap-file={bootstrap}",
-                               f"--send-partitions={SEND_PARTITIONS}", "--receive-partitions=8",
-                               "--log-level=info"] + self.broker_args)
-        common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}",
-                  f"--redis={self.redis.url}", f"--pg={self.conninfo}", "--log-level=info",
+        if self.kafka:
+            kargs = kafkamode.chatd_args(self.kafka, prefix=self.kafka_prefix) + [
+                f"--send-partitions={SEND_PARTITIONS}"]
+        else:
+            self.ports["broker"] = free_port()
+            self._chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{self.ports['broker']}",
+                                   f"--kafka-bootstrap-file={bootstrap}",
+                                   f"--send-partitions={SEND_PARTITIONS}", "--receive-partitions=8",
+                                   "--log-level=info"] + self.broker_args)
+            kargs = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}"]
+        common = kargs + [f"--redis={self.redis.url}", f"--pg={self.conninfo}", "--log-level=info",
                   "--receive-partitions=8", f"--drain={self.drain}"] + KAFKA_TEST_OPTS
         for i in range(self.n_cl):
             n = f"classifier{i}"
@@ -294,7 +307,9 @@ class Cluster:
         return os.path.join(self.dir, "bootstrap")
 
     def brokers(self):
-        """The embedded broker's bootstrap address (for kcat)."""
+        """The Kafka bootstrap address (for kcat): the embedded broker's or the real one."""
+        if self.kafka:
+            return self.kafka.bootstrap
         with open(self.bootstrap_path()) as f:
             return f.read().strip()
 
@@ -303,13 +318,13 @@ class Cluster:
         from the embedded broker: how many records each gateway was sent."""
         args = ["kcat", "-b", self.brokers(), "-Q"]
         for p in partitions:
-            args += ["-t", f"chat-receive:{p}:-1"]
+            args += ["-t", f"{self.topic_receive}:{p}:-1"]
         out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=True).stdout
         ends = {}
         for line in out.splitlines():
             # chat-receive [1] offset 3
             parts = line.split()
-            if len(parts) == 4 and parts[0] == "chat-receive" and parts[2] == "offset":
+            if len(parts) == 4 and parts[0] == self.topic_receive and parts[2] == "offset":
                 ends[int(parts[1].strip("[]"))] = int(parts[3])
         missing = set(partitions) - set(ends)
         assert not missing, f"kcat -Q gave no offset for partitions {missing}: {out!r}"

@@ -19,8 +19,9 @@ import checker
 import harness
 
 
-needs_faults = pytest.mark.skipif(not harness.has_flag("fault-injection"),
-                                  reason="chatd has no --fault-injection")
+needs_faults = pytest.mark.skipif(not harness.has_flag("fault-injection") or harness.kafkamode.REAL,
+                                  reason="chatd has no --fault-injection, or the suite runs on real "
+                                         "Kafka (the embedded broker's fault API)")
 
 
 def run_kafka_faults(make_cluster, label, long_outage):

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 import chatlib  # noqa: E402
+import kafkamode  # noqa: E402
 from chatlib import Proc, free_port, start_redis, uid, wait_ready  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -85,6 +86,16 @@ def workdir():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def kafka(workdir):
+    """Real Apache Kafka when CHATD_TEST_KAFKA=real (kafkamode.py), else None."""
+    if not kafkamode.REAL:
+        yield None
+        return
+    yield kafkamode.acquire(os.path.join(workdir, "kafka"))
+    kafkamode.release()
+
+
 class PG(chatlib.PGClient):
     def __init__(self, proc, port):
         self.proc = proc
@@ -151,7 +162,7 @@ class Cluster:
         return await chatlib.Client.connect(self.gw_ports[gw], self.token(user, **kw), via=via)
 
     def all_ports(self):
-        return [self.broker_port] + self.cl_ports + self.gw_ports
+        return [p for p in [self.broker_port] + self.cl_ports + self.gw_ports if p]
 
     def proc(self, name):
         return [p for p, _ in self.procs if p.name.split("~")[0] == name][-1]
@@ -171,18 +182,21 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(workdir, redis_server, pg):
+def cluster(workdir, redis_server, pg, kafka):
     c = Cluster(workdir, redis_server, pg)
     bootstrap = os.path.join(workdir, "bootstrap")
     conninfo = pg.conninfo()
-    c.broker_port = free_port()
-    broker = start_chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{c.broker_port}",
-                                    f"--kafka-bootstrap-file={bootstrap}",
-                                    "--send-partitions=8", "--receive-partitions=8",
-                                    "--log-level=info"], workdir)
-    c.procs.append((broker, c.broker_port))
-    common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}",
-              f"--redis={redis_server.url}", f"--pg={conninfo}", "--log-level=info"]
+    if kafka:
+        common = kafkamode.chatd_args(kafka) + ["--send-partitions=8", "--receive-partitions=8"]
+    else:
+        c.broker_port = free_port()
+        broker = start_chatd("broker", ["--role=broker", f"--listen=127.0.0.1:{c.broker_port}",
+                                        f"--kafka-bootstrap-file={bootstrap}",
+                                        "--send-partitions=8", "--receive-partitions=8",
+                                        "--log-level=info"], workdir)
+        c.procs.append((broker, c.broker_port))
+        common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}"]
+    common += [f"--redis={redis_server.url}", f"--pg={conninfo}", "--log-level=info"]
     for i in range(2):
         port = free_port()
         p = start_chatd(f"classifier{i}", ["--role=classifier", f"--listen=127.0.0.1:{port}"]
@@ -242,9 +256,10 @@ class Instance:
 
 
 @pytest.fixture(scope="session")
-def start_all_instance(workdir, pg):
+def start_all_instance(workdir, pg, kafka):
     """Factory: a --role=all chatd with its own redis and a fresh database,
-    embedded in-process Kafka. Stopped at session end (if still running)."""
+    embedded in-process Kafka (real Kafka: topics of its own). Stopped at
+    session end (if still running)."""
     started = []
     leftovers = []
 
@@ -263,7 +278,8 @@ def start_all_instance(workdir, pg):
         conninfo = pg.create_db(dbname)
         port = free_port()
         url = redis_url(r) if redis_url else r.url
-        p = start_chatd(name, ["--role=all", f"--listen=127.0.0.1:{port}", "--kafka=embedded",
+        kargs = kafkamode.chatd_args(kafka, prefix=name) if kafka else ["--kafka=embedded"]
+        p = start_chatd(name, ["--role=all", f"--listen=127.0.0.1:{port}"] + kargs + [
                                f"--redis={url}", f"--pg={conninfo}", "--log-level=info"]
                         + KAFKA_TEST_OPTS + list(extra_args), d)
         inst = Instance(p, port, r, conninfo, dbname, d)
