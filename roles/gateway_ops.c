@@ -313,7 +313,7 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
 
 /* ---- sync ---- */
 
-static void gw_on_sync_db(int err, PGresult *res, void *ud)
+static void gw_on_sync_page(int err, const PGresult *res, int n, int more, void *ud)
 {
     struct gw_pending *p = ud;
     p->g->hist_inflight--;
@@ -321,18 +321,18 @@ static void gw_on_sync_db(int err, PGresult *res, void *ud)
     if (!c)
         return;
     if (err) {
-        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "history is unavailable, try again");
+        gw_send_error(c, p->rid, err,
+                      err == ERR_NOT_MEMBER ? NULL : "history is unavailable, try again");
         gw_pending_free(p);
         return;
     }
-    int n = PQntuples(res), more = n > p->limit;
     struct jbuf b;
     jbuf_init(&b, 256 + (size_t)n * 160);
     proto_reply_open(&b, "history", p->rid);
     jbuf_kv_strz(&b, "room", p->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, p->room, res, more ? p->limit : n);
+    db_history_json(&b, p->room, res, n);
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);
@@ -460,7 +460,10 @@ static int gw_rate_ok(struct gw_conn *c)
 static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
 {
     gateway_t *g = c->g;
-    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && !gw_member_find(c->g, c->u, r->room)) {
+    /* sync and read are PostgreSQL reads: they ask PostgreSQL about the
+     * membership too, as the REST read does, so all three agree. */
+    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && r->op != OP_SYNC &&
+        r->op != OP_READ && !gw_member_find(c->g, c->u, r->room)) {
         gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
         return;
     }
@@ -481,8 +484,8 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
             break;
         }
         g->hist_inflight++;
-        /* One row more than asked tells whether there is more. */
-        db_history(g->pg, r->room, r->after, r->limit + 1, gw_on_sync_db, gw_pending_new(c, r));
+        gw_history_read(g, r->room, c->u->id, r->after, r->limit, gw_on_sync_page,
+                        gw_pending_new(c, r));
         break;
     case OP_ROOMS:
         db_rooms(g->pg, c->u->id, gw_on_rooms_db, gw_pending_new(c, r));

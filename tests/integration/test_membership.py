@@ -1,0 +1,183 @@
+"""Membership as the gateways enforce it equals PostgreSQL's, whatever order
+the joined/left records arrive in (issue 22, docs/ARCHITECTURE.md
+"Membership order"), side effects of a join or leave whose reply was lost,
+and the catch-up `sync` that must not say "you have everything" while a
+message it owes is sequenced but not stored.
+
+Every interleaving is forced, not hoped for:
+- a late `joined`: Redis is paused for writes (CLIENT PAUSE WRITE) while a
+  connection joins and leaves; the join's record is produced after its
+  Redis script, so it reaches Kafka after the leave's;
+- a late `left`: the very record the gateway produced is produced again
+  (kcat) after the rejoin, as a delayed producer would deliver it;
+- a message sequenced but not stored: the test holds
+  `LOCK TABLE messages IN EXCLUSIVE MODE` (reads pass, inserts wait).
+"""
+import asyncio
+import json
+import os
+import subprocess
+
+import psycopg2
+import redis as redislib
+
+from chatlib import arun, http_request, uid
+
+
+def _redis(cluster):
+    return redislib.Redis(host="127.0.0.1", port=cluster.redis.port, socket_timeout=5)
+
+
+def _brokers(cluster):
+    with open(os.path.join(cluster.workdir, "bootstrap")) as f:
+        return f.read().strip()
+
+
+def produce_member_record(cluster, typ, room, user, quiet=False):
+    """A joined ('j') or left ('l') record on chat-send exactly as a gateway
+    writes it (key = room, headers v, t, u; value = the client frame)."""
+    op = {"j": "joined", "l": "left"}[typ]
+    val = json.dumps({"op": op, "room": room, "user": user}, separators=(",", ":"))
+    if quiet:
+        val = val[:-1] + ',"quiet":true}'
+    subprocess.run(["kcat", "-P", "-b", _brokers(cluster), "-t", "chat-send", "-k", room,
+                    "-H", "v=1", "-H", f"t={typ}", "-H", f"u={user}"],
+                   input=val.encode(), check=True, timeout=30)
+
+
+def rest_status(cluster, gw, user, room):
+    tok = cluster.token(user)
+    st, _, _ = http_request(cluster.gw_ports[gw], "GET", f"/api/rooms/{room}/messages",
+                            headers={"Authorization": f"Bearer {tok}"})
+    return st
+
+
+def pg_member(cluster, room, user):
+    return bool(cluster.pg.query("SELECT 1 FROM members WHERE room = %s AND user_id = %s",
+                                 (room, user)))
+
+
+async def member_event(c, op, room, user, timeout=10):
+    return await c.wait_event(lambda e: e.get("op") == op and e.get("room") == room
+                              and e.get("user") == user, timeout=timeout,
+                              what=f"{op} of {user} in {room}")
+
+
+async def assert_not_member(c, room):
+    """Every check the gateway makes says not a member."""
+    for op, extra in (("send", {"text": "x"}), ("sync", {}), ("presence", {}),
+                      ("read", {"seq": 1})):
+        await c.expect_error(dict({"op": op, "room": room}, **extra), "not_member")
+
+
+async def assert_member(c, room, text):
+    h = await c.ok("sync", room=room)
+    assert h["op"] == "history", h
+    p = await c.ok("presence", room=room)
+    assert p["op"] == "presence", p
+    await c.send(room, text)
+
+
+async def got_live(c, room, text, within):
+    try:
+        await c.wait_event(lambda e: e.get("op") == "msg" and e.get("room") == room
+                           and e.get("text") == text, timeout=within, what=f"msg {text!r}")
+        return True
+    except AssertionError:
+        return False
+
+
+def test_late_joined_after_back_to_back_join_leave(cluster):
+    """join then leave on one connection; the join's `joined` record reaches
+    the gateways after the leave's `left`: the connection must stay out."""
+    room, user, other = uid("jl"), uid("u"), uid("c")
+    r = _redis(cluster)
+
+    async def body():
+        c = await cluster.client(other, gw=0)
+        await c.join(room)
+        u = await cluster.client(user, gw=0)
+        # Writes pause for 1 s (below --backend-timeout-ms): the join's
+        # Redis script (and so its `joined` record) waits, the leave does not.
+        r.execute_command("CLIENT", "PAUSE", "1000", "WRITE")
+        join = {"op": "join", "rid": u.next_rid(), "room": room}
+        leave = {"op": "leave", "rid": u.next_rid(), "room": room}
+        fj, fl = u.issue(join), u.issue(leave)
+        await u.ws.send(json.dumps(join))
+        await u.ws.send(json.dumps(leave))
+        rl = await u.await_reply(leave, fl)
+        await member_event(c, "left", room, user)
+        rj = await u.await_reply(join, fj)
+        assert rl["op"] == "ok" and rj["op"] == "ok", (rl, rj)
+        await member_event(c, "joined", room, user)      # the late record
+        assert not pg_member(cluster, room, user)
+        await asyncio.sleep(0.5)                          # the gateway's check
+        await assert_not_member(u, room)
+        assert rest_status(cluster, 0, user, room) == 403
+        await c.send(room, "after")
+        assert await got_live(c, room, "after", 10)
+        assert not await got_live(u, room, "after", 1.0), \
+            "a connection that left still receives the room"
+        await u.close()
+        await c.close()
+    arun(body())
+
+
+def test_stale_left_after_rejoin_on_other_gateway(cluster):
+    """leave on gateway 0, then (after its ok) join on gateway 1; the leave's
+    `left` arrives again after the rejoin: both connections stay members."""
+    room, user, other = uid("lj"), uid("u"), uid("c")
+
+    async def body():
+        c0 = await cluster.client(other, gw=0)
+        await c0.join(room)
+        u0 = await cluster.client(user, gw=0)
+        u1 = await cluster.client(user, gw=1)
+        await u0.join(room)
+        await member_event(c0, "joined", room, user)
+        await u0.ok("leave", room=room)
+        await member_event(c0, "left", room, user)
+        await u1.join(room)
+        await member_event(c0, "joined", room, user)
+        assert pg_member(cluster, room, user)
+        produce_member_record(cluster, "l", room, user)   # the delayed `left`
+        await member_event(c0, "left", room, user)
+        await asyncio.sleep(0.5)                           # the gateways' checks
+        for i, u in enumerate((u0, u1)):
+            await assert_member(u, room, f"from u{i}")
+            assert rest_status(cluster, i, user, room) == 200
+        await c0.send(room, "to both")
+        for u in (u0, u1):
+            assert await got_live(u, room, "to both", 10), "a member misses live messages"
+        for x in (u0, u1, c0):
+            await x.close()
+    arun(body())
+
+
+def test_stale_joined_after_leave_on_other_gateway(cluster):
+    """join on gateway 1, then leave on gateway 0; the join's `joined`
+    arrives again after the leave: neither connection is a member."""
+    room, user, other = uid("jl2"), uid("u"), uid("c")
+
+    async def body():
+        c0 = await cluster.client(other, gw=0)
+        await c0.join(room)
+        u0 = await cluster.client(user, gw=0)
+        u1 = await cluster.client(user, gw=1)
+        await u1.join(room)
+        await member_event(c0, "joined", room, user)
+        await u0.ok("leave", room=room)
+        await member_event(c0, "left", room, user)
+        produce_member_record(cluster, "j", room, user)   # the delayed `joined`
+        await member_event(c0, "joined", room, user)
+        await asyncio.sleep(0.5)
+        assert not pg_member(cluster, room, user)
+        for i, u in enumerate((u0, u1)):
+            await assert_not_member(u, room)
+            assert rest_status(cluster, i, user, room) == 403
+        await c0.send(room, "nobody else")
+        for u in (u0, u1):
+            assert not await got_live(u, room, "nobody else", 1.0)
+        for x in (u0, u1, c0):
+            await x.close()
+    arun(body())
