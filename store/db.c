@@ -28,14 +28,19 @@ void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_resul
     pg_query(pg, "SELECT room FROM members WHERE user_id = $1", 1, p, cb, ud);
 }
 
-void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
+void db_join(pg_client_t *pg, const char *room, const char *user, const char *peer,
+             pg_result_cb cb, void *ud)
 {
-    const char *p[] = { room, user };
+    const char *p[] = { room, user, peer };
     static struct pg_stmt st = {
-        "WITH r AS (INSERT INTO rooms (room) VALUES ($1) ON CONFLICT DO NOTHING) "
-        "INSERT INTO members (room, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1",
+        "WITH r AS (INSERT INTO rooms (room) VALUES ($1) ON CONFLICT DO NOTHING), "
+        "m AS (INSERT INTO members (room, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING "
+        "RETURNING 1), "
+        "p AS (INSERT INTO members (room, user_id) SELECT $1, $3::text FROM m "
+        "WHERE $3::text IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1) "
+        "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM p)",
     };
-    pg_query_stmt(pg, &st, 2, p, cb, ud);
+    pg_query_stmt(pg, &st, 3, p, cb, ud);
 }
 
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)

@@ -17,8 +17,12 @@
 
 /* Upserts the user (name, last_seen), then answers its rooms: (room). */
 void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud);
-/* Creates the room if needed and the membership; one row (1) iff it is new. */
-void db_join(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
+/* Creates the room if needed and the membership, and, when peer is not
+ * NULL (a direct-message room), the peer's membership in the same statement
+ * iff the user's is new: a committed join of a DM always has its peer.
+ * One row: (user's membership created 0|1, peer's created 0|1). */
+void db_join(pg_client_t *pg, const char *room, const char *user, const char *peer,
+             pg_result_cb cb, void *ud);
 /* Deletes the membership; one row iff it existed. */
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
 /* One row iff user is a member of room. */

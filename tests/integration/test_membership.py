@@ -181,3 +181,155 @@ def test_stale_joined_after_leave_on_other_gateway(cluster):
         for x in (u0, u1, c0):
             await x.close()
     arun(body())
+
+
+# --------------------------------------------------------------------------
+# side effects of a join or leave whose reply was lost
+
+class TableLock:
+    """LOCK TABLE t IN EXCLUSIVE MODE from the test: reads pass, writes wait
+    until release() (the statement is blocked, not refused)."""
+
+    def __init__(self, cluster, table):
+        self.conn = psycopg2.connect(cluster.pg.conninfo(), connect_timeout=5)
+        with self.conn.cursor() as cur:
+            cur.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+
+    def release(self):
+        if self.conn:
+            self.conn.rollback()
+            self.conn.close()
+            self.conn = None
+
+
+async def wait_pg(cond, what, timeout=15):
+    deadline = asyncio.get_event_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_event_loop().time() < deadline, f"PostgreSQL: {what} not reached"
+        await asyncio.sleep(0.05)
+
+
+async def retry_ok(c, op, timeout=15, **fields):
+    """op until it is not answered unavailable (the gateway's PostgreSQL
+    connection was reset by a timed-out query and reconnects)."""
+    deadline = asyncio.get_event_loop().time() + timeout
+    while True:
+        r = await c.req(op, **fields)
+        if r.get("op") != "error":
+            return r
+        assert r.get("code") == "unavailable" and asyncio.get_event_loop().time() < deadline, r
+        await asyncio.sleep(0.2)
+
+
+async def eventually_acked(c, room, text, timeout=10):
+    """send until acked: the membership reaches the user's other gateways
+    one Kafka hop and one database round trip after the commit."""
+    deadline = asyncio.get_event_loop().time() + timeout
+    while True:
+        r = await c.req("send", room=room, text=text)
+        if r.get("op") == "ack":
+            return r
+        assert r.get("code") == "not_member" and asyncio.get_event_loop().time() < deadline, r
+        await asyncio.sleep(0.1)
+
+
+def dm_pair():
+    a, b = sorted([uid("a"), uid("b")])
+    return a, b, f"dm:{a}:{b}"
+
+
+def test_dm_join_of_a_closed_client_still_makes_the_peer_a_member(cluster):
+    """The client sends `join dm:A:B` and closes before the insert commits
+    (members is locked meanwhile): B is a member, told, and reachable."""
+    a, b, room = dm_pair()
+
+    async def body():
+        cb = await cluster.client(b, gw=1)
+        ca = await cluster.client(a, gw=0)
+        lock = TableLock(cluster, "members")
+        try:
+            await ca.ws.send(json.dumps({"op": "join", "rid": 1, "room": room}))
+            await asyncio.sleep(0.3)
+            await ca.close()
+            await asyncio.sleep(0.3)
+        finally:
+            lock.release()   # within --backend-timeout-ms: the insert commits
+        await wait_pg(lambda: pg_member(cluster, room, a), "A's membership")
+        assert pg_member(cluster, room, b), "the DM's peer is not a member"
+        await member_event(cb, "joined", room, b)
+        rooms = (await cb.ok("rooms"))["rooms"]
+        assert room in [x["room"] for x in rooms], rooms
+        await cb.sync(room)
+        await eventually_acked(cb, room, "hi a")
+        ca = await cluster.client(a, gw=0)
+        await ca.send(room, "hi b")
+        assert await got_live(cb, room, "hi b", 10)
+        await ca.close()
+        await cb.close()
+    arun(body())
+
+
+def test_dm_join_that_timed_out_but_committed_is_completed_by_the_retry(cluster):
+    """`join dm:A:B` answers unavailable (the insert waits on a lock past
+    --backend-timeout-ms) but commits; the retry answers ok and B is a
+    member, reachable on its open connection."""
+    a, b, room = dm_pair()
+
+    async def body():
+        cb = await cluster.client(b, gw=1)
+        ca = await cluster.client(a, gw=0)
+        lock = TableLock(cluster, "members")
+        try:
+            r = await ca.req("join", room=room, timeout=15)
+            assert r.get("code") == "unavailable", r
+        finally:
+            lock.release()
+        await wait_pg(lambda: pg_member(cluster, room, a), "the timed-out insert committed")
+        r = await retry_ok(ca, "join", room=room)
+        assert r["op"] == "ok", r
+        assert pg_member(cluster, room, b), "the DM's peer is not a member"
+        rooms = (await cb.ok("rooms"))["rooms"]
+        assert room in [x["room"] for x in rooms], rooms
+        await cb.sync(room)
+        await eventually_acked(cb, room, "hi a")
+        await ca.send(room, "hi b")
+        assert await got_live(cb, room, "hi b", 10)
+        await ca.close()
+        await cb.close()
+    arun(body())
+
+
+def test_leave_that_timed_out_but_committed_reaches_other_gateways_on_retry(cluster):
+    """`leave` answers unavailable but commits; its retry answers ok and the
+    user's connection on the other gateway stops receiving the room."""
+    room, user, other = uid("lt"), uid("u"), uid("c")
+
+    async def body():
+        c1 = await cluster.client(other, gw=1)
+        await c1.join(room)
+        u0 = await cluster.client(user, gw=0)
+        u1 = await cluster.client(user, gw=1)
+        await u0.join(room)
+        await eventually_acked(u1, room, "member on gw1")
+        lock = TableLock(cluster, "members")
+        try:
+            r = await u0.req("leave", room=room, timeout=15)
+            assert r.get("code") == "unavailable", r
+        finally:
+            lock.release()
+        await wait_pg(lambda: not pg_member(cluster, room, user), "the timed-out delete committed")
+        assert (await retry_ok(u0, "leave", room=room))["op"] == "ok"
+        deadline = asyncio.get_event_loop().time() + 10
+        while True:   # the other gateway learns it within a hop and a round trip
+            r = await u1.req("send", room=room, text="still?")
+            if r.get("code") == "not_member":
+                break
+            assert asyncio.get_event_loop().time() < deadline, \
+                "the other gateway still takes sends for a room the user left"
+            await asyncio.sleep(0.2)
+        await c1.send(room, "after leave")
+        assert await got_live(c1, room, "after leave", 10)
+        assert not await got_live(u1, room, "after leave", 1.0)
+        for x in (u0, u1, c1):
+            await x.close()
+    arun(body())
