@@ -70,6 +70,8 @@ void routes_gateway_cleanup(routes_t *rt, int gw, routes_done_cb cb, void *user)
 /* Registers gw for room (and user online there), then reads the head. */
 void routes_room_join(routes_t *rt, const char *room, int gw, const char *epoch, const char *user,
                       routes_head_cb cb, void *user_data);
+/* Reads the room's last assigned seq (head -1: the key is missing). */
+void routes_room_head(routes_t *rt, const char *room, routes_head_cb cb, void *user);
 /* Sets the room's seq key to seq unless present; answers the head. */
 void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user);
 /* Fire-and-forget removals (failures are logged; stale entries are harmless

@@ -333,3 +333,80 @@ def test_leave_that_timed_out_but_committed_reaches_other_gateways_on_retry(clus
         for x in (u0, u1, c1):
             await x.close()
     arun(body())
+
+
+# --------------------------------------------------------------------------
+# catch-up sync while a sequenced message is not stored yet
+
+async def wait_head(cluster, room, seq, timeout=10):
+    r = _redis(cluster)
+    deadline = asyncio.get_event_loop().time() + timeout
+    while int(r.get(f"{{room:{room}}}:seq") or 0) < seq:
+        assert asyncio.get_event_loop().time() < deadline, f"{room} never sequenced {seq}"
+        await asyncio.sleep(0.02)
+
+
+def test_sync_waits_for_a_sequenced_message_to_be_stored(cluster):
+    """A message is sequenced while the reader is offline and stored only
+    after the reader reconnected and asked `sync` (messages is locked):
+    `sync` must not answer "nothing more" without it."""
+    room, reader, sender = uid("cu"), uid("r"), uid("s")
+
+    async def body():
+        s = await cluster.client(sender, gw=1)
+        await s.join(room)
+        r = await cluster.client(reader, gw=0)
+        await r.join(room)
+        await r.close()
+        lock = TableLock(cluster, "messages")
+        try:
+            ack = await s.send(room, "while you were away")
+            await wait_head(cluster, room, 1)       # sequenced, routed to nobody offline
+            r = await cluster.client(reader, gw=0)
+            asyncio.get_event_loop().call_later(0.8, lock.release)
+            h = await r.sync(room, after=0)
+        finally:
+            lock.release()
+        assert [(m["seq"], m["id"]) for m in h["messages"]] == [(1, ack["id"])], h
+        assert h["more"] is False, h
+        await r.close()
+        await s.close()
+    arun(body())
+
+
+def test_sync_past_the_wait_says_more_or_unavailable(cluster):
+    """Storage stays behind the head longer than --backend-timeout-ms (2 s):
+    a page with messages answers more=true, an empty one `unavailable`
+    (REST: 503); never more=false without the message."""
+    room, reader, sender = uid("cu2"), uid("r"), uid("s")
+
+    async def body():
+        s = await cluster.client(sender, gw=1)
+        await s.join(room)
+        r = await cluster.client(reader, gw=0)
+        await r.join(room)
+        a1 = await s.send(room, "stored")
+        await r.wait_seqs(room, [1])
+        await r.close()
+        lock = TableLock(cluster, "messages")
+        try:
+            a2 = await s.send(room, "not yet stored")
+            await wait_head(cluster, room, 2)
+            r = await cluster.client(reader, gw=0)
+            h = await r.sync(room, after=0)
+            assert [m["id"] for m in h["messages"]] == [a1["id"]] and h["more"] is True, h
+            e = await r.req("sync", room=room, after=1)
+            assert e.get("code") == "unavailable", e
+            assert rest_status(cluster, 0, reader, room) == 200     # page [1], more
+            tok = cluster.token(reader)
+            st, _, _ = http_request(cluster.gw_ports[0], "GET",
+                                    f"/api/rooms/{room}/messages?after=1",
+                                    headers={"Authorization": f"Bearer {tok}"}, timeout=10)
+            assert st == 503, st
+        finally:
+            lock.release()
+        h = await r.sync(room, after=1)
+        assert [m["id"] for m in h["messages"]] == [a2["id"]] and h["more"] is False, h
+        await r.close()
+        await s.close()
+    arun(body())
