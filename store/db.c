@@ -84,8 +84,11 @@ void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, p
     snprintf(s, sizeof s, "%" PRId64, seq);
     const char *p[] = { room, user, s };
     pg_query(pg,
-             "UPDATE members SET read_seq = GREATEST(read_seq, $3) WHERE room = $1 AND user_id = $2 "
-             "RETURNING read_seq",
+             /* Capped at the room's last stored seq: a mark beyond it
+              * would show every later message as read. */
+             "UPDATE members SET read_seq = LEAST(GREATEST(read_seq, $3), "
+             "(SELECT COALESCE(max(seq), 0) FROM messages WHERE room = $1)) "
+             "WHERE room = $1 AND user_id = $2 RETURNING read_seq",
              3, p, cb, ud);
 }
 

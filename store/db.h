@@ -33,7 +33,8 @@ void db_history(pg_client_t *pg, const char *room, int64_t after, int limit, pg_
                 void *ud);
 /* The user's rooms: (room, head, read_seq), by room. */
 void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud);
-/* Raises the read mark (never lowers it); one row (read_seq) iff member. */
+/* Raises the read mark (never lowers it), capped at the room's last stored
+ * seq; one row (read_seq) iff member. */
 void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, pg_result_cb cb,
              void *ud);
 /* One row: (max seq or 0). */
