@@ -8,7 +8,9 @@ each client received, live or by `sync`) and PostgreSQL's `messages` table:
 - each sender's acked messages have increasing seqs in send order;
 - every client's view (after reconnects and `sync`) equals PostgreSQL's;
 - a send answered `unavailable` and not acked later is not stored;
-- nothing stored that no client sent; no request went unanswered (no hang).
+- nothing stored that no client sent; no request went unanswered (no hang);
+- membership as each client's gateway enforces it equals PostgreSQL's
+  (Run.probe_membership, run by Run.converge).
 
 Prints one line of counts and returns a Result; .problems must be empty.
 """
@@ -161,6 +163,11 @@ def check(run, extra_line="", rooms=None):
                 if n > 1:
                     res.problem("duplicated", f"{c.user} got id {mid} of {room} at {n} seqs")
 
+    # membership: the gateways' local index against PostgreSQL
+    for p in getattr(run, "membership_diff", []):
+        res.problem("membership", p)
+    res.c["membership_checked"] = getattr(run, "membership_checked", 0)
+
     for p in run.problems:
         res.problem("client", p)
     for h in run.hangs:
@@ -176,6 +183,8 @@ def check(run, extra_line="", rooms=None):
                 f"recovery={res.recovery:.2f}s | unacked={res.c['unacked']} "
                 f"(stored {res.c['unacked_stored']}) resent={res.c['resent']} "
                 f"unavailable={res.c['sends_unavailable']} hangs={res.c['hang']} "
+                f"membership={res.c['membership_checked']} checked, "
+                f"{res.c['membership']} wrong "
                 f"clients={len(run.clients)}"
                 + (f" | {extra_line}" if extra_line else ""))
     if len(per_fault) > 1:
