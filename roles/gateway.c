@@ -600,7 +600,14 @@ static void gw_member_check_free(struct gw_member_check *k)
 
 static void gw_member_check_send(struct gw_member_check *k);
 
-static void gw_on_member_check_retry(uv_timer_t *t) { gw_member_check_send(t->data); }
+static void gw_on_member_check_retry(uv_timer_t *t)
+{
+    struct gw_member_check *k = t->data;
+    if (k->g->closing) /* the PostgreSQL client is closed */
+        gw_member_check_free(k);
+    else
+        gw_member_check_send(k);
+}
 
 static void gw_on_member_check(int err, PGresult *res, void *ud)
 {

@@ -58,7 +58,14 @@ static void gw_hist_finish(struct gw_hist *h, int err, const PGresult *res, int 
 
 static void gw_hist_query(struct gw_hist *h);
 
-static void gw_on_hist_poll(uv_timer_t *t) { gw_hist_query(t->data); }
+static void gw_on_hist_poll(uv_timer_t *t)
+{
+    struct gw_hist *h = t->data;
+    if (h->g->closing) /* the PostgreSQL client is closed */
+        gw_hist_finish(h, ERR_UNAVAILABLE, NULL, 0, 0);
+    else
+        gw_hist_query(h);
+}
 
 static void gw_on_hist_member(int err, PGresult *res, void *ud)
 {
@@ -119,6 +126,10 @@ static void gw_on_hist_head(int err, int64_t head, void *ud)
     struct gw_hist *h = ud;
     if (err)
         log_warn("history_head_failed", "room=%s err=%s", h->room, err_code(err));
+    if (h->g->closing) {
+        gw_hist_finish(h, ERR_UNAVAILABLE, NULL, 0, 0);
+        return;
+    }
     h->head = err ? -1 : head;
     h->deadline_ms = uv_now(h->g->loop) + (uint64_t)h->g->conf->backend_timeout_ms;
     gw_hist_query(h);
