@@ -408,25 +408,27 @@ struct gw_rest {
     int limit;
 };
 
-static void gw_on_rest_page(int err, const PGresult *res, int n, int more, void *ud)
+static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, void *ud)
 {
     struct gw_rest *rq = ud;
     rq->g->hist_inflight--;
     if (err) {
         if (err == ERR_NOT_MEMBER)
             http_respond_error(rq->req, 403, "not_member", "not a member of this room");
+        else if (err == ERR_INTERNAL)
+            http_respond_error(rq->req, 500, "internal", "out of memory");
         else
             http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
         free(rq);
         return;
     }
     struct jbuf b;
-    jbuf_init(&b, 256 + (size_t)n * 160);
+    jbuf_init(&b, 128 + len);
     jbuf_obj_open(&b);
     jbuf_kv_strz(&b, "room", rq->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, rq->room, res, n);
+    jbuf_raw(&b, msgs, len);
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);

@@ -133,8 +133,10 @@ void gw_send_buf(struct gw_conn *c, struct jbuf *b);
 
 /* gateway_history.c: one page of a room's history, as `sync` and the REST
  * read serve it; both decide membership by PostgreSQL, so they agree.
- * err: 0 (rows [0, n) of res, more), ERR_NOT_MEMBER or ERR_UNAVAILABLE. */
-typedef void (*gw_history_cb)(int err, const PGresult *res, int n, int more, void *ud);
+ * err: 0 (msgs[0, len): the MSG objects, comma-separated; more),
+ * ERR_NOT_MEMBER, ERR_UNAVAILABLE or ERR_INTERNAL. msgs is valid during the
+ * call only. */
+typedef void (*gw_history_cb)(int err, const char *msgs, size_t len, int more, void *ud);
 void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t after, int limit,
                      gw_history_cb cb, void *ud);
 

@@ -322,7 +322,7 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
 
 /* ---- sync ---- */
 
-static void gw_on_sync_page(int err, const PGresult *res, int n, int more, void *ud)
+static void gw_on_sync_page(int err, const char *msgs, size_t len, int more, void *ud)
 {
     struct gw_pending *p = ud;
     p->g->hist_inflight--;
@@ -336,12 +336,12 @@ static void gw_on_sync_page(int err, const PGresult *res, int n, int more, void 
         return;
     }
     struct jbuf b;
-    jbuf_init(&b, 256 + (size_t)n * 160);
+    jbuf_init(&b, 128 + len);
     proto_reply_open(&b, "history", p->rid);
     jbuf_kv_strz(&b, "room", p->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    db_history_json(&b, p->room, res, n);
+    jbuf_raw(&b, msgs, len);
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);
