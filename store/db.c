@@ -72,8 +72,10 @@ void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud)
 {
     const char *p[] = { user };
     pg_query(pg,
-             "SELECT m.room, COALESCE((SELECT max(seq) FROM messages x WHERE x.room = m.room), 0), "
-             "m.read_seq FROM members m WHERE m.user_id = $1 ORDER BY m.room",
+             /* read capped at the head: marks stored before db_read capped them */
+             "SELECT m.room, h.head, LEAST(m.read_seq, h.head) FROM members m "
+             "CROSS JOIN LATERAL (SELECT COALESCE(max(seq), 0) AS head FROM messages x "
+             "WHERE x.room = m.room) h WHERE m.user_id = $1 ORDER BY m.room",
              1, p, cb, ud);
 }
 

@@ -183,6 +183,43 @@ def test_stale_joined_after_leave_on_other_gateway(cluster):
     arun(body())
 
 
+def test_concurrent_leave_and_join_on_two_gateways(cluster):
+    """leave on gateway 0 and join on gateway 1 at the same time; whichever
+    PostgreSQL committed last, the record of the other change arrives again
+    after both: both connections must end as PostgreSQL says."""
+    room, user, other = uid("cc"), uid("u"), uid("c")
+
+    async def body():
+        c0 = await cluster.client(other, gw=0)
+        await c0.join(room)
+        u0 = await cluster.client(user, gw=0)
+        u1 = await cluster.client(user, gw=1)
+        await u0.join(room)
+        await member_event(c0, "joined", room, user)
+        leave = {"op": "leave", "rid": u0.next_rid(), "room": room}
+        join = {"op": "join", "rid": u1.next_rid(), "room": room}
+        fl, fj = u0.issue(leave), u1.issue(join)
+        await asyncio.gather(u0.ws.send(json.dumps(leave)), u1.ws.send(json.dumps(join)))
+        rl, rj = await u0.await_reply(leave, fl), await u1.await_reply(join, fj)
+        assert rl["op"] == "ok" and rj["op"] == "ok", (rl, rj)
+        await asyncio.sleep(0.5)            # both records are through
+        member = pg_member(cluster, room, user)
+        # the record of the change PostgreSQL did not end with, late
+        late = "l" if member else "j"
+        produce_member_record(cluster, late, room, user)
+        await member_event(c0, "left" if late == "l" else "joined", room, user)
+        await asyncio.sleep(0.5)
+        for i, u in enumerate((u0, u1)):
+            if member:
+                await assert_member(u, room, f"from u{i}")
+            else:
+                await assert_not_member(u, room)
+            assert rest_status(cluster, i, user, room) == (200 if member else 403)
+        for x in (u0, u1, c0):
+            await x.close()
+    arun(body())
+
+
 # --------------------------------------------------------------------------
 # side effects of a join or leave whose reply was lost
 
