@@ -444,25 +444,27 @@ struct gw_rest {
     int limit;
 };
 
-static void gw_on_rest_history(int err, PGresult *res, void *ud)
+static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, void *ud)
 {
     struct gw_rest *rq = ud;
     rq->g->hist_inflight--;
     if (err) {
-        http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
+        if (err == ERR_NOT_MEMBER)
+            http_respond_error(rq->req, 403, "not_member", "not a member of this room");
+        else if (err == ERR_INTERNAL)
+            http_respond_error(rq->req, 500, "internal", "out of memory");
+        else
+            http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
         free(rq);
         return;
     }
-    int n = PQntuples(res), more = n > rq->limit;
     struct jbuf b;
-    jbuf_init(&b, 256 + (size_t)n * 160);
+    jbuf_init(&b, 128 + len);
     jbuf_obj_open(&b);
     jbuf_kv_strz(&b, "room", rq->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    int want = more ? rq->limit : n; /* a page within the reply budget, as sync */
-    if (db_history_json(&b, rq->room, res, want, GW_REPLY_BUDGET(rq->g) - 32) < want)
-        more = 1;
+    jbuf_raw(&b, msgs, len);
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);
@@ -473,21 +475,6 @@ static void gw_on_rest_history(int err, PGresult *res, void *ud)
         http_respond(rq->req, 200, "application/json", b.p, b.len, NULL);
     jbuf_free(&b);
     free(rq);
-}
-
-static void gw_on_rest_member(int err, PGresult *res, void *ud)
-{
-    struct gw_rest *rq = ud;
-    if (err || PQntuples(res) == 0) {
-        rq->g->hist_inflight--;
-        if (err)
-            http_respond_error(rq->req, 503, "unavailable", "a backend is unavailable, try again");
-        else
-            http_respond_error(rq->req, 403, "not_member", "not a member of this room");
-        free(rq);
-        return;
-    }
-    db_history(rq->g->pg, rq->room, rq->after, rq->limit + 1, gw_on_rest_history, rq);
 }
 
 static int gw_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -531,7 +518,7 @@ static void gw_http_history(gateway_t *g, http_req_t *req, const char *room, siz
     memcpy(rq->room, room, room_len);
     rq->after = after;
     rq->limit = limit > g->conf->history_max ? g->conf->history_max : (int)limit;
-    db_is_member(g->pg, rq->room, id.user, gw_on_rest_member, rq);
+    gw_history_read(g, rq->room, id.user, rq->after, rq->limit, gw_on_rest_page, rq);
 }
 
 static void gw_http_dev_token(gateway_t *g, http_req_t *req)
@@ -603,22 +590,128 @@ static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t 
     ws_frame_unref(f);
 }
 
-/* joined/left also update the local index for the user's sessions here. */
-static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const char *room)
+/* Send one frame to every connection of u (a `joined` its sessions missed
+ * because the membership was confirmed after the record was delivered). */
+static void gw_deliver_user(gateway_t *g, struct gw_user *u, const char *val, size_t len)
 {
+    ws_frame_t *f = ws_frame_text(val, len);
+    if (!f)
+        return;
+    for (struct gw_conn *c = u->conns; c; c = c->next)
+        if (ws_conn_send(c->ws, f) == 0)
+            metric_inc(g->m.deliveries);
+    ws_frame_unref(f);
+}
+
+/* A joined/left record only says that (room, user) changed at some point.
+ * Records of one membership come from different code paths and gateways
+ * and reach this one in any order, so the record decides nothing by
+ * itself: it makes the gateway ask PostgreSQL, where membership is
+ * committed, and apply the answer. Queries on the gateway's one connection
+ * are answered in the order they were sent, each from a snapshot taken
+ * after the previous one's, and the record of a change is produced only
+ * after the change committed; so the answer applied last is at least as new
+ * as every change whose record has arrived (docs/ARCHITECTURE.md,
+ * "Membership order"). */
+struct gw_member_check {
+    gateway_t *g;
+    uv_timer_t retry;               /* initialised on the first retry only */
+    int timer_on;
+    char *frame;                    /* a loud `joined` the user's sessions did not get */
+    size_t frame_len;
+    char room[PROTO_ROOM_MAX + 1];
     char user[AUTH_USER_MAX + 1];
+};
+
+#define GW_MEMBER_CHECK_RETRY_MS 1000
+
+static void gw_member_check_freed(uv_handle_t *h) { free(h->data); }
+
+static void gw_member_check_free(struct gw_member_check *k)
+{
+    free(k->frame);
+    if (k->timer_on)
+        uv_close((uv_handle_t *)&k->retry, gw_member_check_freed);
+    else
+        free(k);
+}
+
+static void gw_member_check_send(struct gw_member_check *k);
+
+static void gw_on_member_check_retry(uv_timer_t *t)
+{
+    struct gw_member_check *k = t->data;
+    if (k->g->closing) /* the PostgreSQL client is closed */
+        gw_member_check_free(k);
+    else
+        gw_member_check_send(k);
+}
+
+static void gw_on_member_check(int err, PGresult *res, void *ud)
+{
+    struct gw_member_check *k = ud;
+    gateway_t *g = k->g;
+    struct gw_user *u = g->closing ? NULL : gw_user_find(g, k->user);
+    if (u && err && err != ERR_CANCELLED) {
+        /* In doubt until PostgreSQL answers: keep what we have, ask again. */
+        log_warn("member_check_failed", "room=%s user=%s err=%s", k->room, k->user, err_code(err));
+        if (!k->timer_on) {
+            uv_timer_init(g->loop, &k->retry);
+            k->retry.data = k;
+            k->timer_on = 1;
+        }
+        uv_timer_start(&k->retry, gw_on_member_check_retry, GW_MEMBER_CHECK_RETRY_MS, 0);
+        return;
+    }
+    if (u && !err) {
+        struct gw_member *m = gw_member_find(g, u, k->room);
+        int member = PQntuples(res) > 0;
+        if (member && !m)
+            gw_member_add(g, u, k->room, 1);
+        else if (!member && m)
+            gw_member_remove(g, m);
+        if (member && k->frame)
+            gw_deliver_user(g, u, k->frame, k->frame_len);
+    }
+    gw_member_check_free(k);
+}
+
+static void gw_member_check_send(struct gw_member_check *k)
+{
+    db_is_member(k->g->pg, k->room, k->user, gw_on_member_check, k);
+}
+
+/* Before the record's delivery: whether the user's sessions here get the
+ * frame by the room's delivery depends on the membership at this point. */
+static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const char *room, int quiet)
+{
     if (!rec->user || !auth_user_valid(rec->user, rec->user_len))
         return;
+    char user[AUTH_USER_MAX + 1];
     memcpy(user, rec->user, rec->user_len);
     user[rec->user_len] = 0;
     struct gw_user *u = gw_user_find(g, user);
     if (!u)
         return;
-    struct gw_member *m = gw_member_find(g, u, room);
-    if (rec->type == REC_JOINED && !m)
-        gw_member_add(g, u, room, 1);
-    else if (rec->type == REC_LEFT && m)
-        gw_member_remove(g, m);
+    struct gw_member_check *k = calloc(1, sizeof *k);
+    CHATD_ASSERT(k != NULL);
+    k->g = g;
+    strcpy(k->room, room);
+    strcpy(k->user, user);
+    if (rec->type == REC_JOINED && !quiet && !gw_member_find(g, u, room)) {
+        k->frame = malloc(rec->val_len ? rec->val_len : 1);
+        CHATD_ASSERT(k->frame != NULL);
+        memcpy(k->frame, rec->val, rec->val_len);
+        k->frame_len = rec->val_len;
+    }
+    gw_member_check_send(k);
+}
+
+/* A quiet member record (GW_QUIET_TAIL) only makes gateways check. */
+static int gw_member_quiet(const struct kafka_rec *rec)
+{
+    size_t n = sizeof GW_QUIET_TAIL - 1;
+    return rec->val_len >= n && !memcmp(rec->val + rec->val_len - n, GW_QUIET_TAIL, n);
 }
 
 static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, size_t n, void *user)
@@ -648,13 +741,14 @@ static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, si
                 metric_observe(g->m.delivery_seconds, (double)(now - (uint64_t)sent) / 1000.0);
         }
         struct gw_room *r;
-        if (rec->type == REC_JOINED)
-            gw_member_event(g, rec, room);
+        int quiet = 0;
+        if (rec->type == REC_JOINED || rec->type == REC_LEFT) {
+            quiet = gw_member_quiet(rec);
+            gw_member_event(g, rec, room, quiet);
+        }
         HASH_FIND_STR(g->rooms, room, r);
-        if (r)
+        if (r && !quiet)
             gw_deliver(g, r, rec->val, rec->val_len);
-        if (rec->type == REC_LEFT) /* after delivery: the leaver's sessions see it too */
-            gw_member_event(g, rec, room);
     }
 }
 

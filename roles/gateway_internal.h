@@ -24,6 +24,11 @@
 
 #define GW_CONN_MAGIC 0x67636f6eu /* "gcon" */
 #define GW_EPOCH_MAX 40
+/* The end of a quiet joined/left record's value: such a record is not shown
+ * to clients; it only makes the gateways that hold the user check the
+ * membership again (a join or leave that changed nothing, e.g. the retry of
+ * one whose reply was lost). */
+#define GW_QUIET_TAIL ",\"quiet\":true}"
 
 struct gw_user;
 struct gw_room;
@@ -130,5 +135,14 @@ int gw_conn_expired(struct gw_conn *c, uint64_t now_ms);
 void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user);
 void gw_send_error(struct gw_conn *c, const char *rid, int err, const char *why);
 void gw_send_buf(struct gw_conn *c, struct jbuf *b);
+
+/* gateway_history.c: one page of a room's history, as `sync` and the REST
+ * read serve it; both decide membership by PostgreSQL, so they agree.
+ * err: 0 (msgs[0, len): the MSG objects, comma-separated; more),
+ * ERR_NOT_MEMBER, ERR_UNAVAILABLE or ERR_INTERNAL. msgs is valid during the
+ * call only. */
+typedef void (*gw_history_cb)(int err, const char *msgs, size_t len, int more, void *ud);
+void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t after, int limit,
+                     gw_history_cb cb, void *ud);
 
 #endif

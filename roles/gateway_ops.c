@@ -125,14 +125,22 @@ static int gw_produce_event(gateway_t *g, char type, const char *room, const cha
     return rc;
 }
 
-static void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user)
+/* quiet: the request changed nothing (already a member, not a member, or
+ * the retry of a request whose reply was lost): the record is not shown to
+ * clients, it only makes the user's gateways check (GW_QUIET_TAIL). */
+static void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user,
+                              int quiet)
 {
     struct jbuf b;
-    jbuf_init(&b, 96);
+    jbuf_init(&b, 112);
     jbuf_obj_open(&b);
     jbuf_kv_strz(&b, "op", op);
     jbuf_kv_strz(&b, "room", room);
     jbuf_kv_strz(&b, "user", user);
+    if (quiet) {
+        jbuf_key(&b, "quiet");
+        jbuf_bool(&b, 1);
+    }
     jbuf_obj_close(&b);
     gw_produce_event(g, op[0] == 'j' ? REC_JOINED : REC_LEFT, room, user, &b);
 }
@@ -140,45 +148,27 @@ static void gw_member_changed(gateway_t *g, const char *op, const char *room, co
 /* ---- join: membership (PostgreSQL), route then head (Redis) ---- */
 
 /* A direct message must reach its recipient, who cannot know the room
- * exists: the first join of dm:A:B makes the other user a member too, and
- * its `joined` (user = the other) reaches that user's sessions through the
- * classifier's per-user routes, which adds the room there. */
-struct gw_dm_peer {
-    gateway_t *g;
-    char room[PROTO_ROOM_MAX + 1];
-    char peer[AUTH_USER_MAX + 1];
-};
-
-static void gw_on_dm_peer_db(int err, PGresult *res, void *ud)
+ * exists: the first join of dm:A:B makes the other user a member too, in
+ * the same statement (db_join), and its `joined` (user = the other)
+ * reaches that user's sessions through the classifier's per-user routes,
+ * which makes their gateways check and add the room. Writes the peer of
+ * user in room to peer, or returns 0 for a room that is not a DM. */
+static int gw_dm_peer(const char *room, const char *user, char peer[AUTH_USER_MAX + 1])
 {
-    struct gw_dm_peer *d = ud;
-    int j = err ? DB_JOIN_FULL : db_join_result(res);
-    if (err)
-        log_warn("dm_peer_join_failed", "room=%s user=%s err=%s", d->room, d->peer, err_code(err));
-    else if (j == DB_JOIN_FULL) /* the peer can still join it once under the cap */
-        log_info("dm_peer_over_room_cap", "room=%s user=%s", d->room, d->peer);
-    else if (j == DB_JOIN_INSERTED)
-        gw_member_changed(d->g, "joined", d->room, d->peer);
-    free(d);
-}
-
-static void gw_dm_add_peer(gateway_t *g, const char *room, const char *user)
-{
+    if (strncmp(room, "dm:", 3) != 0)
+        return 0;
     /* proto checked the form dm:A:B and that user is A or B */
     const char *a = room + 3, *colon = strchr(a, ':');
     CHATD_ASSERT(colon != NULL);
     size_t alen = (size_t)(colon - a);
     int user_is_a = strlen(user) == alen && memcmp(user, a, alen) == 0;
-    const char *peer = user_is_a ? colon + 1 : a;
+    const char *src = user_is_a ? colon + 1 : a;
     size_t plen = user_is_a ? strlen(colon + 1) : alen;
     if (plen == 0 || plen > AUTH_USER_MAX)
-        return;
-    struct gw_dm_peer *d = calloc(1, sizeof *d);
-    CHATD_ASSERT(d != NULL);
-    d->g = g;
-    strcpy(d->room, room);
-    memcpy(d->peer, peer, plen);
-    db_join(g->pg, d->room, d->peer, g->conf->max_rooms_per_user, gw_on_dm_peer_db, d);
+        return 0;
+    memcpy(peer, src, plen);
+    peer[plen] = 0;
+    return 1;
 }
 
 static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
@@ -186,16 +176,10 @@ static void gw_join_reply(struct gw_pending *p, int err, int64_t head)
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
         return;
-    if (err) {
+    if (err)
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-    } else {
+    else
         gw_reply_ok(c, p->rid, p->room, head);
-        if (p->inserted) {
-            gw_member_changed(p->g, "joined", p->room, p->user);
-            if (!strncmp(p->room, "dm:", 3))
-                gw_dm_add_peer(p->g, p->room, p->user);
-        }
-    }
     gw_pending_free(p);
 }
 
@@ -222,9 +206,23 @@ static void gw_on_join_head(int err, int64_t head, void *ud)
     gw_join_reply(p, err, head);
 }
 
+/* The side effects follow the committed statement, whether or not the
+ * client is still there to hear the reply: a `joined` for the user (and the
+ * DM peer), loud when the row is new, quiet otherwise, so the retry of a
+ * join whose reply was lost still brings every gateway of the user (and of
+ * the peer, whose row the first attempt created) up to date. */
 static void gw_on_join_db(int err, PGresult *res, void *ud)
 {
     struct gw_pending *p = ud;
+    int j = err ? DB_JOIN_FULL : db_join_result(res);
+    if (!err && j != DB_JOIN_FULL) {
+        char peer[AUTH_USER_MAX + 1];
+        p->inserted = j == DB_JOIN_INSERTED;
+        gw_member_changed(p->g, "joined", p->room, p->user, !p->inserted);
+        if (gw_dm_peer(p->room, p->user, peer))
+            gw_member_changed(p->g, "joined", p->room, peer,
+                              strtol(PQgetvalue(res, 0, 1), NULL, 10) == 0);
+    }
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
         return;
@@ -233,38 +231,47 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
         gw_pending_free(p);
         return;
     }
-    int j = db_join_result(res);
     if (j == DB_JOIN_FULL) {
         gw_send_error(c, p->rid, ERR_FORBIDDEN, "in too many rooms (--max-rooms-per-user): leave one first");
         gw_pending_free(p);
         return;
     }
-    p->inserted = j == DB_JOIN_INSERTED;
     /* Local index first: a record for the room may arrive before the head. */
     gw_member_add(p->g, c->u, p->room, 0);
     routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
                      gw_on_join_head, p);
 }
 
+static void gw_op_join(struct gw_conn *c, const struct proto_req *r)
+{
+    char peer[AUTH_USER_MAX + 1];
+    int dm = gw_dm_peer(r->room, c->u->id, peer);
+    db_join(c->g->pg, r->room, c->u->id, dm ? peer : NULL, c->g->conf->max_rooms_per_user,
+            gw_on_join_db, gw_pending_new(c, r));
+}
+
 /* ---- leave ---- */
 
+/* Like a join's, the side effects follow the committed statement: the
+ * `left` (quiet when no row was deleted, e.g. the retry of a leave whose
+ * reply was lost) and the local index, with or without the client. */
 static void gw_on_leave_db(int err, PGresult *res, void *ud)
 {
     struct gw_pending *p = ud;
+    if (!err) {
+        gw_member_changed(p->g, "left", p->room, p->user, PQntuples(res) == 0);
+        struct gw_user *u = p->c->ws ? p->c->u : gw_user_find(p->g, p->user);
+        struct gw_member *m = u ? gw_member_find(p->g, u, p->room) : NULL;
+        if (m)
+            gw_member_remove(p->g, m);
+    }
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
         return;
-    if (err) {
+    if (err)
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-        gw_pending_free(p);
-        return;
-    }
-    if (PQntuples(res) > 0)
-        gw_member_changed(p->g, "left", p->room, p->user);
-    struct gw_member *m = gw_member_find(p->g, c->u, p->room);
-    if (m)
-        gw_member_remove(p->g, m);
-    gw_reply_ok(c, p->rid, p->room, -1);
+    else
+        gw_reply_ok(c, p->rid, p->room, -1);
     gw_pending_free(p);
 }
 
@@ -344,7 +351,7 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
 
 /* ---- sync ---- */
 
-static void gw_on_sync_db(int err, PGresult *res, void *ud)
+static void gw_on_sync_page(int err, const char *msgs, size_t len, int more, void *ud)
 {
     struct gw_pending *p = ud;
     p->g->hist_inflight--;
@@ -352,21 +359,18 @@ static void gw_on_sync_db(int err, PGresult *res, void *ud)
     if (!c)
         return;
     if (err) {
-        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "history is unavailable, try again");
+        gw_send_error(c, p->rid, err,
+                      err == ERR_NOT_MEMBER ? NULL : "history is unavailable, try again");
         gw_pending_free(p);
         return;
     }
-    int n = PQntuples(res), more = n > p->limit;
     struct jbuf b;
-    jbuf_init(&b, 256 + (size_t)n * 160);
+    jbuf_init(&b, 128 + len);
     proto_reply_open(&b, "history", p->rid);
     jbuf_kv_strz(&b, "room", p->room);
     jbuf_key(&b, "messages");
     jbuf_arr_open(&b);
-    /* A page ends early (more) rather than pass the output bound. */
-    int want = more ? p->limit : n;
-    if (db_history_json(&b, p->room, res, want, GW_REPLY_BUDGET(p->g) - 32) < want)
-        more = 1;
+    jbuf_raw(&b, msgs, len);
     jbuf_arr_close(&b);
     jbuf_key(&b, "more");
     jbuf_bool(&b, more);
@@ -501,13 +505,16 @@ static int gw_rate_ok(struct gw_conn *c)
 static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
 {
     gateway_t *g = c->g;
-    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && !gw_member_find(c->g, c->u, r->room)) {
+    /* sync and read are PostgreSQL reads: they ask PostgreSQL about the
+     * membership too, as the REST read does, so all three agree. */
+    if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && r->op != OP_SYNC &&
+        r->op != OP_READ && !gw_member_find(c->g, c->u, r->room)) {
         gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
         return;
     }
     switch (r->op) {
     case OP_JOIN:
-        db_join(g->pg, r->room, c->u->id, g->conf->max_rooms_per_user, gw_on_join_db, gw_pending_new(c, r));
+        gw_op_join(c, r);
         break;
     case OP_LEAVE:
         db_leave(g->pg, r->room, c->u->id, gw_on_leave_db, gw_pending_new(c, r));
@@ -522,8 +529,8 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
             break;
         }
         g->hist_inflight++;
-        /* One row more than asked tells whether there is more. */
-        db_history(g->pg, r->room, r->after, r->limit + 1, gw_on_sync_db, gw_pending_new(c, r));
+        gw_history_read(g, r->room, c->u->id, r->after, r->limit, gw_on_sync_page,
+                        gw_pending_new(c, r));
         break;
     case OP_ROOMS:
         db_rooms(g->pg, c->u->id, gw_on_rooms_db, gw_pending_new(c, r));

@@ -28,12 +28,12 @@ void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_resul
     pg_query(pg, "SELECT room FROM members WHERE user_id = $1", 1, p, cb, ud);
 }
 
-void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms, pg_result_cb cb,
-             void *ud)
+void db_join(pg_client_t *pg, const char *room, const char *user, const char *peer, int max_rooms,
+             pg_result_cb cb, void *ud)
 {
     char cap[16];
     snprintf(cap, sizeof cap, "%d", max_rooms);
-    const char *p[] = { room, user, cap };
+    const char *p[] = { room, user, peer, cap };
     /* Neither the room nor the membership is written past the cap. Under the
      * cap, no row inserted means a member already (maybe added by a
      * concurrent statement its snapshot does not see: the dm peer's join on
@@ -41,14 +41,18 @@ void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms,
      * Concurrent joins of one user can each pass the count: the cap is
      * exceeded by at most the joins in flight. */
     static struct pg_stmt st = {
-        "WITH ok AS (SELECT count(*) < $3::int AS ok FROM members WHERE user_id = $2), "
+        "WITH ok AS (SELECT count(*) < $4::int AS ok FROM members WHERE user_id = $2), "
         "r AS (INSERT INTO rooms (room) SELECT $1 WHERE (SELECT ok FROM ok) ON CONFLICT DO NOTHING), "
-        "ins AS (INSERT INTO members (room, user_id) SELECT $1, $2 WHERE (SELECT ok FROM ok) "
+        "m AS (INSERT INTO members (room, user_id) SELECT $1, $2 WHERE (SELECT ok FROM ok) "
+        "ON CONFLICT DO NOTHING RETURNING 1), "
+        "p AS (INSERT INTO members (room, user_id) SELECT $1, $3::text FROM m "
+        "WHERE $3::text IS NOT NULL AND "
+        "(SELECT count(*) FROM members WHERE user_id = $3::text) < $4::int "
         "ON CONFLICT DO NOTHING RETURNING 1) "
-        "SELECT (SELECT count(*) FROM ins), (SELECT ok FROM ok), "
+        "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM p), (SELECT ok FROM ok), "
         "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2)",
     };
-    pg_query_stmt(pg, &st, 3, p, cb, ud);
+    pg_query_stmt(pg, &st, 4, p, cb, ud);
 }
 
 int db_join_result(const PGresult *res)
@@ -57,7 +61,7 @@ int db_join_result(const PGresult *res)
         return DB_JOIN_FULL;
     if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
         return DB_JOIN_INSERTED;
-    return PQgetvalue(res, 0, 1)[0] == 't' || PQgetvalue(res, 0, 2)[0] == 't' ? DB_JOIN_MEMBER
+    return PQgetvalue(res, 0, 2)[0] == 't' || PQgetvalue(res, 0, 3)[0] == 't' ? DB_JOIN_MEMBER
                                                                                : DB_JOIN_FULL;
 }
 
@@ -90,8 +94,10 @@ void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud)
 {
     const char *p[] = { user };
     pg_query(pg,
-             "SELECT m.room, COALESCE((SELECT max(seq) FROM messages x WHERE x.room = m.room), 0), "
-             "m.read_seq FROM members m WHERE m.user_id = $1 ORDER BY m.room",
+             /* read capped at the head: marks stored before db_read capped them */
+             "SELECT m.room, h.head, LEAST(m.read_seq, h.head) FROM members m "
+             "CROSS JOIN LATERAL (SELECT COALESCE(max(seq), 0) AS head FROM messages x "
+             "WHERE x.room = m.room) h WHERE m.user_id = $1 ORDER BY m.room",
              1, p, cb, ud);
 }
 
@@ -102,8 +108,11 @@ void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, p
     snprintf(s, sizeof s, "%" PRId64, seq);
     const char *p[] = { room, user, s };
     pg_query(pg,
-             "UPDATE members SET read_seq = GREATEST(read_seq, $3) WHERE room = $1 AND user_id = $2 "
-             "RETURNING read_seq",
+             /* Capped at the room's last stored seq: a mark beyond it
+              * would show every later message as read. */
+             "UPDATE members SET read_seq = LEAST(GREATEST(read_seq, $3), "
+             "(SELECT COALESCE(max(seq), 0) FROM messages WHERE room = $1)) "
+             "WHERE room = $1 AND user_id = $2 RETURNING read_seq",
              3, p, cb, ud);
 }
 

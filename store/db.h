@@ -18,9 +18,14 @@
 /* Upserts the user (name, last_seen), then answers its rooms: (room). */
 void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud);
 /* Adds user to room unless the user is already in max_rooms rooms (a new
- * room is then not created either). Read the result with db_join_result. */
-void db_join(pg_client_t *pg, const char *room, const char *user, int max_rooms, pg_result_cb cb,
-             void *ud);
+ * room is then not created either), and, when peer is not NULL (a
+ * direct-message room), the peer's membership in the same statement iff the
+ * user's is new and the peer is under the cap too: a committed join of a DM
+ * has its peer. One row: (user's membership created 0|1, peer's created
+ * 0|1, under the cap, already a member); read the user's with
+ * db_join_result. */
+void db_join(pg_client_t *pg, const char *room, const char *user, const char *peer, int max_rooms,
+             pg_result_cb cb, void *ud);
 enum { DB_JOIN_FULL = 0, DB_JOIN_INSERTED = 1, DB_JOIN_MEMBER = 2 /* already was */ };
 int db_join_result(const PGresult *res);
 /* Deletes the membership; one row iff it existed. */
@@ -33,7 +38,8 @@ void db_history(pg_client_t *pg, const char *room, int64_t after, int limit, pg_
                 void *ud);
 /* The user's rooms: (room, head, read_seq), by room. */
 void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud);
-/* Raises the read mark (never lowers it); one row (read_seq) iff member. */
+/* Raises the read mark (never lowers it), capped at the room's last stored
+ * seq; one row (read_seq) iff member. */
 void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, pg_result_cb cb,
              void *ud);
 /* One row: (max seq or 0). */

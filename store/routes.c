@@ -399,6 +399,26 @@ int routes_rooms_join(routes_t *rt, const char *const *rooms, size_t n, int gw, 
     return 0;
 }
 
+static void routes_on_get_head(int err, redisReply *r, void *user)
+{
+    struct routes_op *op = user;
+    int64_t head = -1;
+    if (err == 0 && r->type == REDIS_REPLY_STRING)
+        head = strtoll(r->str, NULL, 10);
+    else if (err == 0 && r->type != REDIS_REPLY_NIL)
+        err = ERR_UNAVAILABLE;
+    op->cb.head(err, head, op->user);
+    routes_op_free(op);
+}
+
+void routes_room_head(routes_t *rt, const char *room, routes_head_cb cb, void *user)
+{
+    struct routes_op *op = routes_op_new(rt, user);
+    op->cb.head = cb;
+    routes_key(op->key, "room", room, "seq");
+    redis_command(rt->redis, routes_on_get_head, op, "GET %s", op->key);
+}
+
 void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user)
 {
     char k[ROUTES_KEY_MAX], v[24];

@@ -84,6 +84,8 @@ void routes_room_join(routes_t *rt, const char *room, int gw, const char *epoch,
 #define ROUTES_BATCH_MAX 100
 int routes_rooms_join(routes_t *rt, const char *const *rooms, size_t n, int gw, const char *epoch,
                       const char *user, routes_done_cb cb, void *user_data);
+/* Reads the room's last assigned seq (head -1: the key is missing). */
+void routes_room_head(routes_t *rt, const char *room, routes_head_cb cb, void *user);
 /* Sets the room's seq key to seq unless present; answers the head. */
 void routes_room_seed(routes_t *rt, const char *room, int64_t seq, routes_head_cb cb, void *user);
 /* Fire-and-forget removals (failures are logged; stale entries are harmless

@@ -12,7 +12,9 @@ each client received, live or by `sync`) and PostgreSQL's `messages` table:
   may have the record, docs/PROTOCOL.md), a closed connection, no reply;
   when every attempt was answered "not stored" it must not be stored;
 - no (room, user, cid) is stored twice, whatever the answers said;
-- nothing stored that no client sent; no request went unanswered (no hang).
+- nothing stored that no client sent; no request went unanswered (no hang);
+- membership as each client's gateway enforces it equals PostgreSQL's
+  (Run.probe_membership, run by Run.converge).
 
 Prints one line of counts and returns a Result; .problems must be empty.
 """
@@ -206,6 +208,11 @@ def check(run, extra_line="", rooms=None):
                 if n > 1:
                     res.problem("duplicated", f"{c.user} got id {mid} of {room} at {n} seqs")
 
+    # membership: the gateways' local index against PostgreSQL
+    for p in getattr(run, "membership_diff", []):
+        res.problem("membership", p)
+    res.c["membership_checked"] = getattr(run, "membership_checked", 0)
+
     for p in run.problems:
         res.problem("client", p)
     for h in run.hangs:
@@ -222,6 +229,8 @@ def check(run, extra_line="", rooms=None):
                 f"(stored {res.c['unacked_stored']}, after unavailable "
                 f"{res.c['unavailable_stored']}) resent={res.c['resent']} "
                 f"unavailable={res.c['sends_unavailable']} hangs={res.c['hang']} "
+                f"membership={res.c['membership_checked']} checked, "
+                f"{res.c['membership']} wrong "
                 f"clients={len(run.clients)}"
                 + (f" | {extra_line}" if extra_line else ""))
     if len(per_fault) > 1:

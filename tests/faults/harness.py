@@ -421,6 +421,8 @@ class Run:
         self.faults = []        # [label, t_fault, t_restore]
         self.hangs = []         # descriptions of requests/handshakes that got no answer
         self.problems = []      # unexpected replies or client-side contract violations
+        self.membership_checked = 0   # (client, room) pairs probe_membership asked
+        self.membership_diff = []     # where a gateway's membership differed from PostgreSQL's
         self.t0 = now()
 
     def client(self, user=None, rooms=(), **kw):
@@ -498,9 +500,66 @@ class Run:
 
     async def converge(self, timeout=60, settle=60):
         """Acked messages stored; every client online, then `sync` of every
-        room from its last seq."""
+        room from its last seq; then membership as the gateways enforce it
+        is compared with PostgreSQL's (probe_membership)."""
         await self.settle(settle)
         await asyncio.wait_for(asyncio.gather(*(c.catch_up() for c in self.clients)), timeout)
+        await self.probe_membership("end: ")
+
+    def pg_members(self, rooms):
+        rows = self.cluster.query("SELECT room, user_id FROM members WHERE room = ANY(%s)",
+                                  (list(rooms),))
+        return {(r, u) for r, u in rows}
+
+    async def probe_membership(self, label="", timeout=10, concurrency=200):
+        """Membership as each client's gateway enforces it equals
+        PostgreSQL's (issue 22). `presence` is refused with `not_member`
+        exactly when the gateway's local index (what `send` and fan-out use)
+        does not have the user in the room, and changes nothing; it is asked
+        for each online client's rooms and one room of the run it is not in.
+        A change reaches other gateways within a Kafka hop and a database
+        round trip, so mismatches are asked again for `timeout` s. Adds to
+        self.membership_checked and self.membership_diff (for checker.py);
+        call it after any step (label names the step); returns the number
+        of mismatches. A client's `probe_rooms` are asked too."""
+        all_rooms = sorted({r for c in self.clients
+                            for r in list(c.rooms) + list(getattr(c, "probe_rooms", ()))})
+        sem = asyncio.Semaphore(concurrency)
+
+        def pairs_of(c, i):
+            others = [r for r in all_rooms if r not in c.rooms]
+            mine = list(dict.fromkeys(list(c.rooms) + list(getattr(c, "probe_rooms", ()))))
+            others = [r for r in others if r not in mine]
+            return [(c, r) for r in mine] + ([(c, others[i % len(others)])] if others else [])
+
+        async def local(c, room):
+            async with sem:
+                try:
+                    r = await c.request("presence", wait_online=False, timeout=10, room=room)
+                except Disconnected:
+                    return None
+            return not (r.get("op") == "error" and r.get("code") == "not_member")
+
+        todo = [p for i, c in enumerate(self.clients) if not getattr(c, "excluded", False)
+                for p in pairs_of(c, i)]
+        deadline = now() + timeout
+        answered = None
+        while True:
+            pg = await asyncio.to_thread(self.pg_members, all_rooms)
+            got = await asyncio.gather(*(local(c, r) for c, r in todo))
+            if answered is None:
+                answered = sum(g is not None for g in got)
+            diff = [(c, r, g) for (c, r), g in zip(todo, got)
+                    if g is not None and g != ((r, c.user) in pg)]
+            if not diff or now() > deadline:
+                self.membership_checked += answered
+                self.membership_diff += [f"{label}{c.user}@{c.port} room {r}: gateway says "
+                                         f"{'member' if g else 'not a member'}, PostgreSQL "
+                                         f"{'not a member' if g else 'member'}"
+                                         for c, r, g in diff]
+                return len(diff)
+            todo = [(c, r) for c, r, _ in diff]
+            await asyncio.sleep(0.5)
 
     async def close(self):
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)

@@ -415,3 +415,29 @@ def test_dm_first_join_makes_the_other_user_a_member(cluster):
         for cl in (a, b, c):
             await cl.close()
     arun(body())
+
+
+def test_read_mark_is_capped_at_the_head(cluster):
+    room, user = uid("rdcap"), uid("a")
+
+    async def body():
+        a = await cluster.client(user, gw=0)
+        await a.join(room)
+        await a.send_many(room, ["1", "2"])
+        await a.wait_seqs(room, [1, 2])
+        await a.ok("read", room=room, seq=10 ** 12)
+        ev = await a.wait_event(lambda e: e.get("op") == "read" and e.get("room") == room,
+                                what="read event")
+        assert ev["seq"] == 2, ev
+        await a.send(room, "3")
+        await a.wait_seqs(room, [3])
+        rooms = {x["room"]: (x["seq"], x["read"]) for x in (await a.ok("rooms"))["rooms"]}
+        assert rooms[room] == (3, 2), rooms
+        # a mark stored beyond the head before the cap: shown capped, repaired by a read
+        cluster.pg.query("UPDATE members SET read_seq = 1000000000000 WHERE room = %s RETURNING 1", (room,))
+        rooms = {x["room"]: (x["seq"], x["read"]) for x in (await a.ok("rooms"))["rooms"]}
+        assert rooms[room] == (3, 3), rooms
+        await a.ok("read", room=room, seq=1)
+        assert cluster.pg.query("SELECT read_seq FROM members WHERE room = %s", (room,)) == [(3,)]
+        await a.close()
+    arun(body())
