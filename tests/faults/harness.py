@@ -290,7 +290,7 @@ class Cluster:
                               "gw": 0}, separators=(",", ":"))
             lines.append(f"{room}\t{val}")
         data = ("\n".join(lines) + "\n").encode()
-        subprocess.run(["kcat", "-P", "-b", self.brokers(), "-t", "chat-send", "-K", "\t",
+        subprocess.run(["kcat", "-P", "-b", self.brokers(), "-t", self.topic_send, "-K", "\t",
                         "-H", "v=1", "-H", "t=m", "-X", "acks=all", "-z", "none"],
                        input=data, check=True, timeout=60, capture_output=True)
         return ids

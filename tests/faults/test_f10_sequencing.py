@@ -133,7 +133,7 @@ def test_fenced_classifier_stops(make_cluster):
     zombie), and then nothing is lost or stored twice."""
     c, room, ids = _one_room_cluster(make_cluster)
     rows = c.query("UPDATE partition_owners SET epoch = epoch + 1, owner = 'f10-new-owner' "
-                   "WHERE topic = 'chat-send' RETURNING partition, epoch")
+                   "WHERE topic = %s RETURNING partition, epoch", (c.topic_send,))
     assert rows, "no partition epoch was taken by the classifier"
     t0 = time.time()
     ids += c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(5, 10)])
@@ -145,8 +145,8 @@ def test_fenced_classifier_stops(make_cluster):
     took = time.time() - t0
     problems = checker.bulk_problems(c.stored_rows([room]), ids)
     assert got == 10 and not problems, f"stored {got}: {problems}"
-    owner = c.query("SELECT owner FROM partition_owners WHERE topic = 'chat-send' AND "
-                    "partition = %s", (rows[0][0],))[0][0]
+    owner = c.query("SELECT owner FROM partition_owners WHERE topic = %s AND "
+                    "partition = %s", (c.topic_send, rows[0][0]))[0][0]
     assert owner != "f10-new-owner", "the classifier did not retake its partition"
     print(f"f10 fence: refused, retaken and stored after {took:.1f} s")
 
