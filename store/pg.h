@@ -5,10 +5,12 @@
  * point so each is its own implicit transaction and one failure does not
  * abort its neighbours). Results come back in order. Each query has a
  * deadline (timeout_ms): past it the caller gets ERR_TIMEOUT, and the
- * server cancels the statement itself (the connection's statement_timeout
- * is timeout_ms), so the other queries in flight go on. Only when even that
- * cancel has not come back timeout_ms + 1 s later is the connection reset,
- * failing the other queries in flight with ERR_UNAVAILABLE. While disconnected the client reconnects (PQconnectStart +
+ * server cancels the statement itself a little later (the connection's
+ * statement_timeout is timeout_ms * 5/4: a statement about to commit may
+ * still commit, as if its reply were lost), so the other queries in flight
+ * go on. Only when even that cancel has not come back timeout_ms + 2 s
+ * later is the connection reset, failing the other queries in flight with
+ * ERR_UNAVAILABLE. While disconnected the client reconnects (PQconnectStart +
  * PQconnectPoll, host names resolved with uv_getaddrinfo first) with jittered
  * backoff, and queries fail fast with ERR_UNAVAILABLE.
  *
