@@ -464,11 +464,16 @@ static void gw_on_presence(int err, char **users, size_t n, void *ud)
     jbuf_kv_strz(&b, "room", p->room);
     jbuf_key(&b, "online");
     jbuf_arr_open(&b);
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0; /* within the reply budget: a big room's list is cut (truncated) */
+    for (; i < n && b.len + strlen(users[i]) + 64 <= GW_REPLY_BUDGET(p->g); i++) {
         jbuf_comma(&b);
         jbuf_strz(&b, users[i]);
     }
     jbuf_arr_close(&b);
+    if (i < n) {
+        jbuf_key(&b, "truncated");
+        jbuf_bool(&b, 1);
+    }
     jbuf_obj_close(&b);
     gw_send_buf(c, &b);
     gw_pending_free(p);

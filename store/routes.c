@@ -464,6 +464,11 @@ void routes_user_drop(routes_t *rt, const char *user, int gw)
 }
 
 /* Members are "user@gw:epoch"; only live ones count, stale ones are removed. */
+static int routes_strcmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
 static void routes_on_presence(int err, redisReply *r, void *user)
 {
     struct routes_op *op = user;
@@ -485,11 +490,22 @@ static void routes_on_presence(int err, redisReply *r, void *user)
                               e->str, e->len);
             continue;
         }
-        size_t ulen = (size_t)(at - e->str), j = 0;
-        while (j < n && !(strlen(users[j]) == ulen && !memcmp(users[j], e->str, ulen)))
-            j++;
-        if (j == n && (users[n] = strndup(e->str, ulen)) != NULL)
+        /* A user online on several gateways has several entries. */
+        if ((users[n] = strndup(e->str, (size_t)(at - e->str))) != NULL)
             n++;
+    }
+    /* Duplicates removed after a sort: a big room's set is one reply, and a
+     * pairwise scan was O(n^2) per presence request (issue 16). */
+    if (n > 1) {
+        qsort(users, n, sizeof *users, routes_strcmp);
+        size_t k = 1;
+        for (size_t i = 1; i < n; i++) {
+            if (strcmp(users[i], users[k - 1]) == 0)
+                free(users[i]);
+            else
+                users[k++] = users[i];
+        }
+        n = k;
     }
     op->cb.presence(err, users, n, op->user);
     for (size_t i = 0; i < n; i++)

@@ -13,6 +13,7 @@ import chatlib
 import harness
 import pytest
 import seclib
+from chatlib import uid
 from secconf import LIMITS, token
 
 CONNS = 4                  # sockets per request type
@@ -155,3 +156,71 @@ def _read_one(sock, buf):
             break
         rest += chunk
     return int(lines[0].split()[1]), hdrs, rest[:n], rest[n:]
+
+
+WS_OPS = {
+    "sync": lambda room: {"op": "sync", "room": room, "limit": 1000},
+    "rooms": lambda room: {"op": "rooms"},
+    "presence": lambda room: {"op": "presence", "room": room},
+    "typing": lambda room: {"op": "typing", "room": room},
+    "read": lambda room: {"op": "read", "room": room, "seq": 1},
+    "join": lambda room: {"op": "join", "room": room},
+    "send": lambda room: {"op": "send", "room": room, "text": "\x01" * 4000},
+    "garbage": lambda room: "{not json",
+}
+
+
+@pytest.mark.parametrize("op", sorted(WS_OPS))
+def test_ws_requests_without_reading(sec, op):
+    """The same for every WebSocket request: CONNS signed-in sockets with a
+    4 KiB receive buffer send FLOOD_BYTES of one request each and never
+    read. Each holds at most --send-queue of replies (then it is cut) and
+    --max-frame of input; requests past the rate limit are refused."""
+    import json
+    port = sec.gw_ports[1]
+    room = uid("wsamp")
+    base = sec.rss("gateway1")
+    socks = []
+    try:
+        for i in range(CONNS):
+            w = seclib.WS(port, token(uid(f"wsamp{i}")), rcvbuf=4096)
+            w.read_until({0x1})
+            w.send(seclib.frame(0x1, json.dumps({"op": "join", "room": room, "rid": 0}).encode()))
+            w.read_until({0x1})
+            socks.append(w)
+        obj = WS_OPS[op](room)
+        data = (obj if isinstance(obj, str) else json.dumps(obj)).encode()
+        one = seclib.frame(0x1, data)
+        payload = one * (FLOOD_BYTES // len(one) + 1)
+        sent = [0] * CONNS
+        peak = base
+        for w in socks:
+            w.sock.setblocking(False)
+        deadline = time.monotonic() + FLOOD_S
+        while time.monotonic() < deadline:
+            moved = False
+            for i, w in enumerate(socks):
+                if sent[i] >= len(payload):
+                    continue
+                try:
+                    n = w.sock.send(payload[sent[i]:sent[i] + 65536])
+                    sent[i] += n
+                    moved = moved or n > 0
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    sent[i] = len(payload)
+            peak = max(peak, sec.rss("gateway1"))
+            if not moved:
+                time.sleep(0.02)
+        for _ in range(10):
+            peak = max(peak, sec.rss("gateway1"))
+            time.sleep(0.05)
+    finally:
+        for w in socks:
+            w.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            w.close()
+    grew = peak - base
+    bound_kb = CONNS * (LIMITS["send_queue"] + LIMITS["max_frame"]) // 1024 + CONNS * PER_CONN_KB + SLACK_KB
+    print(f"ws {op}: {sum(sent)} bytes on {CONNS} sockets, gateway1 RSS +{grew} KiB (bound {bound_kb} KiB)")
+    assert grew <= bound_kb, f"ws {op}: RSS grew {grew} KiB (bound {bound_kb} KiB)"

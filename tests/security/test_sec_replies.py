@@ -96,3 +96,31 @@ def test_rooms_reply_over_budget_refused(sec):
             await c.close()
 
     seclib.arun(run())
+
+
+def test_presence_reply_within_budget(sec):
+    """A room with more members online than one reply can list (1000 live
+    route entries of 60-character users, added straight into Redis: ~62 KB)
+    answers `presence` within half of --send-queue, marked truncated."""
+    import redis as redislib
+    user, room = uid("pres"), uid("presroom")
+
+    async def run():
+        c = await Client.connect(sec.gw_ports[0], token(user))
+        try:
+            await c.join(room)
+            r = redislib.Redis(host="127.0.0.1", port=sec.c.redis.port, socket_timeout=5)
+            key = f"{{room:{room}}}:on"
+            mine = [m.decode() for m in r.smembers(key)]
+            assert mine, f"no route entry under {key}"
+            where = mine[0].split("@", 1)[1]   # "0:<epoch>": gateway 0, live
+            r.sadd(key, *[f"{uid('p').ljust(58, 'p')}{i:04d}@{where}" for i in range(1000)])
+            rep = await c.req("presence", room=room)
+            assert rep.get("op") == "presence", str(rep)[:200]
+            size = len(json.dumps(rep, separators=(",", ":")))
+            assert size <= LIMITS["send_queue"] // 2, size
+            assert rep.get("truncated") is True and 0 < len(rep["online"]) < 1001, len(rep["online"])
+        finally:
+            await c.close()
+
+    seclib.arun(run())
