@@ -86,8 +86,10 @@ chatbench: $(BUILD)/chatbench
 $(BUILD)/chatbench: $(BENCH_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# test_bench compiles bench/wsframe.c and bench/delivery.c itself.
-$(BUILD)/tests/test_bench: bench/wsframe.c bench/wsframe.h bench/delivery.c bench/delivery.h
+# test_bench compiles the bench/ files it tests itself.
+$(BUILD)/tests/test_bench: bench/wsframe.c bench/wsframe.h bench/delivery.c bench/delivery.h \
+	bench/sched.c bench/sched.h bench/ledger.c bench/ledger.h bench/stats.c bench/stats.h \
+	bench/hist.c bench/hist.h bench/conf.h
 
 $(BUILD)/fanout_limit: bench/fanout_limit.c
 	@mkdir -p $(dir $@)

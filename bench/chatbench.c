@@ -25,6 +25,7 @@
 
 #include "bench/conf.h"
 #include "bench/hist.h"
+#include "bench/ledger.h"
 #include "bench/stats.h"
 #include "bench/worker.h"
 
@@ -53,7 +54,7 @@ struct parent {
     uv_timer_t progress;
     uv_signal_t sigint, sigterm;
     uint64_t t0;
-    struct hist h, ack;               /* merged from the workers' latest records */
+    struct hist h, hsent, ack, lag;   /* merged from the workers' latest records */
 };
 
 static const char usage[] =
@@ -260,8 +261,8 @@ static void parse_options(struct conf *c, int argc, char **argv)
     c->nrooms = (c->clients + c->room_size - 1) / c->room_size;
     for (int r = 0; r < c->nrooms; r++)
         c->nsenders += conf_room_senders(c, r);
-    if (c->procs > c->nrooms)
-        c->procs = c->nrooms;
+    if (c->procs > c->clients)
+        c->procs = c->clients;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     unsigned salt = (unsigned)(ts.tv_sec * 2654435761u ^ (unsigned)ts.tv_nsec ^ (unsigned)getpid() * 40503u);
@@ -272,7 +273,7 @@ static void parse_options(struct conf *c, int argc, char **argv)
         snprintf(c->run, sizeof c->run, "%08x", salt);
 }
 
-/* Each worker holds whole rooms; its fd count must fit RLIMIT_NOFILE. */
+/* Each worker's clients (conf_client_proc) must fit RLIMIT_NOFILE. */
 static int check_fds(const struct conf *c)
 {
     struct rlimit rl;
@@ -280,14 +281,15 @@ static int check_fds(const struct conf *c)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    int most = 0;
-    for (int p = 0; p < c->procs; p++) {
-        int n = 0;
-        for (int r = p; r < c->nrooms; r += c->procs)
-            n += conf_room_members(c, r);
-        if (n > most)
-            most = n;
-    }
+    int most = 0, *n = calloc((size_t)c->procs, sizeof *n);
+    if (!n)
+        return -1;
+    for (int g = 0; g < c->clients; g++)
+        n[conf_client_proc(c, g)]++;
+    for (int p = 0; p < c->procs; p++)
+        if (n[p] > most)
+            most = n[p];
+    free(n);
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && (rlim_t)most + FD_RESERVE > rl.rlim_cur) {
         fprintf(stderr, "chatbench: %d clients in one process, but only %llu open files allowed: "
                         "raise --procs\n", most, (unsigned long long)rl.rlim_cur);
@@ -302,7 +304,9 @@ static void parent_sum(struct parent *p, struct stats *st, int *phase)
 {
     memset(st, 0, sizeof *st);
     hist_reset(&p->h);
+    hist_reset(&p->hsent);
     hist_reset(&p->ack);
+    hist_reset(&p->lag);
     *phase = PHASE_DONE;
     for (int i = 0; i < p->n; i++) {
         struct parent_worker *w = &p->w[i];
@@ -310,7 +314,9 @@ static void parent_sum(struct parent *p, struct stats *st, int *phase)
             continue;
         stats_add(st, &w->last.st);
         hist_merge(&p->h, &w->last.h);
+        hist_merge(&p->hsent, &w->last.hsent);
         hist_merge(&p->ack, &w->last.ack);
+        hist_merge(&p->lag, &w->last.lag);
         if ((int)w->last.phase < *phase)
             *phase = (int)w->last.phase;
     }
@@ -473,9 +479,29 @@ static double ms(uint64_t us)
     return (double)us / 1000.0;
 }
 
-static void print_summary(FILE *f, const struct conf *c, const struct stats *st, const struct hist *h,
-                          const struct hist *ack, double settle_s)
+static void print_hist(FILE *f, const char *name, const struct hist *h, const char *what)
 {
+    fprintf(f, "  %-12s p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (mean %.3f, n %" PRIu64 ")%s\n",
+            name, ms(hist_quantile(h, 0.5)), ms(hist_quantile(h, 0.9)), ms(hist_quantile(h, 0.99)),
+            ms(hist_quantile(h, 0.999)), ms(h->max), h->n ? (double)h->sum / (double)h->n / 1000.0 : 0.0,
+            h->n, what);
+}
+
+static void json_hist(FILE *f, const char *name, const struct hist *h)
+{
+    fprintf(f, "  \"%s\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, "
+               "\"max\": %.3f, \"mean\": %.3f, \"count\": %" PRIu64 "},\n",
+            name, ms(hist_quantile(h, 0.5)), ms(hist_quantile(h, 0.9)), ms(hist_quantile(h, 0.99)),
+            ms(hist_quantile(h, 0.999)), ms(h->max), h->n ? (double)h->sum / (double)h->n / 1000.0 : 0.0,
+            h->n);
+}
+
+static void print_summary(FILE *f, const struct conf *c, const struct stats *st, const struct parent *p)
+{
+    const struct hist *h = &p->h, *ack = &p->ack;
+    double settle_s = p->settle_s;
+    char why[160];
+    int held = stats_held(st, why, sizeof why);
     double win = st->window_s > 0 ? st->window_s : 1;
     fprintf(f, "chatbench summary: run %s (%s), %d clients in %d rooms of %d, %d senders, %d gateway(s), "
                "%d proc(s), rate %g/s, payload %d B\n",
@@ -496,12 +522,13 @@ static void print_summary(FILE *f, const struct conf *c, const struct stats *st,
             (double)st->delivered_win / win);
     fprintf(f, "  expected     %" PRIu64 " (acked x room members, sender included)\n", st->expected);
     fprintf(f, "  missing      %" PRIu64 "   extra %" PRIu64 "\n", st->missing, st->extra);
-    fprintf(f, "  latency ms   p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  (mean %.3f, n %" PRIu64 ")\n",
-            ms(hist_quantile(h, 0.5)), ms(hist_quantile(h, 0.9)), ms(hist_quantile(h, 0.99)),
-            ms(hist_quantile(h, 0.999)), ms(h->max), h->n ? (double)h->sum / (double)h->n / 1000.0 : 0.0,
-            h->n);
-    fprintf(f, "  ack ms       p50 %.3f  p99 %.3f  max %.3f  (send -> ack)\n", ms(hist_quantile(ack, 0.5)),
-            ms(hist_quantile(ack, 0.99)), ms(ack->max));
+    fprintf(f, "  delivery     %s%s\n", held ? "held: every window message acked and delivered once to every member"
+                                               : "NOT held: ", held ? "" : why);
+    print_hist(f, "latency ms", h, "  (intended send time -> delivery)");
+    print_hist(f, "from send ms", &p->hsent, "  (actual send time -> delivery)");
+    print_hist(f, "send lag ms", &p->lag, "  (actual - intended send time)");
+    fprintf(f, "  ack ms       p50 %.3f  p99 %.3f  max %.3f  (intended send time -> ack)\n",
+            ms(hist_quantile(ack, 0.5)), ms(hist_quantile(ack, 0.99)), ms(ack->max));
     fprintf(f, "  errors      ");
     int any = 0;
     for (int e = 0; e < SE__COUNT; e++)
@@ -515,9 +542,12 @@ static void print_summary(FILE *f, const struct conf *c, const struct stats *st,
             st->reconnects, st->syncs, st->gaps, st->resends, st->dups);
 }
 
-static int write_json(const char *path, const struct conf *c, const struct stats *st, const struct hist *h,
-                      const struct hist *ack, double settle_s)
+static int write_json(const char *path, const struct conf *c, const struct stats *st, const struct parent *p)
 {
+    const struct hist *h = &p->h, *ack = &p->ack;
+    double settle_s = p->settle_s;
+    char why[160];
+    int held = stats_held(st, why, sizeof why);
     FILE *f = fopen(path, "w");
     if (!f)
         return -1;
@@ -534,15 +564,15 @@ static int write_json(const char *path, const struct conf *c, const struct stats
             st->connect_s > 0 ? (double)st->connected / st->connect_s : 0.0);
     fprintf(f, "  \"sent\": %" PRIu64 ", \"sent_all_phases\": %" PRIu64 ", \"acked\": %" PRIu64
                ", \"delivered\": %" PRIu64 ", \"expected\": %" PRIu64 ", \"missing\": %" PRIu64
-               ", \"extra\": %" PRIu64 ",\n",
-            st->sent_win, st->sent, st->acked_win, st->delivered_win, st->expected, st->missing, st->extra);
+               ", \"extra\": %" PRIu64 ", \"unacked\": %" PRIu64 ",\n",
+            st->sent_win, st->sent, st->acked_win, st->delivered_win, st->expected, st->missing, st->extra,
+            st->sent_win > st->acked_win ? st->sent_win - st->acked_win : 0);
+    fprintf(f, "  \"held\": %s, \"not_held\": \"%s\",\n", held ? "true" : "false", why);
     fprintf(f, "  \"sent_per_s\": %.1f, \"deliveries_per_s\": %.1f,\n", (double)st->sent_win / win,
             (double)st->delivered_win / win);
-    fprintf(f, "  \"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"p999\": %.3f, "
-               "\"max\": %.3f, \"mean\": %.3f, \"count\": %" PRIu64 "},\n",
-            ms(hist_quantile(h, 0.5)), ms(hist_quantile(h, 0.9)), ms(hist_quantile(h, 0.99)),
-            ms(hist_quantile(h, 0.999)), ms(h->max), h->n ? (double)h->sum / (double)h->n / 1000.0 : 0.0,
-            h->n);
+    json_hist(f, "latency_ms", h);
+    json_hist(f, "latency_from_send_ms", &p->hsent);
+    json_hist(f, "send_lag_ms", &p->lag);
     fprintf(f, "  \"ack_ms\": {\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f},\n", ms(hist_quantile(ack, 0.5)),
             ms(hist_quantile(ack, 0.99)), ms(ack->max));
     fprintf(f, "  \"errors\": {");
@@ -559,7 +589,7 @@ static int write_json(const char *path, const struct conf *c, const struct stats
 
 /* ---- main ---- */
 
-static int spawn_workers(struct conf *c, struct parent_worker *w)
+static int spawn_workers(struct conf *c, struct ledger *l, struct parent_worker *w)
 {
     for (int i = 0; i < c->procs; i++) {
         int up[2], down[2];
@@ -577,7 +607,7 @@ static int spawn_workers(struct conf *c, struct parent_worker *w)
             close(up[0]);
             close(down[1]);
             signal(SIGINT, SIG_IGN);
-            _exit(worker_main(c, i, up[1], down[0]));
+            _exit(worker_main(c, l, i, up[1], down[0]));
         }
         close(up[1]);
         close(down[0]);
@@ -608,8 +638,17 @@ int main(int argc, char **argv)
                         "start it with a higher CHATD_RATE or use more --senders-per-room\n");
     p.conf = &conf;
     p.n = conf.procs;
+    /* Messages can be made from the start of the warmup to the end of the
+     * window. */
+    struct ledger *ledger = ledger_create(conf.nsenders, conf.rate, conf.warmup + conf.duration);
+    if (!ledger) {
+        fprintf(stderr, "chatbench: cannot map the message ledger for %d senders x %g msgs/s x %g s: %s\n",
+                conf.nsenders, conf.rate, conf.warmup + conf.duration, strerror(errno));
+        return 1;
+    }
+    ledger->sending = (uint64_t)conf.procs;
     p.w = calloc((size_t)p.n, sizeof *p.w);
-    if (!p.w || spawn_workers(&conf, p.w) < 0) {
+    if (!p.w || spawn_workers(&conf, ledger, p.w) < 0) {
         perror("chatbench: fork");
         return 1;
     }
@@ -645,12 +684,16 @@ int main(int argc, char **argv)
     struct stats st;
     int phase;
     parent_sum(&p, &st, &phase);
-    print_summary(stdout, &conf, &st, &p.h, &p.ack, p.settle_s);
-    if (conf.json_path && write_json(conf.json_path, &conf, &st, &p.h, &p.ack, p.settle_s) < 0) {
+    /* Every worker has exited: each message is judged once, whichever
+     * processes acked and received it. */
+    ledger_account(ledger, &conf, &st);
+    print_summary(stdout, &conf, &st, &p);
+    if (conf.json_path && write_json(conf.json_path, &conf, &st, &p) < 0) {
         fprintf(stderr, "chatbench: cannot write %s: %s\n", conf.json_path, strerror(errno));
         ok = 0;
     }
     uv_loop_close(p.loop);
     free(p.w);
-    return ok && st.missing == 0 && st.window_s > 0 ? 0 : 1;
+    ledger_destroy(ledger);
+    return ok && stats_held(&st, NULL, 0) && st.window_s > 0 ? 0 : 1;
 }

@@ -13,6 +13,8 @@
 #include <strings.h>
 
 #include "bench/delivery.h"
+#include "bench/ledger.h"
+#include "bench/sched.h"
 #include "bench/stats.h"
 #include "bench/worker.h"
 #include "bench/wsframe.h"
@@ -32,22 +34,19 @@
 enum { CS_IDLE, CS_CONNECTING, CS_UPGRADING, CS_HELLO, CS_READY, CS_CLOSING, CS_DONE };
 enum { SLOT_FREE, SLOT_QUEUED, SLOT_INFLIGHT, SLOT_RETRY };
 
-/* Per message, indexed by cid: deliveries counted (low 16 bits) and flags. */
-#define MSG_COUNT 0xffffu
-#define MSG_ACKED 0x10000u
-#define MSG_INWIN 0x20000u
-#define MSG_DROPPED 0x40000u
-
 struct sender_slot {
-    uint64_t n, t;
+    uint64_t n;
+    uint64_t t;                       /* intended send time (sched.h): the stamp */
+    uint64_t t_sent;                  /* when it was made and first handed to the socket */
     int state, tries;
 };
 
+/* Per message, the shared ledger's word (cid n of sender sidx) says whether
+ * it was made in the window, acked, and how often delivered. */
 struct sender {
+    int sidx;                         /* conf_sender_index */
     uint64_t next, base;              /* cids base..next-1 may be unacked */
     struct sender_slot ring[SENDER_RING];
-    uint32_t *info;
-    size_t info_cap;
 };
 
 static void client_fail(struct client *c, int err);
@@ -80,6 +79,7 @@ int client_init(struct client *c, struct worker *w, int gidx, char *token, int s
         if (!c->snd)
             return -1;
         c->snd->next = c->snd->base = 1;
+        c->snd->sidx = conf_sender_index(cf, gidx);
     }
     return uv_timer_init(&w->loop, &c->timer);
 }
@@ -88,8 +88,6 @@ void client_free(struct client *c)
 {
     if (c->magic != CLIENT_MAGIC)
         return;
-    if (c->snd)
-        free(c->snd->info);
     free(c->snd);
     free(c->token);
     c->magic = 0;
@@ -98,20 +96,6 @@ void client_free(struct client *c)
 int client_idle(const struct client *c)
 {
     return !c->snd || c->snd->base == c->snd->next;
-}
-
-void client_account(const struct client *c, struct stats *st)
-{
-    if (!c->snd)
-        return;
-    for (uint64_t n = 1; n < c->snd->next; n++) {
-        uint32_t i = c->snd->info[n];
-        if (!(i & MSG_INWIN) || !(i & MSG_ACKED))
-            continue;
-        uint64_t d = i & MSG_COUNT, m = (uint64_t)c->members;
-        st->missing += d < m ? m - d : 0;
-        st->extra += d > m ? d - m : 0;
-    }
 }
 
 /* ---- output ---- */
@@ -253,12 +237,15 @@ static void client_send_slot(struct client *c, struct sender_slot *s)
     int n = w->conf->proto == PROTO_SOCKETIO
                 ? snprintf(w->sbuf, w->sbuf_cap,
                            "42%" PRIu64 "[\"send\",{\"room\":\"%s\",\"cid\":\"%s.%" PRIu64
-                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt, s->n, s->t)
+                           "\",\"text\":\"t=%" PRIu64 " a=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt,
+                           s->n, s->t, s->t_sent)
                 : snprintf(w->sbuf, w->sbuf_cap,
                            "{\"op\":\"send\",\"rid\":%" PRIu64 ",\"room\":\"%s\",\"cid\":\"%s.%" PRIu64
-                           "\",\"text\":\"t=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt, s->n, s->t);
-    /* Pad the text to --payload bytes: "t=<ns>" plus one space and 'x's. */
-    int tlen = snprintf(NULL, 0, "t=%" PRIu64, s->t);
+                           "\",\"text\":\"t=%" PRIu64 " a=%" PRIu64, 2 * s->n, c->room_id, w->conf->cid_salt,
+                           s->n, s->t, s->t_sent);
+    /* Pad the text to --payload bytes: "t=<intended ns> a=<actual ns>" plus
+     * one space and 'x's. */
+    int tlen = snprintf(NULL, 0, "t=%" PRIu64 " a=%" PRIu64, s->t, s->t_sent);
     if (tlen < w->conf->payload) {
         w->sbuf[n++] = ' ';
         for (int i = tlen + 1; i < w->conf->payload; i++)
@@ -277,30 +264,26 @@ static void client_send_slot(struct client *c, struct sender_slot *s)
     client_send_frame(c, w->sbuf, (size_t)n);
 }
 
-void client_send_new(struct client *c, uint64_t now)
+void client_send_new(struct client *c, uint64_t intended, uint64_t now)
 {
     struct sender *s = c->snd;
     struct worker *w = c->w;
-    if (s->next - s->base >= SENDER_RING) {
+    uint32_t *word = ledger_word(w->ledger, s->sidx, s->next);
+    if (s->next - s->base >= SENDER_RING || !word) {
         w->st.errs[SE_BACKLOG]++;
         return;
     }
     uint64_t n = s->next++;
-    if (n >= s->info_cap) {
-        size_t cap = s->info_cap ? s->info_cap * 2 : 1024;
-        uint32_t *p = realloc(s->info, cap * sizeof *p);
-        assert(p);
-        memset(p + s->info_cap, 0, (cap - s->info_cap) * sizeof *p);
-        s->info = p;
-        s->info_cap = cap;
-    }
-    int inwin = worker_in_window(w, now);
-    s->info[n] = inwin ? MSG_INWIN : 0;
+    int inwin = worker_in_window(w, intended);
+    __atomic_store_n(word, inwin ? LEDGER_INWIN : 0u, __ATOMIC_RELAXED);
     w->st.sent++;
     w->st.sent_win += (uint64_t)inwin;
+    __atomic_fetch_add(&w->ledger->inflight, 1, __ATOMIC_RELEASE);
+    if (inwin)
+        hist_add(&w->h_lag, sched_lag_us(intended, now));
     struct sender_slot *sl = &s->ring[n % SENDER_RING];
     assert(sl->state == SLOT_FREE);
-    *sl = (struct sender_slot){ .n = n, .t = now, .state = SLOT_QUEUED };
+    *sl = (struct sender_slot){ .n = n, .t = intended, .t_sent = now, .state = SLOT_QUEUED };
     if (c->state == CS_READY)
         client_send_slot(c, sl);
 }
@@ -324,7 +307,8 @@ static void client_slot_done(struct client *c, struct sender_slot *sl, uint32_t 
 {
     struct sender *s = c->snd;
     sl->state = SLOT_FREE;
-    s->info[sl->n] |= flag;
+    ledger_flag(c->w->ledger, s->sidx, sl->n, flag);
+    __atomic_fetch_sub(&c->w->ledger->inflight, 1, __ATOMIC_RELEASE);
     while (s->base < s->next && s->ring[s->base % SENDER_RING].state == SLOT_FREE)
         s->base++;
 }
@@ -367,6 +351,22 @@ static const char *client_str(const cJSON *j, const char *k)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* A text is "t=<intended ns> a=<actual ns> xxx...": 1 and both times when
+ * it is one of ours (an older "t=<ns>" counts as both). */
+static int client_stamps(struct delivery_str text, uint64_t *t, uint64_t *a)
+{
+    const char *p = text.p;
+    size_t n = text.n, i = 2;
+    if (!p || n < 3 || memcmp(p, "t=", 2) != 0)
+        return 0;
+    *t = *a = delivery_u64(p + 2, n - 2);
+    while (i < n && p[i] >= '0' && p[i] <= '9')
+        i++;
+    if (n - i > 3 && memcmp(p + i, " a=", 3) == 0)
+        *a = delivery_u64(p + i + 3, n - i - 3);
+    return 1;
+}
+
 /* A cid is "<salt>.<n>": the salt is new on every chatbench invocation, so a
  * later run with the same --run-id (same users, same rooms) is not taken by
  * chatd for resends of the earlier run's messages. 0 = not one of ours. */
@@ -383,22 +383,21 @@ static void client_count_delivery(struct client *c, const struct delivery *d, ui
 {
     struct worker *w = c->w;
     w->st.delivered++;
-    if (!d->text.p || d->text.n < 2 || memcmp(d->text.p, "t=", 2) != 0)
+    uint64_t t, a;
+    if (!client_stamps(d->text, &t, &a))
         return;
-    uint64_t t = delivery_u64(d->text.p + 2, d->text.n - 2);
-    uint64_t lat = now > t ? (now - t) / 1000 : 0;
     if (worker_in_window(w, t)) {
         w->st.delivered_win++;
-        hist_add(&w->h_win, lat);
+        __atomic_fetch_add(&w->ledger->delivered_win, 1, __ATOMIC_RELAXED);
+        hist_add(&w->h_win, sched_lag_us(t, now));
+        hist_add(&w->h_win_sent, sched_lag_us(a, now));
     } else {
-        hist_add(&w->h_warm, lat);
+        hist_add(&w->h_warm, sched_lag_us(t, now));
     }
-    struct client *snd = d->from.p && d->cid.p ? worker_client_by_user(w, d->from.p, d->from.n) : NULL;
-    if (snd && snd->snd) {
-        uint64_t n = client_cid_n(c, d->cid);
-        if (n > 0 && n < snd->snd->next && (snd->snd->info[n] & MSG_COUNT) != MSG_COUNT)
-            snd->snd->info[n]++;
-    }
+    int sidx = d->from.p && d->cid.p ? worker_sender_by_user(w, d->from.p, d->from.n) : -1;
+    uint64_t n = sidx >= 0 ? client_cid_n(c, d->cid) : 0;
+    if (n > 0)
+        ledger_count(w->ledger, sidx, n);
 }
 
 /* One msg, live or from a history page. Only the next seq is taken; a live
@@ -482,13 +481,14 @@ static void client_on_ack(struct client *c, uint64_t cid)
     struct worker *w = c->w;
     w->st.acked++;
     c->retry_k = 0;
-    if (c->snd->info[sl->n] & MSG_INWIN) {
-        uint64_t now = w->now;
-        hist_add(&w->h_ack, now > sl->t ? (now - sl->t) / 1000 : 0);
+    uint32_t *word = ledger_word(w->ledger, c->snd->sidx, sl->n);
+    if (word && (__atomic_load_n(word, __ATOMIC_RELAXED) & LEDGER_INWIN)) {
+        hist_add(&w->h_ack, sched_lag_us(sl->t, w->now));
         w->st.acked_win++;
         w->st.expected += (uint64_t)c->members;
+        __atomic_fetch_add(&w->ledger->expected, (uint64_t)c->members, __ATOMIC_RELAXED);
     }
-    client_slot_done(c, sl, MSG_ACKED);
+    client_slot_done(c, sl, LEDGER_ACKED);
 }
 
 static void client_on_error(struct client *c, const cJSON *j)
@@ -515,7 +515,7 @@ static void client_on_error(struct client *c, const cJSON *j)
             sl->state = SLOT_RETRY;
             client_arm_retry(c, wait);
         } else {
-            client_slot_done(c, sl, MSG_DROPPED);
+            client_slot_done(c, sl, LEDGER_DROPPED);
         }
     }
 }

@@ -64,16 +64,15 @@ struct client {
 int client_init(struct client *c, struct worker *w, int gidx, char *token, int sender);
 /* Opens a connection now (the worker's connect queue calls this). */
 void client_connect(struct client *c);
-/* A sender makes one new message stamped `now` and sends it if connected
- * (else it goes out after the next hello). */
-void client_send_new(struct client *c, uint64_t now);
+/* A sender makes one new message, due at `intended` (its stamp, sched.h) and
+ * made at `now`, and sends it if connected (else it goes out after the next
+ * hello, still stamped `intended`). */
+void client_send_new(struct client *c, uint64_t intended, uint64_t now);
 /* End of run: close the handles; the loop ends once their callbacks ran. */
 void client_shutdown(struct client *c);
 /* Frees what client_init and the run allocated; handles must be closed. */
 void client_free(struct client *c);
 /* 1 when a sender has nothing unacked (always 1 for non-senders). */
 int client_idle(const struct client *c);
-/* Adds missing and extra deliveries of this sender's acked window messages. */
-void client_account(const struct client *c, struct stats *st);
 
 #endif

@@ -51,4 +51,30 @@ static inline int conf_room_senders(const struct conf *c, int room)
     return m < c->senders_per_room ? m : c->senders_per_room;
 }
 
+/* The worker that holds client g. With at least as many rooms as workers,
+ * whole rooms (room r to worker r % procs); with fewer (one room of 1000 and
+ * two processes), each room's members are spread over every worker, so one
+ * room's fan-out is read by more than one process. Deliveries are counted in
+ * the shared ledger (ledger.h) either way. */
+static inline int conf_client_proc(const struct conf *c, int g)
+{
+    return c->procs <= c->nrooms ? (g / c->room_size) % c->procs : g % c->procs;
+}
+
+/* Senders are numbered 0..nsenders-1, room by room: client g's number, or
+ * -1 when g does not send. */
+static inline int conf_sender_index(const struct conf *c, int g)
+{
+    int room = g / c->room_size, k = g % c->room_size;
+    int stride = c->room_size < c->senders_per_room ? c->room_size : c->senders_per_room;
+    return k < conf_room_senders(c, room) ? room * stride + k : -1;
+}
+
+/* The room of sender number s (the inverse of conf_sender_index). */
+static inline int conf_sender_room(const struct conf *c, int s)
+{
+    int stride = c->room_size < c->senders_per_room ? c->room_size : c->senders_per_room;
+    return stride > 0 ? s / stride : 0;
+}
+
 #endif

@@ -59,8 +59,11 @@ def main():
             lat = rep.get("latency_ms", {})
             w = rep.get("window_cpu", {})
             us = w.get("us_per_msg", {})
-            print(f"rate {rate}/s: sent/s {rep.get('sent_per_s')} missing {rep.get('missing')} "
-                  f"p50 {lat.get('p50')} p99 {lat.get('p99')} ms; cores busy "
+            held = "held" if rep.get("held") else f"NOT held ({rep.get('not_held')})"
+            print(f"rate {rate}/s: sent/s {rep.get('sent_per_s')} {held} "
+                  f"p50 {lat.get('p50')} p99 {lat.get('p99')} ms (from intended send time; from actual send "
+                  f"{rep.get('latency_from_send_ms', {}).get('p99')}, send lag p99 "
+                  f"{rep.get('send_lag_ms', {}).get('p99')}); cores busy "
                   f"{sum(w.get('cores', {}).values()):.2f}", flush=True)
             print("  CPU µs/msg: " + ", ".join(f"{k} {v:.1f}" for k, v in us.items())
                   + f"; all {sum(us.values()):.0f}", flush=True)

@@ -1,6 +1,8 @@
 #include "bench/stats.h"
 
+#include <inttypes.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *const stats_err_names[SE__COUNT] = {
@@ -52,4 +54,28 @@ void stats_add(struct stats *d, const struct stats *s)
         d->connect_s = s->connect_s;
     if (s->window_s > d->window_s)
         d->window_s = s->window_s;
+}
+
+int stats_held(const struct stats *st, char *why, size_t n)
+{
+    struct { const char *name; uint64_t v; } fail[] = {
+        { "unacked", st->sent_win > st->acked_win ? st->sent_win - st->acked_win : 0 },
+        { "missing", st->missing },
+        { "extra", st->extra },
+        { "sender_backlog", st->errs[SE_BACKLOG] },
+    };
+    size_t len = 0;
+    int held = 1;
+    if (n > 0)
+        why[0] = '\0';
+    for (size_t i = 0; i < sizeof fail / sizeof fail[0]; i++) {
+        if (fail[i].v == 0)
+            continue;
+        held = 0;
+        if (len < n) {
+            int k = snprintf(why + len, n - len, "%s%s %" PRIu64, len ? ", " : "", fail[i].name, fail[i].v);
+            len += k > 0 ? (size_t)k : 0;
+        }
+    }
+    return held;
 }

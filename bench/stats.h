@@ -7,6 +7,7 @@
 #ifndef BENCH_STATS_H
 #define BENCH_STATS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "bench/hist.h"
@@ -61,8 +62,16 @@ struct stats_rec {
     uint32_t type, phase;
     uint64_t t;       /* CLOCK_MONOTONIC ns when written: rates per worker */
     struct stats st;
-    struct hist h;    /* delivery latencies of the current phase (warmup or window) */
-    struct hist ack;  /* send -> ack of window messages */
+    struct hist h;    /* intended send time -> delivery, current phase (warmup or window) */
+    struct hist hsent; /* actual send time -> delivery, window (what was reported before) */
+    struct hist ack;  /* intended send time -> ack of window messages */
+    struct hist lag;  /* send lag of window messages: actual - intended send time */
 };
+
+/* Whether a run held as far as delivery goes: every window message
+ * acknowledged, delivered to every member of its room and to none twice,
+ * and no message due left unsent (sender_backlog). 1 if so; else 0, and
+ * why[0..n) says what failed ("unacked 3, extra 1"). */
+int stats_held(const struct stats *st, char *why, size_t n);
 
 #endif

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "bench/client.h"
+#include "bench/ledger.h"
+#include "bench/sched.h"
 #include "bench/token.h"
 
 #define WORKER_MAGIC 0x5742454eu
@@ -76,24 +78,20 @@ void worker_connect_done(struct worker *w)
     worker_pump(w);
 }
 
-/* Ids are "b<run>-<g>" and runs are [0-9a-z]: the client is found by
+/* Ids are "b<run>-<g>" and runs are [0-9a-z]: the sender is found by
  * arithmetic, with no lookup by string. */
-struct client *worker_client_by_user(struct worker *w, const char *user, size_t len)
+int worker_sender_by_user(const struct worker *w, const char *user, size_t len)
 {
     const struct conf *cf = w->conf;
     size_t rl = w->run_len, i = rl + 2;
     if (len <= i || user[0] != 'b' || memcmp(user + 1, cf->run, rl) != 0 || user[rl + 1] != '-')
-        return NULL;
+        return -1;
     long g = 0;
     for (; i < len && user[i] >= '0' && user[i] <= '9' && g < cf->clients; i++)
         g = g * 10 + (user[i] - '0');
     if (i != len || g >= cf->clients)
-        return NULL;
-    int room = (int)g / cf->room_size;
-    if (room % cf->procs != w->idx)
-        return NULL;
-    long k = (long)(room / cf->procs) * cf->room_size + g % cf->room_size;
-    return k < w->nclients && w->clients[k].gidx == g ? &w->clients[k] : NULL;
+        return -1;
+    return conf_sender_index(cf, (int)g);
 }
 
 static void worker_send_rec(struct worker *w, uint32_t type)
@@ -105,7 +103,9 @@ static void worker_send_rec(struct worker *w, uint32_t type)
     rec.st = w->st;
     rec.st.clients = (uint64_t)w->nclients;
     rec.h = w->phase >= PHASE_MEASURE ? w->h_win : w->h_warm;
+    rec.hsent = w->h_win_sent;
     rec.ack = w->h_ack;
+    rec.lag = w->h_lag;
     const char *p = (const char *)&rec;
     size_t n = sizeof rec;
     while (n > 0) {
@@ -145,8 +145,6 @@ static void worker_finish(struct worker *w)
     if (w->phase == PHASE_DONE)
         return;
     w->phase = PHASE_DONE;
-    for (int i = 0; i < w->nclients; i++)
-        client_account(&w->clients[i], &w->st);
     worker_send_rec(w, REC_FINAL);
     uv_close((uv_handle_t *)&w->tick, NULL);
     uv_close((uv_handle_t *)&w->report, NULL);
@@ -156,9 +154,13 @@ static void worker_finish(struct worker *w)
         client_shutdown(&w->clients[i]);
 }
 
+/* Every worker's deliveries, not just this one's: a room may be spread over
+ * several workers, and a worker with no sender still waits for its share. */
 static int worker_drained(struct worker *w)
 {
-    if (w->st.delivered_win < w->st.expected)
+    struct ledger *l = w->ledger;
+    if (__atomic_load_n(&l->sending, __ATOMIC_ACQUIRE) > 0 || __atomic_load_n(&l->inflight, __ATOMIC_ACQUIRE) > 0 ||
+        __atomic_load_n(&l->delivered_win, __ATOMIC_RELAXED) < __atomic_load_n(&l->expected, __ATOMIC_RELAXED))
         return 0;
     for (int i = 0; i < w->nsenders; i++)
         if (!client_idle(w->senders[i]))
@@ -174,12 +176,14 @@ static void worker_end_window(struct worker *w, uint64_t now)
         w->t_measure = w->t_end;
     w->st.window_s = (double)(w->t_end - w->t_measure) / 1e9;
     w->phase = PHASE_DRAIN;
+    __atomic_fetch_sub(&w->ledger->sending, 1, __ATOMIC_RELEASE);
     w->t_drain = now + (uint64_t)(w->conf->drain * 1e9);
 }
 
 /* Every millisecond: phase changes, then the messages now due. The schedule
  * is cumulative (rate x elapsed), so a late tick sends the backlog at once
- * instead of lowering the rate. */
+ * instead of lowering the rate, each message stamped with the time it was
+ * due (sched.h). */
 static void worker_on_tick(uv_timer_t *t)
 {
     struct worker *w = worker_from(container_of(t, struct worker, tick));
@@ -193,16 +197,16 @@ static void worker_on_tick(uv_timer_t *t)
     }
     if (w->phase == PHASE_WARMUP && now >= w->t_measure)
         w->phase = PHASE_MEASURE;
-    if (w->phase == PHASE_MEASURE && now >= w->t_end)
-        worker_end_window(w, now);
     if ((w->phase == PHASE_WARMUP || w->phase == PHASE_MEASURE) && now >= w->t_start &&
         w->nsenders > 0) {
-        uint64_t due = (uint64_t)((double)(now - w->t_start) / 1e9 * w->rate);
-        while (w->scheduled < due) {
-            w->scheduled++;
-            client_send_new(w->senders[w->rr++ % (size_t)w->nsenders], now);
-        }
+        /* A tick late past the end of the window still makes every message
+         * due inside it. */
+        uint64_t intended, upto = now < w->t_end ? now : w->t_end - 1;
+        while (sched_next(&w->sched, upto, &intended))
+            client_send_new(w->senders[w->rr++ % (size_t)w->nsenders], intended, worker_now());
     }
+    if (w->phase == PHASE_MEASURE && now >= w->t_end)
+        worker_end_window(w, now);
     if (w->phase == PHASE_DRAIN && now - w->t_checked > 20000000u) {
         w->t_checked = now;
         if (now >= w->t_drain || worker_drained(w))
@@ -253,6 +257,7 @@ static void worker_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     uv_read_stop(s);
     memcpy(&w->t_start, w->ctl_buf, sizeof w->t_start);
+    w->sched = (struct sched){ .t_start = w->t_start, .rate = w->rate };
     w->t_measure = w->t_start + (uint64_t)(w->conf->warmup * 1e9);
     w->t_end = w->t_measure + (uint64_t)(w->conf->duration * 1e9);
     if (w->phase < PHASE_WARMUP)
@@ -262,46 +267,45 @@ static void worker_ctl_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 static int worker_setup(struct worker *w)
 {
     const struct conf *cf = w->conf;
-    int nrooms = 0;
-    for (int r = w->idx; r < cf->nrooms; r += cf->procs) {
-        w->nclients += conf_room_members(cf, r);
-        w->nsenders += conf_room_senders(cf, r);
-        nrooms++;
-    }
+    for (int g = 0; g < cf->clients; g++)
+        if (conf_client_proc(cf, g) == w->idx) {
+            w->nclients++;
+            w->nsenders += conf_sender_index(cf, g) >= 0;
+        }
     w->clients = calloc((size_t)w->nclients + 1, sizeof *w->clients);
     w->senders = calloc((size_t)w->nsenders + 1, sizeof *w->senders);
     if (!w->clients || !w->senders)
         return -1;
     w->rate = cf->rate * w->nsenders / (cf->nsenders ? cf->nsenders : 1);
     int ci = 0, si = 0;
-    for (int j = 0; j < nrooms; j++) {
-        int room = w->idx + j * cf->procs, m = conf_room_members(cf, room);
-        for (int k = 0; k < m; k++, ci++) {
-            int g = room * cf->room_size + k, sender = k < conf_room_senders(cf, room);
-            char user[48], tok[1024];
-            snprintf(user, sizeof user, "b%s-%d", cf->run, g);
-            char *token;
-            if (cf->secret[0]) {
-                token = token_sign(cf->secret, user, TOKEN_TTL_S, tok, sizeof tok) < 0 ? NULL : strdup(tok);
-            } else {
-                const struct conf_gw *gw = &cf->gw[g % cf->ngw];
-                token = token_fetch((const struct sockaddr *)&gw->addr, gw->addrlen, gw->host, user);
-            }
-            if (!token) {
-                fprintf(stderr, "chatbench[%d]: no token for %s (%s)\n", w->idx, user,
-                        cf->secret[0] ? "signing failed" : "POST /api/dev/token failed: --dev-tokens?");
-                return -1;
-            }
-            if (client_init(&w->clients[ci], w, g, token, sender) < 0)
-                return -1;
-            if (sender)
-                w->senders[si++] = &w->clients[ci];
+    for (int g = 0; g < cf->clients; g++) {
+        if (conf_client_proc(cf, g) != w->idx)
+            continue;
+        int sender = conf_sender_index(cf, g) >= 0;
+        char user[48], tok[1024];
+        snprintf(user, sizeof user, "b%s-%d", cf->run, g);
+        char *token;
+        if (cf->secret[0]) {
+            token = token_sign(cf->secret, user, TOKEN_TTL_S, tok, sizeof tok) < 0 ? NULL : strdup(tok);
+        } else {
+            const struct conf_gw *gw = &cf->gw[g % cf->ngw];
+            token = token_fetch((const struct sockaddr *)&gw->addr, gw->addrlen, gw->host, user);
         }
+        if (!token) {
+            fprintf(stderr, "chatbench[%d]: no token for %s (%s)\n", w->idx, user,
+                    cf->secret[0] ? "signing failed" : "POST /api/dev/token failed: --dev-tokens?");
+            return -1;
+        }
+        if (client_init(&w->clients[ci], w, g, token, sender) < 0)
+            return -1;
+        if (sender)
+            w->senders[si++] = &w->clients[ci];
+        ci++;
     }
     return 0;
 }
 
-int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd)
+int worker_main(const struct conf *conf, struct ledger *ledger, int idx, int up_fd, int ctl_fd)
 {
     struct worker *w = calloc(1, sizeof *w);
     int rc = 1;
@@ -309,6 +313,7 @@ int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd)
         return 1;
     w->magic = WORKER_MAGIC;
     w->conf = conf;
+    w->ledger = ledger;
     w->idx = idx;
     w->run_len = strlen(conf->run);
     w->salt_len = strlen(conf->cid_salt);

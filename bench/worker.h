@@ -1,6 +1,7 @@
 /* worker: one forked process with its own libuv loop and its share of the
- * clients (whole rooms: room r belongs to worker r % procs, so every
- * delivery is counted in the process that sent the message).
+ * clients (whole rooms when there are enough rooms, else a share of each
+ * room's members: conf_client_proc). Messages are judged in the ledger that
+ * every worker shares (ledger.h).
  *
  * Phases: setup (connect, join) -> ready (REC_READY to the parent) -> the
  * parent's start time arrives -> warmup -> measure -> drain (no new
@@ -14,13 +15,16 @@
 
 #include "bench/conf.h"
 #include "bench/hist.h"
+#include "bench/sched.h"
 #include "bench/stats.h"
 
 struct client;
+struct ledger;
 
 struct worker {
     uint32_t magic;
     const struct conf *conf;
+    struct ledger *ledger;            /* shared with the parent and the other workers */
     int idx;
     uv_loop_t loop;
     struct client *clients;
@@ -36,13 +40,13 @@ struct worker {
     uint64_t t_connect;               /* first connection attempt */
     double rate;                      /* this worker's messages/s */
     uint64_t now;                     /* when the bytes being handled were read */
-    uint64_t scheduled;
+    struct sched sched;               /* from t_start at rate */
     size_t rr;
     struct client *cq_head, *cq_tail; /* waiting to connect */
     int connecting;
     uint64_t rng;
     struct stats st;
-    struct hist h_warm, h_win, h_ack;
+    struct hist h_warm, h_win, h_win_sent, h_ack, h_lag;
     size_t run_len, salt_len;         /* of conf->run, conf->cid_salt */
     char *sbuf;                       /* scratch for one outgoing frame */
     size_t sbuf_cap;
@@ -52,7 +56,7 @@ struct worker {
 };
 
 /* Runs worker idx to the end; returns the process exit status. */
-int worker_main(const struct conf *conf, int idx, int up_fd, int ctl_fd);
+int worker_main(const struct conf *conf, struct ledger *ledger, int idx, int up_fd, int ctl_fd);
 
 uint64_t worker_now(void);            /* CLOCK_MONOTONIC ns */
 uint64_t worker_rand(struct worker *w);
@@ -62,9 +66,10 @@ void worker_connect_done(struct worker *w);
 void worker_on_joined(struct worker *w);
 /* A client had its first hello (reconnects do not count). */
 void worker_on_connected(struct worker *w);
-/* The local client whose user id is user[0..len), or NULL. */
-struct client *worker_client_by_user(struct worker *w, const char *user, size_t len);
-/* 1 when a message stamped t falls in the measured window. */
+/* The sender number (conf_sender_index) of user id user[0..len), in any
+ * worker, or -1. */
+int worker_sender_by_user(const struct worker *w, const char *user, size_t len);
+/* 1 when a message intended for time t falls in the measured window. */
 int worker_in_window(const struct worker *w, uint64_t t);
 
 #endif

@@ -1,7 +1,9 @@
-/* test_bench: the load generator's byte engines, bench/wsframe (client-side
- * WebSocket frames) and bench/delivery (the msg scanner), pure.
+/* test_bench: the load generator's pure parts: bench/wsframe (client-side
+ * WebSocket frames), bench/delivery (the msg scanner), bench/sched (the send
+ * schedule and intended times), bench/ledger (the per-message record shared
+ * by the worker processes) and the held judgement (bench/stats).
  *
- * chatbench is not linked into the server, so its two .c files are compiled
+ * chatbench is not linked into the server, so its .c files are compiled
  * into this test directly: the Makefile's unit-test rule links the server's
  * objects only.
  */
@@ -15,8 +17,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include "bench/conf.h"
 #include "bench/delivery.c"
+#include "bench/hist.c"
+#include "bench/ledger.c"
+#include "bench/sched.c"
+#include "bench/stats.c"
 #include "bench/wsframe.c"
 
 /* ---- wsframe ---- */
@@ -294,6 +303,195 @@ static void test_delivery_u64(void **state)
     assert_true(delivery_u64("99999999999999999999999", 23) == UINT64_MAX);
 }
 
+/* ---- sched: intended send times ---- */
+
+/* Message k is due exactly at its intended time: not counted a nanosecond
+ * before it, counted at it. */
+static void test_sched_intended(void **state)
+{
+    (void)state;
+    const double rates[] = { 1, 3, 7.5, 100, 1000, 2000, 33333, 250000 };
+    const uint64_t t0 = 123456789012345ull;
+    for (size_t r = 0; r < sizeof rates / sizeof rates[0]; r++)
+        for (uint64_t k = 1; k < 20000; k += 1 + k / 7) {
+            uint64_t t = sched_intended(t0, rates[r], k);
+            assert_true(sched_due(t0, rates[r], t) >= k);
+            assert_true(sched_due(t0, rates[r], t - 1) < k);
+        }
+    /* 1000 msgs/s: one a millisecond, the first 1 ms after the start. */
+    assert_int_equal(sched_intended(t0, 1000, 1), t0 + 1000000);
+    assert_int_equal(sched_intended(t0, 1000, 250), t0 + 250000000);
+    assert_int_equal(sched_due(t0, 1000, t0 - 5), 0);
+}
+
+/* The coordinated-omission case: ticks every millisecond at 2000 msgs/s,
+ * then the loop stalls 40 ms (a fan-out burst). The late tick sends the 80
+ * messages it owes at once; each keeps the time it was due, and their send
+ * lag (actual - intended) spreads from 40 ms down to 0.5 ms. With a server
+ * that delivers 1 ms after the actual send, the latency from the intended
+ * time shows the stall; from the actual send time it would not. */
+static void test_sched_late_tick(void **state)
+{
+    (void)state;
+    const uint64_t ms = 1000000, t0 = 1000 * ms;
+    struct sched s = { .t_start = t0, .rate = 2000 };
+    struct hist lag, lat, lat_sent;
+    hist_reset(&lag);
+    hist_reset(&lat);
+    hist_reset(&lat_sent);
+    uint64_t intended, last = 0, n = 0;
+    for (uint64_t now = t0; now <= t0 + 100 * ms; now += now == t0 + 50 * ms ? 40 * ms : ms) {
+        int burst = 0;
+        while (sched_next(&s, now, &intended)) {
+            assert_true(intended > last);           /* strictly increasing */
+            assert_true(intended <= now);           /* never stamped in the future */
+            last = intended;
+            hist_add(&lag, sched_lag_us(intended, now));
+            hist_add(&lat, sched_lag_us(intended, now + ms));
+            hist_add(&lat_sent, sched_lag_us(now, now + ms));
+            burst++;
+            n++;
+        }
+        if (now == t0 + 90 * ms)
+            assert_int_equal(burst, 80);             /* the late tick */
+        else
+            assert_true(burst == 0 || burst == 2);
+    }
+    assert_int_equal(n, 200);                        /* the rate is kept: 100 ms x 2000/s */
+    assert_int_equal(lag.max, 39500);                /* the first message owed waited 39.5 ms */
+    assert_int_equal(lat.max, 40500);
+    assert_int_equal(lat_sent.max, 1000);            /* what the actual-time stamp reported */
+    assert_true(hist_quantile(&lat, 0.99) > 30000);
+    assert_int_equal(hist_quantile(&lat_sent, 0.99), 1000);
+    /* Nothing owed before the start; nothing late when on time. */
+    struct sched z = { .t_start = t0, .rate = 2000 };
+    assert_false(sched_next(&z, t0 - ms, &intended));
+    assert_int_equal(sched_lag_us(t0 + 5000, t0), 0);
+}
+
+/* ---- ledger: every message acked and delivered once ---- */
+
+static void test_ledger_judge(void **state)
+{
+    (void)state;
+    struct stats st = { 0 };
+    const uint32_t w = LEDGER_INWIN | LEDGER_ACKED;
+    ledger_judge(w | 10, 10, &st);
+    assert_int_equal(st.missing, 0);
+    assert_int_equal(st.extra, 0);
+    ledger_judge(w | 7, 10, &st);                    /* 3 members never got it */
+    assert_int_equal(st.missing, 3);
+    ledger_judge(w | 11, 10, &st);                   /* one member got it twice (two seqs) */
+    assert_int_equal(st.extra, 1);
+    ledger_judge(LEDGER_INWIN | 3, 10, &st);         /* not acked: the unacked count says so */
+    ledger_judge(LEDGER_ACKED | 12, 10, &st);        /* warmup message: not judged */
+    assert_int_equal(st.missing, 3);
+    assert_int_equal(st.extra, 1);
+}
+
+/* Counts made in another process (a worker holding half of a room) are seen
+ * by the parent that judges the run. */
+static void test_ledger_shared(void **state)
+{
+    (void)state;
+    struct conf c = { .clients = 25, .room_size = 10, .senders_per_room = 2, .procs = 2 };
+    c.nrooms = 3;
+    c.nsenders = 2 + 2 + 2;
+    struct ledger *l = ledger_create(c.nsenders, 60, 1);  /* 10 a sender, plus slack */
+    assert_non_null(l);
+    assert_null(ledger_word(l, 0, 0));               /* cids start at 1 */
+    assert_null(ledger_word(l, 0, l->per_sender));
+    assert_null(ledger_word(l, 6, 1));
+    assert_non_null(ledger_word(l, 5, l->per_sender - 1));
+    *ledger_word(l, 0, 1) = LEDGER_INWIN;            /* room 0: delivered to all 10 */
+    *ledger_word(l, 3, 2) = LEDGER_INWIN;            /* room 1: 9 of 10, then 2 more */
+    *ledger_word(l, 5, 1) = LEDGER_INWIN;            /* room 2 (5 members): 5 */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        for (int i = 0; i < 5; i++)
+            ledger_count(l, 0, 1);
+        for (int i = 0; i < 4; i++)
+            ledger_count(l, 3, 2);
+        for (int i = 0; i < 5; i++)
+            ledger_count(l, 5, 1);
+        ledger_flag(l, 0, 1, LEDGER_ACKED);
+        _exit(0);
+    }
+    for (int i = 0; i < 5; i++)
+        ledger_count(l, 0, 1);
+    for (int i = 0; i < 5; i++)
+        ledger_count(l, 3, 2);
+    ledger_flag(l, 3, 2, LEDGER_ACKED);
+    ledger_flag(l, 5, 1, LEDGER_ACKED);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(*ledger_word(l, 0, 1) & LEDGER_COUNT, 10);
+    struct stats st = { 0 };
+    ledger_account(l, &c, &st);
+    assert_int_equal(st.missing, 1);
+    assert_int_equal(st.extra, 0);
+    ledger_count(l, 3, 2);                           /* the tenth member */
+    ledger_count(l, 3, 2);                           /* and one twice */
+    ledger_count(l, 3, 2);
+    memset(&st, 0, sizeof st);
+    ledger_account(l, &c, &st);
+    assert_int_equal(st.missing, 0);
+    assert_int_equal(st.extra, 2);
+    ledger_destroy(l);
+}
+
+static void test_stats_held(void **state)
+{
+    (void)state;
+    char why[160];
+    struct stats st = { .sent_win = 1000, .acked_win = 1000 };
+    assert_true(stats_held(&st, why, sizeof why));
+    assert_string_equal(why, "");
+    st.acked_win = 999;                              /* 0.1 % unacked no longer passes */
+    st.extra = 2;
+    assert_false(stats_held(&st, why, sizeof why));
+    assert_string_equal(why, "unacked 1, extra 2");
+    st.acked_win = 1000;
+    st.extra = 0;
+    st.errs[SE_BACKLOG] = 4;
+    assert_false(stats_held(&st, why, sizeof why));
+    assert_string_equal(why, "sender_backlog 4");
+    assert_false(stats_held(&st, NULL, 0));
+    assert_false(stats_held(&st, why, 5));           /* truncated, still terminated */
+    assert_true(strlen(why) < 5);
+}
+
+/* Which process holds which client; sender numbers. */
+static void test_conf_split(void **state)
+{
+    (void)state;
+    /* One room of 1000 over two processes: half each, interleaved. */
+    struct conf one = { .clients = 1000, .room_size = 1000, .senders_per_room = 1, .procs = 2, .nrooms = 1 };
+    int n[2] = { 0, 0 };
+    for (int g = 0; g < one.clients; g++)
+        n[conf_client_proc(&one, g)]++;
+    assert_int_equal(n[0], 500);
+    assert_int_equal(n[1], 500);
+    assert_int_equal(conf_sender_index(&one, 0), 0);
+    assert_int_equal(conf_sender_index(&one, 1), -1);
+    /* Enough rooms: whole rooms per process, as before. */
+    struct conf ten = { .clients = 95, .room_size = 10, .senders_per_room = 3, .procs = 2, .nrooms = 10 };
+    for (int g = 0; g < ten.clients; g++)
+        assert_int_equal(conf_client_proc(&ten, g), (g / 10) % 2);
+    assert_int_equal(conf_sender_index(&ten, 12), 5);
+    assert_int_equal(conf_sender_room(&ten, 5), 1);
+    assert_int_equal(conf_sender_index(&ten, 13), -1);
+    assert_int_equal(conf_sender_index(&ten, 92), 29);   /* last room, 5 members */
+    /* More senders asked than members: every member sends, numbers dense. */
+    struct conf all = { .clients = 12, .room_size = 4, .senders_per_room = 10, .procs = 1, .nrooms = 3 };
+    for (int g = 0; g < all.clients; g++) {
+        assert_int_equal(conf_sender_index(&all, g), g);
+        assert_int_equal(conf_sender_room(&all, g), g / 4);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -304,6 +502,12 @@ int main(void)
         cmocka_unit_test(test_delivery_scan),
         cmocka_unit_test(test_delivery_sio),
         cmocka_unit_test(test_delivery_u64),
+        cmocka_unit_test(test_sched_intended),
+        cmocka_unit_test(test_sched_late_tick),
+        cmocka_unit_test(test_ledger_judge),
+        cmocka_unit_test(test_ledger_shared),
+        cmocka_unit_test(test_stats_held),
+        cmocka_unit_test(test_conf_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
