@@ -19,6 +19,7 @@
 #include "lib/loopstat.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
+#include "net/authkeys.h"
 #include "net/http.h"
 #include "roles/broker.h"
 #include "roles/classifier.h"
@@ -141,6 +142,7 @@ static void chatd_close_all(struct chatd *d)
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->drain, NULL);
     uv_close((uv_handle_t *)&d->trim, NULL);
+    authkeys_stop();
     loopstat_stop();
 }
 
@@ -269,6 +271,8 @@ static int chatd_start_roles(struct chatd *d)
             return rc;
     }
     if (chatd_has_gateway(d)) {
+        if (authkeys_start(d->loop, c) < 0)
+            return ERR_INTERNAL;
         struct gateway_deps gd = { d->loop, c, &d->kafka, d->producer, d->routes, d->redis };
         if ((rc = gateway_init(&d->gateway, &gd)))
             return rc;
