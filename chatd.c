@@ -271,8 +271,6 @@ static int chatd_start_roles(struct chatd *d)
             return rc;
     }
     if (chatd_has_gateway(d)) {
-        if (authkeys_start(d->loop, c) < 0)
-            return ERR_INTERNAL;
         struct gateway_deps gd = { d->loop, c, &d->kafka, d->producer, d->routes, d->redis };
         if ((rc = gateway_init(&d->gateway, &gd)))
             return rc;
@@ -318,6 +316,10 @@ static int chatd_run(struct chatd *d)
     const struct conf *c = &d->conf;
     d->loop = uv_default_loop();
     int rc = loopstat_start(d->loop);
+    /* Keys first: a bad JWKS file stops the process before it connects
+     * to anything. */
+    if (rc == 0 && chatd_has_gateway(d) && authkeys_start(d->loop, c) < 0)
+        rc = ERR_INTERNAL;
     if (rc == 0)
         rc = chatd_start_kafka(d);
     if (rc)

@@ -267,3 +267,63 @@ def test_reload_on_change_and_sighup(inst, idp):
         assert not old.closed.is_set()
         await old.close()
     arun(body(), timeout=90)
+
+
+def test_keys_never_logged(inst, idp):
+    with open(inst.proc.logpath, "rb") as f:
+        log = f.read()
+    assert b"jwks_loaded" in log
+    for kid, key in idp.keys.items():
+        for member in ("n", "x", "y"):
+            v = jwk(kid, key).get(member)
+            if v:
+                assert v[:24].encode() not in log, f"key material of {kid} ({member}) in the log"
+
+
+@pytest.mark.parametrize("content,why", [
+    ("not json", "not a JSON object"),
+    ('{"keys": [{"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": "AAAA"}]}', "OKP key without a valid Ed25519 x"),
+    ('{"keys": [{"kty": "oct", "kid": "h", "k": "c2VjcmV0LWtleQ"}]}', "private or symmetric key material"),
+    (None, "No such file"),
+])
+def test_bad_jwks_file_stops_start(workdir, content, why):
+    """A gateway refuses to start on a JWKS file it cannot use, before it
+    connects to anything, saying why (and not what the file holds)."""
+    import subprocess
+    from conftest import CHATD_BIN, chatd_env
+    d = os.path.join(workdir, "badjwks")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, uid("jwks") + ".json")
+    if content is not None:
+        with open(path, "w") as f:
+            f.write(content)
+    p = subprocess.run([CHATD_BIN, "--role=gateway", "--kafka=127.0.0.1:1", "--listen=127.0.0.1:0",
+                        "--redis=redis://127.0.0.1:1/0", f"--jwks-file={path}"],
+                       env=chatd_env(), capture_output=True, timeout=30)
+    out = (p.stdout + p.stderr).decode(errors="replace")
+    assert p.returncode != 0, out
+    assert "jwks_load_failed" in out and why in out, out
+    assert "c2VjcmV0LWtleQ" not in out, out
+
+
+@pytest.fixture(scope="module")
+def eddsa_only(start_all_instance, idp):
+    return start_all_instance("jwks2", [f"--jwks-file={idp.path}", "--jwt-algs=EdDSA"])
+
+
+def test_configured_algs_only(eddsa_only, idp):
+    """--jwt-algs=EdDSA: a valid RS256 or ES256 token, and an HS256 token
+    with the right secret, are refused: the configuration decides."""
+    async def body():
+        u = uid("ed")
+        c = await Client.connect(eddsa_only.port, sign("EdDSA", idp.keys["d1"], "d1", u))
+        assert c.user == u
+        await c.close()
+        for label, tok in [("RS256", sign("RS256", idp.keys["r1"], "r1", u)),
+                           ("ES256", sign("ES256", idp.keys["e1"], "e1", u)),
+                           ("HS256 with the secret", make_token(u, JWT_SECRET))]:
+            try:
+                await expect_401(eddsa_only.port, tok)
+            except BaseException as e:
+                raise AssertionError(f"token case '{label}': {e!r}") from e
+    arun(body())

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "conf/conf.h"
 #include "lib/b64.h"
 #include "lib/err.h"
 #include "net/auth.h"
@@ -444,12 +445,56 @@ static void test_b64url(void **state)
     assert_int_equal(jwks_algs_parse("eddsa", &algs), -1);
 }
 
+static int conf_try(struct conf *c, int argc, char **argv)
+{
+    FILE *saved = stderr;
+    stderr = fopen("/dev/null", "w");
+    int rc = conf_load(c, argc, argv);
+    fclose(stderr);
+    stderr = saved;
+    return rc;
+}
+
+/* --jwt-algs decides; its default follows --jwks-file and the secret. */
+static void test_conf_jwt_flags(void **state)
+{
+    (void)state;
+    struct conf c;
+    unsetenv("CHATD_JWT_SECRET");
+    char *only_jwks[] = { "chatd", "--role=gateway", "--kafka=h:1", "--jwks-file=/x.json" };
+    assert_int_equal(conf_try(&c, 4, only_jwks), 0);
+    assert_int_equal(c.jwt_algs, JWKS_ALG_ASYMMETRIC); /* no secret: no HS256 */
+    char *none[] = { "chatd", "--role=gateway", "--kafka=h:1" };
+    assert_int_equal(conf_try(&c, 3, none), -1); /* neither a secret nor keys */
+    char *hs_no_secret[] = { "chatd", "--role=gateway", "--kafka=h:1", "--jwks-file=/x.json", "--jwt-algs=HS256,EdDSA" };
+    assert_int_equal(conf_try(&c, 5, hs_no_secret), -1);
+    setenv("CHATD_JWT_SECRET", "s", 1);
+    assert_int_equal(conf_try(&c, 3, none), 0);
+    assert_int_equal(c.jwt_algs, JWKS_ALG_HS256);
+    assert_int_equal(conf_try(&c, 4, only_jwks), 0);
+    assert_int_equal(c.jwt_algs, JWKS_ALG_ASYMMETRIC | JWKS_ALG_HS256);
+    char *ed[] = { "chatd", "--role=gateway", "--kafka=h:1", "--jwks-file=/x.json", "--jwt-algs=EdDSA",
+                   "--jwt-issuer=https://i", "--jwt-audience=a" };
+    assert_int_equal(conf_try(&c, 7, ed), 0);
+    assert_int_equal(c.jwt_algs, JWKS_ALG_EDDSA);
+    assert_string_equal(c.jwt_issuer, "https://i");
+    assert_string_equal(c.jwt_audience, "a");
+    char *rs_no_file[] = { "chatd", "--role=gateway", "--kafka=h:1", "--jwt-algs=HS256,RS256" };
+    assert_int_equal(conf_try(&c, 4, rs_no_file), -1);
+    char *bogus[] = { "chatd", "--role=gateway", "--kafka=h:1", "--jwt-algs=HS256,none" };
+    assert_int_equal(conf_try(&c, 4, bogus), -1);
+    char *empty[] = { "chatd", "--role=gateway", "--kafka=h:1", "--jwt-algs=," };
+    assert_int_equal(conf_try(&c, 4, empty), -1);
+    unsetenv("CHATD_JWT_SECRET");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_b64url),        cmocka_unit_test(test_jwks_parse),
         cmocka_unit_test(test_jwks_refused),  cmocka_unit_test(test_verify_algs),
         cmocka_unit_test(test_verify_iss_aud), cmocka_unit_test(test_rooms_claim),
+        cmocka_unit_test(test_conf_jwt_flags),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
