@@ -146,6 +146,23 @@ static int auth_hs256_ok(const char *secret, const char *msg, size_t len, const 
     return mlen == 32 && CRYPTO_memcmp(mac, sig, 32) == 0;
 }
 
+/* 1 if the JSON text holds a NUL, raw or as \u0000: cJSON would cut the
+ * string there, so "ali\u0000ce" would become the user "ali" (jansson, under
+ * libjwt, refused such tokens; so does chatd). */
+static int auth_json_has_nul(const unsigned char *s, size_t n)
+{
+    if (memchr(s, 0, n))
+        return 1;
+    for (size_t i = 0; i + 1 < n; i++) {
+        if (s[i] != '\\')
+            continue;
+        if (s[i + 1] == 'u' && i + 5 < n && !memcmp(s + i + 2, "0000", 4))
+            return 1;
+        i++; /* the escaped character: "\\" does not start an escape */
+    }
+    return 0;
+}
+
 /* Decodes part s[0..n) of a token into a fresh buffer (caller frees). */
 static unsigned char *auth_part(const char *s, size_t n, long *len)
 {
@@ -174,7 +191,9 @@ int auth_verify_policy(const struct auth_policy *p, const char *token, int64_t n
     unsigned char *hb = auth_part(token, (size_t)(d1 - token), &hl);
     unsigned char *pb = auth_part(d1 + 1, (size_t)(d2 - d1 - 1), &pl);
     unsigned char *sb = auth_part(d2 + 1, tlen - (size_t)(d2 + 1 - token), &sl);
-    cJSON *h = hb ? cJSON_ParseWithLength((const char *)hb, (size_t)hl) : NULL;
+    cJSON *h = hb && pb && !auth_json_has_nul(hb, (size_t)hl) && !auth_json_has_nul(pb, (size_t)pl)
+                   ? cJSON_ParseWithLength((const char *)hb, (size_t)hl)
+                   : NULL;
     cJSON *c = NULL;
     int rc = ERR_UNAUTHORIZED;
     if (!cJSON_IsObject(h) || !pb || !sb)

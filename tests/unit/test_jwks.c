@@ -343,6 +343,12 @@ static void test_verify_algs(void **state)
     expect_refused(&p, tampered, "malformed or badly signed");
     free(t);
     free(t2);
+    /* a NUL in a claim (cJSON would cut "amy\u0000x" to "amy"), escaped or raw */
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", "{\"sub\":\"amy\\u0000x\",\"exp\":9999999999}",
+                            JWKS_ALG_EDDSA, ed_key, NULL, 0), NULL);
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\",\"x\":\"\\u0000\"}", c, JWKS_ALG_EDDSA, ed_key, NULL, 0), NULL);
+    /* an escaped backslash before u0000 is text, not a NUL */
+    expect_ok(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", claims("\"name\":\"a\\\\u0000\""), JWKS_ALG_EDDSA, ed_key, NULL, 0));
     /* expired, even when well signed */
     char exp[128];
     snprintf(exp, sizeof exp, "{\"sub\":\"amy\",\"exp\":%lld}", (long long)now - 1);
