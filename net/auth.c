@@ -163,6 +163,41 @@ static int auth_json_has_nul(const unsigned char *s, size_t n)
     return 0;
 }
 
+/* 1 if s[0..n) is UTF-8 (RFC 3629: shortest forms, no surrogates, at most
+ * U+10FFFF), as jansson required under libjwt: a `name` in any other
+ * encoding would reach PostgreSQL and the logs. */
+static int auth_utf8_valid(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : 4;
+        if (k == 4 || i + k >= n)
+            return 0;
+        unsigned cp = k == 0 ? c : k == 1 ? c & 0x1f : k == 2 ? c & 0x0f : c & 0x07;
+        for (size_t j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + j] & 0x3f);
+        }
+        if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += k + 1;
+    }
+    return 1;
+}
+
+/* 1 if two members of object o share a name: cJSON would use the first,
+ * other parsers the last; a token means one thing or is refused. */
+static int auth_dup_keys(const cJSON *o)
+{
+    for (const cJSON *a = o ? o->child : NULL; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (a->string && b->string && !strcmp(a->string, b->string))
+                return 1;
+    return 0;
+}
+
 /* Decodes part s[0..n) of a token into a fresh buffer (caller frees). */
 static unsigned char *auth_part(const char *s, size_t n, long *len)
 {
@@ -230,6 +265,10 @@ int auth_verify_policy(const struct auth_policy *p, const char *token, int64_t n
             goto out;
     }
     c = cJSON_ParseWithLength((const char *)pb, (size_t)pl);
+    if (!auth_utf8_valid(pb, (size_t)pl) || auth_dup_keys(c) || auth_dup_keys(h)) {
+        *why = "claims not UTF-8 or with a duplicate name";
+        goto out;
+    }
     *why = auth_check_claims(p, c, now_s, id);
     if (*why) {
         memset(id, 0, sizeof *id);

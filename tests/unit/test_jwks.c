@@ -349,6 +349,18 @@ static void test_verify_algs(void **state)
     expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\",\"x\":\"\\u0000\"}", c, JWKS_ALG_EDDSA, ed_key, NULL, 0), NULL);
     /* an escaped backslash before u0000 is text, not a NUL */
     expect_ok(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", claims("\"name\":\"a\\\\u0000\""), JWKS_ALG_EDDSA, ed_key, NULL, 0));
+    /* duplicate names (which one counts depends on the parser), invalid UTF-8 */
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", "{\"sub\":\"amy\",\"sub\":\"bob\",\"exp\":9999999999}",
+                            JWKS_ALG_EDDSA, ed_key, NULL, 0), "claims not UTF-8 or with a duplicate name");
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\",\"kid\":\"r1\"}", c, JWKS_ALG_EDDSA, ed_key, NULL, 0), NULL);
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", claims("\"name\":\"\xc3\x28\""), JWKS_ALG_EDDSA, ed_key, NULL, 0),
+                   "claims not UTF-8 or with a duplicate name");
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", claims("\"name\":\"\xed\xa0\x80\""), JWKS_ALG_EDDSA, ed_key, NULL, 0),
+                   "claims not UTF-8 or with a duplicate name");
+    expect_refused(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", claims("\"name\":\"\xc0\xaf\""), JWKS_ALG_EDDSA, ed_key, NULL, 0),
+                   "claims not UTF-8 or with a duplicate name");
+    expect_ok(&p, sign("{\"alg\":\"EdDSA\",\"kid\":\"d1\"}", claims("\"name\":\"D\xc3\xa9j\xc3\xa0 \xe2\x9c\x93 \xf0\x9f\x98\x80\""),
+                       JWKS_ALG_EDDSA, ed_key, NULL, 0));
     /* expired, even when well signed */
     char exp[128];
     snprintf(exp, sizeof exp, "{\"sub\":\"amy\",\"exp\":%lld}", (long long)now - 1);
