@@ -19,6 +19,7 @@
 #include "lib/loopstat.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
+#include "net/authkeys.h"
 #include "net/http.h"
 #include "roles/broker.h"
 #include "roles/classifier.h"
@@ -141,6 +142,7 @@ static void chatd_close_all(struct chatd *d)
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->drain, NULL);
     uv_close((uv_handle_t *)&d->trim, NULL);
+    authkeys_stop();
     loopstat_stop();
 }
 
@@ -335,6 +337,10 @@ static int chatd_run(struct chatd *d)
     const struct conf *c = &d->conf;
     d->loop = uv_default_loop();
     int rc = loopstat_start(d->loop);
+    /* Keys first: a bad JWKS file stops the process before it connects
+     * to anything. */
+    if (rc == 0 && chatd_has_gateway(d) && authkeys_start(d->loop, c) < 0)
+        rc = ERR_INTERNAL;
     if (rc == 0)
         rc = chatd_start_kafka(d);
     if (rc)

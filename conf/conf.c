@@ -1,5 +1,7 @@
 #include "conf/conf.h"
 
+#include "net/jwks.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -56,6 +58,14 @@ static const struct conf_flag conf_flags[] = {
       "enable POST /api/dev/token (demo only: anyone can become anyone)" },
     { "fault-injection", T_BOOL, offsetof(struct conf, fault_injection), 0, "0", 0, 0,
       "embedded broker: serve POST /faults/... to take brokers down or fail requests (tests only)" },
+    F_STR("jwks-file", jwks_file, "",
+          "JWK Set file of the identity provider's public keys (RS256, ES256, EdDSA; chosen by kid); "
+          "reloaded when it changes and on SIGHUP. '' = none"),
+    F_STR("jwt-algs", jwt_algs_list, "",
+          "JWT algorithms accepted, comma-separated, of HS256,RS256,ES256,EdDSA; the token never "
+          "chooses ('' = HS256, or with --jwks-file RS256,ES256,EdDSA plus HS256 if CHATD_JWT_SECRET is set)"),
+    F_STR("jwt-issuer", jwt_issuer, "", "if set, tokens must carry this iss"),
+    F_STR("jwt-audience", jwt_audience, "", "if set, tokens' aud must be or contain this"),
     F_STR("topic-send", topic_send, "chat-send", "topic gateways produce client messages to"),
     F_STR("topic-receive", topic_receive, "chat-receive", "topic classifiers produce deliveries to (partition = gateway id)"),
     F_INT("send-partitions", send_partitions, "12", 1, 10000,
@@ -374,8 +384,22 @@ static int conf_check(struct conf *c)
         fprintf(stderr, "chatd: --max-url-bytes must not exceed --max-header-bytes\n");
         return -1;
     }
-    if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && !c->jwt_secret[0] && !c->dev_tokens) {
-        fprintf(stderr, "chatd: set CHATD_JWT_SECRET (the HS256 secret clients' tokens are signed with)\n");
+    if (!c->jwt_algs_list[0])
+        c->jwt_algs = !c->jwks_file[0] ? JWKS_ALG_HS256
+                                       : JWKS_ALG_ASYMMETRIC | (c->jwt_secret[0] || c->dev_tokens ? JWKS_ALG_HS256 : 0);
+    else if (jwks_algs_parse(c->jwt_algs_list, &c->jwt_algs) < 0) {
+        fprintf(stderr, "chatd: --jwt-algs: a comma-separated list of HS256, RS256, ES256, EdDSA\n");
+        return -1;
+    }
+    if ((c->jwt_algs & JWKS_ALG_ASYMMETRIC) && !c->jwks_file[0]) {
+        fprintf(stderr, "chatd: --jwt-algs=%s needs --jwks-file (the keys of RS256, ES256, EdDSA)\n",
+                c->jwt_algs_list);
+        return -1;
+    }
+    if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && (c->jwt_algs & JWKS_ALG_HS256) &&
+        !c->jwt_secret[0] && !c->dev_tokens) {
+        fprintf(stderr, "chatd: set CHATD_JWT_SECRET (the HS256 secret clients' tokens are signed with), "
+                        "or --jwks-file without HS256 in --jwt-algs\n");
         return -1;
     }
     return 0;

@@ -41,6 +41,11 @@ struct conf {
     int fault_injection;         /* broker: /faults/ HTTP API (tests only) */
     char jwt_secret[256];        /* from CHATD_JWT_SECRET only */
     char jwt_secret_previous[256]; /* CHATD_JWT_SECRET_PREVIOUS: still accepted during a rotation */
+    char jwks_file[256];         /* identity provider's public keys (RS256, ES256, EdDSA) */
+    char jwt_algs_list[128];     /* --jwt-algs as given ("" = the default) */
+    unsigned jwt_algs;           /* JWKS_ALG_* mask: the only algorithms tokens may use */
+    char jwt_issuer[256];        /* "" = iss not checked */
+    char jwt_audience[256];      /* "" = aud not checked */
     char topic_send[128];
     char topic_receive[128];
     int send_partitions;

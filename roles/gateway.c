@@ -15,6 +15,7 @@
 #include "lib/err.h"
 #include "lib/log.h"
 #include "lib/slab.h"
+#include "net/authkeys.h"
 #include "net/assets.h"
 #include "roles/gateway_internal.h"
 #include "store/db.h"
@@ -73,6 +74,7 @@ static void gw_conn_release(struct gw_conn *c)
     if (c->pending > 0 || c->ws)
         return;
     c->magic = 0;
+    free(c->rooms);
     slab_free(&gw_conns, c);
 }
 
@@ -194,6 +196,7 @@ struct gw_handshake {
     http_req_t *req;
     struct gw_user *u;
     int64_t exp_s;
+    char *rooms;                    /* the token's rooms claim, or NULL */
     int pending;                    /* route registrations in flight */
     int err;
     char *rooms;                    /* the user's rooms, NUL-separated, registered in batches */
@@ -217,8 +220,11 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     c->tokens = g->conf->rate_burst;
     c->tokens_ms = gw_now_ms();
     c->exp_s = hs->exp_s;
+    c->rooms = hs->rooms;
+    hs->rooms = NULL;
     c->ws = ws_accept(hs->req, hello, (size_t)n, &gw_ws_callbacks, c);
     if (!c->ws) {
+        free(c->rooms);
         slab_free(&gw_conns, c);
         return;
     }
@@ -250,6 +256,7 @@ static void gw_handshake_done(struct gw_handshake *hs)
         gw_handshake_finish(hs);
     }
     gw_user_release(g, hs->u);
+    free(hs->rooms);
     free(hs);
 }
 
@@ -334,8 +341,7 @@ static int gw_authenticate(gateway_t *g, http_req_t *req, struct auth_identity *
 {
     char buf[4096];
     const char *why;
-    int rc = auth_verify_rotating(g->conf->jwt_secret, g->conf->jwt_secret_previous,
-                                  gw_token(req, buf, sizeof buf), (int64_t)time(NULL), id, &why);
+    int rc = authkeys_verify(gw_token(req, buf, sizeof buf), (int64_t)time(NULL), id, &why);
     if (rc) {
         metric_inc(g->m.handshakes_401);
         log_info("auth_failed", "peer=%s path=%s why=%s", http_req_peer(req), http_req_path(req),
@@ -427,6 +433,10 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
     hs->req = req;
     hs->u = gw_user_get(g, id.user);
     hs->exp_s = id.exp;
+    if (id.has_rooms) {
+        hs->rooms = strdup(id.rooms);
+        CHATD_ASSERT(hs->rooms != NULL);
+    }
     hs->u->pending++;
     hs->pending = 1;
     /* The user's rooms are loaded before the 101: once a client has its

@@ -47,6 +47,7 @@ struct gw_conn {
     double tokens;                  /* rate limit bucket */
     uint64_t tokens_ms;
     int64_t exp_s;                  /* the token's exp: closed with 1008 from then on */
+    char *rooms;                    /* the token's rooms claim (auth.h), NULL = any room */
 };
 
 /* User U is a member of room R and online on this gateway. Memory per

@@ -519,6 +519,10 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
     }
     switch (r->op) {
     case OP_JOIN:
+        if (!auth_rooms_allow(c->rooms, c->rooms != NULL, r->room)) {
+            gw_send_error(c, r->rid, ERR_FORBIDDEN, "your token does not allow this room");
+            break;
+        }
         gw_op_join(c, r);
         break;
     case OP_LEAVE:

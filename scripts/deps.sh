@@ -9,6 +9,7 @@ PKGS=(
   libcjson-dev libjwt-dev libssl-dev libhttp-parser-dev libcmocka-dev uthash-dev
   redis-server postgresql
   python3 python3-pytest python3-websockets python3-redis python3-psycopg2
+  python3-jwt python3-cryptography
   curl procps
   prometheus
   clang libclang-rt-14-dev

@@ -53,6 +53,12 @@ static int verify(const char *token, struct auth_identity *id)
         CHECK(auth_user_valid(id->user, strlen(id->user)));
         CHECK(id->exp > FUZZ_NOW);
         CHECK(strlen(id->name) <= AUTH_NAME_MAX);
+        /* the rooms claim, packed: patterns each ended by a newline */
+        size_t rl = strlen(id->rooms);
+        CHECK(id->has_rooms || rl == 0);
+        CHECK(rl == 0 || id->rooms[rl - 1] == '\n');
+        CHECK(auth_rooms_allow(id->rooms, id->has_rooms, "lobby") == 0 ||
+              auth_rooms_allow(id->rooms, id->has_rooms, "lobby") == 1);
     }
     return rc;
 }
