@@ -196,7 +196,7 @@ struct gw_handshake {
     http_req_t *req;
     struct gw_user *u;
     int64_t exp_s;
-    char *rooms;                    /* the token's rooms claim, or NULL */
+    char *claim;                    /* the token's rooms claim, or NULL */
     int pending;                    /* route registrations in flight */
     int err;
     char *rooms;                    /* the user's rooms, NUL-separated, registered in batches */
@@ -220,8 +220,8 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     c->tokens = g->conf->rate_burst;
     c->tokens_ms = gw_now_ms();
     c->exp_s = hs->exp_s;
-    c->rooms = hs->rooms;
-    hs->rooms = NULL;
+    c->rooms = hs->claim;
+    hs->claim = NULL;
     c->ws = ws_accept(hs->req, hello, (size_t)n, &gw_ws_callbacks, c);
     if (!c->ws) {
         free(c->rooms);
@@ -257,6 +257,7 @@ static void gw_handshake_done(struct gw_handshake *hs)
     }
     gw_user_release(g, hs->u);
     free(hs->rooms);
+    free(hs->claim);
     free(hs);
 }
 
@@ -434,8 +435,8 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
     hs->u = gw_user_get(g, id.user);
     hs->exp_s = id.exp;
     if (id.has_rooms) {
-        hs->rooms = strdup(id.rooms);
-        CHATD_ASSERT(hs->rooms != NULL);
+        hs->claim = strdup(id.rooms);
+        CHATD_ASSERT(hs->claim != NULL);
     }
     hs->u->pending++;
     hs->pending = 1;
