@@ -20,26 +20,10 @@ import chatlib  # noqa: E402
 import kafkamode  # noqa: E402
 from chatlib import Proc, free_port, start_redis, uid, wait_ready  # noqa: E402
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-CHATD_BIN = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
-PG_BIN = "/usr/lib/postgresql/15/bin"
-JWT_SECRET = "integration-test-secret-" + "k" * 16
-READY_TIMEOUT = float(os.environ.get("CHATD_TEST_READY_TIMEOUT", "45"))
-KAFKA_TEST_OPTS = ["--kafka-opt=session.timeout.ms=3000",
-                   "--kafka-opt=heartbeat.interval.ms=300"]
-
-
-def chatd_env(extra=None):
-    env = dict(os.environ)
-    env["CHATD_JWT_SECRET"] = JWT_SECRET
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
-    # Make sure stray CHATD_* settings of the caller do not leak in.
-    for k in list(env):
-        if k.startswith("CHATD_") and k not in ("CHATD_JWT_SECRET",):
-            del env[k]
-    if extra:
-        env.update(extra)
-    return env
+# Shared with the tests through itconf (a module of its own: `from conftest
+# import` picks whichever conftest.py pytest loaded last when several folders
+# run in one session).
+from itconf import CHATD_BIN, JWT_SECRET, KAFKA_TEST_OPTS, PG_BIN, READY_TIMEOUT, REPO, chatd_env  # noqa: E402,F401
 
 
 def start_chatd(name, args, logdir, env=None):

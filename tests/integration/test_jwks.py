@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from chatlib import Client, arun, b64url, make_token, uid
-from conftest import JWT_SECRET
+from itconf import JWT_SECRET
 
 ISS = "https://idp.test"
 AUD = "chatd"
@@ -290,7 +290,7 @@ def test_bad_jwks_file_stops_start(workdir, content, why):
     """A gateway refuses to start on a JWKS file it cannot use, before it
     connects to anything, saying why (and not what the file holds)."""
     import subprocess
-    from conftest import CHATD_BIN, chatd_env
+    from itconf import CHATD_BIN, chatd_env
     d = os.path.join(workdir, "badjwks")
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, uid("jwks") + ".json")
