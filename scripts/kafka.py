@@ -145,6 +145,8 @@ class KafkaCluster:
             ctl = [port + 2 * i + 1 if port else free_port() for i in range(nodes)]
             self.state = {"version": version, "nodes": nodes, "ports": ports,
                           "controller_ports": ctl, "cluster_id": _cluster_id(), "heap": heap}
+        self._procs = {}     # node -> Popen, for the nodes this object started
+        self._expected = {}  # node -> 1 while it should be running (start .. kill/down)
         self.version = self.state["version"]
         self.nodes = self.state["nodes"]
         self.ports = self.state["ports"]
@@ -241,7 +243,12 @@ class KafkaCluster:
         return self
 
     def pid(self, i):
-        """The node's pid if it runs and is ours (its command line names our dir)."""
+        """The node's pid if it runs and is ours: started by this object, or
+        (another process, e.g. `kafka.py down`) named in its pid file with a
+        command line that names our dir."""
+        p = self._procs.get(i)
+        if p is not None:
+            return p.pid if p.poll() is None else None
         try:
             with open(os.path.join(self.node_dir(i), "pid")) as f:
                 pid = int(f.read())
@@ -251,7 +258,7 @@ class KafkaCluster:
             return None
         if os.path.join(self.node_dir(i), "server.properties").encode() not in cmd:
             return None
-        try:  # a zombie child of ours (SIGKILLed, not yet reaped) is not alive
+        try:  # a zombie (killed, not yet reaped by its parent) is not alive
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                     os.waitpid(pid, os.WNOHANG)
@@ -273,6 +280,8 @@ class KafkaCluster:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True, cwd=d)
         log.close()
+        self._procs[i] = p
+        self._expected[i] = 1
         with open(os.path.join(d, "pid"), "w") as f:
             f.write(str(p.pid))
         if wait:
@@ -282,17 +291,20 @@ class KafkaCluster:
         """Every running node answers and reports every running node registered."""
         deadline = time.monotonic() + timeout
         while True:
-            # Re-read each turn: a node just spawned still shows Python's command line.
             want = [i + 1 for i in range(self.nodes) if self.alive(i)]
             seen = [metadata_brokers(self.ports[i - 1]) for i in want]
             if want and all(s == want for s in seen):
                 return
+            for i, p in self._procs.items():
+                if p.poll() is not None and self._expected.get(i):
+                    raise RuntimeError(f"kafka node{i} exited with {p.returncode}; see {self.log_path(i)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"kafka not ready after {timeout}s (want {want}, saw {seen}); "
                                    f"see {self.dir}/node*/server.log")
             time.sleep(0.25)
 
     def kill(self, i, sig=signal.SIGKILL, wait=15):
+        self._expected[i] = 0
         pid = self.pid(i)
         if pid is None:
             return
@@ -303,6 +315,7 @@ class KafkaCluster:
 
     def down(self, grace=20):
         """SIGTERM to every node at once (controlled shutdown), SIGKILL after grace."""
+        self._expected = {}
         pids = [(i, self.pid(i)) for i in range(self.nodes)]
         for _, pid in pids:
             if pid:
