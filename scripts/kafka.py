@@ -110,6 +110,11 @@ def _recv(s, n):
     return buf
 
 
+def _die_with_parent():
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 LOG4J2 = """status = warn
 appender.f.type = File
 appender.f.name = f
@@ -134,8 +139,12 @@ log4j.logger.kafka.request.logger=WARN
 class KafkaCluster:
     """A KRaft cluster of 1 or 3 combined nodes under dir (see module doc)."""
 
-    def __init__(self, dir, nodes=1, version=DEFAULT_VERSION, port=0, heap=HEAP):
+    def __init__(self, dir, nodes=1, version=DEFAULT_VERSION, port=0, heap=HEAP,
+                 die_with_parent=False):
+        """die_with_parent: nodes get SIGKILL when this process dies (tests:
+        a killed test run leaves no broker behind); not for `kafka.py up`."""
         self.dir = os.path.abspath(dir)
+        self.die_with_parent = die_with_parent
         state = os.path.join(self.dir, "cluster.json")
         if os.path.exists(state):
             with open(state) as f:
@@ -278,7 +287,8 @@ class KafkaCluster:
                     f"-Dlog4j.configuration=file:{d}/log4j.properties",
                     f"-Dkafka.logs.dir={d}"]
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, cwd=d)
+                             start_new_session=True, cwd=d,
+                             preexec_fn=_die_with_parent if self.die_with_parent else None)
         log.close()
         self._procs[i] = p
         self._expected[i] = 1
