@@ -539,6 +539,13 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
          * connection on the embedded broker (test_acked_is_stored); real
          * brokers keep librdkafka's 5. */
         "max.in.flight.requests.per.connection", conf->embedded ? "1" : "5",
+        /* A gateway that joins grows chat-receive (kafka_topics_ensure)
+         * before it registers as live; a classifier producing to the new
+         * partition fails with _UNKNOWN_PARTITION (its batch retried) until
+         * its next metadata refresh, 5 minutes by default: on real Kafka
+         * refresh the topics in use every 2 s (tests/faults/test_f9). The
+         * embedded broker's topics never grow. */
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : "2000",
         NULL,
     };
     char errstr[512];

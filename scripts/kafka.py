@@ -110,6 +110,11 @@ def _recv(s, n):
     return buf
 
 
+def _die_with_parent():
+    import ctypes
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 LOG4J2 = """status = warn
 appender.f.type = File
 appender.f.name = f
@@ -134,8 +139,12 @@ log4j.logger.kafka.request.logger=WARN
 class KafkaCluster:
     """A KRaft cluster of 1 or 3 combined nodes under dir (see module doc)."""
 
-    def __init__(self, dir, nodes=1, version=DEFAULT_VERSION, port=0, heap=HEAP):
+    def __init__(self, dir, nodes=1, version=DEFAULT_VERSION, port=0, heap=HEAP,
+                 die_with_parent=False):
+        """die_with_parent: nodes get SIGKILL when this process dies (tests:
+        a killed test run leaves no broker behind); not for `kafka.py up`."""
         self.dir = os.path.abspath(dir)
+        self.die_with_parent = die_with_parent
         state = os.path.join(self.dir, "cluster.json")
         if os.path.exists(state):
             with open(state) as f:
@@ -145,6 +154,8 @@ class KafkaCluster:
             ctl = [port + 2 * i + 1 if port else free_port() for i in range(nodes)]
             self.state = {"version": version, "nodes": nodes, "ports": ports,
                           "controller_ports": ctl, "cluster_id": _cluster_id(), "heap": heap}
+        self._procs = {}     # node -> Popen, for the nodes this object started
+        self._expected = {}  # node -> 1 while it should be running (start .. kill/down)
         self.version = self.state["version"]
         self.nodes = self.state["nodes"]
         self.ports = self.state["ports"]
@@ -241,7 +252,12 @@ class KafkaCluster:
         return self
 
     def pid(self, i):
-        """The node's pid if it runs and is ours (its command line names our dir)."""
+        """The node's pid if it runs and is ours: started by this object, or
+        (another process, e.g. `kafka.py down`) named in its pid file with a
+        command line that names our dir."""
+        p = self._procs.get(i)
+        if p is not None:
+            return p.pid if p.poll() is None else None
         try:
             with open(os.path.join(self.node_dir(i), "pid")) as f:
                 pid = int(f.read())
@@ -251,7 +267,7 @@ class KafkaCluster:
             return None
         if os.path.join(self.node_dir(i), "server.properties").encode() not in cmd:
             return None
-        try:  # a zombie child of ours (SIGKILLed, not yet reaped) is not alive
+        try:  # a zombie (killed, not yet reaped by its parent) is not alive
             with open(f"/proc/{pid}/stat") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                     os.waitpid(pid, os.WNOHANG)
@@ -271,8 +287,11 @@ class KafkaCluster:
                     f"-Dlog4j.configuration=file:{d}/log4j.properties",
                     f"-Dkafka.logs.dir={d}"]
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, cwd=d)
+                             start_new_session=True, cwd=d,
+                             preexec_fn=_die_with_parent if self.die_with_parent else None)
         log.close()
+        self._procs[i] = p
+        self._expected[i] = 1
         with open(os.path.join(d, "pid"), "w") as f:
             f.write(str(p.pid))
         if wait:
@@ -282,17 +301,20 @@ class KafkaCluster:
         """Every running node answers and reports every running node registered."""
         deadline = time.monotonic() + timeout
         while True:
-            # Re-read each turn: a node just spawned still shows Python's command line.
             want = [i + 1 for i in range(self.nodes) if self.alive(i)]
             seen = [metadata_brokers(self.ports[i - 1]) for i in want]
             if want and all(s == want for s in seen):
                 return
+            for i, p in self._procs.items():
+                if p.poll() is not None and self._expected.get(i):
+                    raise RuntimeError(f"kafka node{i} exited with {p.returncode}; see {self.log_path(i)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"kafka not ready after {timeout}s (want {want}, saw {seen}); "
                                    f"see {self.dir}/node*/server.log")
             time.sleep(0.25)
 
     def kill(self, i, sig=signal.SIGKILL, wait=15):
+        self._expected[i] = 0
         pid = self.pid(i)
         if pid is None:
             return
@@ -303,6 +325,7 @@ class KafkaCluster:
 
     def down(self, grace=20):
         """SIGTERM to every node at once (controlled shutdown), SIGKILL after grace."""
+        self._expected = {}
         pids = [(i, self.pid(i)) for i in range(self.nodes)]
         for _, pid in pids:
             if pid:

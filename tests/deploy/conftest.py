@@ -22,6 +22,7 @@ _spec.loader.exec_module(_it)
 workdir = _it.workdir
 redis_server = _it.redis_server
 pg = _it.pg
+kafka = _it.kafka        # None unless CHATD_TEST_KAFKA=real (kafkamode.py)
 cluster = _it.cluster
 start_all_instance = _it.start_all_instance
 _process_guard = _it._process_guard

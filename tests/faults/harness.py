@@ -133,9 +133,13 @@ class Postgres(chatlib.PGClient):
 
 class Cluster:
     def __init__(self, workdir, pg, name, gw_args=(), cl_args=(), broker_args=(),
-                 gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None, kafka=None):
+                 gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None, kafka=None,
+                 receive_topic_partitions=None):
         """kafka: a real Kafka (kafkamode) shared by the session; this cluster
-        then uses topics and a group of its own, and has no broker process."""
+        then uses topics and a group of its own, and has no broker process.
+        receive_topic_partitions: (real Kafka) an operator created the
+        receive topic with this many partitions before chatd started."""
+        self.receive_topic_partitions = receive_topic_partitions
         self.name = name
         self.kafka = kafka
         prefix = re.sub(r"[^A-Za-z0-9._-]", "-", name)[-180:]
@@ -172,6 +176,10 @@ class Cluster:
     def start(self):
         self.redis = start_redis(self.dir)
         bootstrap = self.bootstrap_path()
+        if self.kafka and self.receive_topic_partitions:
+            self.kafka.tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+                            self.kafka.bootstrap, "--create", "--topic", self.topic_receive,
+                            "--partitions", str(self.receive_topic_partitions))
         if self.kafka:
             kargs = kafkamode.chatd_args(self.kafka, prefix=self.kafka_prefix) + [
                 f"--send-partitions={SEND_PARTITIONS}"]
@@ -253,6 +261,20 @@ class Cluster:
         if wait:
             wait_ready(new, self.ports[name], READY_TIMEOUT)
         return new
+
+    def add_gateway(self, i, wait=True):
+        """Scale-out: gateway i joins the running cluster, with gateway 0's
+        settings on a port of its own."""
+        n = f"gateway{i}"
+        self.ports[n] = free_port()
+        argv = [a for a in self.procs["gateway0"].argv[1:]
+                if not a.startswith(("--gateway-id=", "--listen="))]
+        p = self._chatd(n, argv + [f"--gateway-id={i}", f"--listen=127.0.0.1:{self.ports[n]}"],
+                        env=self.procs["gateway0"].env)
+        if wait:
+            wait_ready(p, self.ports[n], READY_TIMEOUT)
+        self.gw_ports.append(self.ports[n])
+        return p
 
     def wait_all_ready(self, timeout=READY_TIMEOUT):
         for n, p in self.procs.items():

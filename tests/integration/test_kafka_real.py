@@ -86,7 +86,12 @@ def _batches(kafka, topic):
     """(producerId, baseSequence) of every batch of topic in node 0's log segments."""
     files = sorted(glob.glob(os.path.join(kafka.node_dir(0), "data", f"{topic}-*", "*.log")))
     assert files, f"no segments of {topic}"
-    out = kafka.tool("kafka.tools.DumpLogSegments", "--files", ",".join(files))
+    try:  # Kafka 4.4 moved it from core to tools
+        out = kafka.tool("org.apache.kafka.tools.DumpLogSegments", "--files", ",".join(files))
+    except RuntimeError as e:
+        if "ClassNotFoundException" not in str(e):
+            raise
+        out = kafka.tool("kafka.tools.DumpLogSegments", "--files", ",".join(files))
     return [(int(m.group(2)), int(m.group(1)))
             for m in re.finditer(r"baseSequence: (-?\d+).*?producerId: (-?\d+)", out)]
 
