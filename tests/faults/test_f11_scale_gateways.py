@@ -1,4 +1,4 @@
-"""Fault 9 (real Kafka only): gateways scaled out and in under traffic.
+"""Fault 11 (real Kafka only): gateways scaled out and in under traffic.
 
 An operator created chat-receive with two partitions, for gateways 0 and 1.
 A third gateway joins the running cluster (a StatefulSet scaled up): it

@@ -1,4 +1,4 @@
-"""Fault 10 (real Kafka, three nodes: CHATD_TEST_KAFKA_NODES=3): a Kafka
+"""Fault 12 (real Kafka, three nodes: CHATD_TEST_KAFKA_NODES=3): a Kafka
 broker SIGKILLed under traffic, down 10 s, then started again.
 
 Topics have replication 3 and min.insync.replicas 2: with one broker down
