@@ -25,7 +25,7 @@ def test_gateway_scale_out_and_in(make_cluster):
     c = make_cluster(receive_topic_partitions=2)
 
     async def body():
-        run = harness.Run(c, "f9 gateway scale-out + in")
+        run = harness.Run(c, "f11 gateway scale-out + in")
         rooms, clients, senders = await harness.standard_clients(run)
         tr = harness.Traffic(senders).start()
         await run.warm_up()

@@ -26,7 +26,7 @@ def test_kafka_broker_sigkill(make_cluster):
     k = c.kafka
 
     async def body():
-        run = harness.Run(c, "f10 kafka broker SIGKILL 10 s")
+        run = harness.Run(c, "f12 kafka broker SIGKILL 10 s")
         rooms, clients, senders = await harness.standard_clients(run)
         tr = harness.Traffic(senders).start()
         await run.warm_up()
