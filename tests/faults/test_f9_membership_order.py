@@ -19,7 +19,7 @@ from chatlib import uid
 def late_record(c, typ, room, user):
     op = {"j": "joined", "l": "left"}[typ]
     val = json.dumps({"op": op, "room": room, "user": user}, separators=(",", ":"))
-    subprocess.run(["kcat", "-P", "-b", c.brokers(), "-t", "chat-send", "-k", room,
+    subprocess.run(["kcat", "-P", "-b", c.brokers(), "-t", c.topic_send, "-k", room,
                     "-H", "v=1", "-H", f"t={typ}", "-H", f"u={user}"],
                    input=val.encode(), check=True, timeout=30)
 

@@ -138,12 +138,21 @@ class Cluster:
         self.cl_ports = []
         self.broker_port = None
         self.retired = []
+        self.kafka = None            # real Kafka (kafkamode) or None: the embedded broker
 
     def token(self, user, **kw):
         return chatlib.make_token(user, JWT_SECRET, **kw)
 
     async def client(self, user, gw=0, via="header", **kw):
         return await chatlib.Client.connect(self.gw_ports[gw], self.token(user, **kw), via=via)
+
+    def brokers(self):
+        """The Kafka bootstrap address (for kcat): the real one, or the
+        embedded broker's from its bootstrap file."""
+        if self.kafka:
+            return self.kafka.bootstrap
+        with open(os.path.join(self.workdir, "bootstrap")) as f:
+            return f.read().strip()
 
     def all_ports(self):
         return [p for p in [self.broker_port] + self.cl_ports + self.gw_ports if p]
@@ -168,6 +177,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster(workdir, redis_server, pg, kafka):
     c = Cluster(workdir, redis_server, pg)
+    c.kafka = kafka
     bootstrap = os.path.join(workdir, "bootstrap")
     conninfo = pg.conninfo()
     if kafka:

@@ -29,8 +29,7 @@ def _redis(cluster):
 
 
 def _brokers(cluster):
-    with open(os.path.join(cluster.workdir, "bootstrap")) as f:
-        return f.read().strip()
+    return cluster.brokers()
 
 
 def produce_member_record(cluster, typ, room, user, quiet=False):
