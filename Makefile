@@ -241,7 +241,7 @@ FUZZ_DEPS_fuzz_auth   := net/auth.c net/jwks.c
 FUZZ_DEPS_fuzz_record := kafka/record.c
 FUZZ_DEPS_fuzz_ws     := net/ws.c net/ws_parser.c net/http.c
 # The configuration and the allocators it sizes (issue 16).
-FUZZ_DEPS_fuzz_conf   := conf/conf.c net/http.c
+FUZZ_DEPS_fuzz_conf   := conf/conf.c net/http.c net/jwks.c
 FUZZ_DEPS_fuzz_jwks   := net/jwks.c net/auth.c
 FUZZ_RUN_OPTS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
