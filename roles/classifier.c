@@ -429,7 +429,8 @@ static void cl_fence_arrays(struct cl_batch *b, char **parts, char **epochs)
         const struct cl_item *it = &b->items[i];
         if (it->skip || it->type != REC_MSG || it->partition == last)
             continue;
-        /* A batch holds each partition's records in one run. */
+        /* Consecutive repeats skipped; a partition listed twice is harmless:
+         * the store compares matched rows with the array's cardinality. */
         last = it->partition;
         db_array_int(&jp, it->partition);
         db_array_int(&je, (size_t)it->partition < c->n_fences ? c->fences[it->partition].epoch : 0);
