@@ -445,7 +445,10 @@ static void redis_become_up(redis_client_t *r)
  * need order across a flush (SCRIPT FLUSH on a live connection) keep
  * ordered work inside one script call (store/routes.h). */
 #define REDIS_SCRIPTS_MAX 16
-static const struct redis_script *redis_scripts[REDIS_SCRIPTS_MAX];
+/* By value, keyed by sha: the struct redis_script a caller passes may live
+ * in an object it frees (routes_t) or on its stack; only src must outlive
+ * the process's clients (redis.h). */
+static struct redis_script redis_scripts[REDIS_SCRIPTS_MAX];
 static size_t redis_n_scripts;
 
 /* A new connection is set up before callers may use it: AUTH when the URL
@@ -478,7 +481,7 @@ static void redis_setup_next(redis_client_t *r)
     } else if (r->setup == REDIS_SETUP_SCRIPTS) {
         argv[argc++] = "SCRIPT";
         argv[argc++] = "LOAD";
-        argv[argc++] = redis_scripts[r->setup_script]->src;
+        argv[argc++] = redis_scripts[r->setup_script].src;
     } else {
         snprintf(dbs, sizeof dbs, "%d", r->url.db);
         argv[argc++] = "SELECT";
@@ -820,10 +823,10 @@ void redis_script_init(struct redis_script *s, const char *src)
     }
     s->sha[40] = '\0';
     for (size_t i = 0; i < redis_n_scripts; i++)
-        if (redis_scripts[i] == s)
+        if (strcmp(redis_scripts[i].sha, s->sha) == 0)
             return;
     CHATD_ASSERT(redis_n_scripts < REDIS_SCRIPTS_MAX);
-    redis_scripts[redis_n_scripts++] = s;
+    redis_scripts[redis_n_scripts++] = *s;
 }
 
 /* s->src is referenced, not copied, until the retry is sent: scripts are

@@ -56,7 +56,9 @@ void redis_command_argv(redis_client_t *r, redis_reply_cb cb, void *user, int ar
 void redis_command(redis_client_t *r, redis_reply_cb cb, void *user, const char *fmt, ...);
 
 /* A Lua script run with EVALSHA, falling back to EVAL on NOSCRIPT (e.g. after
- * a Redis restart). The sha is computed once at redis_script_init. */
+ * a Redis restart). The sha is computed once at redis_script_init, which also
+ * registers the script for SCRIPT LOAD on every new connection: src must be
+ * static (a string literal); the struct itself is copied. */
 struct redis_script {
     const char *src;
     char sha[41];
