@@ -125,7 +125,7 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/chatd browser-deps
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
 # ---- real Apache Kafka (scripts/kafka.py; jars pinned by scripts/kafka/pom.xml) ----
 KAFKA         ?= embedded
@@ -145,7 +145,7 @@ kafka-down:
 
 integration-kafka: $(BUILD)/chatd
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
+	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults $(PYTEST_ARGS)
 
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).
