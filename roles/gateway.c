@@ -290,7 +290,6 @@ static void gw_hs_register_next(struct gw_handshake *hs)
     while (n < ROUTES_BATCH_MAX && hs->rooms_off < hs->rooms_len) {
         const char *room = hs->rooms + hs->rooms_off;
         hs->rooms_off += strlen(room) + 1;
-        gw_member_add(g, hs->u, room, 0);
         batch[n++] = room;
     }
     int rc = routes_rooms_join(g->routes, batch, n, g->conf->gateway_id, g->epoch, hs->u->id,
@@ -312,6 +311,11 @@ static void gw_on_user_rooms(int err, PGresult *res, void *ud)
         size_t n = (size_t)PQgetlength(res, i, 0) + 1;
         memcpy(hs->rooms + hs->rooms_len, PQgetvalue(res, i, 0), n);
         hs->rooms_len += n;
+        /* Every room into the local index now, not batch by batch: a
+         * membership check answered between two batches (a `left` of a
+         * leave committed after this read) would otherwise be undone by
+         * the later batch's stale room. */
+        gw_member_add(hs->g, hs->u, PQgetvalue(res, i, 0), 0);
     }
     gw_hs_register_next(hs);
 }

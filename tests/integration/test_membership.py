@@ -446,3 +446,50 @@ def test_sync_past_the_wait_says_more_or_unavailable(cluster):
         await r.close()
         await s.close()
     arun(body())
+
+
+def test_leave_during_a_multi_batch_upgrade_is_not_undone(cluster):
+    """A user in more rooms than one registration batch (100) upgrades on
+    gateway 0 while leaving room X on gateway 1. The upgrade's room list was
+    read before the leave; X is in its second batch, which waits on Redis
+    (writes paused) while the `left` reaches gateway 0 and its check answers
+    "not a member". The upgrade must not add X afterwards from its stale
+    list: the connection must answer not_member and not receive X live."""
+    user, other = uid("hb"), uid("c")
+    rooms = [uid("hb-r") for _ in range(149)]
+    x = uid("hb-x")
+    r = _redis(cluster)
+
+    async def body():
+        c = await cluster.client(other, gw=0)
+        await c.join(x)
+        # Memberships written directly, X last: the upgrade reads them in
+        # that order (members_by_user, heap order), so X is past batch 1.
+        cluster.pg.query("INSERT INTO rooms (room) SELECT unnest(%s::text[]) RETURNING 1",
+                         (rooms,))
+        cluster.pg.query("INSERT INTO members (room, user_id) SELECT r, %s FROM "
+                         "unnest(%s::text[]) WITH ORDINALITY AS t(r, i) ORDER BY i RETURNING 1",
+                         (user, rooms + [x]))
+        u1 = await cluster.client(user, gw=1)
+        # At most 1.9 s (below --backend-timeout-ms), ended as soon as the
+        # interleaving happened.
+        r.execute_command("CLIENT", "PAUSE", "1900", "WRITE")
+        try:
+            up = asyncio.ensure_future(cluster.client(user, gw=0))
+            await asyncio.sleep(0.2)                  # the upgrade waits on batch 1
+            await u1.ok("leave", room=x)
+            await member_event(c, "left", x, user)    # gateway 0 has the record
+            await asyncio.sleep(0.2)                  # and its check's answer
+            waited = not up.done()
+        finally:
+            r.execute_command("CLIENT", "UNPAUSE")
+        assert waited, "the upgrade did not wait for Redis: nothing was tested"
+        u0 = await up
+        assert not pg_member(cluster, x, user)
+        await assert_not_member(u0, x)
+        await c.send(x, "after")
+        assert not await got_live(u0, x, "after", 1.0), \
+            "a connection that left still receives the room"
+        for k in (u0, u1, c):
+            await k.close()
+    arun(body())
