@@ -245,6 +245,65 @@ def test_fenced_classifier_stops(make_cluster):
     print(f"f10 fence: refused, retaken and stored after {took:.1f} s")
 
 
+def test_zombie_does_not_retake_a_lost_partition(make_cluster):
+    """A real zombie: the partition's owner Z is frozen (SIGSTOP) past its
+    session while its store waits (messages locked); the other classifier O
+    gets the partition and takes its epoch. Z's consumer is held by the
+    batch, so Z does not serve the revoke until the batch is done; it must
+    still not take the epoch back (librdkafka already knows the assignment
+    is lost): before the fix Z's retried store was refused, it waited
+    session.timeout.ms + 1 s and retook the epoch, fencing the real owner
+    O, and only then let its consumer go and learnt it was revoked."""
+    import psycopg2
+    c = make_cluster()
+    room = f"f10z-{uuid.uuid4().hex[:8]}"
+    ids = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(3)])
+    assert wait_stored(c, [room], 3, 30) == 3
+    (part, owner), = c.query("SELECT partition, owner FROM partition_owners WHERE topic = %s",
+                             (c.topic_send,))
+    names = [n for n in ("classifier0", "classifier1") if owner.endswith(f":{c.procs[n].pid}")]
+    assert len(names) == 1, (owner, [c.procs[n].pid for n in ("classifier0", "classifier1")])
+    z = c.procs[names[0]]
+    lock = psycopg2.connect(c.conninfo, connect_timeout=5)
+    try:
+        lock.cursor().execute("LOCK TABLE messages IN EXCLUSIVE MODE")
+        ids += c.produce_send([(room, "u0", "c3", "u0 3")])
+        time.sleep(1.0)                     # Z's store of it waits on the lock
+        z.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.time() + 30     # O: session timeout, rebalance, take
+            while time.time() < deadline:
+                (now_owner,), = c.query("SELECT owner FROM partition_owners WHERE topic = %s "
+                                        "AND partition = %s", (c.topic_send, part))
+                if now_owner != owner:
+                    break
+                time.sleep(0.2)
+            assert now_owner != owner, "the other classifier never took the partition"
+        finally:
+            mark = os.path.getsize(z.logpath)
+            z.send_signal(signal.SIGCONT)
+    finally:
+        lock.rollback()
+        lock.close()
+    assert wait_stored(c, [room], 4, 30) == 4
+    # Z is refused, waits session.timeout.ms + 1 s, then retries its batch.
+    deadline = time.time() + 30
+    while time.time() < deadline and c.log_count(names[0], "event=kafka_revoked") == 0:
+        time.sleep(0.2)
+    with open(z.logpath, errors="replace") as f:
+        f.seek(mark)
+        lines = f.read().splitlines()
+    revoked = [i for i, ln in enumerate(lines) if "event=kafka_revoked" in ln]
+    assert revoked, "Z never served its revoke"
+    # Before: its store refused (classifier_fenced), then the epoch retaken.
+    retaken = [ln for ln in lines[:revoked[0]] if "event=partition_fence_taken" in ln]
+    assert not retaken, f"the zombie took the epoch back: {retaken}"
+    ids += c.produce_send([(room, "u0", "c4", "u0 4")])
+    assert wait_stored(c, [room], 5, 30) == 5
+    problems = checker.bulk_problems(c.stored_rows([room]), ids)
+    assert not problems, problems
+
+
 def test_batch_past_max_poll_interval(make_cluster):
     """A batch stuck in retries (PostgreSQL down) past max.poll.interval.ms:
     the consumer has left the group by then, so the classifier drops the
