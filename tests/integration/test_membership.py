@@ -488,6 +488,8 @@ def test_leave_during_a_multi_batch_upgrade_is_not_undone(cluster):
         u0 = await up
         assert not pg_member(cluster, x, user)
         await assert_not_member(u0, x)
+        p = await c.ok("presence", room=x)
+        assert user not in p["online"], f"the user who left is shown online in the room: {p}"
         await c.send(x, "after")
         assert not await got_live(u0, x, "after", 1.0), \
             "a connection that left still receives the room"
