@@ -1146,6 +1146,12 @@ int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition)
     return kafka_parts_has(&c->own, partition);
 }
 
+int kafka_consumer_assignment_lost(const kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return c->group && rd_kafka_assignment_lost(c->rk);
+}
+
 int kafka_consumer_setting(const kafka_consumer_t *c, const char *name, char *buf, size_t len)
 {
     CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);

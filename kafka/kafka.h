@@ -112,6 +112,10 @@ void kafka_consumer_hold(kafka_consumer_t *c, int hold);
 int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset);
 /* 1 if partition is currently assigned to this consumer. */
 int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition);
+/* Group consumer: 1 once librdkafka considers the whole assignment lost
+ * (session timed out, fenced by the coordinator), before the revoke event
+ * is served: a held consumer learns it here. */
+int kafka_consumer_assignment_lost(const kafka_consumer_t *c);
 /* As kafka_producer_setting, for a consumer. */
 int kafka_consumer_setting(const kafka_consumer_t *c, const char *name, char *buf, size_t len);
 /* Group consumer: the generation at which partition was (last) assigned, 0

@@ -683,8 +683,12 @@ static void cl_drop_lost(struct cl_batch *b)
     size_t lost = 0;
     /* Past max.poll.interval.ms the consumer has left the group, though it
      * serves the revoke only once this batch lets go: nothing it holds is
-     * its own any more. */
-    int all = cl_now_ms() - b->started_ms > c->max_poll_ms;
+     * its own any more. Likewise once librdkafka reports the assignment
+     * lost (a session that timed out while the process was frozen): the
+     * held consumer's own list still says owned, and a fenced batch would
+     * retake the epoch from the real owner (issue 15 review). */
+    int past = cl_now_ms() - b->started_ms > c->max_poll_ms;
+    int all = past || kafka_consumer_assignment_lost(c->consumer);
     for (size_t i = 0; i < b->n_items; i++) {
         struct cl_item *it = &b->items[i];
         if (!it->lost && (all || !kafka_consumer_owns(c->consumer, it->partition))) {
@@ -695,7 +699,7 @@ static void cl_drop_lost(struct cl_batch *b)
     if (lost) {
         metric_add(c->m.lost, (double)lost);
         log_warn("batch_records_dropped", "records=%zu of=%zu reason=%s", lost, b->n_items,
-                 all ? "max_poll_interval" : "partition_not_owned");
+                 past ? "max_poll_interval" : all ? "assignment_lost" : "partition_not_owned");
     }
 }
 

@@ -121,11 +121,13 @@ struct gw_member *gw_member_add(gateway_t *g, struct gw_user *u, const char *roo
     return m;
 }
 
-void gw_member_remove(gateway_t *g, struct gw_member *m)
+/* routes: also drop what Redis holds for it (not for a member whose route
+ * was never registered). */
+static void gw_member_unlink(gateway_t *g, struct gw_member *m, int routes)
 {
     struct gw_room *r = m->r;
     struct gw_user *u = m->u;
-    if (!g->closing)
+    if (routes)
         routes_room_drop_user(g->routes, r->name, u->id, g->conf->gateway_id, g->epoch);
     HASH_DELETE(hh, g->members, m);
     DL_DELETE2(u->rooms, m, uprev, unext);
@@ -133,12 +135,14 @@ void gw_member_remove(gateway_t *g, struct gw_member *m)
     slab_free(&gw_members, m);
     if (--r->n_members > 0)
         return;
-    if (!g->closing)
+    if (routes)
         routes_room_drop_gateway(g->routes, r->name, g->conf->gateway_id);
     HASH_DEL(g->rooms, r);
     slab_free(&gw_rooms, r);
     metric_add(g->m.rooms, -1);
 }
+
+void gw_member_remove(gateway_t *g, struct gw_member *m) { gw_member_unlink(g, m, !g->closing); }
 
 static struct gw_user *gw_user_get(gateway_t *g, const char *id)
 {
@@ -280,6 +284,17 @@ static void gw_hs_register_next(struct gw_handshake *hs)
     if (!hs->err && hs->rooms_off < hs->rooms_len && http_req_peer_gone(hs->req))
         hs->err = ERR_CANCELLED;
     if (hs->err || g->draining || hs->rooms_off >= hs->rooms_len) {
+        /* Rooms not registered yet leave the local index without a word to
+         * Redis when nothing else holds the user here: an upgrade given up
+         * costs no more than the batches it sent. */
+        struct gw_user *u = hs->u;
+        while (hs->rooms_off < hs->rooms_len && u->n_conns == 0 && u->pending == 1) {
+            const char *room = hs->rooms + hs->rooms_off;
+            hs->rooms_off += strlen(room) + 1;
+            struct gw_member *m = gw_member_find(g, u, room);
+            if (m)
+                gw_member_unlink(g, m, 0);
+        }
         free(hs->rooms);
         hs->rooms = NULL;
         gw_handshake_done(hs);
@@ -290,8 +305,12 @@ static void gw_hs_register_next(struct gw_handshake *hs)
     while (n < ROUTES_BATCH_MAX && hs->rooms_off < hs->rooms_len) {
         const char *room = hs->rooms + hs->rooms_off;
         hs->rooms_off += strlen(room) + 1;
-        gw_member_add(g, hs->u, room, 0);
-        batch[n++] = room;
+        if (gw_member_find(g, hs->u, room)) /* else a check found it left meanwhile */
+            batch[n++] = room;
+    }
+    if (n == 0) { /* the list is done */
+        gw_hs_register_next(hs);
+        return;
     }
     int rc = routes_rooms_join(g->routes, batch, n, g->conf->gateway_id, g->epoch, hs->u->id,
                                gw_on_hs_batch, hs);
@@ -312,6 +331,11 @@ static void gw_on_user_rooms(int err, PGresult *res, void *ud)
         size_t n = (size_t)PQgetlength(res, i, 0) + 1;
         memcpy(hs->rooms + hs->rooms_len, PQgetvalue(res, i, 0), n);
         hs->rooms_len += n;
+        /* Every room into the local index now, not batch by batch: a
+         * membership check answered between two batches (a `left` of a
+         * leave committed after this read) would otherwise be undone by
+         * the later batch's stale room. */
+        gw_member_add(hs->g, hs->u, PQgetvalue(res, i, 0), 0);
     }
     gw_hs_register_next(hs);
 }

@@ -35,11 +35,15 @@ struct routes {
  *     seq): the id is not stored, so that seq is held by another message (a
  *     collision repaired, or a counter reset behind PostgreSQL): reassign;
  *   - else INCR, after raising the counter to the floor.
+ * The counter never stays below a seq a message keeps: with the counter
+ * lost and an id key kept (eviction), INCR from the floor handed the kept
+ * seq to the next message, a collision above the floor that no retry
+ * repaired (issue 15 review).
  * dup: 0 new, 2 the id key is this record's (deliver), 1 another's. */
 static const char routes_assign_lua[] =
     "local ttl, floor = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
-    "if cur < floor then redis.call('SET', KEYS[1], floor) end\n"
+    "if cur < floor then redis.call('SET', KEYS[1], floor); cur = floor end\n"
     "local out = {redis.call('HGETALL', KEYS[2])}\n"
     "for i = 3, #KEYS do\n"
     "  local known, tag = ARGV[2 * i - 3], ARGV[2 * i - 2]\n"
@@ -58,10 +62,12 @@ static const char routes_assign_lua[] =
     "    seq = nil\n"
     "  end\n"
     "  if seq then\n"
+    "    if seq > cur then redis.call('SET', KEYS[1], seq); cur = seq end\n"
     "    out[#out + 1] = seq\n"
     "    out[#out + 1] = (t == tag) and 2 or 1\n"
     "  else\n"
     "    local n = redis.call('INCR', KEYS[1])\n"
+    "    cur = n\n"
     "    redis.call('SET', KEYS[i], n .. '|' .. tag, 'EX', ttl)\n"
     "    out[#out + 1] = n\n"
     "    out[#out + 1] = 0\n"
