@@ -100,6 +100,9 @@ static const struct conf_flag conf_flags[] = {
           "WebSocket connections (open + being set up) per gateway; more get 503 + Retry-After before the upgrade"),
     F_INT("max-conns-per-user", max_conns_per_user, "32", 1, 100000,
           "WebSocket connections of one user per gateway; more get 429 before the upgrade"),
+    F_INT("max-inflight-per-user", max_inflight_per_user, "16", 1, 100000,
+          "requests of one user waiting for PostgreSQL or Redis (join, leave, sync, rooms, read, presence) "
+          "per gateway, over all its connections; more are answered rate_limited"),
     F_INT("max-rooms-per-user", max_rooms_per_user, "1000", 1, 1000000,
           "rooms one user may be a member of; a join beyond is forbidden (a dm's peer is then not added)"),
     F_STR("origins", origins, "",

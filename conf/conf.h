@@ -70,6 +70,7 @@ struct conf {
     int handshake_concurrency;   /* upgrades waiting for their rooms per gateway */
     int max_conns;               /* WebSockets + upgrades in flight per gateway (503 above) */
     int max_conns_per_user;      /* per user per gateway (429 above) */
+    int max_inflight_per_user;   /* backend requests of one user in flight (rate_limited above) */
     int max_rooms_per_user;      /* memberships of one user (join: forbidden above) */
     char origins[1024];          /* browser Origins allowed to upgrade: "" same-origin, "*" any */
     size_t max_header;           /* HTTP request line + headers, bytes (431 above) */

@@ -183,6 +183,7 @@ static void gw_on_ws_close(ws_conn_t *ws, int code, void *user)
     log_debug("conn_close", "user=%s conn=%" PRIu64 " code=%d", c->u->id, c->id, code);
     DL_DELETE(c->u->conns, c);
     c->u->n_conns--;
+    c->u->inflight -= (int)c->backend;
     g->n_conns--;
     gw_user_release(g, c->u);
     c->ws = NULL;
@@ -877,6 +878,8 @@ static void gw_metrics_init(gateway_t *g)
     g->m.expired = metrics_counter("chatd_token_expired_closes_total",
                                    "connections closed with 1008 because their token expired", NULL);
     g->m.shed = metrics_counter("chatd_shed_total", "handshakes and history reads refused by a concurrency cap", NULL);
+    g->m.user_inflight_refused = metrics_counter("chatd_user_inflight_refused_total",
+                                                 "requests refused: their user had --max-inflight-per-user waiting for a backend", NULL);
     g->m.requests = metrics_counter("chatd_requests_total", "client requests received", NULL);
     g->m.sends = metrics_counter("chatd_messages_in_total", "send requests produced to Kafka", NULL);
     g->m.acks = metrics_counter("chatd_acks_total", "sends acknowledged to clients", NULL);

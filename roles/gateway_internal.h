@@ -39,6 +39,7 @@ struct gw_room;
 struct gw_conn {
     uint32_t magic;
     unsigned pending;               /* gw_pending requests holding it */
+    unsigned backend;               /* of those, counted in u->inflight */
     uint64_t id;                    /* for logs */
     gateway_t *g;
     ws_conn_t *ws;                  /* NULL once closed */
@@ -67,6 +68,7 @@ struct gw_user {
     struct gw_conn *conns;
     int n_conns;
     int pending;                    /* handshakes in flight for this user */
+    int inflight;                   /* its requests waiting for PostgreSQL or Redis */
     struct gw_member *rooms;
     UT_hash_handle hh;              /* g->users */
     char id[];                      /* GW_USER_ID_SHORT or AUTH_USER_MAX + 1 bytes */
@@ -107,7 +109,7 @@ struct gateway {
     uv_timer_t expiry;              /* closes connections whose token expired */
     struct {
         metric_t *handshakes_ok, *handshakes_401, *handshakes_503, *shed;
-        metric_t *handshakes_403, *handshakes_429, *expired;
+        metric_t *handshakes_403, *handshakes_429, *expired, *user_inflight_refused;
         metric_t *requests, *sends, *acks, *deliveries, *records, *records_skipped;
         metric_t *errors[13];
         metric_t *hop_seconds, *delivery_seconds;

@@ -26,14 +26,26 @@ struct gw_pending {
     int64_t after;
     int limit;
     int inserted;                 /* join/leave changed the membership */
+    int backend;                  /* counted in the user's inflight */
 };
 
 /* Thousands can be in flight in a join storm; a slab keeps them out of the
  * heap pages the storm's long-lived objects land in (lib/slab.h). */
 SLAB_DEFINE(gw_pendings, SLAB_INIT("gw_pending", struct gw_pending));
 
+/* Requests that wait for PostgreSQL or Redis: one user's are capped across
+ * its connections (--max-inflight-per-user), since the per-connection rate
+ * limit times 32 connections let one user queue minutes of work on the
+ * gateway's single PostgreSQL connection ahead of everyone else's. A send
+ * waits for Kafka and has its own bounds. */
+static int gw_op_is_backend(enum proto_op op) { return op != OP_SEND && op != OP_TYPING; }
+
 static void gw_pending_free(struct gw_pending *p)
 {
+    if (p->backend && p->c->u) { /* once closed, the connection gave its count back */
+        p->c->u->inflight--;
+        p->c->backend--;
+    }
     gw_conn_unref(p->c);
     slab_free(&gw_pendings, p);
 }
@@ -45,6 +57,11 @@ static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_r
     p->g = c->g;
     p->c = c;
     c->pending++;
+    p->backend = gw_op_is_backend(r->op);
+    if (p->backend) {
+        c->u->inflight++;
+        c->backend++;
+    }
     p->op = r->op;
     strcpy(p->rid, r->rid);
     strcpy(p->room, r->room);
@@ -515,6 +532,11 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
     if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && r->op != OP_SYNC &&
         r->op != OP_READ && !gw_member_find(c->g, c->u, r->room)) {
         gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
+        return;
+    }
+    if (gw_op_is_backend(r->op) && c->u->inflight >= g->conf->max_inflight_per_user) {
+        metric_inc(g->m.user_inflight_refused);
+        gw_send_error(c, r->rid, ERR_RATE_LIMITED, "too many requests in flight for this user, retry shortly");
         return;
     }
     switch (r->op) {

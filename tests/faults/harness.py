@@ -569,10 +569,14 @@ class Run:
 
         async def local(c, room):
             async with sem:
-                try:
-                    r = await c.request("presence", wait_online=False, timeout=10, room=room)
-                except Disconnected:
-                    return None
+                for _ in range(50):  # rate_limited: the user's requests in flight are capped
+                    try:
+                        r = await c.request("presence", wait_online=False, timeout=10, room=room)
+                    except Disconnected:
+                        return None
+                    if r.get("code") != "rate_limited":
+                        break
+                    await asyncio.sleep(0.1)
             return not (r.get("op") == "error" and r.get("code") == "not_member")
 
         todo = [p for i, c in enumerate(self.clients) if not getattr(c, "excluded", False)

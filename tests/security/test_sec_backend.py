@@ -124,9 +124,6 @@ def test_slow_query_fails_alone(sec):
     seclib.arun(run(), timeout=60)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 review: nothing bounds one user's PostgreSQL "
-                   "work across its connections; `rooms` costs O(rooms) and 32 connections at "
-                   "the rate limit stall every other client of the gateway")
 def test_one_users_rooms_flood_does_not_stall_the_gateway(sec):
     """Defaults of a gateway (rate 20/s, burst 50, 32 connections a user,
     1000 rooms a user): one signed-in user in 1000 rooms sends `rooms` from
@@ -136,7 +133,11 @@ def test_one_users_rooms_flood_does_not_stall_the_gateway(sec):
     on 4182375: the rooms query takes ~18 ms in PostgreSQL, ~5,300 requests
     in 6 s queue ~95 s of work on the gateway's one PostgreSQL connection
     and pin its loop (8.4 s CPU); the bystander's sync took 5 s, then got
-    no answer within 10 s."""
+    no answer within 10 s. --max-inflight-per-user (16) bounds one user's
+    share: the test checks the cap refused some of the flood (so the flood
+    was real). With the cap lifted (--max-inflight-per-user=100000 added to
+    gw_args) it fails as before: measured on 57abcba+cap, not run in CI
+    (46 s)."""
     import json
     c = harness.Cluster(os.path.dirname(sec.c.dir), sec.c.pg, "roomsflood", n_gw=1, n_cl=1,
                         gw_args=["--rate=20", "--rate-burst=50", "--max-conns-per-user=32",
@@ -192,8 +193,10 @@ def test_one_users_rooms_flood_does_not_stall_the_gateway(sec):
             return lat, errs
 
         lat, errs = seclib.arun(run(), timeout=120)
+        refused = c.metric("gateway0", "chatd_user_inflight_refused_total")
         print(f"rooms flood by one user: bystander syncs {len(lat)}, max {max(lat):.2f} s, "
-              f"errors {errs[:5]}")
+              f"errors {errs[:5]}, flood requests refused by the cap {refused:.0f}")
+        assert refused > 0, "the flood never reached --max-inflight-per-user: not a test of it"
         assert not errs and max(lat) <= 3.0, \
             f"a bystander's sync: max {max(lat):.2f} s, errors {errs[:5]} ({len(lat)} syncs)"
     finally:

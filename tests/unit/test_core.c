@@ -50,6 +50,7 @@ static void test_conf_defaults(void **state)
     assert_int_equal(c.max_conns, 10000);
     assert_int_equal(c.max_conns_per_user, 32);
     assert_int_equal(c.max_rooms_per_user, 1000);
+    assert_int_equal(c.max_inflight_per_user, 16);
     assert_string_equal(c.origins, "");
     assert_int_equal(c.max_header, 16384);
     assert_int_equal(c.max_url, 8192);
