@@ -27,7 +27,9 @@ if [ "${1:-}" = --parse ]; then
   lagging "$2"
   exit
 fi
+# KAFKA_TOPICS / KAFKA_READY_BOOTSTRAP: for tests/deploy/test_k8s_kafka.py.
 out=$(KAFKA_HEAP_OPTS="-Xmx128m" KAFKA_JMX_OPTS="" LOG_DIR=/tmp \
-      timeout 25 /opt/kafka/bin/kafka-topics.sh --bootstrap-server localhost:9092 \
+      timeout 25 "${KAFKA_TOPICS:-/opt/kafka/bin/kafka-topics.sh}" \
+      --bootstrap-server "${KAFKA_READY_BOOTSTRAP:-localhost:9092}" \
       --describe --under-replicated-partitions)
 lagging "${HOSTNAME##*-}" <<<"$out"
