@@ -2,6 +2,8 @@
 """What a cluster would do with a rendered overlay (make k8s-check).
 
     k8s-assert.py RENDER.yaml OVERLAY_DIR
+    k8s-assert.py --self-test RENDER.yaml OVERLAY_DIR   (a good render: plants
+        one defect per rule in a copy and checks each is reported)
 
 Schemas (scripts/k8s-validate) say the objects are well formed; this says
 what they would do once applied: which image each workload runs, whether a
@@ -146,10 +148,9 @@ def selects(sel, labels):
     return all(labels.get(k) == v for k, v in ml.items())
 
 
-def main():
-    render, overlay = sys.argv[1], sys.argv[2]
-    objs = [o for o in yaml.safe_load_all(open(render)) if o]
-    kust = yaml.safe_load(open(os.path.join(overlay, "kustomization.yaml")))
+def check(objs, kust, overlay):
+    """Every problem of one render, as strings."""
+    errs.clear()
     workloads = [o for o in objs if o["kind"] in WORKLOADS]
     by_name = {who(o): o for o in objs}
     hpas = [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
@@ -345,8 +346,10 @@ def main():
         for c in spec.get("containers", []):
             if image_repo(c["image"]) != "redis":
                 continue
-            text = " ".join(c.get("command", []) + c.get("args", [])) + "\n" + "\n".join(
-                t for p, t in files.items() if p in " ".join(c.get("command", []) + c.get("args", [])))
+            argv = " ".join(c.get("command", []) + c.get("args", []))
+            conf = "\n".join(t for p, t in files.items() if p in argv)
+            conf = "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
+            text = argv + "\n" + conf
             pol = re.search(r"maxmemory-policy\"?\s+\"?(\S+?)\"?(\s|$)", text)
             if not pol or pol.group(1) != "noeviction":
                 err(who(o), f"container {c['name']}: maxmemory-policy is not noeviction (chatd's keys must not be evicted)")
@@ -383,6 +386,102 @@ def main():
             err(who(o), "no ensure-topics init container: chatd starts before its topics exist and nothing "
                         "creates them again if they are lost")
 
+    return list(errs)
+
+
+def find(objs, kind, name):
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def container(objs, kind, name):
+    return pod_spec(find(objs, kind, name))["containers"][0]
+
+
+def _m_kafka_mount(objs):
+    for m in container(objs, "StatefulSet", "kafka")["volumeMounts"]:
+        if m["name"] == "data":
+            m["mountPath"] = "/var/lib/kafka"
+
+
+def _m_redis_argv(objs):
+    c = container(objs, "StatefulSet", "redis")
+    c["args"] = ["--requirepass", "$(REDISCLI_AUTH)", "--maxmemory-policy", "noeviction", "--maxmemory", "1gb"]
+
+
+def _m_job(objs):
+    cm = next(o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
+    c = container(objs, "StatefulSet", "chatd-gateway")
+    objs.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "topics"},
+                 "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/name": "chatd"}},
+                                       "spec": {"restartPolicy": "OnFailure", "securityContext": c.get("securityContext", {}),
+                                                "containers": [{**c, "envFrom": [{"configMapRef": {"name": cm}}]}]}}}})
+
+
+def _m_spread(objs):
+    for t in pod_spec(find(objs, "StatefulSet", "chatd-gateway"))["topologySpreadConstraints"]:
+        t["whenUnsatisfiable"] = "ScheduleAnyway"
+
+
+def _m_maxmemory(objs):
+    c = container(objs, "StatefulSet", "redis")
+    c["args"] = [a.replace("maxmemory %smb", "x %s") for a in c["args"]]
+
+
+# One defect per rule, made in a copy of a good render: each must be reported
+# with the given words (the rules cannot silently stop checking).
+MUTATIONS = [
+    ("image", lambda o: container(o, "StatefulSet", "chatd-gateway").update(image="localhost/chatd:other"),
+     "the overlay's images: entry says"),
+    ("kafka version", lambda o: container(o, "StatefulSet", "kafka").update(image="apache/kafka:3.7.1"),
+     "the project tests Kafka"),
+    ("kafka mount", _m_kafka_mount, "below the image's VOLUME /var/lib/kafka/data"),
+    ("prometheus emptyDir", lambda o: [v.update({"emptyDir": {}}) or v.pop("persistentVolumeClaim")
+                                       for v in pod_spec(find(o, "Deployment", "prometheus"))["volumes"]
+                                       if v["name"] == "data"], "is on no persistent volume"),
+    ("hpa replicas", lambda o: find(o, "Deployment", "chatd-classifier")["spec"].update(replicas=3),
+     "every apply resets the autoscaler"),
+    ("spread", _m_spread, "no hard spread across nodes"),
+    ("tcp readiness", lambda o: container(o, "StatefulSet", "kafka").update(readinessProbe={"tcpSocket": {"port": 9092}}),
+     "readinessProbe is a TCP connect"),
+    ("pdb policy", lambda o: find(o, "PodDisruptionBudget", "kafka")["spec"].pop("unhealthyPodEvictionPolicy"),
+     "blocks every node drain"),
+    ("pod security", lambda o: container(o, "StatefulSet", "redis").pop("securityContext"),
+     "fails Pod Security restricted"),
+    ("argv secret", _m_redis_argv, "Secret-backed $REDISCLI_AUTH into its argv"),
+    ("network policy", lambda o: o.remove(find(o, "NetworkPolicy", "kafka")), "backend without a NetworkPolicy"),
+    ("maxmemory", _m_maxmemory, "no maxmemory"),
+    ("job", _m_job, "a Job's template is immutable"),
+    ("topics init", lambda o: pod_spec(find(o, "Deployment", "chatd-classifier")).pop("initContainers"),
+     "no ensure-topics init container"),
+]
+
+
+def self_test(objs, kust, overlay):
+    import copy
+    bad = 0
+    if check(objs, kust, overlay):
+        print("k8s-assert: self-test needs a render without problems", file=sys.stderr)
+        return 1
+    for name, mutate, want in MUTATIONS:
+        o = copy.deepcopy(objs)
+        mutate(o)
+        got = check(o, kust, overlay)
+        if not any(want in e for e in got):
+            print(f"k8s-assert: self-test {name}: no problem saying {want!r} (got: {got})", file=sys.stderr)
+            bad = 1
+    if not bad:
+        print(f"k8s-assert: self-test: each of {len(MUTATIONS)} planted defects reported")
+    return bad
+
+
+def main():
+    test = sys.argv[1] == "--self-test"
+    render, overlay = sys.argv[1 + test], sys.argv[2 + test]
+    objs = [o for o in yaml.safe_load_all(open(render)) if o]
+    kust = yaml.safe_load(open(os.path.join(overlay, "kustomization.yaml")))
+    if test:
+        return self_test(objs, kust, overlay)
+    check(objs, kust, overlay)
     for e in errs:
         print(f"k8s-assert: {e}", file=sys.stderr)
     name = os.path.basename(os.path.normpath(overlay))
