@@ -79,7 +79,12 @@ static int chatd_http_ops(struct chatd *d, http_req_t *req, int metrics)
 {
     const char *path = http_req_path(req);
     if (!strcmp(path, "/healthz")) {
-        http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
+        /* A fatal Kafka client error is not healed by waiting: 503, so the
+         * liveness probe restarts the pod (it would stay unready forever). */
+        if (kafka_fatal_errors())
+            http_respond(req, 503, "text/plain", "kafka client failed\n", 20, NULL);
+        else
+            http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
     } else if (!strcmp(path, "/readyz")) {
         int ok = chatd_ready(d);
         http_respond(req, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n", ok ? 6 : 10, NULL);
@@ -102,6 +107,14 @@ static void chatd_on_http(http_req_t *req, void *user)
     struct chatd *d = user;
     if (chatd_http_ops(d, req, !d->admin))
         return;
+    if (d->conf.fault_injection && d->producer && !strcmp(http_req_path(req), "/faults/kafka-fatal")) {
+        int rc = kafka_producer_test_fatal(d->producer);
+        if (rc)
+            http_respond_error(req, 500, err_code(rc), "fatal error not raised");
+        else
+            http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
+        return;
+    }
     if (d->broker && d->conf.fault_injection && broker_role_http(d->broker, req))
         return;
     if (!d->gateway || !gateway_http(d->gateway, req))
