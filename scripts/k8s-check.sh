@@ -19,6 +19,9 @@
 #  - kube-score (pinned, built from the Go module proxy by scripts/k8s-tools.sh
 #    into .run/k8s-tools/) on every render; its exceptions are below and in
 #    kube-score/ignore annotations, each with its reason.
+#  - scripts/psa-check (k8s.io/pod-security-admission, pinned by its go.sum,
+#    built the same way): every pod template against Pod Security
+#    "restricted" as the API server evaluates it.
 #  - the Kafka readiness script's ISR rule on sample describe output.
 # Rendered files are left in build/k8s/ for inspection.
 set -euo pipefail
@@ -31,7 +34,8 @@ if [ -z "$kv" ] || [ "$kv" -lt 4 ]; then
     exit 1
 fi
 bash scripts/deps.sh prometheus python3-yaml
-KUBE_SCORE=$(bash scripts/k8s-tools.sh)
+KUBE_SCORE=$(bash scripts/k8s-tools.sh kube-score)
+PSA_CHECK=$(bash scripts/k8s-tools.sh psa-check)
 # node + npm: the machine's own if it has them (NodeSource's nodejs carries
 # npm and conflicts with Debian's npm package), else Debian's.
 command -v npm >/dev/null || bash scripts/deps.sh nodejs npm
@@ -54,6 +58,9 @@ for dir in k8s/overlays/*/; do
     /usr/bin/python3 scripts/k8s-assert.py "$out/$o.yaml" "$dir"
     # ... and its rules still see what they are for (one planted defect each).
     /usr/bin/python3 scripts/k8s-assert.py --self-test "$out/$o.yaml" "$dir"
+    # Pod Security "restricted" (what the namespace enforces) as the API
+    # server's own evaluator decides it.
+    "$PSA_CHECK" -level restricted "$out/$o.yaml"
     # kube-score exceptions, for every overlay:
     #  - CPU limits: CFS quotas throttle an event loop in bursts (latency
     #    spikes for every client of the process); CPU requests are set.
