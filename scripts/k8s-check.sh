@@ -22,7 +22,10 @@
 #  - scripts/psa-check (k8s.io/pod-security-admission, pinned by its go.sum,
 #    built the same way): every pod template against Pod Security
 #    "restricted" as the API server evaluates it.
-#  - the Kafka readiness script's ISR rule on sample describe output.
+#  - the Kafka readiness script's ISR rule on sample describe output, and the
+#    rendered Redis container run against redis-server (tests/deploy/
+#    test_k8s_redis.py). k8s/base's Kafka scripts against a real Kafka:
+#    make k8s-kafka-test.
 # Rendered files are left in build/k8s/ for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +103,9 @@ row 1,2,0 1,2 | bash "$r" --parse 2 >/dev/null || { echo "k8s-check: kafka-ready
 row 10,2 10,2 | bash "$r" --parse 1 >/dev/null || { echo "k8s-check: kafka-ready.sh confuses broker 1 with 10" >&2; exit 1; }
 bash "$r" --parse 1 </dev/null || { echo "k8s-check: kafka-ready.sh unready with nothing under-replicated" >&2; exit 1; }
 bash -n k8s/base/ensure-topics.sh
+# The rendered Redis container run against Debian's redis-server: password
+# out of every argv, maxmemory from the limit, writes refused when full.
+/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/deploy/test_k8s_redis.py
 
 # production expects chatd-secrets to be created by the operator (docs/DEPLOY.md).
 node "$V/validate.mjs" "$out/local.yaml"
