@@ -126,7 +126,7 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: $(BUILD)/chatd browser-deps
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
 # ---- real Apache Kafka (scripts/kafka.py; jars pinned by scripts/kafka/pom.xml) ----
 KAFKA         ?= embedded
@@ -134,7 +134,7 @@ KAFKA_DIR     ?= $(abspath .run/kafka)
 KAFKA_NODES   ?= 3
 KAFKA_VERSION ?=
 KAFKA_FLAGS    = --nodes $(KAFKA_NODES) $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-# The integration and fault suites with CHATD_TEST_KAFKA=real: one single-node Kafka per
+# The integration, fault and browser suites with CHATD_TEST_KAFKA=real: one single-node Kafka per
 # session (tests/integration/kafkamode.py), topics created by chatd.
 KAFKA_TEST_ENV = CHATD_TEST_KAFKA=real $(if $(KAFKA_VERSION),CHATD_KAFKA_VERSION=$(KAFKA_VERSION))
 
@@ -144,9 +144,9 @@ kafka-up:
 kafka-down:
 	$(PYTHON) scripts/kafka.py down $(KAFKA_DIR)
 
-integration-kafka: $(BUILD)/chatd
+integration-kafka: $(BUILD)/chatd browser-deps
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/integration tests/faults $(PYTEST_ARGS)
+	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/browser $(PYTEST_ARGS)
 
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).

@@ -1,7 +1,9 @@
 """Browser test fixtures: a fresh cluster (broker, 2 classifiers, 2 gateways,
 its own Redis, PostgreSQL and database) from the fault suite's harness
 (tests/faults/harness.py, which builds on tests/integration/chatlib.py), so
-the test can SIGKILL and restart a gateway like the fault tests do.
+the test can SIGKILL and restart a gateway like the fault tests do. With
+CHATD_TEST_KAFKA=real the cluster runs on the session's Apache Kafka
+(tests/integration/kafkamode.py) instead of its own embedded broker.
 """
 import os
 import shutil
@@ -25,12 +27,22 @@ def browser_workdir():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def browser_kafka(browser_workdir):
+    if not harness.kafkamode.REAL:
+        yield None
+        return
+    yield harness.kafkamode.acquire(os.path.join(browser_workdir, "kafka"))
+    harness.kafkamode.release()
+
+
 @pytest.fixture
-def browser_cluster(browser_workdir, request):
+def browser_cluster(browser_workdir, browser_kafka, request):
     d = tempfile.mkdtemp(prefix=request.node.name[:40] + "-", dir=browser_workdir)  # one per test
     os.chmod(d, 0o755)
     pg = harness.Postgres(d)
-    c = harness.Cluster(d, pg, "browser")
+    # A name of its own per test: on real Kafka it names the cluster's topics and group.
+    c = harness.Cluster(d, pg, "browser-" + request.node.name[5:40], kafka=browser_kafka)
     try:
         c.start()
     except Exception as e:

@@ -40,6 +40,19 @@ KAFKA_TEST_OPTS = ["--kafka-opt=session.timeout.ms=3000",
                    "--kafka-opt=heartbeat.interval.ms=300"]
 
 
+def ready_timeout(argv):
+    """READY_TIMEOUT, stretched for a consumer with a longer session: the
+    embedded broker (librdkafka's mock) holds each rebalance round for the
+    session timeout less 1 s, and a member that joins after the first round
+    takes up to three cooperative rounds before it owns partitions (seen in
+    CI: 3 x 14 s with session.timeout.ms=15000, ready after 45 s)."""
+    session_ms = 3000
+    for a in argv:
+        if a.startswith("--kafka-opt=session.timeout.ms="):
+            session_ms = int(a.rsplit("=", 1)[1])
+    return max(READY_TIMEOUT, 10 + 4 * session_ms / 1000)
+
+
 def sanitized_build(path=CHATD_BIN):
     """True for an ASan build (slower; its allocator keeps freed memory)."""
     try:
@@ -208,7 +221,7 @@ class Cluster:
                         + common + self.gw_args + list(self.gw_args_by_id.get(i, ())),
                         env=env)
         for n, p in self.procs.items():
-            wait_ready(p, self.ports[n], READY_TIMEOUT)
+            wait_ready(p, self.ports[n], ready_timeout(p.argv))
         return self
 
     def stop(self):
@@ -259,7 +272,7 @@ class Cluster:
                    expect_clean_exit=True)
         self.procs[name] = new
         if wait:
-            wait_ready(new, self.ports[name], READY_TIMEOUT)
+            wait_ready(new, self.ports[name], ready_timeout(new.argv))
         return new
 
     def add_gateway(self, i, wait=True):
