@@ -13,6 +13,7 @@
 #   make chatbench  build build/chatbench, the load generator (bench/)
 #   make deploy-test promtool check metrics + a real Prometheus scraping a cluster (part of make test)
 #   make k8s-check  render every k8s/ overlay (kubectl kustomize) and validate it offline
+#   make k8s-kafka-test  k8s/base's Kafka scripts against a real 3-node Kafka
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
 #                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
@@ -46,7 +47,7 @@ PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
 .PHONY: all deps test unit integration integration-kafka kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
-        image k8s-check \
+        image k8s-check k8s-kafka-test \
         bench bench-deps bench-peer \
         browser-deps screenshots
 all: $(BUILD)/chatd
@@ -173,6 +174,12 @@ image:
 
 k8s-check:
 	bash scripts/k8s-check.sh
+
+# k8s/base's Kafka scripts (the topics init container, the ISR readiness
+# probe) against a real 3-node Kafka of scripts/kafka/pom.xml's version.
+k8s-kafka-test:
+	$(PYTHON) scripts/kafka.py fetch
+	$(PYTHON) -m pytest -q -x -p no:cacheprovider tests/deploy/test_k8s_kafka.py $(PYTEST_ARGS)
 
 # Random faults (gateway/classifier kill, Redis restarted empty, PostgreSQL
 # down, Kafka broker faults) under traffic for DURATION seconds, then the

@@ -1,9 +1,11 @@
 /* chatd: parse the configuration, start the role(s), run the loop, drain on
  * SIGTERM. One libuv loop per process; see docs/ARCHITECTURE.md. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -77,7 +79,12 @@ static int chatd_http_ops(struct chatd *d, http_req_t *req, int metrics)
 {
     const char *path = http_req_path(req);
     if (!strcmp(path, "/healthz")) {
-        http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
+        /* A fatal Kafka client error is not healed by waiting: 503, so the
+         * liveness probe restarts the pod (it would stay unready forever). */
+        if (kafka_fatal_errors())
+            http_respond(req, 503, "text/plain", "kafka client failed\n", 20, NULL);
+        else
+            http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
     } else if (!strcmp(path, "/readyz")) {
         int ok = chatd_ready(d);
         http_respond(req, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n", ok ? 6 : 10, NULL);
@@ -100,6 +107,14 @@ static void chatd_on_http(http_req_t *req, void *user)
     struct chatd *d = user;
     if (chatd_http_ops(d, req, !d->admin))
         return;
+    if (d->conf.fault_injection && d->producer && !strcmp(http_req_path(req), "/faults/kafka-fatal")) {
+        int rc = kafka_producer_test_fatal(d->producer);
+        if (rc)
+            http_respond_error(req, 500, err_code(rc), "fatal error not raised");
+        else
+            http_respond(req, 200, "text/plain", "ok\n", 3, NULL);
+        return;
+    }
     if (d->broker && d->conf.fault_injection && broker_role_http(d->broker, req))
         return;
     if (!d->gateway || !gateway_http(d->gateway, req))
@@ -368,6 +383,40 @@ static int chatd_run(struct chatd *d)
     return 0;
 }
 
+/* Where a container runtime starts processes with a soft open-file limit of
+ * 1024, a gateway runs out of descriptors near 1,000 sockets; the hard limit
+ * is what the operator granted, so take all of it, and say what it is. */
+static void chatd_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        log_warn("nofile_unknown", "err=\"%s\"", strerror(errno));
+        return;
+    }
+    rlim_t was = rl.rlim_cur, want = rl.rlim_max;
+    if (want == RLIM_INFINITY) {
+        /* Linux refuses an unlimited RLIMIT_NOFILE: its ceiling is nr_open. */
+        unsigned long long n = 1048576;
+        FILE *f = fopen("/proc/sys/fs/nr_open", "r");
+        if (f) {
+            if (fscanf(f, "%llu", &n) != 1)
+                n = 1048576;
+            fclose(f);
+        }
+        want = (rlim_t)n;
+    }
+    if (rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+            log_warn("nofile_raise_failed", "soft=%llu hard=%llu err=\"%s\"", (unsigned long long)was,
+                     (unsigned long long)rl.rlim_max, strerror(errno));
+            return;
+        }
+    }
+    log_info("nofile", "soft=%llu was=%llu hard=%llu", (unsigned long long)rl.rlim_cur,
+             (unsigned long long)was, (unsigned long long)rl.rlim_max);
+}
+
 int main(int argc, char **argv)
 {
     static struct chatd d;
@@ -377,6 +426,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     log_init(d.conf.log_level, conf_role_name(d.conf.role),
              chatd_has_gateway(&d) ? d.conf.gateway_id : -1);
+    chatd_raise_nofile();
     if (chatd_has_gateway(&d) && !d.conf.jwt_secret[0]) {
         /* Dev tokens without a secret: a random one, good for this process only. */
         unsigned char r[24];

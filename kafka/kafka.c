@@ -213,6 +213,11 @@ static void kafka_on_log_event(rd_kafka_t *rk, rd_kafka_event_t *ev)
         kafka_log_line(level, rd_kafka_name(rk), fac, str);
 }
 
+/* Loop thread only (error events are polled there). */
+static unsigned kafka_fatal_count;
+
+unsigned kafka_fatal_errors(void) { return kafka_fatal_count; }
+
 /* Returns 1 if the error is fatal for the client instance. */
 static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healthy)
 {
@@ -221,6 +226,8 @@ static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healt
     int fatal = rd_kafka_event_error_is_fatal(ev);
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         *healthy = 0;
+    if (fatal)
+        kafka_fatal_count++;
     if (fatal)
         log_error("kafka_fatal", "client=%s err=%s msg=%s", rd_kafka_name(rk),
                   rd_kafka_err2name(err), log_q(s, strlen(s)));
@@ -650,6 +657,14 @@ int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, con
     p->pending.prev = d;
     p->inflight++;
     return 0;
+}
+
+int kafka_producer_test_fatal(kafka_producer_t *p)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    rd_kafka_resp_err_t e = rd_kafka_test_fatal_error(p->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                                      "chatd fault injection");
+    return e ? ERR_UNAVAILABLE : 0;
 }
 
 int kafka_producer_healthy(const kafka_producer_t *p)

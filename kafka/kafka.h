@@ -85,6 +85,13 @@ void kafka_producer_warm(kafka_producer_t *p, const char *topic);
 int kafka_producer_healthy(const kafka_producer_t *p);
 /* Records produced but not yet acknowledged. */
 size_t kafka_producer_inflight(const kafka_producer_t *p);
+/* Fatal errors reported by any Kafka client of this process (librdkafka:
+ * the instance is unusable until the process restarts); /healthz fails on
+ * one, so the kubelet restarts the pod instead of leaving it unready. */
+unsigned kafka_fatal_errors(void);
+/* Fault injection (--fault-injection): raises a fabricated fatal error in
+ * the producer, as rd_kafka_test_fatal_error does for librdkafka's tests. */
+int kafka_producer_test_fatal(kafka_producer_t *p);
 /* The effective value of a librdkafka property (defaults + opts), for logs
  * and tests. 0, or ERR_NOT_FOUND for an unknown name. */
 int kafka_producer_setting(const kafka_producer_t *p, const char *name, char *buf, size_t len);

@@ -8,7 +8,7 @@ PKGS=(
   libuv1-dev librdkafka-dev libhiredis-dev libpq-dev
   libcjson-dev libjwt-dev libssl-dev libhttp-parser-dev libcmocka-dev uthash-dev
   redis-server postgresql
-  python3 python3-pytest python3-websockets python3-redis python3-psycopg2
+  python3 python3-pytest python3-websockets python3-redis python3-psycopg2 python3-yaml
   python3-jwt python3-cryptography
   curl procps
   prometheus

@@ -12,6 +12,20 @@
 #    every problem of bad.expected (it cannot silently stop checking).
 #  - promtool check config on the Prometheus config of the render (with the
 #    alerting rules it loads), and promtool test rules on those rules.
+#  - scripts/k8s-assert.py: what the cluster would do with each render (the
+#    image per workload, data on the volumes, spread, probes, PDB eviction
+#    policy, Pod Security restricted, NetworkPolicies, secrets out of argv,
+#    Redis maxmemory, Kafka = the version the project tests, ...).
+#  - kube-score (pinned, built from the Go module proxy by scripts/k8s-tools.sh
+#    into .run/k8s-tools/) on every render; its exceptions are below and in
+#    kube-score/ignore annotations, each with its reason.
+#  - scripts/psa-check (k8s.io/pod-security-admission, pinned by its go.sum,
+#    built the same way): every pod template against Pod Security
+#    "restricted" as the API server evaluates it.
+#  - the Kafka readiness script's ISR rule on sample describe output, and the
+#    rendered Redis container run against redis-server (tests/deploy/
+#    test_k8s_redis.py). k8s/base's Kafka scripts against a real Kafka:
+#    make k8s-kafka-test.
 # Rendered files are left in build/k8s/ for inspection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +36,9 @@ if [ -z "$kv" ] || [ "$kv" -lt 4 ]; then
     echo "k8s-check: needs kubectl with kustomize >= v4 (found: $(kubectl version --client 2>&1 | tr '\n' ' '))" >&2
     exit 1
 fi
-bash scripts/deps.sh prometheus
+bash scripts/deps.sh prometheus python3-yaml
+KUBE_SCORE=$(bash scripts/k8s-tools.sh kube-score)
+PSA_CHECK=$(bash scripts/k8s-tools.sh psa-check)
 # node + npm: the machine's own if it has them (NodeSource's nodejs carries
 # npm and conflicts with Debian's npm package), else Debian's.
 command -v npm >/dev/null || bash scripts/deps.sh nodejs npm
@@ -39,6 +55,57 @@ for dir in k8s/overlays/*/; do
     kubectl kustomize "$dir" > "$out/$o.yaml"
     echo "k8s-check: rendered $o: $(grep -c '^kind:' "$out/$o.yaml") objects"
 done
+
+for dir in k8s/overlays/*/; do
+    o=$(basename "$dir")
+    /usr/bin/python3 scripts/k8s-assert.py "$out/$o.yaml" "$dir"
+    # ... and its rules still see what they are for (one planted defect each).
+    /usr/bin/python3 scripts/k8s-assert.py --self-test "$out/$o.yaml" "$dir"
+    # Pod Security "restricted" (what the namespace enforces) as the API
+    # server's own evaluator decides it.
+    "$PSA_CHECK" -level restricted "$out/$o.yaml"
+    # kube-score exceptions, for every overlay:
+    #  - CPU limits: CFS quotas throttle an event loop in bursts (latency
+    #    spikes for every client of the process); CPU requests are set.
+    #  - imagePullPolicy Always: tags are pinned versions; IfNotPresent lets
+    #    a kind/k3d cluster run an image loaded into it (local overlay).
+    #  - ephemeral-storage requests/limits: root filesystems are read-only
+    #    (Kafka's holds only its generated config), scratch is size-limited
+    #    emptyDirs, data is on PVCs.
+    #  - user/group id >= 10000: the backends run as their images' own users
+    #    (redis/postgres 999, kafka 1000, grafana 472), who own the images'
+    #    files; k8s-assert.py requires runAsNonRoot and Pod Security restricted.
+    # Warnings are printed, not fatal: egress NetworkPolicies (egress stays
+    # open: DNS, replication; ingress is what k8s-assert.py requires) and the
+    # local overlay's single-replica HPA.
+    extra=()
+    # local: make image tags localhost/chatd:latest, loaded into kind.
+    [ "$o" = local ] && extra+=(--ignore-test container-image-tag)
+    if ! ks=$("$KUBE_SCORE" score --kubernetes-version v1.27 --output-format ci \
+            --ignore-container-cpu-limit \
+            --ignore-test container-image-pull-policy \
+            --ignore-test container-ephemeral-storage-request-and-limit \
+            --ignore-test container-security-context-user-group-id \
+            "${extra[@]}" "$out/$o.yaml"); then
+        grep -E '^\[(CRITICAL|WARNING)\]' <<<"$ks" >&2
+        echo "k8s-check: kube-score fails the $o render" >&2
+        exit 1
+    fi
+    echo "k8s-check: kube-score $o: $(grep -c '^\[OK\]' <<<"$ks") ok, $(grep -c '^\[WARNING\]' <<<"$ks") warning(s), no critical"
+    grep '^\[WARNING\]' <<<"$ks" | sed 's/^/  /' || true
+done
+
+# Kafka readiness: out of the ISR of a partition it replicates = unready.
+r=k8s/base/kafka-ready.sh
+row() { printf 'Topic: chat-send\tTopicId: x\tPartition: 0\tLeader: 1\tReplicas: %s\tIsr: %s\tElr: \tLastKnownElr: \n' "$1" "$2"; }
+row 1,2,0 1,2 | bash "$r" --parse 0 >/dev/null && { echo "k8s-check: kafka-ready.sh says ready out of the ISR" >&2; exit 1; }
+row 1,2,0 1,2 | bash "$r" --parse 2 >/dev/null || { echo "k8s-check: kafka-ready.sh says unready in the ISR" >&2; exit 1; }
+row 10,2 10,2 | bash "$r" --parse 1 >/dev/null || { echo "k8s-check: kafka-ready.sh confuses broker 1 with 10" >&2; exit 1; }
+bash "$r" --parse 1 </dev/null || { echo "k8s-check: kafka-ready.sh unready with nothing under-replicated" >&2; exit 1; }
+bash -n k8s/base/ensure-topics.sh
+# The rendered Redis container run against Debian's redis-server: password
+# out of every argv, maxmemory from the limit, writes refused when full.
+/usr/bin/python3 -m pytest -q -p no:cacheprovider tests/deploy/test_k8s_redis.py
 
 # production expects chatd-secrets to be created by the operator (docs/DEPLOY.md).
 node "$V/validate.mjs" "$out/local.yaml"

@@ -1,0 +1,496 @@
+#!/usr/bin/python3
+"""What a cluster would do with a rendered overlay (make k8s-check).
+
+    k8s-assert.py RENDER.yaml OVERLAY_DIR
+    k8s-assert.py --self-test RENDER.yaml OVERLAY_DIR   (a good render: plants
+        one defect per rule in a copy and checks each is reported)
+
+Schemas (scripts/k8s-validate) say the objects are well formed; this says
+what they would do once applied: which image each workload runs, whether a
+store's data lands on its volume, whether scheduling, probes, disruption
+budgets, security contexts and network policies do what chatd's operations
+rely on. Each rule is written for the class of defect, not one object; every
+problem is printed, exit 1 if any. Needs python3-yaml (scripts/deps.sh).
+"""
+import os
+import re
+import sys
+
+import yaml
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+# Where each image keeps its data, from its Dockerfile: the VOLUME paths
+# (a runtime such as containerd mounts an anonymous, container-private
+# volume at each one not covered by a mount of the pod: anything a pod
+# mounts *above* a VOLUME path does not receive what is written below it),
+# and how the pod's spec tells the data directory.
+#   apache/kafka: docker/jvm/Dockerfile, VOLUME ["/etc/kafka/secrets",
+#                 "/var/lib/kafka/data", "/mnt/shared/config"]; log.dirs
+#   redis:        VOLUME /data, WORKDIR /data; `dir` of its config
+#   postgres:     VOLUME /var/lib/postgresql/data; PGDATA
+#   prom/prometheus: VOLUME ["/prometheus"]; --storage.tsdb.path
+# An image with a persistent volume but no entry here is an error: add it.
+IMAGES = {
+    "apache/kafka": {
+        "volumes": ["/etc/kafka/secrets", "/var/lib/kafka/data", "/mnt/shared/config"],
+        "data": lambda c, objs: env_value(c, "KAFKA_LOG_DIRS") or "/tmp/kraft-combined-logs",
+    },
+    "redis": {"volumes": ["/data"], "data": lambda c, objs: redis_dir(c, objs)},
+    "postgres": {
+        "volumes": ["/var/lib/postgresql/data"],
+        "data": lambda c, objs: env_value(c, "PGDATA") or "/var/lib/postgresql/data",
+    },
+    "prom/prometheus": {
+        "volumes": ["/prometheus"],
+        "data": lambda c, objs: flag_value(c, "--storage.tsdb.path") or "/prometheus",
+    },
+}
+
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+HASHED = re.compile(r"-[a-z0-9]{10}$")  # kustomize's generator suffix
+
+errs = []
+
+
+def err(who, msg):
+    errs.append(f"{who}: {msg}")
+
+
+def pod_spec(o):
+    if o["kind"] == "CronJob":
+        return o["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    return o["spec"]["template"]["spec"]
+
+
+def pod_labels(o):
+    t = o["spec"]["jobTemplate"]["spec"]["template"] if o["kind"] == "CronJob" else o["spec"]["template"]
+    return t.get("metadata", {}).get("labels", {})
+
+
+def containers(spec):
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]
+
+
+def who(o):
+    return f"{o['kind']}/{o['metadata']['name']}"
+
+
+def env_value(c, name):
+    for e in c.get("env", []):
+        if e["name"] == name and "value" in e:
+            return e["value"]
+    return None
+
+
+def flag_value(c, flag):
+    for a in c.get("args", []) + c.get("command", []):
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def config_files(objs, spec):
+    """name -> text of every ConfigMap key mounted by the pod, per mount path."""
+    cms = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
+    out = {}
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    for c in spec.get("containers", []):
+        for m in c.get("volumeMounts", []):
+            v = vols.get(m["name"], {})
+            cm = cms.get(v.get("configMap", {}).get("name"))
+            if cm:
+                for k, text in cm.get("data", {}).items():
+                    out[os.path.join(m["mountPath"], k)] = text
+    return out
+
+
+def redis_dir(c, objs):
+    text = " ".join(c.get("command", []) + c.get("args", []))
+    m = re.search(r"--dir\s+(\S+)", text)
+    if m:
+        return m.group(1)
+    for path, conf in CURRENT_FILES.items():
+        if path in text:
+            m = re.search(r"^dir\s+(\S+)", conf, re.M)
+            if m:
+                return m.group(1)
+    return "/data"  # the image's WORKDIR, Redis's default ./
+
+
+CURRENT_FILES = {}
+
+
+def image_repo(image):
+    name = image.rsplit("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    for p in ("docker.io/library/", "docker.io/"):
+        if name.startswith(p):
+            name = name[len(p):]
+    return name
+
+
+def image_tag(image):
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else "latest"
+
+
+def under(path, root):
+    path, root = path.rstrip("/"), root.rstrip("/")
+    return path == root or path.startswith(root + "/")
+
+
+def selects(sel, labels):
+    ml = (sel or {}).get("matchLabels", {})
+    if (sel or {}).get("matchExpressions"):
+        return False  # not used here; treat as not matching rather than guess
+    return all(labels.get(k) == v for k, v in ml.items())
+
+
+def check(objs, kust, overlay):
+    """Every problem of one render, as strings."""
+    errs.clear()
+    workloads = [o for o in objs if o["kind"] in WORKLOADS]
+    by_name = {who(o): o for o in objs}
+    hpas = [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
+
+    # 1. The image of every chatd container is the overlay's `images: chatd`
+    # entry (what `kustomize edit set image chatd=...` edits).
+    want = [i for i in kust.get("images", []) if i.get("name") == "chatd"]
+    if len(want) != 1:
+        err(overlay, "no `images:` entry for chatd: the chatd workloads' image would not be set")
+    else:
+        w = want[0]
+        want_image = f"{w.get('newName', 'chatd')}:{w.get('newTag', 'latest')}"
+        for o in workloads:
+            if pod_labels(o).get("app.kubernetes.io/name") != "chatd":
+                continue
+            for c in pod_spec(o).get("containers", []):
+                if c["image"] != want_image:
+                    err(who(o), f"container {c['name']} runs image {c['image']}, the overlay's images: entry says {want_image}")
+    for o in workloads:
+        for c in containers(pod_spec(o)):
+            if image_repo(c["image"]) == "chatd":
+                err(who(o), f"container {c['name']} has the unresolved image name {c['image']}")
+
+    # 2. Kafka is the version the project tests (scripts/kafka/pom.xml).
+    pom = open(os.path.join(ROOT, "scripts/kafka/pom.xml")).read()
+    tested = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", pom).group(1)
+    for o in workloads:
+        for c in containers(pod_spec(o)):
+            if image_repo(c["image"]) == "apache/kafka" and image_tag(c["image"]) != tested:
+                err(who(o), f"container {c['name']} runs {c['image']}; the project tests Kafka {tested} "
+                            "(scripts/kafka/pom.xml, docs/DEPLOY.md 'Kafka versions')")
+
+    # 3. Every persistent volume is mounted where the image keeps its data.
+    # (Servers only: a Job running an image's tools keeps no data.)
+    for o in workloads:
+        if o["kind"] in ("Job", "CronJob"):
+            continue
+        spec = pod_spec(o)
+        persistent = {t["metadata"]["name"] for t in o["spec"].get("volumeClaimTemplates", [])}
+        persistent |= {v["name"] for v in spec.get("volumes", []) if "persistentVolumeClaim" in v}
+        global CURRENT_FILES
+        CURRENT_FILES = config_files(objs, spec)
+        used = set()
+        for c in spec.get("containers", []):
+            mounts = [m for m in c.get("volumeMounts", []) if m["name"] in persistent]
+            used |= {m["name"] for m in mounts}
+            entry = IMAGES.get(image_repo(c["image"]))
+            if entry is None:
+                if mounts:
+                    err(who(o), f"container {c['name']} ({c['image']}) mounts a persistent volume, but "
+                                "scripts/k8s-assert.py does not know where that image keeps its data")
+                continue
+            data = entry["data"](c, objs)
+            home = [m for m in mounts if under(data, m["mountPath"])]
+            if not home:
+                err(who(o), f"container {c['name']}: data directory {data} is on no persistent volume "
+                            f"(mounts: {', '.join(m['mountPath'] for m in c.get('volumeMounts', [])) or 'none'})")
+                continue
+            m = max(home, key=lambda m: len(m["mountPath"]))
+            for vol in entry["volumes"]:
+                if vol.rstrip("/") != m["mountPath"].rstrip("/") and under(vol, m["mountPath"]) and under(data, vol):
+                    err(who(o), f"container {c['name']}: data directory {data} is below the image's VOLUME {vol}, "
+                                f"but the volume is mounted at {m['mountPath']}: the runtime mounts a "
+                                "container-private volume at " + vol + " and the data never reaches the PVC")
+        for name in persistent - used:
+            err(who(o), f"persistent volume {name} is mounted by no container")
+
+    # 4. No HPA target sets replicas (every apply would reset the autoscaler).
+    for h in hpas:
+        t = h["spec"]["scaleTargetRef"]
+        tgt = by_name.get(f"{t['kind']}/{t['name']}")
+        if tgt is not None and "replicas" in tgt["spec"]:
+            err(who(tgt), f"sets spec.replicas ({tgt['spec']['replicas']}) but {who(h)} scales it: "
+                          "every apply resets the autoscaler")
+
+    # 5. Spread: a workload that runs (or may scale to) more than one pod
+    # never puts them all on one node, hard.
+    for o in workloads:
+        if o["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        n = o["spec"].get("replicas", 1)
+        for h in hpas:
+            if h["spec"]["scaleTargetRef"]["name"] == o["metadata"]["name"]:
+                n = max(n, h["spec"]["maxReplicas"])
+        if n < 2:
+            continue
+        spec, labels = pod_spec(o), pod_labels(o)
+        ok = any(t.get("topologyKey") == "kubernetes.io/hostname" and t.get("whenUnsatisfiable") == "DoNotSchedule"
+                 and selects(t.get("labelSelector"), labels) for t in spec.get("topologySpreadConstraints", []))
+        anti = spec.get("affinity", {}).get("podAntiAffinity", {})
+        ok = ok or any(t.get("topologyKey") == "kubernetes.io/hostname" and selects(t.get("labelSelector"), labels)
+                       for t in anti.get("requiredDuringSchedulingIgnoredDuringExecution", []))
+        if not ok:
+            err(who(o), f"up to {n} pods and no hard spread across nodes (required podAntiAffinity or a "
+                        "DoNotSchedule topologySpreadConstraint on kubernetes.io/hostname selecting its pods)")
+
+    # 6. Readiness tests readiness to serve: every long-running container
+    # with a port has a readiness probe, and it is not a bare TCP connect
+    # (a listening socket says nothing about the data behind it). Kafka's
+    # must look at replication (kafka-ready.sh: in the ISR of its partitions).
+    for o in workloads:
+        if o["kind"] not in ("Deployment", "StatefulSet", "DaemonSet"):
+            continue
+        for c in pod_spec(o).get("containers", []):
+            if not c.get("ports"):
+                continue
+            rp = c.get("readinessProbe")
+            if not rp:
+                err(who(o), f"container {c['name']} has no readinessProbe")
+            elif "tcpSocket" in rp:
+                err(who(o), f"container {c['name']}: readinessProbe is a TCP connect, which passes before the "
+                            "process can serve (Kafka: while its partitions are under-replicated)")
+            if image_repo(c["image"]) == "apache/kafka" and rp and "kafka-ready.sh" not in " ".join(
+                    rp.get("exec", {}).get("command", [])):
+                err(who(o), f"container {c['name']}: Kafka readiness must be kafka-ready.sh (in the ISR of "
+                            "every partition it holds)")
+
+    # 7. PDBs let unready pods be evicted (else one stuck pod blocks drains).
+    for o in objs:
+        if o["kind"] == "PodDisruptionBudget" and o["spec"].get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            err(who(o), "no unhealthyPodEvictionPolicy: AlwaysAllow: an unready pod it covers blocks every node drain")
+
+    # 8. Pod Security "restricted", enforced and met by every container.
+    ns = [o for o in objs if o["kind"] == "Namespace"]
+    for o in ns:
+        if o["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+            err(who(o), "not labelled pod-security.kubernetes.io/enforce: restricted")
+    for o in workloads:
+        spec = pod_spec(o)
+        psc = spec.get("securityContext", {})
+        for k in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(k):
+                err(who(o), f"{k}: true")
+        for v in spec.get("volumes", []):
+            if "hostPath" in v:
+                err(who(o), f"hostPath volume {v['name']}")
+        for c in containers(spec):
+            sc = c.get("securityContext", {})
+            eff = lambda k: sc.get(k, psc.get(k))  # noqa: E731
+            bad = []
+            if eff("runAsNonRoot") is not True:
+                bad.append("runAsNonRoot is not true")
+            if eff("runAsUser") == 0:
+                bad.append("runAsUser 0")
+            if sc.get("allowPrivilegeEscalation") is not False:
+                bad.append("allowPrivilegeEscalation is not false")
+            if sc.get("privileged"):
+                bad.append("privileged")
+            if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+                bad.append("capabilities do not drop ALL")
+            if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+                bad.append("adds capabilities")
+            if (eff("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+                bad.append("no seccompProfile RuntimeDefault")
+            if bad:
+                err(who(o), f"container {c['name']} fails Pod Security restricted: {'; '.join(bad)}")
+
+    # 9. Secrets stay out of argv (ps on the node, /proc/PID/cmdline): no
+    # command or args expands a variable that comes from a Secret.
+    for o in workloads:
+        for c in containers(pod_spec(o)):
+            secret_vars = {e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+            argv = " ".join(c.get("command", []) + c.get("args", []))
+            for v in sorted(secret_vars):
+                if f"$({v})" in argv:
+                    err(who(o), f"container {c['name']} puts the Secret-backed ${v} into its argv")
+
+    # 10. Network policies: every pod is selected by an ingress policy; a
+    # backend (a StatefulSet other than chatd's own) admits only pods it
+    # names, never "from anywhere".
+    nps = [o for o in objs if o["kind"] == "NetworkPolicy" and "Ingress" in o["spec"].get("policyTypes", ["Ingress"])]
+    for o in workloads:
+        labels = pod_labels(o)
+        mine = [p for p in nps if selects(p["spec"].get("podSelector"), labels)]
+        if not mine:
+            err(who(o), "no NetworkPolicy selects its pods: any pod in the cluster can connect to them")
+            continue
+        if o["kind"] == "StatefulSet" and labels.get("app.kubernetes.io/name") != "chatd":
+            named = [p for p in mine if p["spec"].get("podSelector", {}).get("matchLabels")]
+            if not named:
+                err(who(o), "backend without a NetworkPolicy of its own (only the namespace default)")
+            for p in named:
+                for rule in p["spec"].get("ingress", []):
+                    froms = rule.get("from", [])
+                    if not froms or any("podSelector" not in f or not f["podSelector"].get("matchLabels") for f in froms):
+                        err(who(p), f"admits {who(o)}'s pods from unnamed sources: a backend admits named pods only")
+
+    # 11. Redis refuses writes when full instead of being OOM-killed: a
+    # refusing maxmemory-policy and a maxmemory below the container's limit.
+    for o in workloads:
+        spec = pod_spec(o)
+        files = config_files(objs, spec)
+        for c in spec.get("containers", []):
+            if image_repo(c["image"]) != "redis":
+                continue
+            argv = " ".join(c.get("command", []) + c.get("args", []))
+            conf = "\n".join(t for p, t in files.items() if p in argv)
+            conf = "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#"))
+            text = argv + "\n" + conf
+            pol = re.search(r"maxmemory-policy\"?\s+\"?(\S+?)\"?(\s|$)", text)
+            if not pol or pol.group(1) != "noeviction":
+                err(who(o), f"container {c['name']}: maxmemory-policy is not noeviction (chatd's keys must not be evicted)")
+            limit = c.get("resources", {}).get("limits", {}).get("memory")
+            from_limit = any(e.get("valueFrom", {}).get("resourceFieldRef", {}).get("resource") == "limits.memory"
+                             for e in c.get("env", []))
+            if not re.search(r"maxmemory\s", text.replace("maxmemory-policy", "")):
+                err(who(o), f"container {c['name']}: no maxmemory: Redis grows to its memory limit and is "
+                            "OOM-killed instead of refusing writes")
+            elif not limit or not from_limit:
+                err(who(o), f"container {c['name']}: maxmemory is not derived from the container's memory limit "
+                            "(env from resourceFieldRef limits.memory)")
+
+    # 12. Jobs are immutable: a Job's pod template must not name a generated
+    # (content-hashed) ConfigMap or Secret, or the next apply after a config
+    # change fails on it.
+    gen = {o["metadata"]["name"] for o in objs if o["kind"] in ("ConfigMap", "Secret") and HASHED.search(o["metadata"]["name"])}
+    for o in workloads:
+        if o["kind"] not in ("Job", "CronJob"):
+            continue
+        text = yaml.safe_dump(pod_spec(o))
+        for name in sorted(gen):
+            if re.search(r"\b" + re.escape(name) + r"\b", text):
+                err(who(o), f"pod template names the generated {name}: a Job's template is immutable, so "
+                            "the first apply after that config changes fails")
+
+    # 13. chatd waits for its topics: every chatd workload's pods run the
+    # topic init container (ensure-topics.sh) before chatd.
+    for o in workloads:
+        if pod_labels(o).get("app.kubernetes.io/name") != "chatd" or o["kind"] in ("Job", "CronJob"):
+            continue
+        inits = pod_spec(o).get("initContainers", [])
+        if not any("ensure-topics.sh" in " ".join(i.get("command", []) + i.get("args", [])) for i in inits):
+            err(who(o), "no ensure-topics init container: chatd starts before its topics exist and nothing "
+                        "creates them again if they are lost")
+
+    return list(errs)
+
+
+def find(objs, kind, name):
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def container(objs, kind, name):
+    return pod_spec(find(objs, kind, name))["containers"][0]
+
+
+def _m_kafka_mount(objs):
+    for m in container(objs, "StatefulSet", "kafka")["volumeMounts"]:
+        if m["name"] == "data":
+            m["mountPath"] = "/var/lib/kafka"
+
+
+def _m_redis_argv(objs):
+    c = container(objs, "StatefulSet", "redis")
+    c["args"] = ["--requirepass", "$(REDISCLI_AUTH)", "--maxmemory-policy", "noeviction", "--maxmemory", "1gb"]
+
+
+def _m_job(objs):
+    cm = next(o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
+    c = container(objs, "StatefulSet", "chatd-gateway")
+    objs.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "topics"},
+                 "spec": {"template": {"metadata": {"labels": {"app.kubernetes.io/name": "chatd"}},
+                                       "spec": {"restartPolicy": "OnFailure", "securityContext": c.get("securityContext", {}),
+                                                "containers": [{**c, "envFrom": [{"configMapRef": {"name": cm}}]}]}}}})
+
+
+def _m_spread(objs):
+    for t in pod_spec(find(objs, "StatefulSet", "chatd-gateway"))["topologySpreadConstraints"]:
+        t["whenUnsatisfiable"] = "ScheduleAnyway"
+
+
+def _m_maxmemory(objs):
+    c = container(objs, "StatefulSet", "redis")
+    c["args"] = [a.replace("maxmemory %smb", "x %s") for a in c["args"]]
+
+
+# One defect per rule, made in a copy of a good render: each must be reported
+# with the given words (the rules cannot silently stop checking).
+MUTATIONS = [
+    ("image", lambda o: container(o, "StatefulSet", "chatd-gateway").update(image="localhost/chatd:other"),
+     "the overlay's images: entry says"),
+    ("kafka version", lambda o: container(o, "StatefulSet", "kafka").update(image="apache/kafka:3.7.1"),
+     "the project tests Kafka"),
+    ("kafka mount", _m_kafka_mount, "below the image's VOLUME /var/lib/kafka/data"),
+    ("prometheus emptyDir", lambda o: [v.update({"emptyDir": {}}) or v.pop("persistentVolumeClaim")
+                                       for v in pod_spec(find(o, "Deployment", "prometheus"))["volumes"]
+                                       if v["name"] == "data"], "is on no persistent volume"),
+    ("hpa replicas", lambda o: find(o, "Deployment", "chatd-classifier")["spec"].update(replicas=3),
+     "every apply resets the autoscaler"),
+    ("spread", _m_spread, "no hard spread across nodes"),
+    ("tcp readiness", lambda o: container(o, "StatefulSet", "kafka").update(readinessProbe={"tcpSocket": {"port": 9092}}),
+     "readinessProbe is a TCP connect"),
+    ("pdb policy", lambda o: find(o, "PodDisruptionBudget", "kafka")["spec"].pop("unhealthyPodEvictionPolicy"),
+     "blocks every node drain"),
+    ("pod security", lambda o: container(o, "StatefulSet", "redis").pop("securityContext"),
+     "fails Pod Security restricted"),
+    ("argv secret", _m_redis_argv, "Secret-backed $REDISCLI_AUTH into its argv"),
+    ("network policy", lambda o: o.remove(find(o, "NetworkPolicy", "kafka")), "backend without a NetworkPolicy"),
+    ("maxmemory", _m_maxmemory, "no maxmemory"),
+    ("job", _m_job, "a Job's template is immutable"),
+    ("topics init", lambda o: pod_spec(find(o, "Deployment", "chatd-classifier")).pop("initContainers"),
+     "no ensure-topics init container"),
+]
+
+
+def self_test(objs, kust, overlay):
+    import copy
+    bad = 0
+    if check(objs, kust, overlay):
+        print("k8s-assert: self-test needs a render without problems", file=sys.stderr)
+        return 1
+    for name, mutate, want in MUTATIONS:
+        o = copy.deepcopy(objs)
+        mutate(o)
+        got = check(o, kust, overlay)
+        if not any(want in e for e in got):
+            print(f"k8s-assert: self-test {name}: no problem saying {want!r} (got: {got})", file=sys.stderr)
+            bad = 1
+    if not bad:
+        print(f"k8s-assert: self-test: each of {len(MUTATIONS)} planted defects reported")
+    return bad
+
+
+def main():
+    test = sys.argv[1] == "--self-test"
+    render, overlay = sys.argv[1 + test], sys.argv[2 + test]
+    objs = [o for o in yaml.safe_load_all(open(render)) if o]
+    kust = yaml.safe_load(open(os.path.join(overlay, "kustomization.yaml")))
+    if test:
+        return self_test(objs, kust, overlay)
+    check(objs, kust, overlay)
+    for e in errs:
+        print(f"k8s-assert: {e}", file=sys.stderr)
+    name = os.path.basename(os.path.normpath(overlay))
+    if errs:
+        print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"k8s-assert: {name}: {len(objs)} objects, 13 rules, no problem")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
