@@ -17,7 +17,7 @@
 #    policy, Pod Security restricted, NetworkPolicies, secrets out of argv,
 #    Redis maxmemory, Kafka = the version the project tests, ...).
 #  - kube-score (pinned, built from the Go module proxy by scripts/k8s-tools.sh
-#    into .run/k8s-tools/) on every render; its exceptions are below and in
+#    into /var/tmp/chatd-k8s-tools/) on every render; its exceptions are below and in
 #    kube-score/ignore annotations, each with its reason.
 #  - scripts/psa-check (k8s.io/pod-security-admission, pinned by its go.sum,
 #    built the same way): every pod template against Pod Security

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes manifest checkers make k8s-check runs, pinned, from
-# the Go module proxy, into .run/k8s-tools/ (ignored by git). Only the
-# binaries are kept (named by version or source hash): the first run builds
-# (1-2 minutes), later runs reuse them. Prints the binary's path.
+# the Go module proxy, into /var/tmp/chatd-k8s-tools/ (CHATD_K8S_TOOLS to
+# move it): outside the clone, like the image's base cache, so a fresh clone
+# (CI) does not pay the build (3 min cold). Only the binaries are kept, named
+# by version or source hash, so clones of any commit share them safely: the
+# first run builds, later runs reuse them. Prints the binary's path.
 #   k8s-tools.sh kube-score   github.com/zegl/kube-score at KUBE_SCORE_VERSION:
 #                             the probes, security context, PDB, anti-affinity,
 #                             NetworkPolicy and resource checks operators run.
@@ -21,7 +23,7 @@ cd "$(dirname "$0")/.."
 KUBE_SCORE_VERSION=v1.20.0
 
 tool=${1:?usage: k8s-tools.sh kube-score|psa-check}
-dir=$PWD/.run/k8s-tools
+dir=${CHATD_K8S_TOOLS:-/var/tmp/chatd-k8s-tools}
 case "$tool" in
     kube-score) bin=$dir/bin/kube-score-$KUBE_SCORE_VERSION ;;
     psa-check) bin=$dir/bin/psa-check-$(cat scripts/psa-check/go.mod scripts/psa-check/go.sum scripts/psa-check/*.go | sha256sum | cut -c1-12) ;;
@@ -38,17 +40,19 @@ if [ ! -x "$bin" ]; then
     mkdir -p "$dir/bin"
     echo "k8s-tools: building $tool with $($GO version)" >&2
     # GOTOOLCHAIN=local: never download another toolchain.
-    export GOMODCACHE=$dir/gomod GOCACHE=$dir/gocache GOTOOLCHAIN=local CGO_ENABLED=0
+    # Module and build caches of this build only (two clones may build at once).
+    work=$(mktemp -d "$dir/build.XXXXXX")
+    export GOMODCACHE=$work/gomod GOCACHE=$work/gocache GOTOOLCHAIN=local CGO_ENABLED=0
     if [ "$tool" = kube-score ]; then
         # go install pkg@version ignores any go.mod around it.
-        GOBIN=$dir/gobin GOFLAGS= "$GO" install "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION" >&2
-        mv "$dir/gobin/kube-score" "$bin.tmp"
+        GOBIN=$work/gobin GOFLAGS= "$GO" install "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION" >&2
+        mv "$work/gobin/kube-score" "$work/bin"
     else
-        (cd scripts/psa-check && GOFLAGS=-mod=readonly "$GO" build -o "$bin.tmp" .) >&2
+        (cd scripts/psa-check && GOFLAGS=-mod=readonly "$GO" build -o "$work/bin" .) >&2
     fi
-    mv "$bin.tmp" "$bin"
+    mv "$work/bin" "$bin"
     # The binaries are the cache; the module and build caches (~400 MB) are not kept.
     "$GO" clean -modcache
-    rm -rf "$dir/gocache" "$dir/gobin"
+    rm -rf "$work"
 fi
 echo "$bin"
