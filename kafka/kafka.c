@@ -995,10 +995,11 @@ static rd_kafka_resp_err_t kafka_consumer_start(kafka_consumer_t *c, const char 
  * and scripts/kafka.py lower it to 1 s. librdkafka's mock cluster checks
  * sessions once a second, holds a first JoinGroup 3 s and expires a member
  * whose JoinGroup is held longer than its session (the group never forms),
- * so the embedded broker keeps a session above 3 s. */
+ * so the embedded broker keeps a session above 3 s. A heartbeat is how a
+ * member learns that the group rebalances (a leave, a join): 100 ms. */
 #define KAFKA_SESSION_TIMEOUT_MS "2000"
 #define KAFKA_EMBEDDED_SESSION_TIMEOUT_MS "3500"
-#define KAFKA_HEARTBEAT_MS "250"
+#define KAFKA_HEARTBEAT_MS "100"
 #define KAFKA_COMMIT_INTERVAL_MS "200"
 
 static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
