@@ -1002,6 +1002,21 @@ static rd_kafka_resp_err_t kafka_consumer_start(kafka_consumer_t *c, const char 
 
 #define KAFKA_EMBEDDED_FETCH_WAIT_MS "2"
 
+/* Failover time (issue 18, docs/ARCHITECTURE.md "Failover"): a dead
+ * classifier's partitions move once the coordinator expires its session, so
+ * the session is short; a C client heartbeats from librdkafka's own thread
+ * (no GC, the loop's stalls do not delay it). A real broker refuses a
+ * session below its group.min.session.timeout.ms (6 s by default): k8s/
+ * and scripts/kafka.py lower it to 1 s. librdkafka's mock cluster checks
+ * sessions once a second, holds a first JoinGroup 3 s and expires a member
+ * whose JoinGroup is held longer than its session (the group never forms),
+ * so the embedded broker keeps a session above 3 s. A heartbeat is how a
+ * member learns that the group rebalances (a leave, a join): 100 ms. */
+#define KAFKA_SESSION_TIMEOUT_MS "2000"
+#define KAFKA_EMBEDDED_SESSION_TIMEOUT_MS "3500"
+#define KAFKA_HEARTBEAT_MS "100"
+#define KAFKA_COMMIT_INTERVAL_MS "200"
+
 static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
                               const struct kafka_conf *conf, const char *group_id,
                               const char *topic, int32_t partition, size_t max_batch,
@@ -1011,10 +1026,20 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
     const char *group_defaults[] = {
         "group.id", group_id,
         "partition.assignment.strategy", "cooperative-sticky",
-        "enable.auto.commit", "false",
+        /* The role stores an offset once its records are done
+         * (kafka_consumer_commit) and librdkafka commits the stored offsets
+         * every 200 ms, on a revoke and at close. Its timer skips a commit
+         * while the group rebalances; an application commit sent then gets
+         * ILLEGAL_GENERATION, and librdkafka 2.0.2 answers that by dropping
+         * the member's whole assignment (the survivor of a failover lost
+         * every partition it had: issue 18). */
+        "enable.auto.commit", "true",
+        "enable.auto.offset.store", "false",
+        "auto.commit.interval.ms", KAFKA_COMMIT_INTERVAL_MS,
         "auto.offset.reset", "earliest",
-        "session.timeout.ms", "6000",
-        "heartbeat.interval.ms", "500",
+        "session.timeout.ms",
+        conf->embedded ? KAFKA_EMBEDDED_SESSION_TIMEOUT_MS : KAFKA_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms", KAFKA_HEARTBEAT_MS,
         /* A real broker answers a waiting fetch as soon as data arrives; the
          * mock cluster holds it for the whole wait, so keep it short there.
          * 2 ms (bench/probe.py, rooms of 10 at 3,750 msgs/s): p99 14 ms
@@ -1088,9 +1113,14 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
     char wait_now[16] = "?";
     size_t wait_len = sizeof wait_now;
     rd_kafka_conf_get(rd_kafka_conf(c->rk), "fetch.wait.max.ms", wait_now, &wait_len);
+    char session[16] = "?", heartbeat[16] = "?";
+    size_t session_len = sizeof session, heartbeat_len = sizeof heartbeat;
+    rd_kafka_conf_get(rd_kafka_conf(c->rk), "session.timeout.ms", session, &session_len);
+    rd_kafka_conf_get(rd_kafka_conf(c->rk), "heartbeat.interval.ms", heartbeat, &heartbeat_len);
     if (c->group)
-        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s fetch_wait_ms=%s",
-                 rd_kafka_name(c->rk), group_id, topic, wait_now);
+        log_info("kafka_consumer_ready",
+                 "client=%s group=%s topic=%s fetch_wait_ms=%s session_ms=%s heartbeat_ms=%s",
+                 rd_kafka_name(c->rk), group_id, topic, wait_now, session, heartbeat);
     else
         log_info("kafka_consumer_ready", "client=%s topic=%s partition=%" PRId32 " fetch_wait_ms=%s",
                  rd_kafka_name(c->rk), topic, partition, wait_now);
@@ -1140,7 +1170,9 @@ int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_o
         return ERR_UNAVAILABLE;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, c->topic, partition)->offset = next_offset;
-    rd_kafka_resp_err_t err = rd_kafka_commit(c->rk, l, 1);
+    rd_kafka_resp_err_t err = rd_kafka_offsets_store(c->rk, l);
+    if (!err)
+        err = l->elems[0].err;
     rd_kafka_topic_partition_list_destroy(l);
     if (err) {
         log_warn("kafka_commit_failed", "client=%s partition=%" PRId32 " offset=%" PRId64 " err=%s",

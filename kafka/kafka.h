@@ -11,9 +11,10 @@
  *
  * Consumers hand records to the role in batches (up to max_batch per call).
  * A group consumer (classifier) subscribes with the cooperative-sticky
- * assignor, never auto-commits, and can be held (no deliveries) while the
- * role processes a batch. An assigned consumer (gateway) owns one fixed
- * partition, starts at its end and never commits.
+ * assignor, commits only the offsets the role stores (kafka_consumer_commit)
+ * and can be held (no deliveries) while the role processes a batch. An
+ * assigned consumer (gateway) owns one fixed partition, starts at its end
+ * and never commits.
  *
  * Client settings: every "key=value" in kafka_conf.opts is applied last, so
  * --kafka-opt can override anything (session.timeout.ms, linger.ms, ...).
@@ -115,7 +116,9 @@ int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
                                  void *user);
 /* hold=1: deliver no more batches until hold=0 (records wait in librdkafka). */
 void kafka_consumer_hold(kafka_consumer_t *c, int hold);
-/* Async commit of "next offset to read" for one partition of the subscribed topic. */
+/* Commit of "next offset to read" for one partition of the subscribed
+ * topic: stored at once, sent by librdkafka within auto.commit.interval.ms
+ * (200 ms), on a revoke and at close, never while the group rebalances. */
 int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset);
 /* 1 if partition is currently assigned to this consumer. */
 int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition);

@@ -147,9 +147,11 @@ class Postgres(chatlib.PGClient):
 class Cluster:
     def __init__(self, workdir, pg, name, gw_args=(), cl_args=(), broker_args=(),
                  gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None, kafka=None,
-                 receive_topic_partitions=None):
+                 receive_topic_partitions=None, kafka_opts=None):
         """kafka: a real Kafka (kafkamode) shared by the session; this cluster
         then uses topics and a group of its own, and has no broker process.
+        kafka_opts: the --kafka-opt flags of every chatd process (None: the
+        suite's KAFKA_TEST_OPTS; [] runs the settings chatd ships).
         receive_topic_partitions: (real Kafka) an operator created the
         receive topic with this many partitions before chatd started."""
         self.receive_topic_partitions = receive_topic_partitions
@@ -168,6 +170,7 @@ class Cluster:
         self.gw_args, self.cl_args = list(gw_args), list(cl_args)
         self.broker_args = list(broker_args)
         self.gw_env = gw_env
+        self.kafka_opts = KAFKA_TEST_OPTS if kafka_opts is None else list(kafka_opts)
         self.gw_args_by_id = gw_args_by_id or {}
         self.n_gw, self.n_cl, self.drain = n_gw, n_cl, drain
         self.procs = {}      # name -> Proc (current life)
@@ -204,7 +207,7 @@ class Cluster:
                                    "--log-level=info"] + self.broker_args)
             kargs = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}"]
         common = kargs + [f"--redis={self.redis.url}", f"--pg={self.conninfo}", "--log-level=info",
-                  "--receive-partitions=8", f"--drain={self.drain}"] + KAFKA_TEST_OPTS
+                  "--receive-partitions=8", f"--drain={self.drain}"] + self.kafka_opts
         for i in range(self.n_cl):
             n = f"classifier{i}"
             self.ports[n] = free_port()
