@@ -225,6 +225,8 @@ static void cl_fail(struct cl_batch *b, const char *step, int err)
 }
 
 static void cl_produce(struct cl_batch *b);
+static void cl_item_gws(struct cl_item *it, const int *gws, size_t n);
+static void cl_stored(struct cl_batch *b);
 
 /* Produces cur once it is stored and the batch before it is committed, and
  * lets the consumer hand over the next batch while cur's acks are awaited. */
@@ -324,6 +326,50 @@ static void cl_produce(struct cl_batch *b)
     cl_on_delivered(0, b);
 }
 
+/* ---- 3b. who gets the messages live: read once they are stored ---- */
+
+/* Read after the store, not with the seqs: a member whose gateway routed
+ * the room before the store gets the message live, and one whose gateway
+ * routes it after the store finds it stored when it syncs (a gateway
+ * routes a user's rooms before `hello`). Read with the seqs (step 2), a
+ * reader that reconnected between the two got it neither way whenever its
+ * sync could not wait for the room's head (the seq key lost to a Redis
+ * restart: issue 22 review). Costs one Redis call per room per batch. */
+static void cl_room_dests_done(struct cl_batch *b)
+{
+    if (--b->pending > 0 || b->c->closing)
+        return;
+    if (b->err)
+        cl_fail(b, "route", b->err);
+    else
+        cl_stored(b);
+}
+
+static void cl_on_room_dests(int err, const int *gws, size_t n, void *ud)
+{
+    struct cl_room *r = ud;
+    struct cl_batch *b = r->b;
+    if (err)
+        b->err = err;
+    for (size_t k = 0; !err && k < r->n; k++)
+        cl_item_gws(&b->items[r->idx[k]], gws, n);
+    cl_room_dests_done(b);
+}
+
+static void cl_route_stored(struct cl_batch *b)
+{
+    b->err = 0;
+    b->pending = 1;
+    struct cl_room *r, *tmp;
+    HASH_ITER(hh, b->rooms, r, tmp) {
+        if (r->n == 0)
+            continue;
+        b->pending++;
+        routes_dests(b->c->routes, r->name, NULL, cl_on_room_dests, r);
+    }
+    cl_room_dests_done(b);
+}
+
 /* ---- 3. store ---- */
 
 static void cl_stored(struct cl_batch *b)
@@ -414,7 +460,7 @@ static void cl_on_stored(int err, PGresult *res, void *ud)
         cl_on_collision(b, "messages_room_id", d);
         return;
     }
-    cl_stored(b);
+    cl_route_stored(b);
 }
 
 /* The (partition, epoch) pairs of the batch's messages, as array literals. */
@@ -468,7 +514,7 @@ static void cl_store(struct cl_batch *b)
     free(msgs);
 }
 
-/* ---- 2. seqs and routes (Redis) ---- */
+/* ---- 2. seqs (Redis; member events: their routes) ---- */
 
 struct cl_ref {
     struct cl_batch *b;
@@ -504,7 +550,7 @@ static void cl_item_gws(struct cl_item *it, const int *gws, size_t n)
     it->n_gws = n;
 }
 
-static void cl_on_assigned(int err, const int *gws, size_t n, void *ud)
+static void cl_on_assigned(int err, void *ud)
 {
     struct cl_room *r = ud;
     struct cl_batch *b = r->b;
@@ -517,7 +563,6 @@ static void cl_on_assigned(int err, const int *gws, size_t n, void *ud)
         it->dup = r->ai[k].dup;
         if (it->dup == ROUTES_DUP_OTHER)
             metric_inc(c->m.dups);
-        cl_item_gws(it, gws, n);
     }
     cl_route_done(b);
 }

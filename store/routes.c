@@ -27,8 +27,9 @@ struct routes {
 /* Assigns seqs to a room's messages of one batch, in order, in one call:
  * a call is atomic, so no other connection's commands (and no NOSCRIPT
  * retry) can slip between two messages of a room.
- * KEYS: seq, gw, then one id key per message. ARGV: ttl, floor, then per
- * message its known seq (or '') and its tag.
+ * KEYS: seq, then one id key per message. ARGV: ttl, floor, then per
+ * message its known seq (or '') and its tag. Who gets the messages live is
+ * read after they are stored (routes_dests), not here: roles/classifier.c.
  * For each message, in order:
  *   - PostgreSQL's seq for the id (known) wins over the id key;
  *   - else the id key's seq, unless it is <= floor (the room's max stored
@@ -44,9 +45,9 @@ static const char routes_assign_lua[] =
     "local ttl, floor = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
     "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
     "if cur < floor then redis.call('SET', KEYS[1], floor); cur = floor end\n"
-    "local out = {redis.call('HGETALL', KEYS[2])}\n"
-    "for i = 3, #KEYS do\n"
-    "  local known, tag = ARGV[2 * i - 3], ARGV[2 * i - 2]\n"
+    "local out = {}\n"
+    "for i = 2, #KEYS do\n"
+    "  local known, tag = ARGV[2 * i - 1], ARGV[2 * i]\n"
     "  local seq, t\n"
     "  local s = redis.call('GET', KEYS[i])\n"
     "  if s then\n"
@@ -534,14 +535,14 @@ static void routes_on_assign(int err, redisReply *r, void *user)
 {
     struct routes_op *op = user;
     struct routes_assign_item *items = op->items;
-    size_t n = 0, want = 1 + 2 * op->n_items;
+    size_t want = 2 * op->n_items;
     if (err == 0 && (r->type != REDIS_REPLY_ARRAY || r->elements != want)) {
         log_error("redis_script_failed", "script=assign items=%zu err=%s", op->n_items,
                   r->type == REDIS_REPLY_ERROR ? log_q(r->str, r->len) : "unexpected reply");
         err = ERR_UNAVAILABLE;
     }
     for (size_t i = 0; err == 0 && i < op->n_items; i++) {
-        const redisReply *s = r->element[1 + 2 * i], *d = r->element[2 + 2 * i];
+        const redisReply *s = r->element[2 * i], *d = r->element[2 * i + 1];
         if (s->type != REDIS_REPLY_INTEGER || d->type != REDIS_REPLY_INTEGER) {
             log_error("redis_script_failed", "script=assign err=\"unexpected reply\"");
             err = ERR_UNAVAILABLE;
@@ -550,29 +551,25 @@ static void routes_on_assign(int err, redisReply *r, void *user)
         items[i].seq = s->integer;
         items[i].dup = (int)d->integer;
     }
-    if (err == 0)
-        n = routes_collect(op->rt, r->element[0], op->gws, 0, (size_t)op->rt->n_gw);
-    op->cb.assign(err, op->gws, n, op->user);
+    op->cb.assign(err, op->user);
     routes_op_free(op);
 }
 
 void routes_assign(routes_t *rt, const char *room, int64_t floor, struct routes_assign_item *items,
                    size_t n, routes_assign_cb cb, void *user)
 {
-    /* Keys and args, each in one block: seq, gw, ids; ttl, floor, pairs. */
-    size_t argc = 2 + n + 2 + 2 * n;
+    /* Keys and args, each in one block: seq, ids; ttl, floor, pairs. */
+    size_t argc = 1 + n + 2 + 2 * n;
     const char **argv = malloc(argc * sizeof *argv);
     size_t *lens = malloc(argc * sizeof *lens);
-    char *keys = malloc((2 + n) * ROUTES_KEY_MAX);
+    char *keys = malloc((1 + n) * ROUTES_KEY_MAX);
     char *nums = malloc((2 + n) * 24);
     CHATD_ASSERT(argv && lens && keys && nums);
     size_t a = 0;
     routes_key(keys, "room", room, "seq");
-    routes_key(keys + ROUTES_KEY_MAX, "room", room, "gw");
     argv[a++] = keys;
-    argv[a++] = keys + ROUTES_KEY_MAX;
     for (size_t i = 0; i < n; i++) {
-        char idk[64], *k = keys + (2 + i) * ROUTES_KEY_MAX;
+        char idk[64], *k = keys + (1 + i) * ROUTES_KEY_MAX;
         snprintf(idk, sizeof idk, "id:%s", items[i].msg_id);
         routes_key(k, "room", room, idk);
         argv[a++] = k;
@@ -591,11 +588,11 @@ void routes_assign(routes_t *rt, const char *room, int64_t floor, struct routes_
     }
     for (size_t i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
-    struct routes_op *op = routes_op_new_gws(rt, user);
+    struct routes_op *op = routes_op_new(rt, user);
     op->cb.assign = cb;
     op->items = items;
     op->n_items = n;
-    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, (int)(2 + n), (int)argc, argv,
+    redis_script_run(rt->redis, &rt->assign, routes_on_assign, op, (int)(1 + n), (int)argc, argv,
                      lens);
     free(argv);
     free(lens);

@@ -53,8 +53,8 @@ struct routes_assign_item {
     int64_t seq;                  /* out */
     int dup;                      /* out: 0 or ROUTES_DUP_* */
 };
+typedef void (*routes_assign_cb)(int err, void *user);
 /* gws: live gateways with members of the room online (deduplicated). */
-typedef void (*routes_assign_cb)(int err, const int *gws, size_t n_gws, void *user);
 typedef void (*routes_dests_cb)(int err, const int *gws, size_t n_gws, void *user);
 typedef void (*routes_presence_cb)(int err, char **users, size_t n_users, void *user);
 

@@ -568,15 +568,12 @@ static void test_redis_script_preload(void **state)
 
 struct test_assign {
     int n, err;
-    size_t n_gws;
 };
 
-static void test_on_assign(int err, const int *gws, size_t n_gws, void *user)
+static void test_on_assign(int err, void *user)
 {
     struct test_assign *t = user;
-    (void)gws;
     t->err = err;
-    t->n_gws = n_gws;
     t->n++;
 }
 
