@@ -45,7 +45,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration integration-kafka kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+.PHONY: all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check \
         bench bench-deps bench-peer \
         browser-deps screenshots
@@ -136,6 +136,13 @@ KAFKA_FLAGS    = --nodes $(KAFKA_NODES) $(if $(KAFKA_VERSION),--version $(KAFKA_
 # The integration and fault suites with CHATD_TEST_KAFKA=real: one single-node Kafka per
 # session (tests/integration/kafkamode.py), topics created by chatd.
 KAFKA_TEST_ENV = CHATD_TEST_KAFKA=real $(if $(KAFKA_VERSION),CHATD_KAFKA_VERSION=$(KAFKA_VERSION))
+
+# Kafka's own faults on a three-node KRaft cluster (tests/faults/test_f12_*,
+# test_f13_*: leader, one broker 10 s / 30 s, two of three, whole cluster,
+# controller), checked by the fault checker. Not part of `make test`: TIMING_NOTE
+faults-kafka3: $(BUILD)/chatd
+	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
+	$(KAFKA_TEST_ENV) CHATD_TEST_KAFKA_NODES=3 CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -p no:cacheprovider tests/faults/test_f12_kafka_broker_kill.py tests/faults/test_f13_kafka_cluster_faults.py $(PYTEST_ARGS)
 
 kafka-up:
 	$(PYTHON) scripts/kafka.py up $(KAFKA_DIR) $(KAFKA_FLAGS)
