@@ -187,13 +187,36 @@ def test_kafka_two_of_three_down(kcluster):
     GRACE_S = 3.0  # acks of records replicated before the kill may still be on their way
     nodes = (1, 2)  # ids 2 and 3: node id 1 keeps running alone
 
+    async def probe_sends(probe, room, t_end):
+        """One send at a time, no resend, until t_end: each is answered."""
+        n = 0
+        while time.monotonic() < t_end:
+            n += 1
+            await probe.send_msg(room, f"probe #{n}", resend=False, deadline_s=30)
+        return n
+
     async def body():
         run, rooms, tr = await start_traffic(c, "f13c kafka two of three brokers down")
+        # The traffic's senders block on partitions whose leader is killed
+        # (each resends one message); a probe room on a partition the
+        # survivor leads gets a send accepted by a live leader, which
+        # must still not be acked: its followers are gone.
+        meta = await asyncio.to_thread(kafka3.metadata, k, c.topic_send)
+        led = sorted(p for p, (leader, _, _) in meta.items() if leader == 1)
+        assert led, f"node 1 leads no partition of {c.topic_send}: {meta}"
+        i = 0
+        while partition_of(f"probe-{c.kafka_prefix}-{i}") not in led:
+            i += 1
+        probe_room = f"probe-{c.kafka_prefix}-{i}"
+        probe = run.client(rooms=[probe_room])
+        await probe.start(gw=0)
         unav0 = unavailable_total(run)
         f = run.fault("kafka node2 + node3 SIGKILL")
         for n in nodes:
             await asyncio.to_thread(k.kill, n)
+        probing = asyncio.ensure_future(probe_sends(probe, probe_room, f[1] + DOWN_S - 11))
         await asyncio.sleep(DOWN_S)
+        n_probe = await probing
         t_end = time.monotonic()
         false_acks = acks_in(run, f[1] + GRACE_S, t_end)
         late = acks_in(run, f[1], f[1] + GRACE_S)
@@ -211,13 +234,17 @@ def test_kafka_two_of_three_down(kcluster):
                                 "every ISR back to 3")
         await asyncio.sleep(3)
         acked_after = harness.acked_after(run, t_back)
+        probe_unav = sum(1 for r in probe.sends for o in r.outcomes if o.startswith("unavail"))
         await finish(run, tr, f"acked_within_{GRACE_S:.0f}s_of_kill={late} "
+                              f"probe_sends_to_live_leader={n_probe} (unavailable {probe_unav}) "
                               f"acked_while_down={false_acks} unavailable_while_down={unav} "
-                              f"brokers_registered_after={ready_s:.1f}s first_ack_after_start={first:.1f}s "
+                              f"brokers_registered_after={ready_s:.1f}s "
+                              f"first_ack_after_start={first:.1f}s "
                               f"acked_after={acked_after}")
         assert false_acks == 0, f"{false_acks} sends acked while 2 of 3 brokers were down " \
                                 "(min.insync.replicas=2 cannot be met)"
         assert unav > 0, "no send answered `unavailable` while 2 of 3 brokers were down"
+        assert probe_unav > 0, "no probe send (live leader) answered `unavailable`"
     harness.run_bounded(body(), BODY_TIMEOUT)
 
 
