@@ -141,7 +141,7 @@ KAFKA_TEST_ENV = CHATD_TEST_KAFKA=real $(if $(KAFKA_VERSION),CHATD_KAFKA_VERSION
 # Kafka's own faults on a three-node KRaft cluster (tests/faults/test_f12_*,
 # test_f13_*: leader, one broker 10 s / 30 s, two of three, whole cluster,
 # controller), checked by the fault checker. Not part of `make test`: the six
-# tests took 7.6 min on the project's 2 cores (2026-12-07; three JVMs, each
+# tests took 7.6 and 8.2 min on the project's 2 cores (2026-12-07; three JVMs, each
 # fault held 10-30 s, broker fencing 9 s, node restarts 10-25 s), well past
 # the ~4 min a pass may add to a CI run that must stay under 45 minutes.
 faults-kafka3: $(BUILD)/chatd
