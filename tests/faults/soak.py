@@ -4,7 +4,8 @@ one of faults 1-6 at random every few seconds (gateway SIGKILL + restart,
 classifier SIGKILL + restart, Redis restarted empty, PostgreSQL down, Kafka
 broker down or failing requests (with CHATD_TEST_KAFKA=real: a real Kafka
 node SIGKILLed and started again, CHATD_TEST_KAFKA_NODES=3 for three),
-Redis's script cache flushed again and again), for --duration seconds; then the fault checker (checker.py).
+Redis's script cache flushed again and again), for --duration seconds;
+then the fault checker (checker.py).
 Besides the clients, bursts of records are produced straight into chat-send
 (thousands at a time, so classifier batches are larger than one Redis read)
 and checked for dense seqs, each sender's order and no loss. Seq collisions
