@@ -2,8 +2,10 @@
 """Soak with random faults: traffic from many clients while a schedule picks
 one of faults 1-6 at random every few seconds (gateway SIGKILL + restart,
 classifier SIGKILL + restart, Redis restarted empty, PostgreSQL down, Kafka
-broker down or failing requests, Redis's script cache flushed again and
-again), for --duration seconds; then the fault checker (checker.py).
+broker down or failing requests (with CHATD_TEST_KAFKA=real: a real Kafka
+node SIGKILLed and started again, CHATD_TEST_KAFKA_NODES=3 for three),
+Redis's script cache flushed again and again), for --duration seconds;
+then the fault checker (checker.py).
 Besides the clients, bursts of records are produced straight into chat-send
 (thousands at a time, so classifier batches are larger than one Redis read)
 and checked for dense seqs, each sender's order and no loss. Seq collisions
@@ -106,6 +108,24 @@ async def fault_script_flush(c, run, rnd):
         except Exception:  # noqa: BLE001 - Redis restarting: the fault goes on
             pass
         await asyncio.sleep(0.002)
+    run.restored(f)
+    return f
+
+
+async def fault_kafka_real(c, run, rnd):
+    """Real Kafka (CHATD_TEST_KAFKA=real): one node SIGKILLed, chosen at
+    random (on three nodes it may lead chat-send partitions, coordinate the
+    classifiers' group or be the active controller), down 3-20 s, started
+    again; the next fault waits until every node is registered."""
+    k = c.kafka
+    i = rnd.randrange(k.nodes)
+    down = rnd.uniform(3, 20) if k.nodes > 1 else rnd.uniform(2, 8)
+    f = run.fault(f"kafka node{i + 1} SIGKILL")
+    await asyncio.to_thread(k.kill, i)
+    try:
+        await asyncio.sleep(down)
+    finally:
+        await asyncio.to_thread(k.start, i)
     run.restored(f)
     return f
 
@@ -219,19 +239,25 @@ def main():
     rnd = random.Random(seed)
     faults = {int(x) for x in args.faults.split(",") if x.strip()}
     fi = harness.has_flag("fault-injection")
-    if 5 in faults and not fi:
+    real = harness.kafkamode.REAL
+    if real:
+        FAULTS[5] = fault_kafka_real
+    elif 5 in faults and not fi:
         log("chatd has no --fault-injection: fault 5 (Kafka) skipped")
         faults.discard(5)
     log(f"soak: chatd {harness.CHATD_BIN}, duration {args.duration:.0f}s, seed {seed}")
     work = tempfile.mkdtemp(prefix="chatd-soak-")
     os.chmod(work, 0o755)
-    pg = c = None
+    pg = c = kafka = None
     ok = False
     problems = []
     try:
         pg = harness.Postgres(work)
+        if real:
+            kafka = harness.kafkamode.acquire(os.path.join(work, "kafka"))
+            log(f"real Kafka {kafka.version}, {kafka.nodes} node(s): {kafka.bootstrap}")
         c = harness.Cluster(work, pg, "soak", broker_args=["--fault-injection"] if fi else [],
-                            cl_args=["--classifier-batch=2000"])
+                            cl_args=["--classifier-batch=2000"], kafka=kafka)
         c.start()
         res = harness.run_bounded(soak(c, args, rnd, faults), args.duration + 400)
         problems = res.problems
@@ -243,6 +269,8 @@ def main():
             problems += c.stop()
         if pg:
             pg.close()
+        if kafka:
+            harness.kafkamode.release()
         if problems:
             ok = False
             print("\n".join(problems), flush=True)
