@@ -591,29 +591,7 @@ static void pg_on_deadline(uv_timer_t *t)
     if (c->state != PG_ST_UP && c->state != PG_ST_CONNECTING)
         return;
     struct pg_query_req *q = c->fifo_head;
-    if (q && q->deadline_ms <= now && !q->abandoned) {
-        /* Every query past its deadline is answered ERR_TIMEOUT now and
-         * stays in the FIFO, its results dropped when they come: the server
-         * cancels a slow statement itself (statement_timeout), so one slow
-         * query does not fail the others in flight (issue 16). */
-        unsigned gen = c->gen, n = 0;
-        for (struct pg_query_req *p = q; p && p->deadline_ms <= now; p = p->next) {
-            if (p->abandoned)
-                continue;
-            pg_result_cb cb = p->cb;
-            void *user = p->user;
-            p->abandoned = 1;
-            p->cb = NULL;
-            p->deadline_ms = now + c->timeout_ms + PG_ABANDON_GRACE_MS;
-            metric_inc(pg_m_errors);
-            n++;
-            if (cb)
-                cb(ERR_TIMEOUT, NULL, user);
-            if (c->gen != gen || c->state != PG_ST_UP)
-                return; /* the callback reset or closed the client */
-        }
-        log_warn("pg_timeout", "timeout_ms=%u timed_out=%u inflight=%u", c->timeout_ms, n, c->inflight);
-    } else if (q && q->deadline_ms <= now) {
+    if (q && q->abandoned && q->deadline_ms <= now) {
         /* Not even the server's own cancel came back: the connection is
          * stuck. Not cancelled server-side: PQcancel blocks. */
         pg_fifo_pop(c);
@@ -628,6 +606,33 @@ static void pg_on_deadline(uv_timer_t *t)
         pg_deliver(q, ERR_TIMEOUT);
         return;
     }
+    /* Every query past its deadline is answered ERR_TIMEOUT now and stays in
+     * the FIFO, its results dropped when they come: the server cancels a
+     * slow statement itself (statement_timeout), so one slow query does not
+     * fail the others in flight (issue 16). Queries already answered are
+     * skipped wherever they sit: with only the head looked at, a due query
+     * behind an abandoned head re-armed this timer at 0 ms for ever (the
+     * gateway's loop spun in its timers: test_pg_timeout_behind_abandoned). */
+    unsigned gen = c->gen, n = 0;
+    for (struct pg_query_req *p = q; p; p = p->next) {
+        if (p->abandoned)
+            continue;
+        if (p->deadline_ms > now)
+            break; /* deadlines grow along the FIFO */
+        pg_result_cb cb = p->cb;
+        void *user = p->user;
+        p->abandoned = 1;
+        p->cb = NULL;
+        p->deadline_ms = now + c->timeout_ms + PG_ABANDON_GRACE_MS;
+        metric_inc(pg_m_errors);
+        n++;
+        if (cb)
+            cb(ERR_TIMEOUT, NULL, user);
+        if (c->gen != gen || c->state != PG_ST_UP)
+            return; /* the callback reset or closed the client */
+    }
+    if (n)
+        log_warn("pg_timeout", "timeout_ms=%u timed_out=%u inflight=%u", c->timeout_ms, n, c->inflight);
     uint64_t next = q ? q->deadline_ms : UINT64_MAX;
     for (struct pg_query_req *p = q; p; p = p->next) /* the first one not timed out yet */
         if (!p->abandoned) {

@@ -1068,6 +1068,57 @@ static void test_pg_timeout(void **state)
     test_loop_finish(&loop);
 }
 
+static void test_on_hang(int sig)
+{
+    (void)sig;
+    static const char m[] = "test_store: the loop hung (a timer re-armed at 0 ms for ever?)\n";
+    if (write(2, m, sizeof m - 1) < 0)
+        _exit(3);
+    _exit(2);
+}
+
+/* A query whose deadline passes while an abandoned (already answered) one
+ * is still the FIFO's head: it is answered ERR_TIMEOUT on time, and the
+ * loop goes on. On ddb9281 the deadline timer looked only at the head, saw
+ * it abandoned and not yet stuck, re-armed itself at 0 ms for the query
+ * behind, and spun inside libuv's timers: the gateway served nothing again
+ * and ignored SIGTERM (test_sec_backend's slow-query test, once in a few
+ * runs). The alarm turns that hang into a failure. */
+static void test_pg_timeout_behind_abandoned(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    signal(SIGALRM, test_on_hang);
+    alarm(20);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.kv, 300);
+    struct test_pgres pid = {0}, pid2 = {0}, slow = {0}, behind = {0};
+    test_pg_one(&loop, c, &pid, "SELECT pg_backend_pid()", NULL);
+    test_in_call = 1;
+    pg_query(c, "SELECT pg_sleep(2)", 0, NULL, test_on_pg, &slow);
+    test_in_call = 0;
+    test_sleep_loop(&loop, 50);
+    test_in_call = 1;
+    /* Due at ~350 ms: after the head is abandoned (300 ms), before the
+     * server cancels it (statement_timeout 375 ms), so both are in flight. */
+    pg_query(c, "SELECT 2", 0, NULL, test_on_pg, &behind);
+    test_in_call = 0;
+    uint64_t t0 = uv_hrtime();
+    assert_int_equal(test_wait_count(&loop, &behind.n, 1, 3000), 0);
+    double waited = (double)(uv_hrtime() - t0) / 1e6;
+    assert_int_equal(slow.n, 1);
+    assert_int_equal(slow.err, ERR_TIMEOUT);
+    assert_int_equal(behind.err, ERR_TIMEOUT);
+    assert_true(waited < 1500);
+    test_pg_one(&loop, c, &pid2, "SELECT pg_backend_pid()", NULL);
+    assert_int_equal(pid2.err, 0);
+    assert_string_equal(pid.val, pid2.val); /* the same connection */
+    alarm(0);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
 static void test_pg_connection_lost(void **state)
 {
     (void)state;
@@ -1163,6 +1214,7 @@ int main(void)
         cmocka_unit_test(test_pg_prepared),
         cmocka_unit_test(test_db_array_roundtrip),
         cmocka_unit_test(test_pg_timeout),
+        cmocka_unit_test(test_pg_timeout_behind_abandoned),
         cmocka_unit_test(test_pg_connection_lost),
         cmocka_unit_test(test_pg_unavailable_and_close),
     };
