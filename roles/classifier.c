@@ -335,15 +335,19 @@ static void cl_produce(struct cl_batch *b)
  * reader that reconnected between the two got it neither way whenever its
  * sync could not wait for the room's head (the seq key lost to a Redis
  * restart: issue 22 review). Costs one Redis call per room per batch. */
-static void cl_room_dests_done(struct cl_batch *b)
+/* One Redis reply of a step (2 or 3b) in: once all are, the batch goes on
+ * to next, or is retried whole. */
+static void cl_redis_step_done(struct cl_batch *b, void (*next)(struct cl_batch *))
 {
     if (--b->pending > 0 || b->c->closing)
         return;
     if (b->err)
         cl_fail(b, "route", b->err);
     else
-        cl_stored(b);
+        next(b);
 }
+
+static void cl_room_dests_done(struct cl_batch *b) { cl_redis_step_done(b, cl_stored); }
 
 static void cl_on_room_dests(int err, const int *gws, size_t n, void *ud)
 {
@@ -530,16 +534,7 @@ static struct cl_ref *cl_ref_new(struct cl_batch *b, size_t i)
     return r;
 }
 
-static void cl_route_done(struct cl_batch *b)
-{
-    classifier_t *c = b->c;
-    if (--b->pending > 0 || c->closing)
-        return;
-    if (b->err)
-        cl_fail(b, "route", b->err);
-    else
-        cl_store(b);
-}
+static void cl_route_done(struct cl_batch *b) { cl_redis_step_done(b, cl_store); }
 
 static void cl_item_gws(struct cl_item *it, const int *gws, size_t n)
 {

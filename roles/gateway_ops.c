@@ -26,7 +26,6 @@ struct gw_pending {
     int64_t after;
     int limit;
     int inserted;                 /* join/leave changed the membership */
-    int backend;                  /* counted in the user's inflight */
 };
 
 /* Thousands can be in flight in a join storm; a slab keeps them out of the
@@ -42,7 +41,7 @@ static int gw_op_is_backend(enum proto_op op) { return op != OP_SEND && op != OP
 
 static void gw_pending_free(struct gw_pending *p)
 {
-    if (p->backend && p->c->u) { /* once closed, the connection gave its count back */
+    if (gw_op_is_backend(p->op) && p->c->u) { /* once closed, the connection gave its count back */
         p->c->u->inflight--;
         p->c->backend--;
     }
@@ -57,8 +56,7 @@ static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_r
     p->g = c->g;
     p->c = c;
     c->pending++;
-    p->backend = gw_op_is_backend(r->op);
-    if (p->backend) {
+    if (gw_op_is_backend(r->op)) {
         c->u->inflight++;
         c->backend++;
     }
