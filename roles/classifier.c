@@ -55,7 +55,9 @@ struct cl_room {
  * assignment stays the same nobody else writes these rooms and the figure
  * is what PostgreSQL would answer: a batch asks PostgreSQL only for rooms it
  * has not seen (the per-batch query was a third of PostgreSQL's CPU). Any
- * assign or revoke empties it. */
+ * assign or revoke, fence take or seq collision empties it. It must never
+ * be above what PostgreSQL holds: the assign script sets the room's counter
+ * to it. */
 #define CL_FLOORS_MAX 65536
 struct cl_floor {
     int64_t floor;
@@ -766,6 +768,10 @@ static void cl_on_fence_taken(int err, PGresult *res, void *ud)
                                   f->epoch);
     }
     log_info("partition_fence_taken", "partitions=%s owner=%s", list, c->owner);
+    /* Someone else may have stored into these rooms since the floors were
+     * cached (a refusal retaken in the same generation): assign sets the
+     * counter to the floor, so a stale one would only cost a collision. */
+    cl_floors_clear(c);
     cl_rooms_clear(b);
     cl_lookup(b);
 }

@@ -30,22 +30,23 @@ struct routes {
  * KEYS: seq, then one id key per message. ARGV: ttl, floor, then per
  * message its known seq (or '') and its tag. Who gets the messages live is
  * read after they are stored (routes_dests), not here: roles/classifier.c.
- * For each message, in order:
- *   - PostgreSQL's seq for the id (known) wins over the id key;
- *   - else the id key's seq, unless it is <= floor (the room's max stored
- *     seq): the id is not stored, so that seq is held by another message (a
- *     collision repaired, or a counter reset behind PostgreSQL): reassign;
- *   - else INCR, after raising the counter to the floor.
- * The counter never stays below a seq a message keeps: with the counter
- * lost and an id key kept (eviction), INCR from the floor handed the kept
- * seq to the next message, a collision above the floor that no retry
- * repaired (issue 15 review).
- * dup: 0 new, 2 the id key is this record's (deliver), 1 another's. */
+ * The floor is the room's max stored seq, exact because only the holder of
+ * the partition's fence stores into the room. The counter is set to it,
+ * down as well as up: a seq above the floor was handed out and never
+ * stored (a failed attempt, a zombie's INCR, a counter restored from a
+ * stale floor), and counting on from it left a hole nobody fills (issue 15
+ * review). For each message, in order:
+ *   - PostgreSQL's seq for the id (known) wins: the counter rises to it;
+ *   - else an id already given a seq in this call keeps it (a resent cid
+ *     in the same batch);
+ *   - else INCR: an id key left from an earlier call names a seq that was
+ *     never stored, so it is not reused (the same record retried from the
+ *     same floor gets the same seq anyway).
+ * dup: 0 new, 2 the id key was this record's (deliver), 1 another's. */
 static const char routes_assign_lua[] =
     "local ttl, floor = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
-    "if cur < floor then redis.call('SET', KEYS[1], floor); cur = floor end\n"
-    "local out = {}\n"
+    "redis.call('SET', KEYS[1], floor)\n"
+    "local cur, seen, out = floor, {}, {}\n"
     "for i = 2, #KEYS do\n"
     "  local known, tag = ARGV[2 * i - 1], ARGV[2 * i]\n"
     "  local seq, t\n"
@@ -54,25 +55,25 @@ static const char routes_assign_lua[] =
     "    local a, b = string.match(s, '^(%d+)|?(.*)$')\n"
     "    seq, t = tonumber(a), b\n"
     "  end\n"
+    "  local dup\n"
     "  if known ~= '' then\n"
     "    if seq ~= tonumber(known) then\n"
     "      seq, t = tonumber(known), 'pg'\n"
     "      redis.call('SET', KEYS[i], known .. '|pg', 'EX', ttl)\n"
     "    end\n"
-    "  elseif seq and seq <= floor then\n"
-    "    seq = nil\n"
-    "  end\n"
-    "  if seq then\n"
     "    if seq > cur then redis.call('SET', KEYS[1], seq); cur = seq end\n"
-    "    out[#out + 1] = seq\n"
-    "    out[#out + 1] = (t == tag) and 2 or 1\n"
+    "    dup = (t == tag) and 2 or 1\n"
+    "  elseif seen[KEYS[i]] then\n"
+    "    dup = (t == tag) and 2 or 1\n"
     "  else\n"
-    "    local n = redis.call('INCR', KEYS[1])\n"
-    "    cur = n\n"
-    "    redis.call('SET', KEYS[i], n .. '|' .. tag, 'EX', ttl)\n"
-    "    out[#out + 1] = n\n"
-    "    out[#out + 1] = 0\n"
+    "    dup = (seq and t == tag) and 2 or 0\n"
+    "    seq = redis.call('INCR', KEYS[1])\n"
+    "    cur = seq\n"
+    "    redis.call('SET', KEYS[i], seq .. '|' .. tag, 'EX', ttl)\n"
     "  end\n"
+    "  seen[KEYS[i]] = true\n"
+    "  out[#out + 1] = seq\n"
+    "  out[#out + 1] = dup\n"
     "end\n"
     "return out\n";
 

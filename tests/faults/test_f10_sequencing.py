@@ -184,9 +184,6 @@ def _wait_blocked_script(r, timeout=10):
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15 review: a zombie's (or an in-doubt retry's) "
-                   "INCR for a record another writer stored meanwhile is never stored: a "
-                   "permanent hole in the room's seqs")
 def test_zombie_incr_leaves_no_hole(make_cluster):
     """The zombie case the fencing rule calls harmless. The classifier
     (about to become a zombie) looks record R up (not stored yet); before
@@ -194,9 +191,11 @@ def test_zombie_incr_leaves_no_hole(make_cluster):
     R at seq 6, and Redis restarts empty, after which the owner's next call
     restored the counter to its floor, 6 (simulated: the test does the
     owner's part directly). The zombie's assign finds no id key for R and
-    takes seq 7 from the counter; its store is refused, its retry learns R
-    is stored at 6; seq 7 is given to nobody and the room's next message is
-    stored at 8: seqs are no longer dense (PROTOCOL: "no gaps, ever")."""
+    took seq 7 from the counter; its store was refused, its retry learnt R
+    is stored at 6; seq 7 was given to nobody and the room's next message
+    was stored at 8: a hole (PROTOCOL: "no gaps, ever"). Now every assign
+    sets the counter to the owner's floor, so the zombie's INCR is undone
+    by the next assign of the room."""
     c, room, ids = _one_room_cluster(make_cluster)
     r = c.redis_client()
     r.set(f"{{room:{room}}}:seq", 6)
