@@ -204,3 +204,98 @@ def test_classifier_failover_stalls(make_cluster):
         res.assert_ok()
         assert not failures, "\n".join(failures + figures)
     harness.run_bounded(body(), 180)
+
+
+GW_DELIVERING_S = 5.0   # goal: a started gateway delivers live
+
+
+def test_gateway_restart_does_not_pause_others(make_cluster):
+    """Issue 18's gateway goal: a gateway's consumer owns its chat-receive
+    partition by assignment, not through a group, so a gateway that dies,
+    starts or stops must not pause the other gateway's deliveries. Rooms
+    sent to and read on gateway 1 only; gateway 0 carries readers of the
+    same rooms (they reconnect when it goes). Gateway 1's readers' longest
+    gap is measured around gateway 0's SIGKILL, its start (which must
+    deliver live within 5 s) and its SIGTERM; on both brokers the limit is
+    0.5 s plus the noise floor of 2 s of steady traffic."""
+    c = make_cluster(kafka_opts=KAFKA_OPTS)
+    figures, failures = [], []
+
+    def record(label, gaps, limit):
+        worst = max(gaps.values(), default=0.0)
+        figures.append(f"{label}: worst={worst:.2f}s (limit {limit:.2f}s) "
+                       f"rooms={sorted(gaps.values())}")
+        if worst > limit:
+            failures.append(f"{label}: a room stalled {worst:.2f}s, over {limit:.2f}s")
+
+    async def body():
+        run = harness.Run(c, "f13 gateway restart")
+        rooms = harness.rooms_spanning(harness.SEND_PARTITIONS)
+        senders = [run.client(rooms=[r]) for r in rooms]
+        stay = [run.client(rooms=rooms) for _ in range(2)]
+        moving = [run.client(rooms=rooms) for _ in range(2)]
+        await asyncio.gather(*(s.start(gw=1) for s in senders))
+        await asyncio.gather(*(rd.start(gw=1) for rd in stay))
+        await asyncio.gather(*(rd.start(gw=0) for rd in moving))
+        for s in senders + moving:
+            s.track_stalls = False
+        tr = harness.Traffic(senders, interval=0.05).start()
+        await run.warm_up()
+        await flowing(stay, rooms, "before the kill")
+        await asyncio.sleep(2)
+        t = harness.now()
+        noise = max(room_gaps(stay, rooms, t - 2, t).values())
+        limit = STALL_S + noise
+        figures.append(f"broker={'kafka' if REAL else 'embedded'} "
+                       f"noise (worst gap, 2 s of steady traffic)={noise:.2f}s")
+
+        f = run.fault("gateway0 SIGKILL")
+        await asyncio.to_thread(c.kill, "gateway0")
+        run.restored(f)
+        await asyncio.sleep(WINDOW_S)
+        record("gateway SIGKILL, the other gateway's readers",
+               room_gaps(stay, rooms, f[1], f[1] + WINDOW_S), limit)
+
+        await flowing(stay, rooms, "before the start")
+        f = run.fault("gateway0 started")
+        p = await asyncio.to_thread(c.restart, "gateway0", False)
+        await asyncio.to_thread(harness.wait_ready, p, c.ports["gateway0"], harness.READY_TIMEOUT)
+        probe = run.client(rooms=rooms, reconnect=False)
+        probe.track_stalls = False
+        await probe.start(gw=0)
+        live0 = sum(probe.live.values())
+        try:
+            await harness.wait_for(lambda: sum(probe.live.values()) > live0, 30,
+                                   "the started gateway delivers live")
+            delivering = harness.now() - f[1]
+        except AssertionError:
+            delivering = float("inf")
+        run.restored(f)
+        figures.append(f"start: delivering live after {delivering:.2f}s "
+                       f"(limit {GW_DELIVERING_S:.2f}s)")
+        if delivering > GW_DELIVERING_S:
+            failures.append(f"start: the started gateway delivered live after {delivering:.2f}s")
+        await asyncio.sleep(max(0.0, WINDOW_S - (f[2] - f[1])))
+        record("gateway start, the other gateway's readers",
+               room_gaps(stay, rooms, f[1], f[1] + WINDOW_S), limit)
+
+        await flowing(stay, rooms, "before the SIGTERM")
+        await probe.close()
+        run.clients.remove(probe)   # it sent nothing and is gone: not checked
+        f = run.fault("gateway0 SIGTERM")
+        p = c.terminate("gateway0")
+        await asyncio.to_thread(p.wait_exit, c.drain + 15)
+        run.restored(f)
+        assert p.p.returncode == 0, f"gateway0 exit code {p.p.returncode} after SIGTERM"
+        await asyncio.sleep(max(0.0, WINDOW_S - (f[2] - f[1])))
+        record("gateway SIGTERM, the other gateway's readers",
+               room_gaps(stay, rooms, f[1], f[1] + WINDOW_S), limit)
+
+        await tr.stop()
+        await run.converge()
+        res = checker.check(run, extra_line="\n  ".join([""] + figures))
+        await run.close()
+        print("\n" + "\n".join(figures))
+        res.assert_ok()
+        assert not failures, "\n".join(failures + figures)
+    harness.run_bounded(body(), 180)
