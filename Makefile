@@ -9,6 +9,7 @@
 #   make integration-kafka  the integration and fault suites again, on real Kafka (part of make test)
 #   make faults-kafka3  Kafka's own faults on three real KRaft nodes (about 8 min; not in make test)
 #   make soak       random faults under traffic for DURATION seconds (600), then the fault checker (KAFKA=real: on Apache Kafka)
+#   make saturation no false failover: rooms of 10 all sending at RATE (5000/s) for DURATION s (600); fails on any rebalance (KAFKA=real)
 #   make fuzz       build the libFuzzer targets (clang) and run each FUZZ_SECONDS (default 30)
 #   make fuzz-replay run each fuzz target once over its corpus in tests/fuzz/corpus/
 #   make chatbench  build build/chatbench, the load generator (bench/)
@@ -47,7 +48,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+.PHONY: all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak saturation run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check k8s-kafka-test \
         bench bench-deps bench-peer \
         browser-deps screenshots
@@ -199,6 +200,12 @@ k8s-kafka-test:
 # then a Kafka node SIGKILLed for 3-20 s and started again.
 soak: all
 	$(if $(filter real,$(KAFKA)),$(KAFKA_TEST_ENV) CHATD_TEST_KAFKA_NODES=$(KAFKA_NODES)) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) tests/faults/soak.py --duration $${DURATION:-600} $${SEED:+--seed $$SEED}
+
+# No false failover at saturation (issue 18): rooms of 10, every member
+# sending, RATE msgs/s (5000) for DURATION seconds (600) with the Kafka
+# settings chatd ships; fails on any rebalance; not part of `make test`.
+saturation: all chatbench
+	$(if $(filter real,$(KAFKA)),$(KAFKA_TEST_ENV)) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) tests/faults/saturation.py --duration $${DURATION:-600} --rate $${RATE:-5000} --chatbench $(abspath $(BUILD)/chatbench)
 
 # The real-Kafka pass runs in the plain build only: under SAN=1 it would add
 # ~7 min to a CI run already past 45 (the embedded pass covers the same C

@@ -1,0 +1,150 @@
+#!/usr/bin/python3
+"""No false failover under saturation (issue 18): a chatd cluster with the
+Kafka settings chatd ships (2 classifiers, 2 gateways, chat-send with
+chatd's default 12 partitions) carries chatbench's rooms of 10 with every
+member sending, at a rate that keeps the machine's cores busy, for
+--duration seconds. A classifier that misses its session (a heartbeat that
+did not go out in time, a poll loop starved past max.poll.interval.ms)
+shows as a rebalance: `kafka_revoked` / `kafka_assigned` in its log after
+the group settled, or a commit refused. A gateway's consumer has no group
+(nothing to lose); what it delivers is chatbench's count. Exit 0 iff no
+member lost its session or partitions during the window and chatbench
+reported every window message acknowledged and delivered.
+
+    CHATD_BIN=build/chatd /usr/bin/python3 tests/faults/saturation.py --duration 600
+    CHATD_TEST_KAFKA=real ... (the same, on Apache Kafka)       # make saturation KAFKA=real
+
+The figures it prints (CPU busy, chatbench's rates and latency, the
+rebalance counts) go to docs/RELIABILITY.md with the command that made
+them.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SHIPPED_SEND_PARTITIONS = 12   # chatd's --send-partitions default
+# Log events of a group member that mean its assignment moved.
+REBALANCE = re.compile(rb"^ts=(\S+) .*event=(kafka_revoked|kafka_assigned|kafka_commit_failed"
+                       rb"|kafka_rebalance_error)\b(.*)$", re.M)
+
+
+def log(msg):
+    print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def cpu_times():
+    """(busy, total) jiffies of the whole machine."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def member_events(path, t_from):
+    """Rebalance events of a classifier's log at or after t_from (epoch s)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out = []
+    for m in REBALANCE.finditer(data):
+        ts = time.mktime(time.strptime(m.group(1).decode()[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        if ts >= t_from:
+            out.append(f"{m.group(1).decode()} {m.group(2).decode()}{m.group(3).decode()[:120]}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=600, help="measured seconds (600)")
+    ap.add_argument("--rate", type=int, default=5000, help="messages/s in all (5000)")
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--chatbench", default=os.path.join(REPO, "build", "chatbench"))
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = ap.parse_args()
+    if not os.access(args.chatbench, os.X_OK):
+        sys.exit(f"{args.chatbench} missing: make chatbench")
+    real = harness.kafkamode.REAL
+    work = tempfile.mkdtemp(prefix="chatd-saturation-")
+    os.chmod(work, 0o755)
+    pg = c = kafka = None
+    problems, ok = [], False
+    try:
+        pg = harness.Postgres(work)
+        if real:
+            kafka = harness.kafkamode.acquire(os.path.join(work, "kafka"))
+            log(f"real Kafka {kafka.version}, {kafka.nodes} node(s)")
+        harness.SEND_PARTITIONS = SHIPPED_SEND_PARTITIONS
+        c = harness.Cluster(work, pg, "saturation", kafka=kafka, kafka_opts=[])
+        c.start()
+        log(f"cluster up ({'Kafka' if real else 'embedded broker'}, shipped Kafka settings, "
+            f"{SHIPPED_SEND_PARTITIONS} chat-send partitions)")
+        urls = ",".join(f"ws://127.0.0.1:{p}" for p in c.gw_ports)
+        report = os.path.join(work, "chatbench.json")
+        cmd = [args.chatbench, "--url", urls, "--clients", str(args.clients), "--room-size", "10",
+               "--senders-per-room", "10", "--rate", str(args.rate), "--duration",
+               str(args.duration), "--warmup", "10", "--drain", "30", "--procs", "1",
+               "--json", report]
+        log("chatbench: " + " ".join(cmd[1:]))
+        # The window starts after chatbench's setup and warm-up; rebalances
+        # are counted from the moment traffic starts (setup included).
+        t0 = time.time()
+        b0 = cpu_times()
+        bench = subprocess.run(cmd, capture_output=True, text=True,
+                               timeout=args.duration + 400)
+        b1 = cpu_times()
+        busy = 100.0 * (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
+        if bench.returncode != 0:
+            problems.append(f"chatbench exit {bench.returncode}: {bench.stderr[-2000:]}")
+        print(bench.stdout[-3000:], flush=True)
+        rep = json.load(open(report)) if os.path.exists(report) else {}
+        events = {}
+        for i in range(c.n_cl):
+            n = f"classifier{i}"
+            events[n] = member_events(c.procs[n].logpath, t0)
+        moved = sum(len(v) for v in events.values())
+        log(f"machine CPU busy {busy:.0f}% over the run (chatbench included); "
+            f"rebalance events after traffic started: {moved}")
+        for n, evs in events.items():
+            for e in evs:
+                log(f"  {n}: {e}")
+        for n in list(c.procs):
+            if not c.procs[n].alive():
+                problems.append(f"{n} died")
+        if moved:
+            problems.append(f"{moved} rebalance events during the run: a false failover")
+        if rep and (rep.get("unacked", 0) or rep.get("missing", 0) or rep.get("extra", 0)):
+            problems.append("chatbench: " + json.dumps({k: rep.get(k) for k in
+                                                        ("unacked", "missing", "extra")}))
+        ok = not problems
+    except Exception as e:   # noqa: BLE001 - report anything, then clean up
+        problems.append(f"{type(e).__name__}: {e}")
+    finally:
+        if c:
+            problems += c.stop()
+        if pg:
+            pg.close()
+        if kafka:
+            harness.kafkamode.release()
+        if problems:
+            ok = False
+            print("\n".join(problems), flush=True)
+        if args.keep or not ok:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    log("saturation " + ("PASSED" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
