@@ -94,10 +94,11 @@ void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud)
 {
     const char *p[] = { user };
     pg_query(pg,
-             /* read capped at the head: marks stored before db_read capped them */
-             "SELECT m.room, h.head, LEAST(m.read_seq, h.head) FROM members m "
-             "CROSS JOIN LATERAL (SELECT COALESCE(max(seq), 0) AS head FROM messages x "
-             "WHERE x.room = m.room) h WHERE m.user_id = $1 ORDER BY m.room",
+             /* read capped at the head: marks stored before db_read capped
+              * them. The head is the room row's (migration 003): one index
+              * read per membership, not a max(seq) probe of messages. */
+             "SELECT m.room, r.head, LEAST(m.read_seq, r.head) FROM members m "
+             "JOIN rooms r ON r.room = m.room WHERE m.user_id = $1 ORDER BY m.room",
              1, p, cb, ud);
 }
 
@@ -111,7 +112,7 @@ void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, p
              /* Capped at the room's last stored seq: a mark beyond it
               * would show every later message as read. */
              "UPDATE members SET read_seq = LEAST(GREATEST(read_seq, $3), "
-             "(SELECT COALESCE(max(seq), 0) FROM messages WHERE room = $1)) "
+             "(SELECT head FROM rooms WHERE room = $1)) "
              "WHERE room = $1 AND user_id = $2 RETURNING read_seq",
              3, p, cb, ud);
 }
@@ -119,14 +120,19 @@ void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, p
 void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
 {
     const char *p[] = { room };
-    pg_query(pg, "SELECT COALESCE(max(seq), 0) FROM messages WHERE room = $1", 1, p, cb, ud);
+    pg_query(pg, "SELECT COALESCE((SELECT head FROM rooms WHERE room = $1), 0)", 1, p, cb, ud);
 }
 
 void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud)
 {
+    /* The classifier's floor: the head, which retention cannot lower, and
+     * max(seq), so rows stored by anything but db_store_msgs (by hand, a
+     * restore) are never handed out again (a collision repaired for good:
+     * with the head alone the retry would collide for ever). */
     const char *p[] = { rooms };
     static struct pg_stmt st = {
-        "SELECT r, COALESCE((SELECT max(seq) FROM messages WHERE room = r), 0) "
+        "SELECT r, GREATEST(COALESCE((SELECT head FROM rooms WHERE room = r), 0), "
+        "COALESCE((SELECT max(seq) FROM messages WHERE room = r), 0)) "
         "FROM unnest($1::text[]) AS r",
     };
     pg_query_stmt(pg, &st, 1, p, cb, ud);
@@ -205,7 +211,9 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
      * parsed and planned per batch. The fence rows are share-locked: a
      * take (an UPDATE) waits for this statement, or this statement sees the
      * new epoch and stores nothing. The conflict target is (room, id) only,
-     * so a (room, seq) held by another message is an error, never a skip. */
+     * so a (room, seq) held by another message is an error, never a skip.
+     * Each room's head is raised in the same statement (rows locked in room
+     * order), so it is the last stored seq whatever is deleted later. */
     static struct pg_stmt st = {
         "WITH f AS (SELECT o.partition FROM partition_owners o "
         "JOIN unnest($8::int[], $9::bigint[]) AS x(p, e) ON o.partition = x.p AND o.epoch = x.e "
@@ -214,7 +222,9 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
         "SELECT u.* FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
         "$6::text[], $7::bigint[]) AS u, ok WHERE ok.held "
-        "ON CONFLICT (room, id) DO NOTHING RETURNING 1) "
+        "ON CONFLICT (room, id) DO NOTHING RETURNING room, seq), "
+        "hd AS (INSERT INTO rooms (room, head) SELECT room, max(seq) FROM ins GROUP BY room "
+        "ORDER BY room ON CONFLICT (room) DO UPDATE SET head = GREATEST(rooms.head, EXCLUDED.head)) "
         "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), "
         "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f))",
     };

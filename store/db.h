@@ -42,11 +42,12 @@ void db_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud);
  * seq; one row (read_seq) iff member. */
 void db_read(pg_client_t *pg, const char *room, const char *user, int64_t seq, pg_result_cb cb,
              void *ud);
-/* One row: (max seq or 0). */
+/* One row: the room's head (its last stored seq, rooms.head), or 0. */
 void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
 /* For a classifier batch: rooms is a PostgreSQL array literal of room ids,
  * ids one of message ids, pairwise (room[i], id[i]).
- * db_rooms_max answers (room, max seq); db_known_ids answers (room, id, seq)
+ * db_rooms_max answers (room, floor): the greater of the head and max(seq);
+ * db_known_ids answers (room, id, seq)
  * for the pairs already stored. */
 void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud);
 void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud);

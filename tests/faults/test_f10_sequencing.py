@@ -327,3 +327,27 @@ def test_batch_past_max_poll_interval(make_cluster):
         problems += _classifier_problems(c)
     assert got == 10 and not problems, "\n".join(problems)
     assert dropped >= 1, "the stuck batch was not dropped"
+
+
+def test_seqs_continue_after_the_rooms_messages_are_deleted(make_cluster):
+    """Issue 24's trap: retention deletes a room's oldest messages (here all
+    of them), then the classifier restarts (its floors are forgotten) and
+    Redis loses the room's counter. The floor was max(seq) of the rows left,
+    0: seqs restarted at 1 and a client holding seq 5 never saw a new
+    message. The room's head (rooms.head, raised by every store) keeps
+    them going from 6."""
+    c, room, ids = _one_room_cluster(make_cluster)
+    # Stopped cleanly: its offsets are committed, so the deleted records
+    # are not re-consumed (retention deletes records long committed).
+    p = c.terminate("classifier0")
+    p.wait_exit(c.drain + 15)
+    c.query("DELETE FROM messages WHERE room = %s RETURNING 1", (room,))
+    c.redis_restart_empty()
+    c.restart("classifier0")
+    new = c.produce_send([(room, "u0", "c5", "u0 5")])
+    got = wait_stored(c, [room], 1, 30)
+    rows = c.stored_rows([room])
+    assert got == 1 and [r[1] for r in rows] == [6], f"stored {rows}"
+    assert rows[0][2] == new[0], rows
+    head = c.query("SELECT head FROM rooms WHERE room = %s", (room,))
+    assert head == [(6,)], head

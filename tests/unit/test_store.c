@@ -804,6 +804,55 @@ static void test_pg_migrate(void **state)
     assert_int_equal(pg_migrate(bad, 300), ERR_UNAVAILABLE);
 }
 
+static void test_pg_exec(PGconn *c, const char *sql)
+{
+    PGresult *res = PQexec(c, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQerrorMessage(c));
+    PQclear(res);
+}
+
+/* A database at schema v2 with messages in it is upgraded in place: each
+ * room's head is its last stored seq, also for a room that had messages
+ * and no row, and the redundant (room, user, cid) index is gone. */
+static void test_pg_migrate_in_place(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    PGconn *c = PQconnectdb(test_pg.uri);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    test_pg_exec(c, "DROP SCHEMA public CASCADE");
+    test_pg_exec(c, "CREATE SCHEMA public");
+    test_pg_exec(c, "CREATE TABLE schema_migrations (version int PRIMARY KEY, name text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())");
+    for (int i = 0; i < migrations_count && migrations[i].version <= 2; i++) {
+        char rec[160];
+        test_pg_exec(c, migrations[i].sql);
+        snprintf(rec, sizeof rec, "INSERT INTO schema_migrations VALUES (%d, '%s')",
+                 migrations[i].version, migrations[i].name);
+        test_pg_exec(c, rec);
+    }
+    test_pg_exec(c, "INSERT INTO rooms (room) VALUES ('mi-a'), ('mi-empty')");
+    test_pg_exec(c, "INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
+                    "SELECT 'mi-a', s, md5(s::text), 'u', 'c' || s, 'x', 0 FROM generate_series(1, 7) s "
+                    "UNION ALL SELECT 'mi-norow', s, md5('n' || s), 'u', NULL, 'x', 0 "
+                    "FROM generate_series(1, 3) s");
+    PQfinish(c);
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM schema_migrations"), migrations_count);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'mi-a'"), 7);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'mi-empty'"), 0);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'mi-norow'"), 3);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_indexes "
+                                    "WHERE indexname = 'messages_room_user_cid'"), 0);
+    /* retention deletes rows; the head stays */
+    c = PQconnectdb(test_pg.uri);
+    test_pg_exec(c, "DELETE FROM messages WHERE room = 'mi-a'");
+    PQfinish(c);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'mi-a'"), 7);
+}
+
 struct test_pgres {
     int n;
     int err;
@@ -1226,6 +1275,7 @@ int main(void)
     };
     const struct CMUnitTest pg[] = {
         cmocka_unit_test(test_pg_migrate),
+        cmocka_unit_test(test_pg_migrate_in_place),
         cmocka_unit_test(test_pg_pipeline),
         cmocka_unit_test(test_pg_bad_query),
         cmocka_unit_test(test_pg_prepared),
