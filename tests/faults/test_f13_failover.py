@@ -60,6 +60,30 @@ def room_gaps(readers, rooms, t_from, t_to):
     return out
 
 
+class Stalls:
+    """The figures of a run, and the goals it missed."""
+
+    def __init__(self):
+        self.figures, self.failures = [], []
+
+    def record(self, label, gaps, rooms, limit):
+        worst = max((gaps[r] for r in rooms), default=0.0)
+        self.figures.append(f"{label}: worst={worst:.2f}s (limit {limit:.2f}s) "
+                            f"rooms={sorted(gaps[r] for r in rooms)}")
+        if worst > limit:
+            self.failures.append(f"{label}: a room stalled {worst:.2f}s, over {limit:.2f}s")
+
+    async def finish(self, run, traffic):
+        """Stops the traffic, then the checker and the goals."""
+        await traffic.stop()
+        await run.converge()
+        res = checker.check(run, extra_line="\n  ".join([""] + self.figures))
+        await run.close()
+        print("\n" + "\n".join(self.figures))
+        res.assert_ok()
+        assert not self.failures, "\n".join(self.failures + self.figures)
+
+
 async def flowing(readers, rooms, what, timeout=40):
     """Waits until every room was delivered to every reader in the last
     0.3 s: the next change starts from steady traffic."""
@@ -90,14 +114,8 @@ def session_s(c, name):
 
 def test_classifier_failover_stalls(make_cluster):
     c = make_cluster(kafka_opts=KAFKA_OPTS)
-    figures, failures = [], []
-
-    def record(label, gaps, rooms, limit):
-        worst = max((gaps[r] for r in rooms), default=0.0)
-        figures.append(f"{label}: worst={worst:.2f}s (limit {limit:.2f}s) "
-                       f"rooms={sorted(gaps[r] for r in rooms)}")
-        if worst > limit:
-            failures.append(f"{label}: a room stalled {worst:.2f}s, over {limit:.2f}s")
+    st = Stalls()
+    figures, failures, record = st.figures, st.failures, st.record
 
     async def body():
         run = harness.Run(c, "f13 classifier failover")
@@ -196,13 +214,7 @@ def test_classifier_failover_stalls(make_cluster):
                moved + noise)
         record("SIGTERM, the survivor's rooms", gaps, kept, STALL_S + noise)
 
-        await tr.stop()
-        await run.converge()
-        res = checker.check(run, extra_line="\n  ".join([""] + figures))
-        await run.close()
-        print("\n" + "\n".join(figures))
-        res.assert_ok()
-        assert not failures, "\n".join(failures + figures)
+        await st.finish(run, tr)
     harness.run_bounded(body(), 180)
 
 
@@ -219,14 +231,11 @@ def test_gateway_restart_does_not_pause_others(make_cluster):
     deliver live within 5 s) and its SIGTERM; on both brokers the limit is
     0.5 s plus the noise floor of 2 s of steady traffic."""
     c = make_cluster(kafka_opts=KAFKA_OPTS)
-    figures, failures = [], []
+    st = Stalls()
+    figures, failures = st.figures, st.failures
 
     def record(label, gaps, limit):
-        worst = max(gaps.values(), default=0.0)
-        figures.append(f"{label}: worst={worst:.2f}s (limit {limit:.2f}s) "
-                       f"rooms={sorted(gaps.values())}")
-        if worst > limit:
-            failures.append(f"{label}: a room stalled {worst:.2f}s, over {limit:.2f}s")
+        st.record(label, gaps, list(gaps), limit)
 
     async def body():
         run = harness.Run(c, "f13 gateway restart")
@@ -291,11 +300,5 @@ def test_gateway_restart_does_not_pause_others(make_cluster):
         record("gateway SIGTERM, the other gateway's readers",
                room_gaps(stay, rooms, f[1], f[1] + WINDOW_S), limit)
 
-        await tr.stop()
-        await run.converge()
-        res = checker.check(run, extra_line="\n  ".join([""] + figures))
-        await run.close()
-        print("\n" + "\n".join(figures))
-        res.assert_ok()
-        assert not failures, "\n".join(failures + figures)
+        await st.finish(run, tr)
     harness.run_bounded(body(), 180)
