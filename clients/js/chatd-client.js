@@ -413,7 +413,7 @@ export class ChatClient {
   track(room, after = 0) {
     if (this.rooms.has(room)) return;
     this.rooms.set(room, { last: Math.max(0, after | 0), buffer: new Map(), syncing: false, retry: null });
-    if (this.flushed) this.catchUp(room);
+    if (this.ready) this.catchUp(room);
   }
 
   untrack(room) {
