@@ -79,7 +79,11 @@ export function jwtClaims(token) {
 /** A random cid: 'c' + 24 hex digits (crypto.getRandomValues also works on plain http://). */
 export function newCid() {
   const b = new Uint8Array(12);
-  globalThis.crypto.getRandomValues(b);
+  // A runtime without a global crypto (this module imports nothing): 96
+  // bits of Math.random are unique enough for a cid, which only has to
+  // differ from the user's other cids in the room.
+  if (globalThis.crypto && globalThis.crypto.getRandomValues) globalThis.crypto.getRandomValues(b);
+  else for (let i = 0; i < b.length; i++) b[i] = Math.floor(Math.random() * 256);
   return 'c' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
@@ -309,16 +313,22 @@ export class ChatClient {
     if (!this.ready || !this.ws) return;
     const now = Date.now();
     if (this.probeAt && now - this.probeAt > this.opt.probeTimeoutMs) {
-      const ws = this.ws;
-      detach(ws);
-      try { ws.close(); } catch { /* closing */ }
-      this.onClosed(4000, 'no answer to a probe', true);
+      this.dropSocket('no answer to a probe');
       return;
     }
     if (!this.probeAt && now - this.lastRx > this.heartbeat * 1000) {
       this.probeAt = now;
       this.request({ op: 'rooms' }).then((m) => this.emit('rooms', m.rooms), () => {});
     }
+  }
+
+  // Gives the current socket up (no more events from it) and reconnects.
+  dropSocket(reason) {
+    const ws = this.ws;
+    if (!ws) return;
+    detach(ws);
+    try { ws.close(); } catch { /* closing */ }
+    this.onClosed(4000, reason, true);
   }
 
   // ---------------------------------------------------------------- requests
@@ -334,9 +344,13 @@ export class ChatClient {
     return new Promise((resolve, reject) => {
       const rid = ++this.rid;
       if (!this.sendFrame({ ...o, rid })) { reject(new ChatError('disconnected', 'not connected')); return; }
+      // Every request is answered (typing has no rid): a connection that
+      // leaves one unanswered this long is dead or stuck; a new one is
+      // better, and the outbox resends there.
       const timer = this.later(() => {
         this.waiting.delete(rid);
-        reject(new ChatError('timeout', `no reply to ${o.op} within ${this.opt.requestTimeoutMs} ms`));
+        reject(new ChatError('timeout', `no reply to ${o.op} within ${this.opt.requestTimeoutMs} ms`, { op: o.op, room: o.room }));
+        this.dropSocket(`no reply to ${o.op}`);
       }, this.opt.requestTimeoutMs);
       this.waiting.set(rid, { resolve, reject, timer, op: o.op, room: o.room });
     });
@@ -555,13 +569,14 @@ export class ChatClient {
   transmit(o) {
     if (o.state !== 'queued' || !this.flushed) return;
     this.setOutbox(o, 'sending');
+    const attempt = o.attempt = {}; // only the latest try's answer counts
     this.request({ op: 'send', room: o.room, text: o.text, cid: o.cid }).then((m) => {
-      if (o.state !== 'sending') return;
+      if (o.state !== 'sending' || o.attempt !== attempt) return;
       o.id = m.id;
       this.setOutbox(o, 'acked');
       o.resolve({ id: m.id, cid: o.cid, room: o.room });
     }, (e) => {
-      if (o.state !== 'sending') return;
+      if (o.state !== 'sending' || o.attempt !== attempt) return;
       if (e.code === 'disconnected' || e.code === 'timeout') {
         this.setOutbox(o, 'queued'); // resent after the next hello, same cid
       } else if (RETRY_CODES.has(e.code)) {
