@@ -123,7 +123,7 @@ def test_js_client_npm_pack_installs():
         subprocess.run(["npm", "install", "--offline", "--no-audit", "--no-fund", os.path.join(d, info["filename"])],
                        cwd=app, check=True, timeout=120, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # Installed with no dependencies of its own, and importable by name.
-        assert sorted(os.listdir(os.path.join(app, "node_modules"))) == ["chatd-client"]
+        assert sorted(n for n in os.listdir(os.path.join(app, "node_modules")) if not n.startswith(".")) == ["chatd-client"]
         probe = ("import { ChatClient, ChatError, ErrorCode } from 'chatd-client';"
                  "const e = new ChatError(ErrorCode.NOT_MEMBER, 'x');"
                  "console.log(typeof ChatClient, e.code, e instanceof Error)")

@@ -7,6 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
+import { spawn } from 'node:child_process';
 import { ChatClient, ChatError } from '../chatd-client.js';
 
 const GW = [process.env.CHATD_GW0, process.env.CHATD_GW1];
@@ -144,4 +145,20 @@ test('a gateway killed mid-stream: the client moves to the other, syncs, every m
   await report('carol', room, got);
   await report('dave', room, dave.got(room));
   await control('/restart/gateway0', { method: 'POST' });
+});
+
+test('the ten-line bot of docs/CLIENT.md (examples/pingbot.mjs) answers a ping', { skip }, async (t) => {
+  const bot = spawn(process.execPath, ['examples/pingbot.mjs'], { env: { ...process.env, CHATD: `http://127.0.0.1:${GW[0]}` }, stdio: ['ignore', 'inherit', 'inherit'] });
+  t.after(() => bot.kill());
+  const gina = client('gina', [URL(1)]);
+  await gina.join('lobby');
+  // The bot joins lobby once it is up; until then a ping finds nobody.
+  const deadline = Date.now() + 30000;
+  while (!gina.got('lobby').some((m) => m.from === 'pingbot')) {
+    assert.ok(Date.now() < deadline, 'no pong from the bot');
+    assert.equal(bot.exitCode, null, 'the bot exited');
+    await gina.send('lobby', '!ping');
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.equal(gina.got('lobby').find((m) => m.from === 'pingbot').text, 'pong, gina');
 });
