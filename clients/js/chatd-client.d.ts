@@ -145,7 +145,8 @@ export declare class ChatClient {
   reconnectNow(): void;
   close(): void;
 
-  join(room: string): Promise<{ room: string; seq: number }>;
+  /** history: also deliver (as 'message' events, first) that many messages before the head. */
+  join(room: string, options?: { history?: number }): Promise<{ room: string; seq: number }>;
   leave(room: string): Promise<void>;
   roomList(): Promise<RoomInfo[]>;
   history(room: string, page?: { after?: number; limit?: number }): Promise<{ room: string; messages: Message[]; more: boolean }>;

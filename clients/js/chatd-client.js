@@ -372,10 +372,14 @@ export class ChatClient {
     }
   }
 
-  /** Joins a room; resolves {room, seq: head}. The room is tracked from its head if it was not. */
-  async join(room) {
+  /**
+   * Joins a room; resolves {room, seq: head}. A room not tracked yet is
+   * tracked from its head, or from `history` messages before it (those are
+   * delivered as 'message' events first, in order).
+   */
+  async join(room, { history = 0 } = {}) {
     const m = await this.call({ op: 'join', room });
-    if (this.autoTrack && !this.rooms.has(room)) this.track(room, m.seq | 0);
+    if (this.autoTrack && !this.rooms.has(room)) this.track(room, Math.max(0, (m.seq | 0) - Math.max(0, history | 0)));
     return { room: m.room, seq: m.seq };
   }
 

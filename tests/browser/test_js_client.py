@@ -146,3 +146,15 @@ def test_js_client_logic():
     r = subprocess.run(["node", "--test", "test/fake.test.mjs"], cwd=JS, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-8000:]
+
+
+def test_js_client_doc_page(browser_cluster):
+    """The page of docs/CLIENT.md, as printed, works in chromium (doc_page.mjs)."""
+    _require_deps()
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    assert os.access(chromium, os.X_OK), f"{chromium} missing (scripts/deps.sh installs it)"
+    assert os.path.isdir(os.path.join(HERE, "node_modules", "playwright-core")), "run `make browser-deps`"
+    env = dict(os.environ, CHATD_GW0=str(browser_cluster.gw_ports[0]), CHROMIUM=chromium)
+    r = subprocess.run(["node", os.path.join(HERE, "doc_page.mjs")], cwd=HERE, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=180)
+    assert r.returncode == 0 and "doc page ok" in r.stdout, r.stdout[-4000:]

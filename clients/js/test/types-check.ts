@@ -10,7 +10,7 @@ c.on('outbox', (o: OutboxEntry) => { if (o.error) void o.error.code; });
 c.on('error', (e) => { if (e.code === ErrorCode.NOT_MEMBER) void e.room; });
 async function bot(): Promise<void> {
   c.connect();
-  const { seq } = await c.join('lobby');
+  const { seq } = await c.join('lobby', { history: 50 });
   try {
     const ack = await c.send('lobby', 'hello', { cid: 'x1' });
     const id: string = ack.id;
