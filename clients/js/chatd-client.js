@@ -177,8 +177,12 @@ export class ChatClient {
     if (t) { clearTimeout(t); this.timers.delete(t); }
   }
 
-  jitter() {
-    return this.opt.retryMinMs + this.random() * (this.opt.retryMaxMs - this.opt.retryMinMs);
+  // The pause before retrying a sync or send refused for now (unavailable,
+  // rate_limited): at least retryMinMs, plus a random part whose bound
+  // doubles with each refusal in a row (up to backoffMaxMs).
+  jitter(tries = 0) {
+    const span = Math.min(this.opt.backoffMaxMs, (this.opt.retryMaxMs - this.opt.retryMinMs) * 2 ** Math.min(tries, 16));
+    return this.opt.retryMinMs + this.random() * span;
   }
 
   // ---------------------------------------------------------------- connection
@@ -430,7 +434,7 @@ export class ChatClient {
    */
   track(room, after = 0) {
     if (this.rooms.has(room)) return;
-    this.rooms.set(room, { last: Math.max(0, after | 0), buffer: new Map(), syncing: false, retry: null });
+    this.rooms.set(room, { last: Math.max(0, after | 0), buffer: new Map(), syncing: false, retry: null, tries: 0 });
     if (this.ready) this.catchUp(room);
   }
 
@@ -501,15 +505,16 @@ export class ChatClient {
       if (this.rooms.get(room) !== r) return;
       r.syncing = false;
       for (const m of Array.isArray(h.messages) ? h.messages : []) this.accept({ ...m, room }, false);
+      if (r.last > from) r.tries = 0;
       const behind = r.buffer.size > 0;
       if ((h.more || behind) && r.last > from) this.catchUp(room);
-      else if (h.more || behind) r.retry = this.later(() => { r.retry = null; this.catchUp(room); }, this.jitter());
+      else if (h.more || behind) r.retry = this.later(() => { r.retry = null; this.catchUp(room); }, this.jitter(r.tries++));
       else this.finishCatchUp(r);
     }, (e) => {
       if (this.rooms.get(room) !== r) return;
       r.syncing = false;
-      if (RETRY_CODES.has(e.code) || e.code === 'timeout') {
-        r.retry = this.later(() => { r.retry = null; this.catchUp(room); }, this.jitter());
+      if (RETRY_CODES.has(e.code)) {
+        r.retry = this.later(() => { r.retry = null; this.catchUp(room); }, this.jitter(r.tries++));
       } else if (e.code === 'not_member' || e.code === 'forbidden' || e.code === 'bad_request') {
         this.untrack(room);
         this.emit('error', e);
@@ -540,7 +545,7 @@ export class ChatClient {
   }
 
   enqueue(room, text, cid) {
-    const o = { cid: cid || newCid(), room, text, state: 'queued', id: null, error: null };
+    const o = { cid: cid || newCid(), room, text, state: 'queued', id: null, error: null, tries: 0 };
     o.promise = new Promise((resolve, reject) => { o.resolve = resolve; o.reject = reject; });
     o.promise.catch(() => {}); // a rejection the caller did not await is reported through 'outbox'
     this.outbox.push(o);
@@ -585,7 +590,7 @@ export class ChatClient {
         this.setOutbox(o, 'queued'); // resent after the next hello, same cid
       } else if (RETRY_CODES.has(e.code)) {
         this.setOutbox(o, 'queued', e); // same cid: stored at most once whatever the first try did
-        this.later(() => this.transmit(o), this.jitter());
+        this.later(() => this.transmit(o), this.jitter(o.tries++));
       } else {
         this.setOutbox(o, 'failed', e);
         o.reject(e);

@@ -242,3 +242,24 @@ test('cids without a global crypto (a runtime that has none)', () => {
     else delete globalThis.crypto;
   }
 });
+
+test('retries of a refused sync or send back off: the random part doubles with each refusal in a row', async (t) => {
+  const srv = fakeServer();
+  const c = make(srv, { retryMinMs: 100, retryMaxMs: 300, backoffMaxMs: 1000, random: () => 1 });
+  t.after(() => c.close());
+  assert.deepEqual([0, 1, 2, 3, 9].map((n) => c.jitter(n)), [300, 500, 900, 1100, 1100]);
+  c.connect();
+  await until('socket', () => srv.sockets.length === 1);
+  const ws = srv.sockets[0];
+  ws.open();
+  const at = [];
+  srv.onFrame = (w, f) => { if (f.op === 'send') at.push(Date.now()); };
+  c.send('r', 'x');
+  await until('send', () => ws.reqs('send').length === 1);
+  for (let i = 1; i <= 2; i++) {
+    ws.push({ op: 'error', rid: ws.reqs('send').at(-1).rid, code: 'rate_limited', message: 'slow down' });
+    await until(`retry ${i}`, () => ws.reqs('send').length === i + 1, 5000);
+  }
+  const gaps = [at[1] - at[0], at[2] - at[1]];
+  assert.ok(gaps[0] >= 290 && gaps[1] >= 490, `retry pauses ${gaps}`);
+});
