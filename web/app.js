@@ -173,6 +173,7 @@ function start(token, user) {
   c.on('rooms', applyRooms);
   c.on('error', (e) => {
     if (e.code === 'not_member' && e.room) dropRoom(e.room); // a room left elsewhere
+    else if (e.op === 'token') return; // provideToken said what there is to say; the status shows the retry
     else if (e.code !== 'rate_limited') notice(`${e.code}: ${e.message}`);
   });
   const want = store.get('current');

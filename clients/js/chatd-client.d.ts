@@ -97,7 +97,8 @@ export interface ChatEvents {
   /** The answer of a liveness probe (`rooms`). */
   rooms: RoomInfo[];
   outbox: OutboxEntry;
-  /** Unsolicited error frames, and rooms dropped from tracking (not_member). */
+  /** Unsolicited error frames, rooms dropped from tracking (not_member, with room), and a
+   *  token provider that threw (code unavailable, op 'token'; the client retries with backoff). */
   error: ChatError;
   /** Every server frame without a pending reply, known op or not (for extensions). */
   event: { op?: string; [field: string]: unknown };

@@ -237,7 +237,7 @@ export class ChatClient {
       token = await this.freshToken();
     } catch (e) {
       if (this.state === 'closed') return;
-      this.emit('error', new ChatError('unavailable', 'token provider failed: ' + (e && e.message)));
+      this.emit('error', new ChatError('unavailable', 'token provider failed: ' + (e && e.message), { op: 'token' }));
       this.scheduleReconnect(0);
       return;
     }

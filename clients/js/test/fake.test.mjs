@@ -263,3 +263,20 @@ test('retries of a refused sync or send back off: the random part doubles with e
   const gaps = [at[1] - at[0], at[2] - at[1]];
   assert.ok(gaps[0] >= 290 && gaps[1] >= 490, `retry pauses ${gaps}`);
 });
+
+test('a token provider that throws is reported (op "token") and asked again after a backoff', async (t) => {
+  const srv = fakeServer();
+  let calls = 0;
+  const c = make(srv, { token: async () => { if (++calls === 1) throw new Error('idp down'); return 'tok'; } });
+  t.after(() => c.close());
+  const errors = [];
+  c.on('error', (e) => errors.push(e));
+  c.connect();
+  await until('socket after the retry', () => srv.sockets.length === 1);
+  assert.equal(calls, 2);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].op, 'token');
+  assert.match(errors[0].message, /idp down/);
+  srv.sockets[0].open();
+  assert.equal(c.state, 'connected');
+});
