@@ -158,3 +158,14 @@ def test_js_client_doc_page(browser_cluster):
     r = subprocess.run(["node", os.path.join(HERE, "doc_page.mjs")], cwd=HERE, env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True, timeout=180)
     assert r.returncode == 0 and "doc page ok" in r.stdout, r.stdout[-4000:]
+
+
+def test_js_client_doc_bot_is_the_example():
+    """The bot docs/CLIENT.md prints is examples/pingbot.mjs, which the cluster test runs."""
+    with open(os.path.join(REPO, "docs", "CLIENT.md")) as f:
+        doc = f.read()
+    section = doc[doc.index("## A bot in ten lines"):]
+    block = section[section.index("```js\n") + 6:section.index("```\n", section.index("```js\n") + 6)]
+    with open(os.path.join(JS, "examples", "pingbot.mjs")) as f:
+        assert block == f.read()
+    assert len(block.strip().splitlines()) <= 10
