@@ -20,6 +20,7 @@
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
 #                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
+#                   and in clients/js (the client library's test-only ws and typescript, pinned the same way)
 #   make screenshots   run the browser test, writing its screenshots to docs/
 #   make clean
 
@@ -41,7 +42,8 @@ endif
 SRCS    := $(wildcard lib/*.c conf/*.c net/*.c kafka/*.c store/*.c roles/*.c)
 OBJS    := $(SRCS:%.c=$(BUILD)/%.o) $(BUILD)/gen/migrations.o $(BUILD)/gen/web_assets.o
 MIGRATIONS := $(sort $(wildcard store/migrations/*.sql))
-WEB_FILES  := $(sort $(wildcard web/*))
+# The page imports the client library (clients/js), served as /chatd-client.js.
+WEB_FILES  := $(sort $(wildcard web/*)) clients/js/chatd-client.js
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
@@ -51,7 +53,7 @@ PYTEST_ARGS ?=
 .PHONY: all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak saturation run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check k8s-kafka-test \
         bench bench-deps bench-peer \
-        browser-deps screenshots
+        browser-deps js-deps screenshots
 all: $(BUILD)/chatd
 
 deps:
@@ -164,10 +166,20 @@ integration-kafka: $(BUILD)/chatd browser-deps
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).
 # npm ci writes node_modules/.package-lock.json, which stands for the install.
 BROWSER_DIR := tests/browser
-browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
+browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json js-deps
 
 $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(BROWSER_DIR)/package-lock.json
 	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund --ignore-scripts
+	@touch $@
+
+# The client library's devDependencies (ws for Node 18/20, typescript for
+# tsc --noEmit); the library itself has none. Its tests run in tests/browser
+# (test_js_client.py), so browser-deps brings them.
+JS_DIR := clients/js
+js-deps: $(JS_DIR)/node_modules/.package-lock.json
+
+$(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --ignore-scripts
 	@touch $@
 
 # docs/screenshot-chat.png and docs/screenshot-phone.png, as the README shows them.

@@ -1,22 +1,19 @@
-// chatd browser client. Protocol: docs/PROTOCOL.md; reconnecting follows its
-// "How a client reconnects": per room the highest seq held, dedup by
-// (room, seq), gap -> sync, jittered backoff to the same URL (a Service may
-// route it to another gateway), after hello sync every room, then resend the
-// unacknowledged sends with their original cid.
+// chatd browser client: the UI. Everything that speaks the protocol is the
+// client library (clients/js/chatd-client.js, served as /chatd-client.js):
+// reconnecting with jittered backoff, catching up by sync after a gap or a
+// reconnect, dedup by (room, seq), the outbox resent with its cid. This file
+// turns the library's events into the page and the user's actions into its
+// calls.
 //
 // Untrusted text (messages, user and room names) only ever reaches the page
 // through textContent; the page's CSP forbids inline script besides.
-'use strict';
+import { ChatClient, jwtClaims, dmRoom } from '/chatd-client.js';
 
 const PAGE = 50;               // messages per history page
-const SYNC_LIMIT = 200;        // per sync request while catching up
-const GAP_RESET = 1000;        // behind more than this: reload the latest page, older ones on scroll
 const TYPING_EVERY_MS = 3000;  // send `typing` at most this often while typing
 const TYPING_SHOW_MS = 5000;   // show someone's typing this long after their last event
 const PRESENCE_MS = 10000;     // presence has no event: poll the open room
-const PROBE_TIMEOUT_MS = 10000;
 const READ_DELAY_MS = 500;
-const BACKOFF_BASE_MS = 500, BACKOFF_MAX_MS = 30000;
 const ROOM_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
 const USER_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -34,13 +31,9 @@ function el(tag, attrs, ...kids) {
 
 const S = {
   user: null, token: null, demo: false,
-  ws: null, connected: false, flushed: false, everOpened: false,
-  attempt: 0, retryAt: 0, retryTimer: 0, countdown: 0,
-  rid: 0, waiting: new Map(),          // rid -> reply callback, for the current socket only
-  heartbeat: 25, lastRx: 0, probeAt: 0,
+  client: null, connected: false,
   rooms: new Map(),                    // name -> Room
   current: null,
-  outbox: [],                          // {cid, room, text, state: queued|sending|acked|failed, why}
 };
 
 // ---------------------------------------------------------------- storage
@@ -51,15 +44,11 @@ const store = {
   del(k) { try { sessionStorage.removeItem('chatd.' + k); } catch { /* private mode */ } },
 };
 
+// Unacknowledged sends survive a reload; the library resends them with their cid.
 function saveOutbox() {
-  store.set('outbox', S.outbox.filter((o) => o.state !== 'acked' && o.state !== 'failed')
+  if (!S.client) return;
+  store.set('outbox', S.client.pending().filter((o) => o.state === 'queued' || o.state === 'sending')
     .map(({ cid, room, text }) => ({ cid, room, text })));
-}
-
-function newCid() {
-  // getRandomValues works on plain http:// too (randomUUID needs a secure context).
-  const b = crypto.getRandomValues(new Uint8Array(12));
-  return 'w' + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
 // ---------------------------------------------------------------- status
@@ -68,7 +57,7 @@ function setStatus(state, text) {
   S.statusText = text;
   const s = $('status');
   s.dataset.state = state;
-  const queued = S.outbox.filter((o) => o.state === 'queued' || o.state === 'sending').length;
+  const queued = S.client ? S.client.pending().filter((o) => o.state === 'queued' || o.state === 'sending').length : 0;
   s.textContent = text + (queued && state !== 'connected' ? ` · ${queued} queued` : '');
   $('retry').hidden = state !== 'reconnecting';
 }
@@ -85,17 +74,13 @@ function notice(text) {
 }
 
 // ---------------------------------------------------------------- tokens
-function jwtClaims(token) {
-  try {
-    const p = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const json = decodeURIComponent(Array.from(atob(p), (c) => '%' + c.charCodeAt(0).toString(16).padStart(2, '0')).join(''));
-    const c = JSON.parse(json);
-    return c && typeof c.sub === 'string' ? c : null;
-  } catch { return null; }
+function claimsOf(token) {
+  const c = jwtClaims(token);
+  return c && typeof c.sub === 'string' ? c : null;
 }
 
 function tokenExpired(token) {
-  const c = jwtClaims(token);
+  const c = claimsOf(token);
   return !c || typeof c.exp !== 'number' || c.exp * 1000 <= Date.now();
 }
 
@@ -114,6 +99,21 @@ async function devToken(user) {
   if (r.status === 404) throw new Error('this server does not issue demo tokens: paste a token');
   if (!r.ok) throw new Error(`the server refused the name (HTTP ${r.status})`);
   return (await r.json()).token;
+}
+
+// The library's token provider: asked at the first connect, when the token
+// expires and after a failed upgrade (which may be a token the server no
+// longer takes). Demo mode fetches a new one; a pasted one cannot be renewed.
+async function provideToken() {
+  if (!tokenExpired(S.token) && await tokenAccepted(S.token)) return S.token;
+  if (S.demo) {
+    S.token = await devToken(S.user);
+    store.set('token', S.token);
+    return S.token;
+  }
+  notice('Your token was rejected or has expired: sign in again.');
+  setTimeout(signout, 3000);
+  throw new Error('token rejected');
 }
 
 // ---------------------------------------------------------------- sign in / out
@@ -137,7 +137,7 @@ function showSigninForm(which) {
 
 async function signinWith(token, user) {
   $('signin-error').textContent = '';
-  const c = jwtClaims(token);
+  const c = claimsOf(token);
   if (!c) throw new Error('that is not a JWT');
   if (tokenExpired(token)) throw new Error('the token has expired (or has no exp)');
   if (!(await tokenAccepted(token))) throw new Error('the server rejected the token');
@@ -150,172 +150,95 @@ function start(token, user) {
   store.set('token', token);
   store.set('user', user);
   store.set('demo', S.demo);
-  S.outbox = (store.get('outbox') || []).filter((o) => o && ROOM_RE.test(o.room) && typeof o.text === 'string')
-    .map((o) => ({ ...o, state: 'queued' }));
+  const saved = (store.get('outbox') || []).filter((o) => o && ROOM_RE.test(o.room) && typeof o.text === 'string' && typeof o.cid === 'string');
   $('signin').hidden = true;
   $('app').hidden = false;
   $('me').textContent = user;
   $('me').hidden = $('signout').hidden = false;
+  const c = new ChatClient({
+    url: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws',
+    token: provideToken,
+    outbox: saved,
+  });
+  S.client = c;
+  window.chatd = { client: c }; // for the browser console and the browser test
+  c.on('state', onState);
+  c.on('hello', onHello);
+  c.on('message', onMessage);
+  c.on('outbox', (o) => { saveOutbox(); renderPending(roomOf(o.room)); refreshStatus(); });
+  c.on('typing', onTyping);
+  c.on('read', onReadEvent);
+  c.on('joined', onMemberEvent);
+  c.on('left', onMemberEvent);
+  c.on('rooms', applyRooms);
+  c.on('error', (e) => {
+    if (e.code === 'not_member' && e.room) dropRoom(e.room); // a room left elsewhere
+    else if (e.op === 'token') return; // provideToken said what there is to say; the status shows the retry
+    else if (e.code !== 'rate_limited') notice(`${e.code}: ${e.message}`);
+  });
   const want = store.get('current');
   if (typeof want === 'string' && ROOM_RE.test(want)) openRoom(roomOf(want));
-  for (const o of S.outbox) roomOf(o.room);
+  for (const o of saved) roomOf(o.room);
   renderPendingAll();
   renderRooms();
-  connect();
+  if (navigator.onLine === false) setStatus('offline', 'offline'); // 'online' connects
+  else c.connect();
 }
 
 function signout() {
-  const ws = S.ws;
-  S.ws = null;
-  if (ws) { ws.onclose = null; ws.close(1000); }
+  if (S.client) S.client.close();
+  S.client = null;
   for (const k of ['token', 'user', 'outbox', 'current']) store.del(k);
   location.reload();
 }
 
 // ---------------------------------------------------------------- connection
-function wsURL() {
-  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws?token=' + encodeURIComponent(S.token);
-}
-
-function connect() {
-  clearTimeout(S.retryTimer);
-  clearInterval(S.countdown);
-  if (!S.token || S.ws) return;
-  if (navigator.onLine === false) { setStatus('offline', 'offline'); return; } // 'online' reconnects
-  setStatus(S.everOpened ? 'reconnecting' : 'connecting', S.everOpened ? 'reconnecting…' : 'connecting…');
-  const ws = new WebSocket(wsURL());
-  S.ws = ws;
-  let opened = false;
-  ws.onopen = () => { opened = true; };
-  ws.onmessage = (e) => {
-    if (S.ws !== ws) return;
-    S.lastRx = Date.now();
-    S.probeAt = 0;
-    let m;
-    try { m = JSON.parse(e.data); } catch { return; }
-    if (m && typeof m === 'object') onFrame(m);
-  };
-  ws.onclose = (e) => { if (S.ws === ws) onClosed(e.code, opened); };
-}
-
-// Leaves the socket for good (no more events from it) and schedules a new one.
-function dropConnection(code) {
-  const ws = S.ws;
-  if (!ws) return;
-  ws.onclose = ws.onmessage = null;
-  try { ws.close(); } catch { /* already closing */ }
-  onClosed(code, true);
-}
-
-async function onClosed(code, opened) {
-  S.ws = null;
-  S.connected = S.flushed = false;
-  S.waiting.clear();
-  // Replies to what was in flight are lost with the socket: nothing may
-  // wait for them (the next hello catches up again).
-  for (const r of S.rooms.values()) {
-    r.catching = r.loading = r.olderBusy = false;
-    r.afterCatch = [];
+let countdown = 0;
+function onState(e) {
+  clearInterval(countdown);
+  S.connected = e.state === 'connected';
+  if (e.state === 'connected') {
+    setStatus('connected', `connected · gateway ${e.gateway}`);
+  } else if (e.state === 'reconnecting' && navigator.onLine === false) {
+    setStatus('offline', 'offline');
+  } else if (e.state === 'reconnecting' && e.retryIn > 0) {
+    const at = Date.now() + e.retryIn;
+    const tick = () => setStatus('reconnecting', `reconnecting in ${Math.ceil(Math.max(0, at - Date.now()) / 1000)} s`);
+    tick();
+    countdown = setInterval(tick, 1000);
+  } else if (e.state === 'reconnecting') {
+    setStatus('reconnecting', 'reconnecting…');
+  } else if (e.state === 'connecting') {
+    setStatus('connecting', 'connecting…');
   }
-  for (const o of S.outbox) if (o.state === 'sending') o.state = 'queued';
   renderPendingAll();
-  if (!S.token) return;
-  // An upgrade that failed may be a token the server no longer takes.
-  if (!opened && (tokenExpired(S.token) || !(await tokenAccepted(S.token)))) {
-    if (S.demo) {
-      try { S.token = await devToken(S.user); store.set('token', S.token); } catch { /* retried below */ }
-    } else {
-      notice('Your token was rejected or has expired: sign in again.');
-      setTimeout(signout, 3000);
-      return;
-    }
-  }
-  if (navigator.onLine === false) { setStatus('offline', 'offline'); return; }
-  const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** S.attempt);
-  const wait = code === 1012 ? 0 : Math.random() * cap; // 1012: restart, go now
-  S.attempt = Math.min(S.attempt + 1, 16);
-  S.retryAt = Date.now() + wait;
-  const tick = () => setStatus('reconnecting', `reconnecting in ${Math.ceil(Math.max(0, S.retryAt - Date.now()) / 1000)} s`);
-  tick();
-  S.countdown = setInterval(tick, 1000);
-  S.retryTimer = setTimeout(connect, wait);
-}
-
-function sendFrame(o) {
-  if (!S.ws || !S.connected) return false;
-  S.ws.send(JSON.stringify(o));
-  return true;
-}
-
-// A request whose reply (ok / error / ...) goes to cb; lost with the socket.
-function request(o, cb) {
-  o.rid = ++S.rid;
-  if (!sendFrame(o)) return false;
-  if (cb) S.waiting.set(o.rid, cb);
-  return true;
-}
-
-function onFrame(m) {
-  if (m.rid !== undefined && S.waiting.has(m.rid)) {
-    const cb = S.waiting.get(m.rid);
-    S.waiting.delete(m.rid);
-    cb(m);
-    return;
-  }
-  switch (m.op) {
-    case 'hello': onHello(m); break;
-    case 'msg': onLiveMsg(m); break;
-    case 'typing': onTyping(m); break;
-    case 'read': onReadEvent(m); break;
-    case 'joined': case 'left': onMemberEvent(m); break;
-    case 'error': if (m.code !== 'rate_limited') notice(`${m.code}: ${m.message}`); break;
-    default: break;
-  }
 }
 
 function onHello(m) {
-  S.connected = true;
-  S.everOpened = true;
-  S.attempt = 0;
   S.user = m.user;
-  if (typeof m.heartbeat === 'number' && m.heartbeat > 0) S.heartbeat = m.heartbeat;
-  setStatus('connected', `connected · gateway ${m.gateway}`);
-  request({ op: 'rooms' }, (m) => { if (m.op === 'rooms') applyRooms(m.rooms); });
-  // Every room with messages on screen catches up from its last seq; the
-  // others only need their head, which `rooms` gives. Then the outbox.
-  const loaded = [...S.rooms.values()].filter((r) => r.loaded);
-  let left = loaded.length;
-  const one = () => { if (--left === 0) flushOutbox(); };
-  if (left === 0) flushOutbox();
-  for (const r of loaded) catchUp(r, one);
+  refreshRooms();
   if (S.current) refreshPresence(S.current);
 }
 
-// Liveness: the server's pings are invisible to page scripts, so after a
-// silent heartbeat the page asks something and gives the socket up if no
-// answer comes (a half-open TCP connection never reports a close).
-setInterval(() => {
-  if (!S.connected) return;
-  const now = Date.now();
-  if (S.probeAt && now - S.probeAt > PROBE_TIMEOUT_MS) { dropConnection(4000); return; }
-  if (!S.probeAt && now - S.lastRx > S.heartbeat * 1000) {
-    S.probeAt = now;
-    request({ op: 'rooms' }, (m) => { if (m.op === 'rooms') applyRooms(m.rooms); });
-  }
-}, 2000);
+function refreshRooms() {
+  S.client.roomList().then(applyRooms, () => {});
+}
 
 setInterval(() => {
   if (S.connected && S.current && document.visibilityState === 'visible') refreshPresence(S.current);
 }, PRESENCE_MS);
 
 // ---------------------------------------------------------------- rooms
+// A room's timeline holds every message from `lo` on (the library delivers
+// each room's messages once, in order, from where it tracks it); older pages
+// come from history() on scroll up.
 function roomOf(name) {
   let r = S.rooms.get(name);
   if (!r) {
     r = {
       name, head: 0, read: 0,
-      loaded: false, lo: 0, last: 0,   // window [lo, ...]; last: highest seq with none missing below it
-      msgs: new Map(), catching: false, olderBusy: false,
+      lo: 0,                           // 0: nothing held yet; else every seq >= lo is held
+      msgs: new Map(), olderBusy: false,
       typing: new Map(), online: [], readServer: 0, // read: shown; readServer: the server's mark
       joinedAt: 0,                     // when our join was answered (see applyRooms)
       list: el('ol', { class: 'messages', 'data-room': name }),
@@ -323,6 +246,10 @@ function roomOf(name) {
     S.rooms.set(name, r);
   }
   return r;
+}
+
+function last(r) {
+  return (S.client && S.client.lastSeq(r.name)) || 0;
 }
 
 function dmPeer(name) {
@@ -341,6 +268,7 @@ function unread(r) { return Math.max(0, r.head - r.read); }
 function applyRooms(list) {
   if (!Array.isArray(list)) return;
   const seen = new Set();
+  S.roomsKnown = true;
   for (const x of list) {
     if (!x || typeof x.room !== 'string') continue;
     const r = roomOf(x.room);
@@ -352,23 +280,25 @@ function applyRooms(list) {
   // Rooms left from another tab disappear, unless a send is waiting for them
   // or we joined them just now (the gateway may read the list before it
   // has stored a join sent earlier).
+  const waiting = new Set(S.client.pending().map((o) => o.room));
   for (const name of [...S.rooms.keys()]) {
     const r = S.rooms.get(name);
-    if (!seen.has(name) && Date.now() - r.joinedAt > 10000 &&
-        !S.outbox.some((o) => o.room === name && o.state !== 'acked')) dropRoom(name);
+    if (!seen.has(name) && Date.now() - r.joinedAt > 10000 && !waiting.has(name)) dropRoom(name);
   }
   if (!S.current && list.length) openRoom(roomOf([...seen].sort()[0]));
   renderRooms();
-  if (S.current && !S.current.loaded) loadLatest(S.current);
+  if (S.current) ensureLoaded(S.current);
 }
 
 function dropRoom(name) {
   S.rooms.delete(name);
+  if (S.client) S.client.untrack(name);
   if (S.current && S.current.name === name) {
     S.current = null;
     store.del('current');
     renderRoom();
   }
+  renderRooms();
 }
 
 function renderRooms() {
@@ -392,16 +322,35 @@ function renderRooms() {
 function openRoom(r) {
   const prev = S.current;
   // Leaving a room the user had on screen: what it showed counts as read.
-  if (prev && prev !== r && prev.loaded && document.visibilityState === 'visible') markRead(prev, prev.last);
+  if (prev && prev !== r && prev.lo && document.visibilityState === 'visible') markRead(prev, last(prev));
   S.current = r;
   store.set('current', r.name);
   $('app').classList.add('room-open');
   renderRoom();
   renderRooms();
-  if (!r.loaded && S.connected) loadLatest(r);
+  ensureLoaded(r);
   if (S.connected) refreshPresence(r);
   scrollToBottom();
   maybeRead();
+}
+
+// A room on screen shows its newest PAGE messages: the library is told to
+// deliver from there (it catches up by sync); a room it already tracks has
+// its messages here already, and older ones come on scroll.
+function ensureLoaded(r) {
+  if (!S.client) return;
+  if (!r.lo && S.client.lastSeq(r.name) === null && !S.roomsKnown) return; // its head is not known yet
+  if (!r.lo) {
+    const from = S.client.lastSeq(r.name) ?? Math.max(0, r.head - PAGE);
+    r.lo = from + 1;
+    r.list.prepend(edgeLine(r));
+    S.client.track(r.name, from);
+  }
+  if (r === S.current) fillUp(r);
+}
+
+function edgeLine(r) {
+  return el('li', { class: 'edge' }, r.lo <= 1 ? 'This is the beginning of ' + label(r.name) : 'Scroll up for earlier messages');
 }
 
 function renderRoom() {
@@ -416,13 +365,13 @@ function renderRoom() {
 }
 
 function joinRoom(name) {
-  if (!request({ op: 'join', room: name }, (m) => {
-    if (m.op !== 'ok') { notice(`cannot join ${name}: ${m.message || m.code}`); return; }
+  if (!S.connected) { notice('not connected: try again when the status says connected'); return; }
+  S.client.join(name).then((m) => {
     const r = roomOf(name);
     r.joinedAt = Date.now();
     r.head = Math.max(r.head, m.seq | 0);
     openRoom(r);
-  })) notice('not connected: try again when the status says connected');
+  }, (e) => notice(`cannot join ${name}: ${e.message || e.code}`));
 }
 
 // ---------------------------------------------------------------- messages
@@ -447,142 +396,49 @@ function msgNode(m) {
     el('div', { class: 'text' }, m.text));
 }
 
-// Inserts a message of a loaded room in seq order; false if already held
-// (the server delivers at least once; (room, seq) identifies a message).
+// Inserts a message in seq order; false if already held.
 function addMsg(r, m) {
-  if (!Number.isInteger(m.seq) || m.seq < r.lo || r.msgs.has(m.seq) || typeof m.text !== 'string') {
-    while (r.msgs.has(r.last + 1)) r.last++;
-    return false;
-  }
+  if (!Number.isInteger(m.seq) || r.msgs.has(m.seq) || typeof m.text !== 'string') return false;
   r.msgs.set(m.seq, m);
-  r.head = Math.max(r.head, m.seq);
-  while (r.msgs.has(r.last + 1)) r.last++;
-  const node = msgNode(m);
-  let before = null; // first node of a higher seq, or the first pending one
-  for (let c = r.list.lastElementChild; c; c = c.previousElementSibling) {
-    if (c.classList.contains('pending') || (c.dataset.seq && +c.dataset.seq > m.seq)) before = c;
-    else break;
-  }
-  r.list.insertBefore(node, before);
-  if (m.from === S.user && m.cid) settle(m.cid);
-  r.typing.delete(m.from);
+  r.list.insertBefore(msgNode(m), nextNodeAfter(r, m.seq));
   return true;
 }
 
-function onLiveMsg(m) {
-  if (typeof m.room !== 'string') return;
+// The library's delivery: each room's messages once each, in order.
+function onMessage(m) {
   const r = roomOf(m.room);
-  if (!r.loaded) { // not on screen yet: only its count matters
-    r.head = Math.max(r.head, m.seq | 0);
-    if (m.from === S.user && m.cid) settle(m.cid);
-    if (m.from === S.user && r.read === m.seq - 1) markRead(r, m.seq);
-    renderRooms();
-    return;
-  }
+  if (!r.lo) { r.lo = m.seq; r.list.prepend(edgeLine(r)); }
   const stick = r === S.current && atBottom();
+  r.head = Math.max(r.head, m.seq);
   addMsg(r, m);
+  r.typing.delete(m.from);
   if (m.from === S.user && r.read === m.seq - 1) markRead(r, m.seq); // own message: nothing new to read
-  if (r.last < r.head) catchUp(r);
   if (stick) scrollToBottom();
   if (r === S.current) { renderTyping(); maybeRead(); }
   renderRooms();
 }
 
-// sync from the last seq held until `more` is false; done() after the last page.
-function catchUp(r, done) {
-  if (r.catching) { if (done) r.afterCatch = (r.afterCatch || []).concat(done); return; }
-  if (r.head - r.last > GAP_RESET) { resetWindow(r); loadLatest(r, done); return; }
-  r.catching = true;
-  const finish = () => {
-    r.catching = false;
-    const cbs = (r.afterCatch || []).concat(done ? [done] : []);
-    r.afterCatch = [];
-    cbs.forEach((f) => f());
-  };
-  const page = () => {
-    const stick = r === S.current && atBottom();
-    const from = r.last;
-    const sent = request({ op: 'sync', room: r.name, after: r.last, limit: SYNC_LIMIT }, (h) => {
-      if (h.op === 'history') {
-        h.messages.forEach((m) => addMsg(r, m));
-        if (stick) scrollToBottom();
-        if (r === S.current) maybeRead();
-        renderRooms();
-        // Go on while there is more and each page moves last on (a live
-        // message may have moved head meanwhile); never spin in place.
-        if ((h.more || r.last < r.head) && r.last > from) page(); else finish();
-      } else if (h.code === 'unavailable' || h.code === 'rate_limited') {
-        setTimeout(page, 500 + Math.random() * 1500);
-      } else {
-        if (h.code === 'not_member') dropRoom(r.name);
-        finish();
-      }
-    });
-    if (!sent) finish(); // the socket is gone; the next hello catches up
-  };
-  page();
-}
-
-function resetWindow(r) {
-  r.msgs.clear();
-  r.loaded = false;
-  r.lo = r.last = 0;
-  r.list.replaceChildren();
-  renderPending(r);
-}
-
-// The newest page of a room not on screen yet; older pages come on scroll up.
-function loadLatest(r, done) {
-  if (r.loading) { if (done) done(); return; }
-  r.loading = true;
-  const after = Math.max(0, r.head - PAGE);
-  const sent = request({ op: 'sync', room: r.name, after, limit: PAGE }, (h) => {
-    r.loading = false;
-    if (h.op !== 'history') {
-      if (h.code === 'unavailable' || h.code === 'rate_limited') setTimeout(() => loadLatest(r, done), 1000);
-      else if (done) done();
-      return;
-    }
-    r.loaded = true;
-    r.lo = after + 1;
-    r.last = after;
-    r.list.prepend(el('li', { class: 'edge' }, after === 0 ? 'This is the beginning of ' + label(r.name) : 'Scroll up for earlier messages'));
-    h.messages.forEach((m) => addMsg(r, m));
-    if (r === S.current) { scrollToBottom(); maybeRead(); fillUp(r); }
-    renderRooms();
-    if (h.more || r.last < r.head) catchUp(r, done); else if (done) done();
-  });
-  if (!sent) { r.loading = false; if (done) done(); }
-}
-
 function loadOlder(r) {
-  if (!r.loaded || r.lo <= 1 || r.olderBusy || !S.connected) return;
+  if (!r.lo || r.lo <= 1 || r.olderBusy || !S.connected) return;
   r.olderBusy = true;
   const after = Math.max(0, r.lo - 1 - PAGE);
   const limit = r.lo - 1 - after;
-  const sent = request({ op: 'sync', room: r.name, after, limit }, (h) => {
+  S.client.history(r.name, { after, limit }).then((h) => {
     r.olderBusy = false;
-    if (h.op !== 'history') return;
     const t = $('timeline');
     const fromBottom = t.scrollHeight - t.scrollTop;
-    const top = r.list.firstElementChild; // the edge line
+    for (const m of h.messages) if (m.seq > after && m.seq < after + 1 + limit) addMsg(r, m);
     r.lo = after + 1;
-    for (const m of h.messages) {
-      if (m.seq > after && m.seq < after + 1 + limit && !r.msgs.has(m.seq)) {
-        r.msgs.set(m.seq, m);
-        r.list.insertBefore(msgNode(m), nextNodeAfter(r, m.seq));
-      }
-    }
-    if (top && top.classList.contains('edge')) {
-      top.textContent = after === 0 ? 'This is the beginning of ' + label(r.name) : 'Scroll up for earlier messages';
+    const top = r.list.querySelector('li.edge');
+    if (top) {
+      top.textContent = edgeLine(r).textContent;
       r.list.prepend(top);
     }
     if (r === S.current) {
       t.scrollTop = t.scrollHeight - fromBottom; // keep what the user looked at in place
       fillUp(r);
     }
-  });
-  if (!sent) r.olderBusy = false;
+  }, () => { r.olderBusy = false; });
 }
 
 // Scrolling up loads older pages; a timeline too short to scroll loads them now.
@@ -603,63 +459,26 @@ function submitText() {
   const text = input.value;
   if (!r || !text.trim()) return;
   if (new TextEncoder().encode(text).length > 4096) { notice('message too long (4096 bytes at most)'); return; }
-  const o = { cid: newCid(), room: r.name, text, state: 'queued' };
-  S.outbox.push(o);
-  saveOutbox();
   input.value = '';
   lastTyping.delete(r.name); // the message clears the others' indicator: the next keystroke announces again
-  renderPending(r);
+  S.client.send(r.name, text).catch(() => {}); // a refusal shows on its pending line
   scrollToBottom();
-  if (S.flushed) transmit(o);
-  else refreshStatus();
 }
 
-function transmit(o) {
-  if (o.state !== 'queued') return;
-  const sent = request({ op: 'send', room: o.room, text: o.text, cid: o.cid }, (m) => {
-    if (m.op === 'ack') {
-      o.state = 'acked';
-      o.id = m.id;
-    } else if (m.code === 'unavailable' || m.code === 'rate_limited' || m.code === 'internal') {
-      o.state = 'queued'; // same cid: stored at most once whatever happened to the first try
-      setTimeout(() => { if (S.flushed) transmit(o); }, 500 + Math.random() * 2000);
-    } else {
-      o.state = 'failed';
-      o.why = m.message || m.code;
-    }
-    saveOutbox();
-    renderPending(roomOf(o.room));
-  });
-  if (sent) o.state = 'sending';
-  renderPending(roomOf(o.room));
-}
-
-function flushOutbox() {
-  if (!S.connected) return;
-  S.flushed = true;
-  for (const o of S.outbox) transmit(o);
-  refreshStatus();
-}
-
-// The message came back with its seq: the pending line gives way to it.
-function settle(cid) {
-  const i = S.outbox.findIndex((o) => o.cid === cid);
-  if (i < 0) return;
-  const o = S.outbox[i];
-  S.outbox.splice(i, 1);
-  saveOutbox();
-  renderPending(roomOf(o.room));
-}
-
+// A pending line per send not back yet: queued (not connected), sending…
+// (waiting for ack), sent (acked, not yet back with its seq), not sent: reason.
 const PENDING_TEXT = { queued: 'queued', sending: 'sending…', acked: 'sent', failed: 'not sent' };
 
 function renderPending(r) {
   for (const n of [...r.list.querySelectorAll('li.pending')]) n.remove();
-  for (const o of S.outbox) {
+  if (!S.client) return;
+  for (const o of S.client.pending()) {
     if (o.room !== r.name) continue;
-    r.list.append(el('li', { class: 'msg mine pending' + (o.state === 'failed' ? ' failed' : ''), 'data-cid': o.cid, 'data-state': o.state },
+    const state = o.state === 'sending' && !S.connected ? 'queued' : o.state;
+    const why = o.state === 'failed' && o.error ? ': ' + (o.error.message || o.error.code) : '';
+    r.list.append(el('li', { class: 'msg mine pending' + (o.state === 'failed' ? ' failed' : ''), 'data-cid': o.cid, 'data-state': state },
       el('div', { class: 'meta' }, el('span', { class: 'from' }, S.user),
-        el('span', { class: 'state' }, PENDING_TEXT[o.state] + (o.why ? ': ' + o.why : ''))),
+        el('span', { class: 'state' }, PENDING_TEXT[state] + why)),
       el('div', { class: 'text' }, o.text)));
   }
 }
@@ -674,7 +493,7 @@ function onInput() {
   const now = Date.now();
   if (now - (lastTyping.get(r.name) || 0) < TYPING_EVERY_MS) return;
   lastTyping.set(r.name, now);
-  sendFrame({ op: 'typing', room: r.name }); // no rid: nothing answers a success
+  S.client.typing(r.name);
 }
 
 function onTyping(m) {
@@ -694,11 +513,10 @@ function renderTyping() {
 }
 
 function refreshPresence(r) {
-  request({ op: 'presence', room: r.name }, (m) => {
-    if (m.op !== 'presence' || !Array.isArray(m.online)) return;
-    r.online = m.online.filter((u) => typeof u === 'string').sort();
+  S.client.presence(r.name).then((p) => {
+    r.online = p.online.filter((u) => typeof u === 'string').sort();
     if (r === S.current) renderOnline();
-  });
+  }, () => {});
 }
 
 function renderOnline() {
@@ -711,8 +529,8 @@ function renderOnline() {
 
 function onMemberEvent(m) {
   if (typeof m.room !== 'string') return;
-  if (m.user === S.user) { // another tab of ours joined or left
-    if (m.op === 'left') { dropRoom(m.room); renderRooms(); } else request({ op: 'rooms' }, (x) => { if (x.op === 'rooms') applyRooms(x.rooms); });
+  if (m.user === S.user) { // another tab of ours joined or left (or a DM peer added us)
+    if (m.op === 'left') dropRoom(m.room); else refreshRooms();
     return;
   }
   if (S.current && S.current.name === m.room) refreshPresence(S.current);
@@ -730,7 +548,7 @@ function markRead(r, seq) {
   r.read = Math.max(r.read, seq);
   if (seq <= r.readServer || !S.connected) return;
   r.readServer = seq;
-  request({ op: 'read', room: r.name, seq }, () => {});
+  S.client.read(r.name, seq).catch(() => {});
   renderRooms();
 }
 
@@ -742,8 +560,8 @@ function maybeRead() {
   readTimer = setTimeout(() => {
     readTimer = 0;
     const r = S.current;
-    if (!r || !r.loaded || !S.connected || document.visibilityState !== 'visible' || !atBottom()) return;
-    markRead(r, r.last);
+    if (!r || !r.lo || !S.connected || document.visibilityState !== 'visible' || !atBottom()) return;
+    markRead(r, last(r));
   }, READ_DELAY_MS);
 }
 
@@ -764,7 +582,7 @@ function wire() {
   $('use-token').addEventListener('click', () => showSigninForm('paste'));
   $('use-demo').addEventListener('click', () => showSigninForm('demo'));
   $('signout').addEventListener('click', signout);
-  $('retry').addEventListener('click', () => { S.attempt = 0; connect(); });
+  $('retry').addEventListener('click', () => { if (S.client) S.client.reconnectNow(); });
   $('join-form').addEventListener('submit', (e) => {
     e.preventDefault();
     const name = $('join-room').value.trim();
@@ -777,11 +595,11 @@ function wire() {
     const peer = $('dm-user').value.trim();
     if (!USER_RE.test(peer) || peer === S.user) { notice('a user name of someone else: A-Z a-z 0-9 _ . -'); return; }
     $('dm-user').value = '';
-    joinRoom('dm:' + [S.user, peer].sort().join(':')); // A < B: ids are ASCII, so code-unit order is byte order
+    joinRoom(dmRoom(S.user, peer));
   });
   $('leave').addEventListener('click', () => {
     const r = S.current;
-    if (r) request({ op: 'leave', room: r.name }, (m) => { if (m.op === 'ok') { dropRoom(r.name); renderRooms(); } });
+    if (r) S.client.leave(r.name).then(() => dropRoom(r.name), (e) => notice(`cannot leave: ${e.message || e.code}`));
   });
   $('back').addEventListener('click', () => $('app').classList.remove('room-open'));
   $('composer').addEventListener('submit', (e) => { e.preventDefault(); submitText(); });
@@ -797,8 +615,11 @@ function wire() {
     maybeRead();
   });
   document.addEventListener('visibilitychange', () => { if (document.visibilityState === 'visible') { maybeRead(); if (S.current && S.connected) refreshPresence(S.current); } });
-  window.addEventListener('online', () => { if (S.token && !S.ws) { S.attempt = 0; connect(); } });
-  window.addEventListener('offline', () => { if (!S.connected && S.token) setStatus('offline', 'offline'); });
+  window.addEventListener('online', () => {
+    if (!S.client) return;
+    if (S.client.state === 'idle') S.client.connect(); else S.client.reconnectNow();
+  });
+  window.addEventListener('offline', () => { if (!S.connected && S.client) setStatus('offline', 'offline'); });
 }
 
 wire();

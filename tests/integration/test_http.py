@@ -51,7 +51,8 @@ def test_browser_client_page(cluster):
 
 WEB_ASSETS = {"/": "text/html; charset=utf-8", "/index.html": "text/html; charset=utf-8",
               "/app.js": "text/javascript; charset=utf-8", "/style.css": "text/css; charset=utf-8",
-              "/favicon.svg": "image/svg+xml"}
+              "/favicon.svg": "image/svg+xml",
+              "/chatd-client.js": "text/javascript; charset=utf-8"}  # clients/js, imported by app.js
 
 
 @pytest.mark.parametrize("path", sorted(WEB_ASSETS))
