@@ -123,7 +123,7 @@ static void gw_on_event_dr(int err, void *opaque)
         log_warn("event_produce_failed", "err=%s", err_code(err));
 }
 
-static int gw_produce_event(gateway_t *g, char type, const char *room, const char *user,
+int gw_produce_event(gateway_t *g, char type, const char *room, const char *user,
                             struct jbuf *frame)
 {
     struct kafka_hdrs h = { .version = RECORD_VERSION, .type = type };
@@ -143,8 +143,7 @@ static int gw_produce_event(gateway_t *g, char type, const char *room, const cha
 /* quiet: the request changed nothing (already a member, not a member, or
  * the retry of a request whose reply was lost): the record is not shown to
  * clients, it only makes the user's gateways check (GW_QUIET_TAIL). */
-static void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user,
-                              int quiet)
+void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet)
 {
     struct jbuf b;
     jbuf_init(&b, 112);
@@ -230,7 +229,7 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
 {
     struct gw_pending *p = ud;
     int j = err ? DB_JOIN_FULL : db_join_result(res);
-    if (!err && j != DB_JOIN_FULL) {
+    if (!err && j != DB_JOIN_FULL && j != DB_JOIN_CLOSED) {
         char peer[AUTH_USER_MAX + 1];
         p->inserted = j == DB_JOIN_INSERTED;
         gw_member_changed(p->g, "joined", p->room, p->user, !p->inserted);
@@ -248,6 +247,11 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
     }
     if (j == DB_JOIN_FULL) {
         gw_send_error(c, p->rid, ERR_FORBIDDEN, "in too many rooms (--max-rooms-per-user): leave one first");
+        gw_pending_free(p);
+        return;
+    }
+    if (j == DB_JOIN_CLOSED) {
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "this room is private (or archived): only members may join");
         gw_pending_free(p);
         return;
     }
