@@ -18,6 +18,7 @@
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
 #                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
+#   make api-deps   the venv of schemathesis (tests/api/requirements.txt) the API schema test runs
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #   make screenshots   run the browser test, writing its screenshots to docs/
 #   make clean
@@ -47,7 +48,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+.PHONY: api-deps all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check k8s-kafka-test \
         bench bench-deps bench-peer \
         browser-deps screenshots
@@ -126,8 +127,15 @@ $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: $(BUILD)/chatd browser-deps
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
+# schemathesis checks a live gateway's server API against docs/api.yaml
+# (tests/integration/test_api_schema.py), from a venv of pinned versions.
+API_VENV := build/venv-api
+API_TEST_ENV = CHATD_API_VENV=$(abspath $(API_VENV)) CHATD_REQUIRE_SCHEMATHESIS=1
+api-deps:
+	bash scripts/api-venv.sh $(API_VENV)
+
+integration: $(BUILD)/chatd browser-deps api-deps
+	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
 # ---- real Apache Kafka (scripts/kafka.py; jars pinned by scripts/kafka/pom.xml) ----
 KAFKA         ?= embedded
@@ -155,9 +163,9 @@ kafka-up:
 kafka-down:
 	$(PYTHON) scripts/kafka.py down $(KAFKA_DIR)
 
-integration-kafka: $(BUILD)/chatd browser-deps
+integration-kafka: $(BUILD)/chatd browser-deps api-deps
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/browser $(PYTEST_ARGS)
+	$(KAFKA_TEST_ENV) $(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/browser $(PYTEST_ARGS)
 
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).

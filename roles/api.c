@@ -677,9 +677,10 @@ static void api_disconnect(api_t *a, http_req_t *req, const char *user)
         return;
     const cJSON *bu = cJSON_GetObjectItemCaseSensitive(o, "ban_until");
     int64_t until = 0;
+    /* The range first: a cast of a double past int64_t is undefined. */
     if (bu && !cJSON_IsNull(bu) &&
-        (!cJSON_IsNumber(bu) || bu->valuedouble != (double)(int64_t)bu->valuedouble ||
-         bu->valuedouble < 0 || bu->valuedouble > 253402300799.0)) {
+        (!cJSON_IsNumber(bu) || !(bu->valuedouble >= 0 && bu->valuedouble <= 253402300799.0) ||
+         bu->valuedouble != (double)(int64_t)bu->valuedouble)) {
         cJSON_Delete(o);
         api_error(req, 400, "bad_request", "ban_until must be unix seconds (an integer, 0..253402300799)");
         return;
