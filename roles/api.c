@@ -556,6 +556,11 @@ static cJSON *api_body(http_req_t *req, int optional)
     const char *body = http_req_body(req, &len);
     if ((!body || len == 0) && optional)
         return cJSON_CreateObject();
+    /* cJSON would cut "a\u0000b" to "a": a text other than the one sent. */
+    if (body && proto_json_has_nul(body, len)) {
+        api_error(req, 400, "bad_request", "strings must not contain U+0000");
+        return NULL;
+    }
     cJSON *o = body ? cJSON_ParseWithLength(body, len) : NULL;
     if (!cJSON_IsObject(o)) {
         cJSON_Delete(o);

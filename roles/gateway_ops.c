@@ -23,6 +23,7 @@ struct gw_pending {
     char user[AUTH_USER_MAX + 1];
     char cid[PROTO_CID_MAX + 1];
     char id[MSG_ID_LEN + 1];
+    char target[AUTH_USER_MAX + 1]; /* add, remove: the member */
     int64_t after;
     int limit;
     int inserted;                 /* join/leave changed the membership */
@@ -65,6 +66,7 @@ static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_r
     strcpy(p->room, r->room);
     strcpy(p->user, c->u->id);
     strcpy(p->cid, r->cid);
+    strcpy(p->target, r->user);
     p->after = r->after;
     p->limit = r->limit;
     return p;
@@ -289,6 +291,34 @@ static void gw_on_leave_db(int err, PGresult *res, void *ud)
         return;
     if (err)
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+    else
+        gw_reply_ok(c, p->rid, p->room, -1);
+    gw_pending_free(p);
+}
+
+/* ---- add, remove: the owner of a room manages its members ---- */
+
+/* Like the server API's (roles/api.c): the record follows the committed
+ * statement, and makes the member's gateways apply it. */
+static void gw_on_owner_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    int owner = !err && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") != 0;
+    int changed = owner && strcmp(PQgetvalue(res, 0, 1), "0") != 0;
+    /* The statement's snapshot does not see its own insert: changed, or a
+     * member already. */
+    int member = p->op == OP_ADD && owner && (changed || PQgetvalue(res, 0, 2)[0] == 't');
+    if (owner && (p->op == OP_REMOVE || member))
+        gw_member_changed(p->g, p->op == OP_ADD ? "joined" : "left", p->room, p->target, !changed);
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err)
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+    else if (!owner)
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "only the room's owner may add or remove members");
+    else if (p->op == OP_ADD && !member)
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "the user is in too many rooms (--max-rooms-per-user)");
     else
         gw_reply_ok(c, p->rid, p->room, -1);
     gw_pending_free(p);
@@ -532,7 +562,7 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
     /* sync and read are PostgreSQL reads: they ask PostgreSQL about the
      * membership too, as the REST read does, so all three agree. */
     if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && r->op != OP_SYNC &&
-        r->op != OP_READ && !gw_member_find(c->g, c->u, r->room)) {
+        r->op != OP_READ && r->op != OP_ADD && r->op != OP_REMOVE && !gw_member_find(c->g, c->u, r->room)) {
         gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
         return;
     }
@@ -576,6 +606,13 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         break;
     case OP_PRESENCE:
         routes_presence(g->routes, r->room, gw_on_presence, gw_pending_new(c, r));
+        break;
+    case OP_ADD:
+        db_owner_add(g->pg, r->room, c->u->id, r->user, g->conf->max_rooms_per_user, gw_on_owner_db,
+                     gw_pending_new(c, r));
+        break;
+    case OP_REMOVE:
+        db_owner_remove(g->pg, r->room, c->u->id, r->user, gw_on_owner_db, gw_pending_new(c, r));
         break;
     }
 }

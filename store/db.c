@@ -374,3 +374,30 @@ void db_user_banned(pg_client_t *pg, const char *user, int64_t now_s, pg_result_
     static struct pg_stmt st = { "SELECT until FROM bans WHERE user_id = $1 AND until > $2::bigint" };
     pg_query_stmt(pg, &st, 2, p, cb, ud);
 }
+
+void db_owner_add(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                  int max_rooms, pg_result_cb cb, void *ud)
+{
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", max_rooms);
+    const char *p[] = { room, owner, user, cap };
+    pg_query(pg,
+             "WITH r AS (SELECT 1 FROM rooms WHERE room = $1 AND owner = $2 AND NOT archived), "
+             "ok AS (SELECT count(*) < $4::int AS ok FROM members WHERE user_id = $3), "
+             "m AS (INSERT INTO members (room, user_id) SELECT $1, $3 WHERE EXISTS (SELECT 1 FROM r) "
+             "AND (SELECT ok FROM ok) ON CONFLICT DO NOTHING RETURNING 1) "
+             "SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM m), "
+             "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $3)",
+             4, p, cb, ud);
+}
+
+void db_owner_remove(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                     pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room, owner, user };
+    pg_query(pg,
+             "WITH r AS (SELECT 1 FROM rooms WHERE room = $1 AND owner = $2), "
+             "d AS (DELETE FROM members WHERE room = $1 AND user_id = $3 AND EXISTS (SELECT 1 FROM r) "
+             "RETURNING 1) SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM d)",
+             3, p, cb, ud);
+}

@@ -99,6 +99,14 @@ void db_ban(pg_client_t *pg, const char *user, int64_t until, pg_result_cb cb, v
 /* One row (until) iff user is banned at now_s. */
 void db_user_banned(pg_client_t *pg, const char *user, int64_t now_s, pg_result_cb cb, void *ud);
 
+/* The owner's client ops add and remove (docs/PROTOCOL.md, "Private
+ * rooms"): only when room's owner is owner. Add: one row (owner matches
+ * 0|1, inserted 0|1, member now); remove: (owner matches 0|1, deleted 0|1). */
+void db_owner_add(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                  int max_rooms, pg_result_cb cb, void *ud);
+void db_owner_remove(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                     pg_result_cb cb, void *ud);
+
 /* PostgreSQL array literals for array parameters: add elements to an empty
  * jbuf (a text element is quoted and escaped, NULL is SQL NULL), then
  * db_array_end closes it and hands over the string (free it). */

@@ -252,3 +252,47 @@ def test_disconnect_everywhere_and_ban(cluster):
         return took
     took = arun(body())
     print(f"disconnect reached both gateways in {took:.3f} s")
+
+
+def test_owner_adds_and_removes_members_by_client_op(cluster):
+    """The owner of a private room adds and removes members with the client
+    ops add/remove (protocol extension 2); anyone else is forbidden."""
+    room, owner, guest, other = uid("ownr"), uid("own"), uid("g"), uid("x")
+    st, _, _ = api(cluster, "PUT", f"/v1/rooms/{room}", {"private": True, "owner": owner})
+    assert st == 201
+
+    async def body():
+        o = await cluster.client(owner, gw=0)
+        g = await cluster.client(guest, gw=1)
+        x = await cluster.client(other, gw=1)
+        await g.expect_error({"op": "join", "room": room}, "forbidden")
+        await x.expect_error({"op": "add", "room": room, "user": other}, "forbidden")
+        await o.expect_error({"op": "add", "room": room, "user": "not valid"}, "bad_request")
+        r = await o.ok("add", room=room, user=guest)
+        assert r == {"op": "ok", "rid": r["rid"], "room": room}, r
+        # the guest's open connection on the other gateway gets the room
+        await g.wait_event(lambda e: e.get("op") == "joined" and e.get("room") == room
+                           and e.get("user") == guest, timeout=WITHIN, what="joined")
+        await o.send(room, "welcome")
+        await g.wait_seqs(room, [1])
+        await x.expect_error({"op": "remove", "room": room, "user": guest}, "forbidden")
+        await o.ok("remove", room=room, user=guest)
+        await g.wait_event(lambda e: e.get("op") == "left" and e.get("user") == guest,
+                           timeout=WITHIN, what="left")
+        await o.send(room, "after")
+        await o.wait_seqs(room, [2])
+        await g.drain_events(1.0)
+        assert g.seqs(room) == {1}
+        for c in (o, g, x):
+            await c.close()
+    arun(body())
+
+
+def test_publish_refuses_nul_in_strings(cluster):
+    """cJSON would cut "a\\u0000b" to "a": refused, not stored cut."""
+    room = uid("apinul")
+    assert api(cluster, "PUT", f"/v1/rooms/{room}", {})[0] == 201
+    for raw in (b'{"text":"a\\u0000b"}', b'{"text":"a\\u00g0b"}', b'{"text":"a\x00b"}'):
+        st, _, r = api(cluster, "POST", f"/v1/rooms/{room}/messages", raw,
+                       headers={"Content-Type": "application/json"})
+        assert st == 400 and r["error"] == "bad_request", (raw, st, r)
