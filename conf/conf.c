@@ -133,7 +133,8 @@ void conf_usage(FILE *out)
     fprintf(out, "usage: chatd [--flag=value ...]\n\n"
                  "Every flag is also read from the environment as CHATD_<FLAG> (e.g. CHATD_LISTEN);\n"
                  "the command line wins. The JWT secret is read only from CHATD_JWT_SECRET\n"
-                 "(and, during a rotation, CHATD_JWT_SECRET_PREVIOUS, also accepted).\n\n");
+                 "(and, during a rotation, CHATD_JWT_SECRET_PREVIOUS, also accepted); the server\n"
+                 "API's key only from CHATD_API_KEY (and CHATD_API_KEY_PREVIOUS).\n\n");
     for (size_t i = 0; i < CONF_NFLAGS; i++) {
         const struct conf_flag *f = &conf_flags[i];
         fprintf(out, "  --%-22s %s", f->name, f->help);
