@@ -24,6 +24,7 @@
 #define API_MEMBERS_MAX 1000      /* a page of a room's members */
 #define API_SEGS 6
 #define API_SYSTEM_SENDER "system"
+#define API_BODY_MEMBERS_MAX 32
 
 struct api {
     uv_loop_t *loop;
@@ -565,6 +566,19 @@ static cJSON *api_body(http_req_t *req, int optional)
     if (!cJSON_IsObject(o)) {
         cJSON_Delete(o);
         api_error(req, 400, "bad_request", "the body must be a JSON object");
+        return NULL;
+    }
+    /* A repeated key is read by cJSON as its first, by other parsers (a
+     * proxy that checked the body) as its last: refused. The bodies have
+     * three members at most, so a few dozen bound the quadratic check. */
+    int n = 0;
+    for (const cJSON *a = o->child; a; a = a->next, n++)
+        for (const cJSON *b = o->child; b != a && n <= API_BODY_MEMBERS_MAX; b = b->next)
+            if (!strcmp(a->string, b->string))
+                n = API_BODY_MEMBERS_MAX + 1;
+    if (n > API_BODY_MEMBERS_MAX) {
+        cJSON_Delete(o);
+        api_error(req, 400, "bad_request", "a body has at most 32 members, each key once");
         return NULL;
     }
     return o;
