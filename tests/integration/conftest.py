@@ -265,10 +265,10 @@ def start_all_instance(workdir, pg, kafka):
     leftovers = []
 
     def start(name, extra_args=(), redis_args=(), redis_password=None, redis_user=None,
-              redis_url=None, ready=True):
+              redis_url=None, ready=True, env=None):
         """redis_args/redis_password/redis_user: the instance's redis-server; redis_url
         (given the redis process) replaces the plain redis://127.0.0.1:PORT;
-        ready=False returns without waiting for /readyz."""
+        ready=False returns without waiting for /readyz; env: extra environment."""
         d = os.path.join(workdir, name)
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
@@ -282,7 +282,8 @@ def start_all_instance(workdir, pg, kafka):
         kargs = kafkamode.chatd_args(kafka, prefix=name) if kafka else ["--kafka=embedded"]
         p = start_chatd(name, ["--role=all", f"--listen=127.0.0.1:{port}"] + kargs + [
                                f"--redis={url}", f"--pg={conninfo}", "--log-level=info"]
-                        + KAFKA_TEST_OPTS + list(extra_args), d)
+                        + KAFKA_TEST_OPTS + list(extra_args), d,
+                        env=chatd_env(env) if env else None)
         inst = Instance(p, port, r, conninfo, dbname, d)
         started.append(inst)
         leftovers.remove(r)
