@@ -248,7 +248,7 @@ FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefin
                 -I. -D_GNU_SOURCE \
                 $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS    := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lhttp_parser -lm
-FUZZ_TARGETS := fuzz_http fuzz_proto fuzz_auth fuzz_record fuzz_ws fuzz_conf fuzz_jwks
+FUZZ_TARGETS := fuzz_http fuzz_proto fuzz_auth fuzz_record fuzz_ws fuzz_conf fuzz_jwks fuzz_api
 FUZZ_LIB_SRCS := $(wildcard lib/*.c)
 # -max_len per target: past each parser's limits, not much more.
 FUZZ_MAXLEN_fuzz_http   := 20000
@@ -258,11 +258,13 @@ FUZZ_MAXLEN_fuzz_record := 6000
 FUZZ_MAXLEN_fuzz_ws     := 1024
 FUZZ_MAXLEN_fuzz_conf   := 2048
 FUZZ_MAXLEN_fuzz_jwks   := 8192
+FUZZ_MAXLEN_fuzz_api    := 4096
 FUZZ_DICT_fuzz_http   := tests/fuzz/fuzz_http.dict
 FUZZ_DICT_fuzz_proto  := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_auth   := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_record := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_jwks   := tests/fuzz/fuzz_json.dict
+FUZZ_DICT_fuzz_api    := tests/fuzz/fuzz_json.dict
 FUZZ_DEPS_fuzz_http   := net/http.c net/ws.c net/ws_parser.c
 FUZZ_DEPS_fuzz_proto  := net/proto.c net/auth.c net/jwks.c
 FUZZ_DEPS_fuzz_auth   := net/auth.c net/jwks.c
@@ -271,6 +273,8 @@ FUZZ_DEPS_fuzz_ws     := net/ws.c net/ws_parser.c net/http.c
 # The configuration and the allocators it sizes (issue 16).
 FUZZ_DEPS_fuzz_conf   := conf/conf.c net/http.c net/jwks.c
 FUZZ_DEPS_fuzz_jwks   := net/jwks.c net/auth.c
+# The server API's path and body parsing (roles/api.h).
+FUZZ_DEPS_fuzz_api    := net/apireq.c net/proto.c net/auth.c net/jwks.c net/ws_parser.c
 FUZZ_RUN_OPTS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=tests/fuzz/ubsan.supp

@@ -2,7 +2,6 @@
  * two per request, each answered exactly once. */
 #include "roles/api.h"
 
-#include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
@@ -14,7 +13,7 @@
 #include "kafka/record.h"
 #include "lib/err.h"
 #include "lib/log.h"
-#include "net/ws_parser.h"
+#include "net/apireq.h"
 #include "roles/gateway_internal.h"
 #include "store/db.h"
 
@@ -22,9 +21,7 @@
 #define API_MAX_INFLIGHT 256
 #define API_NAME_MAX 200          /* a room's display name, bytes */
 #define API_MEMBERS_MAX 1000      /* a page of a room's members */
-#define API_SEGS 6
 #define API_SYSTEM_SENDER "system"
-#define API_BODY_MEMBERS_MAX 32
 
 struct api {
     uv_loop_t *loop;
@@ -496,45 +493,6 @@ static void api_on_ban(int err, PGresult *res, void *ud)
 
 /* ---- parsing ---- */
 
-/* Splits the path into percent-decoded segments; -1 when malformed or too
- * long (a segment holds at most a room id). */
-static int api_split(const char *path, char seg[API_SEGS][PROTO_ROOM_MAX + 1], int *n)
-{
-    *n = 0;
-    if (*path != '/')
-        return -1;
-    const char *p = path + 1;
-    while (*p) {
-        if (*n == API_SEGS)
-            return -1;
-        char *out = seg[(*n)++];
-        size_t o = 0;
-        for (; *p && *p != '/'; p++) {
-            int ch = (unsigned char)*p;
-            if (ch == '%') {
-                int v = 0;
-                for (int k = 1; k <= 2; k++) {
-                    int h = (unsigned char)p[k], d = h >= '0' && h <= '9' ? h - '0'
-                                                 : h >= 'a' && h <= 'f' ? h - 'a' + 10
-                                                 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
-                    if (d < 0)
-                        return -1;
-                    v = v * 16 + d;
-                }
-                ch = v;
-                p += 2;
-            }
-            if (o == PROTO_ROOM_MAX || ch == 0)
-                return -1;
-            out[o++] = (char)ch;
-        }
-        out[o] = 0;
-        if (*p == '/')
-            p++;
-    }
-    return 0;
-}
-
 static int api_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
 {
     char *end;
@@ -549,56 +507,15 @@ static int api_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
 
 static int api_user_ok(const char *s) { return auth_user_valid(s, strlen(s)); }
 
-/* The body as a JSON object (an empty body is {} when optional), or NULL
- * after answering 400. */
+/* The body (net/apireq.h), or NULL after answering 400. */
 static cJSON *api_body(http_req_t *req, int optional)
 {
     size_t len;
-    const char *body = http_req_body(req, &len);
-    if ((!body || len == 0) && optional)
-        return cJSON_CreateObject();
-    /* cJSON would cut "a\u0000b" to "a": a text other than the one sent. */
-    if (body && proto_json_has_nul(body, len)) {
-        api_error(req, 400, "bad_request", "strings must not contain U+0000");
-        return NULL;
-    }
-    cJSON *o = body ? cJSON_ParseWithLength(body, len) : NULL;
-    if (!cJSON_IsObject(o)) {
-        cJSON_Delete(o);
-        api_error(req, 400, "bad_request", "the body must be a JSON object");
-        return NULL;
-    }
-    /* A repeated key is read by cJSON as its first, by other parsers (a
-     * proxy that checked the body) as its last: refused. The bodies have
-     * three members at most, so a few dozen bound the quadratic check. */
-    int n = 0;
-    for (const cJSON *a = o->child; a; a = a->next, n++)
-        for (const cJSON *b = o->child; b != a && n <= API_BODY_MEMBERS_MAX; b = b->next)
-            if (!strcmp(a->string, b->string))
-                n = API_BODY_MEMBERS_MAX + 1;
-    if (n > API_BODY_MEMBERS_MAX) {
-        cJSON_Delete(o);
-        api_error(req, 400, "bad_request", "a body has at most 32 members, each key once");
-        return NULL;
-    }
+    const char *body = http_req_body(req, &len), *why = NULL;
+    cJSON *o = apireq_body(body, len, optional, &why);
+    if (!o)
+        api_error(req, 400, "bad_request", why);
     return o;
-}
-
-/* A string member: 1 set, 0 absent (or null), -1 not a valid UTF-8 string
- * of 1..max bytes. */
-static int api_str(const cJSON *o, const char *key, size_t max, const char **out)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    *out = NULL;
-    if (!v || cJSON_IsNull(v))
-        return 0;
-    if (!cJSON_IsString(v) || !v->valuestring[0])
-        return -1;
-    size_t n = strlen(v->valuestring);
-    if (n > max || !ws_utf8_valid((const unsigned char *)v->valuestring, n))
-        return -1;
-    *out = v->valuestring;
-    return 1;
 }
 
 static struct api_req *api_req_new(api_t *a, http_req_t *req, enum api_op op, const char *room)
@@ -620,9 +537,9 @@ static void api_publish(api_t *a, http_req_t *req, const char *room)
     if (!o)
         return;
     const char *text, *from, *key;
-    int rt = api_str(o, "text", a->conf->max_text, &text);
-    int rf = api_str(o, "from", AUTH_USER_MAX, &from);
-    int rk = api_str(o, "idempotency_key", PROTO_CID_MAX, &key);
+    int rt = apireq_str(o, "text", a->conf->max_text, &text);
+    int rf = apireq_str(o, "from", AUTH_USER_MAX, &from);
+    int rk = apireq_str(o, "idempotency_key", PROTO_CID_MAX, &key);
     const char *why = NULL;
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text");
     if (rt <= 0 && cJSON_IsString(t) && strlen(t->valuestring) > a->conf->max_text) {
@@ -659,8 +576,8 @@ static void api_room_put(api_t *a, http_req_t *req, const char *room)
         return;
     const cJSON *pv = cJSON_GetObjectItemCaseSensitive(o, "private");
     const char *name, *owner, *why = NULL;
-    int rn = api_str(o, "name", API_NAME_MAX, &name);
-    int ro = api_str(o, "owner", AUTH_USER_MAX, &owner);
+    int rn = apireq_str(o, "name", API_NAME_MAX, &name);
+    int ro = apireq_str(o, "owner", AUTH_USER_MAX, &owner);
     if (pv && !cJSON_IsBool(pv))
         why = "private must be true or false";
     else if (rn < 0)
@@ -761,9 +678,9 @@ static void api_on_http(http_req_t *req, void *user)
         http_respond(req, 401, "application/json", body, sizeof body - 1, "WWW-Authenticate: Bearer\r\n");
         return;
     }
-    char seg[API_SEGS][PROTO_ROOM_MAX + 1];
+    char seg[APIREQ_SEGS][APIREQ_SEG_MAX + 1];
     int n;
-    if (api_split(http_req_path(req), seg, &n) < 0 || n < 3 || strcmp(seg[0], "v1") != 0) {
+    if (apireq_split(http_req_path(req), seg, &n) < 0 || n < 3 || strcmp(seg[0], "v1") != 0) {
         api_error(req, 404, "not_found", "no such path (see docs/api.yaml)");
         return;
     }
