@@ -1,11 +1,14 @@
-"""Migration 003 (room options, bans) applied in place: a database made by
-an earlier chatd (migrations 001 and 002, rooms, members, messages) is
-upgraded at start, its rooms stay open and its data stays; and the server
-API's configuration is refused when incomplete."""
+"""The server API on standalone instances: migration 003 (room options,
+bans) applied in place to a database made by an earlier chatd (its rooms
+stay open, its data stays); the configuration refused when incomplete; a
+publish while Kafka is down (503 + Retry-After, then stored once)."""
 import os
 import subprocess
 
 import psycopg2
+import pytest
+
+import kafkamode
 
 from chatlib import arun, http_request, uid
 from itconf import API_KEY, CHATD_BIN, REPO, chatd_env
@@ -65,3 +68,48 @@ def test_api_listen_configuration_refused():
     r = run_conf(["--listen=127.0.0.1:9999", "--api-listen=127.0.0.1:9999"], {"CHATD_API_KEY": API_KEY})
     assert r.returncode == 2 and b"port of its own" in r.stdout, r.stdout
     assert API_KEY.encode() not in r.stdout
+
+
+@pytest.mark.skipif(kafkamode.REAL, reason="the embedded broker's fault injection")
+def test_publish_503_when_kafka_is_down_then_retry_stored_once(start_all_instance):
+    """Kafka unavailable: a publish is answered 503 with Retry-After (and
+    whether it may be stored); the retry with the same idempotency key once
+    Kafka is back is stored once."""
+    import json
+    import time
+    api_port = __import__("chatlib").free_port()
+    inst = start_all_instance("api503", ["--fault-injection", f"--api-listen=127.0.0.1:{api_port}",
+                                         "--kafka-opt=message.timeout.ms=1500"],
+                              env={"CHATD_API_KEY": API_KEY})
+    h = {"Authorization": f"Bearer {API_KEY}"}
+    room = uid("k503")
+    assert http_request(api_port, "PUT", f"/v1/rooms/{room}", body={}, headers=h)[0] == 201
+    req = {"text": "during the outage", "idempotency_key": "once"}
+    assert http_request(inst.port, "POST", "/faults/broker/1/down")[0] == 200
+    try:
+        st, hdrs, body = http_request(api_port, "POST", f"/v1/rooms/{room}/messages", body=req,
+                                      headers=h, timeout=15)
+    finally:
+        assert http_request(inst.port, "POST", "/faults/broker/1/up")[0] == 200
+    r = json.loads(body)
+    assert st == 503 and hdrs.get("retry-after") == "1", (st, hdrs, body)
+    assert r["error"] == "unavailable" and r["stored"] in ("no", "maybe"), r
+    deadline = time.monotonic() + 30
+    while True:
+        st, _, body = http_request(api_port, "POST", f"/v1/rooms/{room}/messages", body=req,
+                                   headers=h, timeout=15)
+        if st == 201 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert st == 201, body
+    mid = json.loads(body)["id"]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        st, _, page = http_request(api_port, "GET", f"/v1/rooms/{room}/messages", headers=h)
+        msgs = json.loads(page)["messages"]
+        if msgs:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)  # a late duplicate would be stored by now
+    msgs = json.loads(http_request(api_port, "GET", f"/v1/rooms/{room}/messages", headers=h)[2])["messages"]
+    assert [m["id"] for m in msgs] == [mid], msgs
