@@ -505,6 +505,25 @@ static int api_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
     return 0;
 }
 
+/* Query parameter name into out: 1, 0 when absent, -1 when longer than
+ * outlen - 1 (a value cut to fit, or dropped, would be another request). */
+static int api_query(api_t *a, http_req_t *req, const char *name, char *out, size_t outlen)
+{
+    size_t cap = a->conf->max_url + 1; /* a decoded value is no longer than the URL */
+    char *buf = malloc(cap);
+    CHATD_ASSERT(buf != NULL);
+    const char *v = http_req_query(req, name, buf, cap);
+    int rc = 0;
+    if (v && strlen(v) >= outlen)
+        rc = -1;
+    else if (v) {
+        strcpy(out, v);
+        rc = 1;
+    }
+    free(buf);
+    return rc;
+}
+
 static int api_user_ok(const char *s) { return auth_user_valid(s, strlen(s)); }
 
 /* The body (net/apireq.h), or NULL after answering 400. */
@@ -762,11 +781,10 @@ static void api_on_http(http_req_t *req, void *user)
         break;
     case API_HISTORY: {
         char as[32], ls[32];
-        const char *av = http_req_query(req, "after", as, sizeof as);
-        const char *lv = http_req_query(req, "limit", ls, sizeof ls);
+        int ar = api_query(a, req, "after", as, sizeof as), lr = api_query(a, req, "limit", ls, sizeof ls);
         int64_t after = 0, limit = 100;
-        if ((av && api_parse_int(av, 0, INT64_MAX / 2, &after)) ||
-            (lv && api_parse_int(lv, 1, INT32_MAX, &limit))) {
+        if (ar < 0 || lr < 0 || (ar && api_parse_int(as, 0, INT64_MAX / 2, &after)) ||
+            (lr && api_parse_int(ls, 1, INT32_MAX, &limit))) {
             api_error(req, 400, "bad_request", "after >= 0, limit >= 1 (integers)");
             break;
         }
@@ -792,18 +810,18 @@ static void api_on_http(http_req_t *req, void *user)
         db_room_archive(g->pg, q->room, api_on_room_archive, q);
         break;
     case API_MEMBERS: {
-        char as[AUTH_USER_MAX + 2], ls[32];
-        const char *av = http_req_query(req, "after", as, sizeof as);
-        const char *lv = http_req_query(req, "limit", ls, sizeof ls);
+        char as[AUTH_USER_MAX + 1], ls[32];
+        int ar = api_query(a, req, "after", as, sizeof as), lr = api_query(a, req, "limit", ls, sizeof ls);
         int64_t limit = 100;
-        if ((av && !api_user_ok(av)) || (lv && api_parse_int(lv, 1, API_MEMBERS_MAX, &limit))) {
+        if (ar < 0 || lr < 0 || (ar && !api_user_ok(as)) ||
+            (lr && api_parse_int(ls, 1, API_MEMBERS_MAX, &limit))) {
             api_error(req, 400, "bad_request", "after: a user id; limit: 1..1000");
             break;
         }
         q = api_req_new(a, req, op, room);
         q->limit = (int)limit;
-        if (av)
-            strcpy(q->after_user, av);
+        if (ar)
+            strcpy(q->after_user, as);
         db_room_members(g->pg, q->room, q->after_user, q->limit + 1, api_on_members, q);
         break;
     }

@@ -112,6 +112,8 @@ def test_publish_bad_input(cluster):
         ("GET", f"/v1/rooms/{room}/messages/{'0' * 32}", None, 404, "not_found"),
         ("GET", f"/v1/rooms/{room}/messages?limit=0", None, 400, "bad_request"),
         ("GET", f"/v1/rooms/{room}/messages?after=-1", None, 400, "bad_request"),
+        ("GET", f"/v1/rooms/{room}/messages?after=" + "9" * 40, None, 400, "bad_request"),
+        ("GET", f"/v1/rooms/{room}/members?after=" + "a" * 65, None, 400, "bad_request"),
         ("PATCH", f"/v1/rooms/{room}", {}, 405, "method_not_allowed"),
         ("GET", "/v1/nothing/here/at/all", None, 404, "not_found"),
         ("GET", "/v2/rooms/x", None, 404, "not_found"),
