@@ -19,6 +19,7 @@
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
 #                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
+#   make api-deps   the venv of schemathesis (tests/api/requirements.txt) the API schema test runs
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #                   and in clients/js (the client library's test-only ws and typescript, pinned the same way)
 #   make screenshots   run the browser test, writing its screenshots to docs/
@@ -50,7 +51,7 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
-.PHONY: all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak saturation run cluster clean chatbench fuzz fuzz-build fuzz-replay \
+.PHONY: api-deps all deps test unit integration integration-kafka faults-kafka3 kafka-up kafka-down deploy-test soak saturation run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check k8s-kafka-test \
         bench bench-deps bench-peer \
         browser-deps js-deps screenshots
@@ -129,8 +130,15 @@ $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: $(BUILD)/chatd browser-deps
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
+# schemathesis checks a live gateway's server API against docs/api.yaml
+# (tests/integration/test_api_schema.py), from a venv of pinned versions.
+API_VENV := build/venv-api
+API_TEST_ENV = CHATD_API_VENV=$(abspath $(API_VENV)) CHATD_REQUIRE_SCHEMATHESIS=1
+api-deps:
+	bash scripts/api-venv.sh $(API_VENV)
+
+integration: $(BUILD)/chatd browser-deps api-deps
+	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
 # ---- real Apache Kafka (scripts/kafka.py; jars pinned by scripts/kafka/pom.xml) ----
 KAFKA         ?= embedded
@@ -158,9 +166,9 @@ kafka-up:
 kafka-down:
 	$(PYTHON) scripts/kafka.py down $(KAFKA_DIR)
 
-integration-kafka: $(BUILD)/chatd browser-deps
+integration-kafka: $(BUILD)/chatd browser-deps api-deps
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-	$(KAFKA_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/browser $(PYTEST_ARGS)
+	$(KAFKA_TEST_ENV) $(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/browser $(PYTEST_ARGS)
 
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).
@@ -259,7 +267,7 @@ FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefin
                 -I. -D_GNU_SOURCE \
                 $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LIBS    := $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lhttp_parser -lm
-FUZZ_TARGETS := fuzz_http fuzz_proto fuzz_auth fuzz_record fuzz_ws fuzz_conf fuzz_jwks
+FUZZ_TARGETS := fuzz_http fuzz_proto fuzz_auth fuzz_record fuzz_ws fuzz_conf fuzz_jwks fuzz_api
 FUZZ_LIB_SRCS := $(wildcard lib/*.c)
 # -max_len per target: past each parser's limits, not much more.
 FUZZ_MAXLEN_fuzz_http   := 20000
@@ -269,11 +277,13 @@ FUZZ_MAXLEN_fuzz_record := 6000
 FUZZ_MAXLEN_fuzz_ws     := 1024
 FUZZ_MAXLEN_fuzz_conf   := 2048
 FUZZ_MAXLEN_fuzz_jwks   := 8192
+FUZZ_MAXLEN_fuzz_api    := 4096
 FUZZ_DICT_fuzz_http   := tests/fuzz/fuzz_http.dict
 FUZZ_DICT_fuzz_proto  := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_auth   := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_record := tests/fuzz/fuzz_json.dict
 FUZZ_DICT_fuzz_jwks   := tests/fuzz/fuzz_json.dict
+FUZZ_DICT_fuzz_api    := tests/fuzz/fuzz_json.dict
 FUZZ_DEPS_fuzz_http   := net/http.c net/ws.c net/ws_parser.c
 FUZZ_DEPS_fuzz_proto  := net/proto.c net/auth.c net/jwks.c
 FUZZ_DEPS_fuzz_auth   := net/auth.c net/jwks.c
@@ -282,6 +292,8 @@ FUZZ_DEPS_fuzz_ws     := net/ws.c net/ws_parser.c net/http.c
 # The configuration and the allocators it sizes (issue 16).
 FUZZ_DEPS_fuzz_conf   := conf/conf.c net/http.c net/jwks.c
 FUZZ_DEPS_fuzz_jwks   := net/jwks.c net/auth.c
+# The server API's path and body parsing (roles/api.h).
+FUZZ_DEPS_fuzz_api    := net/apireq.c net/proto.c net/auth.c net/jwks.c net/ws_parser.c
 FUZZ_RUN_OPTS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:suppressions=tests/fuzz/ubsan.supp

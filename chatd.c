@@ -23,6 +23,7 @@
 #include "lib/slab.h"
 #include "net/authkeys.h"
 #include "net/http.h"
+#include "roles/api.h"
 #include "roles/broker.h"
 #include "roles/classifier.h"
 #include "roles/gateway.h"
@@ -45,6 +46,7 @@ struct chatd {
     kafka_broker_t *broker;
     http_server_t *http;
     http_server_t *admin;        /* --admin-listen, or NULL */
+    api_t *api;                  /* --api-listen, or NULL */
     redis_client_t *redis;
     routes_t *routes;
     kafka_producer_t *producer;
@@ -153,6 +155,8 @@ static void chatd_close_all(struct chatd *d)
         http_server_close(d->http);
     if (d->admin)
         http_server_close(d->admin);
+    if (d->api)
+        api_close(d->api);
     uv_close((uv_handle_t *)&d->sigterm, NULL);
     uv_close((uv_handle_t *)&d->sigint, NULL);
     uv_close((uv_handle_t *)&d->drain, NULL);
@@ -347,6 +351,14 @@ static int chatd_listen(struct chatd *d)
     return 0;
 }
 
+/* The server API (roles/api.h), on gateways when --api-listen is set. */
+static int chatd_listen_api(struct chatd *d)
+{
+    if (!d->conf.api.set || !d->gateway)
+        return 0;
+    return api_init(&d->api, d->loop, &d->conf, d->gateway);
+}
+
 static int chatd_run(struct chatd *d)
 {
     const struct conf *c = &d->conf;
@@ -368,7 +380,7 @@ static int chatd_run(struct chatd *d)
     }
     if (c->role != ROLE_BROKER && (rc = chatd_start_roles(d)))
         return rc;
-    if ((rc = chatd_listen(d)))
+    if ((rc = chatd_listen(d)) || (rc = chatd_listen_api(d)))
         return rc;
     uv_signal_init(d->loop, &d->sigterm);
     uv_signal_init(d->loop, &d->sigint);
@@ -446,6 +458,8 @@ int main(int argc, char **argv)
         return 1;
     /* Every handle is closed; let the last callbacks run, then free. */
     uv_run(d.loop, UV_RUN_DEFAULT);
+    if (d.api)
+        api_free(d.api);
     if (d.gateway)
         gateway_free(d.gateway);
     if (d.classifier)

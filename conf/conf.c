@@ -43,6 +43,9 @@ static const struct conf_flag conf_flags[] = {
     { "admin-listen", T_LISTEN, offsetof(struct conf, admin), 0, "", 1, 0,
       "HOST:PORT of a second listener for /metrics, /healthz, /readyz only; when set, /metrics is "
       "served only there (keep it off the port clients reach). '' = off" },
+    { "api-listen", T_LISTEN, offsetof(struct conf, api), 0, "", 1, 0,
+      "HOST:PORT of the server API for the application's backend (docs/API.md; needs "
+      "CHATD_API_KEY; gateways only). '' = off" },
     F_INT("gateway-id", gateway_id, NULL, 0, 65535,
           "this gateway's id = its chat-receive partition (default: the number after the last '-' of the hostname, else 0)"),
     F_STR("kafka", kafka, "embedded",
@@ -130,7 +133,8 @@ void conf_usage(FILE *out)
     fprintf(out, "usage: chatd [--flag=value ...]\n\n"
                  "Every flag is also read from the environment as CHATD_<FLAG> (e.g. CHATD_LISTEN);\n"
                  "the command line wins. The JWT secret is read only from CHATD_JWT_SECRET\n"
-                 "(and, during a rotation, CHATD_JWT_SECRET_PREVIOUS, also accepted).\n\n");
+                 "(and, during a rotation, CHATD_JWT_SECRET_PREVIOUS, also accepted); the server\n"
+                 "API's key only from CHATD_API_KEY (and CHATD_API_KEY_PREVIOUS).\n\n");
     for (size_t i = 0; i < CONF_NFLAGS; i++) {
         const struct conf_flag *f = &conf_flags[i];
         fprintf(out, "  --%-22s %s", f->name, f->help);
@@ -358,6 +362,32 @@ static int conf_check(struct conf *c)
     }
     if (prev)
         strcpy(c->jwt_secret_previous, prev);
+    /* The server API's keys, like the JWT secret: from the environment only. */
+    const char *keys[2] = { getenv("CHATD_API_KEY"), getenv("CHATD_API_KEY_PREVIOUS") };
+    char *dst[2] = { c->api_key, c->api_key_previous };
+    for (int i = 0; i < 2; i++) {
+        if (keys[i] && strlen(keys[i]) >= sizeof c->api_key) {
+            fprintf(stderr, "chatd: %s is too long (max %zu bytes)\n",
+                    i ? "CHATD_API_KEY_PREVIOUS" : "CHATD_API_KEY", sizeof c->api_key - 1);
+            return -1;
+        }
+        if (keys[i])
+            strcpy(dst[i], keys[i]);
+    }
+    if (c->api.set && (c->role == ROLE_CLASSIFIER || c->role == ROLE_BROKER)) {
+        fprintf(stderr, "chatd: --api-listen is served by gateways (--role=gateway or all)\n");
+        return -1;
+    }
+    /* A key shorter than 16 bytes is a guessable one. */
+    if (c->api.set && strlen(c->api_key) < 16) {
+        fprintf(stderr, "chatd: --api-listen needs CHATD_API_KEY (at least 16 bytes)\n");
+        return -1;
+    }
+    if (c->api.set && c->api.port != 0 &&
+        (c->api.port == c->listen.port || (c->admin.set && c->api.port == c->admin.port))) {
+        fprintf(stderr, "chatd: --api-listen must use a port of its own\n");
+        return -1;
+    }
     if (c->admin.set && c->admin.port != 0 && c->admin.port == c->listen.port) {
         fprintf(stderr, "chatd: --admin-listen must use another port than --listen (%d)\n", c->listen.port);
         return -1;

@@ -30,6 +30,7 @@ struct conf {
     enum conf_role role;
     struct conf_addr listen;     /* clients (/ws, /api, /), and ops paths */
     struct conf_addr admin;      /* if set: /metrics only here, plus /healthz, /readyz */
+    struct conf_addr api;        /* if set: the server API (roles/api.h), gateways only */
     int gateway_id;
     char kafka[512];             /* "embedded" or "host:port,..." */
     char kafka_bootstrap_file[256];
@@ -41,6 +42,8 @@ struct conf {
     int fault_injection;         /* broker: /faults/ HTTP API (tests only) */
     char jwt_secret[256];        /* from CHATD_JWT_SECRET only */
     char jwt_secret_previous[256]; /* CHATD_JWT_SECRET_PREVIOUS: still accepted during a rotation */
+    char api_key[256];           /* CHATD_API_KEY only: the server API's bearer key */
+    char api_key_previous[256];  /* CHATD_API_KEY_PREVIOUS: still accepted during a rotation */
     char jwks_file[256];         /* identity provider's public keys (RS256, ES256, EdDSA) */
     char jwt_algs_list[128];     /* --jwt-algs as given ("" = the default) */
     unsigned jwt_algs;           /* JWKS_ALG_* mask: the only algorithms tokens may use */

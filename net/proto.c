@@ -11,6 +11,7 @@
 static const char *const proto_ops[] = {
     [OP_JOIN] = "join", [OP_LEAVE] = "leave", [OP_SEND] = "send", [OP_SYNC] = "sync",
     [OP_ROOMS] = "rooms", [OP_TYPING] = "typing", [OP_READ] = "read", [OP_PRESENCE] = "presence",
+    [OP_ADD] = "add", [OP_REMOVE] = "remove",
 };
 #define PROTO_NOPS (sizeof proto_ops / sizeof proto_ops[0])
 
@@ -169,6 +170,20 @@ static int proto_fields(const cJSON *o, const struct proto_limits *lim, const ch
         }
         r->limit = v > lim->history_max ? lim->history_max : (int)v;
         return 0;
+    case OP_ADD:
+    case OP_REMOVE: {
+        const char *u;
+        if (proto_str(o, "user", 1, &u) < 0 || !auth_user_valid(u, strlen(u))) {
+            *why = "user must be a user id: 1..64 of A-Za-z0-9_.-";
+            return ERR_BAD_REQUEST;
+        }
+        if (!strncmp(r->room, "dm:", 3)) {
+            *why = "a dm room's members are its two users";
+            return ERR_FORBIDDEN;
+        }
+        strcpy(r->user, u);
+        return 0;
+    }
     case OP_READ:
         if (!cJSON_GetObjectItemCaseSensitive(o, "seq") ||
             proto_int(o, "seq", 0, 0, INT64_MAX / 2, &r->seq) < 0) {
@@ -193,7 +208,7 @@ static int proto_hex(char c)
  * "\u0e7 " or "\u00g0" as code point 0 (found by fuzzing). So escapes are
  * checked strictly here. data is exactly one JSON value, so tracking quotes
  * and backslashes is exact. */
-static int proto_has_nul(const char *data, size_t len)
+int proto_json_has_nul(const char *data, size_t len)
 {
     if (memchr(data, 0, len))
         return 1;
@@ -236,7 +251,7 @@ int proto_parse(const char *data, size_t len, const struct proto_limits *lim, co
     int rc = proto_rid(o, r, why);
     if (rc)
         return rc;
-    if (proto_has_nul(data, len)) {
+    if (proto_json_has_nul(data, len)) {
         *why = "strings must not contain U+0000";
         return ERR_BAD_REQUEST;
     }

@@ -23,7 +23,10 @@
 #define PROTO_ROOMS_ENTRY_MAX (PROTO_ROOM_MAX + 72)
 static inline size_t proto_msg_bound(size_t max_text) { return 6 * max_text + 6 * PROTO_CID_MAX + PROTO_MSG_OVERHEAD; }
 
-enum proto_op { OP_JOIN, OP_LEAVE, OP_SEND, OP_SYNC, OP_ROOMS, OP_TYPING, OP_READ, OP_PRESENCE };
+/* OP_ADD, OP_REMOVE: protocol extension 2 (docs/PROTOCOL.md, "Private rooms"). */
+enum proto_op { OP_JOIN, OP_LEAVE, OP_SEND, OP_SYNC, OP_ROOMS, OP_TYPING, OP_READ, OP_PRESENCE,
+                OP_ADD, OP_REMOVE };
+#define PROTO_USER_MAX 64
 
 struct proto_limits {
     size_t max_text;   /* bytes */
@@ -40,6 +43,7 @@ struct proto_req {
     int64_t after;                 /* sync */
     int limit;                     /* sync, clamped to history_max */
     int64_t seq;                   /* read */
+    char user[PROTO_USER_MAX + 1]; /* add, remove: the member */
     void *owner;                   /* parse tree; proto_req_free releases it */
 };
 
@@ -55,6 +59,9 @@ int proto_room_valid(const char *s, size_t len);
 /* For a valid dm room: 1 if user is one of its two users; 1 for other rooms. */
 int proto_room_allows(const char *room, const char *user);
 const char *proto_op_name(enum proto_op op);
+/* 1 if the JSON text data holds a string cJSON would cut at a NUL (a raw 0,
+ * \u0000, or a malformed \u escape); the server API checks its bodies too. */
+int proto_json_has_nul(const char *data, size_t len);
 
 /* Writes {"op":OP[,"rid":RID] and leaves the object open for more fields. */
 void proto_reply_open(struct jbuf *b, const char *op, const char *rid);

@@ -204,6 +204,7 @@ struct gw_handshake {
     char *claim;                    /* the token's rooms claim, or NULL */
     int pending;                    /* route registrations in flight */
     int err;
+    int banned;                     /* the server API banned the user (answered before the rooms) */
     char *rooms;                    /* the user's rooms, NUL-separated, registered in batches */
     size_t rooms_len, rooms_off;
 };
@@ -249,7 +250,11 @@ static void gw_handshake_done(struct gw_handshake *hs)
         return;
     g->hs_inflight--;
     hs->u->pending--;
-    if (hs->err == ERR_CANCELLED) { /* the client left while its rooms were loading */
+    if (hs->banned && !hs->err) {
+        metric_inc(g->m.handshakes_403);
+        log_info("user_banned", "user=%s", hs->u->id);
+        http_respond_error(hs->req, 403, "banned", "this user is banned for now");
+    } else if (hs->err == ERR_CANCELLED) { /* the client left while its rooms were loading */
         log_info("handshake_abandoned", "user=%s", hs->u->id);
         http_respond_error(hs->req, 503, "unavailable", "gone");
     } else if (hs->err || g->draining) {
@@ -319,10 +324,24 @@ static void gw_hs_register_next(struct gw_handshake *hs)
         gw_on_hs_batch(rc, hs);
 }
 
+static void gw_on_user_banned(int err, PGresult *res, void *ud)
+{
+    struct gw_handshake *hs = ud;
+    if (err)
+        hs->err = err;
+    else
+        hs->banned = PQntuples(res) > 0;
+}
+
 static void gw_on_user_rooms(int err, PGresult *res, void *ud)
 {
     struct gw_handshake *hs = ud;
-    hs->err = err;
+    if (!hs->err)
+        hs->err = err;
+    if (hs->banned) { /* nothing to route: refused in gw_handshake_done */
+        gw_handshake_done(hs);
+        return;
+    }
     size_t len = 0;
     for (int i = 0; !err && i < PQntuples(res); i++)
         len += (size_t)PQgetlength(res, i, 0) + 1;
@@ -467,6 +486,8 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
     hs->pending = 1;
     /* The user's rooms are loaded before the 101: once a client has its
      * hello, every room it is a member of is routed here. */
+    /* Both on the one connection, answered in order: the ban first. */
+    db_user_banned(g->pg, id.user, (int64_t)time(NULL), gw_on_user_banned, hs);
     db_user_rooms(g->pg, id.user, id.name, gw_on_user_rooms, hs);
 }
 
@@ -729,6 +750,13 @@ static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const cha
     struct gw_user *u = gw_user_find(g, user);
     if (!u)
         return;
+    if (rec->type == REC_LEFT && quiet &&
+        memmem(rec->val, rec->val_len, GW_DISCONNECT_MARK, sizeof GW_DISCONNECT_MARK - 1)) {
+        log_info("user_disconnected", "user=%s conns=%d", user, u->n_conns);
+        for (struct gw_conn *c = u->conns; c; c = c->next)
+            ws_conn_close(c->ws, 1008, "disconnected by the server");
+        return;
+    }
     struct gw_member_check *k = calloc(1, sizeof *k);
     CHATD_ASSERT(k != NULL);
     k->g = g;

@@ -138,12 +138,26 @@ int gw_conn_expired(struct gw_conn *c, uint64_t now_ms);
 void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user);
 void gw_send_error(struct gw_conn *c, const char *rid, int err, const char *why);
 void gw_send_buf(struct gw_conn *c, struct jbuf *b);
+/* Produces a joined/left record (op "joined" or "left") for (room, user):
+ * every gateway of the user, and of the room, checks the membership in
+ * PostgreSQL and applies it (the server API's member changes use it too). */
+void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet);
+/* Produces frame (freed) to chat-send, key room, type t (j/l: user in the
+ * u header). 0 or the produce error (logged). */
+int gw_produce_event(gateway_t *g, char type, const char *room, const char *user, struct jbuf *frame);
+
+/* The server API's "disconnect everywhere" (roles/api.h): a quiet `left`
+ * record keyed by GW_DISCONNECT_ROOM, routed like every member record to
+ * the user's gateways, which close the user's connections on it. Its value
+ * is {"op":"left","room":R,"user":U,"disconnect":true,"quiet":true}. */
+#define GW_DISCONNECT_ROOM "chatd.system"
+#define GW_DISCONNECT_MARK ",\"disconnect\":true"
 
 /* gateway_history.c: one page of a room's history, as `sync` and the REST
  * read serve it; both decide membership by PostgreSQL, so they agree.
  * err: 0 (msgs[0, len): the MSG objects, comma-separated; more),
  * ERR_NOT_MEMBER, ERR_UNAVAILABLE or ERR_INTERNAL. msgs is valid during the
- * call only. */
+ * call only. user "": no membership check (the server API). */
 typedef void (*gw_history_cb)(int err, const char *msgs, size_t len, int more, void *ud);
 void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t after, int limit,
                      gw_history_cb cb, void *ud);

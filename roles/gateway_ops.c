@@ -23,6 +23,7 @@ struct gw_pending {
     char user[AUTH_USER_MAX + 1];
     char cid[PROTO_CID_MAX + 1];
     char id[MSG_ID_LEN + 1];
+    char target[AUTH_USER_MAX + 1]; /* add, remove: the member */
     int64_t after;
     int limit;
     int inserted;                 /* join/leave changed the membership */
@@ -65,6 +66,7 @@ static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_r
     strcpy(p->room, r->room);
     strcpy(p->user, c->u->id);
     strcpy(p->cid, r->cid);
+    strcpy(p->target, r->user);
     p->after = r->after;
     p->limit = r->limit;
     return p;
@@ -123,7 +125,7 @@ static void gw_on_event_dr(int err, void *opaque)
         log_warn("event_produce_failed", "err=%s", err_code(err));
 }
 
-static int gw_produce_event(gateway_t *g, char type, const char *room, const char *user,
+int gw_produce_event(gateway_t *g, char type, const char *room, const char *user,
                             struct jbuf *frame)
 {
     struct kafka_hdrs h = { .version = RECORD_VERSION, .type = type };
@@ -143,8 +145,7 @@ static int gw_produce_event(gateway_t *g, char type, const char *room, const cha
 /* quiet: the request changed nothing (already a member, not a member, or
  * the retry of a request whose reply was lost): the record is not shown to
  * clients, it only makes the user's gateways check (GW_QUIET_TAIL). */
-static void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user,
-                              int quiet)
+void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet)
 {
     struct jbuf b;
     jbuf_init(&b, 112);
@@ -230,7 +231,7 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
 {
     struct gw_pending *p = ud;
     int j = err ? DB_JOIN_FULL : db_join_result(res);
-    if (!err && j != DB_JOIN_FULL) {
+    if (!err && j != DB_JOIN_FULL && j != DB_JOIN_CLOSED) {
         char peer[AUTH_USER_MAX + 1];
         p->inserted = j == DB_JOIN_INSERTED;
         gw_member_changed(p->g, "joined", p->room, p->user, !p->inserted);
@@ -248,6 +249,11 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
     }
     if (j == DB_JOIN_FULL) {
         gw_send_error(c, p->rid, ERR_FORBIDDEN, "in too many rooms (--max-rooms-per-user): leave one first");
+        gw_pending_free(p);
+        return;
+    }
+    if (j == DB_JOIN_CLOSED) {
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "this room is private (or archived): only members may join");
         gw_pending_free(p);
         return;
     }
@@ -285,6 +291,34 @@ static void gw_on_leave_db(int err, PGresult *res, void *ud)
         return;
     if (err)
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+    else
+        gw_reply_ok(c, p->rid, p->room, -1);
+    gw_pending_free(p);
+}
+
+/* ---- add, remove: the owner of a room manages its members ---- */
+
+/* Like the server API's (roles/api.c): the record follows the committed
+ * statement, and makes the member's gateways apply it. */
+static void gw_on_owner_db(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    int owner = !err && PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0") != 0;
+    int changed = owner && strcmp(PQgetvalue(res, 0, 1), "0") != 0;
+    /* The statement's snapshot does not see its own insert: changed, or a
+     * member already. */
+    int member = p->op == OP_ADD && owner && (changed || PQgetvalue(res, 0, 2)[0] == 't');
+    if (owner && (p->op == OP_REMOVE || member))
+        gw_member_changed(p->g, p->op == OP_ADD ? "joined" : "left", p->room, p->target, !changed);
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err)
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
+    else if (!owner)
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "only the room's owner may add or remove members");
+    else if (p->op == OP_ADD && !member)
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "the user is in too many rooms (--max-rooms-per-user)");
     else
         gw_reply_ok(c, p->rid, p->room, -1);
     gw_pending_free(p);
@@ -528,7 +562,7 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
     /* sync and read are PostgreSQL reads: they ask PostgreSQL about the
      * membership too, as the REST read does, so all three agree. */
     if (r->op != OP_JOIN && r->op != OP_LEAVE && r->op != OP_ROOMS && r->op != OP_SYNC &&
-        r->op != OP_READ && !gw_member_find(c->g, c->u, r->room)) {
+        r->op != OP_READ && r->op != OP_ADD && r->op != OP_REMOVE && !gw_member_find(c->g, c->u, r->room)) {
         gw_send_error(c, r->rid, ERR_NOT_MEMBER, NULL);
         return;
     }
@@ -572,6 +606,13 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         break;
     case OP_PRESENCE:
         routes_presence(g->routes, r->room, gw_on_presence, gw_pending_new(c, r));
+        break;
+    case OP_ADD:
+        db_owner_add(g->pg, r->room, c->u->id, r->user, g->conf->max_rooms_per_user, gw_on_owner_db,
+                     gw_pending_new(c, r));
+        break;
+    case OP_REMOVE:
+        db_owner_remove(g->pg, r->room, c->u->id, r->user, gw_on_owner_db, gw_pending_new(c, r));
         break;
     }
 }

@@ -10,6 +10,8 @@ PKGS=(
   redis-server postgresql
   python3 python3-pytest python3-websockets python3-redis python3-psycopg2 python3-yaml
   python3-jwt python3-cryptography
+  # the venv the server API's schema test installs schemathesis into (scripts/api-venv.sh)
+  python3-venv
   curl procps
   prometheus
   clang libclang-rt-14-dev

@@ -40,17 +40,20 @@ void db_join(pg_client_t *pg, const char *room, const char *user, const char *pe
      * another gateway); at the cap, the snapshot says whether it was one.
      * Concurrent joins of one user can each pass the count: the cap is
      * exceeded by at most the joins in flight. */
+    /* A private or archived room takes no join (migrations/004): only its
+     * members, added by the server API or the owner, are in it. */
     static struct pg_stmt st = {
         "WITH ok AS (SELECT count(*) < $4::int AS ok FROM members WHERE user_id = $2), "
+        "cl AS (SELECT EXISTS (SELECT 1 FROM rooms WHERE room = $1 AND (private OR archived)) AS closed), "
         "r AS (INSERT INTO rooms (room) SELECT $1 WHERE (SELECT ok FROM ok) ON CONFLICT DO NOTHING), "
         "m AS (INSERT INTO members (room, user_id) SELECT $1, $2 WHERE (SELECT ok FROM ok) "
-        "ON CONFLICT DO NOTHING RETURNING 1), "
+        "AND NOT (SELECT closed FROM cl) ON CONFLICT DO NOTHING RETURNING 1), "
         "p AS (INSERT INTO members (room, user_id) SELECT $1, $3::text FROM m "
         "WHERE $3::text IS NOT NULL AND "
         "(SELECT count(*) FROM members WHERE user_id = $3::text) < $4::int "
         "ON CONFLICT DO NOTHING RETURNING 1) "
         "SELECT (SELECT count(*) FROM m), (SELECT count(*) FROM p), (SELECT ok FROM ok), "
-        "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2)",
+        "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2), (SELECT closed FROM cl)",
     };
     pg_query_stmt(pg, &st, 4, p, cb, ud);
 }
@@ -61,8 +64,11 @@ int db_join_result(const PGresult *res)
         return DB_JOIN_FULL;
     if (strcmp(PQgetvalue(res, 0, 0), "0") != 0)
         return DB_JOIN_INSERTED;
-    return PQgetvalue(res, 0, 2)[0] == 't' || PQgetvalue(res, 0, 3)[0] == 't' ? DB_JOIN_MEMBER
-                                                                               : DB_JOIN_FULL;
+    if (PQgetvalue(res, 0, 3)[0] == 't')
+        return DB_JOIN_MEMBER;
+    if (PQnfields(res) > 4 && PQgetvalue(res, 0, 4)[0] == 't')
+        return DB_JOIN_CLOSED;
+    return PQgetvalue(res, 0, 2)[0] == 't' ? DB_JOIN_MEMBER : DB_JOIN_FULL;
 }
 
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud)
@@ -282,4 +288,126 @@ int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n
         }
     }
     return n;
+}
+
+/* ---- the server API's queries (roles/api.h) ---- */
+
+void db_room_put(pg_client_t *pg, const char *room, int private_, const char *name,
+                 const char *owner, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room, private_ ? "t" : "f", name, owner };
+    /* xmax = 0: the row was inserted, not updated. The owner is a member
+     * from the start (the room's first member of a private room). */
+    pg_query(pg,
+             "WITH r AS (INSERT INTO rooms (room, private, name, owner) VALUES ($1, $2::boolean, $3, $4) "
+             "ON CONFLICT (room) DO UPDATE SET private = EXCLUDED.private, "
+             "name = COALESCE(EXCLUDED.name, rooms.name), owner = COALESCE(EXCLUDED.owner, rooms.owner), "
+             "archived = false RETURNING xmax = 0 AS created, room, private, name, owner, archived), "
+             "o AS (INSERT INTO members (room, user_id) SELECT $1, $4 WHERE $4::text IS NOT NULL "
+             "ON CONFLICT DO NOTHING RETURNING 1) "
+             "SELECT created, room, private, name, owner, archived, "
+             "(SELECT count(*) FROM o) FROM r",
+             4, p, cb, ud);
+}
+
+void db_room_get(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room };
+    pg_query(pg,
+             "SELECT false, room, private, name, owner, archived, "
+             "(SELECT count(*) FROM members WHERE room = $1) FROM rooms WHERE room = $1",
+             1, p, cb, ud);
+}
+
+void db_room_archive(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room };
+    pg_query(pg,
+             "WITH a AS (UPDATE rooms SET archived = true WHERE room = $1 RETURNING 1), "
+             "d AS (DELETE FROM members WHERE room = $1 AND EXISTS (SELECT 1 FROM a) RETURNING user_id) "
+             "SELECT NULL::text FROM a UNION ALL SELECT user_id FROM d",
+             1, p, cb, ud);
+}
+
+void db_member_add(pg_client_t *pg, const char *room, const char *user, int max_rooms,
+                   pg_result_cb cb, void *ud)
+{
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", max_rooms);
+    const char *p[] = { room, user, cap };
+    pg_query(pg,
+             "WITH r AS (SELECT archived FROM rooms WHERE room = $1), "
+             "ok AS (SELECT count(*) < $3::int AS ok FROM members WHERE user_id = $2), "
+             "m AS (INSERT INTO members (room, user_id) SELECT $1, $2 "
+             "WHERE (SELECT NOT archived FROM r) AND (SELECT ok FROM ok) "
+             "ON CONFLICT DO NOTHING RETURNING 1) "
+             "SELECT (SELECT count(*) FROM r), (SELECT archived FROM r), (SELECT count(*) FROM m), "
+             "(SELECT ok FROM ok), EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $2)",
+             3, p, cb, ud);
+}
+
+void db_room_members(pg_client_t *pg, const char *room, const char *after, int limit,
+                     pg_result_cb cb, void *ud)
+{
+    char l[16];
+    snprintf(l, sizeof l, "%d", limit);
+    const char *p[] = { room, after, l };
+    /* First row: the room (NULL user when it exists); then its members. */
+    pg_query(pg,
+             "(SELECT NULL::text FROM rooms WHERE room = $1) UNION ALL "
+             "(SELECT user_id FROM members WHERE room = $1 AND user_id > $2 ORDER BY user_id LIMIT $3)",
+             3, p, cb, ud);
+}
+
+void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room, id };
+    pg_query(pg, "SELECT seq, user_id, ts FROM messages WHERE room = $1 AND id = $2", 2, p, cb, ud);
+}
+
+void db_ban(pg_client_t *pg, const char *user, int64_t until, pg_result_cb cb, void *ud)
+{
+    char u[24];
+    snprintf(u, sizeof u, "%" PRId64, until);
+    const char *p[] = { user, u };
+    pg_query(pg,
+             "INSERT INTO bans (user_id, until) VALUES ($1, $2) "
+             "ON CONFLICT (user_id) DO UPDATE SET until = EXCLUDED.until, created_at = now() RETURNING until",
+             2, p, cb, ud);
+}
+
+void db_user_banned(pg_client_t *pg, const char *user, int64_t now_s, pg_result_cb cb, void *ud)
+{
+    char n[24];
+    snprintf(n, sizeof n, "%" PRId64, now_s);
+    const char *p[] = { user, n };
+    static struct pg_stmt st = { "SELECT until FROM bans WHERE user_id = $1 AND until > $2::bigint" };
+    pg_query_stmt(pg, &st, 2, p, cb, ud);
+}
+
+void db_owner_add(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                  int max_rooms, pg_result_cb cb, void *ud)
+{
+    char cap[16];
+    snprintf(cap, sizeof cap, "%d", max_rooms);
+    const char *p[] = { room, owner, user, cap };
+    pg_query(pg,
+             "WITH r AS (SELECT 1 FROM rooms WHERE room = $1 AND owner = $2 AND NOT archived), "
+             "ok AS (SELECT count(*) < $4::int AS ok FROM members WHERE user_id = $3), "
+             "m AS (INSERT INTO members (room, user_id) SELECT $1, $3 WHERE EXISTS (SELECT 1 FROM r) "
+             "AND (SELECT ok FROM ok) ON CONFLICT DO NOTHING RETURNING 1) "
+             "SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM m), "
+             "EXISTS (SELECT 1 FROM members WHERE room = $1 AND user_id = $3)",
+             4, p, cb, ud);
+}
+
+void db_owner_remove(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                     pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room, owner, user };
+    pg_query(pg,
+             "WITH r AS (SELECT 1 FROM rooms WHERE room = $1 AND owner = $2), "
+             "d AS (DELETE FROM members WHERE room = $1 AND user_id = $3 AND EXISTS (SELECT 1 FROM r) "
+             "RETURNING 1) SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM d)",
+             3, p, cb, ud);
 }

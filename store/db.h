@@ -26,7 +26,10 @@ void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_resul
  * db_join_result. */
 void db_join(pg_client_t *pg, const char *room, const char *user, const char *peer, int max_rooms,
              pg_result_cb cb, void *ud);
-enum { DB_JOIN_FULL = 0, DB_JOIN_INSERTED = 1, DB_JOIN_MEMBER = 2 /* already was */ };
+enum {
+    DB_JOIN_FULL = 0, DB_JOIN_INSERTED = 1, DB_JOIN_MEMBER = 2, /* already was */
+    DB_JOIN_CLOSED = 3, /* a private or archived room, and not a member */
+};
 int db_join_result(const PGresult *res);
 /* Deletes the membership; one row iff it existed. */
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
@@ -69,6 +72,41 @@ struct db_fence {
  * stored). One row: (held, inserted, partitions not held as an array). */
 void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
                    size_t n, pg_result_cb cb, void *ud);
+
+/* ---- the server API (roles/api.h); rooms' columns: migrations/003 ---- */
+/* Creates or updates a room (private, name, owner; NULL name/owner keep the
+ * old ones) and un-archives it; the owner becomes a member. One row:
+ * (created, room, private, name, owner, archived, owner's membership new). */
+void db_room_put(pg_client_t *pg, const char *room, int private_, const char *name,
+                 const char *owner, pg_result_cb cb, void *ud);
+/* The same columns (created false, last: member count); no row: no room. */
+void db_room_get(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
+/* Archives the room and deletes its memberships: a row with NULL if the room
+ * exists, then one per removed member (user_id). */
+void db_room_archive(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
+/* Adds a member unless the room is missing or archived, or the user is at
+ * max_rooms. One row: (room exists 0|1, archived, inserted 0|1, under the
+ * cap, member now). */
+void db_member_add(pg_client_t *pg, const char *room, const char *user, int max_rooms,
+                   pg_result_cb cb, void *ud);
+/* A row with NULL if the room exists, then members with user_id > after, by
+ * id, at most limit. */
+void db_room_members(pg_client_t *pg, const char *room, const char *after, int limit,
+                     pg_result_cb cb, void *ud);
+/* (seq, user_id, ts) of message id in room, if stored. */
+void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud);
+/* Bans user until (unix seconds; a past time lifts the ban). One row. */
+void db_ban(pg_client_t *pg, const char *user, int64_t until, pg_result_cb cb, void *ud);
+/* One row (until) iff user is banned at now_s. */
+void db_user_banned(pg_client_t *pg, const char *user, int64_t now_s, pg_result_cb cb, void *ud);
+
+/* The owner's client ops add and remove (docs/PROTOCOL.md, "Private
+ * rooms"): only when room's owner is owner. Add: one row (owner matches
+ * 0|1, inserted 0|1, member now); remove: (owner matches 0|1, deleted 0|1). */
+void db_owner_add(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                  int max_rooms, pg_result_cb cb, void *ud);
+void db_owner_remove(pg_client_t *pg, const char *room, const char *owner, const char *user,
+                     pg_result_cb cb, void *ud);
 
 /* PostgreSQL array literals for array parameters: add elements to an empty
  * jbuf (a text element is quoted and escaped, NULL is SQL NULL), then

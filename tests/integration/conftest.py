@@ -23,7 +23,7 @@ from chatlib import Proc, free_port, start_redis, uid, wait_ready  # noqa: E402
 # Shared with the tests through itconf (a module of its own: `from conftest
 # import` picks whichever conftest.py pytest loaded last when several folders
 # run in one session).
-from itconf import CHATD_BIN, JWT_SECRET, KAFKA_TEST_OPTS, PG_BIN, READY_TIMEOUT, REPO, chatd_env  # noqa: E402,F401
+from itconf import API_KEY, API_KEY_PREVIOUS, CHATD_BIN, JWT_SECRET, KAFKA_TEST_OPTS, PG_BIN, READY_TIMEOUT, REPO, chatd_env  # noqa: E402,F401
 
 
 def start_chatd(name, args, logdir, env=None):
@@ -135,6 +135,7 @@ class Cluster:
         self.pg = pg
         self.procs = []
         self.gw_ports = []
+        self.api_ports = []          # each gateway's --api-listen (roles/api.h)
         self.cl_ports = []
         self.broker_port = None
         self.retired = []
@@ -197,12 +198,16 @@ def cluster(workdir, redis_server, pg, kafka):
                         + common + KAFKA_TEST_OPTS, workdir)
         c.cl_ports.append(port)
         c.procs.append((p, port))
+    api_env = chatd_env({"CHATD_API_KEY": API_KEY, "CHATD_API_KEY_PREVIOUS": API_KEY_PREVIOUS})
     for i in range(2):
-        port = free_port()
+        port, api_port = free_port(), free_port()
         p = start_chatd(f"gateway{i}", ["--role=gateway", f"--gateway-id={i}",
                                         f"--listen=127.0.0.1:{port}", "--dev-tokens",
-                                        "--rate=1000", "--rate-burst=1000"] + common, workdir)
+                                        f"--api-listen=127.0.0.1:{api_port}",
+                                        "--rate=1000", "--rate-burst=1000"] + common, workdir,
+                        env=api_env)
         c.gw_ports.append(port)
+        c.api_ports.append(api_port)
         c.procs.append((p, port))
     try:
         for p, port in c.procs:
@@ -260,10 +265,10 @@ def start_all_instance(workdir, pg, kafka):
     leftovers = []
 
     def start(name, extra_args=(), redis_args=(), redis_password=None, redis_user=None,
-              redis_url=None, ready=True):
+              redis_url=None, ready=True, env=None):
         """redis_args/redis_password/redis_user: the instance's redis-server; redis_url
         (given the redis process) replaces the plain redis://127.0.0.1:PORT;
-        ready=False returns without waiting for /readyz."""
+        ready=False returns without waiting for /readyz; env: extra environment."""
         d = os.path.join(workdir, name)
         os.makedirs(d, exist_ok=True)
         os.chmod(d, 0o755)
@@ -277,7 +282,8 @@ def start_all_instance(workdir, pg, kafka):
         kargs = kafkamode.chatd_args(kafka, prefix=name) if kafka else ["--kafka=embedded"]
         p = start_chatd(name, ["--role=all", f"--listen=127.0.0.1:{port}"] + kargs + [
                                f"--redis={url}", f"--pg={conninfo}", "--log-level=info"]
-                        + KAFKA_TEST_OPTS + list(extra_args), d)
+                        + KAFKA_TEST_OPTS + list(extra_args), d,
+                        env=chatd_env(env) if env else None)
         inst = Instance(p, port, r, conninfo, dbname, d)
         started.append(inst)
         leftovers.remove(r)

@@ -7,6 +7,10 @@ CHATD_BIN = os.environ.get("CHATD_BIN") or os.path.join(REPO, "build", "chatd")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 JWT_SECRET = "integration-test-secret-" + "k" * 16
 READY_TIMEOUT = float(os.environ.get("CHATD_TEST_READY_TIMEOUT", "45"))
+# The server API's keys (roles/api.h): the cluster's gateways accept both
+# (a rotation in progress).
+API_KEY = "integration-api-key-" + "c" * 16
+API_KEY_PREVIOUS = "integration-api-key-previous-" + "p" * 8
 KAFKA_TEST_OPTS = ["--kafka-opt=session.timeout.ms=3000",
                    "--kafka-opt=heartbeat.interval.ms=300"]
 

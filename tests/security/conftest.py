@@ -29,7 +29,7 @@ import chatlib  # noqa: E402
 import harness  # noqa: E402
 import seclib  # noqa: E402
 
-from secconf import LIMITS, PREVIOUS_SECRET, token  # noqa: E402
+from secconf import API_KEY, LIMITS, PREVIOUS_SECRET, token  # noqa: E402
 
 GW_ARGS = [f"--rate={LIMITS['rate']}", f"--rate-burst={LIMITS['rate_burst']}",
            f"--max-conns-per-user={LIMITS['max_conns_per_user']}",
@@ -47,7 +47,7 @@ LATENCY_FACTOR = 10.0
 # heap every 5 s, but allocator caches remain; under ASan the gateways run
 # with a small quarantine (GW_ENV) and ASan's own allocator caches more.
 RSS_TOLERANCE_KB = (64 if harness.SANITIZED else 6) * 1024
-GW_ENV = {"CHATD_JWT_SECRET_PREVIOUS": PREVIOUS_SECRET,
+GW_ENV = {"CHATD_JWT_SECRET_PREVIOUS": PREVIOUS_SECRET, "CHATD_API_KEY": API_KEY,
           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
                            ":quarantine_size_mb=4:thread_local_quarantine_size_kb=64").lstrip(":")}
 RSS_WAIT_S = 20
@@ -103,10 +103,12 @@ async def _seed(sc):
 def sec(sec_workdir):
     pg = harness.Postgres(sec_workdir)
     admin = chatlib.free_port()  # gateway 0 has an admin listener (the amplification checks)
+    api = chatlib.free_port()    # gateway 1 the server API (test_sec_api.py)
     c = harness.Cluster(sec_workdir, pg, "sec", gw_args=GW_ARGS, n_gw=2, n_cl=1,
                         gw_env=GW_ENV,
                         gw_args_by_id={0: [f"--admin-listen=127.0.0.1:{admin}"],
-                                       1: [f"--max-conns={LIMITS['max_conns_gw1']}"]})
+                                       1: [f"--max-conns={LIMITS['max_conns_gw1']}",
+                                           f"--api-listen=127.0.0.1:{api}"]})
     try:
         c.start()
     except Exception as e:
@@ -115,6 +117,7 @@ def sec(sec_workdir):
         pytest.fail(f"security cluster did not start: {e}\n" + "\n".join(problems), pytrace=False)
     sc = SecCluster(c)
     sc.admin_port = admin
+    sc.api_port = api
     _CLUSTER.append(sc)
     try:
         seclib.arun(_seed(sc))

@@ -7,6 +7,7 @@ import harness
 
 SECRET = harness.JWT_SECRET
 PREVIOUS_SECRET = "security-previous-secret-" + "p" * 20
+API_KEY = "security-api-key-" + "k" * 24  # gateway 1's --api-listen (test_sec_api.py)
 
 # The limits the attacks run into (docs/SECURITY.md has the defaults).
 LIMITS = {

@@ -225,6 +225,22 @@ static void test_proto_ops(void **state)
     assert_int_equal(parse("{\"op\":\"read\",\"room\":\"a\",\"seq\":3}", &r), 0);
     assert_int_equal(r.seq, 3);
     proto_req_free(&r);
+    /* extension 2: the owner's add and remove */
+    assert_int_equal(parse("{\"op\":\"add\",\"room\":\"team\",\"user\":\"bob\"}", &r), 0);
+    assert_int_equal(r.op, OP_ADD);
+    assert_string_equal(r.user, "bob");
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"remove\",\"room\":\"team\",\"user\":\"bob\"}", &r), 0);
+    assert_int_equal(r.op, OP_REMOVE);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"add\",\"room\":\"team\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"add\",\"room\":\"team\",\"user\":\"a b\"}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"add\",\"room\":\"team\",\"user\":7}", &r), ERR_BAD_REQUEST);
+    proto_req_free(&r);
+    assert_int_equal(parse("{\"op\":\"remove\",\"room\":\"dm:a:b\",\"user\":\"b\"}", &r), ERR_FORBIDDEN);
+    proto_req_free(&r);
 }
 
 /* A NUL would cut the string cJSON hands over: refused, never truncated. */
