@@ -391,9 +391,9 @@ class Cluster:
         dead = [f"{n} exited ({p.p.returncode})\n{p.tail(20)}" for n, p in self.procs.items()
                 if not p.alive()]
         if self.kafka and not all(self.kafka.alive(i) for i in range(self.kafka.nodes)):
-            dead.append(f"the Kafka broker is not running; see {self.kafka.dir}/node*/server.log")
+            dead.append("the real Kafka broker is not running (its log: kafka-node*-server.log in the results dir)")
         if dead:
-            raise RuntimeError("chatd process died:\n" + "\n".join(dead))
+            raise RuntimeError("a process of the cluster died:\n" + "\n".join(dead))
 
     def stop(self):
         for n, p in self.procs.items():
@@ -562,6 +562,10 @@ class Bench:
         self.cfg = cfg
         self.n = 0
         self.broken = []              # runs without a report: the harness failed
+        # A callable that raises when the system under test is gone (real
+        # Kafka's JVM): checked each second during a run, which it then ends
+        # (chatbench would otherwise wait out its setup timeout).
+        self.guard = None
 
     def run(self, label, args, watch_pids, on_line=None, timeout=600, metrics_ports=None, rate=0):
         """One chatbench run; returns its JSON report plus the CPU seconds each
@@ -585,6 +589,18 @@ class Bench:
             reader.start()
             killer = threading.Timer(timeout, lambda: p.send_signal(signal.SIGTERM))
             killer.start()
+            guard_err = []
+            if self.guard:
+                def watch(guard=self.guard):
+                    while p.poll() is None:
+                        try:
+                            guard()
+                        except Exception as e:  # noqa: BLE001 (reported after the run)
+                            guard_err.append(e)
+                            p.send_signal(signal.SIGTERM)
+                            return
+                        time.sleep(1)
+                threading.Thread(target=watch, daemon=True).start()
             # CPU of every process inside the measured window only: from its
             # first progress line to its last (one a second).
             win = {}
@@ -608,6 +624,8 @@ class Bench:
             summary = "".join(out)
             lf.write(summary)
         print(summary, file=sys.stderr, end="", flush=True)
+        if guard_err:
+            raise RuntimeError(f"during {label}: {guard_err[0]}")
         wall = time.monotonic() - t0
         cpu = {}
         for n, pid in watch_pids.items():
@@ -1061,11 +1079,14 @@ def write_doc(doc, res, png_rel):
     kn = kafka_name(res)
     k = res.get("kafka") or {}
     if kn:
-        out.append(f"**Brokers:** chatd ran every shape twice in this run: on the embedded broker (librdkafka's "
-                   f"mock cluster in a `chatd --role=broker` process) and on {kn}, started by the bench "
+        out.append(f"**Brokers:** the fan-out sweeps, their half-peak runs and the every-member shape ran twice "
+                   f"in this run: on the embedded broker (librdkafka's mock cluster in a `chatd --role=broker` "
+                   f"process) and on {kn}, started by the bench "
                    "(scripts/kafka.py; one node: replication 1, no replica fetches in the path), its JVM warmed "
                    "up first ({} msgs/s in rooms of 10 for {} s, not reported). Each broker's settings are listed "
-                   "next to its tables.".format(*(res["config"].get("kafka_warmup") or ("?", "?"))))
+                   "next to its tables. Idle connections, connection setup, the just-started row, the profile and the "
+                   "Kafka-client variants ran on the embedded broker only.".format(
+                       *(res["config"].get("kafka_warmup") or ("?", "?"))))
     else:
         out.append("**Brokers:** the embedded broker only (this results.json predates the real-Kafka column).")
     out.append("")
@@ -1125,7 +1146,8 @@ def write_doc(doc, res, png_rel):
                    f"{fmt(l['deliveries_per_s'], 0)} deliveries/s | | | chatd rooms-of-1000 peak = {frac} of it | – |")
     for rate, goal in ((2000, "p99 ≤ 20 ms, p99.9 ≤ 40 ms"), (5000, "p99 < 50 ms")):
         cells = []
-        for sec, absent in ((c, "–"), (k, nok)):
+        for sec in (c, k):
+            absent = "not run" if not sec.get("allsend10") else "–"
             pts = [p for p in (sec.get("allsend10") or {}).get("points", []) if p["rate"] == rate]
             if pts:
                 p = pts[-1]
@@ -1387,6 +1409,13 @@ def run_real_kafka(bench, chatd, stores, workdir, kafka, cfg):
     real Kafka, each on a fresh chatd cluster (new topics)."""
     out = dict(broker=dict(version=kafka.version, nodes=kafka.nodes, heap=kafka.state["heap"]))
     cluster = None
+
+    def guard():
+        down = [i for i in range(kafka.nodes) if not kafka.alive(i)]
+        if down:
+            raise RuntimeError(f"real Kafka node(s) {down} stopped (its log: kafka-node*-server.log in the "
+                               "results dir)")
+    bench.guard = guard
     try:
         # The JVM's warm-up, on a cluster (and topics) of its own; not reported
         # as a figure, only kept in results.json.
@@ -1409,6 +1438,7 @@ def run_real_kafka(bench, chatd, stores, workdir, kafka, cfg):
         cluster = Cluster(chatd, stores, workdir, kafka=kafka, defaults=True)
         out["allsend10"] = allsend(bench, "kafka", cluster)
     finally:
+        bench.guard = None
         if cluster:
             cluster.stop()
     return out
