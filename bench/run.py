@@ -309,10 +309,7 @@ class Cluster:
         self.procs = {}
         self.ports = {}
         self.kafka_opts, self.gateway_args, self.classifier_args = kafka_opts, gateway_args, classifier_args
-        # The embedded broker's fetch cost grows with partitions (see
-        # BENCH_SEND_PARTITIONS); real Kafka gets chatd's default.
-        self.send_partitions = None if (defaults or kafka) else BENCH_SEND_PARTITIONS
-        self.base_gateway_args = [] if defaults else BENCH_GATEWAY_ARGS
+        self.send_partitions, self.base_gateway_args = bench_overrides(kafka, defaults)
         tag = f"{int(time.time() * 1000) % 100000}"
         if kafka:
             prefix = f"bench{tag}{os.urandom(3).hex()}"
@@ -404,6 +401,16 @@ class Cluster:
                 p.wait_exit(25)
         if "broker" in self.procs:
             self.procs["broker"].stop(timeout=25)
+
+
+def bench_overrides(kafka, defaults):
+    """(chat-send partitions or None for chatd's default, gateway arguments)
+    a bench cluster gets: the embedded broker's fetch cost grows with
+    partitions (BENCH_SEND_PARTITIONS), real Kafka keeps chatd's default, and
+    a `defaults` cluster changes nothing."""
+    if defaults:
+        return None, []
+    return (None if kafka else BENCH_SEND_PARTITIONS), list(BENCH_GATEWAY_ARGS)
 
 
 def kafka_settings(k):
