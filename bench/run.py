@@ -1165,6 +1165,9 @@ def write_doc(doc, res, png_rel):
         out.append(f"| 7. p50 / p99 / p99.9 ms, rooms of 10, every member sending, {rate:,} msgs/s, chatd's "
                    f"defaults (table 7) | {cells[0]} | {cells[1]} | not run | – | {goal} |")
     out.append("")
+    if not peer:
+        out.append("The Socket.IO peer was not run (--skip-peer): its column is empty, not failed.")
+        out.append("")
     out.append("Ratios: throughput and setup are chatd / peer; p99 and memory say how many times lower or higher "
                "chatd's figure is. A `–` means the figure was not reached (no ladder point held, or the step failed).")
     out.append("")
