@@ -17,8 +17,9 @@
 #   make k8s-check  render every k8s/ overlay (kubectl kustomize) and validate it offline
 #   make k8s-kafka-test  k8s/base's Kafka scripts against a real 3-node Kafka
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
-#   make bench      every benchmark of docs/PERFORMANCE.md, the Socket.IO peer included
-#                   (6-20 min; BENCH_QUICK=1: ~3 min); writes build/bench-results/ and the doc
+#   make bench      every benchmark of docs/PERFORMANCE.md on the embedded broker and on a real
+#                   Kafka (one KRaft node, KAFKA_VERSION), the Socket.IO peer included; writes
+#                   build/bench-results/ and the doc (BENCH_QUICK=1: the results dir only)
 #   make api-deps   the venv of schemathesis (tests/api/requirements.txt) the API schema test runs
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #                   and in clients/js (the client library's test-only ws and typescript, pinned the same way)
@@ -121,7 +122,8 @@ bench/peer/node_modules/.package-lock.json: bench/peer/package.json bench/peer/p
 
 bench: deps bench-deps
 	$(MAKE) all chatbench $(BUILD)/fanout_limit bench-peer
-	BENCH_QUICK=$(BENCH_QUICK) $(PYTHON) bench/run.py --build $(BUILD) $(BENCH_ARGS)
+	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
+	BENCH_QUICK=$(BENCH_QUICK) $(PYTHON) bench/run.py --build $(BUILD) $(if $(KAFKA_VERSION),--kafka-version $(KAFKA_VERSION)) $(BENCH_ARGS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)

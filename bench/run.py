@@ -1,8 +1,14 @@
 #!/usr/bin/python3
 """make bench: every figure of docs/PERFORMANCE.md, from one command.
 
-Starts Redis and PostgreSQL on free ports in a temp dir, then a chatd cluster
-(embedded-Kafka broker, 2 classifiers, 2 gateways) and runs, in this order:
+Starts Redis and PostgreSQL on free ports in a temp dir. First, on real Apache
+Kafka (one KRaft node of scripts/kafka/pom.xml's version, started here by
+scripts/kafka.py; a broker that cannot start fails the run before anything is
+measured): a JVM warm-up, the fan-out sweeps of 2. and their half-peak runs of
+3., and the every-member shape of 5., each on a fresh chatd cluster with
+topics of its own, created by chatd with its default partition counts; the
+JVM's CPU is the broker's. The JVM is stopped, then a chatd cluster
+(embedded-Kafka broker, 2 classifiers, 2 gateways) runs, in this order:
 
   1. idle connections: N authenticated idle clients on one gateway, its RSS
      before and after; the same run gives connection setup (handshakes/s);
@@ -18,6 +24,8 @@ Starts Redis and PostgreSQL on free ports in a temp dir, then a chatd cluster
      fetch.wait.max.ms 5 and 1 against 2; a fresh cluster each);
   4. a profile (perf record) of a gateway and a classifier at the rooms-of-1000
      peak load;
+  5. rooms of 10 where every member sends (issue 19), 1,000 clients at
+     2,000 and 5,000 msgs/s, on a fresh cluster with chatd's defaults;
   then stops chatd and runs the same 1.-3. against the peer (Socket.IO 4 +
   @socket.io/redis-adapter, two Node processes, its own Redis), then
   5. bench/fanout_limit with as many sockets as the rooms-of-1000 run.
@@ -26,7 +34,8 @@ Writes build/bench-results/{results.json, *.json, *.log, latency.png, ...},
 and the generated part of docs/PERFORMANCE.md (between the bench markers)
 plus docs/performance-latency.png.
 
-BENCH_QUICK=1: smaller ladders and windows (~3 minutes) to show it works.
+BENCH_QUICK=1: smaller ladders and windows to show it works; its figures go
+to the results dir only, not to docs/ (unless --doc names a page).
 
 The stores run as shipped (PostgreSQL with fsync on); every setting of the
 chatd cluster that is not chatd's default is listed in `Cluster.settings` and
@@ -52,6 +61,8 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 import psycopg2  # noqa: E402
 
 import chatlib  # noqa: E402
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import kafka as kafkactl  # noqa: E402  (scripts/kafka.py)
 from chatlib import Proc, free_port, start_redis, wait_ready  # noqa: E402
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -95,7 +106,8 @@ def config(quick):
             r1000x1_clients=1000, r1000x1_rates=[100, 400, 1000, 1600],
             warmup=1, duration=3, drain=5, half_duration=5,
             kafka_variants=[], profile_seconds=4, profile_min_rate=1000, limit_duration=2,
-            just_started_duration=3,
+            just_started_duration=3, allsend_clients=1000, allsend_rates=[2000, 5000], allsend_duration=4,
+            kafka_warmup=(1000, 8),
         )
     return dict(
         quick=False, idle_clients=15000, idle_hold=6,
@@ -110,6 +122,11 @@ def config(quick):
                         (["gateway:linger.ms=10"], ["10"]), (["fetch.wait.max.ms=5"], ["10"]),
                         (["fetch.wait.max.ms=1"], ["10"])],
         profile_seconds=8, profile_min_rate=2500, limit_duration=5, just_started_duration=5,
+        allsend_clients=1000, allsend_rates=[2000, 5000], allsend_duration=15,
+        # (msgs/s, seconds) in rooms of 10 on real Kafka before its first
+        # measured run: a just-started JVM interprets its code until the JIT
+        # has compiled the hot paths.
+        kafka_warmup=(1000, 20),
     )
 
 
@@ -276,36 +293,52 @@ def chatd_env():
 class Cluster:
     """broker, 2 classifiers, 2 gateways; `kafka_opts` go to gateways and
     classifiers (the producers and consumers of both Kafka hops),
-    `gateway_args` to the gateways, `classifier_args` to the classifiers."""
+    `gateway_args` to the gateways, `classifier_args` to the classifiers.
 
-    def __init__(self, chatd, stores, workdir, kafka_opts=(), gateway_args=(), classifier_args=()):
+    kafka: a running scripts/kafka.py KafkaCluster to use instead of the
+    embedded broker; chatd creates its topics there (--kafka-create-topics,
+    chatd's default partition counts), a new topic pair and group for each
+    Cluster, so a fresh cluster starts on empty topics as the embedded broker
+    does. defaults: chatd's settings as shipped (12 chat-send partitions, the
+    gateways' default rate limit and connection cap) instead of the bench's."""
+
+    def __init__(self, chatd, stores, workdir, kafka_opts=(), gateway_args=(), classifier_args=(),
+                 kafka=None, defaults=False):
         self.stores = stores
+        self.kafka = kafka
         self.procs = {}
         self.ports = {}
         self.kafka_opts, self.gateway_args, self.classifier_args = kafka_opts, gateway_args, classifier_args
+        self.send_partitions, self.base_gateway_args = bench_overrides(kafka, defaults)
         tag = f"{int(time.time() * 1000) % 100000}"
-        bootstrap = os.path.join(workdir, f"bootstrap-{tag}")
-        common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}",
-                  f"--redis={stores.redis.url}", f"--pg={stores.conninfo}", "--log-level=warn"]
+        if kafka:
+            prefix = f"bench{tag}{os.urandom(3).hex()}"
+            common = [f"--kafka={kafka.bootstrap}", "--kafka-create-topics", f"--topic-send={prefix}-send",
+                      f"--topic-receive={prefix}-receive", f"--group={prefix}-classifier"]
+        else:
+            bootstrap = os.path.join(workdir, f"bootstrap-{tag}")
+            common = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}"]
+        common += [f"--redis={stores.redis.url}", f"--pg={stores.conninfo}", "--log-level=warn"]
         common += [f"--kafka-opt={o}" for o in kafka_opts]
-        bp = free_port()
-        self._start(chatd, "broker", bp, ["--role=broker", f"--listen=127.0.0.1:{bp}",
-                                          f"--kafka-bootstrap-file={bootstrap}",
-                                          f"--send-partitions={BENCH_SEND_PARTITIONS}",
-                                          "--log-level=warn"], workdir, tag)
-        for i in range(2):
-            p = free_port()
-            self._start(chatd, f"classifier{i}", p, ["--role=classifier", f"--listen=127.0.0.1:{p}"]
-                        + common + list(classifier_args), workdir, tag)
-        for i in range(2):
-            p = free_port()
-            # Benchmark senders exceed the default 20 requests/s per connection,
-            # and the idle benchmark holds 15000 connections on one gateway
-            # (default cap --max-conns=10000; the fd limit is 20000).
-            self._start(chatd, f"gateway{i}", p,
-                        ["--role=gateway", f"--gateway-id={i}", f"--listen=127.0.0.1:{p}"]
-                        + BENCH_GATEWAY_ARGS + common + list(gateway_args), workdir, tag)
         try:
+            if not kafka:
+                bp = free_port()
+                self._start(chatd, "broker", bp, ["--role=broker", f"--listen=127.0.0.1:{bp}",
+                                                  f"--kafka-bootstrap-file={bootstrap}", "--log-level=warn"]
+                            + ([f"--send-partitions={self.send_partitions}"] if self.send_partitions else []),
+                            workdir, tag)
+            for i in range(2):
+                p = free_port()
+                self._start(chatd, f"classifier{i}", p, ["--role=classifier", f"--listen=127.0.0.1:{p}"]
+                            + common + list(classifier_args), workdir, tag)
+            for i in range(2):
+                p = free_port()
+                # Benchmark senders exceed the default 20 requests/s per connection,
+                # and the idle benchmark holds 15000 connections on one gateway
+                # (default cap --max-conns=10000; the fd limit is 20000).
+                self._start(chatd, f"gateway{i}", p,
+                            ["--role=gateway", f"--gateway-id={i}", f"--listen=127.0.0.1:{p}"]
+                            + self.base_gateway_args + common + list(gateway_args), workdir, tag)
             for name, proc in self.procs.items():
                 wait_ready(proc, self.ports[name], 60)
         except BaseException:  # a process that did not come up: stop the others too
@@ -316,10 +349,14 @@ class Cluster:
     def settings(self):
         """Every setting of this cluster (and its stores) that is not chatd's
         default, as report lines."""
-        out = [f"chat-send partitions: {BENCH_SEND_PARTITIONS} (chatd's default "
-               f"{CHATD_DEFAULTS['--send-partitions']}), one per classifier: the embedded broker's fetch cost "
-               "grows with partitions"]
-        for a in BENCH_GATEWAY_ARGS:
+        out = []
+        if self.kafka:
+            out += kafka_settings(self.kafka)
+        if self.send_partitions:
+            out.append(f"chat-send partitions: {self.send_partitions} (chatd's default "
+                       f"{CHATD_DEFAULTS['--send-partitions']}), one per classifier: the embedded broker's fetch "
+                       "cost grows with partitions")
+        for a in self.base_gateway_args:
             out.append(f"gateways: {a} (default {CHATD_DEFAULTS.get(a.partition('=')[0], '?')})")
         out += [f"Kafka client option on gateways and classifiers: {o}" for o in self.kafka_opts]
         out += [f"gateways: {a}" for a in self.gateway_args]
@@ -336,6 +373,10 @@ class Cluster:
 
     def pids(self):
         d = {n: p.pid for n, p in self.procs.items()}
+        if self.kafka:                # the JVM's CPU counts as the broker's
+            pid = self.kafka.pid(0)
+            if pid:
+                d["broker"] = pid
         d["redis"] = self.stores.redis.pid
         d["postgres"] = self.stores.pg.pid
         return d
@@ -346,8 +387,10 @@ class Cluster:
     def check(self):
         dead = [f"{n} exited ({p.p.returncode})\n{p.tail(20)}" for n, p in self.procs.items()
                 if not p.alive()]
+        if self.kafka and not all(self.kafka.alive(i) for i in range(self.kafka.nodes)):
+            dead.append("the real Kafka broker is not running (its log: kafka-node*-server.log in the results dir)")
         if dead:
-            raise RuntimeError("chatd process died:\n" + "\n".join(dead))
+            raise RuntimeError("a process of the cluster died:\n" + "\n".join(dead))
 
     def stop(self):
         for n, p in self.procs.items():
@@ -356,7 +399,28 @@ class Cluster:
         for n, p in self.procs.items():
             if n != "broker":
                 p.wait_exit(25)
-        self.procs["broker"].stop(timeout=25)
+        if "broker" in self.procs:
+            self.procs["broker"].stop(timeout=25)
+
+
+def bench_overrides(kafka, defaults):
+    """(chat-send partitions or None for chatd's default, gateway arguments)
+    a bench cluster gets: the embedded broker's fetch cost grows with
+    partitions (BENCH_SEND_PARTITIONS), real Kafka keeps chatd's default, and
+    a `defaults` cluster changes nothing."""
+    if defaults:
+        return None, []
+    return (None if kafka else BENCH_SEND_PARTITIONS), list(BENCH_GATEWAY_ARGS)
+
+
+def kafka_settings(k):
+    """Report lines for a real Kafka (scripts/kafka.py) the bench started."""
+    return [f"Apache Kafka {k.version} (scripts/kafka/pom.xml), {k.nodes} KRaft node (combined broker + "
+            f"controller) on loopback, started by the bench: one node, so replication 1 (production: 3 nodes, "
+            f"replication 3, min.insync.replicas 2); JVM heap {k.state['heap']} (scripts/kafka.py), "
+            "log.segment.bytes 16 MiB, Kafka's default flush policy (no fsync per record)",
+            f"topics created by chatd (--kafka-create-topics) with its default partitions: chat-send "
+            f"{CHATD_DEFAULTS['--send-partitions']}, chat-receive 16; a new topic pair and group per cluster start"]
 
 
 def variant_args(opts):
@@ -505,6 +569,10 @@ class Bench:
         self.cfg = cfg
         self.n = 0
         self.broken = []              # runs without a report: the harness failed
+        # A callable that raises when the system under test is gone (real
+        # Kafka's JVM): checked each second during a run, which it then ends
+        # (chatbench would otherwise wait out its setup timeout).
+        self.guard = None
 
     def run(self, label, args, watch_pids, on_line=None, timeout=600, metrics_ports=None, rate=0):
         """One chatbench run; returns its JSON report plus the CPU seconds each
@@ -528,6 +596,18 @@ class Bench:
             reader.start()
             killer = threading.Timer(timeout, lambda: p.send_signal(signal.SIGTERM))
             killer.start()
+            guard_err = []
+            if self.guard:
+                def watch(guard=self.guard):
+                    while p.poll() is None:
+                        try:
+                            guard()
+                        except Exception as e:  # noqa: BLE001 (reported after the run)
+                            guard_err.append(e)
+                            p.send_signal(signal.SIGTERM)
+                            return
+                        time.sleep(1)
+                threading.Thread(target=watch, daemon=True).start()
             # CPU of every process inside the measured window only: from its
             # first progress line to its last (one a second).
             win = {}
@@ -551,6 +631,8 @@ class Bench:
             summary = "".join(out)
             lf.write(summary)
         print(summary, file=sys.stderr, end="", flush=True)
+        if guard_err:
+            raise RuntimeError(f"during {label}: {guard_err[0]}")
         wall = time.monotonic() - t0
         cpu = {}
         for n, pid in watch_pids.items():
@@ -718,6 +800,33 @@ def just_started(bench, cluster, sw):
     return pt
 
 
+def allsend(bench, system, cluster):
+    """Rooms of 10 where every member sends (issue 19's shape), at fixed
+    rates, on a cluster with chatd's default settings: 1,000 clients in 100
+    rooms at 2,000 and 5,000 msgs/s is 2 and 5 msgs/s per client, under the
+    gateways' default limit of 20/s. Latency from the intended send time;
+    send lag reported beside it."""
+    c = bench.cfg
+    clients = c["allsend_clients"]
+    run_id = f"{system[0]}a{os.urandom(4).hex()}"
+    prime = bench.run(f"{system}-allsend10-join",
+                      bench.load_args(cluster.urls(), clients, 10, 0, run_id, duration=0.5)
+                      + ["--settle", 60, "--warmup", 0], cluster.pids())
+    points = []
+    for rate in c["allsend_rates"]:
+        cluster.check()
+        rep = bench.run(f"{system}-allsend10-r{rate}",
+                        bench.load_args(cluster.urls(), clients, 10, rate, run_id, duration=c["allsend_duration"])
+                        + ["--senders-per-room", 10],
+                        cluster.pids(), metrics_ports=cluster.metrics_ports, rate=rate)
+        pt = summarize(rep, rate, 10)
+        if pt["failed"]:
+            log(f"{system} every member sending: {rate} msg/s did not hold: {pt['failed']}")
+        points.append(pt)
+    return dict(clients=clients, room_size=10, senders_per_room=10, points=points, run_id=run_id,
+                join_setup_s=prime.get("setup_s"), settings=cluster.settings())
+
+
 def idle(bench, system, target, one, pid, proto):
     """N idle, authenticated, joined clients on one server process: its RSS
     before, and once every client is up (sampled during the hold)."""
@@ -825,9 +934,9 @@ def plot(outdir, res, png):
     if not shutil.which("gnuplot"):
         return "gnuplot not installed"
     series = []
-    for system in ("chatd", "peer"):
+    for system in ("chatd", "kafka", "peer"):
         for rs, _, _ in SWEEPS:
-            sw = res.get(system, {}).get(f"rooms{rs}")
+            sw = (res.get(system) or {}).get(f"rooms{rs}")
             if not sw:
                 continue
             path = os.path.join(outdir, f"plot-{system}-{rs}.dat")
@@ -840,11 +949,11 @@ def plot(outdir, res, png):
                     f.write(f"{p['deliveries_per_s']} {p['p50']} {p['p99']}\n")
             series.append((system, rs, path))
     lines = []
-    colors = {"chatd": "#1f77b4", "peer": "#d62728"}
+    colors = {"chatd": "#1f77b4", "kafka": "#2ca02c", "peer": "#d62728"}
     labels = {k: l for k, _, l in SWEEPS}
     for system, rs, path in series:
         dt = [k for k, _, _ in SWEEPS].index(rs) + 1
-        name = "chatd" if system == "chatd" else "Socket.IO+Redis"
+        name = {"chatd": "chatd (embedded)", "kafka": "chatd (Apache Kafka)"}.get(system, "Socket.IO+Redis")
         lines.append(f"'{path}' using 1:3 with linespoints lc rgb '{colors[system]}' dt {dt} pt 7 "
                      f"title '{name}, {labels[rs]}: p99'")
         lines.append(f"'{path}' using 1:2 with linespoints lc rgb '{colors[system]}' dt {dt} pt 6 "
@@ -902,16 +1011,65 @@ def sweep_table(sw, name):
     return "\n".join(rows)
 
 
-def settings_lines(res):
+def settings_lines(res, st=None, what="the chatd cluster"):
     """The non-default settings of the chatd runs, for the report."""
-    st = res.get("settings")
+    given = st is not None
+    st = res.get("settings") if st is None else st
+    if not st and given:
+        return [f"Settings of {what}: not recorded.", ""]
     if not st:
         return ["Settings of the chatd cluster: not recorded in this results.json (runs before the list "
                 "existed used PostgreSQL with fsync=off, 2 chat-send partitions (default 12) and gateways with "
                 "--rate=1000000 --rate-burst=1000000 --max-conns=19000, and stamped messages with their actual "
                 "send time).", ""]
-    return (["Settings of the chatd cluster that are not chatd's (or the store's) defaults; everything else, "
+    return ([f"Settings of {what} that are not chatd's (or the store's) defaults; everything else, "
              "including every Kafka client option, is as shipped:", ""] + [f"- {x}" for x in st] + [""])
+
+
+def kafka_name(res):
+    """The real-Kafka column's name, or None for results without it."""
+    b = (res.get("kafka") or {}).get("broker")
+    return f"Apache Kafka {b['version']} ({b['nodes']} node)" if b else None
+
+
+def stage_table(runs, title):
+    """chatd's stage histograms for `runs` [(label, point)], as lines."""
+    out = [f"**{title}**", "", "| stage | " + " | ".join(n for n, _ in runs) + " |", "|---|" + "---:|" * len(runs)]
+    out.append("| end to end (chatbench) p50 / p99 ms | " + " | ".join(
+        f"{fmt(r['p50'], 2)} / {fmt(r['p99'], 2)}" for _, r in runs) + " |")
+    for label, _, _ in STAGES:
+        cells = []
+        for _, r in runs:
+            st = (r.get("stages") or {}).get(label)
+            cells.append(f"{st['mean_ms']:.2f} / ≤{fmt(st['p99_ms'], 1)}" if st else "–")
+        out.append(f"| {label}: mean / p99 ms | " + " | ".join(cells) + " |")
+    out.append("| CPU seconds in the run: " + ", ".join(["broker (process or JVM)", "classifiers", "gateways",
+                                                       "chatbench"])
+               + " | " + " | ".join(
+                   "{:.1f}, {:.1f}, {:.1f}, {:.1f} of {:.0f} s wall".format(
+                       (r.get("cpu_s") or {}).get("broker", 0),
+                       sum(v for k, v in (r.get("cpu_s") or {}).items() if k.startswith("classifier")),
+                       sum(v for k, v in (r.get("cpu_s") or {}).items() if k.startswith("gateway")),
+                       (r.get("cpu_s") or {}).get("chatbench", 0), r.get("wall_s") or 0)
+                   for _, r in runs) + " |")
+    out.append("")
+    return out
+
+
+def stage_runs(sec):
+    """The runs of one broker's section worth a stage column."""
+    runs = []
+    for rs, _, lab in SWEEPS:
+        if sec.get(f"half{rs}"):
+            runs.append((f"{lab}, {sec[f'half{rs}']['rate']:,} msgs/s (half peak)", sec[f"half{rs}"]))
+        sw = sec.get(f"rooms{rs}")
+        if sw and sw["points"]:
+            last = sw["points"][-1]
+            runs.append((f"{lab}, {last['rate']:,} msgs/s (last ladder step"
+                         f"{', failed' if last['failed'] else ''})", last))
+    for p in (sec.get("allsend10") or {}).get("points", []):
+        runs.append((f"every member sending, {p['rate']:,} msgs/s (defaults)", p))
+    return runs
 
 
 def write_doc(doc, res, png_rel):
@@ -924,65 +1082,107 @@ def write_doc(doc, res, png_rel):
                f"`make bench` wall time {res['wall_s'] / 60:.1f} min.  ")
     out.append(f"**Machine:** {m['nproc']} cores ({m['cpu']}), {m['mem']}, Linux {m['kernel']}, "
                f"Node {m['node']}; load average when the run started: {m['loadavg_at_start']} "
-               f"(everything — stores, chatd cluster, peer, load generator — on this one machine).")
+               f"(everything — stores, chatd cluster, peer, load generator — on this one machine).  ")
+    kn = kafka_name(res)
+    k = res.get("kafka") or {}
+    if kn:
+        out.append(f"**Brokers:** the fan-out sweeps, their half-peak runs and the every-member shape ran twice "
+                   f"in this run: on the embedded broker (librdkafka's mock cluster in a `chatd --role=broker` "
+                   f"process) and on {kn}, started by the bench "
+                   "(scripts/kafka.py; one node: replication 1, no replica fetches in the path), its JVM warmed "
+                   "up first ({} msgs/s in rooms of 10 for {} s, not reported). Each broker's settings are listed "
+                   "next to its tables. Idle connections, connection setup, the just-started row, the profile and the "
+                   "Kafka-client variants ran on the embedded broker only.".format(
+                       *(res["config"].get("kafka_warmup") or ("?", "?"))))
+    else:
+        out.append("**Brokers:** the embedded broker only (this results.json predates the real-Kafka column).")
     out.append("")
     out.append("### Summary")
     out.append("")
-    out.append("| figure | chatd | Socket.IO + Redis adapter | chatd / peer | goal |")
-    out.append("|---|---:|---:|---:|---|")
+    out.append(f"| figure | chatd, embedded broker | chatd, {kn or 'real Kafka'} | Socket.IO + Redis adapter "
+               "| chatd (embedded) / peer | goal |")
+    out.append("|---|---:|---:|---:|---:|---|")
+    nok = "not run" if not kn else "–"
     for rs, _, lab in SWEEPS:
         goal = ("50,000 msgs/s accepted (500,000 deliveries/s) at p99 < 50 ms" if rs == "10"
                 else "1,000,000 deliveries/s at p99 < 50 ms")
         cp = c.get(f"rooms{rs}", {}).get("peak")
+        kp = (k.get(f"rooms{rs}") or {}).get("peak")
         pp = peer.get(f"rooms{rs}", {}).get("peak")
         sw = c.get(f"rooms{rs}") or peer.get(f"rooms{rs}") or {}
         shape = f", {sw['clients']:,} clients" if sw else ""
         out.append(f"| 1. peak deliveries/s, {lab}{shape} (p99 < 50 ms) | "
                    f"{fmt(cp and cp['deliveries_per_s'], 0)} ({fmt(cp and cp['sent_per_s'], 0)} msgs/s) | "
-                   f"{fmt(pp and pp['deliveries_per_s'], 0)} ({fmt(pp and pp['sent_per_s'], 0)} msgs/s) | "
+                   + (f"{fmt(kp and kp['deliveries_per_s'], 0)} ({fmt(kp and kp['sent_per_s'], 0)} msgs/s) | "
+                      if kn else f"{nok} | ")
+                   + f"{fmt(pp and pp['deliveries_per_s'], 0)} ({fmt(pp and pp['sent_per_s'], 0)} msgs/s) | "
                    f"{ratio(cp and cp['deliveries_per_s'], pp and pp['deliveries_per_s'])} | {goal} |")
     for rs, _, lab in SWEEPS:
-        ch, ph = c.get(f"half{rs}"), peer.get(f"half{rs}")
+        ch, ph, kh = c.get(f"half{rs}"), peer.get(f"half{rs}"), k.get(f"half{rs}")
         out.append(f"| 2. p50 / p99 / p99.9 ms at half of own peak, {lab} | "
                    + (f"{fmt(ch['p50'], 2)} / {fmt(ch['p99'], 2)} / {fmt(ch['p999'], 2)} at {ch['rate']:,} msgs/s"
                       if ch else "–") + " | "
+                   + (f"{fmt(kh['p50'], 2)} / {fmt(kh['p99'], 2)} / {fmt(kh['p999'], 2)} at {kh['rate']:,} msgs/s"
+                      + ("" if not kh.get("failed") else " (did not hold)") if kh else nok) + " | "
                    + (f"{fmt(ph['p50'], 2)} / {fmt(ph['p99'], 2)} / {fmt(ph['p999'], 2)} at {ph['rate']:,} msgs/s"
                       if ph else "–") + f" | p99: {lower_better(ch and ch['p99'], ph and ph['p99'])} | p99 ≤ 20 ms |")
     for rs, _, lab in SWEEPS:
         common = equal_load(c.get(f"rooms{rs}"), peer.get(f"rooms{rs}"))
         if common:
             cp, pp = common
-            out.append(f"| 5. p99 ms at the highest rate both held, {lab} ({cp['rate']:,} msgs/s) | "
-                       f"{fmt(cp['p99'], 2)} | {fmt(pp['p99'], 2)} | {lower_better(cp['p99'], pp['p99'])} | "
+            kq = [p for p in (k.get(f"rooms{rs}") or {}).get("points", []) if p["rate"] == cp["rate"]]
+            kc = (fmt(kq[-1]["p99"], 2) + ("" if not kq[-1]["failed"] else " (did not hold)")) if kq else nok
+            out.append(f"| 5. p99 ms at the highest rate both held (embedded and peer), {lab} ({cp['rate']:,} msgs/s) | "
+                       f"{fmt(cp['p99'], 2)} | {kc} | {fmt(pp['p99'], 2)} | {lower_better(cp['p99'], pp['p99'])} | "
                        f"5× the peer's deliveries/s at equal p99 |")
         else:
-            out.append(f"| 5. p99 ms at the highest rate both held, {lab} | – | – | – | "
+            out.append(f"| 5. p99 ms at the highest rate both held, {lab} | – | – | – | – | "
                        f"5× the peer's deliveries/s at equal p99 |")
     ci, pi = c.get("idle", {}), peer.get("idle", {})
     out.append(f"| 3. memory per idle connection ({fmt(ci.get('clients'))} on one process; RSS delta / N) | "
-               f"{fmt(ci.get('bytes_per_conn'))} B | {fmt(pi.get('bytes_per_conn'))} B | "
+               f"{fmt(ci.get('bytes_per_conn'))} B | same gateway code, not run again | {fmt(pi.get('bytes_per_conn'))} B | "
                f"{lower_better(ci.get('bytes_per_conn'), pi.get('bytes_per_conn'), 'less', 'more')} | ≤ 1024 B |")
     out.append(f"| 4. connection setup (upgrade + JWT + hello), per second | {fmt(ci.get('handshakes_per_s'), 0)} | "
-               f"{fmt(pi.get('handshakes_per_s'), 0)} | {ratio(ci.get('handshakes_per_s'), pi.get('handshakes_per_s'))} | – |")
+               f"not run | {fmt(pi.get('handshakes_per_s'), 0)} | {ratio(ci.get('handshakes_per_s'), pi.get('handshakes_per_s'))} | – |")
     cp = c.get("rooms1000", {}).get("peak")
     for b, l in sorted(lim.items()):
         if not isinstance(l, dict) or "deliveries_per_s" not in l:
             continue
         frac = f"{100 * cp['deliveries_per_s'] / l['deliveries_per_s']:.1f} %" if cp else "–"
         out.append(f"| 6. machine limit, {l['sockets']:,} sockets, {l['batch']} frame(s) per write | "
-                   f"{fmt(l['deliveries_per_s'], 0)} deliveries/s | | chatd rooms-of-1000 peak = {frac} of it | – |")
+                   f"{fmt(l['deliveries_per_s'], 0)} deliveries/s | | | chatd rooms-of-1000 peak = {frac} of it | – |")
+    for rate, goal in ((2000, "p99 ≤ 20 ms, p99.9 ≤ 40 ms"), (5000, "p99 < 50 ms")):
+        cells = []
+        for sec in (c, k):
+            absent = "not run" if not sec.get("allsend10") else "–"
+            pts = [p for p in (sec.get("allsend10") or {}).get("points", []) if p["rate"] == rate]
+            if pts:
+                p = pts[-1]
+                cells.append(f"{fmt(p['p50'], 2)} / {fmt(p['p99'], 2)} / {fmt(p['p999'], 2)}"
+                             + ("" if not p["failed"] else " (did not hold)"))
+            else:
+                cells.append(absent)
+        out.append(f"| 7. p50 / p99 / p99.9 ms, rooms of 10, every member sending, {rate:,} msgs/s, chatd's "
+                   f"defaults (table 7) | {cells[0]} | {cells[1]} | not run | – | {goal} |")
     out.append("")
+    if not peer:
+        out.append("The Socket.IO peer was not run (--skip-peer): its column is empty, not failed.")
+        out.append("")
     out.append("Ratios: throughput and setup are chatd / peer; p99 and memory say how many times lower or higher "
                "chatd's figure is. A `–` means the figure was not reached (no ladder point held, or the step failed).")
     out.append("")
-    out.append("The chatd column was measured with the bench settings listed under table 1, not with chatd's "
-               "defaults; latencies are from each message's intended send time.")
+    out.append("The chatd columns of rows 1, 2 and 5 were measured with the bench settings listed under table 1 "
+               "(each broker's own list), not with chatd's defaults; row 7 with chatd's defaults; latencies are "
+               "from each message's intended send time. Rows 3 and 4 do not involve the broker and run on the "
+               "embedded one only.")
     out.append("")
     out.append(f"![latency against load]({png_rel})")
     out.append("")
     out.append("### 1. Fan-out sweeps")
     out.append("")
-    out += settings_lines(res)
+    out += settings_lines(res, what="the chatd cluster on the embedded broker")
+    if kn:
+        out += settings_lines(res, k.get("settings") or [], what=f"the chatd cluster on {kn}")
     out.append("Each row is one chatbench run (1 sender per room, "
                f"{res['config']['warmup']} s warmup, {res['config']['duration']} s window) on the ladder's users "
                "and rooms, which joined once before the ladder. Latencies run from each message's *intended* "
@@ -998,16 +1198,16 @@ def write_doc(doc, res, png_rel):
                "(schedstat run_delay, summed) — the cost of everything else on the machine. Load avg: 1-minute "
                "load average right after the row.")
     out.append("")
-    for system, name in (("chatd", "chatd"), ("peer", "Socket.IO")):
+    for system, name in (("chatd", "chatd"), ("kafka", f"chatd on {kn}"), ("peer", "Socket.IO")):
         for rs, _, lab in SWEEPS:
-            sw = res.get(system, {}).get(f"rooms{rs}")
+            sw = (res.get(system) or {}).get(f"rooms{rs}")
             if sw and sw.get("join_setup_s") is not None:
                 out.append(f"- {name}, {lab}: {sw['clients']:,} clients joined in {sw['join_setup_s']:.1f} s, "
                            f"then frames kept arriving for {sw['join_settle_s']:.1f} s (membership events).")
     out.append("")
-    for system, name in (("chatd", "chatd"), ("peer", "Socket.IO")):
+    for system, name in (("chatd", "chatd, embedded broker"), ("kafka", f"chatd, {kn}"), ("peer", "Socket.IO")):
         for rs, _, _ in SWEEPS:
-            sw = res.get(system, {}).get(f"rooms{rs}")
+            sw = (res.get(system) or {}).get(f"rooms{rs}")
             if sw:
                 out.append(sweep_table(sw, name))
                 out.append("")
@@ -1028,9 +1228,10 @@ def write_doc(doc, res, png_rel):
                 f"{fmt(h['p90'], 2)} | {fmt(h['p99'], 2)} | {fmt(h['p999'], 2)} | {fmt(h['max'], 2)} | "
                 f"{fmt(h['ack_p99'], 2)} | {fmt(h.get('lag_p99'), 2)} | "
                 f"{'yes' if not h.get('failed') else 'no: ' + h['failed']} |")
-    for system, name in (("chatd", "chatd (bench settings, see table 1)"), ("peer", "Socket.IO")):
+    for system, name in (("chatd", "chatd, embedded broker (bench settings, see table 1)"),
+                         ("kafka", f"chatd, {kn} (bench settings, see table 1)"), ("peer", "Socket.IO")):
         for rs, _, lab in SWEEPS:
-            h = res.get(system, {}).get(f"half{rs}")
+            h = (res.get(system) or {}).get(f"half{rs}")
             if h:
                 out.append(half_row(name, lab, h))
     js = c.get("just_started10")
@@ -1045,45 +1246,50 @@ def write_doc(doc, res, png_rel):
         if h:
             out.append(half_row(f"chatd, bench settings + {lg}", shape_label.get(key or '10'), h))
     out.append("")
-    runs = []
-    for rs, _, lab in SWEEPS:
-        if c.get(f"half{rs}"):
-            runs.append((f"{lab}, {c[f'half{rs}']['rate']:,} msgs/s (half peak)", c[f"half{rs}"]))
-        sw = c.get(f"rooms{rs}")
-        if sw and sw["points"]:
-            last = sw["points"][-1]
-            runs.append((f"{lab}, {last['rate']:,} msgs/s (last ladder step"
-                         f"{', failed' if last['failed'] else ''})", last))
-    if any(r.get("stages") for _, r in runs):
+    out.append("### 7. Rooms of 10, every member sending, chatd's defaults")
+    out.append("")
+    any7 = False
+    for sec, name in ((c, "the embedded broker"), (k, kn)):
+        a7 = sec.get("allsend10")
+        if a7:
+            any7 = True
+            out += settings_lines(res, a7.get("settings") or [], what=f"this shape's cluster on {name}")
+    if any7:
+        out.append("Issue 19's shape: 1,000 clients in 100 rooms of 10, *every* member sending (10 senders per room, "
+                   "the total rate shared evenly: 2 and 5 msgs/s per client, under the gateways' default 20/s), "
+                   f"a fresh cluster with chatd's default settings on each broker, {res['config'].get('allsend_duration', '?')} s "
+                   "window per rate. Latency from the intended send time; send lag is chatbench's own delay.")
+        out.append("")
+        out.append("| broker | msgs/s | deliveries/s | p50 ms | p99 ms | p99.9 ms | max ms | ack p99 ms "
+                   "| send lag p99 / max ms | held? |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for sec, name in ((c, "embedded"), (k, kn)):
+            for p in (sec.get("allsend10") or {}).get("points", []):
+                out.append(f"| {name} | {p['rate']:,} | {fmt(p['deliveries_per_s'], 0)} | {fmt(p['p50'], 2)} | "
+                           f"{fmt(p['p99'], 2)} | {fmt(p['p999'], 2)} | {fmt(p['max'], 2)} | {fmt(p['ack_p99'], 2)} | "
+                           f"{fmt(p.get('lag_p99'), 2)} / {fmt(p.get('lag_max'), 2)} | "
+                           f"{'yes' if not p.get('failed') else 'no: ' + p['failed']} |")
+    else:
+        out.append("Not measured in this run (results from before the shape existed).")
+    out.append("")
+    tables = [(stage_runs(c), "embedded broker")] + ([(stage_runs(k), kn)] if kn else [])
+    if any(r.get("stages") for runs, _ in tables for _, r in runs):
         out.append("### Where chatd's time goes: its own stage histograms")
         out.append("")
         out.append("Deltas of chatd's `/metrics` histograms over each run (gateways and classifiers summed): "
                    "mean, and the p99 as the upper bound of its power-of-two bucket. End to end is chatbench's "
-                   "send → delivery.")
+                   "send → delivery. One table per broker; on real Kafka the broker's CPU is the JVM's.")
         out.append("")
-        out.append("| stage | " + " | ".join(n for n, _ in runs) + " |")
-        out.append("|---|" + "---:|" * len(runs))
-        out.append("| end to end (chatbench) p50 / p99 ms | " + " | ".join(
-            f"{fmt(r['p50'], 2)} / {fmt(r['p99'], 2)}" for _, r in runs) + " |")
-        for label, _, _ in STAGES:
-            cells = []
-            for _, r in runs:
-                st = (r.get("stages") or {}).get(label)
-                cells.append(f"{st['mean_ms']:.2f} / ≤{fmt(st['p99_ms'], 1)}" if st else "–")
-            out.append(f"| {label}: mean / p99 ms | " + " | ".join(cells) + " |")
-        out.append("| CPU seconds in the run: " + ", ".join(["broker", "classifiers", "gateways", "chatbench"])
-                   + " | " + " | ".join(
-                       "{:.1f}, {:.1f}, {:.1f}, {:.1f} of {:.0f} s wall".format(
-                           (r.get("cpu_s") or {}).get("broker", 0),
-                           sum(v for k, v in (r.get("cpu_s") or {}).items() if k.startswith("classifier")),
-                           sum(v for k, v in (r.get("cpu_s") or {}).items() if k.startswith("gateway")),
-                           (r.get("cpu_s") or {}).get("chatbench", 0), r.get("wall_s") or 0)
-                       for _, r in runs) + " |")
-        out.append("")
+        for runs, name in tables:
+            if runs:
+                out += stage_table(runs, f"chatd on {name}")
     cpu_rows = []
-    for system, name in (("chatd", "chatd"), ("peer", "Socket.IO")):
+    for system, name in (("chatd", "chatd, embedded"), ("kafka", f"chatd, {kn}"), ("peer", "Socket.IO")):
+        for p in ((res.get(system) or {}).get("allsend10") or {}).get("points", []):
+            if p.get("window_cpu"):
+                cpu_rows.append((f"{name}, every member sending, {p['rate']:,} msgs/s (defaults)", p["window_cpu"]))
         for rs, _, lab in SWEEPS:
-            sw = res.get(system, {}).get(f"rooms{rs}")
+            sw = (res.get(system) or {}).get(f"rooms{rs}")
             if not sw:
                 continue
             for p in ([sw["peak"]] if sw["peak"] else []) + ([sw["points"][-1]] if sw["points"][-1]["failed"] else []):
@@ -1091,7 +1297,7 @@ def write_doc(doc, res, png_rel):
                     cpu_rows.append((f"{name}, {lab}, {p['rate']:,} msgs/s"
                                      f"{' (peak)' if p is sw['peak'] else ' (did not hold)'}", p["window_cpu"]))
     if cpu_rows:
-        groups = [("Kafka broker (embedded)", ("broker",)), ("classifiers", ("classifier",)),
+        groups = [("Kafka broker (embedded process or Kafka's JVM)", ("broker",)), ("classifiers", ("classifier",)),
                   ("gateways / Node processes", ("gateway", "node")), ("Redis", ("redis", "peer-redis")),
                   ("PostgreSQL", ("postgres",)), ("chatbench", ("chatbench",))]
         out.append("### CPU per message, inside the window")
@@ -1176,20 +1382,105 @@ def write_doc(doc, res, png_rel):
 
 
 # --------------------------------------------------------------------------
+# real Apache Kafka
+
+def start_kafka(dir, version):
+    """One KRaft node of the pinned Kafka (scripts/kafka.py), killed with
+    the bench if it dies. A broker that cannot be fetched or started fails
+    the whole run: no table is written with the real-Kafka column missing."""
+    log(f"real Kafka {version}: one KRaft node in {dir}")
+    k = kafkactl.KafkaCluster(dir, nodes=1, version=version, die_with_parent=True)
+    try:
+        k.up()
+    except BaseException as e:
+        # up() may have started the JVM before it gave up waiting.
+        with contextlib.suppress(Exception):
+            k.down(grace=10)
+        raise RuntimeError(f"real Kafka {version} did not start, nothing measured: {e}") from e
+    return k
+
+
+def stop_kafka(k, outdir):
+    """Stops the JVM and keeps its logs with the results."""
+    try:
+        k.down()
+    finally:
+        for i in range(k.nodes):
+            for name in ("server.log", "stdout.log"):
+                src = os.path.join(k.node_dir(i), name)
+                if os.path.exists(src):
+                    shutil.copyfile(src, os.path.join(outdir, f"kafka-node{i}-{name}"))
+        if any(k.alive(i) for i in range(k.nodes)):
+            raise RuntimeError(f"real Kafka: a node in {k.dir} is still running after down()")
+
+
+def run_real_kafka(bench, chatd, stores, workdir, kafka, cfg):
+    """The fan-out sweeps, their half-peak runs and the every-member shape on
+    real Kafka, each on a fresh chatd cluster (new topics)."""
+    out = dict(broker=dict(version=kafka.version, nodes=kafka.nodes, heap=kafka.state["heap"]))
+    cluster = None
+
+    def guard():
+        down = [i for i in range(kafka.nodes) if not kafka.alive(i)]
+        if down:
+            raise RuntimeError(f"real Kafka node(s) {down} stopped (its log: kafka-node*-server.log in the "
+                               "results dir)")
+    bench.guard = guard
+    try:
+        # The JVM's warm-up, on a cluster (and topics) of its own; not reported
+        # as a figure, only kept in results.json.
+        rate, secs = cfg["kafka_warmup"]
+        cluster = Cluster(chatd, stores, workdir, kafka=kafka)
+        rep = bench.run("kafka-jvm-warmup", bench.load_args(cluster.urls(), 1000, 10, rate,
+                                                            f"kw{os.urandom(4).hex()}", duration=secs),
+                        cluster.pids(), rate=rate)
+        out["jvm_warmup"] = summarize(rep, rate, 10)
+        cluster.stop()
+        cluster = None
+        for key, size, _ in SWEEPS:
+            cluster = Cluster(chatd, stores, workdir, kafka=kafka)
+            out.setdefault("settings", cluster.settings())
+            out[f"rooms{key}"] = sweep(bench, "kafka", cluster, cfg[f"r{key}_clients"], size,
+                                       cfg[f"r{key}_rates"], "chatd", key)
+            out[f"half{key}"] = half_peak(bench, "kafka", cluster, out[f"rooms{key}"], "chatd", key=key)
+            cluster.stop()
+            cluster = None
+        cluster = Cluster(chatd, stores, workdir, kafka=kafka, defaults=True)
+        out["allsend10"] = allsend(bench, "kafka", cluster)
+    finally:
+        bench.guard = None
+        if cluster:
+            cluster.stop()
+    return out
+
+
+# --------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
     ap.add_argument("--out", default=None, help="results dir (build/bench-results)")
-    ap.add_argument("--doc", default=os.path.join(REPO, "docs", "PERFORMANCE.md"))
+    ap.add_argument("--doc", default=None,
+                    help="the page to render into (docs/PERFORMANCE.md; in quick mode only when given)")
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--kafka-version", default=kafkactl.DEFAULT_VERSION,
+                    help="the real Kafka's version (scripts/kafka.py's default: the one the tests use)")
     ap.add_argument("--render", metavar="RESULTS_JSON",
                     help="measure nothing: rewrite docs/PERFORMANCE.md from an earlier results.json")
     args = ap.parse_args()
+    quick = os.environ.get("BENCH_QUICK", "0") not in ("", "0")
+    if args.doc is None and not args.render and quick:
+        # Quick-mode figures are not the page's: they stay in the results dir
+        # unless a page is named (which then says "BENCH_QUICK=1" in its header).
+        log("quick mode: docs/ left alone (--doc FILE renders there; --render RESULTS_JSON later)")
+        args.no_doc = True
+    args.doc = args.doc or os.path.join(REPO, "docs", "PERFORMANCE.md")
     if args.render:
         with open(args.render) as f:
             res = json.load(f)
+        if res.get("failed"):
+            sys.exit(f"bench: {args.render} is a failed run ({res['failed'][:200]}): not rendered")
         write_doc(args.doc, res, "performance-latency.png")
         log(f"rendered {os.path.relpath(args.doc, REPO)} from {args.render}")
         return
@@ -1198,19 +1489,27 @@ def main():
     for b in (chatd, os.path.join(build, "chatbench"), os.path.join(build, "fanout_limit")):
         if not os.access(b, os.X_OK):
             sys.exit(f"bench: {b} missing: run make bench (it builds everything)")
-    cfg = config(os.environ.get("BENCH_QUICK", "0") not in ("", "0"))
+    cfg = config(quick)
     outdir = args.out or os.path.join(build, "bench-results")
     shutil.rmtree(outdir, ignore_errors=True)
     os.makedirs(outdir)
     workdir = tempfile.mkdtemp(prefix="chatd-bench-")
     os.chmod(workdir, 0o755)
     t_start = time.monotonic()
-    res = dict(machine=machine(), config=cfg, outdir=outdir, chatd={}, peer={})
+    res = dict(machine=machine(), config=cfg, outdir=outdir, chatd={}, kafka={}, peer={})
     bench = Bench(build, outdir, cfg)
-    stores = cluster = peer = None
+    stores = cluster = peer = kafka = None
     try:
-        log(f"stores and chatd cluster in {workdir}")
+        log(f"stores in {workdir}")
         stores = Stores(workdir)
+        # Real Kafka first: a broker that cannot start ends the run before
+        # anything is measured, and its JVM is gone before the embedded
+        # broker's and the peer's runs.
+        kafka = start_kafka(os.path.join(workdir, "kafka"), args.kafka_version)
+        res["kafka"] = run_real_kafka(bench, chatd, stores, workdir, kafka, cfg)
+        stop_kafka(kafka, outdir)
+        kafka = None
+        log(f"chatd cluster on the embedded broker in {workdir}")
         cluster = Cluster(chatd, stores, workdir)
         c = res["chatd"]
         # 1. idle first, on a fresh gateway: its RSS baseline is a just-started process.
@@ -1262,6 +1561,10 @@ def main():
             for key in keys:
                 c["kafka_variants"][f"{', '.join(opts)}|{key}"] = half_peak(
                     bench, "chatd", cluster, c[f"rooms{key}"], "chatd", label, fallback=True, key=key)
+        # Every member of a room of 10 sending, chatd's defaults (issue 19).
+        cluster.stop()
+        cluster = Cluster(chatd, stores, workdir, defaults=True)
+        c["allsend10"] = allsend(bench, "chatd", cluster)
         cluster.stop()
         cluster = None
         if not args.skip_peer:
@@ -1286,6 +1589,13 @@ def main():
             except ValueError:
                 res["limit"][f"batch{batch}"] = f"failed: {r.stderr.strip()[-300:]}"
             log(f"fanout_limit batch {batch}: {r.stdout.strip()}")
+    except BaseException as e:
+        # Kept for a look, never rendered: --render refuses it.
+        res["failed"] = f"{type(e).__name__}: {e}"
+        with open(os.path.join(outdir, "results-failed.json"), "w") as f:
+            json.dump(res, f, indent=1, default=str)
+        log(f"the run failed; what it measured is in {os.path.relpath(outdir, REPO)}/results-failed.json")
+        raise
     finally:
         for x in (cluster, peer, stores):
             if x:
@@ -1293,6 +1603,8 @@ def main():
                     x.stop()
                 except Exception as e:  # keep stopping the rest
                     log(f"stop: {e}")
+        if kafka:
+            stop_kafka(kafka, outdir)
         shutil.rmtree(workdir, ignore_errors=True)
     res["wall_s"] = round(time.monotonic() - t_start, 1)
     png = os.path.join(outdir, "latency.png")
@@ -1302,7 +1614,7 @@ def main():
     with open(os.path.join(outdir, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     if not args.no_doc:
-        docpng = os.path.join(REPO, "docs", "performance-latency.png")
+        docpng = os.path.join(os.path.dirname(os.path.abspath(args.doc)), "performance-latency.png")
         if not err:
             shutil.copyfile(png, docpng)
         write_doc(args.doc, res, os.path.basename(docpng))
@@ -1313,4 +1625,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as e:         # a failed start or a dead process: no partial report
+        sys.exit(f"bench: FAILED, no report written: {e}")

@@ -42,12 +42,27 @@ def test_postgres_runs_with_fsync_unless_asked():
 def test_settings_list_every_non_default():
     stores = SimpleNamespace(settings=lambda: ["PostgreSQL max_connections=200 (default 100)"])
     st = B.Cluster.settings(SimpleNamespace(kafka_opts=["linger.ms=0"], gateway_args=[], classifier_args=[],
-                                            stores=stores))
+                                            stores=stores, kafka=None, send_partitions=B.BENCH_SEND_PARTITIONS,
+                                            base_gateway_args=B.BENCH_GATEWAY_ARGS))
     text = "\n".join(st)
     assert f"chat-send partitions: {B.BENCH_SEND_PARTITIONS} (chatd's default 12)" in text
     for a in ("--rate=1000000", "--rate-burst=1000000", "--max-conns=19000"):
         assert f"gateways: {a} (default " in text
     assert "linger.ms=0" in text and "max_connections=200" in text
+
+
+def test_settings_of_a_defaults_cluster_on_real_kafka():
+    """The every-member shape's cluster (defaults=True) on real Kafka lists
+    the broker it ran on, and no chatd setting of its own."""
+    stores = SimpleNamespace(settings=lambda: ["PostgreSQL max_connections=200 (default 100)"])
+    kafka = SimpleNamespace(version="4.1.1", nodes=1, state={"heap": "384m"})
+    assert B.bench_overrides(None, False) == (B.BENCH_SEND_PARTITIONS, B.BENCH_GATEWAY_ARGS)
+    assert B.bench_overrides(kafka, False) == (None, B.BENCH_GATEWAY_ARGS)  # chatd's 12 on real Kafka
+    cluster = SimpleNamespace(kafka_opts=[], gateway_args=[], classifier_args=[], stores=stores, kafka=kafka)
+    cluster.send_partitions, cluster.base_gateway_args = B.bench_overrides(kafka, True)
+    text = "\n".join(B.Cluster.settings(cluster))
+    assert "Apache Kafka 4.1.1" in text and "1 KRaft node" in text and "replication 1" in text
+    assert "chat-send partitions" not in text and "--rate" not in text and "--max-conns" not in text
 
 
 def test_rooms_of_1000_get_two_chatbench_processes():
