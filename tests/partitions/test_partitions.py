@@ -93,3 +93,131 @@ def test_p2_zombie_classifier(net, make_cluster):
 
     res = run_bounded(body(), 240)
     res.assert_ok()
+
+
+def test_p1b_kafka_replies_to_gateway_lost(net, make_cluster):
+    """One direction only: gateway 0's produce requests reach Kafka, Kafka's
+    answers never come back. Kafka stores what the gateway is told it may
+    not have: every such send is answered `unavailable` ("stored":"maybe"),
+    resent with its cid after the heal, acked once, stored once."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p1b_kafka_replies_lost")
+        f = run.fault("kafka -> gateway0 dropped")
+        for k in KAFKA:
+            net.topo.cut(k, "gw0", oneway=True)
+        await asyncio.sleep(SEND_TIMEOUT + MARGIN + 3)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(5)
+        return await finish(run, traffic)
+
+    res = run_bounded(body(), 240)
+    res.assert_ok()
+    assert res.c["sends_unavailable"] > 0, "no send was answered unavailable: no fault seen"
+
+
+def test_p3_classifier_cut_from_pg_then_redis(net, make_cluster):
+    """Classifier 0 loses PostgreSQL for 10 s (Kafka and Redis kept), then,
+    healed, Redis for 10 s: its batches wait and retry; nothing acked is
+    lost, no seq given twice, none skipped."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p3_classifier_pg_redis")
+        for what in ("pg", "redis"):
+            f = run.fault(f"classifier0 cut from {what}")
+            net.topo.cut("cl0", what)
+            await asyncio.sleep(10)
+            net.topo.heal()
+            run.restored(f)
+            await asyncio.sleep(6)
+        return await finish(run, traffic)
+
+    res = run_bounded(body(), 240)
+    res.assert_ok()
+
+
+@pytest.mark.parametrize("what,mode", [("redis", "drop"), ("pg", "drop"), ("redis", "reject")])
+def test_p4_store_isolated(net, make_cluster, what, mode):
+    """Redis (or PostgreSQL) isolated from every host for 10 s: packets
+    dropped (a silent peer) or refused (reset). chatd waits and retries;
+    after the heal every acked message is stored once, seqs dense, every
+    client converges."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, f"p4_{what}_isolated_{mode}")
+        f = run.fault(f"{what} isolated ({mode})")
+        net.topo.isolate(what, mode=mode)
+        await asyncio.sleep(10)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(6)
+        return await finish(run, traffic)
+
+    res = run_bounded(body(), 300)
+    res.assert_ok()
+
+
+def test_p5_kafka_leader_in_minority(net, make_cluster):
+    """The node leading the busiest chat-send partition is isolated from
+    every other host (Kafka nodes, chatd, clients) for 20 s. The majority
+    elects a new leader; the old one cannot grow its ISR back nor ack
+    (acks=all, min.insync.replicas=2): no acked message lost."""
+    import kafka3
+    c = make_cluster()
+    k = net.kafka
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p5_kafka_leader_minority")
+        meta = kafka3.metadata(k, c.topic_send)
+        part = harness_partition(rooms[0])
+        leader = meta[part][0]
+        host = KAFKA[leader - 1]
+        f = run.fault(f"kafka node {leader} ({host}) isolated")
+        t = now()
+        net.topo.isolate(host)
+        moved, waited = await asyncio.to_thread(
+            kafka3.wait_meta, k, c.topic_send, lambda m: m[part][0] not in (leader, -1), 60,
+            "a new leader elected by the majority")
+        await asyncio.sleep(max(0, 20 - (now() - t)))
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.to_thread(k.wait_ready, 120)
+        await asyncio.sleep(5)
+        return await finish(run, traffic, extra_line=(
+            f"partition {part}: leader {leader} -> {moved[part][0]} after {waited:.1f}s"))
+
+    res = run_bounded(body(), 300)
+    res.assert_ok()
+
+
+def harness_partition(room):
+    import zlib
+    import harness
+    return zlib.crc32(room.encode()) % harness.SEND_PARTITIONS
+
+
+LOSS_S = float(__import__("os").environ.get("CHATD_PARTITION_LOSS_S", "30"))
+
+
+def test_p6_flaky_network(net, make_cluster):
+    """7 % of the packets every host receives are dropped, for LOSS_S
+    seconds (the issue asks for a minute; CHATD_PARTITION_LOSS_S=60). Delay
+    and jitter are not injected: this kernel has no netem (netns.delay)."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p6_flaky_network")
+        f = run.fault("7% loss everywhere")
+        net.topo.loss(0.07)
+        await asyncio.sleep(LOSS_S)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(6)
+        return await finish(run, traffic, extra_line=f"loss held {LOSS_S:.0f}s, no jitter (no netem)")
+
+    res = run_bounded(body(), 300 + LOSS_S)
+    res.assert_ok()
