@@ -154,8 +154,8 @@ faults-kafka3: $(BUILD)/chatd
 # three Kafka nodes, Redis, PostgreSQL and the test's clients on hosts of
 # their own (network namespaces on a bridge, 10.221.0.0/24); links cut,
 # refused, one way, lossy; checked by the fault checker. Needs root
-# (ip netns, iptables). Not in make test: see docs/RELIABILITY.md for its
-# duration.
+# (ip netns, iptables). Not in make test: 8 min 44 s measured (docs/RELIABILITY.md,
+# "Network partitions"); one run per machine at a time.
 test-partitions: $(BUILD)/chatd
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
 	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=20 tests/partitions $(PYTEST_ARGS)

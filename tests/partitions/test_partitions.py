@@ -125,13 +125,14 @@ def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=False, reason=(
     "found by P2b, not fixed: while classifier 0 hears nothing from Kafka (its "
     "own packets still arrive), the healthy classifier 1's heartbeat waits "
     "behind an OffsetCommit the coordinator answers only after seconds "
     "(librdkafka: 'possibly held back by preceding OffsetCommitRequest', rtt "
     "4.7 s), its 3 s session expires and it loses its whole assignment: every "
-    "room ~9 s without sequencing. Cause not established; 3 of 3 runs"),
+    "room ~9 s without sequencing. Cause not established; intermittent (3 of "
+    "5 runs), hence not strict"),
     raises=AssertionError)
 def test_p2b_healthy_classifier_keeps_its_partitions(net, make_cluster):
     """While classifier 0 is deaf (Kafka's packets to it dropped, 20 s), the
