@@ -11,6 +11,9 @@ each client received, live or by `sync`) and PostgreSQL's `messages` table:
   was unknown to the client: `unavailable` without "stored":"no" (Kafka
   may have the record, docs/PROTOCOL.md), a closed connection, no reply;
   when every attempt was answered "not stored" it must not be stored;
+- strict_unavailable (the partition tests, whose clients resend every
+  `unavailable` send with its cid until acked): nothing stored that was
+  answered `unavailable` without a later ack of the same cid;
 - no (room, user, cid) is stored twice, whatever the answers said;
 - nothing stored that no client sent; no request went unanswered (no hang);
 - membership as each client's gateway enforces it equals PostgreSQL's
@@ -108,8 +111,17 @@ def bulk_problems(rows, ids, maybe=()):
     return problems
 
 
-def check(run, extra_line="", rooms=None):
-    """rooms: the rooms to check (default: every room of every client)."""
+def _history(run, s):
+    """One send's history, as short as shows a problem: its attempts'
+    outcomes, when it was first sent and acked (seconds into the run)."""
+    t_ack = f"{s.t_ack - run.t0:.1f}s" if s.t_ack else "never"
+    return (f"{s.user} {s.cid} room {s.room}: outcomes {s.outcomes}, first sent "
+            f"{s.t_first - run.t0:.1f}s, acked {t_ack}, gave up {s.gave_up}")
+
+
+def check(run, extra_line="", rooms=None, strict_unavailable=False):
+    """rooms: the rooms to check (default: every room of every client).
+    strict_unavailable: see the module doc."""
     res = Result(run.name)
     rooms = set(rooms) if rooms is not None else {r for c in run.clients for r in c.rooms}
     rows = run.cluster.query("SELECT room, seq, id, user_id, cid, body FROM messages "
@@ -168,6 +180,9 @@ def check(run, extra_line="", rooms=None):
                                 f"(outcomes {s.outcomes}) but stored at seq {stored[0][0]}")
                 elif "unavailable(maybe)" in s.outcomes:
                     res.c["unavailable_stored"] += 1
+                if strict_unavailable and any(o.startswith("unavailable") for o in s.outcomes):
+                    res.problem("stored_unavailable", f"stored at seq {stored[0][0]} after "
+                                f"`unavailable`, never acked: {_history(run, s)}")
         if s.attempts > 1:
             res.c["resent"] += 1
         if any(o.startswith("unavailable") for o in s.outcomes):

@@ -210,9 +210,18 @@ def start_redis(logdir, name="redis", port=None, args=(), password=None, usernam
 # --------------------------------------------------------------------------
 # HTTP
 
+# port -> address of the server listening on it when not 127.0.0.1 (the
+# partition tests run each server on a host of its own, tests/partitions).
+ADDR = {}
+
+
+def host_of(port):
+    return ADDR.get(port, "127.0.0.1")
+
+
 def http_request(port, method, path, body=None, headers=None, timeout=5.0):
     """Returns (status, headers dict lower-cased, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(host_of(port), port, timeout=timeout)
     try:
         hdrs = dict(headers or {})
         if body is not None and not isinstance(body, (bytes, str)):
@@ -368,7 +377,7 @@ class Client:
 
     @classmethod
     async def connect(cls, port, token, via="header", timeout=10, label=None, on_event=None):
-        url = f"ws://127.0.0.1:{port}/ws"
+        url = f"ws://{host_of(port)}:{port}/ws"
         kw = {}
         if via == "header":
             kw["extra_headers"] = {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,57 @@
+"""What every partition test does: clients on both gateways, traffic, a
+fault held under it, heal, convergence, the shared checker (strict: nothing
+stored that was answered `unavailable` without a later ack of its cid)."""
+import asyncio
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "faults"))
+
+import checker  # noqa: E402
+import harness  # noqa: E402
+from harness import now  # noqa: E402
+
+
+async def start_traffic(c, name, n_clients=8, n_rooms=4, n_senders=4, interval=0.05):
+    run = harness.Run(c, name)
+    rooms, clients, senders = await harness.standard_clients(run, n_clients=n_clients,
+                                                             n_rooms=n_rooms,
+                                                             n_senders=n_senders)
+    traffic = harness.Traffic(senders, interval=interval).start()
+    await run.warm_up(timeout=60)
+    return run, rooms, clients, traffic
+
+
+async def finish(run, traffic, extra_line=""):
+    await traffic.stop()
+    await run.converge(timeout=90, settle=90)
+    await run.close()
+    res = checker.check(run, extra_line=extra_line, strict_unavailable=True)
+    return res
+
+
+async def probe_sends(client, room, stop, out, gap=0.2):
+    """One send at a time with its own cid, never resent here (the checker
+    sees each as a send of `client`): out gets (t_sent, seconds to the
+    reply, outcome)."""
+    while not stop.is_set():
+        rec = client._new_send(room, f"{client.user} probe {len(out)}")
+        rec.ordered = False
+        t = now()
+        try:
+            reply = await client.request("send", timeout=40, room=room, text=rec.text,
+                                         cid=rec.cid)
+        except harness.Disconnected as e:
+            rec.outcomes.append("hang" if str(e) == "hang" else "closed")
+            out.append((t, now() - t, rec.outcomes[-1]))
+            await asyncio.sleep(gap)
+            continue
+        o = harness.send_outcome(reply)
+        rec.outcomes.append(o)
+        if o == "ack":
+            rec.acked, rec.ack_id, rec.t_ack = True, reply.get("id"), now()
+        out.append((t, now() - t, o))
+        if o != "ack":
+            rec.gave_up = True
+        await asyncio.sleep(gap)

@@ -1,0 +1,369 @@
+"""Network partitions under traffic (issue 21), each checked by the fault
+suite's checker (tests/faults/checker.py, strict about `unavailable`).
+Hosts and faults: netns.py; services on them: hosts.py."""
+import asyncio
+
+import pytest
+
+import hosts
+from common import finish, probe_sends, start_traffic
+from harness import now, run_bounded
+
+KAFKA = list(hosts.KAFKA_HOSTS)
+# docs/PROTOCOL.md: a send Kafka does not acknowledge is answered within the
+# producer's message.timeout.ms (10 s); margin for a loaded 2-core machine.
+SEND_TIMEOUT = 10.0
+MARGIN = 5.0
+
+
+def test_p1_gateway_cut_from_kafka(net, make_cluster):
+    """Gateway 0 loses every Kafka node; its clients stay connected. Its
+    sends are answered `unavailable` within the producer timeout, none is
+    acked while it is cut; after healing it acks again, same process."""
+    c = make_cluster()
+    pid = c.procs["gateway0"].pid
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p1_gateway_cut_from_kafka")
+        probe = next(x for x in clients if x.port == c.ports["gateway0"] and
+                     x not in traffic.senders)
+        f = run.fault("gateway0 cut from kafka")
+        for k in KAFKA:
+            net.topo.cut("gw0", k)
+        t_cut = now()
+        stop, during = asyncio.Event(), []
+        task = asyncio.ensure_future(probe_sends(probe, rooms[0], stop, during, gap=0.5))
+        await asyncio.sleep(SEND_TIMEOUT + MARGIN + 3)
+        stop.set()
+        await task
+        net.topo.heal()
+        t_heal = now()
+        run.restored(f)
+        # served again: a probe acked after the heal, without a restart
+        after = []
+        stop2 = asyncio.Event()
+        task = asyncio.ensure_future(probe_sends(probe, rooms[0], stop2, after, gap=0.3))
+        deadline = now() + 60
+        while now() < deadline and not any(o == "ack" for _, _, o in after):
+            await asyncio.sleep(0.2)
+        stop2.set()
+        await task
+        t_served = next((t + d for t, d, o in after if o == "ack"), None)
+        # the probe resends what it was not acked, with its cid (PROTOCOL)
+        for rec in [s for s in probe.sends if not s.acked]:
+            await probe.send_msg(rec.room, rec.text, rec=rec)
+        gw0_acks_cut = sum(1 for x in clients if x.port == c.ports["gateway0"]
+                           for s in x.sends if s.t_ack and t_cut + 1 < s.t_ack < t_heal)
+        res = await finish(run, traffic, extra_line=(
+            f"probe during the cut: {len(during)} sends, slowest reply "
+            f"{max(d for _, d, _ in during):.1f}s; gw0 acks while cut {gw0_acks_cut}; "
+            f"first ack {t_served - t_heal if t_served else -1:.1f}s after the heal"))
+        return res, during, t_served, gw0_acks_cut
+
+    res, during, t_served, gw0_acks_cut = run_bounded(body(), 240)
+    res.assert_ok()
+    assert during, "no probe send during the cut"
+    slow = [(round(d, 1), o) for _, d, o in during if d > SEND_TIMEOUT + MARGIN]
+    assert not slow, f"replies slower than {SEND_TIMEOUT + MARGIN}s: {slow}"
+    assert any(o.startswith("unavailable") for _, _, o in during), during
+    assert gw0_acks_cut == 0, f"{gw0_acks_cut} sends acked by gateway0 while cut from Kafka"
+    assert t_served is not None, "gateway0 did not ack within 60 s of the heal"
+    assert c.procs["gateway0"].pid == pid and c.procs["gateway0"].alive()
+
+
+def test_p2_zombie_classifier(net, make_cluster):
+    """Classifier 0 loses Kafka but keeps Redis and PostgreSQL: its
+    partitions move to classifier 1; whatever it had fetched must not give
+    a message a second seq or leave a gap (the partition epoch fences its
+    store, ARCHITECTURE **Fencing**)."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p2_zombie_classifier")
+        f = run.fault("classifier0 cut from kafka")
+        for k in KAFKA:
+            net.topo.cut("cl0", k)
+        await asyncio.sleep(15)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(8)
+        fenced = c.log_count("classifier0", "classifier_fenced") + \
+            c.log_count("classifier0", "assignment_lost")
+        return await finish(run, traffic, extra_line=f"zombie fenced/lost lines {fenced}")
+
+    res = run_bounded(body(), 240)
+    res.assert_ok()
+
+
+
+def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
+    """One direction only: classifier 0's requests reach Kafka (heartbeats,
+    joins, commits, produces to chat-receive), Kafka's answers never reach
+    it. The coordinator still hears it, so its session may not simply
+    expire; the checker still wants one seq per message and no gap."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p2b_zombie_deaf")
+        f = run.fault("kafka -> classifier0 dropped")
+        for k in KAFKA:
+            net.topo.cut(k, "cl0", oneway=True)
+        await asyncio.sleep(20)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(8)
+        fenced = c.log_count("classifier0", "classifier_fenced") + \
+            c.log_count("classifier0", "assignment_lost")
+        # the healthy classifier losing its own partitions (session timed
+        # out waiting on a rebalance the deaf one cannot finish)
+        lost1 = c.log_count("classifier1", "kafka_revoked", "lost=1")
+        return await finish(run, traffic, extra_line=f"zombie fenced/lost lines {fenced}; "
+                            f"classifier1 lost its assignment {lost1} times")
+
+    res = run_bounded(body(), 240)
+    res.assert_ok()
+
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "found by P2b, not fixed: while classifier 0 hears nothing from Kafka (its "
+    "own packets still arrive), the healthy classifier 1's heartbeat waits "
+    "behind an OffsetCommit the coordinator answers only after seconds "
+    "(librdkafka: 'possibly held back by preceding OffsetCommitRequest', rtt "
+    "4.7 s), its 3 s session expires and it loses its whole assignment: every "
+    "room ~9 s without sequencing. Cause not established; intermittent (3 of "
+    "5 runs), hence not strict"),
+    raises=AssertionError)
+def test_p2b_healthy_classifier_keeps_its_partitions(net, make_cluster):
+    """While classifier 0 is deaf (Kafka's packets to it dropped, 20 s), the
+    healthy classifier 1 should keep its partitions and take classifier 0's."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p2b_healthy_keeps",
+                                                           n_senders=2)
+        f = run.fault("kafka -> classifier0 dropped")
+        for k in KAFKA:
+            net.topo.cut(k, "cl0", oneway=True)
+        await asyncio.sleep(20)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(5)
+        res = await finish(run, traffic)
+        return res, c.log_count("classifier1", "kafka_revoked", "lost=1")
+
+    res, lost1 = run_bounded(body(), 240)
+    if res.problems:   # a safety failure is not this xfail's reason: a real failure
+        raise RuntimeError(f"{res.line}\n" + "\n".join(res.problems))
+    assert lost1 == 0, f"classifier 1 lost its assignment {lost1} times while classifier 0 was deaf"
+
+def test_p2c_zombie_with_a_backlog(net, make_cluster):
+    """Classifier 0 is cut from Kafka right after a burst (4 senders x 150
+    pipelined sends) reached it: it still holds fetched, unsequenced records
+    when its partitions move to classifier 1, which reads them again from
+    the last commit. Both may sequence the same records; one seq each."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p2c_zombie_backlog")
+        await traffic.pause()
+        burst = [asyncio.ensure_future(s.send_pipelined(r, [f"{s.user} burst {i}"
+                                                              for i in range(150)]))
+                 for s, r in zip(traffic.senders, rooms)]
+        await asyncio.sleep(0.4)
+        f = run.fault("classifier0 cut from kafka after a burst")
+        for k in KAFKA:
+            net.topo.cut("cl0", k)
+        traffic.resume()
+        await asyncio.sleep(15)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.gather(*burst)
+        await asyncio.sleep(6)
+        fenced = c.log_count("classifier0", "classifier_fenced") + \
+            c.log_count("classifier0", "assignment_lost")
+        return await finish(run, traffic, extra_line=f"zombie fenced/lost lines {fenced}")
+
+    res = run_bounded(body(), 300)
+    res.assert_ok()
+
+def test_p1b_kafka_replies_to_gateway_lost(net, make_cluster):
+    """One direction only: gateway 0's produce requests reach Kafka, Kafka's
+    answers never come back. Kafka stores what the gateway is told it may
+    not have: every such send is answered `unavailable` ("stored":"maybe"),
+    resent with its cid after the heal, acked once, stored once."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p1b_kafka_replies_lost")
+        f = run.fault("kafka -> gateway0 dropped")
+        for k in KAFKA:
+            net.topo.cut(k, "gw0", oneway=True)
+        await asyncio.sleep(SEND_TIMEOUT + MARGIN + 3)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(5)
+        return await finish(run, traffic)
+
+    res = run_bounded(body(), 240)
+    res.assert_ok()
+    assert res.c["sends_unavailable"] > 0, "no send was answered unavailable: no fault seen"
+
+
+def test_p3_classifier_cut_from_pg_then_redis(net, make_cluster):
+    """Classifier 0 loses PostgreSQL for 10 s (Kafka and Redis kept), then,
+    healed, Redis for 10 s: its batches wait and retry; nothing acked is
+    lost, no seq given twice, none skipped."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p3_classifier_pg_redis")
+        for what in ("pg", "redis"):
+            f = run.fault(f"classifier0 cut from {what}")
+            net.topo.cut("cl0", what)
+            await asyncio.sleep(10)
+            net.topo.heal()
+            run.restored(f)
+            await asyncio.sleep(6)
+        return await finish(run, traffic)
+
+    res = run_bounded(body(), 240)
+    res.assert_ok()
+
+
+@pytest.mark.parametrize("what,mode", [("redis", "drop"), ("pg", "drop"), ("redis", "reject")])
+def test_p4_store_isolated(net, make_cluster, what, mode):
+    """Redis (or PostgreSQL) isolated from every host for 10 s: packets
+    dropped (a silent peer) or refused (reset). chatd waits and retries;
+    after the heal every acked message is stored once, seqs dense, every
+    client converges."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, f"p4_{what}_isolated_{mode}")
+        f = run.fault(f"{what} isolated ({mode})")
+        net.topo.isolate(what, mode=mode)
+        await asyncio.sleep(10)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(6)
+        return await finish(run, traffic)
+
+    res = run_bounded(body(), 300)
+    res.assert_ok()
+
+
+def test_p5_kafka_leader_in_minority(net, make_cluster):
+    """The node leading the busiest chat-send partition is isolated from
+    every other host (Kafka nodes, chatd, clients) for 20 s. The majority
+    elects a new leader; the old one cannot grow its ISR back nor ack
+    (acks=all, min.insync.replicas=2): no acked message lost."""
+    import kafka3
+    c = make_cluster()
+    k = net.kafka
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p5_kafka_leader_minority")
+        meta = kafka3.metadata(k, c.topic_send)
+        part = harness_partition(rooms[0])
+        leader = meta[part][0]
+        host = KAFKA[leader - 1]
+        f = run.fault(f"kafka node {leader} ({host}) isolated")
+        t = now()
+        net.topo.isolate(host)
+        moved, waited = await asyncio.to_thread(
+            kafka3.wait_meta, k, c.topic_send, lambda m: m[part][0] not in (leader, -1), 60,
+            "a new leader elected by the majority")
+        await asyncio.sleep(max(0, 20 - (now() - t)))
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.to_thread(k.wait_ready, 120)
+        await asyncio.sleep(5)
+        return await finish(run, traffic, extra_line=(
+            f"partition {part}: leader {leader} -> {moved[part][0]} after {waited:.1f}s"))
+
+    res = run_bounded(body(), 300)
+    res.assert_ok()
+
+
+def harness_partition(room):
+    import zlib
+    import harness
+    return zlib.crc32(room.encode()) % harness.SEND_PARTITIONS
+
+
+LOSS_S = float(__import__("os").environ.get("CHATD_PARTITION_LOSS_S", "30"))
+
+
+def test_p6_flaky_network(net, make_cluster):
+    """7 % of the packets every host receives are dropped, for LOSS_S
+    seconds (the issue asks for a minute; CHATD_PARTITION_LOSS_S=60). Delay
+    and jitter are not injected: this kernel has no netem (netns.delay)."""
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, "p6_flaky_network")
+        f = run.fault("7% loss everywhere")
+        net.topo.loss(0.07)
+        await asyncio.sleep(LOSS_S)
+        net.topo.heal()
+        run.restored(f)
+        await asyncio.sleep(6)
+        return await finish(run, traffic, extra_line=f"loss held {LOSS_S:.0f}s, no jitter (no netem)")
+
+    res = run_bounded(body(), 300 + LOSS_S)
+    res.assert_ok()
+
+
+SOAK_S = float(__import__("os").environ.get("CHATD_PARTITION_SOAK_S") or 0)
+
+
+def _schedule(topo, rng):
+    """One random fault of faults 1-6 (or a one-way variant): (label, apply)."""
+    gw, cl, kn = rng.choice(["gw0", "gw1"]), rng.choice(["cl0", "cl1"]), rng.choice(KAFKA)
+    mode = rng.choice(["drop", "reject"])
+    choices = [
+        (f"{gw} cut from kafka ({mode})", lambda: [topo.cut(gw, k, mode) for k in KAFKA]),
+        (f"kafka -> {gw} dropped", lambda: [topo.cut(k, gw, oneway=True) for k in KAFKA]),
+        (f"{cl} cut from kafka ({mode})", lambda: [topo.cut(cl, k, mode) for k in KAFKA]),
+        (f"kafka -> {cl} dropped", lambda: [topo.cut(k, cl, oneway=True) for k in KAFKA]),
+        (f"{cl} cut from pg ({mode})", lambda: topo.cut(cl, "pg", mode)),
+        (f"{cl} cut from redis ({mode})", lambda: topo.cut(cl, "redis", mode)),
+        (f"redis isolated ({mode})", lambda: topo.isolate("redis", mode)),
+        (f"pg isolated ({mode})", lambda: topo.isolate("pg", mode)),
+        (f"kafka {kn} isolated", lambda: topo.isolate(kn)),
+        ("loss 5-10%", lambda: topo.loss(rng.uniform(0.05, 0.10))),
+    ]
+    return rng.choice(choices)
+
+
+@pytest.mark.skipif(not SOAK_S, reason="soak: make soak PARTITIONS=1 (CHATD_PARTITION_SOAK_S)")
+def test_p7_random_schedule(net, make_cluster):
+    """Faults 1-6 at random (seeded: CHATD_PARTITION_SEED), each held 3-15 s
+    then healed, 2-6 s apart, for CHATD_PARTITION_SOAK_S seconds (`make soak
+    PARTITIONS=1 DURATION=600`: the issue's 10 minutes); one check at the end."""
+    import os
+    import random
+    seed = int(os.environ.get("CHATD_PARTITION_SEED") or random.randrange(1 << 30))
+    rng = random.Random(seed)
+    c = make_cluster()
+
+    async def body():
+        run, rooms, clients, traffic = await start_traffic(c, f"p7_random_seed{seed}")
+        end = now() + SOAK_S
+        labels = []
+        while now() < end:
+            label, apply = _schedule(net.topo, rng)
+            f = run.fault(label)
+            apply()
+            labels.append(label)
+            await asyncio.sleep(rng.uniform(3, 15))
+            net.topo.heal()
+            run.restored(f)
+            await asyncio.sleep(rng.uniform(2, 6))
+        await asyncio.to_thread(net.kafka.wait_ready, 120)
+        await asyncio.sleep(5)
+        return await finish(run, traffic, extra_line=f"seed {seed}: {len(labels)} faults")
+
+    res = run_bounded(body(), SOAK_S + 400)
+    res.assert_ok()
