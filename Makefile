@@ -140,8 +140,14 @@ API_TEST_ENV = CHATD_API_VENV=$(abspath $(API_VENV)) CHATD_REQUIRE_SCHEMATHESIS=
 api-deps:
 	bash scripts/api-venv.sh $(API_VENV)
 
+# Under SAN=1 two tests that measure time, not memory, are left to the plain
+# passes (both brokers): fault 13's stall figures (their limits are for the
+# shipped build) and the Firefox run of the page (the C paths it drives are
+# Chromium's, which stays): 2-3 min of a CI run that must stay under 45.
+SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill")
+
 integration: $(BUILD)/chatd browser-deps api-deps
-	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
+	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 $(SAN_DESELECT) tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
 
 # ---- real Apache Kafka (scripts/kafka.py; jars pinned by scripts/kafka/pom.xml) ----
 KAFKA         ?= embedded
