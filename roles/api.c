@@ -416,17 +416,7 @@ static void api_on_user_rooms(int err, PGresult *res, void *ud)
     jbuf_init(&b, 128 + (size_t)PQntuples(res) * 64);
     jbuf_obj_open(&b);
     jbuf_kv_strz(&b, "user", q->user);
-    jbuf_key(&b, "rooms");
-    jbuf_arr_open(&b);
-    for (int i = 0; i < PQntuples(res); i++) {
-        jbuf_comma(&b);
-        jbuf_obj_open(&b);
-        jbuf_kv_strz(&b, "room", PQgetvalue(res, i, 0));
-        jbuf_kv_int(&b, "seq", strtoll(PQgetvalue(res, i, 1), NULL, 10));
-        jbuf_kv_int(&b, "read", strtoll(PQgetvalue(res, i, 2), NULL, 10));
-        jbuf_obj_close(&b);
-    }
-    jbuf_arr_close(&b);
+    db_rooms_json(&b, res);
     jbuf_obj_close(&b);
     api_json(q->req, 200, &b);
     api_req_free(q);

@@ -444,17 +444,7 @@ static void gw_on_rooms_db(int err, PGresult *res, void *ud)
     struct jbuf b;
     jbuf_init(&b, 128 + (size_t)PQntuples(res) * 64);
     proto_reply_open(&b, "rooms", p->rid);
-    jbuf_key(&b, "rooms");
-    jbuf_arr_open(&b);
-    for (int i = 0; i < PQntuples(res); i++) {
-        jbuf_comma(&b);
-        jbuf_obj_open(&b);
-        jbuf_kv_strz(&b, "room", PQgetvalue(res, i, 0));
-        jbuf_kv_int(&b, "seq", strtoll(PQgetvalue(res, i, 1), NULL, 10));
-        jbuf_kv_int(&b, "read", strtoll(PQgetvalue(res, i, 2), NULL, 10));
-        jbuf_obj_close(&b);
-    }
-    jbuf_arr_close(&b);
+    db_rooms_json(&b, res);
     jbuf_obj_close(&b);
     if (b.len > GW_REPLY_BUDGET(p->g)) { /* memberships from before --max-rooms-per-user */
         log_warn("rooms_reply_too_large", "user=%s rooms=%d bytes=%zu", c->u->id, PQntuples(res), b.len);

@@ -259,6 +259,21 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         free((char *)p[k]);
 }
 
+void db_rooms_json(struct jbuf *b, const PGresult *res)
+{
+    jbuf_key(b, "rooms");
+    jbuf_arr_open(b);
+    for (int i = 0; i < PQntuples(res); i++) {
+        jbuf_comma(b);
+        jbuf_obj_open(b);
+        jbuf_kv_strz(b, "room", PQgetvalue(res, i, 0));
+        jbuf_kv_int(b, "seq", strtoll(PQgetvalue(res, i, 1), NULL, 10));
+        jbuf_kv_int(b, "read", strtoll(PQgetvalue(res, i, 2), NULL, 10));
+        jbuf_obj_close(b);
+    }
+    jbuf_arr_close(b);
+}
+
 int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n, size_t max_len)
 {
     for (int i = 0; i < n; i++) {

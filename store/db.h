@@ -119,5 +119,9 @@ char *db_array_end(struct jbuf *b);
  * stopping before a row that would take b past max_len bytes (0: no limit;
  * the first row is always written). Returns the rows written. */
 int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n, size_t max_len);
+/* Writes a db_rooms result as the "rooms" member of an open object:
+ * "rooms":[{"room":..,"seq":head,"read":..},...] (the client op and the
+ * server API answer the same shape). */
+void db_rooms_json(struct jbuf *b, const PGresult *res);
 
 #endif
