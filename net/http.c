@@ -927,7 +927,8 @@ static const char *http_query_decode(const char *s, size_t len, char *buf, size_
     return buf;
 }
 
-const char *http_req_query(const http_req_t *r, const char *name, char *buf, size_t buflen)
+/* The raw value of parameter name (not decoded), or NULL when absent. */
+static const char *http_query_find(const http_req_t *r, const char *name, size_t *vlen)
 {
     size_t nlen = strlen(name);
     const char *p = r->query;
@@ -938,13 +939,27 @@ const char *http_req_query(const http_req_t *r, const char *name, char *buf, siz
         size_t klen = eq ? (size_t)(eq - p) : plen;
         if (klen == nlen && memcmp(p, name, nlen) == 0) {
             const char *v = eq ? eq + 1 : p + plen;
-            return http_query_decode(v, (size_t)(p + plen - v), buf, buflen);
+            *vlen = (size_t)(p + plen - v);
+            return v;
         }
         p += plen;
         if (*p == '&')
             p++;
     }
     return NULL;
+}
+
+const char *http_req_query(const http_req_t *r, const char *name, char *buf, size_t buflen)
+{
+    size_t vlen;
+    const char *v = http_query_find(r, name, &vlen);
+    return v ? http_query_decode(v, vlen, buf, buflen) : NULL;
+}
+
+int http_req_query_has(const http_req_t *r, const char *name)
+{
+    size_t vlen;
+    return http_query_find(r, name, &vlen) != NULL;
 }
 
 /* ---- finishing a request ---- */

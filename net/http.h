@@ -68,6 +68,9 @@ const char *http_req_path(const http_req_t *r);            /* path only, not dec
 /* Percent-decoded query parameter into buf; returns buf, or NULL when absent
  * or longer than buflen-1. */
 const char *http_req_query(const http_req_t *r, const char *name, char *buf, size_t buflen);
+/* 1 if the query has parameter name, whatever its value's length: a
+ * parameter http_req_query answered NULL for is then too long, not absent. */
+int http_req_query_has(const http_req_t *r, const char *name);
 /* Header value by case-insensitive name, or NULL. */
 const char *http_req_header(const http_req_t *r, const char *name);
 const char *http_req_body(const http_req_t *r, size_t *len);

@@ -497,21 +497,11 @@ static int api_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
 
 /* Query parameter name into out: 1, 0 when absent, -1 when longer than
  * outlen - 1 (a value cut to fit, or dropped, would be another request). */
-static int api_query(api_t *a, http_req_t *req, const char *name, char *out, size_t outlen)
+static int api_query(http_req_t *req, const char *name, char *out, size_t outlen)
 {
-    size_t cap = a->conf->max_url + 1; /* a decoded value is no longer than the URL */
-    char *buf = malloc(cap);
-    CHATD_ASSERT(buf != NULL);
-    const char *v = http_req_query(req, name, buf, cap);
-    int rc = 0;
-    if (v && strlen(v) >= outlen)
-        rc = -1;
-    else if (v) {
-        strcpy(out, v);
-        rc = 1;
-    }
-    free(buf);
-    return rc;
+    if (http_req_query(req, name, out, outlen))
+        return 1;
+    return http_req_query_has(req, name) ? -1 : 0;
 }
 
 static int api_user_ok(const char *s) { return auth_user_valid(s, strlen(s)); }
@@ -771,7 +761,7 @@ static void api_on_http(http_req_t *req, void *user)
         break;
     case API_HISTORY: {
         char as[32], ls[32];
-        int ar = api_query(a, req, "after", as, sizeof as), lr = api_query(a, req, "limit", ls, sizeof ls);
+        int ar = api_query(req, "after", as, sizeof as), lr = api_query(req, "limit", ls, sizeof ls);
         int64_t after = 0, limit = 100;
         if (ar < 0 || lr < 0 || (ar && api_parse_int(as, 0, INT64_MAX / 2, &after)) ||
             (lr && api_parse_int(ls, 1, INT32_MAX, &limit))) {
@@ -801,7 +791,7 @@ static void api_on_http(http_req_t *req, void *user)
         break;
     case API_MEMBERS: {
         char as[AUTH_USER_MAX + 1], ls[32];
-        int ar = api_query(a, req, "after", as, sizeof as), lr = api_query(a, req, "limit", ls, sizeof ls);
+        int ar = api_query(req, "after", as, sizeof as), lr = api_query(req, "limit", ls, sizeof ls);
         int64_t limit = 100;
         if (ar < 0 || lr < 0 || (ar && !api_user_ok(as)) ||
             (lr && api_parse_int(ls, 1, API_MEMBERS_MAX, &limit))) {

@@ -556,7 +556,10 @@ static void gw_http_history(gateway_t *g, http_req_t *req, const char *room, siz
     const char *as = http_req_query(req, "after", a, sizeof a);
     const char *ls = http_req_query(req, "limit", l, sizeof l);
     int64_t after = 0, limit = 100;
-    if (!proto_room_valid(room, room_len) || (as && gw_parse_int(as, 0, INT64_MAX / 2, &after)) ||
+    /* A value too long for its buffer is bad input, not an absent one. */
+    if (!proto_room_valid(room, room_len) || (!as && http_req_query_has(req, "after")) ||
+        (!ls && http_req_query_has(req, "limit")) ||
+        (as && gw_parse_int(as, 0, INT64_MAX / 2, &after)) ||
         (ls && gw_parse_int(ls, 1, INT32_MAX, &limit))) {
         http_respond_error(req, 400, "bad_request",
                            "room must be a valid room id, after >= 0, limit >= 1");
