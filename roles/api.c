@@ -163,21 +163,8 @@ static void api_on_publish_room(int err, PGresult *res, void *ud)
         api_req_free(q);
         return;
     }
-    gateway_t *g = q->a->g;
-    size_t room_len = strlen(q->room);
-    record_msg_id(q->id, q->room, room_len, q->user, q->cid[0] ? q->cid : NULL);
-    struct chat_msg m = {
-        .room = q->room, .room_len = room_len, .id = q->id, .from = q->user,
-        .cid = q->cid[0] ? q->cid : NULL, .text = q->text, .text_len = q->text_len,
-        .ts = (int64_t)gw_now_ms(), .gw = g->conf->gateway_id,
-    };
-    size_t len;
-    char *val = record_send_encode(&m, &len);
-    struct kafka_hdrs h = { .version = RECORD_VERSION, .type = REC_MSG };
-    int rc = val ? kafka_produce(g->producer, g->conf->topic_send, -1, q->room, room_len, val, len,
-                                 &h, api_on_publish_dr, q)
-                 : ERR_NOMEM;
-    free(val);
+    int rc = gw_produce_msg(q->a->g, q->room, q->user, q->cid[0] ? q->cid : NULL, q->text,
+                            q->text_len, q->id, api_on_publish_dr, q);
     if (rc) {
         if (rc == ERR_TOO_LARGE)
             api_error(q->req, 413, "too_large", "the message is too large for Kafka");
@@ -224,16 +211,7 @@ static void api_on_history(int err, const char *msgs, size_t len, int more, void
         return;
     }
     struct jbuf b;
-    jbuf_init(&b, 128 + len);
-    jbuf_obj_open(&b);
-    jbuf_kv_strz(&b, "room", q->room);
-    jbuf_key(&b, "messages");
-    jbuf_arr_open(&b);
-    jbuf_raw(&b, msgs, len);
-    jbuf_arr_close(&b);
-    jbuf_key(&b, "more");
-    jbuf_bool(&b, more);
-    jbuf_obj_close(&b);
+    gw_history_page_json(&b, q->room, msgs, len, more);
     api_json(q->req, 200, &b);
     api_req_free(q);
 }

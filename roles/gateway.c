@@ -516,16 +516,7 @@ static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, voi
         return;
     }
     struct jbuf b;
-    jbuf_init(&b, 128 + len);
-    jbuf_obj_open(&b);
-    jbuf_kv_strz(&b, "room", rq->room);
-    jbuf_key(&b, "messages");
-    jbuf_arr_open(&b);
-    jbuf_raw(&b, msgs, len);
-    jbuf_arr_close(&b);
-    jbuf_key(&b, "more");
-    jbuf_bool(&b, more);
-    jbuf_obj_close(&b);
+    gw_history_page_json(&b, rq->room, msgs, len, more);
     if (b.failed)
         http_respond_error(rq->req, 500, "internal", "out of memory");
     else

@@ -183,3 +183,18 @@ void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t a
     routes_room_head(g->routes, room, gw_on_hist_head, h);
     gw_hist_query(h);
 }
+
+void gw_history_page_json(struct jbuf *b, const char *room, const char *msgs, size_t len,
+                          int more)
+{
+    jbuf_init(b, 128 + len);
+    jbuf_obj_open(b);
+    jbuf_kv_strz(b, "room", room);
+    jbuf_key(b, "messages");
+    jbuf_arr_open(b);
+    jbuf_raw(b, msgs, len);
+    jbuf_arr_close(b);
+    jbuf_key(b, "more");
+    jbuf_bool(b, more);
+    jbuf_obj_close(b);
+}

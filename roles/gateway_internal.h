@@ -161,5 +161,17 @@ int gw_produce_event(gateway_t *g, char type, const char *room, const char *user
 typedef void (*gw_history_cb)(int err, const char *msgs, size_t len, int more, void *ud);
 void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t after, int limit,
                      gw_history_cb cb, void *ud);
+/* A history page as the REST read and the server API answer it:
+ * {"room":..,"messages":[msgs],"more":..}. */
+void gw_history_page_json(struct jbuf *b, const char *room, const char *msgs, size_t len,
+                          int more);
+
+/* gateway_ops.c: a chat message from user to chat-send, keyed by room, its
+ * id (derived from cid when given) written to id (MSG_ID_LEN + 1); the
+ * client op `send` and the server API's publish. 0 or the produce error
+ * (ERR_TOO_LARGE, ERR_UNAVAILABLE, ERR_NOMEM); dr is called iff 0. */
+int gw_produce_msg(gateway_t *g, const char *room, const char *user, const char *cid,
+                   const char *text, size_t text_len, char *id, kafka_delivery_cb dr,
+                   void *opaque);
 
 #endif

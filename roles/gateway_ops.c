@@ -369,24 +369,33 @@ static void gw_on_send_dr(int err, void *opaque)
     gw_pending_free(p);
 }
 
-static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
+int gw_produce_msg(gateway_t *g, const char *room, const char *user, const char *cid,
+                   const char *text, size_t text_len, char *id, kafka_delivery_cb dr,
+                   void *opaque)
 {
-    gateway_t *g = c->g;
-    struct gw_pending *p = gw_pending_new(c, r);
-    size_t room_len = strlen(r->room);
-    record_msg_id(p->id, r->room, room_len, c->u->id, r->cid[0] ? r->cid : NULL);
+    size_t room_len = strlen(room);
+    record_msg_id(id, room, room_len, user, cid);
     struct chat_msg m = {
-        .room = r->room, .room_len = room_len, .id = p->id, .from = c->u->id,
-        .cid = r->cid[0] ? r->cid : NULL, .text = r->text, .text_len = r->text_len,
-        .ts = (int64_t)gw_now_ms(), .gw = g->conf->gateway_id,
+        .room = room, .room_len = room_len, .id = id, .from = user, .cid = cid,
+        .text = text, .text_len = text_len, .ts = (int64_t)gw_now_ms(),
+        .gw = g->conf->gateway_id,
     };
     size_t len;
     char *val = record_send_encode(&m, &len);
     struct kafka_hdrs h = { .version = RECORD_VERSION, .type = REC_MSG };
-    int rc = val ? kafka_produce(g->producer, g->conf->topic_send, -1, r->room, room_len, val, len,
-                                 &h, gw_on_send_dr, p)
+    int rc = val ? kafka_produce(g->producer, g->conf->topic_send, -1, room, room_len, val, len,
+                                 &h, dr, opaque)
                  : ERR_NOMEM;
     free(val);
+    return rc;
+}
+
+static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
+{
+    gateway_t *g = c->g;
+    struct gw_pending *p = gw_pending_new(c, r);
+    int rc = gw_produce_msg(g, r->room, c->u->id, r->cid[0] ? r->cid : NULL, r->text,
+                            r->text_len, p->id, gw_on_send_dr, p);
     if (rc) {
         if (rc == ERR_TOO_LARGE)
             gw_send_error(c, r->rid, ERR_TOO_LARGE, NULL);
