@@ -19,6 +19,7 @@
 #include "net/assets.h"
 #include "roles/gateway_internal.h"
 #include "store/db.h"
+#include "store/seen.h"
 
 uint64_t gw_now_ms(void)
 {
@@ -488,7 +489,8 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
      * hello, every room it is a member of is routed here. */
     /* Both on the one connection, answered in order: the ban first. */
     db_user_banned(g->pg, id.user, (int64_t)time(NULL), gw_on_user_banned, hs);
-    db_user_rooms(g->pg, id.user, id.name, gw_on_user_rooms, hs);
+    db_user_rooms(g->pg, id.user, gw_on_user_rooms, hs);
+    seen_note(g->seen, id.user, id.name);
 }
 
 /* ---- REST ---- */
@@ -842,6 +844,7 @@ static void gw_on_expiry_sweep(uv_timer_t *t)
     HASH_ITER(hh, g->users, u, utmp)
         for (struct gw_conn *c = u->conns; c; c = c->next)
             gw_conn_expired(c, now);
+    seen_flush(g->seen);
 }
 
 static void gw_on_heartbeat(uv_timer_t *t)
@@ -950,11 +953,14 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     int rc = ws_init(d->loop, &wl);
     if (rc == 0)
         rc = pg_client_init(&g->pg, d->loop, c->pg, (unsigned)c->backend_timeout_ms);
+    if (rc == 0 && !(g->seen = seen_new(g->pg)))
+        rc = ERR_NOMEM;
     if (rc == 0)
         rc = kafka_consumer_init_assigned(&g->consumer, d->loop, d->kafka, c->topic_receive,
                                           c->gateway_id, 10000, gw_on_records, g);
     if (rc) {
         log_error("gateway_init_failed", "err=%s", err_code(rc));
+        seen_free(g->seen);
         if (g->pg)
             pg_client_close(g->pg);
         free(g);
@@ -991,6 +997,8 @@ size_t gateway_clients(const gateway_t *g) { return g->n_conns; }
 void gateway_drain(gateway_t *g)
 {
     g->draining = 1;
+    /* Written while PostgreSQL is still there; a drain takes no new users. */
+    seen_flush(g->seen);
     struct gw_user *u, *utmp;
     HASH_ITER(hh, g->users, u, utmp)
         for (struct gw_conn *c = u->conns; c; c = c->next)
@@ -1017,5 +1025,6 @@ void gateway_free(gateway_t *g)
         u->pending = 0;
         gw_user_release(g, u);
     }
+    seen_free(g->seen);
     free(g);
 }

@@ -8,24 +8,11 @@
 #include "lib/err.h"
 #include "lib/log.h"
 
-static void db_on_logged(int err, PGresult *res, void *ud)
+void db_user_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud)
 {
-    (void)ud;
-    if (err)
-        log_warn("pg_write_failed", "err=%s sqlstate=%s", err_code(err),
-                 res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "-");
-}
-
-void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud)
-{
-    const char *p[] = { user, name && *name ? name : NULL };
-    /* Not waited for: last_seen is informational, the membership read is not. */
-    static struct pg_stmt st = {
-        "INSERT INTO users (user_id, name) VALUES ($1, $2) ON CONFLICT (user_id) DO UPDATE "
-        "SET last_seen = now(), name = COALESCE(EXCLUDED.name, users.name)",
-    };
-    pg_query_stmt(pg, &st, 2, p, db_on_logged, NULL);
-    pg_query(pg, "SELECT room FROM members WHERE user_id = $1", 1, p, cb, ud);
+    const char *p[] = { user };
+    static struct pg_stmt st = { "SELECT room FROM members WHERE user_id = $1" };
+    pg_query_stmt(pg, &st, 1, p, cb, ud);
 }
 
 void db_join(pg_client_t *pg, const char *room, const char *user, const char *peer, int max_rooms,

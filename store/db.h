@@ -15,8 +15,8 @@
 #include "lib/jbuf.h"
 #include "store/pg.h"
 
-/* Upserts the user (name, last_seen), then answers its rooms: (room). */
-void db_user_rooms(pg_client_t *pg, const char *user, const char *name, pg_result_cb cb, void *ud);
+/* The user's rooms: (room). (Its users row is written by store/seen.h.) */
+void db_user_rooms(pg_client_t *pg, const char *user, pg_result_cb cb, void *ud);
 /* Adds user to room unless the user is already in max_rooms rooms (a new
  * room is then not created either), and, when peer is not NULL (a
  * direct-message room), the peer's membership in the same statement iff the
