@@ -216,7 +216,7 @@ screenshots: $(BUILD)/chatd browser-deps
 # /metrics through promtool on every role, naming and label cardinality, then
 # Debian's Prometheus scraping a cluster under traffic (tests/deploy/).
 deploy-test: $(BUILD)/chatd
-	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/deploy/test_prometheus.py $(PYTEST_ARGS)
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider tests/deploy/test_prometheus.py tests/deploy/test_alerting.py $(PYTEST_ARGS)
 
 # The Dockerfile built with podman (chroot isolation, Debian bases made with
 # debootstrap, cached in /var/tmp/chatd-image) and smoke-tested.

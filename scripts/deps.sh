@@ -13,7 +13,7 @@ PKGS=(
   # the venv the server API's schema test installs schemathesis into (scripts/api-venv.sh)
   python3-venv
   curl procps
-  prometheus
+  prometheus prometheus-alertmanager
   clang libclang-rt-14-dev
   kcat
   chromium firefox-esr

@@ -45,6 +45,11 @@ IMAGES = {
         "volumes": ["/prometheus"],
         "data": lambda c, objs: flag_value(c, "--storage.tsdb.path") or "/prometheus",
     },
+    #   prom/alertmanager: VOLUME ["/alertmanager"]; --storage.path
+    "prom/alertmanager": {
+        "volumes": ["/alertmanager"],
+        "data": lambda c, objs: flag_value(c, "--storage.path") or "/alertmanager",
+    },
 }
 
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
@@ -386,7 +391,83 @@ def check(objs, kust, overlay):
             err(who(o), "no ensure-topics init container: chatd starts before its topics exist and nothing "
                         "creates them again if they are lost")
 
+    check_alerting(objs)
     return list(errs)
+
+
+def secret_text(o, key):
+    import base64
+    if key in o.get("stringData", {}):
+        return o["stringData"][key]
+    if key in o.get("data", {}):
+        return base64.b64decode(o["data"][key]).decode()
+    return None
+
+
+def check_alerting(objs):
+    """A Prometheus that loads alerting rules sends them to Alertmanager pods
+    of this render, and that Alertmanager's config routes them to a receiver
+    that notifies (the alerts otherwise notify nobody)."""
+    for p in [o for o in objs if o["kind"] in WORKLOADS]:
+        spec = pod_spec(p)
+        for c in containers(spec):
+            if image_repo(c.get("image", "")) != "prom/prometheus":
+                continue
+            files = config_files(objs, spec)
+            cfg = yaml.safe_load(files.get(flag_value(c, "--config.file") or "", "") or "{}") or {}
+            if not cfg.get("rule_files"):
+                continue
+            targets = [t for am in (cfg.get("alerting") or {}).get("alertmanagers", [])
+                       for sc in am.get("static_configs", []) for t in sc.get("targets", [])]
+            if not targets:
+                err(who(p), "loads alerting rules but sends them to no Alertmanager (no alerting: targets)")
+            for t in targets:
+                check_am_target(objs, p, t)
+
+
+def check_am_target(objs, prom, target):
+    host, _, port = target.rpartition(":")
+    pod, _, svc = host.partition(".")
+    sts = [o for o in objs if o["kind"] == "StatefulSet" and o["spec"].get("serviceName") == svc.split(".")[0]
+           and pod.startswith(o["metadata"]["name"] + "-")]
+    if not sts:
+        err(who(prom), f"Alertmanager target {target} is no StatefulSet pod of this render")
+        return
+    o = sts[0]
+    idx = pod[len(o["metadata"]["name"]) + 1:]
+    if not idx.isdigit() or int(idx) >= o["spec"].get("replicas", 1):
+        err(who(prom), f"Alertmanager target {target}: {who(o)} has no pod {pod}")
+    services = [s for s in objs if s["kind"] == "Service" and s["metadata"]["name"] == svc.split(".")[0]]
+    if not services or not selects({"matchLabels": services[0]["spec"].get("selector", {})}, pod_labels(o)) \
+            or not any(str(sp.get("port")) == port for sp in services[0]["spec"].get("ports", [])):
+        err(who(prom), f"Alertmanager target {target}: no Service {svc} selecting {who(o)} on port {port}")
+    spec = pod_spec(o)
+    for c in containers(spec):
+        if image_repo(c.get("image", "")) != "prom/alertmanager":
+            continue
+        path = flag_value(c, "--config.file") or "/etc/alertmanager/alertmanager.yml"
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        text = None
+        for m in c.get("volumeMounts", []):
+            sec = vols.get(m["name"], {}).get("secret", {}).get("secretName")
+            if sec and under(path, m["mountPath"]):
+                so = next((x for x in objs if x["kind"] == "Secret" and x["metadata"]["name"] == sec), None)
+                text = so and secret_text(so, os.path.relpath(path, m["mountPath"]))
+        text = text or config_files(objs, spec).get(path)
+        if not text:
+            err(who(o), f"Alertmanager config {path} is in no Secret or ConfigMap of this render")
+            continue
+        am = yaml.safe_load(text) or {}
+        notifies = {r["name"] for r in am.get("receivers", [])
+                    if any(k.endswith("_configs") and r[k] for k in r)}
+        routes, stack = [], [am.get("route") or {}]
+        while stack:
+            r = stack.pop()
+            routes.append(r.get("receiver"))
+            stack += r.get("routes", [])
+        for r in routes:
+            if r is not None and r not in notifies:
+                err(who(o), f"routes alerts to receiver {r!r}, which notifies nobody")
 
 
 def find(objs, kind, name):
@@ -427,6 +508,20 @@ def _m_maxmemory(objs):
     c["args"] = [a.replace("maxmemory %smb", "x %s") for a in c["args"]]
 
 
+def _m_alerting(objs):
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("prometheus-config"))
+    cfg = yaml.safe_load(cm["data"]["prometheus.yml"])
+    cfg.pop("alerting")
+    cm["data"]["prometheus.yml"] = yaml.safe_dump(cfg)
+
+
+def _m_null_receiver(objs):
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("alertmanager-config"))
+    am = yaml.safe_load(cm["data"]["alertmanager.yml"])
+    am["receivers"] = [{"name": r["name"]} for r in am["receivers"]]
+    cm["data"]["alertmanager.yml"] = yaml.safe_dump(am)
+
+
 # One defect per rule, made in a copy of a good render: each must be reported
 # with the given words (the rules cannot silently stop checking).
 MUTATIONS = [
@@ -453,6 +548,10 @@ MUTATIONS = [
     ("job", _m_job, "a Job's template is immutable"),
     ("topics init", lambda o: pod_spec(find(o, "Deployment", "chatd-classifier")).pop("initContainers"),
      "no ensure-topics init container"),
+    ("alerting", _m_alerting, "sends them to no Alertmanager"),
+    ("alertmanager replicas", lambda o: find(o, "StatefulSet", "alertmanager")["spec"].update(replicas=1),
+     "has no pod alertmanager-1"),
+    ("null receiver", _m_null_receiver, "which notifies nobody"),
 ]
 
 
@@ -488,7 +587,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, 13 rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, 14 rules, no problem")
     return 0
 
 

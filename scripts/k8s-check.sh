@@ -11,7 +11,8 @@
 #  - the validator must reject scripts/k8s-validate/testdata/bad.yaml with
 #    every problem of bad.expected (it cannot silently stop checking).
 #  - promtool check config on the Prometheus config of the render (with the
-#    alerting rules it loads), and promtool test rules on those rules.
+#    alerting rules it loads), and promtool test rules on those rules;
+#    amtool check-config on the render's Alertmanager config.
 #  - scripts/k8s-assert.py: what the cluster would do with each render (the
 #    image per workload, data on the volumes, spread, probes, PDB eviction
 #    policy, Pod Security restricted, NetworkPolicies, secrets out of argv,
@@ -36,7 +37,7 @@ if [ -z "$kv" ] || [ "$kv" -lt 4 ]; then
     echo "k8s-check: needs kubectl with kustomize >= v4 (found: $(kubectl version --client 2>&1 | tr '\n' ' '))" >&2
     exit 1
 fi
-bash scripts/deps.sh prometheus python3-yaml
+bash scripts/deps.sh prometheus prometheus-alertmanager python3-yaml
 KUBE_SCORE=$(bash scripts/k8s-tools.sh kube-score)
 PSA_CHECK=$(bash scripts/k8s-tools.sh psa-check)
 # node + npm: the machine's own if it has them (NodeSource's nodejs carries
@@ -157,6 +158,20 @@ PY
     promtool check config "$pd/prometheus.yml"
     cmp -s "$pd/chatd-alerts.yml" k8s/monitoring/chatd-alerts.yml ||
         { echo "k8s-check: rendered chatd-alerts.yml differs from k8s/monitoring/chatd-alerts.yml" >&2; exit 1; }
+done
+# The Alertmanager config as rendered (k8s-assert checks Prometheus sends to
+# it and that its routes end at a receiver that notifies).
+for o in "$out"/*.yaml; do
+    ad="$out/alertmanager-$(basename "$o" .yaml)"
+    mkdir -p "$ad"
+    /usr/bin/python3 - "$o" "$ad" <<'PY'
+import os, sys, yaml
+cms = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "ConfigMap"
+       and d["metadata"]["name"].startswith("alertmanager-config")]
+assert len(cms) == 1, "alertmanager-config ConfigMap not found exactly once"
+open(os.path.join(sys.argv[2], "alertmanager.yml"), "w").write(cms[0]["data"]["alertmanager.yml"])
+PY
+    amtool check-config "$ad/alertmanager.yml"
 done
 # The alerts fire on their cases and stay quiet on a healthy cluster.
 (cd k8s/monitoring && promtool test rules chatd-alerts.test.yml)
