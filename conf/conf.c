@@ -92,6 +92,9 @@ static const struct conf_flag conf_flags[] = {
     F_INT("pong-timeout", pong_timeout_s, "10", 1, 3600, "seconds to wait for any frame after a ping"),
     F_INT("classifier-batch", classifier_batch, "1000", 1, 5000, "records a classifier sequences per batch"),
     F_INT("backend-timeout-ms", backend_timeout_ms, "2000", 10, 600000, "deadline of one Redis or PostgreSQL call"),
+    F_INT("pg-conns", pg_conns, "4", 1, 64,
+          "PostgreSQL connections per gateway; each user's statements always take the same one (their "
+          "order holds), so concurrent commits share WAL flushes and a slow query holds up only its users"),
     F_INT("gateway-ttl", gateway_ttl_s, "10", 2, 3600, "seconds a dead gateway keeps receiving routes (liveness TTL)"),
     F_INT("drain", drain_s, "10", 0, 3600, "seconds allowed for draining on SIGTERM"),
     F_INT("history-max", history_max, "1000", 1, 100000, "largest sync/REST page"),

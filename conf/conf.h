@@ -66,6 +66,7 @@ struct conf {
     int pong_timeout_s;
     int classifier_batch;
     int backend_timeout_ms;      /* Redis/PostgreSQL call deadline */
+    int pg_conns;                /* a gateway's PostgreSQL connections */
     int gateway_ttl_s;           /* liveness key TTL of a gateway */
     int drain_s;                 /* SIGTERM grace for draining */
     int history_max;             /* sync/REST limit cap (1000) */

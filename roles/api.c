@@ -543,7 +543,7 @@ static void api_publish(api_t *a, http_req_t *req, const char *room)
     q->text = strdup(text);
     CHATD_ASSERT(q->text != NULL);
     cJSON_Delete(o);
-    db_room_get(a->g->pg, q->room, api_on_publish_room, q);
+    db_room_get(gw_pg(a->g, q->room), q->room, api_on_publish_room, q);
 }
 
 static void api_room_put(api_t *a, http_req_t *req, const char *room)
@@ -579,7 +579,7 @@ static void api_room_put(api_t *a, http_req_t *req, const char *room)
         strcpy(q->owner, owner);
     }
     cJSON_Delete(o);
-    db_room_put(a->g->pg, q->room, q->private_, q->has_name ? q->name : NULL,
+    db_room_put(gw_pg(a->g, q->room), q->room, q->private_, q->has_name ? q->name : NULL,
                 q->has_owner ? q->owner : NULL, api_on_room_put, q);
 }
 
@@ -608,7 +608,7 @@ static void api_disconnect(api_t *a, http_req_t *req, const char *user)
     q->ban_until = until;
     log_info("api_disconnect", "user=%s ban_until=%" PRId64, user, has_ban ? until : -1);
     if (has_ban)
-        db_ban(a->g->pg, user, until, api_on_ban, q);
+        db_ban(gw_pg(a->g, user), user, until, api_on_ban, q);
     else
         api_disconnect_send(q);
 }
@@ -735,7 +735,7 @@ static void api_on_http(http_req_t *req, void *user)
     case API_MSG_GET:
         q = api_req_new(a, req, op, room);
         strcpy(q->id, seg[4]);
-        db_msg_find(g->pg, q->room, q->id, api_on_msg, q);
+        db_msg_find(gw_pg(g, q->room), q->room, q->id, api_on_msg, q);
         break;
     case API_HISTORY: {
         char as[32], ls[32];
@@ -761,11 +761,11 @@ static void api_on_http(http_req_t *req, void *user)
         break;
     case API_ROOM_GET:
         q = api_req_new(a, req, op, room);
-        db_room_get(g->pg, q->room, api_on_room_get, q);
+        db_room_get(gw_pg(g, q->room), q->room, api_on_room_get, q);
         break;
     case API_ROOM_DELETE:
         q = api_req_new(a, req, op, room);
-        db_room_archive(g->pg, q->room, api_on_room_archive, q);
+        db_room_archive(gw_pg(g, q->room), q->room, api_on_room_archive, q);
         break;
     case API_MEMBERS: {
         char as[AUTH_USER_MAX + 1], ls[32];
@@ -780,7 +780,7 @@ static void api_on_http(http_req_t *req, void *user)
         q->limit = (int)limit;
         if (ar)
             strcpy(q->after_user, as);
-        db_room_members(g->pg, q->room, q->after_user, q->limit + 1, api_on_members, q);
+        db_room_members(gw_pg(g, q->room), q->room, q->after_user, q->limit + 1, api_on_members, q);
         break;
     }
     case API_MEMBER_PUT:
@@ -788,14 +788,14 @@ static void api_on_http(http_req_t *req, void *user)
         q = api_req_new(a, req, op, room);
         strcpy(q->user, uid);
         if (op == API_MEMBER_PUT)
-            db_member_add(g->pg, q->room, q->user, g->conf->max_rooms_per_user, api_on_member_add, q);
+            db_member_add(gw_pg(g, q->user), q->room, q->user, g->conf->max_rooms_per_user, api_on_member_add, q);
         else
-            db_leave(g->pg, q->room, q->user, api_on_member_remove, q);
+            db_leave(gw_pg(g, q->user), q->room, q->user, api_on_member_remove, q);
         break;
     case API_USER_ROOMS:
         q = api_req_new(a, req, op, NULL);
         strcpy(q->user, uid);
-        db_rooms(g->pg, q->user, api_on_user_rooms, q);
+        db_rooms(gw_pg(g, q->user), q->user, api_on_user_rooms, q);
         break;
     case API_DISCONNECT:
         api_disconnect(a, req, uid);

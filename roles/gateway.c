@@ -488,8 +488,8 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
     /* The user's rooms are loaded before the 101: once a client has its
      * hello, every room it is a member of is routed here. */
     /* Both on the one connection, answered in order: the ban first. */
-    db_user_banned(g->pg, id.user, (int64_t)time(NULL), gw_on_user_banned, hs);
-    db_user_rooms(g->pg, id.user, gw_on_user_rooms, hs);
+    db_user_banned(gw_pg(g, id.user), id.user, (int64_t)time(NULL), gw_on_user_banned, hs);
+    db_user_rooms(gw_pg(g, id.user), id.user, gw_on_user_rooms, hs);
     seen_note(g->seen, id.user, id.name);
 }
 
@@ -731,7 +731,7 @@ static void gw_on_member_check(int err, PGresult *res, void *ud)
 
 static void gw_member_check_send(struct gw_member_check *k)
 {
-    db_is_member(k->g->pg, k->room, k->user, gw_on_member_check, k);
+    db_is_member(gw_pg(k->g, k->user), k->room, k->user, gw_on_member_check, k);
 }
 
 /* Before the record's delivery: whether the user's sessions here get the
@@ -951,8 +951,10 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
         .pong_timeout_ms = (unsigned)c->pong_timeout_s * 1000,
     };
     int rc = ws_init(d->loop, &wl);
-    if (rc == 0)
-        rc = pg_client_init(&g->pg, d->loop, c->pg, (unsigned)c->backend_timeout_ms);
+    g->n_pg = c->pg_conns < 1 ? 1 : c->pg_conns > GW_PG_MAX ? GW_PG_MAX : c->pg_conns;
+    for (int i = 0; rc == 0 && i < g->n_pg; i++)
+        rc = pg_client_init(&g->pgs[i], d->loop, c->pg, (unsigned)c->backend_timeout_ms);
+    g->pg = g->pgs[0];
     if (rc == 0 && !(g->seen = seen_new(g->pg)))
         rc = ERR_NOMEM;
     if (rc == 0)
@@ -961,8 +963,8 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     if (rc) {
         log_error("gateway_init_failed", "err=%s", err_code(rc));
         seen_free(g->seen);
-        if (g->pg)
-            pg_client_close(g->pg);
+        for (int i = 0; i < g->n_pg; i++)
+            pg_client_close(g->pgs[i]);
         free(g);
         return rc;
     }
@@ -984,11 +986,19 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
  * routes, so clients are taken only after two refresh periods. */
 #define GW_LIVE_SETTLE_MS 2000
 
+static int gw_pgs_ready(const gateway_t *g)
+{
+    for (int i = 0; i < g->n_pg; i++)
+        if (!pg_client_ready(g->pgs[i]))
+            return 0;
+    return 1;
+}
+
 int gateway_ready(const gateway_t *g)
 {
     return !g->draining && g->cleaned && g->live_since_ms &&
            uv_now(g->loop) - g->live_since_ms >= GW_LIVE_SETTLE_MS && redis_client_ready(g->redis) &&
-           pg_client_ready(g->pg) && kafka_producer_healthy(g->producer) &&
+           gw_pgs_ready(g) && kafka_producer_healthy(g->producer) &&
            kafka_consumer_healthy(g->consumer);
 }
 
@@ -1010,7 +1020,8 @@ void gateway_close(gateway_t *g)
 {
     g->closing = 1;
     kafka_consumer_close(g->consumer);
-    pg_client_close(g->pg);
+    for (int i = 0; i < g->n_pg; i++)
+        pg_client_close(g->pgs[i]);
     /* Connections still open are cut; their on_close frees them. */
     ws_shutdown();
     uv_close((uv_handle_t *)&g->heartbeat, NULL);

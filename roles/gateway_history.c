@@ -149,9 +149,9 @@ static void gw_hist_query(struct gw_hist *h)
     if (!h->user[0]) /* the server API reads any room */
         h->member = 1;
     else
-        db_is_member(h->g->pg, h->room, h->user, gw_on_hist_member, h);
+        db_is_member(gw_pg(h->g, h->user), h->room, h->user, gw_on_hist_member, h);
     /* One row more than asked tells whether there is more. */
-    db_history(h->g->pg, h->room, h->after, h->limit + 1, gw_on_hist_rows, h);
+    db_history(gw_pg(h->g, h->user[0] ? h->user : h->room), h->room, h->after, h->limit + 1, gw_on_hist_rows, h);
 }
 
 static void gw_on_hist_head(int err, int64_t head, void *ud)

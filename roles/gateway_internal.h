@@ -85,13 +85,17 @@ struct gw_room {
     char name[PROTO_ROOM_MAX + 1];
 };
 
+#define GW_PG_MAX 64
+
 struct gateway {
     uv_loop_t *loop;
     const struct conf *conf;
     kafka_producer_t *producer;
     routes_t *routes;
     redis_client_t *redis;
-    pg_client_t *pg;
+    pg_client_t *pg;                /* pgs[0]: statements that belong to no user */
+    pg_client_t *pgs[GW_PG_MAX];    /* --pg-conns: see gw_pg */
+    int n_pg;
     seen_t *seen;                   /* users rows, written once a second */
     kafka_consumer_t *consumer;
     char epoch[GW_EPOCH_MAX];
@@ -118,6 +122,20 @@ struct gateway {
         metric_t *users, *rooms;
     } m;
 };
+
+/* The PostgreSQL connection of a user's (or a room's) statements. One
+ * connection runs its statements in order, so a user's join, leave and read
+ * marks keep theirs; spreading users over several lets PostgreSQL commit
+ * them in parallel and share WAL flushes (a single connection was one flush
+ * per join: docs/PERFORMANCE.md), and one slow query holds up only the users
+ * of its connection. FNV-1a: stable, cheap, spreads short ids. */
+static inline pg_client_t *gw_pg(const struct gateway *g, const char *key)
+{
+    uint32_t h = 2166136261u;
+    for (const unsigned char *k = (const unsigned char *)key; *k; k++)
+        h = (h ^ *k) * 16777619u;
+    return g->pgs[h % (uint32_t)g->n_pg];
+}
 
 /* Bytes one reply may take (sync and REST pages, rooms): half of
  * --send-queue, so a reply always fits the connection's output bound next to

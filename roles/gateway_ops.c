@@ -216,7 +216,7 @@ static void gw_on_join_head(int err, int64_t head, void *ud)
 {
     struct gw_pending *p = ud;
     if (err == 0 && head < 0) { /* the seq key is gone (Redis restarted): re-seed */
-        db_max_seq(p->g->pg, p->room, gw_on_join_max, p);
+        db_max_seq(gw_pg(p->g, p->room), p->room, gw_on_join_max, p);
         return;
     }
     gw_join_reply(p, err, head);
@@ -267,7 +267,7 @@ static void gw_op_join(struct gw_conn *c, const struct proto_req *r)
 {
     char peer[AUTH_USER_MAX + 1];
     int dm = gw_dm_peer(r->room, c->u->id, peer);
-    db_join(c->g->pg, r->room, c->u->id, dm ? peer : NULL, c->g->conf->max_rooms_per_user,
+    db_join(gw_pg(c->g, c->u->id), r->room, c->u->id, dm ? peer : NULL, c->g->conf->max_rooms_per_user,
             gw_on_join_db, gw_pending_new(c, r));
 }
 
@@ -579,7 +579,7 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         gw_op_join(c, r);
         break;
     case OP_LEAVE:
-        db_leave(g->pg, r->room, c->u->id, gw_on_leave_db, gw_pending_new(c, r));
+        db_leave(gw_pg(g, c->u->id), r->room, c->u->id, gw_on_leave_db, gw_pending_new(c, r));
         break;
     case OP_SEND:
         gw_op_send(c, r);
@@ -595,23 +595,23 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
                         gw_pending_new(c, r));
         break;
     case OP_ROOMS:
-        db_rooms(g->pg, c->u->id, gw_on_rooms_db, gw_pending_new(c, r));
+        db_rooms(gw_pg(g, c->u->id), c->u->id, gw_on_rooms_db, gw_pending_new(c, r));
         break;
     case OP_TYPING:
         gw_op_typing(c, r);
         break;
     case OP_READ:
-        db_read(g->pg, r->room, c->u->id, r->seq, gw_on_read_db, gw_pending_new(c, r));
+        db_read(gw_pg(g, c->u->id), r->room, c->u->id, r->seq, gw_on_read_db, gw_pending_new(c, r));
         break;
     case OP_PRESENCE:
         routes_presence(g->routes, r->room, gw_on_presence, gw_pending_new(c, r));
         break;
     case OP_ADD:
-        db_owner_add(g->pg, r->room, c->u->id, r->user, g->conf->max_rooms_per_user, gw_on_owner_db,
+        db_owner_add(gw_pg(g, c->u->id), r->room, c->u->id, r->user, g->conf->max_rooms_per_user, gw_on_owner_db,
                      gw_pending_new(c, r));
         break;
     case OP_REMOVE:
-        db_owner_remove(g->pg, r->room, c->u->id, r->user, gw_on_owner_db, gw_pending_new(c, r));
+        db_owner_remove(gw_pg(g, c->u->id), r->room, c->u->id, r->user, gw_on_owner_db, gw_pending_new(c, r));
         break;
     }
 }

@@ -76,6 +76,7 @@ struct pg_client {
     uint64_t connect_deadline_ms;
     uint64_t timer_due_ms; /* when deadline_timer fires, if active */
     unsigned attempts;
+    int counted_up;               /* counted in pg_n_up (chatd_pg_up) */
     int want_reset;
     int resolving;
     uv_getaddrinfo_t gai;
@@ -96,6 +97,19 @@ static void pg_on_deadline(uv_timer_t *t);
 static void pg_on_reconnect_timer(uv_timer_t *t);
 static void pg_on_poll(uv_poll_t *h, int status, int events);
 
+/* chatd_pg_up is one gauge for the process's connections (a gateway has
+ * --pg-conns, a classifier one): 1 only while all of them are up. */
+static int pg_n_clients, pg_n_up;
+
+static void pg_up_set(pg_client_t *c, int up)
+{
+    if (c->counted_up != up) {
+        pg_n_up += up ? 1 : -1;
+        c->counted_up = up;
+    }
+    metric_set(pg_m_up, pg_n_clients > 0 && pg_n_up == pg_n_clients);
+}
+
 static void pg_metrics_init(void)
 {
     if (pg_m_errors)
@@ -103,7 +117,7 @@ static void pg_metrics_init(void)
     pg_m_errors = metrics_counter("chatd_pg_errors_total",
                                   "PostgreSQL queries failed (rejected, timeout, connection lost).", NULL);
     pg_m_seconds = metrics_histogram("chatd_pg_seconds", "PostgreSQL query latency.", NULL);
-    pg_m_up = metrics_gauge("chatd_pg_up", "1 when the PostgreSQL connection is up.", NULL);
+    pg_m_up = metrics_gauge("chatd_pg_up", "1 when every PostgreSQL connection of the process is up.", NULL);
 }
 
 static unsigned pg_backoff_ms(pg_client_t *c)
@@ -278,7 +292,7 @@ static void pg_schedule_reconnect(pg_client_t *c)
     if (c->state == PG_ST_CLOSING)
         return;
     c->state = PG_ST_DOWN;
-    metric_set(pg_m_up, 0);
+    pg_up_set(c, 0);
     if (uv_is_active((uv_handle_t *)&c->reconnect_timer))
         return;
     unsigned ms = pg_backoff_ms(c);
@@ -388,7 +402,7 @@ static void pg_connect_step(pg_client_t *c)
     }
     c->state = PG_ST_UP;
     c->attempts = 0;
-    metric_set(pg_m_up, 1);
+    pg_up_set(c, 1);
     log_info("pg_connected", "server_version=%d backend_pid=%d", PQserverVersion(c->conn),
              PQbackendPID(c->conn));
 }
@@ -717,7 +731,8 @@ int pg_client_init(pg_client_t **out, uv_loop_t *loop, const char *conninfo, uns
     uv_timer_init(loop, &c->defer_timer);
     c->deadline_timer.data = c->reconnect_timer.data = c->defer_timer.data = c;
     c->open_handles = 3;
-    metric_set(pg_m_up, 0);
+    pg_n_clients++;
+    pg_up_set(c, 0);
     pg_connect_start(c);
     *out = c;
     return 0;
@@ -835,7 +850,8 @@ void pg_client_close(pg_client_t *c)
     CHATD_ASSERT(c->magic == PG_CLIENT_MAGIC);
     CHATD_ASSERT(c->state != PG_ST_CLOSING);
     c->state = PG_ST_CLOSING;
-    metric_set(pg_m_up, 0);
+    pg_n_clients--;
+    pg_up_set(c, 0);
     uv_timer_stop(&c->reconnect_timer);
     uv_timer_stop(&c->deadline_timer);
     if (c->resolving)
