@@ -137,3 +137,33 @@ def test_system_sender_is_reserved(cluster):
         st, _, body = http_request(cluster.gw_ports[0], "GET", f"/api/rooms/{uid('r')}/messages",
                                    headers=h)
         assert st == want, (sub, st, body)
+
+
+def test_edit_waits_for_a_target_not_stored_yet(cluster):
+    """An edit right after its message's ack, while the classifiers are held
+    (the message is in Kafka, not in PostgreSQL): the gateway looks for the
+    target again until it is stored, then produces the edit."""
+    import asyncio
+    import signal
+    room, amy = uid("modwait"), uid("amy")
+
+    async def body():
+        a = await cluster.client(amy, gw=0)
+        await a.join(room)
+        cls = [cluster.proc(f"classifier{i}") for i in range(2)]
+        for p in cls:
+            p.send_signal(signal.SIGSTOP)
+        try:
+            m = await a.send(room, "typo", cid="w1")
+            edit = asyncio.ensure_future(a.req("edit", room=room, id=m["id"], text="fixed", cid="w2"))
+            await asyncio.sleep(0.5)
+            assert not edit.done(), edit.result()
+        finally:
+            for p in cls:
+                p.send_signal(signal.SIGCONT)
+        r = await asyncio.wait_for(edit, 10)
+        assert r["op"] == "ack" and r["target"] == m["id"], r
+        ev = await a.wait_event(lambda x: x.get("op") == "edit", what="edit event")
+        assert (ev["seq"], ev["text"]) == (2, "fixed"), ev
+        await a.close()
+    arun(body())
