@@ -10,6 +10,16 @@
 #include "lib/jbuf.h"
 #include "lib/log.h"
 
+const char *record_kind_name(char kind)
+{
+    return kind == MSG_KIND_EDIT ? "edit" : kind == MSG_KIND_DELETE ? "delete" : "msg";
+}
+
+static int record_is_change(const struct chat_msg *m)
+{
+    return m->kind == MSG_KIND_EDIT || m->kind == MSG_KIND_DELETE;
+}
+
 char *record_send_encode(const struct chat_msg *m, size_t *len)
 {
     struct jbuf b;
@@ -22,6 +32,14 @@ char *record_send_encode(const struct chat_msg *m, size_t *len)
     jbuf_kv_str(&b, "text", m->text, m->text_len);
     jbuf_kv_int(&b, "ts", m->ts);
     jbuf_kv_int(&b, "gw", m->gw);
+    if (record_is_change(m)) {
+        jbuf_kv_strz(&b, "kind", record_kind_name(m->kind));
+        jbuf_kv_strz(&b, "target", m->target);
+        if (m->mod) {
+            jbuf_key(&b, "mod");
+            jbuf_bool(&b, 1);
+        }
+    }
     jbuf_obj_close(&b);
     return jbuf_take(&b, len);
 }
@@ -57,6 +75,19 @@ int record_send_decode(const char *room, size_t room_len, const char *val, size_
         cJSON_Delete(o);
         return ERR_BAD_REQUEST;
     }
+    /* An edit or delete: its kind and a target id, else it is not one. */
+    const char *kind = record_get_str(o, "kind");
+    m->kind = MSG_KIND_MSG;
+    if (kind) {
+        m->kind = !strcmp(kind, "edit") ? MSG_KIND_EDIT : !strcmp(kind, "delete") ? MSG_KIND_DELETE : 0;
+        m->target = record_get_str(o, "target");
+        m->mod = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "mod"));
+        if (!m->kind || !m->target || strlen(m->target) != MSG_ID_LEN ||
+            (m->kind == MSG_KIND_EDIT && !m->text[0])) {
+            cJSON_Delete(o);
+            return ERR_BAD_REQUEST;
+        }
+    }
     m->text_len = strlen(m->text);
     m->ts = (int64_t)ts->valuedouble;
     m->gw = cJSON_IsNumber(gw) && gw->valuedouble >= 0 && gw->valuedouble < 65536 ? gw->valueint : -1;
@@ -71,15 +102,18 @@ char *record_msg_frame(const struct chat_msg *m, size_t *len)
     struct jbuf b;
     jbuf_init(&b, 160 + m->text_len + m->room_len);
     jbuf_obj_open(&b);
-    jbuf_kv_strz(&b, "op", "msg");
+    jbuf_kv_strz(&b, "op", record_kind_name(m->kind));
     jbuf_kv_str(&b, "room", m->room, m->room_len);
     jbuf_kv_int(&b, "seq", m->seq);
     jbuf_kv_strz(&b, "id", m->id);
     jbuf_kv_strz(&b, "from", m->from);
     if (m->cid)
         jbuf_kv_strz(&b, "cid", m->cid);
-    jbuf_kv_str(&b, "text", m->text, m->text_len);
-    jbuf_kv_int(&b, "ts", m->ts);
+    if (record_is_change(m))
+        jbuf_kv_strz(&b, "target", m->target);
+    if (m->kind != MSG_KIND_DELETE)
+        jbuf_kv_str(&b, "text", m->text, m->text_len);
+    jbuf_kv_int(&b, "ts", m->ts); /* last: record_msg_frame_ts reads it there */
     jbuf_obj_close(&b);
     return jbuf_take(&b, len);
 }

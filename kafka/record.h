@@ -6,6 +6,9 @@
  * stay in order.
  *
  *   chat-send    t=m  value {"id","from","cid"?,"text","ts","gw"}   (JSON)
+ *                     an edit or delete adds "kind":"edit"|"delete", "target"
+ *                     (the message's id) and "mod":true (the server API);
+ *                     it is written with version 2
  *   chat-send    t=e|j|l value = the client event frame, passed through
  *   chat-receive t=m  value = the client "msg" frame, ready to send
  *   chat-receive t=e|j|l value = the client event frame
@@ -14,6 +17,10 @@
  * fields, so a rolling upgrade that only adds fields needs no new version.
  * A record with a higher version is skipped and counted (a newer producer
  * must not be half-understood); bump the version only for breaking changes.
+ * Edits and deletes are one: a version 1 classifier would store them as new
+ * messages, so they alone carry version 2 (RECORD_VERSION_CHANGE), on
+ * chat-send and chat-receive; everything else stays version 1, which readers
+ * of version 1 still take (docs/DEPLOY.md: classifiers are upgraded first).
  */
 #ifndef CHATD_RECORD_H
 #define CHATD_RECORD_H
@@ -21,7 +28,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define RECORD_VERSION 1
+#define RECORD_VERSION 1          /* what plain records are written with */
+#define RECORD_VERSION_CHANGE 2   /* edits and deletes (chat_msg.kind) */
+#define RECORD_VERSION_MAX 2      /* the highest a reader understands */
 
 enum record_type {
     REC_MSG = 'm',     /* a chat message */
@@ -43,7 +52,18 @@ struct chat_msg {
     int64_t ts;           /* gateway receive time, ms since the epoch */
     int64_t seq;          /* 0 until sequenced */
     int gw;               /* producing gateway (diagnostics) */
+    char kind;            /* MSG_KIND_*: a message, or an edit or delete of one */
+    const char *target;   /* edit, delete: the message's id (MSG_ID_LEN hex) */
+    int mod;              /* edit, delete by the server API: any sender's message */
 };
+
+/* chat_msg.kind. An edit or delete is a record of its own: it takes a seq,
+ * is stored and delivered like a message, and names its target. */
+#define MSG_KIND_MSG 'm'
+#define MSG_KIND_EDIT 'e'
+#define MSG_KIND_DELETE 'd'
+/* The kind as written in records and frames ("msg", "edit", "delete"). */
+const char *record_kind_name(char kind);
 
 /* chat-send value. Returns a malloc'd buffer (caller frees) or NULL. */
 char *record_send_encode(const struct chat_msg *m, size_t *len);
@@ -53,7 +73,9 @@ char *record_send_encode(const struct chat_msg *m, size_t *len);
 int record_send_decode(const char *room, size_t room_len, const char *val, size_t len,
                        struct chat_msg *m, void **owner);
 void record_decoded_free(void *owner);
-/* The client frame {"op":"msg",...}: malloc'd, caller frees; NULL on ENOMEM. */
+/* The client frame {"op":"msg",...} ({"op":"edit"|"delete",...,"target":ID,
+ * ...} for a change, docs/PROTOCOL.md extension 3): malloc'd, caller frees;
+ * NULL on ENOMEM. */
 char *record_msg_frame(const struct chat_msg *m, size_t *len);
 /* The ts of a frame made by record_msg_frame, read from its fixed ending
  * `,"ts":N}` without parsing the JSON (the gateway's fan-out path); -1 when

@@ -121,6 +121,8 @@ static const char *auth_check_claims(const struct auth_policy *p, const cJSON *c
     v = cJSON_GetObjectItemCaseSensitive(c, "sub");
     if (!cJSON_IsString(v) || !auth_user_valid(v->valuestring, strlen(v->valuestring)))
         return "bad sub";
+    if (!strcmp(v->valuestring, AUTH_SYSTEM_USER))
+        return "sub is reserved (the server API's system sender)";
     strcpy(id->user, v->valuestring);
     v = cJSON_GetObjectItemCaseSensitive(c, "name");
     if (cJSON_IsString(v))

@@ -67,6 +67,9 @@ int auth_verify_rotating(const char *secret, const char *previous, const char *t
 /* Issues a token for user valid ttl_s seconds. Returns a malloc'd string
  * (caller frees) or NULL. */
 char *auth_issue(const char *secret, const char *user, int64_t now_s, int64_t ttl_s);
+/* The server API's sender (docs/API.md): no token may name it as its sub
+ * (refused like a bad sub), so no client speaks, edits or deletes as it. */
+#define AUTH_SYSTEM_USER "system"
 /* 1 if s is a valid user id. */
 int auth_user_valid(const char *s, size_t len);
 

@@ -11,7 +11,7 @@
 static const char *const proto_ops[] = {
     [OP_JOIN] = "join", [OP_LEAVE] = "leave", [OP_SEND] = "send", [OP_SYNC] = "sync",
     [OP_ROOMS] = "rooms", [OP_TYPING] = "typing", [OP_READ] = "read", [OP_PRESENCE] = "presence",
-    [OP_ADD] = "add", [OP_REMOVE] = "remove",
+    [OP_ADD] = "add", [OP_REMOVE] = "remove", [OP_EDIT] = "edit", [OP_DELETE] = "delete",
 };
 #define PROTO_NOPS (sizeof proto_ops / sizeof proto_ops[0])
 
@@ -143,6 +143,32 @@ static int proto_send_fields(const cJSON *o, const struct proto_limits *lim, str
     return 0;
 }
 
+/* edit, delete: the target "id" (a message id as ack.id has it), an edit's
+ * text as a send's, and an optional cid. */
+static int proto_change_fields(const cJSON *o, const struct proto_limits *lim, struct proto_req *r,
+                               const char **why)
+{
+    const char *id, *cid;
+    size_t n = 0;
+    if (proto_str(o, "id", 1, &id) == 0)
+        while (n <= PROTO_ID_LEN && ((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'f')))
+            n++;
+    if (!id || n != PROTO_ID_LEN || id[n]) {
+        *why = "id must be a message id: 32 lower-case hex characters";
+        return ERR_BAD_REQUEST;
+    }
+    memcpy(r->target, id, PROTO_ID_LEN + 1);
+    if (r->op == OP_EDIT)
+        return proto_send_fields(o, lim, r, why);
+    if (proto_str(o, "cid", 0, &cid) < 0 || (cid && (!cid[0] || strlen(cid) > PROTO_CID_MAX))) {
+        *why = "cid must be a string of 1..64 characters";
+        return ERR_BAD_REQUEST;
+    }
+    if (cid)
+        strcpy(r->cid, cid);
+    return 0;
+}
+
 static int proto_fields(const cJSON *o, const struct proto_limits *lim, const char *user,
                         struct proto_req *r, const char **why)
 {
@@ -159,6 +185,9 @@ static int proto_fields(const cJSON *o, const struct proto_limits *lim, const ch
         return 0;
     case OP_SEND:
         return proto_send_fields(o, lim, r, why);
+    case OP_EDIT:
+    case OP_DELETE:
+        return proto_change_fields(o, lim, r, why);
     case OP_SYNC:
         if (proto_int(o, "after", 0, 0, INT64_MAX / 2, &r->after) < 0) {
             *why = "after must be a non-negative integer";

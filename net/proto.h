@@ -23,9 +23,11 @@
 #define PROTO_ROOMS_ENTRY_MAX (PROTO_ROOM_MAX + 72)
 static inline size_t proto_msg_bound(size_t max_text) { return 6 * max_text + 6 * PROTO_CID_MAX + PROTO_MSG_OVERHEAD; }
 
-/* OP_ADD, OP_REMOVE: protocol extension 2 (docs/PROTOCOL.md, "Private rooms"). */
+/* OP_ADD, OP_REMOVE: protocol extension 2 (docs/PROTOCOL.md, "Private rooms");
+ * OP_EDIT, OP_DELETE: extension 3 ("Edits and deletes"). */
 enum proto_op { OP_JOIN, OP_LEAVE, OP_SEND, OP_SYNC, OP_ROOMS, OP_TYPING, OP_READ, OP_PRESENCE,
-                OP_ADD, OP_REMOVE };
+                OP_ADD, OP_REMOVE, OP_EDIT, OP_DELETE };
+#define PROTO_ID_LEN 32   /* a message id: lower-case hex (MSG_ID_LEN) */
 #define PROTO_USER_MAX 64
 
 struct proto_limits {
@@ -38,12 +40,13 @@ struct proto_req {
     char rid[PROTO_RID_MAX + 3];   /* the rid as JSON (42 or "abc"); "" when absent */
     char room[PROTO_ROOM_MAX + 1];
     char cid[PROTO_CID_MAX + 1];   /* "" when absent */
-    const char *text;              /* send: points into owner */
+    const char *text;              /* send, edit: points into owner */
     size_t text_len;
     int64_t after;                 /* sync */
     int limit;                     /* sync, clamped to history_max */
     int64_t seq;                   /* read */
     char user[PROTO_USER_MAX + 1]; /* add, remove: the member */
+    char target[PROTO_ID_LEN + 1]; /* edit, delete: the message's id */
     void *owner;                   /* parse tree; proto_req_free releases it */
 };
 

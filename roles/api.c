@@ -21,7 +21,7 @@
 #define API_MAX_INFLIGHT 256
 #define API_NAME_MAX 200          /* a room's display name, bytes */
 #define API_MEMBERS_MAX 1000      /* a page of a room's members */
-#define API_SYSTEM_SENDER "system"
+#define API_SYSTEM_SENDER AUTH_SYSTEM_USER
 
 struct api {
     uv_loop_t *loop;
@@ -36,7 +36,8 @@ struct api {
 };
 
 enum api_op { API_PUBLISH, API_MSG_GET, API_HISTORY, API_ROOM_PUT, API_ROOM_GET, API_ROOM_DELETE,
-              API_MEMBERS, API_MEMBER_PUT, API_MEMBER_DELETE, API_USER_ROOMS, API_DISCONNECT };
+              API_MEMBERS, API_MEMBER_PUT, API_MEMBER_DELETE, API_USER_ROOMS, API_DISCONNECT,
+              API_MSG_EDIT, API_MSG_DELETE };
 
 /* One request past its checks, waiting for a backend. */
 struct api_req {
@@ -52,7 +53,7 @@ struct api_req {
     char room[PROTO_ROOM_MAX + 1];
     char user[AUTH_USER_MAX + 1]; /* member, user path segment, or the publish's sender */
     char cid[PROTO_CID_MAX + 1];  /* publish: the idempotency key */
-    char id[MSG_ID_LEN + 1];
+    char id[MSG_ID_LEN + 1];      /* the message: of a publish, or the one changed */
     char name[API_NAME_MAX + 1];
     int private_, has_name, has_owner;
     char owner[AUTH_USER_MAX + 1];
@@ -197,6 +198,88 @@ static void api_on_msg(int err, PGresult *res, void *ud)
     jbuf_obj_close(&b);
     api_json(q->req, 200, &b);
     api_req_free(q);
+}
+
+/* ---- edit, delete (moderation): any sender's message ---- */
+
+static cJSON *api_body(http_req_t *req, int optional);
+static struct api_req *api_req_new(api_t *a, http_req_t *req, enum api_op op, const char *room);
+
+static void api_on_change(int err, const char *why, const char *id, void *ud)
+{
+    struct api_req *q = ud;
+    if (err == ERR_NOT_FOUND || err == ERR_TOO_LARGE) {
+        api_error(q->req, err == ERR_NOT_FOUND ? 404 : 413, err_code(err), why ? why : err_str(err));
+        api_req_free(q);
+        return;
+    }
+    if (err) {
+        struct jbuf b;
+        jbuf_init(&b, 200);
+        jbuf_obj_open(&b);
+        jbuf_kv_strz(&b, "error", "unavailable");
+        jbuf_kv_strz(&b, "message", err == ERR_IN_DOUBT ? "the change may have been stored: send it "
+                                                          "again with the same idempotency_key"
+                                                        : "the change was not stored, send it again");
+        jbuf_kv_strz(&b, "stored", err == ERR_IN_DOUBT ? "maybe" : "no");
+        jbuf_obj_close(&b);
+        http_respond(q->req, 503, "application/json", b.p, b.len, "Retry-After: 1\r\n");
+        jbuf_free(&b);
+        api_req_free(q);
+        return;
+    }
+    struct jbuf b;
+    jbuf_init(&b, 256);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "room", q->room);
+    jbuf_kv_strz(&b, "id", id);
+    jbuf_kv_strz(&b, "target", q->id);
+    jbuf_kv_strz(&b, "kind", q->op == API_MSG_EDIT ? "edit" : "delete");
+    if (q->cid[0])
+        jbuf_kv_strz(&b, "idempotency_key", q->cid);
+    jbuf_obj_close(&b);
+    api_json(q->req, 200, &b);
+    api_req_free(q);
+}
+
+/* PATCH {"text","idempotency_key"?} or DELETE {"idempotency_key"?}: the
+ * change is sent by the system sender, as a moderator (record "mod"). */
+static void api_change(api_t *a, http_req_t *req, enum api_op op, const char *room, const char *id)
+{
+    cJSON *o = api_body(req, op == API_MSG_DELETE);
+    if (!o)
+        return;
+    const char *text = NULL, *key, *why = NULL;
+    int rt = op == API_MSG_EDIT ? apireq_str(o, "text", a->conf->max_text, &text) : 0;
+    int rk = apireq_str(o, "idempotency_key", PROTO_CID_MAX, &key);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "text");
+    if (op == API_MSG_EDIT && rt <= 0 && cJSON_IsString(t) && strlen(t->valuestring) > a->conf->max_text) {
+        cJSON_Delete(o);
+        api_error(req, 413, "too_large", "text is longer than --max-text");
+        return;
+    }
+    if (op == API_MSG_EDIT && rt <= 0)
+        why = "text must be a non-empty UTF-8 string";
+    else if (rk < 0)
+        why = "idempotency_key must be a string of 1..64 bytes";
+    if (why) {
+        cJSON_Delete(o);
+        api_error(req, 400, "bad_request", why);
+        return;
+    }
+    struct api_req *q = api_req_new(a, req, op, room);
+    strcpy(q->user, API_SYSTEM_SENDER);
+    strcpy(q->id, id);
+    if (key)
+        strcpy(q->cid, key);
+    if (text) {
+        q->text_len = strlen(text);
+        q->text = strdup(text);
+        CHATD_ASSERT(q->text != NULL);
+    }
+    cJSON_Delete(o);
+    gw_change_submit(a->g, q->room, q->user, 1, op == API_MSG_EDIT ? MSG_KIND_EDIT : MSG_KIND_DELETE,
+                     q->id, q->cid[0] ? q->cid : NULL, q->text, q->text_len, 0, api_on_change, q);
 }
 
 /* ---- history ---- */
@@ -671,7 +754,7 @@ static void api_on_http(http_req_t *req, void *user)
         allowed = "GET,POST";
         op = API_HISTORY;
     } else if (rooms && n == 5 && !strcmp(seg[3], "messages")) {
-        allowed = "GET";
+        allowed = "GET,PATCH,DELETE";
         op = API_MSG_GET;
     } else if (rooms && n == 4 && !strcmp(seg[3], "members")) {
         allowed = "GET";
@@ -700,6 +783,10 @@ static void api_on_http(http_req_t *req, void *user)
         op = API_PUBLISH;
     else if (op == API_MEMBER_PUT && !strcmp(m, "DELETE"))
         op = API_MEMBER_DELETE;
+    else if (op == API_MSG_GET && !strcmp(m, "PATCH"))
+        op = API_MSG_EDIT;
+    else if (op == API_MSG_GET && !strcmp(m, "DELETE"))
+        op = API_MSG_DELETE;
     /* Path parameters. */
     const char *room = rooms ? seg[2] : NULL, *uid = users ? seg[2] : NULL;
     if (room && !proto_room_valid(room, strlen(room))) {
@@ -712,7 +799,7 @@ static void api_on_http(http_req_t *req, void *user)
         api_error(req, 400, "bad_request", "user must be 1..64 of A-Za-z0-9_.-");
         return;
     }
-    if (op == API_MSG_GET) {
+    if (op == API_MSG_GET || op == API_MSG_EDIT || op == API_MSG_DELETE) {
         size_t idl = strlen(seg[4]);
         int hex = idl == MSG_ID_LEN;
         for (size_t i = 0; hex && i < idl; i++)
@@ -736,6 +823,10 @@ static void api_on_http(http_req_t *req, void *user)
         q = api_req_new(a, req, op, room);
         strcpy(q->id, seg[4]);
         db_msg_find(gw_pg(g, q->room), q->room, q->id, api_on_msg, q);
+        break;
+    case API_MSG_EDIT:
+    case API_MSG_DELETE:
+        api_change(a, req, op, room, seg[4]);
         break;
     case API_HISTORY: {
         char as[32], ls[32];

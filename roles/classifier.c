@@ -227,6 +227,7 @@ static void cl_fail(struct cl_batch *b, const char *step, int err)
 }
 
 static void cl_produce(struct cl_batch *b);
+static void cl_route_stored(struct cl_batch *b);
 static void cl_item_gws(struct cl_item *it, const int *gws, size_t n);
 static void cl_stored(struct cl_batch *b);
 
@@ -283,7 +284,9 @@ static void cl_on_delivered(int err, void *opaque)
 static void cl_produce_one(struct cl_batch *b, const struct cl_item *it, const char *val, size_t len)
 {
     classifier_t *c = b->c;
-    struct kafka_hdrs h = { .version = RECORD_VERSION, .type = it->type };
+    /* An edit or delete only to gateways that know it (kafka/record.h). */
+    int change = it->type == REC_MSG && (it->msg.kind == MSG_KIND_EDIT || it->msg.kind == MSG_KIND_DELETE);
+    struct kafka_hdrs h = { .version = change ? RECORD_VERSION_CHANGE : RECORD_VERSION, .type = it->type };
     if (it->user[0]) {
         h.user = it->user;
         h.user_len = strlen(it->user);
@@ -430,6 +433,48 @@ static void cl_on_fenced(struct cl_batch *b, const char *lost)
     cl_fail(b, "fenced", ERR_UNAVAILABLE);
 }
 
+/* ---- 3a. edits and deletes: applied to their targets once stored ---- */
+
+static void cl_on_applied(int err, PGresult *res, void *ud)
+{
+    struct cl_batch *b = ud;
+    (void)res;
+    if (b->c->closing)
+        return;
+    if (err)
+        cl_fail(b, "apply", err);
+    else
+        cl_route_stored(b);
+}
+
+/* A statement of its own (store/db.h): idempotent, so the whole batch is
+ * retried when it fails, its rows found stored. Before the routing, so a
+ * member who gets the change live or by sync finds its target changed. */
+static void cl_apply(struct cl_batch *b)
+{
+    struct jbuf jr, ji, jm;
+    jbuf_init(&jr, 64);
+    jbuf_init(&ji, 64);
+    jbuf_init(&jm, 16);
+    for (size_t i = 0; i < b->n_items; i++) {
+        const struct cl_item *it = &b->items[i];
+        if (it->skip || it->type != REC_MSG || it->dup == ROUTES_DUP_OTHER ||
+            (it->msg.kind != MSG_KIND_EDIT && it->msg.kind != MSG_KIND_DELETE))
+            continue;
+        db_array_add(&jr, it->room);
+        db_array_add(&ji, it->msg.id);
+        db_array_add(&jm, it->msg.mod ? "t" : "f");
+    }
+    char *rooms = db_array_end(&jr), *ids = db_array_end(&ji), *mods = db_array_end(&jm);
+    if (strcmp(ids, "{}") == 0)
+        cl_route_stored(b);
+    else
+        db_apply_changes(b->c->pg, rooms, ids, mods, cl_on_applied, b);
+    free(rooms);
+    free(ids);
+    free(mods);
+}
+
 static void cl_on_stored(int err, PGresult *res, void *ud)
 {
     struct cl_batch *b = ud;
@@ -466,7 +511,7 @@ static void cl_on_stored(int err, PGresult *res, void *ud)
         cl_on_collision(b, "messages_room_id", d);
         return;
     }
-    cl_route_stored(b);
+    cl_apply(b);
 }
 
 /* The (partition, epoch) pairs of the batch's messages, as array literals. */
@@ -852,7 +897,7 @@ static void cl_item_load(classifier_t *c, struct cl_item *it, const struct kafka
     it->partition = rec->partition;
     it->offset = rec->offset;
     it->skip = 1;
-    if (rec->version > RECORD_VERSION || !proto_room_valid(rec->key, rec->key_len) ||
+    if (rec->version > RECORD_VERSION_MAX || !proto_room_valid(rec->key, rec->key_len) ||
         !strchr("mejl", rec->type ? rec->type : 'x') ||
         (rec->user && !auth_user_valid(rec->user, rec->user_len))) {
         metric_inc(c->m.skipped);
@@ -873,7 +918,8 @@ static void cl_item_load(classifier_t *c, struct cl_item *it, const struct kafka
     it->val_len = rec->val_len;
     if (it->type == REC_MSG &&
         (record_send_decode(it->room, rec->key_len, it->val, it->val_len, &it->msg, &it->owner) ||
-         !cl_hex(it->msg.id) || !auth_user_valid(it->msg.from, strlen(it->msg.from)))) {
+         !cl_hex(it->msg.id) || !auth_user_valid(it->msg.from, strlen(it->msg.from)) ||
+         (it->msg.target && !cl_hex(it->msg.target)))) {
         metric_inc(c->m.skipped);
         log_error("record_undecodable", "partition=%d offset=%" PRId64 " room=%s", rec->partition,
                   rec->offset, it->room);

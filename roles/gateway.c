@@ -783,7 +783,7 @@ static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, si
         const struct kafka_rec *rec = &recs[i];
         char room[PROTO_ROOM_MAX + 1];
         metric_inc(g->m.records);
-        if (rec->version > RECORD_VERSION || rec->key_len == 0 || rec->key_len > PROTO_ROOM_MAX) {
+        if (rec->version > RECORD_VERSION_MAX || rec->key_len == 0 || rec->key_len > PROTO_ROOM_MAX) {
             metric_inc(g->m.records_skipped);
             log_warn("record_skipped", "partition=%d offset=%" PRId64 " version=%d", rec->partition,
                      rec->offset, rec->version);

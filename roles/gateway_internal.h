@@ -193,5 +193,26 @@ void gw_history_page_json(struct jbuf *b, const char *room, const char *msgs, si
 int gw_produce_msg(gateway_t *g, const char *room, const char *user, const char *cid,
                    const char *text, size_t text_len, char *id, kafka_delivery_cb dr,
                    void *opaque);
+/* The same for an edit or delete (kind MSG_KIND_EDIT or MSG_KIND_DELETE) of
+ * message target by user (mod: the server API, any sender's message); the
+ * record is version RECORD_VERSION_CHANGE. */
+int gw_produce_change(gateway_t *g, const char *room, const char *user, const char *cid, char kind,
+                      const char *target, int mod, const char *text, size_t text_len, char *id,
+                      kafka_delivery_cb dr, void *opaque);
+
+/* gateway_change.c: an edit or delete of message target in room by user,
+ * checked against PostgreSQL (the target is a message of the room, user
+ * sent it unless mod, an edit's target is not deleted), then produced like
+ * a message. cb gets once: 0 (durable in Kafka, or a delete of a message
+ * deleted already: nothing produced), ERR_NOT_FOUND or ERR_FORBIDDEN (why
+ * says which), ERR_UNAVAILABLE (lookup failed: nothing produced), or a
+ * produce error as gw_produce_msg's dr has it (ERR_IN_DOUBT: maybe stored).
+ * id: the change's id (derived from cid when given), valid during cb. text
+ * is copied; room, user, target and cid are validated by the caller. A
+ * target not stored (yet) is looked up again for up to wait_ms. */
+typedef void (*gw_change_cb)(int err, const char *why, const char *id, void *ud);
+void gw_change_submit(gateway_t *g, const char *room, const char *user, int mod, char kind,
+                      const char *target, const char *cid, const char *text, size_t text_len,
+                      unsigned wait_ms, gw_change_cb cb, void *ud);
 
 #endif

@@ -23,7 +23,7 @@ struct gw_pending {
     char user[AUTH_USER_MAX + 1];
     char cid[PROTO_CID_MAX + 1];
     char id[MSG_ID_LEN + 1];
-    char target[AUTH_USER_MAX + 1]; /* add, remove: the member */
+    char target[AUTH_USER_MAX + 1]; /* add, remove: the member; edit, delete: the message id */
     int64_t after;
     int limit;
     int inserted;                 /* join/leave changed the membership */
@@ -66,7 +66,7 @@ static struct gw_pending *gw_pending_new(struct gw_conn *c, const struct proto_r
     strcpy(p->room, r->room);
     strcpy(p->user, c->u->id);
     strcpy(p->cid, r->cid);
-    strcpy(p->target, r->user);
+    strcpy(p->target, r->op == OP_EDIT || r->op == OP_DELETE ? r->target : r->user);
     p->after = r->after;
     p->limit = r->limit;
     return p;
@@ -373,16 +373,25 @@ int gw_produce_msg(gateway_t *g, const char *room, const char *user, const char 
                    const char *text, size_t text_len, char *id, kafka_delivery_cb dr,
                    void *opaque)
 {
+    return gw_produce_change(g, room, user, cid, MSG_KIND_MSG, NULL, 0, text, text_len, id, dr,
+                             opaque);
+}
+
+int gw_produce_change(gateway_t *g, const char *room, const char *user, const char *cid, char kind,
+                      const char *target, int mod, const char *text, size_t text_len, char *id,
+                      kafka_delivery_cb dr, void *opaque)
+{
     size_t room_len = strlen(room);
     record_msg_id(id, room, room_len, user, cid);
     struct chat_msg m = {
         .room = room, .room_len = room_len, .id = id, .from = user, .cid = cid,
         .text = text, .text_len = text_len, .ts = (int64_t)gw_now_ms(),
-        .gw = g->conf->gateway_id,
+        .gw = g->conf->gateway_id, .kind = kind, .target = target, .mod = mod,
     };
     size_t len;
     char *val = record_send_encode(&m, &len);
-    struct kafka_hdrs h = { .version = RECORD_VERSION, .type = REC_MSG };
+    struct kafka_hdrs h = { .version = kind == MSG_KIND_MSG ? RECORD_VERSION : RECORD_VERSION_CHANGE,
+                            .type = REC_MSG };
     int rc = val ? kafka_produce(g->producer, g->conf->topic_send, -1, room, room_len, val, len,
                                  &h, dr, opaque)
                  : ERR_NOMEM;
@@ -405,6 +414,33 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
         return;
     }
     metric_inc(g->m.sends);
+}
+
+/* ---- edit, delete: checked (gateway_change.c), then like a send ---- */
+
+static void gw_on_change_done(int err, const char *why, const char *id, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err == ERR_NOT_FOUND || err == ERR_FORBIDDEN || err == ERR_TOO_LARGE) {
+        gw_send_error(c, p->rid, err, why);
+    } else if (err) {
+        gw_send_failed(c, p->rid, err);
+    } else {
+        struct jbuf b;
+        jbuf_init(&b, 200);
+        proto_reply_open(&b, "ack", p->rid);
+        jbuf_kv_strz(&b, "room", p->room);
+        jbuf_kv_strz(&b, "id", id);
+        if (p->cid[0])
+            jbuf_kv_strz(&b, "cid", p->cid);
+        jbuf_kv_strz(&b, "target", p->target);
+        jbuf_obj_close(&b);
+        gw_send_buf(c, &b);
+    }
+    gw_pending_free(p);
 }
 
 /* ---- sync ---- */
@@ -612,6 +648,13 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         break;
     case OP_REMOVE:
         db_owner_remove(gw_pg(g, c->u->id), r->room, c->u->id, r->user, gw_on_owner_db, gw_pending_new(c, r));
+        break;
+    case OP_EDIT:
+    case OP_DELETE:
+        gw_change_submit(g, r->room, c->u->id, 0, r->op == OP_EDIT ? MSG_KIND_EDIT : MSG_KIND_DELETE,
+                         r->target, r->cid[0] ? r->cid : NULL, r->text, r->text_len,
+                         (unsigned)g->conf->backend_timeout_ms, gw_on_change_done,
+                         gw_pending_new(c, r));
         break;
     }
 }

@@ -78,8 +78,8 @@ void db_history(pg_client_t *pg, const char *room, int64_t after, int limit, pg_
     snprintf(l, sizeof l, "%d", limit);
     const char *p[] = { room, a, l };
     pg_query(pg,
-             "SELECT seq, id, user_id, cid, body, ts FROM messages WHERE room = $1 AND seq > $2 "
-             "ORDER BY seq LIMIT $3",
+             "SELECT seq, id, user_id, cid, body, ts, kind, target, edited IS NOT NULL, deleted "
+             "FROM messages WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
              3, p, cb, ud);
 }
 
@@ -195,6 +195,7 @@ void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const 
 }
 
 #define DB_MSG_COLS 7
+#define DB_CHANGE_COLS 2 /* kind, target: $11, $12 */
 
 void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
                    size_t n, pg_result_cb cb, void *ud)
@@ -212,18 +213,20 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "JOIN unnest($8::int[], $9::bigint[]) AS x(p, e) ON o.partition = x.p AND o.epoch = x.e "
         "WHERE o.topic = $10 FOR SHARE OF o), "
         "ok AS (SELECT count(*) = cardinality($8::int[]) AS held FROM f), "
-        "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
+        "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts, kind, target) "
         "SELECT u.* FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
-        "$6::text[], $7::bigint[]) AS u, ok WHERE ok.held "
+        "$6::text[], $7::bigint[], $11::text[], $12::text[]) AS u, ok WHERE ok.held "
         "ON CONFLICT (room, id) DO NOTHING RETURNING room, seq), "
         "hd AS (INSERT INTO rooms (room, head) SELECT room, max(seq) FROM ins GROUP BY room "
         "ORDER BY room ON CONFLICT (room) DO UPDATE SET head = GREATEST(rooms.head, EXCLUDED.head)) "
         "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), "
         "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f))",
     };
-    struct jbuf col[DB_MSG_COLS];
+    struct jbuf col[DB_MSG_COLS], ch[DB_CHANGE_COLS];
     for (int k = 0; k < DB_MSG_COLS; k++)
         jbuf_init(&col[k], k == 5 ? 96 * n : 32 * n);
+    for (int k = 0; k < DB_CHANGE_COLS; k++)
+        jbuf_init(&ch[k], 4 * n);
     for (size_t i = 0; i < n; i++) {
         const struct chat_msg *m = msgs[i];
         db_array_add(&col[0], m->room);
@@ -233,17 +236,58 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         db_array_add(&col[4], m->cid);
         db_array_add(&col[5], m->text);
         db_array_int(&col[6], m->ts);
+        char kind[2] = { m->kind == MSG_KIND_EDIT || m->kind == MSG_KIND_DELETE ? m->kind : 'm', 0 };
+        db_array_add(&ch[0], kind);
+        db_array_add(&ch[1], kind[0] == 'm' ? NULL : m->target);
     }
-    const char *p[DB_MSG_COLS + 3];
+    const char *p[DB_MSG_COLS + 3 + DB_CHANGE_COLS];
     for (int k = 0; k < DB_MSG_COLS; k++)
         p[k] = db_array_end(&col[k]);
     p[DB_MSG_COLS] = f->parts;
     p[DB_MSG_COLS + 1] = f->epochs;
     p[DB_MSG_COLS + 2] = f->topic;
+    for (int k = 0; k < DB_CHANGE_COLS; k++)
+        p[DB_MSG_COLS + 3 + k] = db_array_end(&ch[k]);
     /* pg_query_stmt copies what it sends before returning (libpq buffers it). */
-    pg_query_stmt(pg, &st, DB_MSG_COLS + 3, p, cb, ud);
+    pg_query_stmt(pg, &st, DB_MSG_COLS + 3 + DB_CHANGE_COLS, p, cb, ud);
     for (int k = 0; k < DB_MSG_COLS; k++)
         free((char *)p[k]);
+    for (int k = 0; k < DB_CHANGE_COLS; k++)
+        free((char *)p[DB_MSG_COLS + 3 + k]);
+}
+
+void db_apply_changes(pg_client_t *pg, const char *rooms, const char *ids, const char *mods,
+                      pg_result_cb cb, void *ud)
+{
+    const char *p[] = { rooms, ids, mods };
+    /* Not prepared: planned with the arrays at hand (rare, small batches),
+     * so a plan made while messages was small never makes these UPDATEs
+     * scan it. Each step is idempotent: an edit applies only over an older
+     * one (edited < seq), a delete and its erasure again change nothing, so
+     * a retried batch (or a zombie's, reading rows the owner stored) may
+     * run it again. The CTEs share one snapshot: the edits of a target
+     * deleted in this batch are excluded from ed, and scrub erases the
+     * edit rows stored before this statement (the batch's own included). */
+    pg_query(pg,
+             "WITH x AS (SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[]) AS x(room, id, mod)), "
+             "c AS (SELECT s.room, s.seq, s.kind, s.target, s.body, s.user_id, x.mod FROM x "
+             "CROSS JOIN LATERAL (SELECT * FROM messages s WHERE s.room = x.room AND s.id = x.id "
+             "LIMIT 1) s WHERE s.kind <> 'm'), "
+             "ok AS (SELECT c.*, t.deleted AS was_deleted FROM c CROSS JOIN LATERAL "
+             "(SELECT deleted FROM messages t WHERE t.room = c.room AND t.id = c.target AND t.kind = 'm' "
+             "AND (t.user_id = c.user_id OR c.mod) LIMIT 1) t), "
+             "gone AS (SELECT DISTINCT room, target FROM ok WHERE kind = 'd' OR was_deleted), "
+             "ed AS (UPDATE messages m SET body = e.body, edited = e.seq FROM "
+             "(SELECT DISTINCT ON (room, target) room, target, seq, body FROM ok WHERE kind = 'e' "
+             "ORDER BY room, target, seq DESC) e "
+             "WHERE m.room = e.room AND m.id = e.target AND COALESCE(m.edited, 0) < e.seq "
+             "AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.room = e.room AND g.target = e.target)), "
+             "del AS (UPDATE messages m SET body = '', deleted = true, edited = NULL FROM gone g "
+             "WHERE m.room = g.room AND m.id = g.target AND NOT m.deleted), "
+             "scrub AS (UPDATE messages m SET body = '' FROM gone g "
+             "WHERE m.room = g.room AND m.target = g.target AND m.kind = 'e' AND m.body <> '') "
+             "SELECT count(*) FROM ok",
+             3, p, cb, ud);
 }
 
 void db_rooms_json(struct jbuf *b, const PGresult *res)
@@ -268,7 +312,12 @@ int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n
         int comma0 = b->need_comma;
         jbuf_comma(b);
         jbuf_obj_open(b);
-        jbuf_kv_strz(b, "op", "msg");
+        /* An edit or delete row is shown as the event it was delivered as
+         * (its text '' once its target is deleted); a message as it is now:
+         * its latest text, marked edited, or deleted with no text. */
+        char kind = PQgetvalue(res, i, 6)[0];
+        int change = kind == MSG_KIND_EDIT || kind == MSG_KIND_DELETE;
+        jbuf_kv_strz(b, "op", record_kind_name(kind));
         jbuf_kv_strz(b, "room", room);
         jbuf_key(b, "seq");
         jbuf_rawz(b, PQgetvalue(res, i, 0));
@@ -277,7 +326,18 @@ int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n
         jbuf_kv_strz(b, "from", PQgetvalue(res, i, 2));
         if (!PQgetisnull(res, i, 3))
             jbuf_kv_strz(b, "cid", PQgetvalue(res, i, 3));
-        jbuf_kv_str(b, "text", PQgetvalue(res, i, 4), (size_t)PQgetlength(res, i, 4));
+        if (change)
+            jbuf_kv_strz(b, "target", PQgetvalue(res, i, 7));
+        if (kind != MSG_KIND_DELETE)
+            jbuf_kv_str(b, "text", PQgetvalue(res, i, 4), (size_t)PQgetlength(res, i, 4));
+        if (!change && PQgetvalue(res, i, 8)[0] == 't') {
+            jbuf_key(b, "edited");
+            jbuf_bool(b, 1);
+        }
+        if (!change && PQgetvalue(res, i, 9)[0] == 't') {
+            jbuf_key(b, "deleted");
+            jbuf_bool(b, 1);
+        }
         jbuf_key(b, "ts");
         jbuf_rawz(b, PQgetvalue(res, i, 5));
         b->need_comma = 1;
@@ -359,6 +419,13 @@ void db_room_members(pg_client_t *pg, const char *room, const char *after, int l
              "(SELECT NULL::text FROM rooms WHERE room = $1) UNION ALL "
              "(SELECT user_id FROM members WHERE room = $1 AND user_id > $2 ORDER BY user_id LIMIT $3)",
              3, p, cb, ud);
+}
+
+void db_msg_target(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { room, id };
+    pg_query(pg, "SELECT user_id, kind, deleted FROM messages WHERE room = $1 AND id = $2", 2, p,
+             cb, ud);
 }
 
 void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)

@@ -35,8 +35,9 @@ int db_join_result(const PGresult *res);
 void db_leave(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
 /* One row iff user is a member of room. */
 void db_is_member(pg_client_t *pg, const char *room, const char *user, pg_result_cb cb, void *ud);
-/* Messages with seq > after, ascending, at most limit rows:
- * (seq, id, user_id, cid, body, ts). */
+/* Messages (and edits and deletes) with seq > after, ascending, at most
+ * limit rows: (seq, id, user_id, cid, body, ts, kind, target, edited,
+ * deleted). */
 void db_history(pg_client_t *pg, const char *room, int64_t after, int limit, pg_result_cb cb,
                 void *ud);
 /* The user's rooms: (room, head, read_seq), by room. */
@@ -69,9 +70,21 @@ struct db_fence {
  * if every fence still holds (else nothing). A row whose (room, id) exists
  * is skipped (a re-consumed record); a (room, seq) held by another id fails
  * the whole statement with SQLSTATE 23505 (a seq collision: nothing is
- * stored). One row: (held, inserted, partitions not held as an array). */
+ * stored). One row: (held, inserted, partitions not held as an array).
+ * An edit or delete (chat_msg.kind) is stored as a row of its own (kind,
+ * target; migrations/005), and applied by db_apply_changes once stored. */
 void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
                    size_t n, pg_result_cb cb, void *ud);
+
+/* Applies the stored edits and deletes (room[i], id[i]; mods: a boolean
+ * array, the server API's) to their targets, iff a target is a message of
+ * the room, by the change's user or with mod: an edit sets its text unless
+ * a later edit did (edited = its seq), a delete erases the text and that of
+ * every edit of it (deleted); an edit of a deleted message keeps no text.
+ * Idempotent, so run after db_store_msgs, retried with its batch. One row:
+ * (changes found applicable). */
+void db_apply_changes(pg_client_t *pg, const char *rooms, const char *ids, const char *mods,
+                      pg_result_cb cb, void *ud);
 
 /* ---- the server API (roles/api.h); rooms' columns: migrations/003 ---- */
 /* Creates or updates a room (private, name, owner; NULL name/owner keep the
@@ -93,6 +106,9 @@ void db_member_add(pg_client_t *pg, const char *room, const char *user, int max_
  * id, at most limit. */
 void db_room_members(pg_client_t *pg, const char *room, const char *after, int limit,
                      pg_result_cb cb, void *ud);
+/* (user_id, kind, deleted) of row id in room, if stored: the check of an
+ * edit or delete before it is produced. */
+void db_msg_target(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud);
 /* (seq, user_id, ts) of message id in room, if stored. */
 void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud);
 /* Bans user until (unix seconds; a past time lifts the ban). One row. */

@@ -165,6 +165,8 @@ function start(token, user) {
   c.on('state', onState);
   c.on('hello', onHello);
   c.on('message', onMessage);
+  c.on('edit', onChange);
+  c.on('delete', onChange);
   c.on('outbox', (o) => { saveOutbox(); renderPending(roomOf(o.room)); refreshStatus(); });
   c.on('typing', onTyping);
   c.on('read', onReadEvent);
@@ -390,15 +392,19 @@ function fmtTime(ts) {
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 }
 
+// A deleted message keeps its place, without its text; an edited one says so.
 function msgNode(m) {
-  return el('li', { class: 'msg' + (m.from === S.user ? ' mine' : ''), 'data-seq': m.seq, 'data-from': m.from },
-    el('div', { class: 'meta' }, el('span', { class: 'from' }, m.from), el('time', {}, fmtTime(m.ts))),
-    el('div', { class: 'text' }, m.text));
+  return el('li', { class: 'msg' + (m.from === S.user ? ' mine' : '') + (m.deleted ? ' deleted' : ''),
+    'data-seq': m.seq, 'data-from': m.from },
+  el('div', { class: 'meta' }, el('span', { class: 'from' }, m.from), el('time', {}, fmtTime(m.ts)),
+    ...(m.edited ? [el('span', { class: 'edited' }, ' (edited)')] : [])),
+  el('div', { class: 'text' }, m.deleted ? 'message deleted' : m.text));
 }
 
-// Inserts a message in seq order; false if already held.
+// Inserts a message in seq order; false if already held. History pages also
+// hold edit and delete events: their messages already show the result.
 function addMsg(r, m) {
-  if (!Number.isInteger(m.seq) || r.msgs.has(m.seq) || typeof m.text !== 'string') return false;
+  if ((m.op && m.op !== 'msg') || !Number.isInteger(m.seq) || r.msgs.has(m.seq) || typeof m.text !== 'string') return false;
   r.msgs.set(m.seq, m);
   r.list.insertBefore(msgNode(m), nextNodeAfter(r, m.seq));
   return true;
@@ -415,6 +421,25 @@ function onMessage(m) {
   if (m.from === S.user && r.read === m.seq - 1) markRead(r, m.seq); // own message: nothing new to read
   if (stick) scrollToBottom();
   if (r === S.current) { renderTyping(); maybeRead(); }
+  renderRooms();
+}
+
+// An edit or delete (the library applied it to its store: e.message is the
+// message as it is now): the line of the message, if shown, is redrawn.
+function onChange(e) {
+  const r = roomOf(e.room);
+  r.head = Math.max(r.head, e.seq);
+  const old = [...r.msgs.values()].find((m) => m.id === e.target);
+  if (old) {
+    // Not in the library's store (a page loaded by history()): applied here.
+    const now = e.message ? { ...old, ...e.message }
+      : e.op === 'delete' ? { ...old, text: '', deleted: true, edited: false }
+        : old.deleted || !e.text ? old : { ...old, text: e.text, edited: true };
+    r.msgs.set(old.seq, now);
+    const node = r.list.querySelector(`li[data-seq="${old.seq}"]`);
+    if (node) node.replaceWith(msgNode(now));
+  }
+  if (r === S.current) maybeRead();
   renderRooms();
 }
 

@@ -3,12 +3,13 @@
 
 /** Error codes of docs/PROTOCOL.md, and the client's own (disconnected, timeout, closed). */
 export type ErrorCodeValue =
-  | 'bad_request' | 'not_member' | 'too_large' | 'rate_limited' | 'forbidden'
+  | 'bad_request' | 'not_member' | 'not_found' | 'too_large' | 'rate_limited' | 'forbidden'
   | 'unavailable' | 'internal' | 'disconnected' | 'timeout' | 'closed';
 
 export declare const ErrorCode: Readonly<{
   BAD_REQUEST: 'bad_request';
   NOT_MEMBER: 'not_member';
+  NOT_FOUND: 'not_found';
   TOO_LARGE: 'too_large';
   RATE_LIMITED: 'rate_limited';
   FORBIDDEN: 'forbidden';
@@ -43,8 +44,32 @@ export interface Message {
   from: string;
   /** Present only when the sender gave one (this client always does). */
   cid?: string;
+  /** "" once deleted. */
   text: string;
   ts: number;
+  /** Extension 3: the text was edited (history, and the client's store). */
+  edited?: boolean;
+  /** Extension 3: the message was deleted; its text is gone. */
+  deleted?: boolean;
+}
+
+/** An edit or delete of a message (extension 3): an event of the room's seq stream. */
+export interface ChangeEvent {
+  op: 'edit' | 'delete';
+  room: string;
+  seq: number;
+  /** The change's own id. */
+  id: string;
+  /** Who changed it: the message's sender, or "system" (the server API). */
+  from: string;
+  cid?: string;
+  /** The id of the message changed. */
+  target: string;
+  /** edit: the new text ("" in history once the message is deleted). */
+  text?: string;
+  ts: number;
+  /** The target as it is now in the client's store, or null if the client does not hold it. */
+  message: Message | null;
 }
 
 export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
@@ -85,6 +110,10 @@ export interface DisconnectEvent { code: number; reason: string; gateway: number
 export interface ChatEvents {
   /** Each room's messages once each, in seq order (also those a sync brought). */
   message: Message;
+  /** An edit of a message, in seq order with the messages (the store is updated first). */
+  edit: ChangeEvent;
+  /** A delete of a message, likewise. */
+  delete: ChangeEvent;
   state: StateEvent;
   hello: HelloEvent;
   disconnect: DisconnectEvent;
@@ -128,6 +157,8 @@ export interface ChatClientOptions {
   requestTimeoutMs?: number;
   probeTimeoutMs?: number;
   tokenMarginS?: number;
+  /** Messages kept per room for messages() and for applying edits and deletes (default 500). */
+  keepMessages?: number;
   /** Random source in [0, 1) for backoff (tests). */
   random?: () => number;
 }
@@ -158,6 +189,12 @@ export declare class ChatClient {
   send(room: string, text: string, options?: { cid?: string }): Promise<{ id: string; cid: string; room: string }>;
   pending(): OutboxEntry[];
   discard(cid: string): void;
+  /** Edits one of the user's messages (forbidden: another's; not_found: none, or deleted). */
+  editMessage(room: string, id: string, text: string, options?: { cid?: string }): Promise<{ id: string; target: string; room: string; cid: string }>;
+  /** Deletes one of the user's messages. */
+  deleteMessage(room: string, id: string, options?: { cid?: string }): Promise<{ id: string; target: string; room: string; cid: string }>;
+  /** The room's latest messages as they are now (edits and deletes applied), in seq order. */
+  messages(room: string): Message[];
 
   track(room: string, after?: number): void;
   untrack(room: string): void;

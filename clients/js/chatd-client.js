@@ -20,6 +20,7 @@
 export const ErrorCode = Object.freeze({
   BAD_REQUEST: 'bad_request',
   NOT_MEMBER: 'not_member',
+  NOT_FOUND: 'not_found',  // edit, delete: no such message in the room (extension 3)
   TOO_LARGE: 'too_large',
   RATE_LIMITED: 'rate_limited',
   FORBIDDEN: 'forbidden',
@@ -63,6 +64,7 @@ const DEFAULTS = {
   requestTimeoutMs: 30000,
   probeTimeoutMs: 10000,   // liveness: no answer this long after a probe drops the socket
   tokenMarginS: 10,        // a token expiring within this is fetched anew before connecting
+  keepMessages: 500,       // per room: the latest messages kept for messages() and edits/deletes
 };
 
 /** Decodes a JWT's claims (no verification: only to read exp); null if not a JWT. */
@@ -125,6 +127,7 @@ export class ChatClient {
     this.waiting = new Map();     // rid -> {resolve, reject, timer}
     this.deferred = [];           // requests waiting for a connection
     this.rooms = new Map();       // room -> {last, buffer: Map(seq, msg), syncing, waiters}
+    this.store = new Map();       // room -> Map(id, message): the latest keepMessages, as they are now
     this.outbox = [];             // {cid, room, text, state, id, error, resolve, reject, promise}
     this.listeners = new Map();
     this.lastRx = 0;
@@ -420,6 +423,33 @@ export class ChatClient {
     await this.call({ op: 'read', room, seq });
   }
 
+  /**
+   * Edits one of the user's messages (extension 3 of docs/PROTOCOL.md);
+   * resolves {id, target, room, cid} once the edit is durable. The edit
+   * reaches every member (this client too) as an 'edit' event at its seq. A
+   * retry with the same cid is applied once; refusals: forbidden (not the
+   * user's), not_found (no such message, or deleted).
+   */
+  async editMessage(room, id, text, { cid } = {}) {
+    const m = await this.call({ op: 'edit', room, id, text, cid: cid || newCid() });
+    return { id: m.id, target: m.target, room: m.room, cid: m.cid };
+  }
+
+  /** Deletes one of the user's messages; like editMessage, then a 'delete' event. */
+  async deleteMessage(room, id, { cid } = {}) {
+    const m = await this.call({ op: 'delete', room, id, cid: cid || newCid() });
+    return { id: m.id, target: m.target, room: m.room, cid: m.cid };
+  }
+
+  /**
+   * The room's latest messages as they are now (edits and deletes applied),
+   * in seq order: up to keepMessages of those delivered. Copies.
+   */
+  messages(room) {
+    const st = this.store.get(room);
+    return st ? [...st.values()].sort((a, b) => a.seq - b.seq).map((m) => ({ ...m })) : [];
+  }
+
   /** Tells the room's members online that the user is typing (no reply; false if not connected). */
   typing(room) {
     return this.sendFrame({ op: 'typing', room });
@@ -442,6 +472,7 @@ export class ChatClient {
     const r = this.rooms.get(room);
     if (r) this.cancel(r.retry);
     this.rooms.delete(room);
+    this.store.delete(room);
   }
 
   /** The highest seq delivered for a room with nothing missing below it (null if not tracked). */
@@ -462,7 +493,7 @@ export class ChatClient {
     if (typeof m.room !== 'string' || !Number.isInteger(m.seq) || m.seq < 1) return;
     let r = this.rooms.get(m.room);
     if (!r) {
-      if (!this.autoTrack) { this.emit('message', m); return; } // the application orders it
+      if (!this.autoTrack) { this.publish(m); return; } // the application orders it
       this.track(m.room, m.seq - 1);
       r = this.rooms.get(m.room);
     }
@@ -484,11 +515,43 @@ export class ChatClient {
     r.last = m.seq;
     // An own message back with its seq settles the outbox entry of its cid
     // (also when it comes through a sync after a lost ack).
-    if (m.cid && m.from === this.user) {
+    if (m.op !== 'edit' && m.op !== 'delete' && m.cid && m.from === this.user) {
       const o = this.outbox.find((x) => x.cid === m.cid && x.room === m.room);
       if (o) this.settle(o, m);
     }
+    this.publish(m);
+  }
+
+  // To the application: a message (kept in the store), or an edit or
+  // delete (applied to the store) as its own event.
+  publish(m) {
+    if (m.op === 'edit' || m.op === 'delete') m = this.applyChange(m);
+    else this.keep(m);
     this.emit(EVENT_NAMES[m.op] || 'message', m);
+  }
+
+  // The message store: a room's latest keepMessages messages by id.
+  keep(m) {
+    if (typeof m.id !== 'string') return;
+    let st = this.store.get(m.room);
+    if (!st) this.store.set(m.room, st = new Map());
+    st.set(m.id, { ...m });
+    if (st.size > this.opt.keepMessages) st.delete(st.keys().next().value); // the oldest delivered
+  }
+
+  // An edit or delete (in seq order, like messages) applied to the stored
+  // target; the event is handed on with `message`: the target as it is now,
+  // or null when the client does not hold it (it started later). An edit of
+  // a deleted message changes nothing (its text is gone; in history such an
+  // edit has text "").
+  applyChange(m) {
+    const st = this.store.get(m.room);
+    const t = st && st.get(m.target);
+    if (t && !t.deleted) {
+      if (m.op === 'edit' && typeof m.text === 'string' && m.text !== '') { t.text = m.text; t.edited = true; }
+      if (m.op === 'delete') { t.text = ''; t.deleted = true; delete t.edited; }
+    }
+    return { ...m, message: t ? { ...t } : null };
   }
 
   // sync from the last seq delivered until `more` is false and nothing is
@@ -672,11 +735,13 @@ export class ChatClient {
 // Server events by op. A frame with an op not listed here is ignored (after
 // the 'event' listeners saw it): a version 1 client must survive additions.
 // Events of a room's seq stream go through accept() (dedup, order, gaps);
-// a later event kind that takes a seq (an edit, a deletion) is one more entry
-// here calling accept() and one more name in EVENT_NAMES.
+// edits and deletes (extension 3) take seqs too, so they are ordered with the
+// messages and a sync after a gap brings them.
 const EVENTS = {
   hello: (c, m) => c.onHello(m),
   msg: (c, m) => c.accept(m, true),
+  edit: (c, m) => c.accept(m, true),
+  delete: (c, m) => c.accept(m, true),
   typing: (c, m) => c.emit('typing', m),
   read: (c, m) => c.emit('read', m),
   joined: (c, m) => c.emit('joined', m),
@@ -686,7 +751,7 @@ const EVENTS = {
   },
   error: (c, m) => c.emit('error', new ChatError(typeof m.code === 'string' ? m.code : 'internal', m.message, { rid: m.rid })),
 };
-const EVENT_NAMES = { msg: 'message' };
+const EVENT_NAMES = { msg: 'message', edit: 'edit', delete: 'delete' };
 
 function snapshot(o) {
   return { cid: o.cid, room: o.room, text: o.text, state: o.state, id: o.id, seq: o.seq, error: o.error };

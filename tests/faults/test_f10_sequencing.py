@@ -351,3 +351,57 @@ def test_seqs_continue_after_the_rooms_messages_are_deleted(make_cluster):
     assert rows[0][2] == new[0], rows
     head = c.query("SELECT head FROM rooms WHERE room = %s", (room,))
     assert head == [(6,)], head
+
+
+def _produce_changes(c, room, changes):
+    """Edit/delete records straight into chat-send (version 2, as a gateway
+    writes them after its check), in one kcat session: [(user, kind, target,
+    text, id)]."""
+    import json
+    ts = int(time.time() * 1000)
+    lines = [f"{room}\t" + json.dumps({"id": cid, "from": u, "text": text, "ts": ts, "gw": 0,
+                                       "kind": kind, "target": target}, separators=(",", ":"))
+             for u, kind, target, text, cid in changes]
+    subprocess.run(["kcat", "-P", "-b", c.brokers(), "-t", c.topic_send, "-K", "\t",
+                    "-H", "v=2", "-H", "t=m", "-X", "acks=all", "-z", "none"],
+                   input=("\n".join(lines) + "\n").encode(), check=True, timeout=60,
+                   capture_output=True)
+
+
+def test_changes_applied_by_the_classifier(make_cluster):
+    """Edits and deletes in one classifier batch (held while they land):
+    the latest edit wins, an edit and a delete of one message leave no text,
+    a replayed edit is stored once, and changes that did not pass a gateway's
+    check (another user's message) are stored at their seq but change
+    nothing: the classifier checks the target again when it applies."""
+    c = make_cluster(n_gw=1, n_cl=1)
+    room = "f10-mod-" + uuid.uuid4().hex[:8]
+    m1, m2 = c.produce_send([(room, "amy", "c1", "hello"), (room, "amy", "c2", "pin 4711")])
+    assert wait_stored(c, [room], 2, 60) == 2
+    hexid = lambda: uuid.uuid4().hex  # noqa: E731
+    e1, e2, forged, e3, d, forged_d = (hexid() for _ in range(6))
+    changes = [("amy", "edit", m1, "first edit", e1), ("amy", "edit", m1, "second edit", e2),
+               ("bob", "edit", m1, "forged", forged), ("amy", "edit", m2, "pin 4712", e3),
+               ("amy", "delete", m2, "", d), ("bob", "delete", m1, "", forged_d),
+               ("amy", "edit", m1, "first edit", e1)]            # a replay: same id
+    cls = c.procs["classifier0"]
+    cls.send_signal(signal.SIGSTOP)
+    try:
+        _produce_changes(c, room, changes)
+    finally:
+        cls.send_signal(signal.SIGCONT)
+    assert wait_stored(c, [room], 8, 60) == 8
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        rows = {r[0]: r[1:] for r in c.query(
+            "SELECT id, seq, body, kind, edited, deleted FROM messages WHERE room = %s", (room,))}
+        if rows[m2][4]:
+            break
+        time.sleep(0.2)
+    seq_e2 = rows[e2][0]
+    assert rows[m1][1:] == ("second edit", "m", seq_e2, False), rows[m1]
+    assert rows[m2][1:] == ("", "m", None, True), rows[m2]
+    assert rows[e3][1] == "" and rows[d][1] == "", (rows[e3], rows[d])
+    assert rows[forged][1] == "forged" and rows[forged_d][2] == "d", rows[forged]
+    assert not [r for r in rows.values() if "471" in r[1]], rows
+    assert sorted(r[0] for r in rows.values()) == list(range(1, 9))

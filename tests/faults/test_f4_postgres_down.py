@@ -44,3 +44,35 @@ def test_postgres_down(make_cluster):
         await run.close()
         res.assert_ok()
     harness.run_bounded(body(), 120)
+
+
+def test_api_503_while_postgres_is_down(make_cluster):
+    """The server API with PostgreSQL down: 503 with Retry-After (never a
+    500 or a hang), for a read and for an edit (which says it was not
+    stored); answered again once PostgreSQL is back."""
+    import json
+    from chatlib import free_port, http_request
+    key = "k" * 32
+    api_port = free_port()
+    c = make_cluster(n_gw=1, n_cl=1, gw_args=[f"--api-listen=127.0.0.1:{api_port}"],
+                     gw_env={"CHATD_API_KEY": key})
+    h = {"Authorization": f"Bearer {key}"}
+    try:
+        c.pg.stop_fast()
+        for method, path, body in (("GET", "/v1/rooms/lobby", None),
+                                   ("PATCH", "/v1/rooms/lobby/messages/" + "a" * 32, {"text": "x"})):
+            st, hdrs, data = http_request(api_port, method, path, body=body, headers=h, timeout=15)
+            assert st == 503 and hdrs.get("retry-after") == "1", (method, st, data)
+            err = json.loads(data)
+            assert err["error"] == "unavailable", err
+            assert method == "GET" or err["stored"] == "no", err
+    finally:
+        if not c.pg.proc.alive():
+            c.pg.start()
+    deadline = harness.now() + 30
+    while True:
+        st, _, data = http_request(api_port, "GET", "/v1/rooms/lobby", headers=h)
+        if st == 404 or harness.now() > deadline:
+            break
+        harness.time.sleep(0.2)
+    assert st == 404, data   # PostgreSQL answers again: no such room

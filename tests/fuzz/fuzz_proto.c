@@ -50,17 +50,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* A NUL would have cut a string short (net/proto.c): never accepted. */
         CHECK(memchr(data, 0, size) == NULL);
         CHECK(!memmem(data, size, "\\u0000", 6) || memmem(data, size, "\\\\u0000", 7));
-        CHECK((unsigned)r.op <= OP_PRESENCE);
+        CHECK((unsigned)r.op <= OP_DELETE);
         CHECK(proto_op_name(r.op) != NULL);
         if (r.op != OP_ROOMS) {
             CHECK(proto_room_valid(r.room, strlen(r.room)));
             CHECK(r.op != OP_JOIN || proto_room_allows(r.room, FUZZ_USER));
         }
-        if (r.op == OP_SEND) {
+        if (r.op == OP_SEND || r.op == OP_EDIT) {
             CHECK(r.text != NULL && r.text_len >= 1 && r.text_len <= lim.max_text);
             CHECK(strlen(r.text) == r.text_len);
         } else {
-            CHECK(r.text == NULL && r.cid[0] == 0);
+            CHECK(r.text == NULL && (r.op == OP_DELETE || r.cid[0] == 0));
+        }
+        /* edit, delete: the target is a message id, as the store compares it. */
+        if (r.op == OP_EDIT || r.op == OP_DELETE) {
+            CHECK(strlen(r.target) == PROTO_ID_LEN);
+            CHECK(strspn(r.target, "0123456789abcdef") == PROTO_ID_LEN);
+        } else {
+            CHECK(r.target[0] == 0);
         }
         if (r.op == OP_SYNC)
             CHECK(r.after >= 0 && r.limit >= 1 && r.limit <= lim.history_max);

@@ -41,13 +41,17 @@ static void check_frame(const struct chat_msg *m)
     CHECK(f != NULL && strlen(f) == n);
     cJSON *o = cJSON_ParseWithLength(f, n);
     CHECK(cJSON_IsObject(o));
-    CHECK(str_eq(obj_str(o, "op"), "msg"));
+    CHECK(str_eq(obj_str(o, "op"), record_kind_name(m->kind)));
+    CHECK(m->kind == MSG_KIND_MSG ? obj_str(o, "target") == NULL : str_eq(obj_str(o, "target"), m->target));
     CHECK(str_eq(obj_str(o, "room"), FUZZ_ROOM));
     CHECK(str_eq(obj_str(o, "id"), m->id));
     CHECK(str_eq(obj_str(o, "from"), m->from));
     CHECK(str_eq(obj_str(o, "cid"), m->cid));
     const char *text = obj_str(o, "text");
-    CHECK(text && strlen(text) == m->text_len && memcmp(text, m->text, m->text_len) == 0);
+    if (m->kind == MSG_KIND_DELETE)
+        CHECK(text == NULL); /* a delete carries no text */
+    else
+        CHECK(text && strlen(text) == m->text_len && memcmp(text, m->text, m->text_len) == 0);
     const cJSON *ts = cJSON_GetObjectItemCaseSensitive(o, "ts");
     const cJSON *seq = cJSON_GetObjectItemCaseSensitive(o, "seq");
     CHECK(cJSON_IsNumber(ts) && (int64_t)ts->valuedouble == m->ts);
@@ -70,6 +74,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(m.room_len == strlen(FUZZ_ROOM) && memcmp(m.room, FUZZ_ROOM, m.room_len) == 0);
     CHECK(m.id && strlen(m.id) == MSG_ID_LEN && m.from && m.text);
     CHECK(strlen(m.text) == m.text_len && m.seq == 0);
+    /* An edit or delete has a well-formed target; an edit a text. */
+    CHECK(m.kind == MSG_KIND_MSG || m.kind == MSG_KIND_EDIT || m.kind == MSG_KIND_DELETE);
+    CHECK(m.kind == MSG_KIND_MSG ? m.target == NULL && !m.mod : m.target && strlen(m.target) == MSG_ID_LEN);
+    CHECK(m.kind != MSG_KIND_EDIT || m.text_len > 0);
 
     size_t n;
     char *val = record_send_encode(&m, &n);
@@ -79,6 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(str_eq(m2.id, m.id) && str_eq(m2.from, m.from) && str_eq(m2.cid, m.cid));
     CHECK(m2.text_len == m.text_len && memcmp(m2.text, m.text, m.text_len) == 0);
     CHECK(m2.ts == m.ts && m2.gw == m.gw);
+    CHECK(m2.kind == m.kind && str_eq(m2.target, m.target) && m2.mod == m.mod);
     check_frame(&m);
 
     record_decoded_free(owner2);

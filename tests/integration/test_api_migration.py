@@ -1,7 +1,8 @@
-"""The server API on standalone instances: migrations 003 (the room head)
-and 004 (room options, bans) applied in place to a database made by an earlier chatd (its rooms
+"""The server API on standalone instances: migrations 003 (the room head),
+004 (room options, bans) and 005 (edits and deletes) applied in place to a database made by an earlier chatd (its rooms
 stay open, its data stays); the configuration refused when incomplete; a
 publish while Kafka is down (503 + Retry-After, then stored once)."""
+import json
 import os
 import subprocess
 
@@ -46,10 +47,20 @@ def test_migrations_003_004_in_place(pg, start_all_instance):
         newcomer = await inst.client(uid("new"))
         assert await newcomer.join("old-room") == 1   # still open
         await newcomer.close()
+        # 005: a message from before can be edited by its sender
+        old = await inst.client("old-user")
+        r = await old.ok("edit", room="old-room", id="a" * 32, text="edited after the upgrade")
+        assert r["op"] == "ack" and r["target"] == "a" * 32, r
+        await old.wait_event(lambda e: e.get("op") == "edit", what="edit event")
+        await old.close()
     arun(join())
+    st, _, body = http_request(api_port, "GET", "/v1/rooms/old-room/messages", headers=h)
+    first = json.loads(body)["messages"][0]
+    assert (first["text"], first.get("edited")) == ("edited after the upgrade", True), first
     rows = pg.query("SELECT version FROM schema_migrations ORDER BY version", db=dbname)
-    assert [r[0] for r in rows][:4] == [1, 2, 3, 4]
-    assert pg.query("SELECT head FROM rooms WHERE room = 'old-room'", db=dbname) == [(1,)]
+    assert [r[0] for r in rows][:5] == [1, 2, 3, 4, 5]
+    # 003 set the head to 1 (the message from before); the edit took seq 2
+    assert pg.query("SELECT head FROM rooms WHERE room = 'old-room'", db=dbname) == [(2,)]
 
 
 def run_conf(args, env):

@@ -55,6 +55,17 @@ def test_api_hostile_paths_and_bodies(sec):
         ("POST", "/v1/users/u/disconnect", '{"ban_until":1e308}'),
         ("POST", "/v1/users/u/disconnect", '{"ban_until":-1e308}'),
         ("POST", "/v1/users/u/disconnect", '{"ban_until":"NaN"}'),
+        # edit and delete (moderation): bad ids, bodies, and a target not there
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "A" * 32, '{"text":"x"}'),
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "a" * 31 + "%00", '{"text":"x"}'),
+        ("DELETE", f"/v1/rooms/{room}/messages/..%2F..%2Fx", None),
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "a" * 32, deep),
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "a" * 32, '{"text":"\\ud800"}'),
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "a" * 32, '{"text":"a","text":"b"}'),
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "a" * 32, '{"text":"' + "x" * 5000 + '"}'),
+        ("PATCH", f"/v1/rooms/{room}/messages/" + "a" * 32, '{"text":"x"}'),
+        ("DELETE", f"/v1/rooms/{room}/messages/" + "a" * 32, '{"idempotency_key":7}'),
+        ("DELETE", f"/v1/rooms/{room}/messages/" + "a" * 32, None),
     ]
     for method, path, body in cases:
         st, hdrs, data = _api(sec, method, path, body,

@@ -360,7 +360,13 @@ def test_garbage_requests(sec):
                '{"op":"read","room":"r","seq":"1"}', '{"op":"join","room":"r","rid":{"a":1}}',
                '{"op":"join","room":"r","rid":"' + "r" * 65 + '"}',
                '{"op":"join","room":"\\ud800"}', '{"op":"rooms"}{"op":"rooms"}',
-               '{"op":"rooms"} trailing']
+               '{"op":"rooms"} trailing',
+               # edit and delete (extension 3): a target that is not a message id
+               '{"op":"edit","room":"r","id":"../../etc","text":"x"}',
+               '{"op":"edit","room":"r","id":"' + "A" * 32 + '","text":"x"}',
+               '{"op":"delete","room":"r","id":["' + "a" * 32 + '"]}',
+               '{"op":"delete","room":"r","id":"' + "a" * 31 + '\\u0000"}',
+               '{"op":"edit","room":"r","id":"' + "a" * 32 + '","text":{"x":1}}']
     # (A UTF-8 BOM before the object is skipped by cJSON and served: harmless.)
 
     async def body():

@@ -445,6 +445,78 @@ static void test_record_roundtrip(void **state)
     assert_null(owner);
 }
 
+/* Extension 3: edit and delete parse to a target id, and their records
+ * survive the chat-send round trip and become edit/delete frames. */
+static void test_change_ops(void **state)
+{
+    (void)state;
+    static const char tid[] = "0123456789abcdef0123456789abcdef";
+    struct proto_req r;
+    char f[256];
+    snprintf(f, sizeof f, "{\"op\":\"edit\",\"room\":\"a\",\"id\":\"%s\",\"text\":\"hi\",\"cid\":\"e\"}", tid);
+    assert_int_equal(parse(f, &r), 0);
+    assert_int_equal(r.op, OP_EDIT);
+    assert_string_equal(r.target, tid);
+    assert_int_equal(r.text_len, 2);
+    assert_string_equal(r.cid, "e");
+    proto_req_free(&r);
+    snprintf(f, sizeof f, "{\"op\":\"delete\",\"room\":\"a\",\"id\":\"%s\"}", tid);
+    assert_int_equal(parse(f, &r), 0);
+    assert_int_equal(r.op, OP_DELETE);
+    assert_string_equal(r.target, tid);
+    assert_null(r.text);
+    proto_req_free(&r);
+    static const char *const bad[] = {
+        "{\"op\":\"delete\",\"room\":\"a\"}",
+        "{\"op\":\"delete\",\"room\":\"a\",\"id\":7}",
+        "{\"op\":\"delete\",\"room\":\"a\",\"id\":\"0123456789ABCDEF0123456789abcdef\"}",
+        "{\"op\":\"delete\",\"room\":\"a\",\"id\":\"0123456789abcdef0123456789abcdef0\"}",
+        "{\"op\":\"delete\",\"room\":\"a\",\"id\":\"0123456789abcdef0123456789abcde\"}",
+        "{\"op\":\"edit\",\"room\":\"a\",\"id\":\"0123456789abcdef0123456789abcdef\"}",
+        "{\"op\":\"edit\",\"room\":\"a\",\"id\":\"0123456789abcdef0123456789abcdef\",\"text\":\"\"}",
+        "{\"op\":\"delete\",\"room\":\"a\",\"id\":\"0123456789abcdef0123456789abcdef\",\"cid\":\"\"}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(parse(bad[i], &r), ERR_BAD_REQUEST);
+        proto_req_free(&r);
+    }
+    snprintf(f, sizeof f, "{\"op\":\"edit\",\"room\":\"a\",\"id\":\"%s\",\"text\":\"01234567890\"}", tid);
+    assert_int_equal(parse(f, &r), ERR_TOO_LARGE);
+    proto_req_free(&r);
+
+    char id[MSG_ID_LEN + 1];
+    record_msg_id(id, "lobby", 5, "amy", "d1");
+    struct chat_msg m = { .room = "lobby", .room_len = 5, .id = id, .from = "amy", .cid = "d1",
+                          .text = "", .ts = 5, .kind = MSG_KIND_DELETE, .target = tid, .mod = 1 };
+    size_t len;
+    char *val = record_send_encode(&m, &len);
+    struct chat_msg d;
+    void *owner;
+    assert_int_equal(record_send_decode("lobby", 5, val, len, &d, &owner), 0);
+    assert_int_equal(d.kind, MSG_KIND_DELETE);
+    assert_string_equal(d.target, tid);
+    assert_int_equal(d.mod, 1);
+    d.seq = 9;
+    char *frame = record_msg_frame(&d, &len);
+    char want[256];
+    snprintf(want, sizeof want, "{\"op\":\"delete\",\"room\":\"lobby\",\"seq\":9,\"id\":\"%s\",\"from\":\"amy\",\"cid\":\"d1\",\"target\":\"%s\",\"ts\":5}", id, tid);
+    assert_string_equal(frame, want);
+    assert_int_equal(record_msg_frame_ts(frame, len), 5);
+    free(frame);
+    free(val);
+    record_decoded_free(owner);
+    /* a kind without a valid target, or an edit without text, is refused */
+    static const char *const bad_rec[] = {
+        "{\"id\":\"0123456789abcdef0123456789abcdef\",\"from\":\"a\",\"text\":\"t\",\"ts\":1,\"kind\":\"edit\"}",
+        "{\"id\":\"0123456789abcdef0123456789abcdef\",\"from\":\"a\",\"text\":\"t\",\"ts\":1,\"kind\":\"zap\",\"target\":\"0123456789abcdef0123456789abcdef\"}",
+        "{\"id\":\"0123456789abcdef0123456789abcdef\",\"from\":\"a\",\"text\":\"\",\"ts\":1,\"kind\":\"edit\",\"target\":\"0123456789abcdef0123456789abcdef\"}",
+    };
+    for (size_t i = 0; i < sizeof bad_rec / sizeof *bad_rec; i++) {
+        assert_int_equal(record_send_decode("r", 1, bad_rec[i], strlen(bad_rec[i]), &d, &owner), ERR_BAD_REQUEST);
+        assert_null(owner);
+    }
+}
+
 /* ---- auth ---- */
 
 static void test_auth(void **state)
@@ -472,6 +544,12 @@ static void test_auth(void **state)
         assert_int_equal(auth_verify("k", t, now, &id, &why), ERR_UNAUTHORIZED);
         free(t);
     }
+    /* the server API's sender is reserved: a well-signed token naming it is refused */
+    t = auth_issue("k", "system", now, 60);
+    assert_non_null(t);
+    assert_int_equal(auth_verify("k", t, now, &id, &why), ERR_UNAUTHORIZED);
+    assert_string_equal(why, "sub is reserved (the server API's system sender)");
+    free(t);
     /* rotation: the previous secret is tried only after the current one */
     t = auth_issue("old", "amy", now, 60);
     assert_non_null(t);
@@ -669,6 +747,7 @@ int main(void)
         cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),
         cmocka_unit_test(test_proto_error_reply), cmocka_unit_test(test_jbuf_escaping),
         cmocka_unit_test(test_record_roundtrip), cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_change_ops),
         cmocka_unit_test(test_slab),           cmocka_unit_test(test_slab_metrics),
         cmocka_unit_test(test_slab_refuses_oversized),
         cmocka_unit_test(test_loopstat),

@@ -846,6 +846,9 @@ static void test_pg_migrate_in_place(void **state)
     assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'mi-norow'"), 3);
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_indexes "
                                     "WHERE indexname = 'messages_room_user_cid'"), 0);
+    /* 005: the rows from before are unedited messages, their text in place */
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'mi-a' AND kind = 'm' "
+                                    "AND target IS NULL AND edited IS NULL AND NOT deleted AND body = 'x'"), 7);
     /* retention deletes rows; the head stays */
     c = PQconnectdb(test_pg.uri);
     test_pg_exec(c, "DELETE FROM messages WHERE room = 'mi-a'");

@@ -91,6 +91,37 @@ test('join, send, receive across gateways; typing, presence; typed errors', { sk
   await report('bob', room, bob.got(room));
 });
 
+test('edits and deletes: live on the other gateway, applied to the store, caught up by a late client', { skip }, async () => {
+  const room = unique('mod');
+  const alice = client('alice', [URL(0)]);
+  const bob = client('bob', [URL(1)]);
+  await alice.join(room);
+  await bob.join(room);
+  const changes = [];
+  bob.on('edit', (e) => { if (e.room === room) changes.push(e); });
+  bob.on('delete', (e) => { if (e.room === room) changes.push(e); });
+  const { id } = await alice.send(room, 'hello');
+  await waitFor('bob has the message', () => bob.got(room).length === 1);
+  const ed = await alice.editMessage(room, id, 'hello, edited');
+  assert.equal(ed.target, id);
+  await waitFor('the edit on the other gateway', () => changes.length === 1);
+  assert.deepEqual([changes[0].op, changes[0].seq, changes[0].message.text, changes[0].message.edited], ['edit', 2, 'hello, edited', true]);
+  await assert.rejects(bob.editMessage(room, id, 'not mine'), (e) => e instanceof ChatError && e.code === 'forbidden');
+  await alice.deleteMessage(room, id);
+  await waitFor('the delete', () => changes.length === 2);
+  assert.deepEqual([changes[1].op, changes[1].seq, changes[1].message.deleted], ['delete', 3, true]);
+  assert.deepEqual(bob.messages(room).map((m) => [m.seq, m.text, !!m.deleted]), [[1, '', true]]);
+  // A client that joins later gets the message as it is now, then the changes.
+  const carol = client('carol', [URL(0)]);
+  const late = [];
+  carol.on('edit', (e) => late.push(e.op));
+  carol.on('delete', (e) => late.push(e.op));
+  await carol.join(room, { history: 10 });
+  await waitFor('carol caught up', () => carol.lastSeq(room) === 3);
+  assert.deepEqual(late, ['edit', 'delete']);
+  assert.deepEqual(carol.got(room).map((m) => [m.seq, m.text, !!m.deleted]), [[1, '', true]]);
+});
+
 test('an expired token: the provider is asked again, the client reconnects and catches up', { skip }, async () => {
   const room = unique('expiry');
   let calls = 0;

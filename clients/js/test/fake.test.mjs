@@ -280,3 +280,55 @@ test('a token provider that throws is reported (op "token") and asked again afte
   srv.sockets[0].open();
   assert.equal(c.state, 'connected');
 });
+
+test('edits and deletes: in seq order with the messages, applied to the store, through a gap sync', async (t) => {
+  const srv = fakeServer();
+  const c = make(srv, { rooms: { r: 0 } });
+  t.after(() => c.close());
+  const changes = [];
+  c.on('edit', (e) => changes.push(['edit', e.seq, e.target, e.message && e.message.text]));
+  c.on('delete', (e) => changes.push(['delete', e.seq, e.target, e.message && e.message.deleted]));
+  c.connect();
+  await until('socket', () => srv.sockets.length === 1);
+  const ws = srv.sockets[0];
+  ws.open();
+  await until('sync after hello', () => ws.reqs('sync').length === 1);
+  let s = ws.reqs('sync')[0];
+  ws.push({ op: 'history', rid: s.rid, room: 'r', messages: [msg('r', 1), msg('r', 2)], more: false });
+  await tick();
+  // live: an edit of 1
+  ws.push({ op: 'edit', room: 'r', seq: 3, id: 'e3', from: 'v', target: 'i1', text: 'one, better', ts: 2 });
+  // a delete of 2 at seq 5 arrives before seq 4 (an edit of 2): held, sync after 3
+  ws.push({ op: 'delete', room: 'r', seq: 5, id: 'd5', from: 'v', target: 'i2', ts: 3 });
+  await until('gap sync', () => ws.reqs('sync').length === 2);
+  s = ws.reqs('sync')[1];
+  assert.equal(s.after, 3);
+  assert.deepEqual(changes, [['edit', 3, 'i1', 'one, better']]);
+  ws.push({ op: 'history', rid: s.rid, room: 'r', more: false, messages: [
+    { op: 'edit', room: 'r', seq: 4, id: 'e4', from: 'v', target: 'i2', text: '', ts: 3 },
+    { op: 'delete', room: 'r', seq: 5, id: 'd5', from: 'v', target: 'i2', ts: 3 }] });
+  await tick();
+  ws.push({ op: 'delete', room: 'r', seq: 5, id: 'd5', from: 'v', target: 'i2', ts: 3 }); // redelivered: dropped
+  ws.push({ op: 'edit', room: 'r', seq: 6, id: 'e6', from: 'v', target: 'nope', text: 'x', ts: 4 }); // not held
+  await tick();
+  assert.deepEqual(changes, [['edit', 3, 'i1', 'one, better'], ['edit', 4, 'i2', 't2'],
+    ['delete', 5, 'i2', true], ['edit', 6, 'nope', null]]);
+  assert.deepEqual(c.got, [1, 2]); // edits and deletes are not 'message' events
+  assert.equal(c.lastSeq('r'), 6);
+  const now = c.messages('r');
+  assert.deepEqual(now.map((m) => [m.seq, m.text, !!m.edited, !!m.deleted]),
+    [[1, 'one, better', true, false], [2, '', false, true]]);
+  // the ops: a request with the target id and a cid, the ack's fields back
+  const p = c.editMessage('r', 'i1', 'again');
+  await until('edit request', () => ws.reqs('edit').length === 1);
+  const e = ws.reqs('edit')[0];
+  assert.deepEqual([e.room, e.id, e.text, typeof e.cid], ['r', 'i1', 'again', 'string']);
+  ws.push({ op: 'ack', rid: e.rid, room: 'r', id: 'e7', cid: e.cid, target: 'i1' });
+  assert.deepEqual(await p, { id: 'e7', target: 'i1', room: 'r', cid: e.cid });
+  const q = c.deleteMessage('r', 'i9', { cid: 'dd' });
+  await until('delete request', () => ws.reqs('delete').length === 1);
+  const d = ws.reqs('delete')[0];
+  assert.equal(d.cid, 'dd');
+  ws.push({ op: 'error', rid: d.rid, code: 'forbidden', message: 'only its sender may edit or delete a message' });
+  await assert.rejects(q, (err) => err instanceof ChatError && err.code === 'forbidden' && !err.retryable);
+});
