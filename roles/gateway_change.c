@@ -124,7 +124,7 @@ static void gw_on_change_target(int err, PGresult *res, void *ud)
 
 static void gw_change_lookup(struct gw_change *c)
 {
-    db_msg_target(c->g->pg, c->room, c->target, gw_on_change_target, c);
+    db_msg_target(gw_pg(c->g, c->user), c->room, c->target, gw_on_change_target, c);
 }
 
 void gw_change_submit(gateway_t *g, const char *room, const char *user, int mod, char kind,
