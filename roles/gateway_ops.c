@@ -216,7 +216,7 @@ static void gw_on_join_head(int err, int64_t head, void *ud)
 {
     struct gw_pending *p = ud;
     if (err == 0 && head < 0) { /* the seq key is gone (Redis restarted): re-seed */
-        db_max_seq(gw_pg(p->g, p->room), p->room, gw_on_join_max, p);
+        db_max_seq(gw_pg(p->g, p->user), p->room, gw_on_join_max, p);
         return;
     }
     gw_join_reply(p, err, head);
