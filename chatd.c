@@ -295,8 +295,12 @@ static int chatd_ensure_topics(struct chatd *d)
 static int chatd_start_roles(struct chatd *d)
 {
     const struct conf *c = &d->conf;
-    int rc = redis_client_init(&d->redis, d->loop, c->redis, (unsigned)c->backend_timeout_ms,
-                               chatd_on_redis_connect, d);
+    int rc = c->redis_sentinels[0]
+                 ? redis_client_init_sentinel(&d->redis, d->loop, c->redis, c->redis_sentinels,
+                                              c->redis_master, (unsigned)c->backend_timeout_ms,
+                                              chatd_on_redis_connect, d)
+                 : redis_client_init(&d->redis, d->loop, c->redis, (unsigned)c->backend_timeout_ms,
+                                     chatd_on_redis_connect, d);
     if (rc == 0)
         rc = routes_init(&d->routes, d->loop, d->redis, c->receive_partitions, CHATD_DEDUP_TTL_S);
     if (rc == 0)

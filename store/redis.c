@@ -36,6 +36,7 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
+#include "store/sentinel.h"
 
 #define REDIS_CLIENT_MAGIC 0x52434c49u
 #define REDIS_CMD_MAGIC 0x52434d44u
@@ -78,6 +79,7 @@ struct redis_client {
     unsigned timeout_ms;
     redis_connect_cb on_connect;
     void *user;
+    sentinel_t *sentinel;         /* NULL: url's host and port; else the master they name */
     redisAsyncContext *ac;
     uint64_t connect_deadline_ms;
     uint64_t timer_due_ms; /* when deadline_timer fires, if active */
@@ -452,10 +454,20 @@ static struct redis_script redis_scripts[REDIS_SCRIPTS_MAX];
 static size_t redis_n_scripts;
 
 /* A new connection is set up before callers may use it: AUTH when the URL
- * has a password, SELECT when db != 0, then SCRIPT LOAD of every script. */
-enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_SCRIPTS, REDIS_SETUP_DONE };
+ * has a password, SELECT when db != 0, ROLE when the address came from the
+ * Sentinels (they may still name a master that has just been demoted, or
+ * the old master may be back as a replica), then SCRIPT LOAD of every
+ * script: a promoted replica has none cached. */
+enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_ROLE, REDIS_SETUP_SCRIPTS, REDIS_SETUP_DONE };
 
 static void redis_on_setup(int err, redisReply *reply, void *user);
+
+static int redis_role_is_master(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+           reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len == 6 &&
+           memcmp(reply->element[0]->str, "master", 6) == 0;
+}
 
 static void redis_setup_next(redis_client_t *r)
 {
@@ -466,6 +478,8 @@ static void redis_setup_next(redis_client_t *r)
     if (r->setup == REDIS_SETUP_AUTH && !r->url.password[0])
         r->setup = REDIS_SETUP_SELECT;
     if (r->setup == REDIS_SETUP_SELECT && r->url.db == 0)
+        r->setup = REDIS_SETUP_ROLE;
+    if (r->setup == REDIS_SETUP_ROLE && !r->sentinel)
         r->setup = REDIS_SETUP_SCRIPTS;
     if (r->setup == REDIS_SETUP_SCRIPTS && r->setup_script >= redis_n_scripts)
         r->setup = REDIS_SETUP_DONE;
@@ -478,6 +492,8 @@ static void redis_setup_next(redis_client_t *r)
         if (r->url.user[0])
             argv[argc++] = r->url.user;
         argv[argc++] = r->url.password;
+    } else if (r->setup == REDIS_SETUP_ROLE) {
+        argv[argc++] = "ROLE";
     } else if (r->setup == REDIS_SETUP_SCRIPTS) {
         argv[argc++] = "SCRIPT";
         argv[argc++] = "LOAD";
@@ -508,6 +524,7 @@ static void redis_on_setup(int err, redisReply *reply, void *user)
         /* The reply (e.g. WRONGPASS) names the problem, never the password. */
         log_error(r->setup == REDIS_SETUP_AUTH     ? "redis_auth_failed"
                   : r->setup == REDIS_SETUP_SELECT ? "redis_select_failed"
+                  : r->setup == REDIS_SETUP_ROLE   ? "redis_role_failed"
                                                    : "redis_script_load_failed",
                   "host=%s port=%d db=%d user=%s err=%s", r->url.host, r->url.port, r->url.db,
                   r->url.user[0] ? log_q(r->url.user, strlen(r->url.user)) : "default",
@@ -518,6 +535,16 @@ static void redis_on_setup(int err, redisReply *reply, void *user)
     }
     if (r->state != REDIS_ST_CONNECTING)
         return;
+    if (r->setup == REDIS_SETUP_ROLE && !redis_role_is_master(reply)) {
+        log_warn("redis_not_master", "host=%s port=%d role=%s", r->url.host, r->url.port,
+                 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+                         reply->element[0]->type == REDIS_REPLY_STRING
+                     ? log_q(reply->element[0]->str, reply->element[0]->len)
+                     : "unknown");
+        metric_inc(redis_m_errors);
+        redis_drop(r);
+        return;
+    }
     if (r->setup == REDIS_SETUP_SCRIPTS)
         r->setup_script++;
     else
@@ -620,7 +647,7 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
     redis_connect_ip(r, ip);
 }
 
-static void redis_connect_start(redis_client_t *r)
+static void redis_resolve_start(redis_client_t *r)
 {
     struct addrinfo hints = {0};
     hints.ai_family = AF_UNSPEC;
@@ -634,6 +661,37 @@ static void redis_connect_start(redis_client_t *r)
         return;
     }
     r->resolving = 1;
+}
+
+static void redis_on_sentinel(int err, const char *host, int port, void *user)
+{
+    redis_client_t *r = user;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    if (r->state == REDIS_ST_CLOSING)
+        return;
+    if (err != 0) { /* logged by sentinel.c */
+        metric_inc(redis_m_errors);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    if (strcmp(host, r->url.host) != 0 || port != r->url.port) {
+        log_info("redis_master_changed", "host=%s port=%d was=%s:%d", host, port,
+                 r->url.host[0] ? r->url.host : "none", r->url.port);
+        snprintf(r->url.host, sizeof r->url.host, "%s", host);
+        r->url.port = port;
+    }
+    redis_resolve_start(r);
+}
+
+/* With Sentinels, every (re)connection asks them first: a connection that
+ * failed or was refused a write may mean the master moved. */
+static void redis_connect_start(redis_client_t *r)
+{
+    r->state = REDIS_ST_RESOLVING;
+    if (r->sentinel)
+        sentinel_query(r->sentinel, redis_on_sentinel, r);
+    else
+        redis_resolve_start(r);
 }
 
 /* ---- timers ---- */
@@ -720,9 +778,19 @@ static int redis_is_noscript(const redisReply *reply)
            strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
+/* A write refused by a replica (READONLY, also inside a script) or a replica
+ * cut from its master (MASTERDOWN): the node we hold is no longer the
+ * master, e.g. an old master rejoined as a replica after a failover. */
+static int redis_is_not_master(const redisReply *reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str)
+        return 0;
+    return strncmp(reply->str, "READONLY", 8) == 0 || strncmp(reply->str, "MASTERDOWN", 10) == 0 ||
+           strstr(reply->str, "read only replica") != NULL;
+}
+
 static void redis_on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
     struct redis_cmd *e = priv;
     CHATD_ASSERT(e && e->magic == REDIS_CMD_MAGIC);
     redis_client_t *r = e->r;
@@ -745,14 +813,21 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *priv)
         free(argv);
         return;
     }
+    if (redis_is_not_master(reply) && r->ac == ac && r->state == REDIS_ST_UP) {
+        /* Reconnect (through the Sentinels, if any); the caller retries. */
+        log_warn("redis_not_master", "host=%s port=%d err=%s", r->url.host, r->url.port,
+                 log_q(((redisReply *)reply)->str, ((redisReply *)reply)->len));
+        redis_drop(r);
+    }
     redis_deliver(e, 0, reply);
     redis_cmd_free(e);
 }
 
 /* ---- public API ---- */
 
-int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
-                      unsigned timeout_ms, redis_connect_cb on_connect, void *user)
+static int redis_client_new(redis_client_t **out, uv_loop_t *loop, const char *url,
+                            const char *sentinels, const char *master, unsigned timeout_ms,
+                            redis_connect_cb on_connect, void *user)
 {
     *out = NULL;
     redis_client_t *r = calloc(1, sizeof *r);
@@ -763,6 +838,13 @@ int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
         free(r);
         return ERR_BAD_REQUEST;
     }
+    if (sentinels && sentinel_init(&r->sentinel, loop, sentinels, master, r->url.user,
+                                   r->url.password, timeout_ms) != 0) {
+        free(r);
+        return ERR_BAD_REQUEST;
+    }
+    if (r->sentinel) /* not a guess: the address comes from the Sentinels */
+        r->url.host[0] = '\0', r->url.port = 0;
     redis_metrics_init();
     r->magic = REDIS_CLIENT_MAGIC;
     r->loop = loop;
@@ -778,6 +860,19 @@ int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
     redis_connect_start(r);
     *out = r;
     return 0;
+}
+
+int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
+                      unsigned timeout_ms, redis_connect_cb on_connect, void *user)
+{
+    return redis_client_new(out, loop, url, NULL, NULL, timeout_ms, on_connect, user);
+}
+
+int redis_client_init_sentinel(redis_client_t **out, uv_loop_t *loop, const char *url,
+                               const char *sentinels, const char *master, unsigned timeout_ms,
+                               redis_connect_cb on_connect, void *user)
+{
+    return redis_client_new(out, loop, url, sentinels, master, timeout_ms, on_connect, user);
 }
 
 int redis_client_ready(const redis_client_t *r)
@@ -884,6 +979,8 @@ void redis_client_close(redis_client_t *r)
     uv_timer_stop(&r->deadline_timer);
     if (r->resolving)
         uv_cancel((uv_req_t *)&r->gai);
+    sentinel_close(r->sentinel); /* a query in flight: ERR_CANCELLED, ignored */
+    r->sentinel = NULL;
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
     if (ac)
