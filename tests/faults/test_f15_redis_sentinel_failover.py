@@ -51,3 +51,19 @@ def test_redis_sentinel_failover(make_cluster):
         await run.close()
         res.assert_ok()
     harness.run_bounded(body(), 120)
+
+
+def test_sentinel_flags_refused():
+    """A bad Sentinel list or master name is a bad flag: exit 2 with the
+    flag named, before any backend is waited for."""
+    import subprocess
+    for args, env, want in (
+            (["--redis-sentinels=a:0"], {}, b"--redis-sentinels"),
+            (["--redis-sentinels=a:1,,b"], {}, b"--redis-sentinels"),
+            ([], {"CHATD_REDIS_SENTINELS": "[::1"}, b"--redis-sentinels"),
+            (["--redis-sentinels=a,b:26380", "--redis-master-name=my master"], {},
+             b"--redis-master-name")):
+        r = subprocess.run([harness.CHATD_BIN, "--role=all", "--dev-tokens", "--migrate-wait=0"]
+                           + args, env=harness.chatd_env(env), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=20)
+        assert r.returncode == 2 and want in r.stdout, (args, env, r.returncode, r.stdout)
