@@ -46,6 +46,11 @@
  * while a failover runs is down: a short cap follows the switch within a
  * second (fault 15: the gateways connected 2.2 s after it with the 5 s cap). */
 #define REDIS_SENTINEL_BACKOFF_MAX_MS 1000
+/* While connected, the Sentinels are asked this often whether the master
+ * moved: a failover that left our connection up (a partition between the
+ * old master and the Sentinels, chatd still reaching it) would otherwise
+ * keep chatd writing where nobody reads until the partition heals. */
+#define REDIS_SENTINEL_CHECK_MS 5000
 #define REDIS_CONNECT_MIN_MS 1000 /* connect deadline floor: a short command deadline is no reason to give up on TCP */
 
 enum redis_state {
@@ -93,6 +98,7 @@ struct redis_client {
     uv_getaddrinfo_t gai;
     uv_timer_t deadline_timer;
     uv_timer_t reconnect_timer;
+    uv_timer_t check_timer; /* Sentinels only: is the master still where we are? */
     uv_timer_t defer_timer;
     int open_handles;
     struct redis_cmd *fifo_head, *fifo_tail;   /* held by hiredis */
@@ -434,8 +440,13 @@ static void redis_send(redis_client_t *r, struct redis_cmd *e, int argc, const c
     redis_fifo_push(r, e);
 }
 
+static void redis_on_check_timer(uv_timer_t *t);
+
 static void redis_become_up(redis_client_t *r)
 {
+    if (r->sentinel)
+        uv_timer_start(&r->check_timer, redis_on_check_timer, REDIS_SENTINEL_CHECK_MS,
+                       REDIS_SENTINEL_CHECK_MS);
     r->state = REDIS_ST_UP;
     r->attempts = 0;
     r->notify_connect = 1;
@@ -704,8 +715,38 @@ static void redis_connect_start(redis_client_t *r)
 static void redis_on_reconnect_timer(uv_timer_t *t)
 {
     redis_client_t *r = t->data;
-    if (r->state == REDIS_ST_DOWN)
-        redis_connect_start(r);
+    if (r->state != REDIS_ST_DOWN)
+        return;
+    if (r->sentinel && sentinel_busy(r->sentinel)) { /* a check is asking: go right after it */
+        uv_timer_start(&r->reconnect_timer, redis_on_reconnect_timer, 50, 0);
+        return;
+    }
+    redis_connect_start(r);
+}
+
+static void redis_on_sentinel_check(int err, const char *host, int port, void *user)
+{
+    redis_client_t *r = user;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    /* No answer: keep the master we have (the Sentinels may be the ones cut off). */
+    if (err != 0 || r->state != REDIS_ST_UP)
+        return;
+    if (strcmp(host, r->url.host) == 0 && port == r->url.port)
+        return;
+    log_warn("redis_master_moved", "host=%s port=%d now=%s:%d", r->url.host, r->url.port, host, port);
+    metric_inc(redis_m_errors);
+    redis_drop(r);
+}
+
+static void redis_on_check_timer(uv_timer_t *t)
+{
+    redis_client_t *r = t->data;
+    if (r->state != REDIS_ST_UP) {
+        uv_timer_stop(t); /* restarted when up again */
+        return;
+    }
+    if (!sentinel_busy(r->sentinel))
+        sentinel_query(r->sentinel, redis_on_sentinel_check, r);
 }
 
 static void redis_on_deadline(uv_timer_t *t)
@@ -768,7 +809,8 @@ static void redis_on_defer_timer(uv_timer_t *t)
         redis_cmd_free(e);
     }
     if (r->state == REDIS_ST_CLOSING && !r->ac && !r->resolving && !r->fifo_head &&
-        r->open_handles == 3 && !uv_is_closing((uv_handle_t *)&r->defer_timer)) {
+        r->open_handles == 4 && !uv_is_closing((uv_handle_t *)&r->defer_timer)) {
+        uv_close((uv_handle_t *)&r->check_timer, redis_on_handle_closed);
         uv_close((uv_handle_t *)&r->deadline_timer, redis_on_handle_closed);
         uv_close((uv_handle_t *)&r->reconnect_timer, redis_on_handle_closed);
         uv_close((uv_handle_t *)&r->defer_timer, redis_on_handle_closed);
@@ -783,14 +825,17 @@ static int redis_is_noscript(const redisReply *reply)
            strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
-/* A write refused by a replica (READONLY, also inside a script) or a replica
- * cut from its master (MASTERDOWN): the node we hold is no longer the
- * master, e.g. an old master rejoined as a replica after a failover. */
+/* A write refused by a replica (READONLY, also inside a script), a replica
+ * cut from its master (MASTERDOWN), or a master cut from its replicas
+ * (NOREPLICAS, with min-replicas-to-write): the node we hold is no longer
+ * (or soon not) the master, e.g. an old master rejoined as a replica after
+ * a failover, or one isolated while the Sentinels promote another. */
 static int redis_is_not_master(const redisReply *reply)
 {
     if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str)
         return 0;
     return strncmp(reply->str, "READONLY", 8) == 0 || strncmp(reply->str, "MASTERDOWN", 10) == 0 ||
+           strncmp(reply->str, "NOREPLICAS", 10) == 0 ||
            strstr(reply->str, "read only replica") != NULL;
 }
 
@@ -858,9 +903,11 @@ static int redis_client_new(redis_client_t **out, uv_loop_t *loop, const char *u
     r->user = user;
     uv_timer_init(loop, &r->deadline_timer);
     uv_timer_init(loop, &r->reconnect_timer);
+    uv_timer_init(loop, &r->check_timer);
+    r->check_timer.data = r;
     uv_timer_init(loop, &r->defer_timer);
     r->deadline_timer.data = r->reconnect_timer.data = r->defer_timer.data = r;
-    r->open_handles = 3;
+    r->open_handles = 4;
     redis_set_up(0);
     redis_connect_start(r);
     *out = r;
@@ -981,6 +1028,7 @@ void redis_client_close(redis_client_t *r)
     r->state = REDIS_ST_CLOSING;
     redis_set_up(0);
     uv_timer_stop(&r->reconnect_timer);
+    uv_timer_stop(&r->check_timer);
     uv_timer_stop(&r->deadline_timer);
     if (r->resolving)
         uv_cancel((uv_req_t *)&r->gai);

@@ -900,7 +900,7 @@ static pid_t test_redis_spawn(int port, int replica_of)
 }
 
 /* A blocking admin command on another connection (the test's own hand). */
-static void test_redis_admin(int port, const char *a0, const char *a1, const char *a2)
+static void test_redis_admin(int port, const char *a0, const char *a1, const char *a2, const char *a3)
 {
     redisContext *c = NULL;
     for (int i = 0; i < 50 && (!c || c->err); i++) { /* the port opens before it serves */
@@ -911,8 +911,8 @@ static void test_redis_admin(int port, const char *a0, const char *a1, const cha
         c = redisConnect("127.0.0.1", port);
     }
     assert_true(c && !c->err);
-    const char *argv[3] = {a0, a1, a2};
-    redisReply *rep = redisCommandArgv(c, a2 ? 3 : 2, argv, NULL);
+    const char *argv[4] = {a0, a1, a2, a3};
+    redisReply *rep = redisCommandArgv(c, a3 ? 4 : a2 ? 3 : 2, argv, NULL);
     assert_non_null(rep);
     if (rep->type == REDIS_REPLY_ERROR)
         fail_msg("%s %s on %d: %s", a0, a1, port, rep->str);
@@ -986,10 +986,10 @@ static void test_redis_sentinel_follows(void **state)
     assert_string_equal(t.str, "OK");
 
     /* a switch under the client: b promoted, a made its replica */
-    test_redis_admin(pb, "REPLICAOF", "NO", "ONE");
+    test_redis_admin(pb, "REPLICAOF", "NO", "ONE", NULL);
     char bport[16];
     snprintf(bport, sizeof bport, "%d", pb);
-    test_redis_admin(pa, "REPLICAOF", "127.0.0.1", bport);
+    test_redis_admin(pa, "REPLICAOF", "127.0.0.1", bport, NULL);
     fs.names_port = pb;
     int before = test_redis_connects;
     test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "b");
@@ -1008,6 +1008,26 @@ static void test_redis_sentinel_follows(void **state)
     assert_string_equal(got->str, "c"); /* written on the new master */
     freeReplyObject(got);
     redisFree(bc);
+
+    /* b cut from its replicas (min-replicas-to-write) while a is made the
+     * master: NOREPLICAS sends the client to the Sentinels at once, not at
+     * the next periodic check (5 s) */
+    test_redis_admin(pa, "REPLICAOF", "NO", "ONE", NULL);
+    test_redis_admin(pb, "CONFIG", "SET", "min-replicas-to-write", "1");
+    fs.names_port = pa;
+    before = test_redis_connects;
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "d");
+    assert_int_equal(t.type, REDIS_REPLY_ERROR);
+    assert_memory_equal(t.str, "NOREPLICAS", 10);
+    assert_int_equal(test_wait_count(&loop, &test_redis_connects, before + 1, 2000), 0);
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "e");
+    assert_string_equal(t.str, "OK");
+
+    /* the Sentinels move the master while the connection stays healthy:
+     * the periodic check follows */
+    fs.names_port = pb;
+    before = test_redis_connects;
+    assert_int_equal(test_wait_count(&loop, &test_redis_connects, before + 1, 8000), 0);
     redis_client_close(r);
     uv_close((uv_handle_t *)&fs.server, NULL);
     test_loop_finish(&loop);
