@@ -362,6 +362,14 @@ static const char *pg_list_rotated(const struct pg_list *l, int first, char *out
     return out;
 }
 
+static const char *pg_opt(const pg_client_t *c, const char *kw)
+{
+    for (PQconninfoOption *o = c->opts; o->keyword; o++)
+        if (strcmp(o->keyword, kw) == 0)
+            return o->val;
+    return NULL;
+}
+
 static int pg_is_host_kw(const pg_client_t *c, const char *kw)
 {
     return c->hosts.n > 1 &&
@@ -399,15 +407,19 @@ static void pg_connect_begin(pg_client_t *c)
         kw[n] = "hostaddr", val[n++] = c->hostaddr;
     } else if (c->resolve_host) {
         kw[n] = "host", val[n++] = c->resolve_host;
-    } else if (c->hosts.n > 1) { /* a list of one value applies to every host: kept */
+    } else if (c->hosts.n > 1) {
+        /* One port (or hostaddr) for all hosts is kept; a list that does
+         * not match the hosts goes to libpq as given, which refuses it. */
         kw[n] = "host", val[n++] = pg_list_rotated(&c->hosts, c->host_first, c->rot_host, sizeof c->rot_host);
         if (c->ports.n == c->hosts.n)
             kw[n] = "port", val[n++] = pg_list_rotated(&c->ports, c->host_first, c->rot_port, sizeof c->rot_port);
-        else if (c->ports.n == 1)
-            kw[n] = "port", val[n++] = c->ports.v[0];
+        else if (c->ports.n > 0)
+            kw[n] = "port", val[n++] = pg_opt(c, "port");
         if (c->hostaddrs.n == c->hosts.n)
             kw[n] = "hostaddr", val[n++] = pg_list_rotated(&c->hostaddrs, c->host_first, c->rot_hostaddr,
                                                           sizeof c->rot_hostaddr);
+        else if (c->hostaddrs.n > 0)
+            kw[n] = "hostaddr", val[n++] = pg_opt(c, "hostaddr");
     }
     kw[n] = NULL, val[n] = NULL;
     PGconn *conn = PQconnectStartParams(kw, val, 0);
