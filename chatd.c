@@ -30,6 +30,7 @@
 #include "store/migrate.h"
 #include "store/redis.h"
 #include "store/routes.h"
+#include "store/sentinel.h"
 
 /* Lifetime of a message id's seq in Redis. Only a cache: past it the
  * classifier learns the seq from PostgreSQL (roles/classifier.h, step 1). */
@@ -292,11 +293,36 @@ static int chatd_ensure_topics(struct chatd *d)
     return rc;
 }
 
+/* Checked here, not in conf/ (whose fuzz target links no store/): a bad
+ * list is a bad flag, refused before any backend is waited for. */
+static int chatd_check_sentinels(const struct conf *c)
+{
+    struct sentinel_addr a[SENTINEL_MAX];
+    size_t n;
+    size_t ml = strlen(c->redis_master);
+    if (!c->redis_sentinels[0])
+        return 0;
+    if (sentinel_list_parse(c->redis_sentinels, a, SENTINEL_MAX, &n) != 0) {
+        fprintf(stderr, "chatd: invalid value for --redis-sentinels: '%s' (HOST[:PORT],..., at most %d)\n",
+                c->redis_sentinels, SENTINEL_MAX);
+        return -1;
+    }
+    if (ml == 0 || strcspn(c->redis_master, " \r\n") != ml) {
+        fprintf(stderr, "chatd: invalid value for --redis-master-name: '%s'\n", c->redis_master);
+        return -1;
+    }
+    return 0;
+}
+
 static int chatd_start_roles(struct chatd *d)
 {
     const struct conf *c = &d->conf;
-    int rc = redis_client_init(&d->redis, d->loop, c->redis, (unsigned)c->backend_timeout_ms,
-                               chatd_on_redis_connect, d);
+    int rc = c->redis_sentinels[0]
+                 ? redis_client_init_sentinel(&d->redis, d->loop, c->redis, c->redis_sentinels,
+                                              c->redis_master, (unsigned)c->backend_timeout_ms,
+                                              chatd_on_redis_connect, d)
+                 : redis_client_init(&d->redis, d->loop, c->redis, (unsigned)c->backend_timeout_ms,
+                                     chatd_on_redis_connect, d);
     if (rc == 0)
         rc = routes_init(&d->routes, d->loop, d->redis, c->receive_partitions, CHATD_DEDUP_TTL_S);
     if (rc == 0)
@@ -435,6 +461,8 @@ int main(int argc, char **argv)
     int rc = conf_load(&d.conf, argc, argv);
     if (rc != 0)
         return rc > 0 ? 0 : 2;
+    if (chatd_check_sentinels(&d.conf) != 0)
+        return 2;
     signal(SIGPIPE, SIG_IGN);
     log_init(d.conf.log_level, conf_role_name(d.conf.role),
              chatd_has_gateway(&d) ? d.conf.gateway_id : -1);

@@ -56,6 +56,11 @@ static const struct conf_flag conf_flags[] = {
     F_STR("redis", redis, "redis://127.0.0.1:6379/0",
           "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (percent-escape @ : / in the password; "
           "with a password, set CHATD_REDIS from a secret, not the flag: argv is visible in ps)"),
+    F_STR("redis-sentinels", redis_sentinels, "",
+          "HOST[:PORT],... of Redis Sentinels (port 26379 when absent): chatd asks them for the "
+          "master, checks it with ROLE and follows a failover; --redis then gives only the "
+          "credentials (also AUTH to the Sentinels) and db. '' = no Sentinel"),
+    F_STR("redis-master-name", redis_master, "mymaster", "the master name the Sentinels monitor"),
     F_STR("pg", pg, "host=127.0.0.1 port=5432 dbname=chatd user=chatd", "libpq conninfo or postgresql:// URI"),
     { "dev-tokens", T_BOOL, offsetof(struct conf, dev_tokens), 0, "0", 0, 0,
       "enable POST /api/dev/token (demo only: anyone can become anyone)" },

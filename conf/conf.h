@@ -37,6 +37,8 @@ struct conf {
     const char *kafka_opts[CONF_MAX_KAFKA_OPTS];
     size_t n_kafka_opts;
     char redis[256];
+    char redis_sentinels[1024];  /* "" = --redis names the server; else HOST:PORT,... of Sentinels */
+    char redis_master[128];      /* the master name the Sentinels monitor */
     char pg[512];
     int dev_tokens;
     int fault_injection;         /* broker: /faults/ HTTP API (tests only) */

@@ -15,7 +15,18 @@
  * handed to libpq as `hostaddr` (all addresses, libpq tries them in turn), so
  * PQconnectPoll never blocks on DNS. Not covered: several comma-separated
  * hosts, and a host taken from PGHOST / service files rather than conninfo;
- * libpq resolves those itself, blocking.
+ * libpq resolves those itself, blocking (give IP addresses, or names the
+ * resolver answers from its cache).
+ *
+ * Several hosts (host=a,b port=x,y target_session_attrs=read-write, a
+ * primary and its standbys): libpq tries them in order within one attempt,
+ * skipping refused and read-only ones, so a switchover is followed by the
+ * next reconnect. But in non-blocking mode libpq enforces no
+ * connect_timeout: a host that swallows packets (a dead node's address)
+ * holds the attempt until our connect deadline, and an attempt restarted
+ * from the same first host never reached the others. So each attempt lists
+ * the hosts from host_first on, and a connect timeout moves host_first to
+ * the next one.
  *
  * The socket may change between PQconnectPoll calls (libpq retries another
  * address or drops SSL), and a new socket can reuse the old fd number, so
@@ -43,6 +54,7 @@
 #define PG_STATEMENT_GRACE_DIV 4 /* statement_timeout: the deadline + a quarter */
 #define PG_ABANDON_GRACE_MS 2000 /* for the server's cancel of a timed-out query to arrive */
 #define PG_MAX_ADDRS 8
+#define PG_MAX_HOSTS 16
 
 enum pg_state { PG_ST_DOWN, PG_ST_RESOLVING, PG_ST_CONNECTING, PG_ST_UP, PG_ST_CLOSING };
 
@@ -58,6 +70,13 @@ struct pg_query_req {
     uint64_t preparing; /* bit of the statement whose PREPARE's results come first, or 0 */
     PGresult *res;    /* first result */
     struct pg_query_req *next;
+};
+
+/* A comma-separated conninfo value split in place (host, port, hostaddr). */
+struct pg_list {
+    char buf[1024];
+    const char *v[PG_MAX_HOSTS];
+    int n;
 };
 
 struct pg_client {
@@ -85,6 +104,9 @@ struct pg_client {
     unsigned inflight;
     uint64_t prepared; /* bit i: statement id i+1 is prepared on this connection */
     char options[512]; /* the conninfo's options plus statement_timeout */
+    struct pg_list hosts, ports, hostaddrs; /* n > 1: rotated by host_first */
+    int host_first;
+    char rot_host[1024], rot_port[1024], rot_hostaddr[1024];
     struct pg_query_req *fifo_head, *fifo_tail;
     struct pg_query_req *defer_head, *defer_tail;
 };
@@ -324,6 +346,50 @@ static void pg_reset(pg_client_t *c, const char *why)
     pg_schedule_reconnect(c);
 }
 
+static int pg_list_split(struct pg_list *l, const char *s)
+{
+    l->n = 0;
+    if (!s || !*s)
+        return 0;
+    if (strlen(s) >= sizeof l->buf)
+        return -1;
+    strcpy(l->buf, s);
+    for (char *p = l->buf;;) {
+        if (l->n == PG_MAX_HOSTS)
+            return -1;
+        l->v[l->n++] = p;
+        char *comma = strchr(p, ',');
+        if (!comma)
+            return 0;
+        *comma = '\0';
+        p = comma + 1;
+    }
+}
+
+/* l's entries from first on, wrapping: "b,c,a" for first 1. */
+static const char *pg_list_rotated(const struct pg_list *l, int first, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (int i = 0; i < l->n && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? "," : "", l->v[(first + i) % l->n]);
+    return out;
+}
+
+static const char *pg_opt(const pg_client_t *c, const char *kw)
+{
+    for (PQconninfoOption *o = c->opts; o->keyword; o++)
+        if (strcmp(o->keyword, kw) == 0)
+            return o->val;
+    return NULL;
+}
+
+static int pg_is_host_kw(const pg_client_t *c, const char *kw)
+{
+    return c->hosts.n > 1 &&
+           (strcmp(kw, "host") == 0 || strcmp(kw, "port") == 0 || strcmp(kw, "hostaddr") == 0);
+}
+
 static void pg_connect_begin(pg_client_t *c)
 {
     const char *kw[64], *val[64];
@@ -346,7 +412,7 @@ static void pg_connect_begin(pg_client_t *c)
     kw[n] = "options", val[n++] = c->options;
     for (PQconninfoOption *o = c->opts; o->keyword && n < 60; o++)
         if (o->val && !(c->resolve_host && strcmp(o->keyword, "host") == 0) &&
-            strcmp(o->keyword, "options") != 0) {
+            strcmp(o->keyword, "options") != 0 && !pg_is_host_kw(c, o->keyword)) {
             kw[n] = o->keyword;
             val[n++] = o->val;
         }
@@ -355,6 +421,19 @@ static void pg_connect_begin(pg_client_t *c)
         kw[n] = "hostaddr", val[n++] = c->hostaddr;
     } else if (c->resolve_host) {
         kw[n] = "host", val[n++] = c->resolve_host;
+    } else if (c->hosts.n > 1) {
+        /* One port (or hostaddr) for all hosts is kept; a list that does
+         * not match the hosts goes to libpq as given, which refuses it. */
+        kw[n] = "host", val[n++] = pg_list_rotated(&c->hosts, c->host_first, c->rot_host, sizeof c->rot_host);
+        if (c->ports.n == c->hosts.n)
+            kw[n] = "port", val[n++] = pg_list_rotated(&c->ports, c->host_first, c->rot_port, sizeof c->rot_port);
+        else if (c->ports.n > 0)
+            kw[n] = "port", val[n++] = pg_opt(c, "port");
+        if (c->hostaddrs.n == c->hosts.n)
+            kw[n] = "hostaddr", val[n++] = pg_list_rotated(&c->hostaddrs, c->host_first, c->rot_hostaddr,
+                                                          sizeof c->rot_hostaddr);
+        else if (c->hostaddrs.n > 0)
+            kw[n] = "hostaddr", val[n++] = pg_opt(c, "hostaddr");
     }
     kw[n] = NULL, val[n] = NULL;
     PGconn *conn = PQconnectStartParams(kw, val, 0);
@@ -403,8 +482,9 @@ static void pg_connect_step(pg_client_t *c)
     c->state = PG_ST_UP;
     c->attempts = 0;
     pg_up_set(c, 1);
-    log_info("pg_connected", "server_version=%d backend_pid=%d", PQserverVersion(c->conn),
-             PQbackendPID(c->conn));
+    log_info("pg_connected", "host=%s port=%s server_version=%d backend_pid=%d",
+             PQhost(c->conn) ? PQhost(c->conn) : "-", PQport(c->conn) ? PQport(c->conn) : "-",
+             PQserverVersion(c->conn), PQbackendPID(c->conn));
 }
 
 static void pg_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -599,6 +679,11 @@ static void pg_on_deadline(uv_timer_t *t)
     pg_client_t *c = t->data;
     uint64_t now = uv_now(c->loop);
     if (c->state == PG_ST_CONNECTING && now >= c->connect_deadline_ms) {
+        if (c->hosts.n > 1) { /* the next attempt starts after the host that held this one */
+            log_warn("pg_connect_timeout", "host=%s port=%s", PQhost(c->conn) ? PQhost(c->conn) : "-",
+                     PQport(c->conn) ? PQport(c->conn) : "-");
+            c->host_first = (c->host_first + 1) % c->hosts.n;
+        }
         pg_reset(c, "connect_timeout");
         return;
     }
@@ -726,6 +811,19 @@ int pg_client_init(pg_client_t **out, uv_loop_t *loop, const char *conninfo, uns
     if (host && *host && !(hostaddr && *hostaddr) && host[0] != '/' && host[0] != '@' &&
         !strchr(host, ',') && !pg_is_numeric_host(host))
         c->resolve_host = host;
+    const char *port = NULL;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
+    if (host && strchr(host, ',') &&
+        (pg_list_split(&c->hosts, host) < 0 || pg_list_split(&c->ports, port) < 0 ||
+         pg_list_split(&c->hostaddrs, hostaddr) < 0)) {
+        log_error("pg_conninfo_invalid", "err=\"more than %d hosts, or host/port lists too long\"",
+                  PG_MAX_HOSTS);
+        PQconninfoFree(opts);
+        free(c);
+        return ERR_BAD_REQUEST;
+    }
     uv_timer_init(loop, &c->deadline_timer);
     uv_timer_init(loop, &c->reconnect_timer);
     uv_timer_init(loop, &c->defer_timer);

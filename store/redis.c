@@ -36,11 +36,21 @@
 #include "lib/log.h"
 #include "lib/metrics.h"
 #include "lib/slab.h"
+#include "store/sentinel.h"
 
 #define REDIS_CLIENT_MAGIC 0x52434c49u
 #define REDIS_CMD_MAGIC 0x52434d44u
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
+/* With Sentinels every attempt asks them first, and the master they name
+ * while a failover runs is down: a short cap follows the switch within a
+ * second (fault 15: the gateways connected 2.2 s after it with the 5 s cap). */
+#define REDIS_SENTINEL_BACKOFF_MAX_MS 1000
+/* While connected, the Sentinels are asked this often whether the master
+ * moved: a failover that left our connection up (a partition between the
+ * old master and the Sentinels, chatd still reaching it) would otherwise
+ * keep chatd writing where nobody reads until the partition heals. */
+#define REDIS_SENTINEL_CHECK_MS 5000
 #define REDIS_CONNECT_MIN_MS 1000 /* connect deadline floor: a short command deadline is no reason to give up on TCP */
 
 enum redis_state {
@@ -78,6 +88,7 @@ struct redis_client {
     unsigned timeout_ms;
     redis_connect_cb on_connect;
     void *user;
+    sentinel_t *sentinel;         /* NULL: url's host and port; else the master they name */
     redisAsyncContext *ac;
     uint64_t connect_deadline_ms;
     uint64_t timer_due_ms; /* when deadline_timer fires, if active */
@@ -87,6 +98,7 @@ struct redis_client {
     uv_getaddrinfo_t gai;
     uv_timer_t deadline_timer;
     uv_timer_t reconnect_timer;
+    uv_timer_t check_timer; /* Sentinels only: is the master still where we are? */
     uv_timer_t defer_timer;
     int open_handles;
     struct redis_cmd *fifo_head, *fifo_tail;   /* held by hiredis */
@@ -121,8 +133,9 @@ static unsigned redis_backoff_ms(redis_client_t *r)
     redis_rng ^= redis_rng << 17;
     unsigned shift = r->attempts < 6 ? r->attempts : 6;
     unsigned cap = REDIS_BACKOFF_MIN_MS << shift;
-    if (cap > REDIS_BACKOFF_MAX_MS)
-        cap = REDIS_BACKOFF_MAX_MS;
+    unsigned max = r->sentinel ? REDIS_SENTINEL_BACKOFF_MAX_MS : REDIS_BACKOFF_MAX_MS;
+    if (cap > max)
+        cap = max;
     r->attempts++;
     /* Full range [cap/2, cap]: spreads a herd of clients after a restart. */
     return cap / 2 + (unsigned)(redis_rng % (cap / 2 + 1));
@@ -427,8 +440,13 @@ static void redis_send(redis_client_t *r, struct redis_cmd *e, int argc, const c
     redis_fifo_push(r, e);
 }
 
+static void redis_on_check_timer(uv_timer_t *t);
+
 static void redis_become_up(redis_client_t *r)
 {
+    if (r->sentinel)
+        uv_timer_start(&r->check_timer, redis_on_check_timer, REDIS_SENTINEL_CHECK_MS,
+                       REDIS_SENTINEL_CHECK_MS);
     r->state = REDIS_ST_UP;
     r->attempts = 0;
     r->notify_connect = 1;
@@ -452,10 +470,20 @@ static struct redis_script redis_scripts[REDIS_SCRIPTS_MAX];
 static size_t redis_n_scripts;
 
 /* A new connection is set up before callers may use it: AUTH when the URL
- * has a password, SELECT when db != 0, then SCRIPT LOAD of every script. */
-enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_SCRIPTS, REDIS_SETUP_DONE };
+ * has a password, SELECT when db != 0, ROLE when the address came from the
+ * Sentinels (they may still name a master that has just been demoted, or
+ * the old master may be back as a replica), then SCRIPT LOAD of every
+ * script: a promoted replica has none cached. */
+enum { REDIS_SETUP_AUTH, REDIS_SETUP_SELECT, REDIS_SETUP_ROLE, REDIS_SETUP_SCRIPTS, REDIS_SETUP_DONE };
 
 static void redis_on_setup(int err, redisReply *reply, void *user);
+
+static int redis_role_is_master(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+           reply->element[0]->type == REDIS_REPLY_STRING && reply->element[0]->len == 6 &&
+           memcmp(reply->element[0]->str, "master", 6) == 0;
+}
 
 static void redis_setup_next(redis_client_t *r)
 {
@@ -466,6 +494,8 @@ static void redis_setup_next(redis_client_t *r)
     if (r->setup == REDIS_SETUP_AUTH && !r->url.password[0])
         r->setup = REDIS_SETUP_SELECT;
     if (r->setup == REDIS_SETUP_SELECT && r->url.db == 0)
+        r->setup = REDIS_SETUP_ROLE;
+    if (r->setup == REDIS_SETUP_ROLE && !r->sentinel)
         r->setup = REDIS_SETUP_SCRIPTS;
     if (r->setup == REDIS_SETUP_SCRIPTS && r->setup_script >= redis_n_scripts)
         r->setup = REDIS_SETUP_DONE;
@@ -478,6 +508,8 @@ static void redis_setup_next(redis_client_t *r)
         if (r->url.user[0])
             argv[argc++] = r->url.user;
         argv[argc++] = r->url.password;
+    } else if (r->setup == REDIS_SETUP_ROLE) {
+        argv[argc++] = "ROLE";
     } else if (r->setup == REDIS_SETUP_SCRIPTS) {
         argv[argc++] = "SCRIPT";
         argv[argc++] = "LOAD";
@@ -508,6 +540,7 @@ static void redis_on_setup(int err, redisReply *reply, void *user)
         /* The reply (e.g. WRONGPASS) names the problem, never the password. */
         log_error(r->setup == REDIS_SETUP_AUTH     ? "redis_auth_failed"
                   : r->setup == REDIS_SETUP_SELECT ? "redis_select_failed"
+                  : r->setup == REDIS_SETUP_ROLE   ? "redis_role_failed"
                                                    : "redis_script_load_failed",
                   "host=%s port=%d db=%d user=%s err=%s", r->url.host, r->url.port, r->url.db,
                   r->url.user[0] ? log_q(r->url.user, strlen(r->url.user)) : "default",
@@ -518,6 +551,16 @@ static void redis_on_setup(int err, redisReply *reply, void *user)
     }
     if (r->state != REDIS_ST_CONNECTING)
         return;
+    if (r->setup == REDIS_SETUP_ROLE && !redis_role_is_master(reply)) {
+        log_warn("redis_not_master", "host=%s port=%d role=%s", r->url.host, r->url.port,
+                 reply->type == REDIS_REPLY_ARRAY && reply->elements > 0 &&
+                         reply->element[0]->type == REDIS_REPLY_STRING
+                     ? log_q(reply->element[0]->str, reply->element[0]->len)
+                     : "unknown");
+        metric_inc(redis_m_errors);
+        redis_drop(r);
+        return;
+    }
     if (r->setup == REDIS_SETUP_SCRIPTS)
         r->setup_script++;
     else
@@ -620,7 +663,7 @@ static void redis_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
     redis_connect_ip(r, ip);
 }
 
-static void redis_connect_start(redis_client_t *r)
+static void redis_resolve_start(redis_client_t *r)
 {
     struct addrinfo hints = {0};
     hints.ai_family = AF_UNSPEC;
@@ -636,13 +679,74 @@ static void redis_connect_start(redis_client_t *r)
     r->resolving = 1;
 }
 
+static void redis_on_sentinel(int err, const char *host, int port, void *user)
+{
+    redis_client_t *r = user;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    if (r->state == REDIS_ST_CLOSING)
+        return;
+    if (err != 0) { /* logged by sentinel.c */
+        metric_inc(redis_m_errors);
+        redis_schedule_reconnect(r);
+        return;
+    }
+    if (strcmp(host, r->url.host) != 0 || port != r->url.port) {
+        log_info("redis_master_changed", "host=%s port=%d was=%s:%d", host, port,
+                 r->url.host[0] ? r->url.host : "none", r->url.port);
+        snprintf(r->url.host, sizeof r->url.host, "%s", host);
+        r->url.port = port;
+    }
+    redis_resolve_start(r);
+}
+
+/* With Sentinels, every (re)connection asks them first: a connection that
+ * failed or was refused a write may mean the master moved. */
+static void redis_connect_start(redis_client_t *r)
+{
+    r->state = REDIS_ST_RESOLVING;
+    if (r->sentinel)
+        sentinel_query(r->sentinel, redis_on_sentinel, r);
+    else
+        redis_resolve_start(r);
+}
+
 /* ---- timers ---- */
 
 static void redis_on_reconnect_timer(uv_timer_t *t)
 {
     redis_client_t *r = t->data;
-    if (r->state == REDIS_ST_DOWN)
-        redis_connect_start(r);
+    if (r->state != REDIS_ST_DOWN)
+        return;
+    if (r->sentinel && sentinel_busy(r->sentinel)) { /* a check is asking: go right after it */
+        uv_timer_start(&r->reconnect_timer, redis_on_reconnect_timer, 50, 0);
+        return;
+    }
+    redis_connect_start(r);
+}
+
+static void redis_on_sentinel_check(int err, const char *host, int port, void *user)
+{
+    redis_client_t *r = user;
+    CHATD_ASSERT(r && r->magic == REDIS_CLIENT_MAGIC);
+    /* No answer: keep the master we have (the Sentinels may be the ones cut off). */
+    if (err != 0 || r->state != REDIS_ST_UP)
+        return;
+    if (strcmp(host, r->url.host) == 0 && port == r->url.port)
+        return;
+    log_warn("redis_master_moved", "host=%s port=%d now=%s:%d", r->url.host, r->url.port, host, port);
+    metric_inc(redis_m_errors);
+    redis_drop(r);
+}
+
+static void redis_on_check_timer(uv_timer_t *t)
+{
+    redis_client_t *r = t->data;
+    if (r->state != REDIS_ST_UP) {
+        uv_timer_stop(t); /* restarted when up again */
+        return;
+    }
+    if (!sentinel_busy(r->sentinel))
+        sentinel_query(r->sentinel, redis_on_sentinel_check, r);
 }
 
 static void redis_on_deadline(uv_timer_t *t)
@@ -705,7 +809,8 @@ static void redis_on_defer_timer(uv_timer_t *t)
         redis_cmd_free(e);
     }
     if (r->state == REDIS_ST_CLOSING && !r->ac && !r->resolving && !r->fifo_head &&
-        r->open_handles == 3 && !uv_is_closing((uv_handle_t *)&r->defer_timer)) {
+        r->open_handles == 4 && !uv_is_closing((uv_handle_t *)&r->defer_timer)) {
+        uv_close((uv_handle_t *)&r->check_timer, redis_on_handle_closed);
         uv_close((uv_handle_t *)&r->deadline_timer, redis_on_handle_closed);
         uv_close((uv_handle_t *)&r->reconnect_timer, redis_on_handle_closed);
         uv_close((uv_handle_t *)&r->defer_timer, redis_on_handle_closed);
@@ -720,9 +825,22 @@ static int redis_is_noscript(const redisReply *reply)
            strncmp(reply->str, "NOSCRIPT", 8) == 0;
 }
 
+/* A write refused by a replica (READONLY, also inside a script), a replica
+ * cut from its master (MASTERDOWN), or a master cut from its replicas
+ * (NOREPLICAS, with min-replicas-to-write): the node we hold is no longer
+ * (or soon not) the master, e.g. an old master rejoined as a replica after
+ * a failover, or one isolated while the Sentinels promote another. */
+static int redis_is_not_master(const redisReply *reply)
+{
+    if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str)
+        return 0;
+    return strncmp(reply->str, "READONLY", 8) == 0 || strncmp(reply->str, "MASTERDOWN", 10) == 0 ||
+           strncmp(reply->str, "NOREPLICAS", 10) == 0 ||
+           strstr(reply->str, "read only replica") != NULL;
+}
+
 static void redis_on_reply(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
     struct redis_cmd *e = priv;
     CHATD_ASSERT(e && e->magic == REDIS_CMD_MAGIC);
     redis_client_t *r = e->r;
@@ -745,14 +863,21 @@ static void redis_on_reply(redisAsyncContext *ac, void *reply, void *priv)
         free(argv);
         return;
     }
+    if (redis_is_not_master(reply) && r->ac == ac && r->state == REDIS_ST_UP) {
+        /* Reconnect (through the Sentinels, if any); the caller retries. */
+        log_warn("redis_not_master", "host=%s port=%d err=%s", r->url.host, r->url.port,
+                 log_q(((redisReply *)reply)->str, ((redisReply *)reply)->len));
+        redis_drop(r);
+    }
     redis_deliver(e, 0, reply);
     redis_cmd_free(e);
 }
 
 /* ---- public API ---- */
 
-int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
-                      unsigned timeout_ms, redis_connect_cb on_connect, void *user)
+static int redis_client_new(redis_client_t **out, uv_loop_t *loop, const char *url,
+                            const char *sentinels, const char *master, unsigned timeout_ms,
+                            redis_connect_cb on_connect, void *user)
 {
     *out = NULL;
     redis_client_t *r = calloc(1, sizeof *r);
@@ -763,6 +888,13 @@ int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
         free(r);
         return ERR_BAD_REQUEST;
     }
+    if (sentinels && sentinel_init(&r->sentinel, loop, sentinels, master, r->url.user,
+                                   r->url.password, timeout_ms) != 0) {
+        free(r);
+        return ERR_BAD_REQUEST;
+    }
+    if (r->sentinel) /* not a guess: the address comes from the Sentinels */
+        r->url.host[0] = '\0', r->url.port = 0;
     redis_metrics_init();
     r->magic = REDIS_CLIENT_MAGIC;
     r->loop = loop;
@@ -771,13 +903,28 @@ int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
     r->user = user;
     uv_timer_init(loop, &r->deadline_timer);
     uv_timer_init(loop, &r->reconnect_timer);
+    uv_timer_init(loop, &r->check_timer);
+    r->check_timer.data = r;
     uv_timer_init(loop, &r->defer_timer);
     r->deadline_timer.data = r->reconnect_timer.data = r->defer_timer.data = r;
-    r->open_handles = 3;
+    r->open_handles = 4;
     redis_set_up(0);
     redis_connect_start(r);
     *out = r;
     return 0;
+}
+
+int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
+                      unsigned timeout_ms, redis_connect_cb on_connect, void *user)
+{
+    return redis_client_new(out, loop, url, NULL, NULL, timeout_ms, on_connect, user);
+}
+
+int redis_client_init_sentinel(redis_client_t **out, uv_loop_t *loop, const char *url,
+                               const char *sentinels, const char *master, unsigned timeout_ms,
+                               redis_connect_cb on_connect, void *user)
+{
+    return redis_client_new(out, loop, url, sentinels, master, timeout_ms, on_connect, user);
 }
 
 int redis_client_ready(const redis_client_t *r)
@@ -881,9 +1028,12 @@ void redis_client_close(redis_client_t *r)
     r->state = REDIS_ST_CLOSING;
     redis_set_up(0);
     uv_timer_stop(&r->reconnect_timer);
+    uv_timer_stop(&r->check_timer);
     uv_timer_stop(&r->deadline_timer);
     if (r->resolving)
         uv_cancel((uv_req_t *)&r->gai);
+    sentinel_close(r->sentinel); /* a query in flight: ERR_CANCELLED, ignored */
+    r->sentinel = NULL;
     redisAsyncContext *ac = r->ac;
     r->ac = NULL;
     if (ac)

@@ -45,6 +45,19 @@ struct redis_url {
  * once; returns 0 or ERR_BAD_REQUEST for a bad URL. */
 int redis_client_init(redis_client_t **out, uv_loop_t *loop, const char *url,
                       unsigned timeout_ms, redis_connect_cb on_connect, void *user);
+/* The same, with the master found through Redis Sentinel: sentinels is
+ * "HOST[:PORT],..." (store/sentinel.h), master the name they monitor; the
+ * URL then gives only the credentials and the db (its host and port are
+ * ignored). Every (re)connection asks the Sentinels, then checks the node
+ * with ROLE before it counts as connected; a node that is not the master,
+ * an error reply saying so to any command (READONLY, MASTERDOWN,
+ * NOREPLICAS: the caller still gets that reply), and the Sentinels naming
+ * another master (asked every 5 s while connected) drop the connection and
+ * start over, so a failover is followed without a restart; the reconnect
+ * backoff is then capped at 1 s. 0 or ERR_BAD_REQUEST. */
+int redis_client_init_sentinel(redis_client_t **out, uv_loop_t *loop, const char *url,
+                               const char *sentinels, const char *master, unsigned timeout_ms,
+                               redis_connect_cb on_connect, void *user);
 /* Parses a URL as above (pure; for tests). USER and PASSWORD are
  * percent-decoded (%40 for '@', %3A for ':', %2F for '/').
  * 0 or ERR_BAD_REQUEST. */

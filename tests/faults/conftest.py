@@ -48,13 +48,15 @@ def fault_kafka(fault_workdir):
 
 @pytest.fixture
 def make_cluster(fault_workdir, fault_pg, fault_kafka, request):
-    """Factory: make_cluster(**Cluster kwargs) -> a started Cluster."""
+    """Factory: make_cluster(**Cluster kwargs, pg=another PostgreSQL) -> a
+    started Cluster."""
     mine = []
 
     def make(**kw):
         name = request.node.name.replace("[", "_").replace("]", "")
         kw.setdefault("kafka", fault_kafka)
-        c = harness.Cluster(fault_workdir, fault_pg, f"{name}-{len(mine)}", **kw)
+        pg = kw.pop("pg", fault_pg)  # e.g. a harness.PostgresPair
+        c = harness.Cluster(fault_workdir, pg, f"{name}-{len(mine)}", **kw)
         mine.append(c)
         _CLUSTERS.append(c)
         try:

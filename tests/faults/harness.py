@@ -94,17 +94,24 @@ def now():
 # PostgreSQL (one per session; a database per cluster; can be stopped)
 
 class Postgres(chatlib.PGClient):
-    def __init__(self, workdir):
+    def __init__(self, workdir, name="pgdata", standby_of=None):
+        """standby_of: a running Postgres this one streams from, as a hot
+        standby made with pg_basebackup -R (name: a data directory of its own)."""
         self.workdir = workdir
-        self.datadir = os.path.join(workdir, "pgdata")
+        self.logname = "postgres" if name == "pgdata" else name
+        self.datadir = os.path.join(workdir, name)
         os.makedirs(self.datadir, mode=0o700)
         shutil.chown(self.datadir, "postgres", "postgres")
-        r = subprocess.run([f"{PG_BIN}/initdb", "-D", self.datadir, "-A", "trust", "-U",
-                            "postgres", "--no-sync", "-E", "UTF8", "--locale=C"],
-                           user="postgres", group="postgres", extra_groups=[],
+        if standby_of:
+            argv = [f"{PG_BIN}/pg_basebackup", "-h", "127.0.0.1", "-p", str(standby_of.port),
+                    "-U", "postgres", "-D", self.datadir, "-R", "-X", "stream", "--no-sync"]
+        else:
+            argv = [f"{PG_BIN}/initdb", "-D", self.datadir, "-A", "trust", "-U",
+                    "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]
+        r = subprocess.run(argv, user="postgres", group="postgres", extra_groups=[],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
         if r.returncode != 0:
-            raise RuntimeError(f"initdb failed:\n{r.stdout.decode(errors='replace')}")
+            raise RuntimeError(f"{argv[0]} failed:\n{r.stdout.decode(errors='replace')}")
         self.port = free_port()
         self.argv = [f"{PG_BIN}/postgres", "-D", self.datadir, "-k", self.datadir,
                      "-c", "listen_addresses=127.0.0.1", "-p", str(self.port), "-F",
@@ -113,7 +120,7 @@ class Postgres(chatlib.PGClient):
         self.start()
 
     def start(self, timeout=30):
-        self.proc = Proc("postgres", self.argv, self.workdir, user="postgres")
+        self.proc = Proc(self.logname, self.argv, self.workdir, user="postgres")
         deadline = now() + timeout
         while True:
             try:
@@ -135,9 +142,168 @@ class Postgres(chatlib.PGClient):
             raise RuntimeError(f"pg_ctl stop failed: {r.stdout.decode(errors='replace')}")
         self.proc.wait_exit(10)
 
+    def promote(self):
+        """pg_ctl promote: this standby becomes a primary."""
+        r = subprocess.run([f"{PG_BIN}/pg_ctl", "promote", "-D", self.datadir, "-w", "-t", "30"],
+                           user="postgres", group="postgres", extra_groups=[],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=40)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl promote failed: {r.stdout.decode(errors='replace')}")
+
     def close(self):
         if self.proc:
             self.proc.stop(sig=signal.SIGINT, timeout=20)
+
+
+class PostgresPair(chatlib.PGClient):
+    """A primary and a streaming hot standby. conninfo() names both with
+    target_session_attrs=read-write, as an operator would (docs/DEPLOY.md):
+    libpq (chatd's and the test's psycopg2) finds whichever is the primary."""
+
+    def __init__(self, workdir, name="pgha"):
+        self.primary = self.standby = None
+        try:
+            self.primary = Postgres(workdir, f"{name}-a")
+            self.standby = Postgres(workdir, f"{name}-b", standby_of=self.primary)
+        except BaseException:
+            self.close()
+            raise
+
+    def conninfo(self, db="postgres"):
+        return (f"host=127.0.0.1,127.0.0.1 port={self.primary.port},{self.standby.port} "
+                f"user=postgres dbname={db} target_session_attrs=read-write")
+
+    def wait_replayed(self, timeout=30):
+        """Until the standby has replayed everything the primary wrote so far."""
+        lsn = self.primary.query("SELECT pg_current_wal_lsn()::text")[0][0]
+        deadline = now() + timeout
+        while now() < deadline:
+            if self.standby.query("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][0]:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"standby did not replay {lsn} within {timeout}s")
+
+    def close(self):
+        for p in (self.standby, self.primary):
+            if p:
+                p.close()
+
+
+# --------------------------------------------------------------------------
+# Redis with Sentinel: a master, a replica, three Sentinels (loopback)
+
+SENTINEL_MASTER = "mymaster"
+
+
+class SentinelRedis:
+    """What Cluster runs instead of one Redis for redis_ha=True. Sentinels
+    judge a master down after down_ms (1 s: a short test; production keeps
+    Redis's 30 s or a few seconds, docs/DEPLOY.md)."""
+
+    def __init__(self, logdir, down_ms=1000):
+        self.logdir = logdir
+        self.nodes = []          # Proc of each redis-server (master first)
+        self.sentinels = []
+        try:
+            self._start(down_ms)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+
+    def _start(self, down_ms):
+        a = start_redis(self.logdir, name="redis-a", args=["--dir", self.logdir,
+                                                           "--dbfilename", "redis-a.rdb"])
+        self.nodes.append(a)
+        b = start_redis(self.logdir, name="redis-b",
+                        args=["--dir", self.logdir, "--dbfilename", "redis-b.rdb",
+                              "--replicaof", "127.0.0.1", str(a.port)])
+        self.nodes.append(b)
+        ports = []
+        for i in range(3):
+            port = free_port()
+            conf = os.path.join(self.logdir, f"sentinel{i}.conf")
+            with open(conf, "w") as f:  # Sentinel rewrites its file: one each
+                f.write(f"port {port}\nbind 127.0.0.1\ndir {self.logdir}\n"
+                        f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {a.port} 2\n"
+                        f"sentinel down-after-milliseconds {SENTINEL_MASTER} {down_ms}\n"
+                        f"sentinel failover-timeout {SENTINEL_MASTER} 4000\n"
+                        f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n")
+            p = Proc(f"sentinel{i}", ["redis-server", conf, "--sentinel"], self.logdir)
+            p.port = port
+            self.sentinels.append(p)
+            ports.append(port)
+        self.sentinel_list = ",".join(f"127.0.0.1:{p}" for p in ports)
+        # A failover needs the replica synced and the Sentinels to know the
+        # replica and each other (hello messages every 2 s).
+        deadline = now() + 30
+        while True:
+            try:
+                ok = redislib.Redis(host="127.0.0.1", port=b.port, socket_timeout=1).info(
+                    "replication").get("master_link_status") == "up"
+                for s in self.sentinels:
+                    sc = self._sentinel(s.port)
+                    ok = ok and len(sc.execute_command("SENTINEL", "REPLICAS", SENTINEL_MASTER)) == 1 \
+                        and len(sc.execute_command("SENTINEL", "SENTINELS", SENTINEL_MASTER)) == 2
+                if ok:
+                    return
+            except Exception:
+                pass
+            if now() > deadline:
+                raise RuntimeError("Sentinels did not see the replica and each other within 30 s")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _sentinel(port):
+        return redislib.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True)
+
+    def chatd_args(self):
+        # --redis still gives the credentials and db; its host:port is a
+        # port nothing listens on, so only the Sentinels can lead chatd to Redis.
+        return [f"--redis=redis://127.0.0.1:{free_port()}/0",
+                f"--redis-sentinels={self.sentinel_list}",
+                f"--redis-master-name={SENTINEL_MASTER}"]
+
+    def master_port(self):
+        """The master's port as the Sentinels' majority says."""
+        votes = {}
+        for s in self.sentinels:
+            if s.alive():
+                try:
+                    _, port = self._sentinel(s.port).execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_MASTER)
+                    votes[int(port)] = votes.get(int(port), 0) + 1
+                except Exception:
+                    pass
+        return max(votes, key=votes.get) if votes else None
+
+    @property
+    def port(self):
+        return self.master_port()
+
+    def kill_master(self):
+        port = self.master_port()
+        node = next(n for n in self.nodes if n.port == port)
+        node.stop(signal.SIGKILL, 10)
+        return port
+
+    def wait_failover(self, old_port, timeout=30):
+        """Until the Sentinels name another master and it says ROLE master."""
+        deadline = now() + timeout
+        while now() < deadline:
+            port = self.master_port()
+            if port and port != old_port:
+                try:
+                    role = redislib.Redis(host="127.0.0.1", port=port, socket_timeout=1).execute_command("ROLE")
+                    if role[0] in (b"master", "master"):
+                        return port
+                except Exception:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"no failover away from port {old_port} within {timeout}s")
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        for p in self.sentinels + self.nodes:
+            p.stop(sig, timeout)
 
 
 
@@ -147,13 +313,15 @@ class Postgres(chatlib.PGClient):
 class Cluster:
     def __init__(self, workdir, pg, name, gw_args=(), cl_args=(), broker_args=(),
                  gw_env=None, n_gw=2, n_cl=2, drain=8, gw_args_by_id=None, kafka=None,
-                 receive_topic_partitions=None, kafka_opts=None):
+                 receive_topic_partitions=None, kafka_opts=None, redis_ha=False):
         """kafka: a real Kafka (kafkamode) shared by the session; this cluster
         then uses topics and a group of its own, and has no broker process.
         kafka_opts: the --kafka-opt flags of every chatd process (None: the
         suite's KAFKA_TEST_OPTS; [] runs the settings chatd ships).
         receive_topic_partitions: (real Kafka) an operator created the
-        receive topic with this many partitions before chatd started."""
+        receive topic with this many partitions before chatd started.
+        redis_ha: Redis behind Sentinels (SentinelRedis) instead of one server."""
+        self.redis_ha = redis_ha
         self.receive_topic_partitions = receive_topic_partitions
         self.name = name
         self.kafka = kafka
@@ -190,7 +358,8 @@ class Cluster:
         return p
 
     def start(self):
-        self.redis = start_redis(self.dir)
+        self.redis = SentinelRedis(self.dir) if self.redis_ha else start_redis(self.dir)
+        redis_args = self.redis.chatd_args() if self.redis_ha else [f"--redis={self.redis.url}"]
         bootstrap = self.bootstrap_path()
         if self.kafka and self.receive_topic_partitions:
             self.kafka.tool("org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
@@ -206,7 +375,7 @@ class Cluster:
                                    f"--send-partitions={SEND_PARTITIONS}", "--receive-partitions=8",
                                    "--log-level=info"] + self.broker_args)
             kargs = ["--kafka=embedded", f"--kafka-bootstrap-file={bootstrap}"]
-        common = kargs + [f"--redis={self.redis.url}", f"--pg={self.conninfo}", "--log-level=info",
+        common = kargs + redis_args + [f"--pg={self.conninfo}", "--log-level=info",
                   "--receive-partitions=8", f"--drain={self.drain}"] + self.kafka_opts
         for i in range(self.n_cl):
             n = f"classifier{i}"

@@ -31,6 +31,7 @@
 #include "store/pg.h"
 #include "store/redis.h"
 #include "store/routes.h"
+#include "store/sentinel.h"
 
 #define PG_BIN "/usr/lib/postgresql/15/bin"
 
@@ -361,6 +362,66 @@ static void test_redis_url_parse(void **state)
     uv_loop_t loop;
     uv_loop_init(&loop);
     assert_int_equal(redis_client_init(&r, &loop, "nope", 100, NULL, NULL), ERR_BAD_REQUEST);
+    assert_null(r);
+    test_loop_finish(&loop);
+}
+
+/* ---- sentinel parsing ---- */
+
+static void test_sentinel_parse(void **state)
+{
+    (void)state;
+    struct sentinel_addr a[SENTINEL_MAX];
+    size_t n = 0;
+    assert_int_equal(sentinel_list_parse("s1:26380,10.0.0.2,[::1]:7000", a, SENTINEL_MAX, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(a[0].host, "s1");
+    assert_int_equal(a[0].port, 26380);
+    assert_string_equal(a[1].host, "10.0.0.2");
+    assert_int_equal(a[1].port, SENTINEL_DEFAULT_PORT);
+    assert_string_equal(a[2].host, "::1");
+    assert_int_equal(a[2].port, 7000);
+    static const char *bad[] = { "", ",", "a,", ",a", "a:", "a:0", "a:65536", "a:1x", "[::1",
+                                 "[::1]x", ":1", "a b:1", NULL };
+    for (int i = 0; bad[i]; i++)
+        if (sentinel_list_parse(bad[i], a, SENTINEL_MAX, &n) != ERR_BAD_REQUEST)
+            fail_msg("accepted bad sentinel list \"%s\"", bad[i]);
+    assert_int_equal(sentinel_list_parse("a,b,c", a, 2, &n), ERR_BAD_REQUEST); /* too many */
+
+    char host[64];
+    int port = 0;
+    redisReply s_host = { .type = REDIS_REPLY_STRING, .str = "10.1.2.3", .len = 8 };
+    redisReply s_port = { .type = REDIS_REPLY_STRING, .str = "6380", .len = 4 };
+    redisReply *el[2] = { &s_host, &s_port };
+    redisReply arr = { .type = REDIS_REPLY_ARRAY, .elements = 2, .element = el };
+    assert_int_equal(sentinel_reply_parse(&arr, host, sizeof host, &port), 0);
+    assert_string_equal(host, "10.1.2.3");
+    assert_int_equal(port, 6380);
+    redisReply nil = { .type = REDIS_REPLY_NIL };
+    assert_int_equal(sentinel_reply_parse(&nil, host, sizeof host, &port), ERR_NOT_FOUND);
+    redisReply errr = { .type = REDIS_REPLY_ERROR, .str = "ERR", .len = 3 };
+    assert_int_equal(sentinel_reply_parse(&errr, host, sizeof host, &port), ERR_UNAVAILABLE);
+    static const char *bad_ports[] = { "0", "65536", "12a", "", "123456" };
+    for (size_t i = 0; i < sizeof bad_ports / sizeof bad_ports[0]; i++) {
+        s_port.str = (char *)bad_ports[i];
+        s_port.len = strlen(bad_ports[i]);
+        if (sentinel_reply_parse(&arr, host, sizeof host, &port) != ERR_BAD_REQUEST)
+            fail_msg("accepted port \"%s\"", bad_ports[i]);
+    }
+    s_port.str = "1", s_port.len = 1;
+    assert_int_equal(sentinel_reply_parse(&arr, host, 8, &port), ERR_BAD_REQUEST); /* host too long */
+    arr.elements = 1;
+    assert_int_equal(sentinel_reply_parse(&arr, host, sizeof host, &port), ERR_BAD_REQUEST);
+
+    sentinel_t *sn = (sentinel_t *)&sn;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    assert_int_equal(sentinel_init(&sn, &loop, "a:1", "bad name", NULL, NULL, 100), ERR_BAD_REQUEST);
+    assert_null(sn);
+    assert_int_equal(sentinel_init(&sn, &loop, "a:0", "m", NULL, NULL, 100), ERR_BAD_REQUEST);
+    redis_client_t *r = (redis_client_t *)&r;
+    assert_int_equal(redis_client_init_sentinel(&r, &loop, "redis://h", "", "m", 100, NULL, NULL),
+                     ERR_BAD_REQUEST);
     assert_null(r);
     test_loop_finish(&loop);
 }
@@ -730,6 +791,253 @@ static void test_redis_restart(void **state)
     assert_string_equal(t.str, "1");
     redis_client_close(r);
     test_loop_finish(&loop);
+}
+
+/* ---- redis behind Sentinel ---- */
+
+/* A Sentinel stand-in on the test's loop: answers any request with
+ * "127.0.0.1 names_port", then closes, so the test says where the master
+ * is (a real Sentinel's timing is fault 15's business). */
+struct test_fake_sentinel {
+    uv_tcp_t server;
+    int port;
+    int names_port;
+    int queries;
+    int auths; /* requests that began with AUTH: refused as by a Sentinel without a password */
+};
+
+struct test_fs_conn {
+    uv_tcp_t tcp;
+    uv_write_t w;
+    struct test_fake_sentinel *fs;
+    char in[256], out[192];
+};
+
+static void test_fs_on_closed(uv_handle_t *h) { free(h->data); }
+
+static void test_fs_on_write(uv_write_t *w, int status)
+{
+    (void)status;
+    struct test_fs_conn *c = w->data;
+    uv_close((uv_handle_t *)&c->tcp, test_fs_on_closed);
+}
+
+static void test_fs_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
+{
+    (void)hint;
+    struct test_fs_conn *c = h->data;
+    *b = uv_buf_init(c->in, sizeof c->in);
+}
+
+static void test_fs_on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    (void)b;
+    struct test_fs_conn *c = st->data;
+    if (nread == 0)
+        return;
+    uv_read_stop(st);
+    if (nread < 0) {
+        uv_close((uv_handle_t *)&c->tcp, test_fs_on_closed);
+        return;
+    }
+    c->fs->queries++;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", c->fs->names_port);
+    int auth = nread > 12 && (memcmp(c->in, "*2\r\n$4\r\nAUTH", 12) == 0 ||
+                              memcmp(c->in, "*3\r\n$4\r\nAUTH", 12) == 0);
+    c->fs->auths += auth;
+    int n = snprintf(c->out, sizeof c->out, "%s*2\r\n$9\r\n127.0.0.1\r\n$%zu\r\n%s\r\n",
+                     auth ? "-ERR AUTH <password> called without any password configured\r\n" : "",
+                     strlen(ps), ps);
+    uv_buf_t ob = uv_buf_init(c->out, (unsigned)n);
+    c->w.data = c;
+    if (uv_write(&c->w, st, &ob, 1, test_fs_on_write) != 0)
+        uv_close((uv_handle_t *)&c->tcp, test_fs_on_closed);
+}
+
+static void test_fs_on_conn(uv_stream_t *server, int status)
+{
+    if (status < 0)
+        return;
+    struct test_fs_conn *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->fs = server->data;
+    uv_tcp_init(server->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) == 0)
+        uv_read_start((uv_stream_t *)&c->tcp, test_fs_alloc, test_fs_on_read);
+    else
+        uv_close((uv_handle_t *)&c->tcp, test_fs_on_closed);
+}
+
+static void test_fs_start(uv_loop_t *loop, struct test_fake_sentinel *fs)
+{
+    struct sockaddr_in a;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    assert_int_equal(uv_tcp_init(loop, &fs->server), 0);
+    fs->server.data = fs;
+    assert_int_equal(uv_tcp_bind(&fs->server, (struct sockaddr *)&a, 0), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&fs->server, 16, test_fs_on_conn), 0);
+    struct sockaddr_in got;
+    int len = sizeof got;
+    assert_int_equal(uv_tcp_getsockname(&fs->server, (struct sockaddr *)&got, &len), 0);
+    fs->port = ntohs(got.sin_port);
+}
+
+static pid_t test_redis_spawn(int port, int replica_of)
+{
+    char ps[16], rs[16], rdb[64];
+    snprintf(ps, sizeof ps, "%d", port);
+    snprintf(rs, sizeof rs, "%d", replica_of);
+    snprintf(rdb, sizeof rdb, "chatd-test-%d.rdb", port); /* a replica's full sync writes one */
+    const char *argv[] = {"/usr/bin/redis-server", "--port", ps, "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--daemonize", "no", "--dir", "/tmp",
+                          "--dbfilename", rdb, replica_of ? "--replicaof" : NULL, "127.0.0.1", rs, NULL};
+    pid_t pid = test_spawn(argv, NULL, NULL);
+    assert_true(pid > 0);
+    assert_int_equal(test_wait_port(port, 5000), 0);
+    return pid;
+}
+
+/* A blocking admin command on another connection (the test's own hand). */
+static void test_redis_admin(int port, const char *a0, const char *a1, const char *a2, const char *a3)
+{
+    redisContext *c = NULL;
+    for (int i = 0; i < 50 && (!c || c->err); i++) { /* the port opens before it serves */
+        if (c) {
+            redisFree(c);
+            usleep(50000);
+        }
+        c = redisConnect("127.0.0.1", port);
+    }
+    assert_true(c && !c->err);
+    const char *argv[4] = {a0, a1, a2, a3};
+    redisReply *rep = redisCommandArgv(c, a3 ? 4 : a2 ? 3 : 2, argv, NULL);
+    assert_non_null(rep);
+    if (rep->type == REDIS_REPLY_ERROR)
+        fail_msg("%s %s on %d: %s", a0, a1, port, rep->str);
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+struct test_sentinel_ans {
+    int n, err, port;
+    int sync;
+};
+
+static void test_on_sentinel(int err, const char *host, int port, void *user)
+{
+    struct test_sentinel_ans *a = user;
+    a->sync |= test_in_call;
+    a->err = err;
+    a->port = err == 0 && strcmp(host, "127.0.0.1") == 0 ? port : -1;
+    a->n++;
+}
+
+/* The client goes where the Sentinels say, only to a node whose ROLE is
+ * master, and leaves a node that answers READONLY (an old master demoted
+ * under it) for the one the Sentinels name next. The first Sentinel of
+ * the list is down: the next one is asked. */
+static void test_redis_sentinel_follows(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    int pa = test_free_port(), pb = test_free_port(), dead = test_free_port();
+    pid_t a = test_redis_spawn(pa, 0), b = test_redis_spawn(pb, pa);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    struct test_fake_sentinel fs = { .names_port = pb }; /* names the replica first */
+    test_fs_start(&loop, &fs);
+    char list[64];
+    snprintf(list, sizeof list, "127.0.0.1:%d,127.0.0.1:%d", dead, fs.port);
+    /* the query itself, with AUTH first (the Redis URL's password) */
+    sentinel_t *sn = NULL;
+    assert_int_equal(sentinel_init(&sn, &loop, list, "mymaster", "", "pw", 1000), 0);
+    struct test_sentinel_ans ans = {0};
+    test_in_call = 1;
+    sentinel_query(sn, test_on_sentinel, &ans);
+    test_in_call = 0;
+    assert_int_equal(test_wait_count(&loop, &ans.n, 1, 5000), 0);
+    assert_false(ans.sync);
+    assert_int_equal(ans.err, 0);
+    assert_int_equal(ans.port, pb);
+    assert_int_equal(fs.auths, 1);
+    sentinel_query(sn, test_on_sentinel, &ans); /* closed while asking: cancelled, once */
+    sentinel_close(sn);
+    assert_int_equal(ans.n, 2);
+    assert_int_equal(ans.err, ERR_CANCELLED);
+    fs.queries = 0;
+    redis_client_t *r = NULL;
+    test_redis_connects = 0;
+    assert_int_equal(redis_client_init_sentinel(&r, &loop, "redis://ignored:1/0", list, "mymaster", 1000,
+                                                test_on_redis_connect, NULL), 0);
+    /* A replica is refused (ROLE), and the Sentinels asked again, at least
+     * once a second (backoff capped at 1 s: 9 queries take at most 5.5 s;
+     * with the plain 5 s cap at least 8.1 s). */
+    assert_int_equal(test_wait_count(&loop, &fs.queries, 9, 7000), 0);
+    assert_false(redis_client_ready(r));
+    fs.names_port = pa;
+    assert_int_equal(test_run_until(&loop, test_redis_ready, r, 8000), 0);
+    assert_int_equal(test_wait_count(&loop, &test_redis_connects, 1, 1000), 0);
+    struct test_reply t;
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "a");
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.str, "OK");
+
+    /* a switch under the client: b promoted, a made its replica */
+    test_redis_admin(pb, "REPLICAOF", "NO", "ONE", NULL);
+    char bport[16];
+    snprintf(bport, sizeof bport, "%d", pb);
+    test_redis_admin(pa, "REPLICAOF", "127.0.0.1", bport, NULL);
+    fs.names_port = pb;
+    int before = test_redis_connects;
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "b");
+    assert_int_equal(t.err, 0); /* the caller gets the refusal, to retry */
+    assert_int_equal(t.type, REDIS_REPLY_ERROR);
+    assert_memory_equal(t.str, "READONLY", 8);
+    assert_int_equal(test_wait_count(&loop, &test_redis_connects, before + 1, 8000), 0);
+    assert_true(redis_client_ready(r));
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "c");
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.str, "OK");
+    redisContext *bc = redisConnect("127.0.0.1", pb);
+    assert_true(bc && !bc->err);
+    redisReply *got = redisCommand(bc, "GET test:ha");
+    assert_true(got && got->type == REDIS_REPLY_STRING);
+    assert_string_equal(got->str, "c"); /* written on the new master */
+    freeReplyObject(got);
+    redisFree(bc);
+
+    /* b cut from its replicas (min-replicas-to-write) while a is made the
+     * master: NOREPLICAS sends the client to the Sentinels at once, not at
+     * the next periodic check (5 s) */
+    test_redis_admin(pa, "REPLICAOF", "NO", "ONE", NULL);
+    test_redis_admin(pb, "CONFIG", "SET", "min-replicas-to-write", "1");
+    fs.names_port = pa;
+    before = test_redis_connects;
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "d");
+    assert_int_equal(t.type, REDIS_REPLY_ERROR);
+    assert_memory_equal(t.str, "NOREPLICAS", 10);
+    assert_int_equal(test_wait_count(&loop, &test_redis_connects, before + 1, 2000), 0);
+    test_redis_cmd(&loop, r, &t, "SET %s %s", "test:ha", "e");
+    assert_string_equal(t.str, "OK");
+
+    /* the Sentinels move the master while the connection stays healthy:
+     * the periodic check follows */
+    fs.names_port = pb;
+    before = test_redis_connects;
+    assert_int_equal(test_wait_count(&loop, &test_redis_connects, before + 1, 8000), 0);
+    redis_client_close(r);
+    uv_close((uv_handle_t *)&fs.server, NULL);
+    test_loop_finish(&loop);
+    test_kill(&a, SIGKILL);
+    test_kill(&b, SIGKILL);
+    char rdb[64];
+    snprintf(rdb, sizeof rdb, "/tmp/chatd-test-%d.rdb", pa);
+    unlink(rdb);
+    snprintf(rdb, sizeof rdb, "/tmp/chatd-test-%d.rdb", pb);
+    unlink(rdb);
 }
 
 static void test_redis_close_cancels(void **state)
@@ -1213,6 +1521,66 @@ static void test_pg_connection_lost(void **state)
     test_loop_finish(&loop);
 }
 
+/* A listener that completes TCP handshakes and never answers: a dead
+ * node's address that swallows packets, as far as libpq can tell. */
+static int test_silent_listener(int *port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 64) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &al) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* host=a,b with a silent first host: libpq enforces no connect_timeout in
+ * non-blocking mode, so each attempt hung on the first host until the
+ * connect deadline and the next attempt started from it again: never up
+ * (before the host rotation). */
+static void test_pg_multihost_skips_silent_host(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    int silent_port = 0;
+    int fd = test_silent_listener(&silent_port);
+    assert_true(fd >= 0);
+    char ci[256];
+    snprintf(ci, sizeof ci,
+             "host=127.0.0.1,127.0.0.1 port=%d,%d user=postgres dbname=postgres "
+             "target_session_attrs=read-write",
+             silent_port, test_pg.port);
+    uv_loop_t loop;
+    pg_client_t *c = NULL;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pg_client_init(&c, &loop, ci, 500), 0);
+    /* the connect deadline is 2 s; then backoff, then the second host */
+    assert_int_equal(test_run_until(&loop, test_pg_ready, c, 8000), 0);
+    struct test_pgres t;
+    test_pg_one(&loop, c, &t, "SELECT 'up'", NULL);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.val, "up");
+    pg_client_close(c);
+    test_loop_finish(&loop);
+    close(fd);
+    /* a list longer than the client keeps is refused, not cut */
+    char many[512] = "host=";
+    for (int i = 0; i < 17; i++)
+        strcat(many, i ? ",h" : "h");
+    c = (pg_client_t *)&c;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(pg_client_init(&c, &loop, many, 500), ERR_BAD_REQUEST);
+    assert_null(c);
+    test_loop_finish(&loop);
+}
+
 static void test_pg_unavailable_and_close(void **state)
 {
     (void)state;
@@ -1265,6 +1633,7 @@ int main(void)
     log_init(LOG_LVL_WARN, "test", 0);
     const struct CMUnitTest parse[] = {
         cmocka_unit_test(test_redis_url_parse),
+        cmocka_unit_test(test_sentinel_parse),
     };
     const struct CMUnitTest redis[] = {
         cmocka_unit_test(test_redis_roundtrip),
@@ -1275,6 +1644,7 @@ int main(void)
         cmocka_unit_test(test_redis_timeout),
         cmocka_unit_test(test_redis_restart),
         cmocka_unit_test(test_redis_close_cancels),
+        cmocka_unit_test(test_redis_sentinel_follows),
     };
     const struct CMUnitTest pg[] = {
         cmocka_unit_test(test_pg_migrate),
@@ -1287,6 +1657,7 @@ int main(void)
         cmocka_unit_test(test_pg_timeout_behind_abandoned),
         cmocka_unit_test(test_pg_connection_lost),
         cmocka_unit_test(test_pg_unavailable_and_close),
+        cmocka_unit_test(test_pg_multihost_skips_silent_host),
     };
     int failed = cmocka_run_group_tests_name("store_parse", parse, NULL, NULL);
     failed += cmocka_run_group_tests_name("store_redis", redis, test_redis_group_setup,
