@@ -127,7 +127,7 @@ def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
 
 @pytest.mark.xfail(strict=False, reason=(
     "found by P2b, not fixed: the healthy classifier 1 lost its session while classifier 0 "
-    "was deaf (3 of 5 runs on a machine shared with other Kafka tests; 0 of 14 at load 2-5, "
+    "was deaf (3 of 5 runs on a machine shared with other Kafka tests; 0 of 15 at load 2-5, "
     "the deaf one holding no rebalance). Kafka 4's coordinator "
     "answers a heartbeat only once the offset commits pending on the group's "
     "__consumer_offsets partition are replicated; a replication stall longer than the "
