@@ -91,6 +91,24 @@ class NetKafka(kafkascript.KafkaCluster):
                 raise RuntimeError(f"kafka not ready after {timeout}s (want {want}, saw {seen})")
             time.sleep(0.25)
 
+    def coordinator(self, group):
+        """Index of the node coordinating `group` (FindCoordinator v0 to
+        node 0), or None while the group has none yet."""
+        import socket
+        import struct
+        g = group.encode()
+        client = b"chatd-kafka-probe"
+        req = struct.pack(">hhih", 10, 0, 1, len(client)) + client + struct.pack(">h", len(g)) + g
+        try:
+            with socket.create_connection((self.addrs[0], KAFKA_PORT), timeout=2) as s:
+                s.sendall(struct.pack(">i", len(req)) + req)
+                hdr = kafkascript._recv(s, 4)
+                data = kafkascript._recv(s, struct.unpack(">i", hdr)[0])
+        except OSError:
+            return None
+        err, node = struct.unpack_from(">hi", data, 4)
+        return node - 1 if err == 0 else None
+
     def _brokers(self, i):
         import socket
         import struct
