@@ -951,10 +951,13 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     if (rc == 0)
         rc = pg_client_init(&g->pg, d->loop, c->pg, (unsigned)c->backend_timeout_ms);
     if (rc == 0)
+        rc = readmarks_init(&g->reads, d->loop, g->pg);
+    if (rc == 0)
         rc = kafka_consumer_init_assigned(&g->consumer, d->loop, d->kafka, c->topic_receive,
                                           c->gateway_id, 10000, gw_on_records, g);
     if (rc) {
         log_error("gateway_init_failed", "err=%s", err_code(rc));
+        readmarks_close(g->reads);
         if (g->pg)
             pg_client_close(g->pg);
         free(g);
@@ -1002,6 +1005,7 @@ void gateway_close(gateway_t *g)
 {
     g->closing = 1;
     kafka_consumer_close(g->consumer);
+    readmarks_close(g->reads);
     pg_client_close(g->pg);
     /* Connections still open are cut; their on_close frees them. */
     ws_shutdown();

@@ -21,6 +21,7 @@
 #include "net/ws.h"
 #include "roles/gateway.h"
 #include "store/pg.h"
+#include "store/readmarks.h"
 
 #define GW_CONN_MAGIC 0x67636f6eu /* "gcon" */
 #define GW_EPOCH_MAX 40
@@ -91,6 +92,7 @@ struct gateway {
     routes_t *routes;
     redis_client_t *redis;
     pg_client_t *pg;
+    readmarks_t *reads;             /* `read` marks, batched (store/readmarks.h) */
     kafka_consumer_t *consumer;
     char epoch[GW_EPOCH_MAX];
     int cleaned;                    /* earlier life's routes removed */

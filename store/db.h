@@ -66,12 +66,20 @@ struct db_fence {
     const char *epochs;
 };
 /* Stores sequenced messages (room NUL-terminated) in one statement, only
- * if every fence still holds (else nothing). A row whose (room, id) exists
- * is skipped (a re-consumed record); a (room, seq) held by another id fails
- * the whole statement with SQLSTATE 23505 (a seq collision: nothing is
- * stored). One row: (held, inserted, partitions not held as an array). */
+ * if every fence still holds (else nothing). A row whose (room, seq) holds
+ * its id already is skipped (a re-consumed record); a (room, seq) held by
+ * another id, or twice in the batch, stores nothing and answers taken = t
+ * (a seq collision). One row: (held, inserted, partitions not held as an
+ * array, taken). */
 void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
                    size_t n, pg_result_cb cb, void *ud);
+/* Partition upkeep of messages (migrations/006): creates the current
+ * month's partition and ahead_months after it, and with retention_s > 0
+ * drops every partition whose month ended more than retention_s ago. One
+ * row: (partitions created, or -1 when another caller holds the advisory
+ * lock; names dropped, comma-separated). */
+void db_messages_maintain(pg_client_t *pg, int ahead_months, int64_t retention_s, pg_result_cb cb,
+                          void *ud);
 
 /* ---- the server API (roles/api.h); rooms' columns: migrations/003 ---- */
 /* Creates or updates a room (private, name, owner; NULL name/owner keep the

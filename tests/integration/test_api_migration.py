@@ -1,5 +1,5 @@
-"""The server API on standalone instances: migrations 003 (the room head)
-and 004 (room options, bans) applied in place to a database made by an earlier chatd (its rooms
+"""The server API on standalone instances: migrations 003 (the room head),
+004 (room options, bans) and 006 (messages by month) applied in place to a database made by an earlier chatd (its rooms
 stay open, its data stays); the configuration refused when incomplete; a
 publish while Kafka is down (503 + Retry-After, then stored once)."""
 import os
@@ -49,7 +49,13 @@ def test_migrations_003_004_in_place(pg, start_all_instance):
     arun(join())
     rows = pg.query("SELECT version FROM schema_migrations ORDER BY version", db=dbname)
     assert [r[0] for r in rows][:4] == [1, 2, 3, 4]
+    assert 6 in [r[0] for r in rows]
     assert pg.query("SELECT head FROM rooms WHERE room = 'old-room'", db=dbname) == [(1,)]
+    # 006: messages partitioned by month of ts; the old row is in its month's
+    # partition (ts 1: January 1970), and read above through the API.
+    assert pg.query("SELECT relkind FROM pg_class WHERE relname = 'messages'", db=dbname) == [("p",)]
+    assert pg.query("SELECT tableoid::regclass::text, seq FROM messages WHERE room = 'old-room'",
+                    db=dbname) == [("messages_p197001", 1)]
 
 
 def run_conf(args, env):
