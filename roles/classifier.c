@@ -921,7 +921,9 @@ static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size
 #define CL_MAINTAIN_FIRST_MS 1000
 #define CL_MAINTAIN_EVERY_MS (3600 * 1000)
 #define CL_MAINTAIN_RETRY_MS (15 * 1000)
-#define CL_MONTHS_AHEAD 3
+/* One month ahead is made a month before it starts; each empty month
+ * costs every stored row a probe (db_store_msgs, db_known_ids). */
+#define CL_MONTHS_AHEAD 1
 
 static void cl_on_maintain_timer(uv_timer_t *t);
 

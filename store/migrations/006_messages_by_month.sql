@@ -17,7 +17,7 @@
 -- partition's fence holder stores into a room).
 --
 -- Partitions are UTC calendar months, messages_pYYYYMM, created by
--- chatd_messages_maintain (the current month and a few ahead; every
+-- chatd_messages_maintain (the current month and the next; every
 -- classifier calls it hourly, one at a time by an advisory lock).
 -- messages_default catches a ts outside every partition (a gateway clock
 -- far off, a record older than the oldest month kept); it should stay
@@ -126,11 +126,11 @@ BEGIN
     CREATE UNIQUE INDEX messages_room_id ON messages (room, id, ts);
     CREATE TABLE messages_default PARTITION OF messages DEFAULT;
     -- A partition per month with messages (up to 2100; anything else goes
-    -- to the default partition), then the current month and 3 ahead.
+    -- to the default partition), then the current month and the next.
     PERFORM chatd_messages_partition(d * 86400000)
     FROM (SELECT DISTINCT ts / 86400000 AS d FROM messages_v5
           WHERE ts >= 0 AND ts < 4102444800000) days;
-    PERFORM chatd_messages_maintain(3, 0);
+    PERFORM chatd_messages_maintain(1, 0);
     INSERT INTO messages SELECT room, seq, id, user_id, cid, body, ts FROM messages_v5
     ORDER BY room, seq;
     DROP TABLE messages_v5;
