@@ -21,6 +21,8 @@
 #   make bench      every benchmark of docs/PERFORMANCE.md on the embedded broker and on a real
 #                   Kafka (one KRaft node, KAFKA_VERSION), the Socket.IO peer included; writes
 #                   build/bench-results/ and the doc (BENCH_QUICK=1: the results dir only)
+#   make bench-storage  chatd's insert and history statements against a throwaway PostgreSQL
+#                   (fsync on); STORAGE_ARGS="rows batch rooms days" (bench/storage/run.sh)
 #   make api-deps   the venv of schemathesis (tests/api/requirements.txt) the API schema test runs
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #                   and in clients/js (the client library's test-only ws and typescript, pinned the same way)
@@ -55,7 +57,7 @@ PYTEST_ARGS ?=
 
 .PHONY: api-deps all deps test unit integration integration-kafka faults-kafka3 test-partitions kafka-up kafka-down deploy-test soak saturation run cluster clean chatbench fuzz fuzz-build fuzz-replay \
         image k8s-check k8s-kafka-test \
-        bench bench-deps bench-peer \
+        bench bench-deps bench-peer bench-storage \
         browser-deps js-deps screenshots
 all: $(BUILD)/chatd
 
@@ -98,6 +100,15 @@ $(BUILD)/chatbench: $(BENCH_OBJS)
 $(BUILD)/tests/test_bench: bench/wsframe.c bench/wsframe.h bench/delivery.c bench/delivery.h \
 	bench/sched.c bench/sched.h bench/ledger.c bench/ledger.h bench/stats.c bench/stats.h \
 	bench/hist.c bench/hist.h bench/conf.h
+
+# The storage bench (issue 24): chatd's own statements against a throwaway
+# PostgreSQL, fsync on (bench/storage/run.sh). STORAGE_ARGS: rows batch rooms days.
+$(BUILD)/bench_storage: bench/storage/storage.c $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench-storage: $(BUILD)/bench_storage
+	bash bench/storage/run.sh $(BUILD)/bench_storage $(STORAGE_ARGS)
 
 $(BUILD)/fanout_limit: bench/fanout_limit.c
 	@mkdir -p $(dir $@)

@@ -128,6 +128,9 @@ static const struct conf_flag conf_flags[] = {
     F_INT("max-http-conns", max_http_conns, "4096", 1, 1000000,
           "sockets still in the HTTP phase (not yet upgraded); a new one above this gets 503 and is closed"),
     F_INT("migrate-wait", migrate_wait_s, "30", 0, 3600, "seconds to wait for PostgreSQL at start"),
+    F_STR("retention", retention, "0",
+          "keep messages at least this long, then drop them by whole months (N followed by s, m, h "
+          "or d, e.g. 90d; classifiers enforce it); 0 = keep for ever"),
     { "log-level", T_LEVEL, offsetof(struct conf, log_level), 0, "info", 0, 0, "debug | info | warn | error" },
 };
 #define CONF_NFLAGS (sizeof conf_flags / sizeof conf_flags[0])
@@ -332,8 +335,33 @@ static int conf_gateway_id_from_hostname(void)
     return (int)id;
 }
 
+/* "0", or N followed by s, m, h or d: seconds in *out; -1 if invalid. */
+static int conf_parse_duration(const char *v, long long *out)
+{
+    if (!strcmp(v, "0")) {
+        *out = 0;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    long long unit = 0;
+    if (end != v && end[0] && !end[1])
+        unit = end[0] == 's' ? 1 : end[0] == 'm' ? 60 : end[0] == 'h' ? 3600 : end[0] == 'd' ? 86400 : 0;
+    /* at most 100 years: the product stays far from overflow */
+    if (errno || v[0] == '-' || v[0] == '+' || unit == 0 || n <= 0 || n > 3155760000LL / unit)
+        return -1;
+    *out = n * unit;
+    return 0;
+}
+
 static int conf_check(struct conf *c)
 {
+    if (conf_parse_duration(c->retention, &c->retention_s) < 0) {
+        fprintf(stderr, "chatd: invalid value for --retention: '%s' (0, or N followed by s, m, h "
+                        "or d, e.g. 90d)\n", c->retention);
+        return -1;
+    }
     if (c->gateway_id < 0)
         c->gateway_id = conf_gateway_id_from_hostname();
     /* Classifiers route only to ids below --receive-partitions: a gateway

@@ -84,6 +84,8 @@ struct conf {
     int request_timeout_ms;      /* a complete HTTP request within this, or 408 / close */
     int max_http_conns;          /* sockets in the HTTP phase (503 + close above) */
     int migrate_wait_s;
+    char retention[32];          /* --retention as given */
+    long long retention_s;       /* messages kept at least this long; 0 = for ever */
     enum log_level log_level;
 };
 

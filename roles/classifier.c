@@ -111,6 +111,7 @@ struct classifier {
     unsigned fence_wait_ms;       /* after a refusal: session.timeout.ms + margin */
     unsigned max_poll_ms;         /* a batch older than this: the group has dropped us */
     unsigned floors_gen;          /* consumer generation the floors belong to */
+    uv_timer_t maintain;          /* messages' partitions (cl_on_maintain_timer) */
     struct {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
         metric_t *collisions, *fenced, *lost;
@@ -493,6 +494,12 @@ static void cl_on_stored(int err, PGresult *res, void *ud)
     }
     if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
         cl_on_fenced(b, PQgetvalue(res, 0, 2));
+        return;
+    }
+    /* A (room, seq) of the batch held by another message in some month's
+     * partition: the check that replaced the unique (room, seq). */
+    if (PQnfields(res) > 3 && PQgetvalue(res, 0, 3)[0] == 't') {
+        cl_on_collision(b, "messages_room_seq", "a (room, seq) of the batch is another message's");
         return;
     }
     /* Rows not inserted must be the ids PostgreSQL had at these very seqs
@@ -950,6 +957,58 @@ static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size
     cl_run(b);
 }
 
+/* ---- messages' partitions ---- */
+
+/* Every classifier keeps the months ahead created and, with --retention,
+ * drops the expired ones (migrations/006); the function's advisory lock
+ * lets one do it at a time, and a classifier is always running wherever
+ * messages are stored. At start (after the connect), then hourly; after a
+ * failure (a lock not granted within 1 s, PostgreSQL down) sooner. */
+#define CL_MAINTAIN_FIRST_MS 1000
+#define CL_MAINTAIN_EVERY_MS (3600 * 1000)
+#define CL_MAINTAIN_RETRY_MS (15 * 1000)
+/* One month ahead is made a month before it starts; each empty month
+ * costs every stored row a probe (db_store_msgs, db_known_ids). */
+#define CL_MONTHS_AHEAD 1
+
+static void cl_on_maintain_timer(uv_timer_t *t);
+
+static void cl_on_maintained(int err, PGresult *res, void *ud)
+{
+    classifier_t *c = ud;
+    if (c->closing)
+        return;
+    uint64_t next = CL_MAINTAIN_EVERY_MS;
+    if (err || PQntuples(res) != 1) {
+        log_warn("messages_maintain_failed", "err=%s sqlstate=%s retry_ms=%d",
+                 err_code(err ? err : ERR_INTERNAL),
+                 res && PQresultErrorField(res, PG_DIAG_SQLSTATE) ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "-",
+                 CL_MAINTAIN_RETRY_MS);
+        next = CL_MAINTAIN_RETRY_MS;
+    } else {
+        long created = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        const char *dropped = PQgetvalue(res, 0, 1);
+        if (created >= 0) /* hourly: which months went, and that the upkeep runs */
+            log_info("messages_partitions", "created=%ld dropped=%s retention_s=%lld", created,
+                     dropped[0] ? log_q(dropped, strlen(dropped)) : "-", c->conf->retention_s);
+        else
+            log_debug("messages_partitions", "busy=1 note=\"another classifier's upkeep\"");
+    }
+    uv_timer_start(&c->maintain, cl_on_maintain_timer, next, 0);
+}
+
+static void cl_on_maintain_timer(uv_timer_t *t)
+{
+    classifier_t *c = t->data;
+    if (c->closing)
+        return;
+    if (!pg_client_ready(c->pg)) { /* still connecting: no failure to report */
+        uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_FIRST_MS, 0);
+        return;
+    }
+    db_messages_maintain(c->pg, CL_MONTHS_AHEAD, c->conf->retention_s, cl_on_maintained, c);
+}
+
 /* ---- lifecycle ---- */
 
 static void cl_metrics_init(classifier_t *c)
@@ -1008,6 +1067,9 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
         uv_timer_init(d->loop, &c->slot[i].retry);
         c->slot[i].retry.data = &c->slot[i];
     }
+    uv_timer_init(d->loop, &c->maintain);
+    c->maintain.data = c;
+    uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_FIRST_MS, 0);
     log_info("classifier_started", "group=%s topic=%s", d->conf->group_id, d->conf->topic_send);
     *out = c;
     return 0;
@@ -1040,6 +1102,7 @@ void classifier_close(classifier_t *c)
                      c->slot[i].n_items);
         uv_close((uv_handle_t *)&c->slot[i].retry, NULL);
     }
+    uv_close((uv_handle_t *)&c->maintain, NULL);
     kafka_consumer_close(c->consumer);
     pg_client_close(c->pg);
 }

@@ -19,6 +19,9 @@
  * are assigned strictly in offset order. Any failure retries that batch
  * with backoff (every step is idempotent); a batch waiting behind a failed
  * one waits until it has been produced again.
+ * Every classifier also keeps messages' monthly partitions, at start and
+ * hourly: the months ahead created, and with --retention the expired ones
+ * dropped (store/migrations/006, docs/ARCHITECTURE.md "Retention").
  */
 #ifndef CHATD_CLASSIFIER_H
 #define CHATD_CLASSIFIER_H

@@ -957,14 +957,19 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
     g->pg = g->pgs[0];
     if (rc == 0 && !(g->seen = seen_new(g->pg)))
         rc = ERR_NOMEM;
+    for (int i = 0; rc == 0 && i < g->n_pg; i++)
+        rc = readmarks_init(&g->reads[i], d->loop, g->pgs[i]);
     if (rc == 0)
         rc = kafka_consumer_init_assigned(&g->consumer, d->loop, d->kafka, c->topic_receive,
                                           c->gateway_id, 10000, gw_on_records, g);
     if (rc) {
         log_error("gateway_init_failed", "err=%s", err_code(rc));
         seen_free(g->seen);
-        for (int i = 0; i < g->n_pg; i++)
+        for (int i = 0; i < g->n_pg; i++) {
+            if (g->reads[i])
+                readmarks_close(g->reads[i]);
             pg_client_close(g->pgs[i]);
+        }
         free(g);
         return rc;
     }
@@ -1020,8 +1025,10 @@ void gateway_close(gateway_t *g)
 {
     g->closing = 1;
     kafka_consumer_close(g->consumer);
-    for (int i = 0; i < g->n_pg; i++)
+    for (int i = 0; i < g->n_pg; i++) {
+        readmarks_close(g->reads[i]);
         pg_client_close(g->pgs[i]);
+    }
     /* Connections still open are cut; their on_close frees them. */
     ws_shutdown();
     uv_close((uv_handle_t *)&g->heartbeat, NULL);

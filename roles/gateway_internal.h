@@ -21,6 +21,7 @@
 #include "net/ws.h"
 #include "roles/gateway.h"
 #include "store/pg.h"
+#include "store/readmarks.h"
 #include "store/seen.h"
 
 #define GW_CONN_MAGIC 0x67636f6eu /* "gcon" */
@@ -95,6 +96,7 @@ struct gateway {
     redis_client_t *redis;
     pg_client_t *pg;                /* pgs[0]: statements that belong to no user */
     pg_client_t *pgs[GW_PG_MAX];    /* --pg-conns: see gw_pg */
+    readmarks_t *reads[GW_PG_MAX];  /* `read` marks, batched per connection (store/readmarks.h) */
     int n_pg;
     seen_t *seen;                   /* users rows, written once a second */
     kafka_consumer_t *consumer;
@@ -129,12 +131,23 @@ struct gateway {
  * them in parallel and share WAL flushes (a single connection was one flush
  * per join: docs/PERFORMANCE.md), and one slow query holds up only the users
  * of its connection. FNV-1a: stable, cheap, spreads short ids. */
-static inline pg_client_t *gw_pg(const struct gateway *g, const char *key)
+static inline int gw_pg_index(const struct gateway *g, const char *key)
 {
     uint32_t h = 2166136261u;
     for (const unsigned char *k = (const unsigned char *)key; *k; k++)
         h = (h ^ *k) * 16777619u;
-    return g->pgs[h % (uint32_t)g->n_pg];
+    return (int)(h % (uint32_t)g->n_pg);
+}
+
+static inline pg_client_t *gw_pg(const struct gateway *g, const char *key)
+{
+    return g->pgs[gw_pg_index(g, key)];
+}
+
+/* A user's read marks go out on its own connection, after its join. */
+static inline readmarks_t *gw_reads(const struct gateway *g, const char *user)
+{
+    return g->reads[gw_pg_index(g, user)];
 }
 
 /* Bytes one reply may take (sync and REST pages, rooms): half of

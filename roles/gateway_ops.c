@@ -504,18 +504,17 @@ static void gw_on_rooms_db(int err, PGresult *res, void *ud)
 
 /* ---- read marks ---- */
 
-static void gw_on_read_db(int err, PGresult *res, void *ud)
+static void gw_on_read_db(int err, int member, int64_t seq, void *ud)
 {
     struct gw_pending *p = ud;
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
         return;
-    if (err || PQntuples(res) == 0) {
+    if (err || !member) {
         gw_send_error(c, p->rid, err ? ERR_UNAVAILABLE : ERR_NOT_MEMBER, NULL);
         gw_pending_free(p);
         return;
     }
-    int64_t seq = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     gw_reply_ok(c, p->rid, NULL, -1);
     struct jbuf b;
     jbuf_init(&b, 128);
@@ -637,7 +636,8 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         gw_op_typing(c, r);
         break;
     case OP_READ:
-        db_read(gw_pg(g, c->u->id), r->room, c->u->id, r->seq, gw_on_read_db, gw_pending_new(c, r));
+        readmarks_add(gw_reads(g, c->u->id), r->room, c->u->id, r->seq, gw_on_read_db,
+                      gw_pending_new(c, r));
         break;
     case OP_PRESENCE:
         routes_presence(g->routes, r->room, gw_on_presence, gw_pending_new(c, r));

@@ -204,8 +204,15 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
      * arrays, so the statement is prepared once instead of a VALUES list
      * parsed and planned per batch. The fence rows are share-locked: a
      * take (an UPDATE) waits for this statement, or this statement sees the
-     * new epoch and stores nothing. The conflict target is (room, id) only,
-     * so a (room, seq) held by another message is an error, never a skip.
+     * new epoch and stores nothing. messages is partitioned by month of ts
+     * (migrations/006), so its unique keys hold per partition only and carry
+     * ts: each row's (room, seq) is looked up in every partition (one probe
+     * of each partition's (room, seq, ts) index, LATERAL ... LIMIT 1 so a
+     * generic plan cannot make it a hash join). Held by the same id: the
+     * row is stored already (a re-consumed record), skipped whatever its
+     * ts, as ON CONFLICT (room, id) skipped it; held by another id, or twice
+     * in the batch: taken, a seq collision, nothing stored, as the unique
+     * (room, seq) refused it. (room, id, ts) stays the conflict target.
      * Each room's head is raised in the same statement (rows locked in room
      * order), so it is the last stored seq whatever is deleted later. */
     static struct pg_stmt st = {
@@ -213,14 +220,22 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "JOIN unnest($8::int[], $9::bigint[]) AS x(p, e) ON o.partition = x.p AND o.epoch = x.e "
         "WHERE o.topic = $10 FOR SHARE OF o), "
         "ok AS (SELECT count(*) = cardinality($8::int[]) AS held FROM f), "
+        "u AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::bigint[], $11::text[], $12::text[]) "
+        "AS u(room, seq, id, user_id, cid, body, ts, kind, target)), "
+        "s AS (SELECT u.*, x.id AS held_by FROM u LEFT JOIN LATERAL (SELECT m.id FROM messages m "
+        "WHERE m.room = u.room AND m.seq = u.seq LIMIT 1) x ON true), "
+        "cl AS (SELECT EXISTS (SELECT 1 FROM s WHERE s.held_by <> s.id) "
+        "OR EXISTS (SELECT 1 FROM u GROUP BY room, seq HAVING count(*) > 1) AS taken), "
         "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts, kind, target) "
-        "SELECT u.* FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
-        "$6::text[], $7::bigint[], $11::text[], $12::text[]) AS u, ok WHERE ok.held "
-        "ON CONFLICT (room, id) DO NOTHING RETURNING room, seq), "
+        "SELECT s.room, s.seq, s.id, s.user_id, s.cid, s.body, s.ts, s.kind, s.target FROM s, ok, cl "
+        "WHERE ok.held AND NOT cl.taken AND s.held_by IS NULL "
+        "ON CONFLICT (room, id, ts) DO NOTHING RETURNING room, seq), "
         "hd AS (INSERT INTO rooms (room, head) SELECT room, max(seq) FROM ins GROUP BY room "
         "ORDER BY room ON CONFLICT (room) DO UPDATE SET head = GREATEST(rooms.head, EXCLUDED.head)) "
         "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), "
-        "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f))",
+        "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f)), "
+        "(SELECT taken FROM cl)",
     };
     struct jbuf col[DB_MSG_COLS], ch[DB_CHANGE_COLS];
     for (int k = 0; k < DB_MSG_COLS; k++)
@@ -288,6 +303,19 @@ void db_apply_changes(pg_client_t *pg, const char *rooms, const char *ids, const
              "WHERE m.room = g.room AND m.target = g.target AND m.kind = 'e' AND m.body <> '') "
              "SELECT count(*) FROM ok",
              3, p, cb, ud);
+}
+
+void db_messages_maintain(pg_client_t *pg, int ahead_months, int64_t retention_s, pg_result_cb cb,
+                          void *ud)
+{
+    char a[16], r[24];
+    snprintf(a, sizeof a, "%d", ahead_months);
+    snprintf(r, sizeof r, "%" PRId64, retention_s);
+    const char *p[] = { a, r };
+    /* Not prepared: it runs DDL, hourly; the function holds the logic so a
+     * test or an operator can call it by hand (docs/DEPLOY.md). */
+    pg_query(pg, "SELECT created, dropped FROM chatd_messages_maintain($1::int, $2::bigint)", 2, p,
+             cb, ud);
 }
 
 void db_rooms_json(struct jbuf *b, const PGresult *res)

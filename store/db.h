@@ -67,14 +67,22 @@ struct db_fence {
     const char *epochs;
 };
 /* Stores sequenced messages (room NUL-terminated) in one statement, only
- * if every fence still holds (else nothing). A row whose (room, id) exists
- * is skipped (a re-consumed record); a (room, seq) held by another id fails
- * the whole statement with SQLSTATE 23505 (a seq collision: nothing is
- * stored). One row: (held, inserted, partitions not held as an array).
- * An edit or delete (chat_msg.kind) is stored as a row of its own (kind,
- * target; migrations/005), and applied by db_apply_changes once stored. */
+ * if every fence still holds (else nothing). A row whose (room, seq) holds
+ * its id already is skipped (a re-consumed record); a (room, seq) held by
+ * another id, or twice in the batch, stores nothing and answers taken = t
+ * (a seq collision). One row: (held, inserted, partitions not held as an
+ * array, taken). An edit or delete (chat_msg.kind) is stored as a row of
+ * its own (kind, target; migrations/005), and applied by db_apply_changes
+ * once stored. */
 void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_msg *const *msgs,
                    size_t n, pg_result_cb cb, void *ud);
+/* Partition upkeep of messages (migrations/006): creates the current
+ * month's partition and ahead_months after it, and with retention_s > 0
+ * drops every partition whose month ended more than retention_s ago. One
+ * row: (partitions created, or -1 when another caller holds the advisory
+ * lock; names dropped, comma-separated). */
+void db_messages_maintain(pg_client_t *pg, int ahead_months, int64_t retention_s, pg_result_cb cb,
+                          void *ud);
 
 /* Applies the stored edits and deletes (room[i], id[i]; mods: a boolean
  * array, the server API's) to their targets, iff a target is a message of

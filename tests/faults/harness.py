@@ -481,15 +481,16 @@ class Cluster:
         st, _, data = chatlib.http_request(self.ports["broker"], "POST", path, body=body)
         return st, data
 
-    def produce_send(self, msgs):
+    def produce_send(self, msgs, ts=None):
         """msgs: [(room, user, cid, text)] -> chat-send records exactly as a
         gateway writes them (key = room, headers v=1 t=m), through kcat, in
         one producer session (so a classifier batch can hold thousands).
+        ts: the gateway's receive time in ms (default: now).
         Returns the ids; raises if kcat failed (some may still be stored)."""
         import json
         import uuid
         lines, ids = [], []
-        ts = int(time.time() * 1000)
+        ts = int(time.time() * 1000) if ts is None else int(ts)
         for room, user, cid, text in msgs:
             mid = uuid.uuid4().hex
             ids.append(mid)

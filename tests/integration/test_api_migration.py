@@ -1,5 +1,5 @@
 """The server API on standalone instances: migrations 003 (the room head),
-004 (room options, bans) and 005 (edits and deletes) applied in place to a database made by an earlier chatd (its rooms
+004 (room options, bans), 005 (edits and deletes) and 006 (messages by month) applied in place to a database made by an earlier chatd (its rooms
 stay open, its data stays); the configuration refused when incomplete; a
 publish while Kafka is down (503 + Retry-After, then stored once)."""
 import json
@@ -58,9 +58,14 @@ def test_migrations_003_004_in_place(pg, start_all_instance):
     first = json.loads(body)["messages"][0]
     assert (first["text"], first.get("edited")) == ("edited after the upgrade", True), first
     rows = pg.query("SELECT version FROM schema_migrations ORDER BY version", db=dbname)
-    assert [r[0] for r in rows][:5] == [1, 2, 3, 4, 5]
+    assert [r[0] for r in rows][:6] == [1, 2, 3, 4, 5, 6]
     # 003 set the head to 1 (the message from before); the edit took seq 2
     assert pg.query("SELECT head FROM rooms WHERE room = 'old-room'", db=dbname) == [(2,)]
+    # 006: messages partitioned by month of ts; the old row is in its month's
+    # partition (ts 1: January 1970), and read above through the API.
+    assert pg.query("SELECT relkind FROM pg_class WHERE relname = 'messages'", db=dbname) == [("p",)]
+    assert pg.query("SELECT tableoid::regclass::text, seq FROM messages WHERE room = 'old-room' "
+                    "AND seq = 1", db=dbname) == [("messages_p197001", 1)]
 
 
 def run_conf(args, env):

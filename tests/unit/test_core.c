@@ -136,6 +136,33 @@ static void test_conf_flags_and_env(void **state)
     unsetenv("CHATD_JWT_SECRET");
 }
 
+/* --retention: a duration with a unit, or 0 (the default: keep for ever);
+ * anything else is refused at start, never read as 0. */
+static void test_conf_retention(void **state)
+{
+    (void)state;
+    struct conf c;
+    char *def[] = { "chatd", "--role=classifier", "--kafka=h:1" };
+    assert_int_equal(conf_try(&c, 3, def), 0);
+    assert_int_equal(c.retention_s, 0);
+    const struct { const char *v; long long s; } ok[] = {
+        { "--retention=90d", 90LL * 86400 }, { "--retention=36h", 36LL * 3600 },
+        { "--retention=15m", 900 }, { "--retention=45s", 45 }, { "--retention=0", 0 },
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char *argv[] = { "chatd", "--role=classifier", "--kafka=h:1", (char *)ok[i].v };
+        assert_int_equal(conf_try(&c, 4, argv), 0);
+        assert_int_equal(c.retention_s, ok[i].s);
+    }
+    const char *bad[] = { "--retention=90", "--retention=d", "--retention=-5d", "--retention=5w",
+                          "--retention=5dd", "--retention=", "--retention=99999999999d",
+                          "--retention=0d" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = { "chatd", "--role=classifier", "--kafka=h:1", (char *)bad[i] };
+        assert_int_equal(conf_try(&c, 4, argv), -1);
+    }
+}
+
 static void test_conf_refuses(void **state)
 {
     (void)state;
@@ -742,6 +769,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conf_defaults),   cmocka_unit_test(test_conf_flags_and_env),
         cmocka_unit_test(test_conf_security_flags), cmocka_unit_test(test_proto_nul),
+        cmocka_unit_test(test_conf_retention),
         cmocka_unit_test(test_conf_refuses),    cmocka_unit_test(test_conf_admin_listen),
         cmocka_unit_test(test_proto_ops),
         cmocka_unit_test(test_proto_errors),    cmocka_unit_test(test_proto_rooms),

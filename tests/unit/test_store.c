@@ -29,6 +29,7 @@
 #include "store/db.h"
 #include "store/migrate.h"
 #include "store/pg.h"
+#include "store/readmarks.h"
 #include "store/redis.h"
 #include "store/routes.h"
 #include "store/sentinel.h"
@@ -1157,11 +1158,38 @@ static void test_pg_migrate_in_place(void **state)
     /* 005: the rows from before are unedited messages, their text in place */
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'mi-a' AND kind = 'm' "
                                     "AND target IS NULL AND edited IS NULL AND NOT deleted AND body = 'x'"), 7);
-    /* retention deletes rows; the head stays */
-    c = PQconnectdb(test_pg.uri);
-    test_pg_exec(c, "DELETE FROM messages WHERE room = 'mi-a'");
-    PQfinish(c);
+    /* 006: messages is partitioned by month of ts, the rows moved into the
+     * partition of their month (ts 0: January 1970), the months ahead made. */
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'messages' "
+                                    "AND relkind = 'p'"), 1);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages_p197001"), 10);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages"), 10);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'messages_p' || "
+                                    "to_char(now() AT TIME ZONE 'UTC' + interval '1 month', 'YYYYMM')"), 1);
+    /* history still reads by (room, seq); an id still dedups (a record
+     * re-consumed: the same ts), in its month's partition */
+    assert_int_equal(test_pg_scalar("SELECT sum(seq) FROM (SELECT seq FROM messages WHERE room = 'mi-a' "
+                                    "AND seq > 2 ORDER BY seq LIMIT 3) h"), 3 + 4 + 5);
+    assert_int_equal(test_pg_scalar("WITH i AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
+                                    "VALUES ('mi-a', 1, md5('1'), 'u', 'c1', 'x', 0) "
+                                    "ON CONFLICT (room, id, ts) DO NOTHING RETURNING 1) "
+                                    "SELECT count(*) FROM i"), 0);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'mi-a'"), 7);
+    /* Retention drops the month's partition (no DELETE); the head stays. */
+    assert_int_equal(test_pg_scalar("SELECT created FROM chatd_messages_maintain(1, 86400)"), 0);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'messages_p197001'"), 0);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'mi-a'"), 0);
     assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'mi-a'"), 7);
+    /* A row outside every month made lands in the default partition; the
+     * month's partition made later takes it over. */
+    c = PQconnectdb(test_pg.uri);
+    test_pg_exec(c, "INSERT INTO messages (room, seq, id, user_id, body, ts) "
+                    "VALUES ('mi-far', 1, md5('far'), 'u', 'x', 4102444800000)");
+    PQfinish(c);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages_default"), 1);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM (SELECT chatd_messages_partition(4102444800000)) p"), 1);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages_default"), 0);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages_p210001 WHERE room = 'mi-far'"), 1);
 }
 
 struct test_pgres {
@@ -1239,6 +1267,163 @@ static void test_pg_one_stmt(uv_loop_t *loop, pg_client_t *c, struct pg_stmt *st
                              struct test_pgres *t, const char *p1)
 {
     test_pg_run(loop, c, st, NULL, t, p1);
+}
+
+/* ---- db_store_msgs on the partitioned messages (migrations/006) ---- */
+
+struct test_row {
+    int n, err;
+    char row[256]; /* the first row's columns joined by '|' */
+};
+
+static void test_on_row(int err, PGresult *res, void *user)
+{
+    struct test_row *t = user;
+    t->err = err;
+    t->row[0] = '\0';
+    size_t o = 0;
+    for (int k = 0; res && err == 0 && PQntuples(res) > 0 && k < PQnfields(res); k++)
+        o += (size_t)snprintf(t->row + o, sizeof t->row - o, "%s%s", k ? "|" : "",
+                              PQgetvalue(res, 0, k));
+    t->n++;
+}
+
+static void test_store_batch(uv_loop_t *loop, pg_client_t *c, const struct chat_msg *const *m,
+                             size_t n, struct test_row *t)
+{
+    memset(t, 0, sizeof *t);
+    struct db_fence f = { .topic = "ps-topic", .parts = "{0}", .epochs = "{1}" };
+    db_store_msgs(c, &f, m, n, test_on_row, t);
+    assert_int_equal(test_wait_count(loop, &t->n, 1, 5000), 0);
+}
+
+/* The unique keys of a partitioned messages carry ts, so what they no
+ * longer enforce across months the store's statement does: a record
+ * re-consumed (same id at the same seq) is skipped, also if the copy
+ * stored has another ts; another message at a (room, seq) already held, in
+ * another month's partition, or twice in one batch, stores nothing and
+ * answers taken (a seq collision for the classifier). The old statement
+ * answered the collision with SQLSTATE 23505 and stored the batch with a
+ * seq twice. */
+static void test_db_store_across_months(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO partition_owners (topic, partition, epoch, owner) "
+                     "VALUES ('ps-topic', 0, 1, 'test') ON CONFLICT DO NOTHING");
+    PQfinish(pc);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    int64_t now = (int64_t)time(NULL) * 1000, old = now - 62LL * 86400 * 1000;
+    struct chat_msg a = { .room = "ps-a", .id = "0000000000000000000000000000000a", .from = "u",
+                          .text = "a", .ts = now, .seq = 1 };
+    struct chat_msg b = a, d = a, e = a;
+    b.id = "0000000000000000000000000000000b", b.text = "b", b.ts = old; /* seq 1 again */
+    d.id = "0000000000000000000000000000000d", d.seq = 2, d.ts = old;
+    e.id = "0000000000000000000000000000000e", e.seq = 2;
+    const struct chat_msg *one[] = { &a }, *other[] = { &b }, *twice[] = { &d, &e }, *next[] = { &d };
+    struct test_row t;
+    test_store_batch(&loop, c, one, 1, &t);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|1|{}|f");
+    test_store_batch(&loop, c, one, 1, &t); /* re-consumed: skipped */
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|0|{}|f");
+    struct chat_msg a2 = a; /* the same message with another ts: stored already */
+    a2.ts = old;
+    const struct chat_msg *again[] = { &a2 };
+    test_store_batch(&loop, c, again, 1, &t);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|0|{}|f");
+    test_store_batch(&loop, c, other, 1, &t); /* seq 1 is a's, in another month */
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|0|{}|t");
+    test_store_batch(&loop, c, twice, 2, &t); /* seq 2 twice in the batch */
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|0|{}|t");
+    test_store_batch(&loop, c, next, 1, &t);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|1|{}|f");
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'ps-a'"), 2);
+    assert_int_equal(test_pg_scalar("SELECT count(DISTINCT tableoid) FROM messages WHERE room = 'ps-a'"), 2);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'ps-a'"), 2);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
+/* ---- read marks, batched (store/readmarks.h) ---- */
+
+struct test_mark {
+    int n, err, member;
+    int64_t seq;
+};
+
+static void test_on_mark(int err, int member, int64_t seq, void *user)
+{
+    struct test_mark *t = user;
+    if (test_in_call)
+        t->n = -100; /* called back from inside readmarks_add */
+    t->err = err;
+    t->member = member;
+    t->seq = seq;
+    t->n++;
+}
+
+/* Marks given together go in one statement (the old code sent one UPDATE
+ * per mark): each answered as db_read answered it, raised and never
+ * lowered, capped at the room's head, several of one membership counting
+ * as their highest, a non-member's not written; marks given while a batch
+ * is in flight go in the next one; a mark not sent at close is cancelled. */
+static void test_readmarks_batched(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO rooms (room, head) VALUES ('rm-a', 5), ('rm-b', 10)");
+    test_pg_exec(pc, "INSERT INTO members (room, user_id, read_seq) VALUES ('rm-a', 'u1', 0), "
+                     "('rm-a', 'u2', 3), ('rm-b', 'u1', 0)");
+    PQfinish(pc);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    readmarks_t *rm = NULL;
+    assert_int_equal(readmarks_init(&rm, &loop, c), 0);
+    static const struct { const char *room, *user; int64_t seq; int member; int64_t want; } in[] = {
+        { "rm-a", "u1", 4, 1, 5 }, { "rm-a", "u1", 2, 1, 5 }, { "rm-a", "u2", 1, 1, 3 },
+        { "rm-a", "u3", 1, 0, 0 }, { "rm-b", "u1", 99, 1, 10 }, { "rm-a", "u1", 7, 1, 5 },
+    };
+    enum { N = sizeof in / sizeof in[0] };
+    struct test_mark t[N + 2];
+    memset(t, 0, sizeof t);
+    test_in_call = 1;
+    for (int i = 0; i < N; i++)
+        readmarks_add(rm, in[i].room, in[i].user, in[i].seq, test_on_mark, &t[i]);
+    test_in_call = 0;
+    uv_run(&loop, UV_RUN_NOWAIT); /* the loop's next turn sends them */
+    assert_true(pg_client_inflight(c) <= 1);
+    readmarks_add(rm, "rm-b", "u1", 3, test_on_mark, &t[N]); /* behind the batch in flight */
+    for (int i = 0; i < N + 1; i++)
+        assert_int_equal(test_wait_count(&loop, &t[i].n, 1, 5000), 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(t[i].n, 1);
+        assert_int_equal(t[i].err, 0);
+        assert_int_equal(t[i].member, in[i].member);
+        assert_int_equal(t[i].seq, in[i].want);
+    }
+    assert_int_equal(t[N].err, 0);
+    assert_int_equal(t[N].seq, 10); /* never lowered */
+    assert_int_equal(test_pg_scalar("SELECT read_seq FROM members WHERE room = 'rm-a' AND user_id = 'u1'"), 5);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM members WHERE user_id = 'u3'"), 0);
+    readmarks_add(rm, "rm-a", "u2", 4, test_on_mark, &t[N + 1]);
+    readmarks_close(rm);
+    assert_int_equal(test_wait_count(&loop, &t[N + 1].n, 1, 5000), 0);
+    assert_int_equal(t[N + 1].err, ERR_CANCELLED);
+    pg_client_close(c);
+    test_loop_finish(&loop);
 }
 
 static void test_pg_pipeline(void **state)
@@ -1649,6 +1834,8 @@ int main(void)
     const struct CMUnitTest pg[] = {
         cmocka_unit_test(test_pg_migrate),
         cmocka_unit_test(test_pg_migrate_in_place),
+        cmocka_unit_test(test_db_store_across_months),
+        cmocka_unit_test(test_readmarks_batched),
         cmocka_unit_test(test_pg_pipeline),
         cmocka_unit_test(test_pg_bad_query),
         cmocka_unit_test(test_pg_prepared),

@@ -1,0 +1,236 @@
+/* bench_storage: inserts messages into PostgreSQL with chatd's own
+ * statements, the way a classifier does per batch (db_known_ids, then
+ * db_store_msgs, each waited for), and reads history pages (db_history).
+ *
+ *   bench_storage CONNINFO [rows=200000] [batch=1000] [rooms=2000] [days=90]
+ *
+ * The database is migrated first (pg_migrate: this tree's schema). Rooms
+ * are drawn with a skew (a few busy, many quiet), ids are random 32-hex
+ * (a gateway's derived ids look the same), ts rises from `days` ago to now
+ * across the run (so a partitioned
+ * messages fills several months in order). Prints rows/s per fifth of the
+ * run, the table's size with its indexes, and the history page times.
+ * Compiled against a tree's own store/ objects, so the same source measures
+ * the schema and statements before and after a change
+ * (bench/storage/run.sh). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <libpq-fe.h>
+#include <uv.h>
+
+#include "kafka/record.h"
+#include "lib/err.h"
+#include "lib/log.h"
+#include "store/db.h"
+#include "store/migrate.h"
+#include "store/pg.h"
+
+struct wait {
+    int done, err;
+    long rows;
+};
+
+static void on_res(int err, PGresult *res, void *ud)
+{
+    struct wait *w = ud;
+    w->err = err;
+    w->rows = res ? PQntuples(res) : 0;
+    if (err && res)
+        fprintf(stderr, "bench_storage: %s", PQresultErrorMessage(res));
+    w->done = 1;
+}
+
+static void run_until(uv_loop_t *loop, const int *flag)
+{
+    while (!*flag)
+        uv_run(loop, UV_RUN_ONCE);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t next_rand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static void exec_or_die(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "bench_storage: %s: %s", sql, PQerrorMessage(c));
+        exit(1);
+    }
+    PQclear(r);
+}
+
+static long scalar(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    long v = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) ? atol(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: bench_storage CONNINFO [rows] [batch] [rooms] [days]\n");
+        return 2;
+    }
+    const char *conninfo = argv[1];
+    long rows = argc > 2 ? atol(argv[2]) : 200000;
+    int batch = argc > 3 ? atoi(argv[3]) : 1000;
+    int n_rooms = argc > 4 ? atoi(argv[4]) : 2000;
+    int days = argc > 5 ? atoi(argv[5]) : 90;
+    if (rows < 1 || batch < 1 || batch > 5000 || n_rooms < 1 || days < 0)
+        return 2;
+    log_init(LOG_LVL_WARN, "bench", 0);
+    if (pg_migrate(conninfo, 10000) != 0)
+        return 1;
+    PGconn *sync = PQconnectdb(conninfo);
+    if (PQstatus(sync) != CONNECTION_OK) {
+        fprintf(stderr, "bench_storage: %s", PQerrorMessage(sync));
+        return 1;
+    }
+    exec_or_die(sync, "INSERT INTO partition_owners (topic, partition, epoch, owner) "
+                      "VALUES ('bench', 0, 1, 'bench') ON CONFLICT (topic, partition) DO UPDATE SET epoch = 1");
+    printf("schema: migrations=%d messages_partitioned=%ld fsync=%s synchronous_commit=%s\n",
+           migrations_count,
+           scalar(sync, "SELECT count(*) FROM pg_class WHERE relname = 'messages' AND relkind = 'p'"),
+           scalar(sync, "SELECT (current_setting('fsync') = 'on')::int") == 1 ? "on" : "off",
+           scalar(sync, "SELECT (current_setting('synchronous_commit') = 'on')::int") == 1 ? "on" : "other");
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    pg_client_t *pg = NULL;
+    if (pg_client_init(&pg, &loop, conninfo, 60000) != 0)
+        return 1;
+    while (!pg_client_ready(pg))
+        uv_run(&loop, UV_RUN_ONCE);
+
+    char (*room_names)[24] = calloc((size_t)n_rooms, sizeof *room_names);
+    int64_t *seqs = calloc((size_t)n_rooms, sizeof *seqs);
+    struct chat_msg *m = calloc((size_t)batch, sizeof *m);
+    const struct chat_msg **mp = calloc((size_t)batch, sizeof *mp);
+    char (*ids)[MSG_ID_LEN + 1] = calloc((size_t)batch, sizeof *ids);
+    char (*cids)[16] = calloc((size_t)batch, sizeof *cids);
+    if (!room_names || !seqs || !m || !mp || !ids || !cids)
+        return 1;
+    for (int r = 0; r < n_rooms; r++)
+        snprintf(room_names[r], sizeof room_names[r], "bench-room-%d", r);
+    static const char text[] = "a message of about sixty bytes, as chat messages often are..";
+    int64_t t_end = (int64_t)time(NULL) * 1000, t_start = t_end - (int64_t)days * 86400 * 1000;
+    /* A deployment running for `days` has those months made (partitioned
+     * schema only): the rows land in their month, not the default partition. */
+    if (scalar(sync, "SELECT count(*) FROM pg_proc WHERE proname = 'chatd_messages_partition'") == 1) {
+        char sql[256];
+        snprintf(sql, sizeof sql, "SELECT count(chatd_messages_partition(t)) FROM "
+                 "generate_series(%" PRId64 "::bigint, %" PRId64 "::bigint, 86400000) t", t_start, t_end);
+        exec_or_die(sync, sql);
+    }
+    struct db_fence f = { .topic = "bench", .parts = "{0}", .epochs = "{1}" };
+    struct jbuf jr, ji;
+    long done = 0, seg_rows = 0;
+    int seg = 0;
+    double t0 = now_s(), seg_t0 = t0, store_s = 0, lookup_s = 0;
+    while (done < rows) {
+        int n = (int)(rows - done < batch ? rows - done : batch);
+        jbuf_init(&jr, 32 * (size_t)n);
+        jbuf_init(&ji, 40 * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            /* skew: the square of a uniform draw puts most messages in the
+             * first rooms, and leaves the last ones quiet */
+            double u = (double)(next_rand() % 1000000) / 1e6;
+            int r = (int)(u * u * n_rooms);
+            for (int k = 0; k < MSG_ID_LEN; k++)
+                ids[i][k] = "0123456789abcdef"[next_rand() & 15];
+            ids[i][MSG_ID_LEN] = 0;
+            snprintf(cids[i], sizeof cids[i], "c%ld", done + i);
+            m[i] = (struct chat_msg){ .room = room_names[r], .id = ids[i], .from = "bench-user",
+                                      .cid = cids[i], .text = text, .text_len = sizeof text - 1,
+                                      .ts = t_start + (t_end - t_start) * (done + i) / rows,
+                                      .seq = ++seqs[r] };
+            mp[i] = &m[i];
+            db_array_add(&jr, m[i].room);
+            db_array_add(&ji, m[i].id);
+        }
+        char *ra = db_array_end(&jr), *ia = db_array_end(&ji);
+        struct wait w = {0};
+        double a = now_s();
+        db_known_ids(pg, ra, ia, on_res, &w);
+        run_until(&loop, &w.done);
+        free(ra);
+        free(ia);
+        double b = now_s();
+        if (w.err || w.rows != 0) {
+            fprintf(stderr, "bench_storage: known ids: err=%d rows=%ld\n", w.err, w.rows);
+            return 1;
+        }
+        memset(&w, 0, sizeof w);
+        db_store_msgs(pg, &f, mp, (size_t)n, on_res, &w);
+        run_until(&loop, &w.done);
+        double c = now_s();
+        if (w.err) {
+            fprintf(stderr, "bench_storage: store failed: %d\n", w.err);
+            return 1;
+        }
+        lookup_s += b - a;
+        store_s += c - b;
+        done += n;
+        seg_rows += n;
+        if (done * 5 / rows > seg || done == rows) {
+            double t = now_s();
+            printf("rows %9ld..%9ld: %8.0f rows/s (lookup + store)\n", done - seg_rows, done,
+                   (double)seg_rows / (t - seg_t0));
+            fflush(stdout);
+            seg = (int)(done * 5 / rows);
+            seg_rows = 0;
+            seg_t0 = t;
+        }
+    }
+    double total = now_s() - t0;
+    printf("inserted %ld rows in %.1f s: %.0f rows/s; store statement %.0f rows/s, "
+           "known-id lookup %.2f ms per batch of %d\n", rows, total, (double)rows / total,
+           (double)rows / store_s, lookup_s * 1000 / ((double)rows / batch), batch);
+    exec_or_die(sync, "CHECKPOINT");
+    long bytes = scalar(sync, "SELECT COALESCE(sum(pg_total_relation_size(relid)), "
+                              "pg_total_relation_size('messages')) FROM pg_partition_tree('messages')");
+    printf("messages with indexes: %ld bytes, %.0f bytes per row\n", bytes, (double)bytes / (double)rows);
+    /* history: the first page of 100 of 500 rooms, quiet ones included */
+    int pages = n_rooms < 500 ? n_rooms : 500;
+    double h0 = now_s();
+    long got = 0;
+    for (int i = 0; i < pages; i++) {
+        struct wait w = {0};
+        db_history(pg, room_names[(int)(next_rand() % (uint64_t)n_rooms)], 0, 100, on_res, &w);
+        run_until(&loop, &w.done);
+        got += w.rows;
+    }
+    printf("history: %d pages (%ld rows) in %.1f ms: %.2f ms per page (warm cache)\n", pages, got,
+           (now_s() - h0) * 1000, (now_s() - h0) * 1000 / pages);
+    pg_client_close(pg);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    PQfinish(sync);
+    free(room_names);
+    free(seqs);
+    free(m);
+    free(mp);
+    free(ids);
+    free(cids);
+    return 0;
+}
