@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from chatlib import Proc, free_port, http_request
+from chatlib import Proc, free_port, wait_http_status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -42,16 +42,10 @@ class Webhook(http.server.BaseHTTPRequestHandler):
 
 
 def wait_ready(proc, port, what):
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if http_request(port, "GET", "/-/ready", timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass
-        if not proc.alive() or time.monotonic() > deadline:
-            pytest.fail(f"{what} did not start\n{proc.tail()}", pytrace=False)
-        time.sleep(0.2)
+    try:
+        wait_http_status(port, "/-/ready", 200, 30)
+    except AssertionError as e:
+        pytest.fail(f"{what} did not start: {e}\n{proc.tail()}", pytrace=False)
 
 
 def shipped_alertmanager_config(webhook_url):
