@@ -654,7 +654,16 @@ static void test_routes_assign_rules(void **state)
     assert_int_equal(k[0].seq, 7);
     assert_int_equal(k[0].dup, ROUTES_DUP_OTHER);
     assert_int_equal(k[1].seq, 5);
-    assert_int_equal(k[1].dup, ROUTES_DUP_OTHER);
+    /* no id key at all (Redis lost it): nothing says another record had
+     * it, so it is this record's, delivered, and its key names it now */
+    assert_int_equal(k[1].dup, ROUTES_DUP_SAME);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:id:e", NULL, NULL);
+    assert_string_equal(t.str, "5|0:5");
+    struct routes_assign_item k2[] = { TEST_ITEM("e", 5, "0:5"), TEST_ITEM("e", 5, "0:6") };
+    test_assign_run(&loop, rt, 12, k2, 2);
+    assert_int_equal(k2[0].dup, ROUTES_DUP_SAME);
+    assert_int_equal(k2[1].seq, 5);
+    assert_int_equal(k2[1].dup, ROUTES_DUP_OTHER);
     routes_close(rt);
     redis_client_close(r);
     test_loop_finish(&loop);
