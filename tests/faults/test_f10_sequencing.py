@@ -438,7 +438,8 @@ def test_produce_retry_while_next_batch_is_sequenced(make_cluster):
 
 @pytest.mark.skipif(not harness.has_flag("fault-injection") or harness.kafkamode.REAL,
                     reason="the embedded broker's fault API")
-def test_produce_retry_after_redis_lost_the_id_keys(make_cluster):
+@pytest.mark.parametrize("keys", ["lost", "rewritten"])
+def test_produce_retry_after_redis_lost_the_id_keys(make_cluster, keys):
     """A batch stored, its produce to chat-receive failed (broker down, never
     sent), and Redis restarted empty before the retry: the retry finds each
     id in PostgreSQL but no id key naming its record. The assign script took
@@ -446,7 +447,9 @@ def test_produce_retry_after_redis_lost_the_id_keys(make_cluster):
     committed without ever being produced: nobody got seqs 2-4 live, only a
     later message's gap sync or a reconnect showed them (on the old code:
     "stored, never delivered live: seqs [2, 3, 4]"). A known id with no key
-    is now this record's: delivered."""
+    is now this record's: delivered. "rewritten": Redis keeps the keys but
+    a zombie's assign (simulated) rewrote them to its own seqs under the
+    records' own tags; the retry took them for another record's too."""
     import psycopg2
     c = make_cluster(n_cl=1, broker_args=["--fault-injection"],
                      cl_args=["--kafka-opt=message.timeout.ms=1000",
@@ -463,10 +466,13 @@ def test_produce_retry_after_redis_lost_the_id_keys(make_cluster):
         st, data = c.broker_fault(path, body)
         assert st == 200 and b'"ok":true' in data, f"POST {path} {body}: {st} {data!r}"
 
+    part, = c.query("SELECT partition FROM partition_owners WHERE topic = %s", (c.topic_send,))
+    off = _send_end_offset(c, part[0])
     lock = psycopg2.connect(c.conninfo, connect_timeout=5)
     try:
         lock.cursor().execute("LOCK TABLE messages IN EXCLUSIVE MODE")
-        ids += c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(1, 4)])
+        new = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(1, 4)])
+        ids += new
         time.sleep(0.8)                 # sequenced, its store waits on the lock
         post("/faults/broker/1/down")
     finally:
@@ -475,14 +481,18 @@ def test_produce_retry_after_redis_lost_the_id_keys(make_cluster):
     try:
         assert wait_stored(c, [room], 4, 10) == 4
         time.sleep(1.5)                 # its produce fails, retried
-        c.redis_restart_empty()
-        r = c.redis_client()
-        deadline = time.time() + 10
-        while time.time() < deadline and r.get("gw:0") != epoch:
-            time.sleep(0.1)
-        assert r.get("gw:0") == epoch, "gateway 0 did not come back to Redis"
-        r.hset(f"{{room:{room}}}:gw", "0", epoch)
-        time.sleep(2.5)                 # retries with the id keys lost
+        if keys == "lost":
+            c.redis_restart_empty()
+            r = c.redis_client()
+            deadline = time.time() + 10
+            while time.time() < deadline and r.get("gw:0") != epoch:
+                time.sleep(0.1)
+            assert r.get("gw:0") == epoch, "gateway 0 did not come back to Redis"
+            r.hset(f"{{room:{room}}}:gw", "0", epoch)
+        else:
+            for k, mid in enumerate(new):
+                r.set(f"{{room:{room}}}:id:{mid}", f"{50 + k}|{part[0]}:{off + k}", ex=86400)
+        time.sleep(2.5)                 # retries with the id keys lost or rewritten
     finally:
         post("/faults/broker/1/up")
     deadline = time.time() + 15         # delivered by the retry, or committed without it

@@ -648,11 +648,22 @@ static void test_routes_assign_rules(void **state)
     /* stored at the seq its id key has: the record's own, deliverable */
     assert_int_equal(b[2].seq, 3);
     assert_int_equal(b[2].dup, ROUTES_DUP_SAME);
-    /* PostgreSQL's seq wins over a different id key */
+    /* PostgreSQL's seq wins over a different id key; the key named this
+     * record (an unstored attempt, a zombie's INCR): still its own */
     struct routes_assign_item k[] = { TEST_ITEM("d", 7, "0:4"), TEST_ITEM("e", 5, "0:5") };
     test_assign_run(&loop, rt, 12, k, 2);
     assert_int_equal(k[0].seq, 7);
-    assert_int_equal(k[0].dup, ROUTES_DUP_OTHER);
+    assert_int_equal(k[0].dup, ROUTES_DUP_SAME);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:id:d", NULL, NULL);
+    assert_string_equal(t.str, "7|0:4");
+    /* ... and naming another record under another seq: a resent cid */
+    test_redis_cmd(&loop, r, &t, "SET {room:ta}:id:d 9|0:30", NULL, NULL);
+    struct routes_assign_item k3[] = { TEST_ITEM("d", 7, "0:31") };
+    test_assign_run(&loop, rt, 12, k3, 1);
+    assert_int_equal(k3[0].seq, 7);
+    assert_int_equal(k3[0].dup, ROUTES_DUP_OTHER);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:id:d", NULL, NULL);
+    assert_string_equal(t.str, "7|pg");
     assert_int_equal(k[1].seq, 5);
     /* no id key at all (Redis lost it): nothing says another record had
      * it, so it is this record's, delivered, and its key names it now */
