@@ -37,6 +37,13 @@ struct routes {
  * stale floor), and counting on from it left a hole nobody fills (issue 15
  * review). For each message, in order:
  *   - PostgreSQL's seq for the id (known) wins: the counter rises to it;
+ *     with no id key left (Redis restarted, the key expired), or one that
+ *     names this record under another seq (an unstored attempt, a zombie's
+ *     INCR), nothing says another record had it, so it is this record's and
+ *     delivered: a stored batch whose produce failed, retried after Redis
+ *     lost or a zombie rewrote its keys, was committed and never delivered
+ *     live (a resent cid may then be delivered twice, under its one seq:
+ *     clients dedupe by seq);
  *   - else an id already given a seq in this call keeps it (a resent cid
  *     in the same batch);
  *   - else INCR: an id key left from an earlier call names a seq that was
@@ -57,9 +64,11 @@ static const char routes_assign_lua[] =
     "  end\n"
     "  local dup\n"
     "  if known ~= '' then\n"
+    "    if not s then t = tag end\n"
     "    if seq ~= tonumber(known) then\n"
-    "      seq, t = tonumber(known), 'pg'\n"
-    "      redis.call('SET', KEYS[i], known .. '|pg', 'EX', ttl)\n"
+    "      if t ~= tag then t = 'pg' end\n"
+    "      seq = tonumber(known)\n"
+    "      redis.call('SET', KEYS[i], known .. '|' .. t, 'EX', ttl)\n"
     "    end\n"
     "    if seq > cur then redis.call('SET', KEYS[1], seq); cur = seq end\n"
     "    dup = (t == tag) and 2 or 1\n"

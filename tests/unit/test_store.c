@@ -710,13 +710,98 @@ static void test_routes_assign_rules(void **state)
     /* stored at the seq its id key has: the record's own, deliverable */
     assert_int_equal(b[2].seq, 3);
     assert_int_equal(b[2].dup, ROUTES_DUP_SAME);
-    /* PostgreSQL's seq wins over a different id key */
+    /* PostgreSQL's seq wins over a different id key; the key named this
+     * record (an unstored attempt, a zombie's INCR): still its own */
     struct routes_assign_item k[] = { TEST_ITEM("d", 7, "0:4"), TEST_ITEM("e", 5, "0:5") };
     test_assign_run(&loop, rt, 12, k, 2);
     assert_int_equal(k[0].seq, 7);
-    assert_int_equal(k[0].dup, ROUTES_DUP_OTHER);
+    assert_int_equal(k[0].dup, ROUTES_DUP_SAME);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:id:d", NULL, NULL);
+    assert_string_equal(t.str, "7|0:4");
+    /* ... and naming another record under another seq: a resent cid */
+    test_redis_cmd(&loop, r, &t, "SET {room:ta}:id:d 9|0:30", NULL, NULL);
+    struct routes_assign_item k3[] = { TEST_ITEM("d", 7, "0:31") };
+    test_assign_run(&loop, rt, 12, k3, 1);
+    assert_int_equal(k3[0].seq, 7);
+    assert_int_equal(k3[0].dup, ROUTES_DUP_OTHER);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:id:d", NULL, NULL);
+    assert_string_equal(t.str, "7|pg");
     assert_int_equal(k[1].seq, 5);
-    assert_int_equal(k[1].dup, ROUTES_DUP_OTHER);
+    /* no id key at all (Redis lost it): nothing says another record had
+     * it, so it is this record's, delivered, and its key names it now */
+    assert_int_equal(k[1].dup, ROUTES_DUP_SAME);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:id:e", NULL, NULL);
+    assert_string_equal(t.str, "5|0:5");
+    struct routes_assign_item k2[] = { TEST_ITEM("e", 5, "0:5"), TEST_ITEM("e", 5, "0:6") };
+    test_assign_run(&loop, rt, 12, k2, 2);
+    assert_int_equal(k2[0].dup, ROUTES_DUP_SAME);
+    assert_int_equal(k2[1].seq, 5);
+    assert_int_equal(k2[1].dup, ROUTES_DUP_OTHER);
+    routes_close(rt);
+    redis_client_close(r);
+    test_loop_finish(&loop);
+    routes_free(rt);
+}
+
+/* Calls of several slots and processes on one room, interleaved the way the
+ * two-slot pipeline and a zombie can (issue 15 review of the floor rule):
+ * cur is assigned from its floor and its store fails; before its retry, out
+ * (stored, its produce failed) goes through assign again from an older
+ * floor, setting the counter down, and a zombie assigns cur's very records
+ * from a stale floor, overwriting their id keys. cur's retry, from its own
+ * floor, must get the seqs of its first attempt back (same order, same
+ * floor), and once cur is stored the next batch continues densely. */
+static void test_routes_assign_interleaved(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    uv_loop_t loop;
+    redis_client_t *r = test_redis_client(&loop, test_redis.url, 1000);
+    routes_t *rt;
+    assert_int_equal(routes_init(&rt, &loop, r, 2, 60), 0);
+    struct test_reply t;
+    test_redis_cmd(&loop, r, &t, "DEL {room:ta}:seq", NULL, NULL);
+    test_redis_cmd(&loop, r, &t, "EVAL %s 0", "for _, k in ipairs(redis.call('KEYS', '{room:ta}:id:*')) do redis.call('DEL', k) end", NULL);
+    /* out: seqs 9 and 10 stored; cur: three new records, floor 10 */
+    struct routes_assign_item cur[] = {
+        TEST_ITEM("c1", -1, "0:11"), TEST_ITEM("c2", -1, "0:12"), TEST_ITEM("c1", -1, "0:13"),
+    };
+    test_assign_run(&loop, rt, 10, cur, 3);
+    assert_int_equal(cur[0].seq, 11);
+    assert_int_equal(cur[1].seq, 12);
+    assert_int_equal(cur[2].seq, 11); /* c1 resent in the same batch */
+    assert_int_equal(cur[2].dup, ROUTES_DUP_OTHER);
+    /* out's produce retry, all known, its floor read before cur's assign */
+    struct routes_assign_item out[] = { TEST_ITEM("o9", 9, "0:9"), TEST_ITEM("o10", 10, "0:10") };
+    test_assign_run(&loop, rt, 8, out, 2);
+    assert_int_equal(out[0].seq, 9);
+    assert_int_equal(out[1].seq, 10);
+    test_redis_cmd(&loop, r, &t, "GET {room:ta}:seq", NULL, NULL);
+    assert_string_equal(t.str, "10");
+    /* a zombie's call with cur's records from a stale floor: keys now
+     * name its seqs 6 and 7 */
+    struct routes_assign_item zom[] = { TEST_ITEM("c2", -1, "0:12"), TEST_ITEM("c1", -1, "0:11") };
+    test_assign_run(&loop, rt, 5, zom, 2);
+    assert_int_equal(zom[0].seq, 6);
+    assert_int_equal(zom[1].seq, 7);
+    /* cur's retry: the seqs of its first attempt, to be delivered */
+    struct routes_assign_item again[] = {
+        TEST_ITEM("c1", -1, "0:11"), TEST_ITEM("c2", -1, "0:12"), TEST_ITEM("c1", -1, "0:13"),
+    };
+    test_assign_run(&loop, rt, 10, again, 3);
+    assert_int_equal(again[0].seq, 11);
+    assert_int_equal(again[0].dup, ROUTES_DUP_SAME);
+    assert_int_equal(again[1].seq, 12);
+    assert_int_equal(again[1].dup, ROUTES_DUP_SAME);
+    assert_int_equal(again[2].seq, 11);
+    assert_int_equal(again[2].dup, ROUTES_DUP_OTHER);
+    /* cur stored (floor 12); a re-consumed record of cur first, then new */
+    struct routes_assign_item next[] = { TEST_ITEM("c2", 12, "0:12"), TEST_ITEM("n", -1, "0:14") };
+    test_assign_run(&loop, rt, 12, next, 2);
+    assert_int_equal(next[0].seq, 12);
+    assert_int_equal(next[1].seq, 13);
+    assert_int_equal(next[1].dup, 0);
     routes_close(rt);
     redis_client_close(r);
     test_loop_finish(&loop);
@@ -1826,6 +1911,7 @@ int main(void)
         cmocka_unit_test(test_redis_script),
         cmocka_unit_test(test_redis_script_preload),
         cmocka_unit_test(test_routes_assign_rules),
+        cmocka_unit_test(test_routes_assign_interleaved),
         cmocka_unit_test(test_redis_timeout),
         cmocka_unit_test(test_redis_restart),
         cmocka_unit_test(test_redis_close_cancels),
