@@ -25,6 +25,7 @@ struct gw_pending {
     char id[MSG_ID_LEN + 1];
     char target[AUTH_USER_MAX + 1]; /* add, remove: the member; edit, delete: the message id */
     int64_t after;
+    int64_t head;                 /* join: the Redis counter, before it is capped by the stored head */
     int limit;
     int inserted;                 /* join/leave changed the membership */
 };
@@ -212,6 +213,21 @@ static void gw_on_join_max(int err, PGresult *res, void *ud)
                      gw_on_join_seeded, p);
 }
 
+/* HEAD is at most what is stored. The Redis counter can stand above it
+ * for a while (a zombie's INCR, set back only by the owner's next assign of
+ * the room: issue 15), and seqs up to it then go to messages sent after
+ * this join, which a client tracking from HEAD would drop as duplicates.
+ * Read after the route is registered: a message stored before this read is
+ * at or below the answer (sync has it), one stored after it is routed here
+ * live. A HEAD below the counter only makes a client sync what it then
+ * also gets live, deduplicated by seq. */
+static void gw_on_join_stored_head(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    int64_t stored = err ? 0 : strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    gw_join_reply(p, err, stored < p->head ? stored : p->head);
+}
+
 static void gw_on_join_head(int err, int64_t head, void *ud)
 {
     struct gw_pending *p = ud;
@@ -219,7 +235,12 @@ static void gw_on_join_head(int err, int64_t head, void *ud)
         db_max_seq(gw_pg(p->g, p->user), p->room, gw_on_join_max, p);
         return;
     }
-    gw_join_reply(p, err, head);
+    if (err) {
+        gw_join_reply(p, err, 0);
+        return;
+    }
+    p->head = head;
+    db_max_seq(gw_pg(p->g, p->user), p->room, gw_on_join_stored_head, p);
 }
 
 /* The side effects follow the committed statement, whether or not the

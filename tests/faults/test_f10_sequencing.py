@@ -606,14 +606,6 @@ def test_produce_retry_after_redis_lost_the_id_keys(make_cluster, keys):
     assert not missing, f"stored, never delivered live: seqs {missing}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 15 review, not fixed: the join reply's HEAD is the Redis counter, which a zombie's "
-    "INCR (or any call from a stale floor) leaves above the stored max until the owner's next "
-    "assign of the room; seqs up to it are then given to messages sent after the join, which "
-    "a client tracking from HEAD drops as duplicates (PROTOCOL promises only seq > HEAD). "
-    "Proposed: cap HEAD by rooms.head read after the join script registered the route (not "
-    "db_join's read, which comes before the route: a message stored in between would be "
-    "neither live nor above HEAD)"))
 def test_join_head_is_never_above_what_is_stored(make_cluster):
     """A zombie's assign INCRed the room's counter past what is stored
     (simulated as in test_zombie_incr_leaves_no_hole: the counter set to 8
