@@ -758,6 +758,7 @@ struct kafka_consumer {
     struct kafka_parts own;
     int held, closing, dispatching, healthy, fatal;
     int assigned_once;           /* a first assignment completed (group) */
+    int join_nudged;             /* past the first assign event (group) */
     unsigned generation;         /* bumped on every assign and revoke */
     int64_t lag;
 };
@@ -844,6 +845,32 @@ static void kafka_parts_str(const rd_kafka_topic_partition_list_t *l, char *buf,
         o += (size_t)snprintf(buf + o, size - o, "%s%" PRId32, i ? "," : "", l->elems[i].partition);
 }
 
+/* A member's first cooperative round gives it nothing when the others
+ * still own every partition: they revoke what it is to get, rejoin at once,
+ * and the second round assigns it. librdkafka 2.0.2 sends this member's
+ * JoinGroup for that round only when a heartbeat says the group rebalances,
+ * and then at most one JoinGroup a second (rdkafka_cgrp.c, rkcg_join_intvl),
+ * so the moved partitions waited about 1 s with nobody sequencing them
+ * (docs/RELIABILITY.md, fault 13). A subscribe made while the rebalance
+ * event is unanswered is postponed, and applying it once the assign is
+ * answered skips that backoff: the member rejoins at once. Only on a
+ * member's first assign event: the old owner's assign after its revoke is
+ * empty too but rejoins at once by itself, and a member left empty for good
+ * (more members than partitions) must not rejoin on every round. */
+static void kafka_consumer_nudge_join(kafka_consumer_t *c)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, c->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = rd_kafka_subscribe(c->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err)
+        log_warn("kafka_rejoin_failed", "client=%s topic=%s err=%s", rd_kafka_name(c->rk),
+                 c->topic, rd_kafka_err2name(err));
+    else
+        log_info("kafka_rejoin", "client=%s topic=%s reason=first_assignment_empty",
+                 rd_kafka_name(c->rk), c->topic);
+}
+
 static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *ev)
 {
     rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
@@ -855,6 +882,9 @@ static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *e
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         log_info("kafka_assigned", "client=%s topic=%s partitions=%s", rd_kafka_name(c->rk),
                  c->topic, list);
+        if (coop && parts->cnt == 0 && !c->join_nudged)
+            kafka_consumer_nudge_join(c);
+        c->join_nudged = 1; /* only a member's first assignment */
         if (coop)
             error = rd_kafka_incremental_assign(c->rk, parts);
         else

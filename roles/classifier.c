@@ -878,7 +878,7 @@ static void cl_run(struct cl_batch *b)
     if (c->closing)
         return;
     if (!routes_live_known(c->routes)) { /* every route would look dead */
-        uv_timer_start(&b->retry, cl_on_retry, 200, 0);
+        uv_timer_start(&b->retry, cl_on_retry, 20, 0); /* only at start */
         return;
     }
     cl_drop_lost(b);

@@ -166,6 +166,9 @@ static void routes_key(char *out, const char *kind, const char *id, const char *
 
 /* ---- live gateway cache ---- */
 
+#define ROUTES_LIVE_MS 1000      /* refresh period */
+#define ROUTES_LIVE_FIRST_MS 20  /* retry of the first refresh */
+
 static void routes_on_live(int err, redisReply *r, void *user)
 {
     struct routes_op *op = user;
@@ -181,9 +184,16 @@ static void routes_on_live(int err, redisReply *r, void *user)
     routes_op_free(op);
 }
 
+/* Until the first refresh has answered, a classifier stores nothing (every
+ * route would look dead), and Redis is seldom connected at the first tick:
+ * retried every ROUTES_LIVE_FIRST_MS rather than a whole period later (a
+ * started classifier's first batch waited ~1 s for it, docs/RELIABILITY.md,
+ * fault 13). */
 static void routes_on_live_timer(uv_timer_t *t)
 {
     routes_t *rt = t->data;
+    if (!rt->live_known)
+        uv_timer_start(t, routes_on_live_timer, ROUTES_LIVE_FIRST_MS, ROUTES_LIVE_MS);
     if (rt->live_pending || !redis_client_ready(rt->redis))
         return;
     for (int gw = 0; gw < rt->n_gw; gw++) {
@@ -254,7 +264,7 @@ int routes_init(routes_t **out, uv_loop_t *loop, redis_client_t *redis, int n_ga
     redis_script_init(&rt->seed, routes_seed_lua);
     uv_timer_init(loop, &rt->live_timer);
     rt->live_timer.data = rt;
-    uv_timer_start(&rt->live_timer, routes_on_live_timer, 0, 1000);
+    uv_timer_start(&rt->live_timer, routes_on_live_timer, 0, ROUTES_LIVE_MS);
     *out = rt;
     return 0;
 }
