@@ -430,12 +430,13 @@ def check(objs, kust, overlay):
 
     if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS:
         check_ha_stores(objs, workloads)
+        check_ha_postgres(objs, workloads)
     check_alerting(objs)
     return list(errs)
 
 
 def check_ha_stores(objs, workloads):
-    """15. Stores that survive one node: Redis with a replica, at least three
+    """15. Stores that survive one node (PostgreSQL: 16, below): Redis with a replica, at least three
     Sentinels spread over nodes whose quorum is a majority, and every chatd
     container asking those Sentinels (not one Redis host) for the master
     they monitor."""
@@ -468,7 +469,8 @@ def check_ha_stores(objs, workloads):
     if not sentinels:
         err("Redis", "no Sentinels: nothing fails Redis over")
     for o in workloads:
-        if o["kind"] == "StatefulSet" and any(image_repo(c["image"]) == "redis" for c in pod_spec(o).get("containers", [])) \
+        if o["kind"] == "StatefulSet" and any(image_repo(c["image"]) in ("redis", "postgres")
+                                              for c in pod_spec(o).get("containers", [])) \
                 and not any(p["kind"] == "PodDisruptionBudget" and selects(p["spec"].get("selector"), pod_labels(o))
                             for p in objs):
             err(who(o), "a store without a PodDisruptionBudget: a node drain may take its pods together")
@@ -658,6 +660,44 @@ MUTATIONS = [
 ]
 
 
+def check_ha_postgres(objs, workloads):
+    """16. PostgreSQL on two nodes: every chatd container's CHATD_PG names
+    two or more hosts, each a pod of a PostgreSQL StatefulSet of the render,
+    with target_session_attrs=read-write (libpq then keeps the primary and
+    finds a promoted standby), and those pods cannot share a node."""
+    pgs = {o["metadata"]["name"]: o for o in workloads if o["kind"] == "StatefulSet"
+           and any(image_repo(c["image"]) == "postgres" for c in pod_spec(o).get("containers", []))}
+    named = set()
+    for o in workloads:
+        if pod_labels(o).get("app.kubernetes.io/name") != "chatd":
+            continue
+        for c in pod_spec(o).get("containers", []):
+            kv = dict(re.findall(r"(\w+)=(\S+)", chatd_setting(objs, c, "CHATD_PG") or ""))
+            hosts = [h for h in kv.get("host", "").split(",") if h]
+            if len(hosts) < 2:
+                err(who(o), f"container {c['name']}: CHATD_PG names {len(hosts)} PostgreSQL host(s): "
+                            "no standby to move to")
+            if kv.get("target_session_attrs") != "read-write":
+                err(who(o), f"container {c['name']}: CHATD_PG without target_session_attrs=read-write: "
+                            "libpq may settle on a read-only standby")
+            for h in hosts:
+                pod, _, svc = h.partition(".")
+                sts = next((x for n, x in pgs.items() if pod.startswith(n + "-") and pod[len(n) + 1:].isdigit()
+                            and int(pod[len(n) + 1:]) < x["spec"].get("replicas", 1)
+                            and svc.split(".")[0] == x["spec"].get("serviceName")), None)
+                if sts is None:
+                    err(who(o), f"container {c['name']}: CHATD_PG host {h} is no PostgreSQL pod of this render")
+                else:
+                    named.add(sts["metadata"]["name"])
+    for n in sorted(named):
+        anti = pod_spec(pgs[n]).get("affinity", {}).get("podAntiAffinity", {})
+        terms = [t for t in anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+                 if t.get("topologyKey") == "kubernetes.io/hostname"]
+        if not all(any(selects(t.get("labelSelector"), pod_labels(pgs[m])) for t in terms) for m in named):
+            err(who(pgs[n]), "may share a node with another PostgreSQL pod chatd uses (no required "
+                             "podAntiAffinity on kubernetes.io/hostname selecting them all)")
+
+
 def _m_config(objs, key, value):
     cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
     if value is None:
@@ -683,6 +723,15 @@ HA_MUTATIONS = [
     ("master name", lambda o: _m_config(o, "CHATD_REDIS_MASTER_NAME", "mymaster"), "is not what the Sentinels monitor"),
     ("store pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "redis")), "a store without a PodDisruptionBudget"),
     ("pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "redis-sentinel")), "3 pods and no PodDisruptionBudget"),
+    ("pg single host", lambda o: _m_config(o, "CHATD_PG", "host=postgres port=5432 dbname=chatd user=chatd "
+                                            "target_session_attrs=read-write"), "no standby to move to"),
+    ("pg read-write", lambda o: _m_config(o, "CHATD_PG", "host=postgres-0.postgres,postgres-standby-0.postgres-standby "
+                                          "dbname=chatd"), "without target_session_attrs=read-write"),
+    ("pg host", lambda o: _m_config(o, "CHATD_PG", "host=postgres-0.postgres,postgres-1.postgres "
+                                    "target_session_attrs=read-write"), "postgres-1.postgres is no PostgreSQL pod"),
+    ("pg spread", lambda o: pod_spec(find(o, "StatefulSet", "postgres-standby")).pop("affinity"),
+     "may share a node with another PostgreSQL pod"),
+    ("pg pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "postgres")), "a store without a PodDisruptionBudget"),
 ]
 
 
@@ -719,7 +768,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, {16 if name in HA_OVERLAYS else 15} rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, {17 if name in HA_OVERLAYS else 15} rules, no problem")
     return 0
 
 
