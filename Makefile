@@ -17,6 +17,7 @@
 #   make deploy-test promtool check metrics + a real Prometheus scraping a cluster (part of make test)
 #   make k8s-check  render every k8s/ overlay (kubectl kustomize) and validate it offline
 #   make k8s-kafka-test  k8s/base's Kafka scripts against a real 3-node Kafka
+#   make k8s-stores-test production's Redis + Sentinels and PostgreSQL + standby (as rendered) as real processes, failovers chatd follows (~30 s)
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md on the embedded broker and on a real
 #                   Kafka (one KRaft node, KAFKA_VERSION), the Socket.IO peer included; writes
@@ -56,7 +57,7 @@ PYTHON  := /usr/bin/python3
 PYTEST_ARGS ?=
 
 .PHONY: api-deps all deps test unit integration integration-kafka faults-kafka3 test-partitions kafka-up kafka-down deploy-test soak saturation run cluster clean chatbench fuzz fuzz-build fuzz-replay \
-        image k8s-check k8s-kafka-test \
+        image k8s-check k8s-kafka-test k8s-stores-test \
         bench bench-deps bench-peer bench-storage \
         browser-deps js-deps screenshots
 all: $(BUILD)/chatd
@@ -252,6 +253,15 @@ k8s-check:
 k8s-kafka-test:
 	$(PYTHON) scripts/kafka.py fetch
 	$(PYTHON) -m pytest -q -x -p no:cacheprovider tests/deploy/test_k8s_kafka.py $(PYTEST_ARGS)
+
+# The production overlay's stores (k8s/components/): Redis + Sentinels and
+# PostgreSQL + standby, their rendered start scripts and configs run as real
+# processes; a chatd configured from the render follows a Redis failover and
+# the documented manual PostgreSQL promotion. About 30 s (the manifest's 5 s
+# down-after plus the election, initdb): in the Jenkinsfile, not in .ci/run's
+# budget.
+k8s-stores-test: $(BUILD)/chatd
+	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=5 tests/deploy/test_k8s_sentinel.py tests/deploy/test_k8s_postgres.py $(PYTEST_ARGS)
 
 # Random faults (gateway/classifier kill, Redis restarted empty, PostgreSQL
 # down, Kafka broker faults) under traffic for DURATION seconds, then the

@@ -75,6 +75,39 @@ static int chatd_ready(const struct chatd *d)
     return 1;
 }
 
+/* GET /readyz/backends, for operators and alerts: one line per backend the
+ * process uses, "NAME up|down", and "ready yes|no" (= /readyz); 200 only if
+ * every line is good. /readyz is what the Service routes on and leaves out
+ * what every pod lacks alike (a gateway's PostgreSQL: roles/gateway.h). */
+static void chatd_http_backends(struct chatd *d, http_req_t *req)
+{
+    char body[160];
+    size_t n = 0;
+    int all = 1;
+    int pg = -1; /* -1: no PostgreSQL in this process */
+    if (d->gateway)
+        pg = gateway_pg_ready(d->gateway);
+    if (d->classifier)
+        pg = (pg != 0) && classifier_pg_ready(d->classifier);
+    const struct {
+        const char *name;
+        int up; /* -1: not used by this process */
+    } b[] = {
+        {"redis", d->redis ? redis_client_ready(d->redis) : -1},
+        {"postgres", pg},
+        {"kafka", d->producer ? kafka_producer_healthy(d->producer) && !kafka_fatal_errors() : -1},
+    };
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) {
+        if (b[i].up < 0)
+            continue;
+        all &= b[i].up;
+        n += (size_t)snprintf(body + n, sizeof body - n, "%s %s\n", b[i].name, b[i].up ? "up" : "down");
+    }
+    int ready = chatd_ready(d);
+    n += (size_t)snprintf(body + n, sizeof body - n, "ready %s\n", ready ? "yes" : "no");
+    http_respond(req, all && ready ? 200 : 503, "text/plain", body, n, NULL);
+}
+
 /* The paths Kubernetes and Prometheus use. /metrics is left to the admin
  * listener when there is one: the client port may face the internet, and a
  * scrape costs a render of every series. Returns 1 if it answered. */
@@ -91,6 +124,8 @@ static int chatd_http_ops(struct chatd *d, http_req_t *req, int metrics)
     } else if (!strcmp(path, "/readyz")) {
         int ok = chatd_ready(d);
         http_respond(req, ok ? 200 : 503, "text/plain", ok ? "ready\n" : "not ready\n", ok ? 6 : 10, NULL);
+    } else if (metrics && !strcmp(path, "/readyz/backends")) {
+        chatd_http_backends(d, req);
     } else if (metrics && !strcmp(path, "/metrics")) {
         size_t len;
         char *text = metrics_render(&len);

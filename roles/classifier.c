@@ -1084,6 +1084,8 @@ int classifier_ready(const classifier_t *c)
            kafka_consumer_joined(c->consumer);
 }
 
+int classifier_pg_ready(const classifier_t *c) { return pg_client_ready(c->pg); }
+
 void classifier_drain(classifier_t *c)
 {
     c->draining = 1;

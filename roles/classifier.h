@@ -45,6 +45,7 @@ struct classifier_deps {
 
 int classifier_init(classifier_t **out, const struct classifier_deps *d);
 int classifier_ready(const classifier_t *c);
+int classifier_pg_ready(const classifier_t *c);
 /* Stops taking new batches; the ones in flight finish. */
 void classifier_drain(classifier_t *c);
 /* 1 while a batch is in flight. */

@@ -464,6 +464,14 @@ static void gw_http_ws(gateway_t *g, http_req_t *req)
         http_respond_error(req, 503, "unavailable", "this gateway is not serving; try another");
         return;
     }
+    /* The rooms come from PostgreSQL: while it is down every gateway is in
+     * the same place, so this one stays ready (its clients go on sending)
+     * and a new client hears "retry" at once instead of a query failing. */
+    if (!gateway_pg_ready(g)) {
+        metric_inc(g->m.handshakes_503);
+        gw_respond_retry(req, "a backend is unavailable, try again");
+        return;
+    }
     /* A reconnect storm is shed early and cheaply, rather than queued
      * behind PostgreSQL until clients time out. */
     if (g->hs_inflight >= g->conf->handshake_concurrency) {
@@ -991,7 +999,7 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d)
  * routes, so clients are taken only after two refresh periods. */
 #define GW_LIVE_SETTLE_MS 2000
 
-static int gw_pgs_ready(const gateway_t *g)
+int gateway_pg_ready(const gateway_t *g)
 {
     for (int i = 0; i < g->n_pg; i++)
         if (!pg_client_ready(g->pgs[i]))
@@ -999,12 +1007,12 @@ static int gw_pgs_ready(const gateway_t *g)
     return 1;
 }
 
+/* Not PostgreSQL: see gateway.h. */
 int gateway_ready(const gateway_t *g)
 {
     return !g->draining && g->cleaned && g->live_since_ms &&
            uv_now(g->loop) - g->live_since_ms >= GW_LIVE_SETTLE_MS && redis_client_ready(g->redis) &&
-           gw_pgs_ready(g) && kafka_producer_healthy(g->producer) &&
-           kafka_consumer_healthy(g->consumer);
+           kafka_producer_healthy(g->producer) && kafka_consumer_healthy(g->consumer);
 }
 
 size_t gateway_clients(const gateway_t *g) { return g->n_conns; }

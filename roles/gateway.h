@@ -39,7 +39,14 @@ int gateway_init(gateway_t **out, const struct gateway_deps *d);
 void gateway_on_redis_connect(gateway_t *g);
 /* Handles the gateway's HTTP paths; returns 0 if the path is not one. */
 int gateway_http(gateway_t *g, http_req_t *req);
+/* Can take new clients: started, not draining, its liveness settled, Redis
+ * (routes, liveness) and Kafka up. Not PostgreSQL: while it is down every
+ * gateway is alike, its clients still send and are acked, and a new
+ * client's upgrade is answered 503 with Retry-After (the rooms are loaded
+ * from it); unready gateways would only empty the Service. */
 int gateway_ready(const gateway_t *g);
+/* Every PostgreSQL connection of the gateway is up. */
+int gateway_pg_ready(const gateway_t *g);
 /* Closes every client with 1012 and refuses new ones. */
 void gateway_drain(gateway_t *g);
 /* Number of client connections still open. */

@@ -126,6 +126,30 @@ def redis_dir(c, objs):
 CURRENT_FILES = {}
 
 
+def is_sentinel(c):
+    """A Redis-image container that runs Sentinel (keeps no data, no maxmemory)."""
+    argv = " ".join(c.get("command", []) + c.get("args", []))
+    return "redis-sentinel " in argv or "--sentinel" in argv
+
+
+def chatd_setting(objs, c, name):
+    """A chatd setting as the container gets it: env first, then envFrom ConfigMaps."""
+    v = env_value(c, name)
+    if v is not None:
+        return v
+    cms = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
+    for ef in c.get("envFrom", []):
+        cm = cms.get(ef.get("configMapRef", {}).get("name"))
+        if cm and name in cm.get("data", {}):
+            return cm["data"][name]
+    return None
+
+
+# Overlays meant to survive the loss of any one node: their stores must be
+# replicated (rule 14).
+HA_OVERLAYS = {"production"}
+
+
 def image_repo(image):
     name = image.rsplit("@", 1)[0]
     if ":" in name.rsplit("/", 1)[-1]:
@@ -202,9 +226,9 @@ def check(objs, kust, overlay):
         for c in spec.get("containers", []):
             mounts = [m for m in c.get("volumeMounts", []) if m["name"] in persistent]
             used |= {m["name"] for m in mounts}
-            entry = IMAGES.get(image_repo(c["image"]))
+            entry = None if is_sentinel(c) else IMAGES.get(image_repo(c["image"]))
             if entry is None:
-                if mounts:
+                if mounts and not is_sentinel(c):
                     err(who(o), f"container {c['name']} ({c['image']}) mounts a persistent volume, but "
                                 "scripts/k8s-assert.py does not know where that image keeps its data")
                 continue
@@ -349,7 +373,7 @@ def check(objs, kust, overlay):
         spec = pod_spec(o)
         files = config_files(objs, spec)
         for c in spec.get("containers", []):
-            if image_repo(c["image"]) != "redis":
+            if image_repo(c["image"]) != "redis" or is_sentinel(c):
                 continue
             argv = " ".join(c.get("command", []) + c.get("args", []))
             conf = "\n".join(t for p, t in files.items() if p in argv)
@@ -391,8 +415,89 @@ def check(objs, kust, overlay):
             err(who(o), "no ensure-topics init container: chatd starts before its topics exist and nothing "
                         "creates them again if they are lost")
 
+    # 14. Disruption budgets: anything running two or more pods (stores
+    # included) is covered by a PDB, so a drain takes them one at a time.
+    for o in workloads:
+        if o["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        n = o["spec"].get("replicas", 1)
+        for h in hpas:
+            if h["spec"]["scaleTargetRef"]["name"] == o["metadata"]["name"]:
+                n = max(n, h["spec"]["minReplicas"] if "minReplicas" in h["spec"] else 1)
+        if n >= 2 and not any(p["kind"] == "PodDisruptionBudget" and selects(p["spec"].get("selector"), pod_labels(o))
+                              for p in objs):
+            err(who(o), f"{n} pods and no PodDisruptionBudget: a node drain may evict all of them at once")
+
+    if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS:
+        check_ha_stores(objs, workloads)
+        check_ha_postgres(objs, workloads)
     check_alerting(objs)
     return list(errs)
+
+
+def check_ha_stores(objs, workloads):
+    """15. Stores that survive one node (PostgreSQL: 16, below): Redis with a replica, at least three
+    Sentinels spread over nodes whose quorum is a majority, and every chatd
+    container asking those Sentinels (not one Redis host) for the master
+    they monitor."""
+    redis_pods, sentinels = 0, []
+    for o in workloads:
+        if o["kind"] != "StatefulSet":
+            continue
+        for c in pod_spec(o).get("containers", []):
+            if image_repo(c["image"]) != "redis":
+                continue
+            if not is_sentinel(c):
+                redis_pods = max(redis_pods, o["spec"].get("replicas", 1))
+                continue
+            argv = " ".join(c.get("command", []) + c.get("args", []))
+            m = re.search(r"sentinel monitor (\S+) (\S+) (\d+) (\d+)", argv)
+            n = o["spec"].get("replicas", 1)
+            port = next((p["containerPort"] for p in c.get("ports", [])), 26379)
+            if not m:
+                err(who(o), "runs Sentinel but monitors no master (no `sentinel monitor NAME HOST PORT QUORUM`)")
+                continue
+            q = int(m.group(4))
+            if n < 3:
+                err(who(o), f"{n} Sentinel(s): fewer than 3 cannot keep a majority after losing one")
+            if not (n // 2 < q <= n):
+                err(who(o), f"Sentinel quorum {q} of {n}: not a majority (two sides of a partition could both fail over)"
+                            if q <= n // 2 else f"Sentinel quorum {q} of {n}: more than there are Sentinels, no failover ever")
+            sentinels.append((o, m.group(1), port))
+    if redis_pods < 2:
+        err("Redis", f"{redis_pods} Redis data pod(s): no replica to fail over to (a node loss stops the chat)")
+    if not sentinels:
+        err("Redis", "no Sentinels: nothing fails Redis over")
+    for o in workloads:
+        if o["kind"] == "StatefulSet" and any(image_repo(c["image"]) in ("redis", "postgres")
+                                              for c in pod_spec(o).get("containers", [])) \
+                and not any(p["kind"] == "PodDisruptionBudget" and selects(p["spec"].get("selector"), pod_labels(o))
+                            for p in objs):
+            err(who(o), "a store without a PodDisruptionBudget: a node drain may take its pods together")
+    names = {name for _, name, _ in sentinels}
+    for o in workloads:
+        if pod_labels(o).get("app.kubernetes.io/name") != "chatd":
+            continue
+        for c in pod_spec(o).get("containers", []):
+            lst = chatd_setting(objs, c, "CHATD_REDIS_SENTINELS") or ""
+            master = chatd_setting(objs, c, "CHATD_REDIS_MASTER_NAME") or "mymaster"
+            addrs = [a.strip() for a in lst.split(",") if a.strip()]
+            if len(addrs) < 3:
+                err(who(o), f"container {c['name']}: CHATD_REDIS_SENTINELS names {len(addrs)} Sentinel(s): "
+                            "chatd talks to one Redis host and does not follow a failover")
+                continue
+            for a in addrs:
+                host, _, port = a.rpartition(":") if ":" in a else (a, "", "26379")
+                pod, _, svc = host.partition(".")
+                ok = any(pod.startswith(so["metadata"]["name"] + "-") and pod[len(so["metadata"]["name"]) + 1:].isdigit()
+                         and int(pod[len(so["metadata"]["name"]) + 1:]) < so["spec"].get("replicas", 1)
+                         and svc.split(".")[0] == so["spec"].get("serviceName") and str(sp) == port
+                         for so, _, sp in sentinels)
+                if not ok:
+                    err(who(o), f"container {c['name']}: CHATD_REDIS_SENTINELS entry {a} is no Sentinel pod of this render")
+            if sentinels and master not in names:
+                err(who(o), f"container {c['name']}: CHATD_REDIS_MASTER_NAME {master} is not what the Sentinels "
+                            f"monitor ({', '.join(sorted(names))})")
 
 
 def secret_text(o, key):
@@ -555,13 +660,89 @@ MUTATIONS = [
 ]
 
 
+def check_ha_postgres(objs, workloads):
+    """16. PostgreSQL on two nodes: every chatd container's CHATD_PG names
+    two or more hosts, each a pod of a PostgreSQL StatefulSet of the render,
+    with target_session_attrs=read-write (libpq then keeps the primary and
+    finds a promoted standby), and those pods cannot share a node."""
+    pgs = {o["metadata"]["name"]: o for o in workloads if o["kind"] == "StatefulSet"
+           and any(image_repo(c["image"]) == "postgres" for c in pod_spec(o).get("containers", []))}
+    named = set()
+    for o in workloads:
+        if pod_labels(o).get("app.kubernetes.io/name") != "chatd":
+            continue
+        for c in pod_spec(o).get("containers", []):
+            kv = dict(re.findall(r"(\w+)=(\S+)", chatd_setting(objs, c, "CHATD_PG") or ""))
+            hosts = [h for h in kv.get("host", "").split(",") if h]
+            if len(hosts) < 2:
+                err(who(o), f"container {c['name']}: CHATD_PG names {len(hosts)} PostgreSQL host(s): "
+                            "no standby to move to")
+            if kv.get("target_session_attrs") != "read-write":
+                err(who(o), f"container {c['name']}: CHATD_PG without target_session_attrs=read-write: "
+                            "libpq may settle on a read-only standby")
+            for h in hosts:
+                pod, _, svc = h.partition(".")
+                sts = next((x for n, x in pgs.items() if pod.startswith(n + "-") and pod[len(n) + 1:].isdigit()
+                            and int(pod[len(n) + 1:]) < x["spec"].get("replicas", 1)
+                            and svc.split(".")[0] == x["spec"].get("serviceName")), None)
+                if sts is None:
+                    err(who(o), f"container {c['name']}: CHATD_PG host {h} is no PostgreSQL pod of this render")
+                else:
+                    named.add(sts["metadata"]["name"])
+    for n in sorted(named):
+        anti = pod_spec(pgs[n]).get("affinity", {}).get("podAntiAffinity", {})
+        terms = [t for t in anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+                 if t.get("topologyKey") == "kubernetes.io/hostname"]
+        if not all(any(selects(t.get("labelSelector"), pod_labels(pgs[m])) for t in terms) for m in named):
+            err(who(pgs[n]), "may share a node with another PostgreSQL pod chatd uses (no required "
+                             "podAntiAffinity on kubernetes.io/hostname selecting them all)")
+
+
+def _m_config(objs, key, value):
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
+    if value is None:
+        cm["data"].pop(key)
+    else:
+        cm["data"][key] = value
+
+
+def _m_quorum(objs):
+    c = container(objs, "StatefulSet", "redis-sentinel")
+    c["args"] = [re.sub(r"(sentinel monitor chatd \S+ 6379) 2", r"\1 1", a) for a in c["args"]]
+
+
+# The HA overlays' stores (rule 15), same way.
+HA_MUTATIONS = [
+    ("redis replica", lambda o: find(o, "StatefulSet", "redis")["spec"].update(replicas=1), "no replica to fail over to"),
+    ("sentinel count", lambda o: find(o, "StatefulSet", "redis-sentinel")["spec"].update(replicas=2), "fewer than 3"),
+    ("sentinel quorum", _m_quorum, "not a majority"),
+    ("chatd single redis", lambda o: _m_config(o, "CHATD_REDIS_SENTINELS", None), "does not follow a failover"),
+    ("sentinel address", lambda o: _m_config(o, "CHATD_REDIS_SENTINELS", "redis-sentinel-0.redis-sentinel:26379,"
+                                             "redis-sentinel-1.redis-sentinel:26379,redis-sentinel-3.redis-sentinel:26379"),
+     "is no Sentinel pod of this render"),
+    ("master name", lambda o: _m_config(o, "CHATD_REDIS_MASTER_NAME", "mymaster"), "is not what the Sentinels monitor"),
+    ("store pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "redis")), "a store without a PodDisruptionBudget"),
+    ("pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "redis-sentinel")), "3 pods and no PodDisruptionBudget"),
+    ("pg single host", lambda o: _m_config(o, "CHATD_PG", "host=postgres port=5432 dbname=chatd user=chatd "
+                                            "target_session_attrs=read-write"), "no standby to move to"),
+    ("pg read-write", lambda o: _m_config(o, "CHATD_PG", "host=postgres-0.postgres,postgres-standby-0.postgres-standby "
+                                          "dbname=chatd"), "without target_session_attrs=read-write"),
+    ("pg host", lambda o: _m_config(o, "CHATD_PG", "host=postgres-0.postgres,postgres-1.postgres "
+                                    "target_session_attrs=read-write"), "postgres-1.postgres is no PostgreSQL pod"),
+    ("pg spread", lambda o: pod_spec(find(o, "StatefulSet", "postgres-standby")).pop("affinity"),
+     "may share a node with another PostgreSQL pod"),
+    ("pg pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "postgres")), "a store without a PodDisruptionBudget"),
+]
+
+
 def self_test(objs, kust, overlay):
     import copy
     bad = 0
     if check(objs, kust, overlay):
         print("k8s-assert: self-test needs a render without problems", file=sys.stderr)
         return 1
-    for name, mutate, want in MUTATIONS:
+    muts = MUTATIONS + (HA_MUTATIONS if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS else [])
+    for name, mutate, want in muts:
         o = copy.deepcopy(objs)
         mutate(o)
         got = check(o, kust, overlay)
@@ -569,7 +750,7 @@ def self_test(objs, kust, overlay):
             print(f"k8s-assert: self-test {name}: no problem saying {want!r} (got: {got})", file=sys.stderr)
             bad = 1
     if not bad:
-        print(f"k8s-assert: self-test: each of {len(MUTATIONS)} planted defects reported")
+        print(f"k8s-assert: self-test: each of {len(muts)} planted defects reported")
     return bad
 
 
@@ -587,7 +768,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, 14 rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, {17 if name in HA_OVERLAYS else 15} rules, no problem")
     return 0
 
 

@@ -1,0 +1,187 @@
+"""The production overlay's PostgreSQL (k8s/components/postgres-standby), as
+rendered, run as real processes (Debian's PostgreSQL 15, the image's
+major version): a primary started with the render's arguments and
+pg_hba.conf (initialised as the image does: superuser chatd with a
+password), the standby's start script (pg_basebackup with the password from
+PGPASSWORD, standby.signal and primary_conninfo, then a hot standby), and a chatd configured with the
+render's CHATD_PG. Checked: the standby streams and is read-only, the
+password is on no volume, chatd stores on the primary (libpq skips the
+read-only standby), and after the documented manual promotion (primary stopped
+first, `pg_ctl promote`) chatd stores on the former standby without a
+restart, nothing acknowledged lost. Only addresses, ports and paths are
+rewritten (pod DNS names to 127.0.0.1 and two ports; the pods' directories
+to temp ones; a socket directory per server)."""
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import psycopg2
+import pytest
+import yaml
+
+from chatlib import Proc, arun, free_port, uid
+from itconf import PG_BIN
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
+PASSWORD = "0123456789abcdef0123456789abcdef01234567"
+
+
+def render():
+    out = subprocess.run(["kubectl", "kustomize", os.path.join(REPO, "k8s", "overlays", "production")],
+                         capture_output=True, text=True, check=True).stdout
+    objs = [o for o in yaml.safe_load_all(out) if o]
+
+    def sts(name):
+        return next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == name)
+    primary = sts("postgres")["spec"]["template"]["spec"]
+    hba_cm = next(v["configMap"]["name"] for v in primary["volumes"] if v["name"] == "hba")
+    hba = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == hba_cm)
+    cfg = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
+    standby = sts("postgres-standby")["spec"]["template"]["spec"]["containers"][0]
+    return primary["containers"][0], hba["data"]["pg_hba.conf"], standby, cfg["data"]
+
+
+def rewrite(text, subs):
+    for old, new in subs:
+        assert old in text, f"{old!r} not in the rendered text any more:\n{text}"
+        text = text.replace(old, new)
+    return text
+
+
+def as_postgres(argv, **kw):
+    r = subprocess.run(argv, user="postgres", group="postgres", extra_groups=[], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=60, **kw)
+    assert r.returncode == 0, f"{argv}: {r.stdout.decode(errors='replace')}"
+
+
+def connect(port, dbname="chatd"):
+    return psycopg2.connect(host="127.0.0.1", port=port, user="chatd", password=PASSWORD, dbname=dbname,
+                            connect_timeout=2)
+
+
+def wait(what, fn, timeout):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as e:
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"{what} within {timeout}s (last: {last!r})")
+
+
+def query(port, sql):
+    with connect(port) as c, c.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()[0]
+
+
+@pytest.fixture
+def pg_pair():
+    if not shutil.which("kubectl") or not os.path.exists(f"{PG_BIN}/pg_basebackup"):
+        pytest.skip("needs kubectl and PostgreSQL 15")
+    pc, hba, sc, cfg = render()
+    root = tempfile.mkdtemp(prefix="chatd-k8s-pg-")
+    os.chmod(root, 0o755)
+    dirs = {n: os.path.join(root, n) for n in ("hba", "primary", "primary-sock", "standby", "standby-sock")}
+    for d in dirs.values():
+        os.makedirs(d, mode=0o700)
+        shutil.chown(d, "postgres", "postgres")
+    os.chmod(dirs["hba"], 0o755)
+    with open(os.path.join(dirs["hba"], "pg_hba.conf"), "w") as f:
+        f.write(hba)
+    procs = []
+    try:
+        # The image's first start: initdb with POSTGRES_USER as the superuser
+        # and POSTGRES_PASSWORD, then POSTGRES_DB.
+        pw = os.path.join(root, "pw")
+        with open(pw, "w") as f:
+            f.write(PASSWORD)
+        shutil.chown(pw, "postgres", "postgres")
+        pdata = os.path.join(dirs["primary"], "pgdata")
+        as_postgres([f"{PG_BIN}/initdb", "-D", pdata, "-U", "chatd", f"--pwfile={pw}", "--no-sync",
+                     "-E", "UTF8", "--locale=C"])
+        os.unlink(pw)
+        pport, sport = free_port(), free_port()
+        args = [rewrite(a, [("/etc/postgresql/hba", dirs["hba"])]) if "hba_file" in a else a for a in pc["args"]]
+        primary = Proc("pg-primary", [f"{PG_BIN}/postgres", "-D", pdata, "-k", dirs["primary-sock"], "-p", str(pport),
+                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"] + args,
+                       root, user="postgres")
+        procs.append(primary)
+        wait("the primary up", lambda: connect(pport, "postgres").close() or True, 30)
+        c = connect(pport, "postgres")
+        c.autocommit = True
+        c.cursor().execute("CREATE DATABASE chatd")
+        c.close()
+        # The standby pod: its script, as rendered.
+        sdata = os.path.join(dirs["standby"], "pgdata")
+        script = rewrite(sc["args"][0], [("-h postgres-0.postgres", f"-h 127.0.0.1 -p {pport}"),
+                                         ("host=postgres-0.postgres port=5432", f"host=127.0.0.1 port={pport}"),
+                                         ("/etc/postgresql/hba", dirs["hba"]),
+                                         ("exec postgres -c", f"exec postgres -k {dirs['standby-sock']} -c "
+                                                              "listen_addresses=127.0.0.1 -c")])
+        env = {e["name"]: e.get("value") for e in sc["env"]}
+        assert env["PGDATA"] == "/var/lib/postgresql/data/pgdata" and "PGPASSWORD" in env
+        standby = Proc("pg-standby", sc["command"] + [script], root, user="postgres",
+                       env=dict(os.environ, PATH=f"{PG_BIN}:{os.environ['PATH']}", PGDATA=sdata,
+                                PGPASSWORD=PASSWORD, PGPORT=str(sport)))
+        procs.append(standby)
+        wait("the standby up, in recovery", lambda: query(sport, "SELECT pg_is_in_recovery()"), 60)
+        yield cfg, pport, sport, primary, sdata, sc
+    finally:
+        for p in procs:
+            p.stop(sig=signal.SIGINT, timeout=20)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_chatd_follows_the_manifests_standby(pg_pair, start_all_instance):
+    cfg, pport, sport, primary, sdata, sc = pg_pair
+    assert query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming"
+    with open(os.path.join(sdata, "postgresql.auto.conf")) as f:
+        auto = f.read()
+    assert "primary_conninfo" in auto and PASSWORD not in auto, "the password was written to the volume"
+    conninfo = rewrite(cfg["CHATD_PG"], [("postgres-0.postgres", "127.0.0.1"),
+                                         ("postgres-standby-0.postgres-standby", "127.0.0.1"),
+                                         ("port=5432,5432", f"port={pport},{sport}")])
+    assert "target_session_attrs=read-write" in conninfo
+    inst = start_all_instance("k8s-pg", [f"--pg={conninfo}"], env={"PGPASSWORD": PASSWORD})
+    room = uid("k8spg")
+
+    async def body():
+        a = await inst.client(uid("a"))
+        await a.join(room)
+        await a.send_many(room, ["1", "2"])
+        await a.wait_seqs(room, [1, 2])
+        n = await asyncio.to_thread(query, pport, "SELECT count(*) FROM messages")
+        assert n == 2
+        await asyncio.to_thread(wait, "both messages on the standby",
+                                lambda: query(sport, "SELECT count(*) FROM messages") == 2, 20)
+        # The documented promotion: the primary fenced (stopped) first, then
+        # the command of standby.yaml's header, with the pod's PGDATA.
+        await asyncio.to_thread(primary.stop, signal.SIGINT, 20)
+        doc = open(os.path.join(REPO, "k8s", "components", "postgres-standby", "standby.yaml")).read()
+        assert "pg_ctl promote -D /var/lib/postgresql/data/pgdata" in doc
+        await asyncio.to_thread(subprocess.run, [f"{PG_BIN}/pg_ctl", "promote", "-D", sdata, "-w"],
+                                user="postgres", group="postgres", extra_groups=[], check=True,
+                                stdout=subprocess.DEVNULL, timeout=60)
+        t0 = time.monotonic()
+        r = None
+        while time.monotonic() - t0 < 60:
+            r = await a.req("send", room=room, text="3", cid="k8spg-3", timeout=20)
+            if r.get("op") == "ack":
+                break
+            await asyncio.sleep(0.5)
+        assert r.get("op") == "ack", r
+        await a.wait_seqs(room, [3], timeout=30)
+        await a.close()
+    arun(body(), 150)
+    assert query(sport, "SELECT count(*) FROM messages") == 3
+    assert not query(sport, "SELECT pg_is_in_recovery()")
