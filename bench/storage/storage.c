@@ -143,7 +143,7 @@ int main(int argc, char **argv)
         exec_or_die(sync, sql);
     }
     struct db_fence f = { .topic = "bench", .parts = "{0}", .epochs = "{1}" };
-    struct jbuf jr, ji;
+    struct jbuf jr, ji, jt, jc;
     long done = 0, seg_rows = 0;
     int seg = 0;
     double t0 = now_s(), seg_t0 = t0, store_s = 0, lookup_s = 0;
@@ -151,6 +151,8 @@ int main(int argc, char **argv)
         int n = (int)(rows - done < batch ? rows - done : batch);
         jbuf_init(&jr, 32 * (size_t)n);
         jbuf_init(&ji, 40 * (size_t)n);
+        jbuf_init(&jt, 16 * (size_t)n);
+        jbuf_init(&jc, 4 * (size_t)n);
         for (int i = 0; i < n; i++) {
             /* skew: the square of a uniform draw puts most messages in the
              * first rooms, and leaves the last ones quiet */
@@ -167,14 +169,23 @@ int main(int argc, char **argv)
             mp[i] = &m[i];
             db_array_add(&jr, m[i].room);
             db_array_add(&ji, m[i].id);
+            db_array_int(&jt, m[i].ts);
+            db_array_add(&jc, "t");
         }
         char *ra = db_array_end(&jr), *ia = db_array_end(&ji);
         struct wait w = {0};
         double a = now_s();
+        char *ta = db_array_end(&jt), *ca = db_array_end(&jc);
+#ifdef DB_KNOWN_IDS_TS
+        db_known_ids(pg, ra, ia, ta, ca, on_res, &w);
+#else /* a tree before the ts went with it */
         db_known_ids(pg, ra, ia, on_res, &w);
+#endif
         run_until(&loop, &w.done);
         free(ra);
         free(ia);
+        free(ta);
+        free(ca);
         double b = now_s();
         if (w.err || w.rows != 0) {
             fprintf(stderr, "bench_storage: known ids: err=%d rows=%ld\n", w.err, w.rows);
