@@ -1479,6 +1479,54 @@ static void test_db_store_sees_rows_written_by_hand(void **state)
     test_loop_finish(&loop);
 }
 
+struct test_rows {
+    int n, err;
+    char all[512]; /* every row, columns joined by '|', rows by ';' */
+};
+
+static void test_on_rows(int err, PGresult *res, void *user)
+{
+    struct test_rows *t = user;
+    t->err = err;
+    t->all[0] = '\0';
+    size_t o = 0;
+    for (int i = 0; res && err == 0 && i < PQntuples(res); i++)
+        for (int k = 0; k < PQnfields(res) && o < sizeof t->all; k++)
+            o += (size_t)snprintf(t->all + o, sizeof t->all - o, "%s%s", k ? "|" : i ? ";" : "",
+                                  PQgetvalue(res, i, k));
+    t->n++;
+}
+
+/* `rooms` (db_rooms): the user's rooms in one statement, each with its head
+ * from rooms.head and the read mark capped at it; never a max(seq) of
+ * messages per membership (what it was before migration 003): a room whose
+ * messages are all gone (retention) still answers its head, which a
+ * max(seq) answered 0 (and the read mark with it). */
+static void test_db_rooms_reads_the_head(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO messages (room, seq, id, user_id, body, ts) SELECT 'rl-' || r, s, "
+                     "md5(r || s), 'x', 'b', 0 FROM unnest(ARRAY['a', 'b', 'c']) r, "
+                     "generate_series(1, 5) s");
+    test_pg_exec(pc, "INSERT INTO members (room, user_id, read_seq) VALUES ('rl-b', 'rl-u', 9), "
+                     "('rl-a', 'rl-u', 3), ('rl-c', 'rl-other', 0)");
+    test_pg_exec(pc, "DELETE FROM messages WHERE room = 'rl-a'"); /* retention */
+    PQfinish(pc);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    struct test_rows t = {0};
+    db_rooms(c, "rl-u", test_on_rows, &t);
+    assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.all, "rl-a|5|3;rl-b|5|5");
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
 /* db_known_ids for one (room, id) looked up by a record received at ts,
  * with a cid (resend) or not: the seq it is stored under, or -1. */
 static long test_known_id(uv_loop_t *loop, pg_client_t *c, const char *room, const char *id,
@@ -2031,6 +2079,7 @@ int main(void)
         cmocka_unit_test(test_db_store_across_months),
         cmocka_unit_test(test_db_store_sees_rows_written_by_hand),
         cmocka_unit_test(test_db_known_ids_window),
+        cmocka_unit_test(test_db_rooms_reads_the_head),
         cmocka_unit_test(test_readmarks_batched),
         cmocka_unit_test(test_pg_pipeline),
         cmocka_unit_test(test_pg_bad_query),
