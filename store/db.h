@@ -81,7 +81,8 @@ struct db_fence {
  * if every fence still holds (else nothing). A row whose (room, seq) holds
  * its id already is skipped (a re-consumed record); a (room, seq) held by
  * another id, or twice in the batch, stores nothing and answers taken = t
- * (a seq collision). One row: (held, inserted, partitions not held as an
+ * (a seq collision). A seq above the room's head (rooms.head, raised by a
+ * trigger on every insert: migrations/007) is free without a lookup. One row: (held, inserted, partitions not held as an
  * array, taken). An edit or delete (chat_msg.kind) is stored as a row of
  * its own (kind, target; migrations/005), and applied by db_apply_changes
  * once stored. */
