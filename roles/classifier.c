@@ -722,10 +722,12 @@ static void cl_on_known_ids(int err, PGresult *res, void *ud)
 static void cl_lookup(struct cl_batch *b)
 {
     classifier_t *c = b->c;
-    struct jbuf rooms, pairs_r, pairs_i;
+    struct jbuf rooms, pairs_r, pairs_i, pairs_t, pairs_c;
     jbuf_init(&rooms, 256);
     jbuf_init(&pairs_r, 256);
     jbuf_init(&pairs_i, 256);
+    jbuf_init(&pairs_t, 256);
+    jbuf_init(&pairs_c, 64);
     for (size_t i = 0; i < b->n_items; i++) {
         struct cl_item *it = &b->items[i];
         it->known = -1;
@@ -747,9 +749,12 @@ static void cl_lookup(struct cl_batch *b)
         }
         db_array_add(&pairs_r, it->room);
         db_array_add(&pairs_i, it->msg.id);
+        db_array_int(&pairs_t, it->msg.ts);
+        db_array_add(&pairs_c, it->msg.cid ? "t" : "f");
     }
     int ask_floors = rooms.len > 0;
     char *rs = db_array_end(&rooms), *ps = db_array_end(&pairs_r), *is = db_array_end(&pairs_i);
+    char *ts = db_array_end(&pairs_t), *cs = db_array_end(&pairs_c);
     b->err = 0;
     b->pending = 1;
     if (ask_floors) {
@@ -758,11 +763,13 @@ static void cl_lookup(struct cl_batch *b)
     }
     if (b->rooms) {
         b->pending++;
-        db_known_ids(c->pg, ps, is, cl_on_known_ids, b);
+        db_known_ids(c->pg, ps, is, ts, cs, cl_on_known_ids, b);
     }
     free(rs);
     free(ps);
     free(is);
+    free(ts);
+    free(cs);
     cl_lookup_done(b);
 }
 
@@ -968,7 +975,8 @@ static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size
 #define CL_MAINTAIN_EVERY_MS (3600 * 1000)
 #define CL_MAINTAIN_RETRY_MS (15 * 1000)
 /* One month ahead is made a month before it starts; each empty month
- * costs every stored row a probe (db_store_msgs, db_known_ids). */
+ * costs a probe to the lookups that reach it (a seq at or below the
+ * room's head in db_store_msgs, a resent cid in db_known_ids). */
 #define CL_MONTHS_AHEAD 1
 
 static void cl_on_maintain_timer(uv_timer_t *t);

@@ -131,19 +131,27 @@ void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud)
     pg_query_stmt(pg, &st, 1, p, cb, ud);
 }
 
-void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud)
+void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const char *tss,
+                  const char *resends, pg_result_cb cb, void *ud)
 {
-    const char *p[] = { rooms, ids };
+    const char *p[] = { rooms, ids, tss, resends };
     /* A prepared statement keeps its first generic plan: as a plain join,
      * planned while messages was empty, that was a hash join over a
      * sequential scan (milliseconds per batch once the table grew). LATERAL
-     * with LIMIT 1 cannot be flattened, so each pair stays an index probe. */
+     * with LIMIT 1 cannot be flattened, so each pair stays an index probe.
+     * The ts range prunes the partitions at run time, per pair: a record
+     * without a cid can only be re-consumed (the same ts: one partition), a
+     * cid's resend is looked for DB_RESEND_BEFORE_MS before it and
+     * DB_RESEND_AFTER_MS after (usually two months, not all of them). */
     static struct pg_stmt st = {
-        "SELECT k.room, k.id, m.seq FROM unnest($1::text[], $2::text[]) AS k(room, id) "
+        "SELECT k.room, k.id, m.seq FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[]) "
+        "AS k(room, id, ts, resend) "
         "CROSS JOIN LATERAL (SELECT seq FROM messages m WHERE m.room = k.room AND m.id = k.id "
+        "AND m.ts >= k.ts - CASE WHEN k.resend THEN " DB_STR(DB_RESEND_BEFORE_MS) "::bigint ELSE 0 END "
+        "AND m.ts <= k.ts + CASE WHEN k.resend THEN " DB_STR(DB_RESEND_AFTER_MS) "::bigint ELSE 0 END "
         "LIMIT 1) m",
     };
-    pg_query_stmt(pg, &st, 2, p, cb, ud);
+    pg_query_stmt(pg, &st, 4, p, cb, ud);
 }
 
 void db_array_add(struct jbuf *b, const char *s)
@@ -206,15 +214,20 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
      * take (an UPDATE) waits for this statement, or this statement sees the
      * new epoch and stores nothing. messages is partitioned by month of ts
      * (migrations/006), so its unique keys hold per partition only and carry
-     * ts: each row's (room, seq) is looked up in every partition (one probe
-     * of each partition's (room, seq, ts) index, LATERAL ... LIMIT 1 so a
-     * generic plan cannot make it a hash join). Held by the same id: the
-     * row is stored already (a re-consumed record), skipped whatever its
-     * ts, as ON CONFLICT (room, id) skipped it; held by another id, or twice
-     * in the batch: taken, a seq collision, nothing stored, as the unique
-     * (room, seq) refused it. (room, id, ts) stays the conflict target.
-     * Each room's head is raised in the same statement (rows locked in room
-     * order), so it is the last stored seq whatever is deleted later. */
+     * ts: the statement checks (room, seq) itself. The room's head is the
+     * highest seq ever stored in it (raised by a trigger on every insert,
+     * whoever makes it, never lowered: migrations/007), so a seq above it
+     * is free without looking; only a seq at or below it (a re-consumed
+     * record, a collision: rare) is looked up in every partition (a scalar
+     * subquery, evaluated only then). Stores into a room are one at a time
+     * (its partition's fence holder, one batch's store after the other),
+     * so the head read is not racing another store. Held by the same id:
+     * the row is stored already (a re-consumed record), skipped whatever
+     * its ts, as ON CONFLICT (room, id) skipped it; held by another id, or
+     * twice in the batch: taken, a seq collision, nothing stored, as the
+     * unique (room, seq) refused it. (room, id, ts) stays the conflict
+     * target. The trigger raises each room's head in this statement, so it
+     * is the last stored seq whatever is deleted later. */
     static struct pg_stmt st = {
         "WITH f AS (SELECT o.partition FROM partition_owners o "
         "JOIN unnest($8::int[], $9::bigint[]) AS x(p, e) ON o.partition = x.p AND o.epoch = x.e "
@@ -223,16 +236,16 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "u AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
         "$6::text[], $7::bigint[], $11::text[], $12::text[]) "
         "AS u(room, seq, id, user_id, cid, body, ts, kind, target)), "
-        "s AS (SELECT u.*, x.id AS held_by FROM u LEFT JOIN LATERAL (SELECT m.id FROM messages m "
-        "WHERE m.room = u.room AND m.seq = u.seq LIMIT 1) x ON true), "
+        "h AS (SELECT r.room, r.head FROM rooms r WHERE r.room IN (SELECT room FROM u)), "
+        "s AS (SELECT u.*, CASE WHEN u.seq <= COALESCE(h.head, 0) THEN (SELECT m.id FROM messages m "
+        "WHERE m.room = u.room AND m.seq = u.seq LIMIT 1) END AS held_by "
+        "FROM u LEFT JOIN h ON h.room = u.room), "
         "cl AS (SELECT EXISTS (SELECT 1 FROM s WHERE s.held_by <> s.id) "
         "OR EXISTS (SELECT 1 FROM u GROUP BY room, seq HAVING count(*) > 1) AS taken), "
         "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts, kind, target) "
         "SELECT s.room, s.seq, s.id, s.user_id, s.cid, s.body, s.ts, s.kind, s.target FROM s, ok, cl "
         "WHERE ok.held AND NOT cl.taken AND s.held_by IS NULL "
-        "ON CONFLICT (room, id, ts) DO NOTHING RETURNING room, seq), "
-        "hd AS (INSERT INTO rooms (room, head) SELECT room, max(seq) FROM ins GROUP BY room "
-        "ORDER BY room ON CONFLICT (room) DO UPDATE SET head = GREATEST(rooms.head, EXCLUDED.head)) "
+        "ON CONFLICT (room, id, ts) DO NOTHING RETURNING room, seq) "
         "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), "
         "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f)), "
         "(SELECT taken FROM cl)",

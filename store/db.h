@@ -51,10 +51,21 @@ void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
 /* For a classifier batch: rooms is a PostgreSQL array literal of room ids,
  * ids one of message ids, pairwise (room[i], id[i]).
  * db_rooms_max answers (room, floor): the greater of the head and max(seq);
- * db_known_ids answers (room, id, seq)
- * for the pairs already stored. */
+ * db_known_ids answers (room, id, seq) for the pairs already stored, given
+ * each record's ts (tss, an array of ints) and whether its id can be
+ * resent (resends, booleans: it has a cid). A record's own copy is found
+ * at its ts (a re-consumed record carries it); a resent cid's original only
+ * if it was received at most DB_RESEND_BEFORE_MS before the resend, or
+ * DB_RESEND_AFTER_MS after it (gateways' clocks apart): older ones are not
+ * looked for (docs/ARCHITECTURE.md, "Retention", the keys). */
+#define DB_RESEND_BEFORE_MS 2678400000 /* 31 days */
+#define DB_RESEND_AFTER_MS 86400000    /* 1 day */
+#define DB_STR_(x) #x
+#define DB_STR(x) DB_STR_(x)
+#define DB_KNOWN_IDS_TS 1 /* db_known_ids takes tss and resends (bench/storage) */
 void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud);
-void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, pg_result_cb cb, void *ud);
+void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const char *tss,
+                  const char *resends, pg_result_cb cb, void *ud);
 /* Takes the next fencing epoch of each partition (an array literal of ints)
  * of topic for owner: rows (partition, epoch). See migrations/002. */
 void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const char *parts,
@@ -70,7 +81,8 @@ struct db_fence {
  * if every fence still holds (else nothing). A row whose (room, seq) holds
  * its id already is skipped (a re-consumed record); a (room, seq) held by
  * another id, or twice in the batch, stores nothing and answers taken = t
- * (a seq collision). One row: (held, inserted, partitions not held as an
+ * (a seq collision). A seq above the room's head (rooms.head, raised by a
+ * trigger on every insert: migrations/007) is free without a lookup. One row: (held, inserted, partitions not held as an
  * array, taken). An edit or delete (chat_msg.kind) is stored as a row of
  * its own (kind, target; migrations/005), and applied by db_apply_changes
  * once stored. */

@@ -1,6 +1,7 @@
 /* bench_storage: inserts messages into PostgreSQL with chatd's own
  * statements, the way a classifier does per batch (db_known_ids, then
- * db_store_msgs, each waited for), and reads history pages (db_history).
+ * db_store_msgs, each waited for), reads history pages (db_history) and
+ * one user's rooms list (db_rooms, and the max(seq) statement it replaced).
  *
  *   bench_storage CONNINFO [rows=200000] [batch=1000] [rooms=2000] [days=90]
  *
@@ -143,7 +144,7 @@ int main(int argc, char **argv)
         exec_or_die(sync, sql);
     }
     struct db_fence f = { .topic = "bench", .parts = "{0}", .epochs = "{1}" };
-    struct jbuf jr, ji;
+    struct jbuf jr, ji, jt, jc;
     long done = 0, seg_rows = 0;
     int seg = 0;
     double t0 = now_s(), seg_t0 = t0, store_s = 0, lookup_s = 0;
@@ -151,6 +152,8 @@ int main(int argc, char **argv)
         int n = (int)(rows - done < batch ? rows - done : batch);
         jbuf_init(&jr, 32 * (size_t)n);
         jbuf_init(&ji, 40 * (size_t)n);
+        jbuf_init(&jt, 16 * (size_t)n);
+        jbuf_init(&jc, 4 * (size_t)n);
         for (int i = 0; i < n; i++) {
             /* skew: the square of a uniform draw puts most messages in the
              * first rooms, and leaves the last ones quiet */
@@ -167,14 +170,23 @@ int main(int argc, char **argv)
             mp[i] = &m[i];
             db_array_add(&jr, m[i].room);
             db_array_add(&ji, m[i].id);
+            db_array_int(&jt, m[i].ts);
+            db_array_add(&jc, "t");
         }
         char *ra = db_array_end(&jr), *ia = db_array_end(&ji);
         struct wait w = {0};
         double a = now_s();
+        char *ta = db_array_end(&jt), *ca = db_array_end(&jc);
+#ifdef DB_KNOWN_IDS_TS
+        db_known_ids(pg, ra, ia, ta, ca, on_res, &w);
+#else /* a tree before the ts went with it */
         db_known_ids(pg, ra, ia, on_res, &w);
+#endif
         run_until(&loop, &w.done);
         free(ra);
         free(ia);
+        free(ta);
+        free(ca);
         double b = now_s();
         if (w.err || w.rows != 0) {
             fprintf(stderr, "bench_storage: known ids: err=%d rows=%ld\n", w.err, w.rows);
@@ -222,6 +234,37 @@ int main(int argc, char **argv)
     }
     printf("history: %d pages (%ld rows) in %.1f ms: %.2f ms per page (warm cache)\n", pages, got,
            (now_s() - h0) * 1000, (now_s() - h0) * 1000 / pages);
+    /* rooms: one user in every room (the issue's heavy user), its list
+     * read as the gateway reads it (db_rooms: the heads from rooms.head),
+     * then the same list by the statement it replaced (migration 003: a
+     * max(seq) of messages per membership) for comparison */
+    exec_or_die(sync, "INSERT INTO members (room, user_id) SELECT room, 'bench-reader' FROM rooms");
+    long member_of = scalar(sync, "SELECT count(*) FROM members WHERE user_id = 'bench-reader'");
+    static const char *const reader[] = { "bench-reader" };
+    for (int k = 0; k < 2; k++) {
+        double r0 = now_s();
+        long rrows = 0;
+        for (int i = 0; i < 20; i++) {
+            struct wait w = {0};
+            if (k == 0)
+                db_rooms(pg, "bench-reader", on_res, &w);
+            else
+                pg_query(pg,
+                         "SELECT m.room, COALESCE((SELECT max(seq) FROM messages s "
+                         "WHERE s.room = m.room), 0), m.read_seq FROM members m "
+                         "WHERE m.user_id = $1 ORDER BY m.room",
+                         1, reader, on_res, &w);
+            run_until(&loop, &w.done);
+            if (w.err || w.rows != member_of) {
+                fprintf(stderr, "bench_storage: rooms: err=%d rows=%ld\n", w.err, w.rows);
+                return 1;
+            }
+            rrows += w.rows;
+        }
+        double ms = (now_s() - r0) * 1000 / 20;
+        printf("rooms (%s): a user in %ld rooms, %.2f ms per call (warm cache, 20 calls)\n",
+               k == 0 ? "db_rooms" : "max(seq) per membership, before 003", rrows / 20, ms);
+    }
     pg_client_close(pg);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);

@@ -203,13 +203,16 @@ def test_zombie_incr_leaves_no_hole(make_cluster):
     r = c.redis_client()
     r.set(f"{{room:{room}}}:seq", 6)
     r.execute_command("CLIENT", "PAUSE", "1800", "WRITE")
+    # The owner stores R with R's own ts, as every classifier does (the
+    # known-id lookup looks for a record's copy at its ts: ARCHITECTURE 5).
+    ts = int(time.time() * 1000)
     try:
-        new = c.produce_send([(room, "u0", "c5", "u0 5")])
+        new = c.produce_send([(room, "u0", "c5", "u0 5")], ts=ts)
         assert _wait_blocked_script(r, 1.5), "the classifier's assign call never came"
         c.query("UPDATE partition_owners SET epoch = epoch + 1, owner = 'f10-new-owner' "
                 "WHERE topic = %s RETURNING 1", (c.topic_send,))
         c.query("INSERT INTO messages (room, seq, id, user_id, cid, body, ts) "
-                "VALUES (%s, 6, %s, 'u0', 'c5', 'u0 5', 0) RETURNING 1", (room, new[0]))
+                "VALUES (%s, 6, %s, 'u0', 'c5', 'u0 5', %s) RETURNING 1", (room, new[0], ts))
     finally:
         r.execute_command("CLIENT", "UNPAUSE")
     ids += new

@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1439,6 +1440,161 @@ static void test_db_store_across_months(void **state)
     test_loop_finish(&loop);
 }
 
+/* The store looks a (room, seq) up only at or below the room's head, so
+ * the head must cover every row, also one written by hand (a restore, a
+ * tool, the fault tests' "other writer") in any month: the trigger of
+ * migrations/007 raises it on every insert, and a store at such a seq is a
+ * collision. Without the trigger (the head raised by db_store_msgs alone)
+ * the message was stored a second time at seq 3. */
+static void test_db_store_sees_rows_written_by_hand(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO partition_owners (topic, partition, epoch, owner) "
+                     "VALUES ('ps-topic', 0, 1, 'test') ON CONFLICT DO NOTHING");
+    test_pg_exec(pc, "INSERT INTO messages (room, seq, id, user_id, body, ts) VALUES "
+                     "('hb-a', 2, '000000000000000000000000000000f2', 'other', 'x', 0), "
+                     "('hb-a', 3, '000000000000000000000000000000f3', 'other', 'x', 0)");
+    PQfinish(pc);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'hb-a'"), 3);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    struct chat_msg a = { .room = "hb-a", .id = "000000000000000000000000000000a3", .from = "u",
+                          .text = "a", .ts = (int64_t)time(NULL) * 1000, .seq = 3 };
+    const struct chat_msg *one[] = { &a };
+    struct test_row t;
+    test_store_batch(&loop, c, one, 1, &t); /* seq 3 is the hand-made row's */
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|0|{}|t");
+    a.seq = 4;
+    test_store_batch(&loop, c, one, 1, &t);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|1|{}|f");
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'hb-a'"), 3);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'hb-a'"), 4);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
+struct test_rows {
+    int n, err;
+    char all[512]; /* every row, columns joined by '|', rows by ';' */
+};
+
+static void test_on_rows(int err, PGresult *res, void *user)
+{
+    struct test_rows *t = user;
+    t->err = err;
+    t->all[0] = '\0';
+    size_t o = 0;
+    for (int i = 0; res && err == 0 && i < PQntuples(res); i++)
+        for (int k = 0; k < PQnfields(res) && o < sizeof t->all; k++)
+            o += (size_t)snprintf(t->all + o, sizeof t->all - o, "%s%s", k ? "|" : i ? ";" : "",
+                                  PQgetvalue(res, i, k));
+    t->n++;
+}
+
+/* `rooms` (db_rooms): the user's rooms in one statement, each with its head
+ * from rooms.head and the read mark capped at it; never a max(seq) of
+ * messages per membership (what it was before migration 003): a room whose
+ * messages are all gone (retention) still answers its head, which a
+ * max(seq) answered 0 (and the read mark with it). */
+static void test_db_rooms_reads_the_head(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO messages (room, seq, id, user_id, body, ts) SELECT 'rl-' || r, s, "
+                     "md5(r || s), 'x', 'b', 0 FROM unnest(ARRAY['a', 'b', 'c']) r, "
+                     "generate_series(1, 5) s");
+    test_pg_exec(pc, "INSERT INTO members (room, user_id, read_seq) VALUES ('rl-b', 'rl-u', 9), "
+                     "('rl-a', 'rl-u', 3), ('rl-c', 'rl-other', 0)");
+    test_pg_exec(pc, "DELETE FROM messages WHERE room = 'rl-a'"); /* retention */
+    PQfinish(pc);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    struct test_rows t = {0};
+    db_rooms(c, "rl-u", test_on_rows, &t);
+    assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.all, "rl-a|5|3;rl-b|5|5");
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
+/* db_known_ids for one (room, id) looked up by a record received at ts,
+ * with a cid (resend) or not: the seq it is stored under, or -1. */
+static long test_known_id(uv_loop_t *loop, pg_client_t *c, const char *room, const char *id,
+                          int64_t ts, int resend)
+{
+    char rooms[64], ids[64], tss[32];
+    snprintf(rooms, sizeof rooms, "{%s}", room);
+    snprintf(ids, sizeof ids, "{%s}", id);
+    snprintf(tss, sizeof tss, "{%" PRId64 "}", ts);
+    struct test_row t = {0};
+    db_known_ids(c, rooms, ids, tss, resend ? "{t}" : "{f}", test_on_row, &t);
+    assert_int_equal(test_wait_count(loop, &t.n, 1, 5000), 0);
+    assert_int_equal(t.err, 0);
+    if (!t.row[0])
+        return -1;
+    char want[80];
+    snprintf(want, sizeof want, "%s|%s|", room, id);
+    assert_memory_equal(t.row, want, strlen(want));
+    return strtol(t.row + strlen(want), NULL, 10);
+}
+
+/* The known-id lookup looks where a record's earlier copy can be, not in
+ * every month (each month probed cost every row a probe): a record without
+ * a cid only at its own ts (a re-consumed record carries it), a cid's
+ * resend from DB_RESEND_BEFORE_MS before its ts to DB_RESEND_AFTER_MS
+ * after (another gateway's clock). Each edge is tested on both sides: the
+ * old lookup found every one of them (all months, any ts). */
+static void test_db_known_ids_window(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO partition_owners (topic, partition, epoch, owner) "
+                     "VALUES ('ps-topic', 0, 1, 'test') ON CONFLICT DO NOTHING");
+    PQfinish(pc);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    const int64_t day = 86400LL * 1000;
+    int64_t now = (int64_t)time(NULL) * 1000, old = now - 62 * day;
+    struct chat_msg a = { .room = "kw-a", .id = "0000000000000000000000000000a001", .from = "u",
+                          .cid = "c1", .text = "a", .ts = old, .seq = 1 };
+    struct chat_msg b = { .room = "kw-a", .id = "0000000000000000000000000000b002", .from = "u",
+                          .text = "b", .ts = now, .seq = 2 };
+    const struct chat_msg *both[] = { &a, &b };
+    struct test_row t;
+    test_store_batch(&loop, c, both, 2, &t);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|2|{}|f");
+    /* A re-consumed record: found at its ts, whether it has a cid or not. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts, 0), 2);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts, 1), 1);
+    /* Without a cid an id is never resent: nothing at another ts. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts + 1, 0), -1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts - 1, 0), -1);
+    /* A resent cid: the original found up to the window's edges. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts + DB_RESEND_BEFORE_MS, 1), 1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts + DB_RESEND_BEFORE_MS + 1, 1), -1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - DB_RESEND_AFTER_MS, 1), 1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - DB_RESEND_AFTER_MS - 1, 1), -1);
+    /* The same window as a resend of it, with the cid: 62 days is past it. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, now, 1), -1);
+    assert_int_equal(test_known_id(&loop, c, "kw-b", a.id, a.ts, 1), -1); /* another room */
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
 /* ---- read marks, batched (store/readmarks.h) ---- */
 
 struct test_mark {
@@ -1921,6 +2077,9 @@ int main(void)
         cmocka_unit_test(test_pg_migrate),
         cmocka_unit_test(test_pg_migrate_in_place),
         cmocka_unit_test(test_db_store_across_months),
+        cmocka_unit_test(test_db_store_sees_rows_written_by_hand),
+        cmocka_unit_test(test_db_known_ids_window),
+        cmocka_unit_test(test_db_rooms_reads_the_head),
         cmocka_unit_test(test_readmarks_batched),
         cmocka_unit_test(test_pg_pipeline),
         cmocka_unit_test(test_pg_bad_query),
