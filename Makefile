@@ -103,7 +103,7 @@ $(BUILD)/tests/test_bench: bench/wsframe.c bench/wsframe.h bench/delivery.c benc
 	bench/hist.c bench/hist.h bench/conf.h
 
 # The storage bench (issue 24): chatd's own statements against a throwaway
-# PostgreSQL, fsync on (bench/storage/run.sh). STORAGE_ARGS: rows batch rooms days.
+# PostgreSQL, fsync on (bench/storage/run.sh). STORAGE_ARGS: rows batch rooms days resend_window_days (0: every month, as shipped).
 $(BUILD)/bench_storage: bench/storage/storage.c $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $^ $(LDLIBS)

@@ -131,6 +131,10 @@ static const struct conf_flag conf_flags[] = {
     F_STR("retention", retention, "0",
           "keep messages at least this long, then drop them by whole months (N followed by s, m, h "
           "or d, e.g. 90d; classifiers enforce it); 0 = keep for ever"),
+    F_STR("resend-window", resend_window, "0",
+          "how far back a message's cid is looked for when it is sent again (N followed by s, m, h or "
+          "d, e.g. 31d): a resend later than that is stored again; 0 = for ever (every month kept is "
+          "probed; PROTOCOL.md: never stored twice)"),
     { "log-level", T_LEVEL, offsetof(struct conf, log_level), 0, "info", 0, 0, "debug | info | warn | error" },
 };
 #define CONF_NFLAGS (sizeof conf_flags / sizeof conf_flags[0])
@@ -360,6 +364,11 @@ static int conf_check(struct conf *c)
     if (conf_parse_duration(c->retention, &c->retention_s) < 0) {
         fprintf(stderr, "chatd: invalid value for --retention: '%s' (0, or N followed by s, m, h "
                         "or d, e.g. 90d)\n", c->retention);
+        return -1;
+    }
+    if (conf_parse_duration(c->resend_window, &c->resend_window_s) < 0) {
+        fprintf(stderr, "chatd: invalid value for --resend-window: '%s' (0, or N followed by s, m, "
+                        "h or d, e.g. 31d)\n", c->resend_window);
         return -1;
     }
     if (c->gateway_id < 0)

@@ -86,6 +86,8 @@ struct conf {
     int migrate_wait_s;
     char retention[32];          /* --retention as given */
     long long retention_s;       /* messages kept at least this long; 0 = for ever */
+    char resend_window[32];      /* --resend-window as given */
+    long long resend_window_s;   /* a cid's original looked for this far back; 0 = for ever */
     enum log_level log_level;
 };
 

@@ -763,7 +763,7 @@ static void cl_lookup(struct cl_batch *b)
     }
     if (b->rooms) {
         b->pending++;
-        db_known_ids(c->pg, ps, is, ts, cs, cl_on_known_ids, b);
+        db_known_ids(c->pg, ps, is, ts, cs, c->conf->resend_window_s * 1000, cl_on_known_ids, b);
     }
     free(rs);
     free(ps);

@@ -132,26 +132,31 @@ void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud)
 }
 
 void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const char *tss,
-                  const char *resends, pg_result_cb cb, void *ud)
+                  const char *resends, int64_t window_ms, pg_result_cb cb, void *ud)
 {
-    const char *p[] = { rooms, ids, tss, resends };
+    /* A window of 0 is every month: bounds no ts can reach. */
+    const int64_t all = INT64_C(1) << 62;
+    char before[24], after[24];
+    snprintf(before, sizeof before, "%" PRId64, window_ms > 0 ? window_ms : all);
+    snprintf(after, sizeof after, "%" PRId64, window_ms > 0 ? (int64_t)DB_RESEND_AFTER_MS : all);
+    const char *p[] = { rooms, ids, tss, resends, before, after };
     /* A prepared statement keeps its first generic plan: as a plain join,
      * planned while messages was empty, that was a hash join over a
      * sequential scan (milliseconds per batch once the table grew). LATERAL
      * with LIMIT 1 cannot be flattened, so each pair stays an index probe.
      * The ts range prunes the partitions at run time, per pair: a record
      * without a cid can only be re-consumed (the same ts: one partition), a
-     * cid's resend is looked for DB_RESEND_BEFORE_MS before it and
-     * DB_RESEND_AFTER_MS after (usually two months, not all of them). */
+     * cid's resend is looked for $5 before it and $6 after (with a window,
+     * usually two months, not all of them). */
     static struct pg_stmt st = {
         "SELECT k.room, k.id, m.seq FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[]) "
         "AS k(room, id, ts, resend) "
         "CROSS JOIN LATERAL (SELECT seq FROM messages m WHERE m.room = k.room AND m.id = k.id "
-        "AND m.ts >= k.ts - CASE WHEN k.resend THEN " DB_STR(DB_RESEND_BEFORE_MS) "::bigint ELSE 0 END "
-        "AND m.ts <= k.ts + CASE WHEN k.resend THEN " DB_STR(DB_RESEND_AFTER_MS) "::bigint ELSE 0 END "
+        "AND m.ts >= k.ts - CASE WHEN k.resend THEN $5::bigint ELSE 0 END "
+        "AND m.ts <= k.ts + CASE WHEN k.resend THEN $6::bigint ELSE 0 END "
         "LIMIT 1) m",
     };
-    pg_query_stmt(pg, &st, 4, p, cb, ud);
+    pg_query_stmt(pg, &st, 6, p, cb, ud);
 }
 
 void db_array_add(struct jbuf *b, const char *s)

@@ -54,18 +54,16 @@ void db_max_seq(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
  * db_known_ids answers (room, id, seq) for the pairs already stored, given
  * each record's ts (tss, an array of ints) and whether its id can be
  * resent (resends, booleans: it has a cid). A record's own copy is found
- * at its ts (a re-consumed record carries it); a resent cid's original only
- * if it was received at most DB_RESEND_BEFORE_MS before the resend, or
+ * at its ts (a re-consumed record carries it); a resent cid's original in
+ * every month when window_ms is 0 (the default, --resend-window), else only
+ * if it was received at most window_ms before the resend, or
  * DB_RESEND_AFTER_MS after it (gateways' clocks apart): older ones are not
  * looked for (docs/ARCHITECTURE.md, "Retention", the keys). */
-#define DB_RESEND_BEFORE_MS 2678400000 /* 31 days */
-#define DB_RESEND_AFTER_MS 86400000    /* 1 day */
-#define DB_STR_(x) #x
-#define DB_STR(x) DB_STR_(x)
-#define DB_KNOWN_IDS_TS 1 /* db_known_ids takes tss and resends (bench/storage) */
+#define DB_RESEND_AFTER_MS 86400000 /* 1 day */
+#define DB_KNOWN_IDS_WINDOW 1 /* db_known_ids takes tss, resends, window_ms (bench/storage) */
 void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud);
 void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const char *tss,
-                  const char *resends, pg_result_cb cb, void *ud);
+                  const char *resends, int64_t window_ms, pg_result_cb cb, void *ud);
 /* Takes the next fencing epoch of each partition (an array literal of ints)
  * of topic for owner: rows (partition, epoch). See migrations/002. */
 void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const char *parts,

@@ -161,6 +161,14 @@ static void test_conf_retention(void **state)
         char *argv[] = { "chatd", "--role=classifier", "--kafka=h:1", (char *)bad[i] };
         assert_int_equal(conf_try(&c, 4, argv), -1);
     }
+    /* --resend-window: the same syntax; 0 (every month) by default. */
+    assert_int_equal(conf_try(&c, 3, def), 0);
+    assert_int_equal(c.resend_window_s, 0);
+    char *win[] = { "chatd", "--role=classifier", "--kafka=h:1", "--resend-window=31d" };
+    assert_int_equal(conf_try(&c, 4, win), 0);
+    assert_int_equal(c.resend_window_s, 31LL * 86400);
+    char *badwin[] = { "chatd", "--role=classifier", "--kafka=h:1", "--resend-window=31" };
+    assert_int_equal(conf_try(&c, 4, badwin), -1);
 }
 
 static void test_conf_refuses(void **state)

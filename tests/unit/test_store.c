@@ -1530,14 +1530,14 @@ static void test_db_rooms_reads_the_head(void **state)
 /* db_known_ids for one (room, id) looked up by a record received at ts,
  * with a cid (resend) or not: the seq it is stored under, or -1. */
 static long test_known_id(uv_loop_t *loop, pg_client_t *c, const char *room, const char *id,
-                          int64_t ts, int resend)
+                          int64_t ts, int resend, int64_t window_ms)
 {
     char rooms[64], ids[64], tss[32];
     snprintf(rooms, sizeof rooms, "{%s}", room);
     snprintf(ids, sizeof ids, "{%s}", id);
     snprintf(tss, sizeof tss, "{%" PRId64 "}", ts);
     struct test_row t = {0};
-    db_known_ids(c, rooms, ids, tss, resend ? "{t}" : "{f}", test_on_row, &t);
+    db_known_ids(c, rooms, ids, tss, resend ? "{t}" : "{f}", window_ms, test_on_row, &t);
     assert_int_equal(test_wait_count(loop, &t.n, 1, 5000), 0);
     assert_int_equal(t.err, 0);
     if (!t.row[0])
@@ -1551,9 +1551,10 @@ static long test_known_id(uv_loop_t *loop, pg_client_t *c, const char *room, con
 /* The known-id lookup looks where a record's earlier copy can be, not in
  * every month (each month probed cost every row a probe): a record without
  * a cid only at its own ts (a re-consumed record carries it), a cid's
- * resend from DB_RESEND_BEFORE_MS before its ts to DB_RESEND_AFTER_MS
- * after (another gateway's clock). Each edge is tested on both sides: the
- * old lookup found every one of them (all months, any ts). */
+ * resend in every month by default (--resend-window 0: PROTOCOL.md's
+ * "never stored twice"), or with a window from it before its ts to
+ * DB_RESEND_AFTER_MS after (another gateway's clock). Each edge is tested
+ * on both sides. */
 static void test_db_known_ids_window(void **state)
 {
     (void)state;
@@ -1577,20 +1578,27 @@ static void test_db_known_ids_window(void **state)
     test_store_batch(&loop, c, both, 2, &t);
     assert_int_equal(t.err, 0);
     assert_string_equal(t.row, "t|2|{}|f");
-    /* A re-consumed record: found at its ts, whether it has a cid or not. */
-    assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts, 0), 2);
-    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts, 1), 1);
-    /* Without a cid an id is never resent: nothing at another ts. */
-    assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts + 1, 0), -1);
-    assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts - 1, 0), -1);
-    /* A resent cid: the original found up to the window's edges. */
-    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts + DB_RESEND_BEFORE_MS, 1), 1);
-    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts + DB_RESEND_BEFORE_MS + 1, 1), -1);
-    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - DB_RESEND_AFTER_MS, 1), 1);
-    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - DB_RESEND_AFTER_MS - 1, 1), -1);
-    /* The same window as a resend of it, with the cid: 62 days is past it. */
-    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, now, 1), -1);
-    assert_int_equal(test_known_id(&loop, c, "kw-b", a.id, a.ts, 1), -1); /* another room */
+    const int64_t win = 31 * day;
+    for (int w = 0; w < 2; w++) { /* the default (every month), then a 31-day window */
+        int64_t wm = w ? win : 0;
+        /* A re-consumed record: found at its ts, whether it has a cid or not. */
+        assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts, 0, wm), 2);
+        assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts, 1, wm), 1);
+        /* Without a cid an id is never resent: nothing at another ts. */
+        assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts + 1, 0, wm), -1);
+        assert_int_equal(test_known_id(&loop, c, "kw-a", b.id, b.ts - 1, 0, wm), -1);
+        assert_int_equal(test_known_id(&loop, c, "kw-b", a.id, a.ts, 1, wm), -1); /* another room */
+    }
+    /* The default: a resent cid's original is found however long ago. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, now, 1, 0), 1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - 2 * day, 1, 0), 1);
+    /* A window: the original found up to its edges, not past them. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts + win, 1, win), 1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts + win + 1, 1, win), -1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - DB_RESEND_AFTER_MS, 1, win), 1);
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, a.ts - DB_RESEND_AFTER_MS - 1, 1, win), -1);
+    /* 62 days is past a 31-day window. */
+    assert_int_equal(test_known_id(&loop, c, "kw-a", a.id, now, 1, win), -1);
     pg_client_close(c);
     test_loop_finish(&loop);
 }
