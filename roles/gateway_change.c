@@ -111,7 +111,8 @@ static void gw_on_change_target(int err, PGresult *res, void *ud)
         }
         /* Deleted already (maybe by this very request, retried): done, and
          * nothing more goes into the room. */
-        record_msg_id(c->id, c->room, strlen(c->room), c->user, c->cid[0] ? c->cid : NULL);
+        record_change_id(c->id, c->room, strlen(c->room), c->user, c->cid[0] ? c->cid : NULL,
+                         c->kind, c->target);
         gw_change_finish(c, 0, NULL);
         return;
     }

@@ -403,7 +403,10 @@ int gw_produce_change(gateway_t *g, const char *room, const char *user, const ch
                       kafka_delivery_cb dr, void *opaque)
 {
     size_t room_len = strlen(room);
-    record_msg_id(id, room, room_len, user, cid);
+    if (kind == MSG_KIND_MSG)
+        record_msg_id(id, room, room_len, user, cid);
+    else
+        record_change_id(id, room, room_len, user, cid, kind, target);
     struct chat_msg m = {
         .room = room, .room_len = room_len, .id = id, .from = user, .cid = cid,
         .text = text, .text_len = text_len, .ts = (int64_t)gw_now_ms(),
