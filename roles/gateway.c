@@ -499,6 +499,7 @@ struct gw_rest {
     gateway_t *g;
     http_req_t *req;
     char room[PROTO_ROOM_MAX + 1];
+    char user[AUTH_USER_MAX + 1];
     int64_t after;
     int limit;
 };
@@ -525,6 +526,23 @@ static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, voi
         http_respond(rq->req, 200, "application/json", b.p, b.len, NULL);
     jbuf_free(&b);
     free(rq);
+}
+
+/* A ban refuses the user's token here too, not only at the upgrade: else a
+ * banned user would go on reading their rooms by REST. */
+static void gw_on_rest_banned(int err, PGresult *res, void *ud)
+{
+    struct gw_rest *rq = ud;
+    if (err || PQntuples(res) > 0) {
+        rq->g->hist_inflight--;
+        if (err)
+            http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
+        else
+            http_respond_error(rq->req, 403, "banned", "this user is banned for now");
+        free(rq);
+        return;
+    }
+    gw_history_read(rq->g, rq->room, rq->user, rq->after, rq->limit, gw_on_rest_page, rq);
 }
 
 static int gw_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -571,7 +589,8 @@ static void gw_http_history(gateway_t *g, http_req_t *req, const char *room, siz
     memcpy(rq->room, room, room_len);
     rq->after = after;
     rq->limit = limit > g->conf->history_max ? g->conf->history_max : (int)limit;
-    gw_history_read(g, rq->room, id.user, rq->after, rq->limit, gw_on_rest_page, rq);
+    strcpy(rq->user, id.user);
+    db_user_banned(gw_pg(g, id.user), id.user, (int64_t)time(NULL), gw_on_rest_banned, rq);
 }
 
 static void gw_http_dev_token(gateway_t *g, http_req_t *req)

@@ -256,6 +256,28 @@ def test_disconnect_everywhere_and_ban(cluster):
     print(f"disconnect reached both gateways in {took:.3f} s")
 
 
+def test_ban_refuses_rest_history(cluster):
+    """A banned user's token is refused by REST history too (before: only
+    the upgrade was, and a banned member went on reading the room)."""
+    user, room = uid("banrest"), uid("banroom")
+
+    async def body():
+        a = await cluster.client(user, gw=0)
+        await a.join(room)
+        await a.close()
+    arun(body())
+    path = f"/api/rooms/{room}/messages"
+    h = {"Authorization": f"Bearer {cluster.token(user)}"}
+    assert http_request(cluster.gw_ports[1], "GET", path, headers=h)[0] == 200
+    until = int(time.time()) + 3600
+    assert api(cluster, "POST", f"/v1/users/{user}/disconnect", {"ban_until": until})[0] == 200
+    for gw in (0, 1):
+        st, _, body = http_request(cluster.gw_ports[gw], "GET", path, headers=h)
+        assert st == 403 and json.loads(body)["error"] == "banned", (gw, st, body)
+    assert api(cluster, "POST", f"/v1/users/{user}/disconnect", {"ban_until": 0})[0] == 200
+    assert http_request(cluster.gw_ports[0], "GET", path, headers=h)[0] == 200
+
+
 def test_owner_adds_and_removes_members_by_client_op(cluster):
     """The owner of a private room adds and removes members with the client
     ops add/remove (protocol extension 2); anyone else is forbidden."""
