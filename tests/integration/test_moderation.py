@@ -134,7 +134,8 @@ def test_change_cid_shared_with_a_message_or_another_change(cluster):
     message, is a change of its own (its id is derived from its kind and
     target too): before, it got that record's id and was acked, then dropped
     by the classifier as a duplicate (nothing stored, nothing changed). The
-    server API's keys likewise: a publish and the edit of it with one key."""
+    server API's keys likewise: a publish, the edit of it and a delete of
+    another message with one key."""
     room, amy = uid("modcid"), uid("amy")
 
     async def body():
@@ -152,11 +153,13 @@ def test_change_cid_shared_with_a_message_or_another_change(cluster):
         st, r = api(cluster, "PATCH", f"/v1/rooms/{room}/messages/{p['id']}",
                     {"text": "delivered", "idempotency_key": "k"})
         assert st == 200 and r["id"] != p["id"], r
-        await a.wait_event(lambda x: x.get("seq") == 7, what="the API's edit at seq 7")
+        st, d = api(cluster, "DELETE", f"/v1/rooms/{room}/messages/{m2['id']}", {"idempotency_key": "k"})
+        assert st == 200 and d["id"] not in (p["id"], r["id"]), d
+        await a.wait_event(lambda x: x.get("seq") == 8, what="the API's delete at seq 8")
         hist = (await a.sync(room, after=0))["messages"]
         assert [(x["op"], x["seq"]) for x in hist] == [("msg", 1), ("msg", 2), ("edit", 3), ("edit", 4),
-                                                       ("edit", 5), ("msg", 6), ("edit", 7)], hist
-        assert [hist[i]["text"] for i in (0, 1, 5)] == ["one v3", "two v2", "delivered"], hist
+                                                       ("edit", 5), ("msg", 6), ("edit", 7), ("delete", 8)], hist
+        assert [hist[i]["text"] for i in (0, 1, 5)] == ["one v3", "", "delivered"], hist
         await a.close()
     arun(body())
 
