@@ -210,6 +210,20 @@ struct gw_handshake {
     size_t rooms_len, rooms_off;
 };
 
+/* The ban was checked before the rooms loaded: a ban made meanwhile found
+ * no connection to close (its disconnect went to the gateways the user was
+ * online on), so it is checked once more now that this one is open; a ban
+ * made after this check finds it. */
+static void gw_on_conn_banned(int err, PGresult *res, void *ud)
+{
+    struct gw_conn *c = ud;
+    if (!err && PQntuples(res) > 0 && c->ws) {
+        log_info("user_banned", "user=%s conn=%" PRIu64 " while_connecting=1", c->u->id, c->id);
+        ws_conn_close(c->ws, 1008, "disconnected by the server");
+    }
+    gw_conn_unref(c);
+}
+
 static void gw_handshake_finish(struct gw_handshake *hs)
 {
     gateway_t *g = hs->g;
@@ -241,6 +255,8 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     u->n_conns++;
     g->n_conns++;
     metric_inc(g->m.handshakes_ok);
+    c->pending++;
+    db_user_banned(gw_pg(g, u->id), u->id, (int64_t)time(NULL), gw_on_conn_banned, c);
     log_debug("conn_open", "user=%s conn=%" PRIu64 " peer=%s", u->id, c->id, ws_conn_peer(c->ws));
 }
 

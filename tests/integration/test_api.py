@@ -278,6 +278,40 @@ def test_ban_refuses_rest_history(cluster):
     assert http_request(cluster.gw_ports[0], "GET", path, headers=h)[0] == 200
 
 
+def test_ban_during_a_handshake(cluster):
+    """A ban made while the user's upgrade loads its rooms (members locked):
+    the ban check was passed, the disconnect found no connection (before,
+    the connection then opened and stayed); now it is closed with 1008."""
+    import asyncio
+    user, room = uid("banhs"), uid("banhsr")
+
+    async def body():
+        a = await cluster.client(user, gw=0)
+        await a.join(room)
+        await a.close()
+        conn = cluster.pg.connect()
+        conn.autocommit = False
+        try:
+            conn.cursor().execute("LOCK TABLE members IN ACCESS EXCLUSIVE MODE")
+            t = asyncio.ensure_future(cluster.client(user, gw=0))
+            await asyncio.sleep(0.4)
+            assert not t.done(), "the upgrade did not wait for the rooms"
+            st, _, r = api(cluster, "POST", f"/v1/users/{user}/disconnect",
+                           {"ban_until": int(time.time()) + 3600}, gw=1)
+            assert st == 200, r
+            await asyncio.sleep(1.0)  # the disconnect is delivered meanwhile
+        finally:
+            conn.rollback()
+            conn.close()
+        c = await asyncio.wait_for(t, 10)
+        try:
+            code = await c.wait_closed(5)
+        except asyncio.TimeoutError:
+            code = None
+        assert code == 1008, "the connection stayed open 5 s after the ban"
+    arun(body())
+
+
 def test_owner_adds_and_removes_members_by_client_op(cluster):
     """The owner of a private room adds and removes members with the client
     ops add/remove (protocol extension 2); anyone else is forbidden."""
