@@ -664,7 +664,9 @@ int gateway_http(gateway_t *g, http_req_t *req)
 
 /* ---- fan-out: chat-receive records -> local sockets ---- */
 
-static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t len)
+/* skip_held: not to a member whose `left` is being checked (a removal):
+ * what follows the removal in the log does not reach it meanwhile. */
+static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t len, int skip_held)
 {
     ws_frame_t *f = ws_frame_text(val, len);
     if (!f) {
@@ -672,7 +674,7 @@ static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t 
         return;
     }
     for (struct gw_member *m = r->members; m; m = m->next)
-        for (struct gw_conn *c = m->u->conns; c; c = c->next)
+        for (struct gw_conn *c = m->u->conns; c && !(skip_held && m->held); c = c->next)
             if (ws_conn_send(c->ws, f) == 0)
                 metric_inc(g->m.deliveries);
     ws_frame_unref(f);
@@ -707,6 +709,7 @@ struct gw_member_check {
     int timer_on;
     char *frame;                    /* a loud `joined` the user's sessions did not get */
     size_t frame_len;
+    int hold;                       /* a `left`'s check: the member is held until it answers */
     char room[PROTO_ROOM_MAX + 1];
     char user[AUTH_USER_MAX + 1];
 };
@@ -761,6 +764,9 @@ static void gw_on_member_check(int err, PGresult *res, void *ud)
         if (member && k->frame)
             gw_deliver_user(g, u, k->frame, k->frame_len);
     }
+    struct gw_member *held = u && k->hold ? gw_member_find(g, u, k->room) : NULL;
+    if (held && held->held > 0)
+        held->held--;
     gw_member_check_free(k);
 }
 
@@ -798,6 +804,11 @@ static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const cha
         CHATD_ASSERT(k->frame != NULL);
         memcpy(k->frame, rec->val, rec->val_len);
         k->frame_len = rec->val_len;
+    }
+    struct gw_member *m = rec->type == REC_LEFT ? gw_member_find(g, u, room) : NULL;
+    if (m) {
+        m->held++;
+        k->hold = 1;
     }
     gw_member_check_send(k);
 }
@@ -843,7 +854,8 @@ static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, si
         }
         HASH_FIND_STR(g->rooms, room, r);
         if (r && !quiet)
-            gw_deliver(g, r, rec->val, rec->val_len);
+            gw_deliver(g, r, rec->val, rec->val_len,
+                       rec->type != REC_JOINED && rec->type != REC_LEFT);
     }
 }
 

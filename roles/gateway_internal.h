@@ -63,6 +63,7 @@ struct gw_member {
     struct gw_room *r;
     struct gw_member *next, *prev;  /* in r->members */
     struct gw_member *unext, *uprev; /* in u->rooms */
+    int held;                       /* `left` checks pending: the room is not delivered to it */
     UT_hash_handle hh;              /* g->members */
 };
 

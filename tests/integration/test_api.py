@@ -217,6 +217,34 @@ def test_private_room_forbidden_and_member_removal_on_other_gateway(cluster):
     arun(body())
 
 
+def test_removed_member_gets_nothing_sent_after_the_removal(cluster):
+    """Messages the owner sends right after the removal's 200: its `left`
+    comes first in the room's log, and the member's gateway holds the room
+    from it until PostgreSQL confirms (before, it delivered on while its
+    check was in flight: every run leaked the next message)."""
+    room, owner, member = uid("privrm"), uid("own"), uid("mem")
+    assert api(cluster, "PUT", f"/v1/rooms/{room}", {"private": True, "owner": owner})[0] == 201
+    assert api(cluster, "PUT", f"/v1/rooms/{room}/members/{member}")[0] == 200
+
+    async def body():
+        o = await cluster.client(owner, gw=0)
+        m = await cluster.client(member, gw=1)
+        await m.join(room)
+        await o.send(room, "one")
+        await m.wait_seqs(room, [1])
+        st, _, r = api(cluster, "DELETE", f"/v1/rooms/{room}/members/{member}", gw=0)
+        assert st == 200 and r["removed"] is True, r
+        for i in range(3):
+            await o.send(room, f"after the removal {i}")
+        await o.wait_seqs(room, [1, 2, 3, 4])
+        await m.wait_event(lambda e: e.get("op") == "left" and e.get("user") == member, what="left")
+        await m.drain_events(0.3)
+        assert m.seqs(room) == {1}, m.msgs(room)
+        await o.close()
+        await m.close()
+    arun(body())
+
+
 def test_disconnect_everywhere_and_ban(cluster):
     user, other = uid("kick"), uid("stay")
 
