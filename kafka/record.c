@@ -148,8 +148,11 @@ static void record_hex(char *out, const unsigned char *in, size_t n)
     out[2 * n] = 0;
 }
 
-void record_msg_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len, const char *user,
-                   const char *cid)
+/* NUL separators: neither room, user, cid nor target can contain a NUL. A
+ * change's input has one field more (kind and target, after a third NUL),
+ * so it never equals a message's. */
+static void record_derive_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len,
+                             const char *user, const char *cid, char kind, const char *target)
 {
     unsigned char d[32];
     if (!cid) {
@@ -158,14 +161,29 @@ void record_msg_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len, 
         record_hex(out, d, MSG_ID_LEN / 2);
         return;
     }
-    /* NUL separators: neither room, user nor cid can contain a NUL. */
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned int dl = 0;
     int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
              EVP_DigestUpdate(ctx, room, room_len) && EVP_DigestUpdate(ctx, "", 1) &&
              EVP_DigestUpdate(ctx, user, strlen(user) + 1) &&
-             EVP_DigestUpdate(ctx, cid, strlen(cid)) && EVP_DigestFinal_ex(ctx, d, &dl);
+             EVP_DigestUpdate(ctx, cid, strlen(cid));
+    if (ok && target)
+        ok = EVP_DigestUpdate(ctx, "", 1) && EVP_DigestUpdate(ctx, &kind, 1) &&
+             EVP_DigestUpdate(ctx, target, strlen(target));
+    ok = ok && EVP_DigestFinal_ex(ctx, d, &dl);
     EVP_MD_CTX_free(ctx);
     CHATD_ASSERT(ok);
     record_hex(out, d, MSG_ID_LEN / 2);
+}
+
+void record_msg_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len, const char *user,
+                   const char *cid)
+{
+    record_derive_id(out, room, room_len, user, cid, 0, NULL);
+}
+
+void record_change_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len,
+                      const char *user, const char *cid, char kind, const char *target)
+{
+    record_derive_id(out, room, room_len, user, cid, kind, target);
 }

@@ -88,4 +88,10 @@ int64_t record_msg_frame_ts(const char *val, size_t len);
 void record_msg_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len, const char *user,
                    const char *cid);
 
+/* An edit's or delete's id: from (room, user, cid, kind, target), so a
+ * resent change gets its id again, and a cid the user gave a message or
+ * another change never makes this one a duplicate of it (acked, dropped). */
+void record_change_id(char out[MSG_ID_LEN + 1], const char *room, size_t room_len,
+                      const char *user, const char *cid, char kind, const char *target);
+
 #endif

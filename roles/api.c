@@ -279,7 +279,7 @@ static void api_change(api_t *a, http_req_t *req, enum api_op op, const char *ro
     }
     cJSON_Delete(o);
     gw_change_submit(a->g, q->room, q->user, 1, op == API_MSG_EDIT ? MSG_KIND_EDIT : MSG_KIND_DELETE,
-                     q->id, q->cid[0] ? q->cid : NULL, q->text, q->text_len, 0, api_on_change, q);
+                     q->id, q->cid[0] ? q->cid : NULL, q->text, q->text_len, 0, api_on_change, NULL, q);
 }
 
 /* ---- history ---- */

@@ -210,6 +210,20 @@ struct gw_handshake {
     size_t rooms_len, rooms_off;
 };
 
+/* The ban was checked before the rooms loaded: a ban made meanwhile found
+ * no connection to close (its disconnect went to the gateways the user was
+ * online on), so it is checked once more now that this one is open; a ban
+ * made after this check finds it. */
+static void gw_on_conn_banned(int err, PGresult *res, void *ud)
+{
+    struct gw_conn *c = ud;
+    if (!err && PQntuples(res) > 0 && c->ws) {
+        log_info("user_banned", "user=%s conn=%" PRIu64 " while_connecting=1", c->u->id, c->id);
+        ws_conn_close(c->ws, 1008, "disconnected by the server");
+    }
+    gw_conn_unref(c);
+}
+
 static void gw_handshake_finish(struct gw_handshake *hs)
 {
     gateway_t *g = hs->g;
@@ -241,6 +255,8 @@ static void gw_handshake_finish(struct gw_handshake *hs)
     u->n_conns++;
     g->n_conns++;
     metric_inc(g->m.handshakes_ok);
+    c->pending++;
+    db_user_banned(gw_pg(g, u->id), u->id, (int64_t)time(NULL), gw_on_conn_banned, c);
     log_debug("conn_open", "user=%s conn=%" PRIu64 " peer=%s", u->id, c->id, ws_conn_peer(c->ws));
 }
 
@@ -507,6 +523,7 @@ struct gw_rest {
     gateway_t *g;
     http_req_t *req;
     char room[PROTO_ROOM_MAX + 1];
+    char user[AUTH_USER_MAX + 1];
     int64_t after;
     int limit;
 };
@@ -533,6 +550,23 @@ static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, voi
         http_respond(rq->req, 200, "application/json", b.p, b.len, NULL);
     jbuf_free(&b);
     free(rq);
+}
+
+/* A ban refuses the user's token here too, not only at the upgrade: else a
+ * banned user would go on reading their rooms by REST. */
+static void gw_on_rest_banned(int err, PGresult *res, void *ud)
+{
+    struct gw_rest *rq = ud;
+    if (err || PQntuples(res) > 0) {
+        rq->g->hist_inflight--;
+        if (err)
+            http_respond_error(rq->req, 503, "unavailable", "history is unavailable, try again");
+        else
+            http_respond_error(rq->req, 403, "banned", "this user is banned for now");
+        free(rq);
+        return;
+    }
+    gw_history_read(rq->g, rq->room, rq->user, rq->after, rq->limit, gw_on_rest_page, rq);
 }
 
 static int gw_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
@@ -579,7 +613,8 @@ static void gw_http_history(gateway_t *g, http_req_t *req, const char *room, siz
     memcpy(rq->room, room, room_len);
     rq->after = after;
     rq->limit = limit > g->conf->history_max ? g->conf->history_max : (int)limit;
-    gw_history_read(g, rq->room, id.user, rq->after, rq->limit, gw_on_rest_page, rq);
+    strcpy(rq->user, id.user);
+    db_user_banned(gw_pg(g, id.user), id.user, (int64_t)time(NULL), gw_on_rest_banned, rq);
 }
 
 static void gw_http_dev_token(gateway_t *g, http_req_t *req)
@@ -637,7 +672,9 @@ int gateway_http(gateway_t *g, http_req_t *req)
 
 /* ---- fan-out: chat-receive records -> local sockets ---- */
 
-static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t len)
+/* skip_held: not to a member whose `left` is being checked (a removal):
+ * what follows the removal in the log does not reach it meanwhile. */
+static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t len, int skip_held)
 {
     ws_frame_t *f = ws_frame_text(val, len);
     if (!f) {
@@ -645,7 +682,7 @@ static void gw_deliver(gateway_t *g, struct gw_room *r, const char *val, size_t 
         return;
     }
     for (struct gw_member *m = r->members; m; m = m->next)
-        for (struct gw_conn *c = m->u->conns; c; c = c->next)
+        for (struct gw_conn *c = m->u->conns; c && !(skip_held && m->held); c = c->next)
             if (ws_conn_send(c->ws, f) == 0)
                 metric_inc(g->m.deliveries);
     ws_frame_unref(f);
@@ -680,6 +717,7 @@ struct gw_member_check {
     int timer_on;
     char *frame;                    /* a loud `joined` the user's sessions did not get */
     size_t frame_len;
+    int hold;                       /* a `left`'s check: the member is held until it answers */
     char room[PROTO_ROOM_MAX + 1];
     char user[AUTH_USER_MAX + 1];
 };
@@ -734,6 +772,9 @@ static void gw_on_member_check(int err, PGresult *res, void *ud)
         if (member && k->frame)
             gw_deliver_user(g, u, k->frame, k->frame_len);
     }
+    struct gw_member *held = u && k->hold ? gw_member_find(g, u, k->room) : NULL;
+    if (held && held->held > 0)
+        held->held--;
     gw_member_check_free(k);
 }
 
@@ -771,6 +812,11 @@ static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const cha
         CHATD_ASSERT(k->frame != NULL);
         memcpy(k->frame, rec->val, rec->val_len);
         k->frame_len = rec->val_len;
+    }
+    struct gw_member *m = rec->type == REC_LEFT ? gw_member_find(g, u, room) : NULL;
+    if (m) {
+        m->held++;
+        k->hold = 1;
     }
     gw_member_check_send(k);
 }
@@ -816,7 +862,8 @@ static void gw_on_records(kafka_consumer_t *kc, const struct kafka_rec *recs, si
         }
         HASH_FIND_STR(g->rooms, room, r);
         if (r && !quiet)
-            gw_deliver(g, r, rec->val, rec->val_len);
+            gw_deliver(g, r, rec->val, rec->val_len,
+                       rec->type != REC_JOINED && rec->type != REC_LEFT);
     }
 }
 

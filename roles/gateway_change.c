@@ -27,6 +27,7 @@
 struct gw_change {
     gateway_t *g;
     gw_change_cb cb;
+    gw_change_wanted wanted;
     void *ud;
     char kind;
     int mod;
@@ -85,7 +86,10 @@ static void gw_on_change_target(int err, PGresult *res, void *ud)
         return;
     }
     uv_loop_t *loop = c->g->loop;
-    if (PQntuples(res) == 0 && uv_now(loop) < c->deadline_ms && !c->g->closing) {
+    /* No waiting for a client that left: an id that is no message would
+     * make each of its changes poll PostgreSQL for wait_ms after it. */
+    if (PQntuples(res) == 0 && uv_now(loop) < c->deadline_ms && !c->g->closing &&
+        (!c->wanted || c->wanted(c->ud))) {
         if (!c->timer_on) {
             uv_timer_init(loop, &c->poll);
             c->poll.data = c;
@@ -111,7 +115,8 @@ static void gw_on_change_target(int err, PGresult *res, void *ud)
         }
         /* Deleted already (maybe by this very request, retried): done, and
          * nothing more goes into the room. */
-        record_msg_id(c->id, c->room, strlen(c->room), c->user, c->cid[0] ? c->cid : NULL);
+        record_change_id(c->id, c->room, strlen(c->room), c->user, c->cid[0] ? c->cid : NULL,
+                         c->kind, c->target);
         gw_change_finish(c, 0, NULL);
         return;
     }
@@ -129,12 +134,13 @@ static void gw_change_lookup(struct gw_change *c)
 
 void gw_change_submit(gateway_t *g, const char *room, const char *user, int mod, char kind,
                       const char *target, const char *cid, const char *text, size_t text_len,
-                      unsigned wait_ms, gw_change_cb cb, void *ud)
+                      unsigned wait_ms, gw_change_cb cb, gw_change_wanted wanted, void *ud)
 {
     struct gw_change *c = calloc(1, sizeof *c);
     CHATD_ASSERT(c != NULL);
     c->g = g;
     c->cb = cb;
+    c->wanted = wanted;
     c->ud = ud;
     c->kind = kind;
     c->mod = mod;

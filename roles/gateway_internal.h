@@ -63,6 +63,7 @@ struct gw_member {
     struct gw_room *r;
     struct gw_member *next, *prev;  /* in r->members */
     struct gw_member *unext, *uprev; /* in u->rooms */
+    int held;                       /* `left` checks pending: the room is not delivered to it */
     UT_hash_handle hh;              /* g->members */
 };
 
@@ -222,10 +223,12 @@ int gw_produce_change(gateway_t *g, const char *room, const char *user, const ch
  * produce error as gw_produce_msg's dr has it (ERR_IN_DOUBT: maybe stored).
  * id: the change's id (derived from cid when given), valid during cb. text
  * is copied; room, user, target and cid are validated by the caller. A
- * target not stored (yet) is looked up again for up to wait_ms. */
+ * target not stored (yet) is looked up again for up to wait_ms, while
+ * wanted(ud) (NULL: always) says the requester is still there. */
 typedef void (*gw_change_cb)(int err, const char *why, const char *id, void *ud);
+typedef int (*gw_change_wanted)(void *ud);
 void gw_change_submit(gateway_t *g, const char *room, const char *user, int mod, char kind,
                       const char *target, const char *cid, const char *text, size_t text_len,
-                      unsigned wait_ms, gw_change_cb cb, void *ud);
+                      unsigned wait_ms, gw_change_cb cb, gw_change_wanted wanted, void *ud);
 
 #endif

@@ -403,7 +403,10 @@ int gw_produce_change(gateway_t *g, const char *room, const char *user, const ch
                       kafka_delivery_cb dr, void *opaque)
 {
     size_t room_len = strlen(room);
-    record_msg_id(id, room, room_len, user, cid);
+    if (kind == MSG_KIND_MSG)
+        record_msg_id(id, room, room_len, user, cid);
+    else
+        record_change_id(id, room, room_len, user, cid, kind, target);
     struct chat_msg m = {
         .room = room, .room_len = room_len, .id = id, .from = user, .cid = cid,
         .text = text, .text_len = text_len, .ts = (int64_t)gw_now_ms(),
@@ -438,6 +441,8 @@ static void gw_op_send(struct gw_conn *c, const struct proto_req *r)
 }
 
 /* ---- edit, delete: checked (gateway_change.c), then like a send ---- */
+
+static int gw_change_wanted_by(void *ud) { return ((struct gw_pending *)ud)->c->ws != NULL; }
 
 static void gw_on_change_done(int err, const char *why, const char *id, void *ud)
 {
@@ -675,7 +680,7 @@ static void gw_dispatch(struct gw_conn *c, const struct proto_req *r)
         gw_change_submit(g, r->room, c->u->id, 0, r->op == OP_EDIT ? MSG_KIND_EDIT : MSG_KIND_DELETE,
                          r->target, r->cid[0] ? r->cid : NULL, r->text, r->text_len,
                          (unsigned)g->conf->backend_timeout_ms, gw_on_change_done,
-                         gw_pending_new(c, r));
+                         gw_change_wanted_by, gw_pending_new(c, r));
         break;
     }
 }

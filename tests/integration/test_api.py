@@ -217,6 +217,34 @@ def test_private_room_forbidden_and_member_removal_on_other_gateway(cluster):
     arun(body())
 
 
+def test_removed_member_gets_nothing_sent_after_the_removal(cluster):
+    """Messages the owner sends right after the removal's 200: its `left`
+    comes first in the room's log, and the member's gateway holds the room
+    from it until PostgreSQL confirms (before, it delivered on while its
+    check was in flight: every run leaked the next message)."""
+    room, owner, member = uid("privrm"), uid("own"), uid("mem")
+    assert api(cluster, "PUT", f"/v1/rooms/{room}", {"private": True, "owner": owner})[0] == 201
+    assert api(cluster, "PUT", f"/v1/rooms/{room}/members/{member}")[0] == 200
+
+    async def body():
+        o = await cluster.client(owner, gw=0)
+        m = await cluster.client(member, gw=1)
+        await m.join(room)
+        await o.send(room, "one")
+        await m.wait_seqs(room, [1])
+        st, _, r = api(cluster, "DELETE", f"/v1/rooms/{room}/members/{member}", gw=0)
+        assert st == 200 and r["removed"] is True, r
+        for i in range(3):
+            await o.send(room, f"after the removal {i}")
+        await o.wait_seqs(room, [1, 2, 3, 4])
+        await m.wait_event(lambda e: e.get("op") == "left" and e.get("user") == member, what="left")
+        await m.drain_events(0.3)
+        assert m.seqs(room) == {1}, m.msgs(room)
+        await o.close()
+        await m.close()
+    arun(body())
+
+
 def test_disconnect_everywhere_and_ban(cluster):
     user, other = uid("kick"), uid("stay")
 
@@ -254,6 +282,62 @@ def test_disconnect_everywhere_and_ban(cluster):
         return took
     took = arun(body())
     print(f"disconnect reached both gateways in {took:.3f} s")
+
+
+def test_ban_refuses_rest_history(cluster):
+    """A banned user's token is refused by REST history too (before: only
+    the upgrade was, and a banned member went on reading the room)."""
+    user, room = uid("banrest"), uid("banroom")
+
+    async def body():
+        a = await cluster.client(user, gw=0)
+        await a.join(room)
+        await a.close()
+    arun(body())
+    path = f"/api/rooms/{room}/messages"
+    h = {"Authorization": f"Bearer {cluster.token(user)}"}
+    assert http_request(cluster.gw_ports[1], "GET", path, headers=h)[0] == 200
+    until = int(time.time()) + 3600
+    assert api(cluster, "POST", f"/v1/users/{user}/disconnect", {"ban_until": until})[0] == 200
+    for gw in (0, 1):
+        st, _, body = http_request(cluster.gw_ports[gw], "GET", path, headers=h)
+        assert st == 403 and json.loads(body)["error"] == "banned", (gw, st, body)
+    assert api(cluster, "POST", f"/v1/users/{user}/disconnect", {"ban_until": 0})[0] == 200
+    assert http_request(cluster.gw_ports[0], "GET", path, headers=h)[0] == 200
+
+
+def test_ban_during_a_handshake(cluster):
+    """A ban made while the user's upgrade loads its rooms (members locked):
+    the ban check was passed, the disconnect found no connection (before,
+    the connection then opened and stayed); now it is closed with 1008."""
+    import asyncio
+    user, room = uid("banhs"), uid("banhsr")
+
+    async def body():
+        a = await cluster.client(user, gw=0)
+        await a.join(room)
+        await a.close()
+        conn = cluster.pg.connect()
+        conn.autocommit = False
+        try:
+            conn.cursor().execute("LOCK TABLE members IN ACCESS EXCLUSIVE MODE")
+            t = asyncio.ensure_future(cluster.client(user, gw=0))
+            await asyncio.sleep(0.4)
+            assert not t.done(), "the upgrade did not wait for the rooms"
+            st, _, r = api(cluster, "POST", f"/v1/users/{user}/disconnect",
+                           {"ban_until": int(time.time()) + 3600}, gw=1)
+            assert st == 200, r
+            await asyncio.sleep(1.0)  # the disconnect is delivered meanwhile
+        finally:
+            conn.rollback()
+            conn.close()
+        c = await asyncio.wait_for(t, 10)
+        try:
+            code = await c.wait_closed(5)
+        except asyncio.TimeoutError:
+            code = None
+        assert code == 1008, "the connection stayed open 5 s after the ban"
+    arun(body())
 
 
 def test_owner_adds_and_removes_members_by_client_op(cluster):

@@ -129,6 +129,41 @@ def test_api_edits_and_deletes_any_message(cluster):
     arun(body())
 
 
+def test_change_cid_shared_with_a_message_or_another_change(cluster):
+    """A change whose cid the user gave a message, or a change of another
+    message, is a change of its own (its id is derived from its kind and
+    target too): before, it got that record's id and was acked, then dropped
+    by the classifier as a duplicate (nothing stored, nothing changed). The
+    server API's keys likewise: a publish, the edit of it and a delete of
+    another message with one key."""
+    room, amy = uid("modcid"), uid("amy")
+
+    async def body():
+        a = await cluster.client(amy, gw=0)
+        await a.join(room)
+        m1 = await a.send(room, "one", cid="c1")
+        m2 = await a.send(room, "two", cid="c2")
+        await a.ok("edit", room=room, id=m2["id"], text="two v2", cid="e")
+        r1 = await a.ok("edit", room=room, id=m1["id"], text="one v2", cid="c1")
+        r2 = await a.ok("edit", room=room, id=m1["id"], text="one v3", cid="e")
+        assert r1["id"] != m1["id"] and r2["id"] != r1["id"], (m1, r1, r2)
+        st, p = api(cluster, "POST", f"/v1/rooms/{room}/messages", {"text": "shipped", "idempotency_key": "k"})
+        assert st == 201, p
+        await a.wait_event(lambda x: x.get("seq") == 6, what="the publish at seq 6")
+        st, r = api(cluster, "PATCH", f"/v1/rooms/{room}/messages/{p['id']}",
+                    {"text": "delivered", "idempotency_key": "k"})
+        assert st == 200 and r["id"] != p["id"], r
+        st, d = api(cluster, "DELETE", f"/v1/rooms/{room}/messages/{m2['id']}", {"idempotency_key": "k"})
+        assert st == 200 and d["id"] not in (p["id"], r["id"]), d
+        await a.wait_event(lambda x: x.get("seq") == 8, what="the API's delete at seq 8")
+        hist = (await a.sync(room, after=0))["messages"]
+        assert [(x["op"], x["seq"]) for x in hist] == [("msg", 1), ("msg", 2), ("edit", 3), ("edit", 4),
+                                                       ("edit", 5), ("msg", 6), ("edit", 7), ("delete", 8)], hist
+        assert [hist[i]["text"] for i in (0, 1, 5)] == ["one v3", "", "delivered"], hist
+        await a.close()
+    arun(body())
+
+
 def test_system_sender_is_reserved(cluster):
     """No client token may name the server API's sender: its messages
     (and edits and deletes) cannot be forged or changed by a client."""

@@ -202,3 +202,33 @@ def test_one_users_rooms_flood_does_not_stall_the_gateway(sec):
     finally:
         problems = c.stop()
         assert not problems, problems
+
+
+def test_change_of_no_message_stops_when_client_left(sec):
+    """Edits of ids that are no message (a hostile client's) each look for
+    their target again for --backend-timeout-ms (2 s); once the client has
+    left, they stop: before, each polled PostgreSQL on to the end, so a
+    client reconnecting in a loop kept ~10 queries per edit going after it."""
+    import json
+    import chatlib
+    user, room, n = uid("edgone"), uid("edroom"), 12
+    port = sec.gw_ports[1]  # no admin listener: /metrics on the client port
+
+    def queries():
+        return chatlib.metric_sum(chatlib.read_metrics(port), "chatd_pg_seconds_count")
+
+    async def run():
+        c = await Client.connect(port, token(user))
+        await c.join(room)
+        for i in range(n):
+            await c.ws.send(json.dumps({"op": "edit", "rid": f"g{i}", "room": room,
+                                        "id": os.urandom(16).hex(), "text": "x"}))
+        await asyncio.sleep(0.3)
+        await c.close()
+    seclib.arun(run())
+    time.sleep(0.3)
+    before = queries()
+    time.sleep(2.5)
+    after = queries() - before
+    print(f"{n} edits of no message: {after:.0f} PostgreSQL queries after their client left")
+    assert after <= n / 2, f"{after:.0f} queries after the client left ({n} edits polling on)"

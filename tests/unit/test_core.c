@@ -439,6 +439,16 @@ static void test_record_roundtrip(void **state)
     assert_string_equal(id, id2);      /* a resent cid keeps its id */
     assert_string_not_equal(id, id3);
     assert_string_not_equal(id, id4);
+    /* a change's id: its own for a cid shared with a message or another change */
+    char e1[MSG_ID_LEN + 1], e2[MSG_ID_LEN + 1], e3[MSG_ID_LEN + 1], e4[MSG_ID_LEN + 1];
+    record_change_id(e1, "lobby", 5, "amy", "c1", MSG_KIND_EDIT, id3);
+    record_change_id(e2, "lobby", 5, "amy", "c1", MSG_KIND_EDIT, id3);
+    record_change_id(e3, "lobby", 5, "amy", "c1", MSG_KIND_EDIT, id);
+    record_change_id(e4, "lobby", 5, "amy", "c1", MSG_KIND_DELETE, id3);
+    assert_string_equal(e1, e2);
+    assert_string_not_equal(e1, id);
+    assert_string_not_equal(e1, e3);
+    assert_string_not_equal(e1, e4);
     struct chat_msg m = { .room = "lobby", .room_len = 5, .id = id, .from = "amy", .cid = "c1",
                           .text = "h\"i\n", .text_len = 4, .ts = 1700000000123, .gw = 2 };
     size_t len;
