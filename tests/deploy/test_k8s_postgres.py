@@ -21,8 +21,8 @@ import time
 
 import psycopg2
 import pytest
-import yaml
 
+from k8srender import Render
 from chatlib import Proc, arun, free_port, uid
 from itconf import PG_BIN
 
@@ -32,18 +32,11 @@ PASSWORD = "0123456789abcdef0123456789abcdef01234567"
 
 
 def render():
-    out = subprocess.run(["kubectl", "kustomize", os.path.join(REPO, "k8s", "overlays", "production")],
-                         capture_output=True, text=True, check=True).stdout
-    objs = [o for o in yaml.safe_load_all(out) if o]
-
-    def sts(name):
-        return next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == name)
-    primary = sts("postgres")["spec"]["template"]["spec"]
-    hba_cm = next(v["configMap"]["name"] for v in primary["volumes"] if v["name"] == "hba")
-    hba = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == hba_cm)
-    cfg = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
-    standby = sts("postgres-standby")["spec"]["template"]["spec"]["containers"][0]
-    return primary["containers"][0], hba["data"]["pg_hba.conf"], standby, cfg["data"]
+    r = Render("production")
+    primary = r.sts_spec("postgres")
+    hba = r.volume_configmap(primary, "hba")
+    standby = r.sts_spec("postgres-standby")["containers"][0]
+    return primary["containers"][0], hba["data"]["pg_hba.conf"], standby, r.chatd_config()
 
 
 def rewrite(text, subs):

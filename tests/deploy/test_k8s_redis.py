@@ -12,24 +12,17 @@ import time
 
 import pytest
 import redis
-import yaml
 
+from k8srender import Render
 from chatlib import free_port
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 PASSWORD = "0123456789abcdef0123456789abcdef"   # the local overlay's dev secret
 
 
 def render():
-    out = subprocess.run(["kubectl", "kustomize", os.path.join(REPO, "k8s", "overlays", "local")],
-                         capture_output=True, text=True, check=True).stdout
-    objs = [o for o in yaml.safe_load_all(out) if o]
-    sts = next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "redis")
-    spec = sts["spec"]["template"]["spec"]
-    cm_name = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "config")
-    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name)
-    return spec["containers"][0], cm["data"]["redis.conf"]
+    r = Render("local")
+    spec = r.sts_spec("redis")
+    return spec["containers"][0], r.volume_configmap(spec, "config")["data"]["redis.conf"]
 
 
 @pytest.fixture

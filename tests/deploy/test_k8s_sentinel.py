@@ -17,17 +17,14 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
 import redis
-import yaml
 
+from k8srender import Render
 from chatlib import Proc, arun, free_port, http_request, uid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.normpath(os.path.join(HERE, "..", ".."))
 PASSWORD = "fedcba9876543210fedcba9876543210"
 NET = f"127.{random.randint(16, 250)}.{random.randint(1, 250)}"
 REDIS_IP = [f"{NET}.10", f"{NET}.11"]
@@ -35,19 +32,12 @@ SENTINEL_IP = [f"{NET}.20", f"{NET}.21", f"{NET}.22"]
 
 
 def render():
-    out = subprocess.run(["kubectl", "kustomize", os.path.join(REPO, "k8s", "overlays", "production")],
-                         capture_output=True, text=True, check=True).stdout
-    objs = [o for o in yaml.safe_load_all(out) if o]
-
-    def sts(name):
-        return next(o for o in objs if o["kind"] == "StatefulSet" and o["metadata"]["name"] == name)
-    redis_spec = sts("redis")["spec"]["template"]["spec"]
-    cm_name = next(v["configMap"]["name"] for v in redis_spec["volumes"] if v["name"] == "config")
-    conf = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cm_name)
-    chatd_cfg = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("chatd-config"))
-    return (sts("redis"), redis_spec["containers"][0], conf["data"]["redis.conf"],
-            sts("redis-sentinel"), sts("redis-sentinel")["spec"]["template"]["spec"]["containers"][0],
-            chatd_cfg["data"])
+    r = Render("production")
+    redis_spec = r.sts_spec("redis")
+    conf = r.volume_configmap(redis_spec, "config")
+    return (r.get("StatefulSet", "redis"), redis_spec["containers"][0], conf["data"]["redis.conf"],
+            r.get("StatefulSet", "redis-sentinel"), r.sts_spec("redis-sentinel")["containers"][0],
+            r.chatd_config())
 
 
 def rewrite(text, subs):
