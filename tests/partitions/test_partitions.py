@@ -126,14 +126,16 @@ def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "found by P2b, not fixed: the healthy classifier 1 lost its session while classifier 0 "
+    "found by P2b: the healthy classifier 1 lost its session while classifier 0 "
     "was deaf (3 of 5 runs on a machine shared with other Kafka tests; 0 of 15 at load 2-5, "
     "the deaf one holding no rebalance). Kafka 4's coordinator "
     "answers a heartbeat only once the offset commits pending on the group's "
     "__consumer_offsets partition are replicated; a replication stall longer than the "
     "session expires every committing member (test_p2b_offsets_replication_stall_"
     "keeps_sessions shows it deterministically); what stalled replication in P2b is not "
-    "established (load is the candidate). Intermittent, hence not strict"),
+    "established (load is the candidate). Intermittent, hence not strict. Since issue 21's "
+    "fix the classifiers commit to Kafka once a minute (offsets in PostgreSQL), so only a "
+    "stall that one of those commits meets can still cost a session"),
     raises=AssertionError)
 def test_p2b_healthy_classifier_keeps_its_partitions(net, make_cluster):
     """While classifier 0 is deaf (Kafka's packets to it dropped, 20 s), the
