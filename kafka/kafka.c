@@ -315,8 +315,12 @@ static int64_t kafka_stats_num(const cJSON *o, const char *name)
     return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : -1;
 }
 
-/* Lag from the committed offset; a consumer that never commits (gateway)
- * falls back to its position. -1 when no owned partition has a known lag. */
+/* Lag from the offset the role stored (consumer_lag_stored: what it has
+ * done), not from the committed one: a group consumer commits to Kafka
+ * once a minute (KAFKA_COMMIT_INTERVAL_MS), so the committed lag would
+ * carry up to a minute of traffic. Before the role stores one (a partition
+ * just assigned, idle) and for a consumer that never stores (gateway): the
+ * position. -1 when no owned partition has a known lag. */
 static int64_t kafka_stats_lag(const cJSON *root, const char *topic, const struct kafka_parts *own)
 {
     const cJSON *topics = cJSON_GetObjectItemCaseSensitive(root, "topics");
@@ -331,7 +335,7 @@ static int64_t kafka_stats_lag(const cJSON *root, const char *topic, const struc
         int64_t id = kafka_stats_num(p, "partition");
         if (id < 0 || !kafka_parts_has(own, (int32_t)id))
             continue;
-        int64_t lag = kafka_stats_num(p, "consumer_lag");
+        int64_t lag = kafka_stats_num(p, "consumer_lag_stored");
         if (lag < 0) {
             int64_t end = kafka_stats_num(p, "ls_offset");
             int64_t pos = kafka_stats_num(p, "app_offset");
@@ -1045,7 +1049,16 @@ static rd_kafka_resp_err_t kafka_consumer_start(kafka_consumer_t *c, const char 
 #define KAFKA_SESSION_TIMEOUT_MS "2000"
 #define KAFKA_EMBEDDED_SESSION_TIMEOUT_MS "3500"
 #define KAFKA_HEARTBEAT_MS "100"
-#define KAFKA_COMMIT_INTERVAL_MS "200"
+/* Kafka 4's coordinator answers a member's heartbeat only once the offset
+ * commits pending on the group's __consumer_offsets partition have
+ * replicated (up to offsets.commit.timeout.ms, 5 s): committing every
+ * 200 ms, both classifiers lost their sessions whenever that partition
+ * could not replicate for a session (docs/RELIABILITY.md P2b, P2d). The
+ * classifier keeps its offsets in PostgreSQL beside the fence
+ * (migrations/009) and a new owner starts there, so Kafka's offsets are
+ * only for operators' tools and a fallback: once a minute, on a revoke and
+ * at close. */
+#define KAFKA_COMMIT_INTERVAL_MS "60000"
 
 static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
                               const struct kafka_conf *conf, const char *group_id,
@@ -1058,7 +1071,7 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
         "partition.assignment.strategy", "cooperative-sticky",
         /* The role stores an offset once its records are done
          * (kafka_consumer_commit) and librdkafka commits the stored offsets
-         * every 200 ms, on a revoke and at close. Its timer skips a commit
+         * every minute, on a revoke and at close. Its timer skips a commit
          * while the group rebalances; an application commit sent then gets
          * ILLEGAL_GENERATION, and librdkafka 2.0.2 answers that by dropping
          * the member's whole assignment (the survivor of a failover lost
@@ -1207,6 +1220,28 @@ int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_o
     if (err) {
         log_warn("kafka_commit_failed", "client=%s partition=%" PRId32 " offset=%" PRId64 " err=%s",
                  rd_kafka_name(c->rk), partition, next_offset, rd_kafka_err2name(err));
+        return ERR_UNAVAILABLE;
+    }
+    return 0;
+}
+
+int kafka_consumer_seek(kafka_consumer_t *c, int32_t partition, int64_t next)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (!c->group || c->closing || !kafka_parts_has(&c->own, partition))
+        return ERR_NOT_FOUND;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, c->topic, partition)->offset = next;
+    /* timeout 0: asynchronous, the loop is not blocked; a failure comes
+     * back as a consume error of the partition (logged there). */
+    rd_kafka_error_t *error = rd_kafka_seek_partitions(c->rk, l, 0);
+    rd_kafka_resp_err_t err = error ? rd_kafka_error_code(error) : l->elems[0].err;
+    rd_kafka_topic_partition_list_destroy(l);
+    if (error)
+        rd_kafka_error_destroy(error);
+    if (err) {
+        log_warn("kafka_seek_failed", "client=%s partition=%" PRId32 " offset=%" PRId64 " err=%s",
+                 rd_kafka_name(c->rk), partition, next, rd_kafka_err2name(err));
         return ERR_UNAVAILABLE;
     }
     return 0;

@@ -118,8 +118,14 @@ int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
 void kafka_consumer_hold(kafka_consumer_t *c, int hold);
 /* Commit of "next offset to read" for one partition of the subscribed
  * topic: stored at once, sent by librdkafka within auto.commit.interval.ms
- * (200 ms), on a revoke and at close, never while the group rebalances. */
+ * (60 s: the role keeps its own offsets, see kafka.c), on a revoke and at
+ * close, never while the group rebalances. */
 int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset);
+/* Group consumer: the owned partition is fetched from offset next (the
+ * role's own record of what it has done is ahead of Kafka's committed
+ * offset). Asynchronous; records already fetched below it are discarded
+ * by librdkafka. ERR_NOT_FOUND if the partition is not owned. */
+int kafka_consumer_seek(kafka_consumer_t *c, int32_t partition, int64_t next);
 /* 1 if partition is currently assigned to this consumer. */
 int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition);
 /* Group consumer: 1 once librdkafka considers the whole assignment lost
@@ -143,7 +149,10 @@ int kafka_consumer_healthy(const kafka_consumer_t *c);
  * out the broker's group.initial.rebalance.delay.ms (3 s by default, and in
  * the mock cluster), during which nothing of the topic is consumed. */
 int kafka_consumer_joined(const kafka_consumer_t *c);
-/* Sum of consumer lag over assigned partitions, from stats (-1 unknown). */
+/* Sum of consumer lag over assigned partitions, from stats (-1 unknown):
+ * from the offsets the role stored (kafka_consumer_commit), else from the
+ * position, never from Kafka's committed offset, which a group consumer
+ * sends only once a minute. */
 int64_t kafka_consumer_lag(const kafka_consumer_t *c);
 /* Shutdown only (blocking): leaves the group cleanly, then destroys. */
 void kafka_consumer_close(kafka_consumer_t *c);

@@ -67,11 +67,17 @@ struct cl_floor {
 
 /* This classifier's hold on a chat-send partition (migrations/002): the
  * epoch it took in PostgreSQL, for the ownership that began at consumer
- * generation `since`. epoch 0: not taken (or refused: taken by another). */
+ * generation `since`. epoch 0: not taken (or refused: taken by another).
+ * done: the partition's next offset whose records are all stored and
+ * produced in this ownership (or found so in PostgreSQL at the take), 0
+ * unknown; the next store writes it beside the epoch (migrations/009). */
 struct cl_fence {
     int64_t epoch;
     unsigned since;
     uint64_t refused_ms;          /* when a store was refused: wait before retaking */
+    int64_t done;
+    int64_t saved;                /* done as last written by the flush */
+    int64_t saving;               /* done as sent by the flush in flight */
 };
 
 /* One batch of records and where it is in the pipeline. */
@@ -112,9 +118,11 @@ struct classifier {
     unsigned max_poll_ms;         /* a batch older than this: the group has dropped us */
     unsigned floors_gen;          /* consumer generation the floors belong to */
     uv_timer_t maintain;          /* messages' partitions (cl_on_maintain_timer) */
+    uv_timer_t flush;             /* offsets no store carried (cl_on_flush_timer) */
+    int flushing;                 /* a db_offsets_save in flight */
     struct {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
-        metric_t *collisions, *fenced, *lost;
+        metric_t *collisions, *fenced, *lost, *resumed;
         metric_t *batch_seconds, *sequence_seconds;
     } m;
 };
@@ -127,6 +135,13 @@ static uint64_t cl_now_ms(void)
 }
 
 static void cl_run(struct cl_batch *b);
+static void cl_on_flush_timer(uv_timer_t *t);
+
+/* A store carries the offsets done before it; what the last batches before
+ * a pause did is written once the partition has been quiet this long, so
+ * a new owner re-reads nothing of a quiet partition. Restarted by every
+ * batch: under steady traffic the stores carry them and this never runs. */
+#define CL_FLUSH_MS 1000
 
 static void cl_floors_clear(classifier_t *c)
 {
@@ -256,9 +271,22 @@ static void cl_commit(struct cl_batch *b)
         size_t j = i + 1;
         while (j < b->n_items && b->items[j].partition != it->partition)
             j++;
-        if (j == b->n_items && !it->lost && kafka_consumer_owns(c->consumer, it->partition))
-            kafka_consumer_commit(c->consumer, it->partition, it->offset + 1);
+        if (j == b->n_items && !it->lost && kafka_consumer_owns(c->consumer, it->partition)) {
+            /* PostgreSQL's copy (written with a later store) belongs to the
+             * fence of this very ownership only; past the batch when the
+             * take resumed the partition further on (cl_resume_at). */
+            struct cl_fence *f = cl_fence_of(c, it->partition);
+            int64_t next = it->offset + 1;
+            if (f->epoch && f->since == kafka_consumer_owned_since(c->consumer, it->partition)) {
+                if (next > f->done)
+                    f->done = next;
+                next = f->done;
+            }
+            kafka_consumer_commit(c->consumer, it->partition, next);
+        }
     }
+    if (!c->closing)
+        uv_timer_start(&c->flush, cl_on_flush_timer, CL_FLUSH_MS, 0);
     metric_observe(c->m.batch_seconds, (double)(cl_now_ms() - b->started_ms) / 1000.0);
     cl_batch_free(b);
     b->attempt = 0;
@@ -521,13 +549,15 @@ static void cl_on_stored(int err, PGresult *res, void *ud)
     cl_apply(b);
 }
 
-/* The (partition, epoch) pairs of the batch's messages, as array literals. */
-static void cl_fence_arrays(struct cl_batch *b, char **parts, char **epochs)
+/* The (partition, epoch, done offset) triples of the batch's messages, as
+ * array literals. */
+static void cl_fence_arrays(struct cl_batch *b, char **parts, char **epochs, char **offsets)
 {
     classifier_t *c = b->c;
-    struct jbuf jp, je;
+    struct jbuf jp, je, jo;
     jbuf_init(&jp, 64);
     jbuf_init(&je, 64);
+    jbuf_init(&jo, 64);
     int32_t last = -1;
     for (size_t i = 0; i < b->n_items; i++) {
         const struct cl_item *it = &b->items[i];
@@ -537,10 +567,13 @@ static void cl_fence_arrays(struct cl_batch *b, char **parts, char **epochs)
          * the store compares matched rows with the array's cardinality. */
         last = it->partition;
         db_array_int(&jp, it->partition);
-        db_array_int(&je, (size_t)it->partition < c->n_fences ? c->fences[it->partition].epoch : 0);
+        const struct cl_fence *f = (size_t)it->partition < c->n_fences ? &c->fences[it->partition] : NULL;
+        db_array_int(&je, f ? f->epoch : 0);
+        db_array_int(&jo, f ? f->done : 0);
     }
     *parts = db_array_end(&jp);
     *epochs = db_array_end(&je);
+    *offsets = db_array_end(&jo);
 }
 
 static void cl_store(struct cl_batch *b)
@@ -561,13 +594,15 @@ static void cl_store(struct cl_batch *b)
         cl_stored(b);
     } else {
         struct db_fence f = { .topic = c->conf->topic_send };
-        char *parts, *epochs;
-        cl_fence_arrays(b, &parts, &epochs);
+        char *parts, *epochs, *offsets;
+        cl_fence_arrays(b, &parts, &epochs, &offsets);
         f.parts = parts;
         f.epochs = epochs;
+        f.offsets = offsets;
         db_store_msgs(c->pg, &f, msgs, n, cl_on_stored, b);
         free(parts);
         free(epochs);
+        free(offsets);
     }
     free(msgs);
 }
@@ -805,6 +840,35 @@ static void cl_drop_lost(struct cl_batch *b)
 }
 
 
+/* A partition just taken resumes where its previous owners got to
+ * (PostgreSQL's next_offset), not at Kafka's committed offset, which is
+ * sent once a minute: the batch's records below it are dropped as done
+ * (they were stored and produced) and the consumer seeks past the rest of
+ * what it would fetch again. Kafka's offset ahead (an owner that stored
+ * nothing since, an older chatd): nothing to do. */
+static void cl_resume_at(struct cl_batch *b, int32_t p, int64_t next)
+{
+    classifier_t *c = b->c;
+    size_t done = 0;
+    int64_t last = -1;
+    for (size_t i = 0; i < b->n_items; i++) {
+        struct cl_item *it = &b->items[i];
+        if (it->partition != p)
+            continue;
+        last = it->offset;
+        if (it->offset < next && !it->lost) {
+            it->skip = 1;
+            done++;
+        }
+    }
+    if (done == 0)
+        return;
+    metric_add(c->m.resumed, (double)done);
+    int seek = last + 1 < next && kafka_consumer_seek(c->consumer, p, next) == 0;
+    log_info("partition_resumed", "partition=%d offset=%" PRId64 " skipped=%zu seek=%d", p, next,
+             done, seek);
+}
+
 static void cl_on_fence_taken(int err, PGresult *res, void *ud)
 {
     struct cl_batch *b = ud;
@@ -822,6 +886,11 @@ static void cl_on_fence_taken(int err, PGresult *res, void *ud)
         struct cl_fence *f = cl_fence_of(c, p);
         f->epoch = strtoll(PQgetvalue(res, i, 1), NULL, 10);
         f->since = kafka_consumer_owned_since(c->consumer, p);
+        f->done = f->saved = 0;
+        if (PQnfields(res) > 2 && !PQgetisnull(res, i, 2)) {
+            f->done = f->saved = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+            cl_resume_at(b, p, f->done);
+        }
         if (o + 40 < sizeof list)
             o += (size_t)snprintf(list + o, sizeof list - o, "%s%d@%" PRId64, o ? "," : "", p,
                                   f->epoch);
@@ -964,6 +1033,58 @@ static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size
     cl_run(b);
 }
 
+/* ---- offsets of quiet partitions ---- */
+
+static void cl_on_flushed(int err, PGresult *res, void *ud)
+{
+    classifier_t *c = ud;
+    c->flushing = 0;
+    if (c->closing)
+        return;
+    if (err) { /* the next batch's store or flush carries them */
+        log_warn("offsets_save_failed", "err=%s", err_code(err));
+        return;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        long p = strtol(PQgetvalue(res, i, 0), NULL, 10);
+        if (p >= 0 && (size_t)p < c->n_fences && c->fences[p].saving > c->fences[p].saved)
+            c->fences[p].saved = c->fences[p].saving;
+    }
+}
+
+static void cl_on_flush_timer(uv_timer_t *t)
+{
+    classifier_t *c = t->data;
+    if (c->closing || c->flushing || !pg_client_ready(c->pg))
+        return;
+    struct jbuf jp, je, jo;
+    jbuf_init(&jp, 64);
+    jbuf_init(&je, 64);
+    jbuf_init(&jo, 64);
+    size_t n = 0;
+    for (size_t p = 0; p < c->n_fences; p++) {
+        struct cl_fence *f = &c->fences[p];
+        if (!f->epoch || f->done <= f->saved ||
+            f->since != kafka_consumer_owned_since(c->consumer, (int32_t)p))
+            continue;
+        f->saving = f->done;
+        db_array_int(&jp, (int64_t)p);
+        db_array_int(&je, f->epoch);
+        db_array_int(&jo, f->done);
+        n++;
+    }
+    char *parts = db_array_end(&jp), *epochs = db_array_end(&je), *offsets = db_array_end(&jo);
+    if (n) {
+        struct db_fence f = { .topic = c->conf->topic_send, .parts = parts, .epochs = epochs,
+                              .offsets = offsets };
+        c->flushing = 1;
+        db_offsets_save(c->pg, &f, cl_on_flushed, c);
+    }
+    free(parts);
+    free(epochs);
+    free(offsets);
+}
+
 /* ---- messages' partitions ---- */
 
 /* Every classifier keeps the months ahead created and, with --retention,
@@ -1031,6 +1152,7 @@ static void cl_metrics_init(classifier_t *c)
     c->m.collisions = metrics_counter("chatd_classifier_seq_collisions_total", "stores refused because a seq or id was held by another message (then resequenced)", NULL);
     c->m.fenced = metrics_counter("chatd_classifier_fenced_total", "stores refused because another classifier took a partition's epoch", NULL);
     c->m.lost = metrics_counter("chatd_classifier_records_dropped_total", "records dropped because their partition was no longer owned", NULL);
+    c->m.resumed = metrics_counter("chatd_classifier_records_resumed_past_total", "records skipped on a partition's take: below the offset its previous owner stored in PostgreSQL", NULL);
     c->m.batch_seconds = metrics_histogram("chatd_classifier_batch_seconds", "time to process one batch", NULL);
     c->m.sequence_seconds = metrics_histogram("chatd_sequence_latency_seconds", "gateway receive to classifier produce", NULL);
 }
@@ -1077,6 +1199,8 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     }
     uv_timer_init(d->loop, &c->maintain);
     c->maintain.data = c;
+    uv_timer_init(d->loop, &c->flush);
+    c->flush.data = c;
     uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_FIRST_MS, 0);
     log_info("classifier_started", "group=%s topic=%s", d->conf->group_id, d->conf->topic_send);
     *out = c;
@@ -1113,6 +1237,7 @@ void classifier_close(classifier_t *c)
         uv_close((uv_handle_t *)&c->slot[i].retry, NULL);
     }
     uv_close((uv_handle_t *)&c->maintain, NULL);
+    uv_close((uv_handle_t *)&c->flush, NULL);
     kafka_consumer_close(c->consumer);
     pg_client_close(c->pg);
 }

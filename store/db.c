@@ -202,9 +202,21 @@ void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const 
         "INSERT INTO partition_owners (topic, partition, epoch, owner) "
         "SELECT $1, p, 1, $2 FROM unnest($3::int[]) AS p "
         "ON CONFLICT (topic, partition) DO UPDATE SET epoch = partition_owners.epoch + 1, "
-        "owner = EXCLUDED.owner, taken_at = now() RETURNING partition, epoch",
+        "owner = EXCLUDED.owner, taken_at = now() RETURNING partition, epoch, next_offset",
     };
     pg_query_stmt(pg, &st, 3, p, cb, ud);
+}
+
+void db_offsets_save(pg_client_t *pg, const struct db_fence *f, pg_result_cb cb, void *ud)
+{
+    const char *p[] = { f->topic, f->parts, f->epochs, f->offsets ? f->offsets : "{}" };
+    static struct pg_stmt st = {
+        "UPDATE partition_owners o SET next_offset = x.n "
+        "FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS x(p, e, n) "
+        "WHERE o.topic = $1 AND o.partition = x.p AND o.epoch = x.e AND x.n > 0 "
+        "RETURNING o.partition",
+    };
+    pg_query_stmt(pg, &st, 4, p, cb, ud);
 }
 
 #define DB_MSG_COLS 7
@@ -250,7 +262,14 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "ins AS (INSERT INTO messages (room, seq, id, user_id, cid, body, ts, kind, target) "
         "SELECT s.room, s.seq, s.id, s.user_id, s.cid, s.body, s.ts, s.kind, s.target FROM s, ok, cl "
         "WHERE ok.held AND NOT cl.taken AND s.held_by IS NULL "
-        "ON CONFLICT (room, id, ts) DO NOTHING RETURNING room, seq) "
+        "ON CONFLICT (room, id, ts) DO NOTHING RETURNING room, seq), "
+        /* The offsets done, only on rows f holds (share-locked, epoch
+         * matched) and only if every fence holds: a refused batch (a
+         * zombie) writes none (migrations/009). */
+        "off AS (UPDATE partition_owners o SET next_offset = x.n "
+        "FROM unnest($8::int[], $13::bigint[]) AS x(p, n) "
+        "WHERE o.topic = $10 AND o.partition = x.p AND x.n > 0 "
+        "AND o.partition IN (SELECT partition FROM f) AND (SELECT held FROM ok)) "
         "SELECT (SELECT held FROM ok), (SELECT count(*) FROM ins), "
         "ARRAY(SELECT DISTINCT p FROM unnest($8::int[]) AS p WHERE p NOT IN (SELECT partition FROM f)), "
         "(SELECT taken FROM cl)",
@@ -273,16 +292,17 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         db_array_add(&ch[0], kind);
         db_array_add(&ch[1], kind[0] == 'm' ? NULL : m->target);
     }
-    const char *p[DB_MSG_COLS + 3 + DB_CHANGE_COLS];
+    const char *p[DB_MSG_COLS + 3 + DB_CHANGE_COLS + 1];
     for (int k = 0; k < DB_MSG_COLS; k++)
         p[k] = db_array_end(&col[k]);
+    p[DB_MSG_COLS + 3 + DB_CHANGE_COLS] = f->offsets ? f->offsets : "{}";
     p[DB_MSG_COLS] = f->parts;
     p[DB_MSG_COLS + 1] = f->epochs;
     p[DB_MSG_COLS + 2] = f->topic;
     for (int k = 0; k < DB_CHANGE_COLS; k++)
         p[DB_MSG_COLS + 3 + k] = db_array_end(&ch[k]);
     /* pg_query_stmt copies what it sends before returning (libpq buffers it). */
-    pg_query_stmt(pg, &st, DB_MSG_COLS + 3 + DB_CHANGE_COLS, p, cb, ud);
+    pg_query_stmt(pg, &st, DB_MSG_COLS + 3 + DB_CHANGE_COLS + 1, p, cb, ud);
     for (int k = 0; k < DB_MSG_COLS; k++)
         free((char *)p[k]);
     for (int k = 0; k < DB_CHANGE_COLS; k++)

@@ -65,15 +65,26 @@ void db_rooms_max(pg_client_t *pg, const char *rooms, pg_result_cb cb, void *ud)
 void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const char *tss,
                   const char *resends, int64_t window_ms, pg_result_cb cb, void *ud);
 /* Takes the next fencing epoch of each partition (an array literal of ints)
- * of topic for owner: rows (partition, epoch). See migrations/002. */
+ * of topic for owner: rows (partition, epoch, next_offset), next_offset
+ * the previous owners' stored-and-produced offset, empty (NULL) when never
+ * written. See migrations/002 and 009. */
 void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const char *parts,
                    pg_result_cb cb, void *ud);
+/* Writes next_offset of each partition of f (parts, epochs, offsets) whose
+ * epoch still holds; rows (partition) written. For the offsets no store
+ * carried: the last batches before traffic stops (classifier's flush). */
+struct db_fence;
+void db_offsets_save(pg_client_t *pg, const struct db_fence *f, pg_result_cb cb, void *ud);
 /* A batch's fences: the partitions its messages come from and the epochs
- * this classifier holds for them (array literals, pairwise). */
+ * this classifier holds for them (array literals, pairwise). offsets,
+ * pairwise too: each partition's next offset done (stored and produced) by
+ * earlier batches, written to partition_owners.next_offset when the fences
+ * hold; an element <= 0 writes nothing. NULL: "{}". */
 struct db_fence {
     const char *topic;
     const char *parts;
     const char *epochs;
+    const char *offsets;
 };
 /* Stores sequenced messages (room NUL-terminated) in one statement, only
  * if every fence still holds (else nothing). A row whose (room, seq) holds

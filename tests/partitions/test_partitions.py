@@ -126,14 +126,16 @@ def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "found by P2b, not fixed: the healthy classifier 1 lost its session while classifier 0 "
+    "found by P2b: the healthy classifier 1 lost its session while classifier 0 "
     "was deaf (3 of 5 runs on a machine shared with other Kafka tests; 0 of 15 at load 2-5, "
     "the deaf one holding no rebalance). Kafka 4's coordinator "
     "answers a heartbeat only once the offset commits pending on the group's "
     "__consumer_offsets partition are replicated; a replication stall longer than the "
     "session expires every committing member (test_p2b_offsets_replication_stall_"
     "keeps_sessions shows it deterministically); what stalled replication in P2b is not "
-    "established (load is the candidate). Intermittent, hence not strict"),
+    "established (load is the candidate). Intermittent, hence not strict. Since issue 21's "
+    "fix the classifiers commit to Kafka once a minute (offsets in PostgreSQL), so only a "
+    "stall that one of those commits meets can still cost a session"),
     raises=AssertionError)
 def test_p2b_healthy_classifier_keeps_its_partitions(net, make_cluster):
     """While classifier 0 is deaf (Kafka's packets to it dropped, 20 s), the
@@ -161,27 +163,22 @@ def test_p2b_healthy_classifier_keeps_its_partitions(net, make_cluster):
 # The mechanism behind P2b's false failover (docs/RELIABILITY.md, P2b):
 # Kafka 4's group coordinator answers a classic Heartbeat only once every
 # write pending on the group's __consumer_offsets partition is replicated,
-# and the classifiers' offset commits (every 200 ms) are such writes. So
-# while that partition cannot replicate (its followers cut from the
-# coordinator here; a starved machine in P2b) no heartbeat is answered, and
-# librdkafka gives the session up by itself after session.timeout.ms.
-# Held off commits (no commit falls in the stall) both keep their sessions.
+# and the classifiers' offset commits (every 200 ms before migration 009)
+# are such writes. So while that partition cannot replicate (its followers
+# cut from the coordinator here; a starved machine in P2b) no heartbeat was
+# answered, and librdkafka gave the session up after session.timeout.ms.
+# The classifiers now keep their offsets in PostgreSQL and commit to Kafka
+# once a minute (kafka.c KAFKA_COMMIT_INTERVAL_MS): the shipped settings.
 STALL_S = 6.0
 
 
-@pytest.mark.parametrize("commits", [
-    pytest.param("shipped", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "a commit pending on the group's __consumer_offsets partition holds every "
-        "heartbeat until it replicates (Kafka 4's coordinator); not fixed"))),
-    "held_off"])
-def test_p2b_offsets_replication_stall_keeps_sessions(net, make_cluster, commits):
+def test_p2b_offsets_replication_stall_keeps_sessions(net, make_cluster):
     """The group coordinator's followers cannot reach it for STALL_S (its
     offset writes cannot commit); both classifiers keep their sessions."""
-    opts = ["--kafka-opt=auto.commit.interval.ms=60000"] if commits == "held_off" else []
-    c = make_cluster(cl_args=opts)
+    c = make_cluster()
 
     async def body():
-        run, rooms, clients, traffic = await start_traffic(c, f"p2b_offsets_stall_{commits}")
+        run, rooms, clients, traffic = await start_traffic(c, "p2b_offsets_stall")
         coord = net.kafka.coordinator(f"{c.kafka_prefix}-classifier")
         assert coord is not None, "no coordinator for the classifier group"
         f = run.fault(f"followers -> coordinator {KAFKA[coord]} dropped")

@@ -1603,6 +1603,62 @@ static void test_db_known_ids_window(void **state)
     test_loop_finish(&loop);
 }
 
+/* The classifier's offsets beside its fence (migrations/009): a store
+ * whose fences hold writes each partition's done offset; a take answers
+ * it to the new owner; a refused store (the old epoch: a zombie) writes
+ * nothing. Before 009 a take answered no offset (the new owner read from
+ * Kafka's committed offset). */
+static void test_fence_take_row(uv_loop_t *loop, pg_client_t *c, const char *owner,
+                                struct test_row *t)
+{
+    memset(t, 0, sizeof *t);
+    db_fence_take(c, "po-topic", owner, "{0}", test_on_row, t);
+    assert_int_equal(test_wait_count(loop, &t->n, 1, 5000), 0);
+    assert_int_equal(t->err, 0);
+}
+
+static void test_db_store_offsets(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    struct test_row t;
+    test_fence_take_row(&loop, c, "a", &t);
+    assert_string_equal(t.row, "0|1|"); /* partition 0, epoch 1, no offset yet */
+    int64_t now = (int64_t)time(NULL) * 1000;
+    struct chat_msg m = { .room = "po-a", .id = "00000000000000000000000000000001", .from = "u",
+                          .text = "a", .ts = now, .seq = 1 };
+    const struct chat_msg *one[] = { &m };
+    struct db_fence f = { .topic = "po-topic", .parts = "{0}", .epochs = "{1}", .offsets = "{42}" };
+    memset(&t, 0, sizeof t);
+    db_store_msgs(c, &f, one, 1, test_on_row, &t);
+    assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+    assert_string_equal(t.row, "t|1|{}|f");
+    assert_int_equal(test_pg_scalar("SELECT next_offset FROM partition_owners WHERE topic = 'po-topic'"), 42);
+    test_fence_take_row(&loop, c, "b", &t); /* the new owner resumes at 42 */
+    assert_string_equal(t.row, "0|2|42");
+    m.id = "00000000000000000000000000000002";
+    m.seq = 2;
+    f.offsets = "{99}"; /* a's store, epoch 1: refused, writes nothing */
+    memset(&t, 0, sizeof t);
+    db_store_msgs(c, &f, one, 1, test_on_row, &t);
+    assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+    assert_string_equal(t.row, "f|0|{0}|f");
+    assert_int_equal(test_pg_scalar("SELECT next_offset FROM partition_owners WHERE topic = 'po-topic'"), 42);
+    f.epochs = "{2}"; /* b's, no offset done yet (0): stored, offset kept */
+    f.offsets = "{0}";
+    memset(&t, 0, sizeof t);
+    db_store_msgs(c, &f, one, 1, test_on_row, &t);
+    assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+    assert_string_equal(t.row, "t|1|{}|f");
+    assert_int_equal(test_pg_scalar("SELECT next_offset FROM partition_owners WHERE topic = 'po-topic'"), 42);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
 /* ---- read marks, batched (store/readmarks.h) ---- */
 
 struct test_mark {
@@ -2087,6 +2143,7 @@ int main(void)
         cmocka_unit_test(test_db_store_across_months),
         cmocka_unit_test(test_db_store_sees_rows_written_by_hand),
         cmocka_unit_test(test_db_known_ids_window),
+        cmocka_unit_test(test_db_store_offsets),
         cmocka_unit_test(test_db_rooms_reads_the_head),
         cmocka_unit_test(test_readmarks_batched),
         cmocka_unit_test(test_pg_pipeline),
