@@ -1261,8 +1261,11 @@ static void test_pg_migrate_in_place(void **state)
                                     "ON CONFLICT (room, id, ts) DO NOTHING RETURNING 1) "
                                     "SELECT count(*) FROM i"), 0);
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'mi-a'"), 7);
-    /* 008: the rooms there have no retention of their own. */
+    /* 008: the rooms there have no retention of their own; members keep
+     * room on each page for read marks' HOT updates. */
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM rooms WHERE retention_s IS NULL"), 3);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'members' "
+                                    "AND reloptions @> '{fillfactor=80}'"), 1);
     /* Retention drops the month's partition (no DELETE); the head stays. */
     assert_int_equal(test_pg_scalar("SELECT created FROM chatd_messages_maintain(1, 86400)"), 0);
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'messages_p197001'"), 0);
