@@ -21,6 +21,7 @@
 #define API_MAX_INFLIGHT 256
 #define API_NAME_MAX 200          /* a room's display name, bytes */
 #define API_MEMBERS_MAX 1000      /* a page of a room's members */
+#define API_RETENTION_MAX 3155760000.0 /* a room's retention, s: 100 years, as --retention */
 #define API_SYSTEM_SENDER AUTH_SYSTEM_USER
 
 struct api {
@@ -56,6 +57,7 @@ struct api_req {
     char id[MSG_ID_LEN + 1];      /* the message: of a publish, or the one changed */
     char name[API_NAME_MAX + 1];
     int private_, has_name, has_owner;
+    int64_t retention_s;          /* room put: -1 keeps the room's */
     char owner[AUTH_USER_MAX + 1];
     char after_user[AUTH_USER_MAX + 1];
 };
@@ -311,6 +313,12 @@ static void api_room_json(struct jbuf *b, const PGresult *res)
     api_kv_opt(b, "owner", res, 0, 4);
     jbuf_key(b, "archived");
     jbuf_bool(b, PQgetvalue(res, 0, 5)[0] == 't');
+    jbuf_key(b, "retention_seconds");
+    if (PQgetisnull(res, 0, 7)) {
+        jbuf_rawz(b, "null");
+        b->need_comma = 1;
+    } else
+        jbuf_int(b, strtoll(PQgetvalue(res, 0, 7), NULL, 10));
 }
 
 static void api_on_room_put(int err, PGresult *res, void *ud)
@@ -638,8 +646,27 @@ static void api_room_put(api_t *a, http_req_t *req, const char *room)
     const char *name, *owner, *why = NULL;
     int rn = apireq_str(o, "name", API_NAME_MAX, &name);
     int ro = apireq_str(o, "owner", AUTH_USER_MAX, &owner);
+    /* A room's own retention (migrations/008): seconds, 0 = none of its
+     * own; absent or null keeps the room's. It can only shorten the
+     * deployment's: a gateway given --retention refuses a longer one (the
+     * classifiers drop whole months for every room whatever a room says). */
+    const cJSON *rv = cJSON_GetObjectItemCaseSensitive(o, "retention_seconds");
+    int64_t retention = -1;
+    if (rv && !cJSON_IsNull(rv)) {
+        /* The range first: a cast of a double past int64_t is undefined. */
+        if (!cJSON_IsNumber(rv) || !(rv->valuedouble >= 0 && rv->valuedouble <= API_RETENTION_MAX) ||
+            rv->valuedouble != (double)(int64_t)rv->valuedouble)
+            retention = -2;
+        else
+            retention = (int64_t)rv->valuedouble;
+    }
     if (pv && !cJSON_IsBool(pv))
         why = "private must be true or false";
+    else if (retention == -2)
+        why = "retention_seconds must be an integer 0..3155760000 (0: none of the room's own)";
+    else if (retention > 0 && a->conf->retention_s > 0 && retention > a->conf->retention_s)
+        why = "retention_seconds is longer than the deployment's --retention, which drops every room's "
+              "messages";
     else if (rn < 0)
         why = "name must be a UTF-8 string of 1..200 bytes";
     else if (ro < 0 || (owner && !api_user_ok(owner)))
@@ -653,6 +680,7 @@ static void api_room_put(api_t *a, http_req_t *req, const char *room)
     }
     struct api_req *q = api_req_new(a, req, API_ROOM_PUT, room);
     q->private_ = cJSON_IsTrue(pv);
+    q->retention_s = retention;
     if (name) {
         q->has_name = 1;
         strcpy(q->name, name);
@@ -663,7 +691,7 @@ static void api_room_put(api_t *a, http_req_t *req, const char *room)
     }
     cJSON_Delete(o);
     db_room_put(gw_pg(a->g, q->room), q->room, q->private_, q->has_name ? q->name : NULL,
-                q->has_owner ? q->owner : NULL, api_on_room_put, q);
+                q->has_owner ? q->owner : NULL, q->retention_s, api_on_room_put, q);
 }
 
 static void api_disconnect(api_t *a, http_req_t *req, const char *user)

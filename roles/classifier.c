@@ -120,6 +120,11 @@ struct classifier {
     uv_timer_t maintain;          /* messages' partitions (cl_on_maintain_timer) */
     uv_timer_t flush;             /* offsets no store carried (cl_on_flush_timer) */
     int flushing;                 /* a db_offsets_save in flight */
+    struct {                      /* the rooms' own retention, after the partitions */
+        char *after;              /* the next step's cursor (a room id) or NULL; owned */
+        int64_t deleted;
+        int rooms, steps;
+    } expire;
     struct {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
         metric_t *collisions, *fenced, *lost, *resumed;
@@ -1100,7 +1105,68 @@ static void cl_on_flush_timer(uv_timer_t *t)
  * room's head in db_store_msgs, a resent cid in db_known_ids). */
 #define CL_MONTHS_AHEAD 1
 
+/* The rooms' own retention (migrations/008) in steps of at most this many
+ * rooms and deleted rows: each is one statement on the classifier's only
+ * connection, so its stores wait behind it for as long (milliseconds). */
+#define CL_EXPIRE_ROOMS 1000
+#define CL_EXPIRE_ROWS 2000
+#define CL_EXPIRE_PAUSE_MS 50     /* between steps: the stores go first */
+
 static void cl_on_maintain_timer(uv_timer_t *t);
+static void cl_on_expire_timer(uv_timer_t *t);
+
+static void cl_expire_reset(classifier_t *c)
+{
+    free(c->expire.after);
+    c->expire.after = NULL;
+    c->expire.deleted = 0;
+    c->expire.rooms = c->expire.steps = 0;
+}
+
+static void cl_on_expired(int err, PGresult *res, void *ud)
+{
+    classifier_t *c = ud;
+    if (c->closing)
+        return;
+    if (err || PQntuples(res) != 1) {
+        log_warn("rooms_expire_failed", "err=%s sqlstate=%s steps=%d deleted=%lld retry_ms=%d",
+                 err_code(err ? err : ERR_INTERNAL),
+                 res && PQresultErrorField(res, PG_DIAG_SQLSTATE) ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "-",
+                 c->expire.steps, (long long)c->expire.deleted, CL_MAINTAIN_RETRY_MS);
+        cl_expire_reset(c);
+        uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_RETRY_MS, 0);
+        return;
+    }
+    long rooms = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+    if (rooms < 0) { /* another classifier's upkeep holds the lock: it does this */
+        log_debug("rooms_expired", "busy=1 steps=%d", c->expire.steps);
+        cl_expire_reset(c);
+        uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_EVERY_MS, 0);
+        return;
+    }
+    c->expire.steps++;
+    c->expire.rooms += (int)rooms;
+    c->expire.deleted += strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+    free(c->expire.after);
+    c->expire.after = PQgetisnull(res, 0, 2) ? NULL : strdup(PQgetvalue(res, 0, 2));
+    CHATD_ASSERT(c->expire.after || PQgetisnull(res, 0, 2));
+    if (PQgetvalue(res, 0, 3)[0] == 't') {
+        uv_timer_start(&c->maintain, cl_on_expire_timer, CL_EXPIRE_PAUSE_MS, 0);
+        return;
+    }
+    log_info("rooms_expired", "rooms=%d deleted=%lld steps=%d", c->expire.rooms,
+             (long long)c->expire.deleted, c->expire.steps);
+    cl_expire_reset(c);
+    uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_EVERY_MS, 0);
+}
+
+static void cl_on_expire_timer(uv_timer_t *t)
+{
+    classifier_t *c = t->data;
+    if (c->closing)
+        return;
+    db_rooms_expire(c->pg, c->expire.after, CL_EXPIRE_ROOMS, CL_EXPIRE_ROWS, cl_on_expired, c);
+}
 
 static void cl_on_maintained(int err, PGresult *res, void *ud)
 {
@@ -1122,6 +1188,11 @@ static void cl_on_maintained(int err, PGresult *res, void *ud)
                      dropped[0] ? log_q(dropped, strlen(dropped)) : "-", c->conf->retention_s);
         else
             log_debug("messages_partitions", "busy=1 note=\"another classifier's upkeep\"");
+        if (created >= 0) { /* then the rooms' own retention, in steps */
+            cl_expire_reset(c);
+            cl_on_expire_timer(&c->maintain);
+            return;
+        }
     }
     uv_timer_start(&c->maintain, cl_on_maintain_timer, next, 0);
 }
@@ -1247,6 +1318,7 @@ void classifier_free(classifier_t *c)
     cl_batch_free(&c->slot[0]);
     cl_batch_free(&c->slot[1]);
     cl_floors_clear(c);
+    free(c->expire.after);
     free(c->fences);
     free(c);
 }

@@ -421,21 +421,27 @@ int db_history_json(struct jbuf *b, const char *room, const PGresult *res, int n
 /* ---- the server API's queries (roles/api.h) ---- */
 
 void db_room_put(pg_client_t *pg, const char *room, int private_, const char *name,
-                 const char *owner, pg_result_cb cb, void *ud)
+                 const char *owner, int64_t retention_s, pg_result_cb cb, void *ud)
 {
-    const char *p[] = { room, private_ ? "t" : "f", name, owner };
+    char ret[24];
+    snprintf(ret, sizeof ret, "%" PRId64, retention_s);
+    const char *p[] = { room, private_ ? "t" : "f", name, owner, retention_s >= 0 ? ret : NULL };
     /* xmax = 0: the row was inserted, not updated. The owner is a member
-     * from the start (the room's first member of a private room). */
+     * from the start (the room's first member of a private room). A
+     * retention of 0 is none of the room's own (NULL), absent ($5 NULL)
+     * keeps the room's. */
     pg_query(pg,
-             "WITH r AS (INSERT INTO rooms (room, private, name, owner) VALUES ($1, $2::boolean, $3, $4) "
+             "WITH r AS (INSERT INTO rooms (room, private, name, owner, retention_s) "
+             "VALUES ($1, $2::boolean, $3, $4, NULLIF($5::bigint, 0)) "
              "ON CONFLICT (room) DO UPDATE SET private = EXCLUDED.private, "
              "name = COALESCE(EXCLUDED.name, rooms.name), owner = COALESCE(EXCLUDED.owner, rooms.owner), "
-             "archived = false RETURNING xmax = 0 AS created, room, private, name, owner, archived), "
+             "retention_s = CASE WHEN $5::bigint IS NULL THEN rooms.retention_s ELSE EXCLUDED.retention_s END, "
+             "archived = false RETURNING xmax = 0 AS created, room, private, name, owner, archived, retention_s), "
              "o AS (INSERT INTO members (room, user_id) SELECT $1, $4 WHERE $4::text IS NOT NULL "
              "ON CONFLICT DO NOTHING RETURNING 1) "
              "SELECT created, room, private, name, owner, archived, "
-             "(SELECT count(*) FROM o) FROM r",
-             4, p, cb, ud);
+             "(SELECT count(*) FROM o), retention_s FROM r",
+             5, p, cb, ud);
 }
 
 void db_room_get(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
@@ -443,8 +449,21 @@ void db_room_get(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)
     const char *p[] = { room };
     pg_query(pg,
              "SELECT false, room, private, name, owner, archived, "
-             "(SELECT count(*) FROM members WHERE room = $1) FROM rooms WHERE room = $1",
+             "(SELECT count(*) FROM members WHERE room = $1), retention_s FROM rooms WHERE room = $1",
              1, p, cb, ud);
+}
+
+void db_rooms_expire(pg_client_t *pg, const char *after, int max_rooms, int max_rows, pg_result_cb cb,
+                     void *ud)
+{
+    char nr[16], nm[16];
+    snprintf(nr, sizeof nr, "%d", max_rooms);
+    snprintf(nm, sizeof nm, "%d", max_rows);
+    const char *p[] = { after, nr, nm };
+    /* Not prepared: hourly, and the function's own statements are planned
+     * (and cached) inside it. */
+    pg_query(pg, "SELECT rooms, deleted, next_room, more FROM chatd_rooms_expire($1, $2::int, $3::int)",
+             3, p, cb, ud);
 }
 
 void db_room_archive(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud)

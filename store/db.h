@@ -117,12 +117,21 @@ void db_apply_changes(pg_client_t *pg, const char *rooms, const char *ids, const
 
 /* ---- the server API (roles/api.h); rooms' columns: migrations/003 ---- */
 /* Creates or updates a room (private, name, owner; NULL name/owner keep the
- * old ones) and un-archives it; the owner becomes a member. One row:
- * (created, room, private, name, owner, archived, owner's membership new). */
+ * old ones; retention_s: -1 keeps the room's, 0 none of its own, else
+ * seconds: migrations/008) and un-archives it; the owner becomes a member.
+ * One row: (created, room, private, name, owner, archived, owner's
+ * membership new, retention_s or NULL). */
 void db_room_put(pg_client_t *pg, const char *room, int private_, const char *name,
-                 const char *owner, pg_result_cb cb, void *ud);
-/* The same columns (created false, last: member count); no row: no room. */
+                 const char *owner, int64_t retention_s, pg_result_cb cb, void *ud);
+/* The same columns (created false, 7th: member count); no row: no room. */
 void db_room_get(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
+/* One bounded step of the rooms' own retention (migrations/008): the rooms
+ * with one after `after` (NULL: from the first), at most max_rooms, at most
+ * max_rows messages deleted, each room's oldest seqs first. One row:
+ * (rooms visited or -1 when another upkeep runs, deleted, next_room, more:
+ * call again with after = next_room). */
+void db_rooms_expire(pg_client_t *pg, const char *after, int max_rooms, int max_rows, pg_result_cb cb,
+                     void *ud);
 /* Archives the room and deletes its memberships: a row with NULL if the room
  * exists, then one per removed member (user_id). */
 void db_room_archive(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);

@@ -451,6 +451,73 @@ def test_seqs_continue_after_retention_drops_the_rooms_month(make_cluster):
     assert c.query("SELECT head FROM rooms WHERE room = %s", (room,)) == [(6,)]
 
 
+def test_room_retention_deletes_that_rooms_old_messages(make_cluster):
+    """A room's own retention (migrations/008), set through the server API:
+    the classifier's upkeep (at its start, then hourly) deletes that room's
+    messages older than it, by seq from the oldest, and nothing of another
+    room with the same old messages. History and sync then start at the
+    first kept seq, and the room's seqs go on from its head with Redis
+    emptied. A gateway given the deployment's --retention refuses a longer
+    one (400)."""
+    import json
+    key = "f10-room-retention-api-key-0123456789"
+    api_port = harness.free_port()
+    c = make_cluster(n_cl=1, n_gw=1, cl_args=["--retention=35d"],
+                     gw_args=["--retention=35d", f"--api-listen=127.0.0.1:{api_port}"],
+                     gw_env={"CHATD_API_KEY": key})
+
+    def api(method, path, body=None):
+        st, _, data = harness.chatlib.http_request(api_port, method, path, body=body,
+                                                   headers={"Authorization": f"Bearer {key}"})
+        return st, json.loads(data) if data else None
+
+    room, other = f"f10x-{uuid.uuid4().hex[:8]}", f"f10y-{uuid.uuid4().hex[:8]}"
+    st, r = api("PUT", f"/v1/rooms/{room}", {"retention_seconds": 3600})
+    assert st == 201 and r["retention_seconds"] == 3600, (st, r)
+    st, r = api("PUT", f"/v1/rooms/{room}", {"retention_seconds": 36 * 86400})
+    assert st == 400 and r["error"] == "bad_request", (st, r)
+    st, r = api("PUT", f"/v1/rooms/{other}")
+    assert st == 201 and r["retention_seconds"] is None, (st, r)
+    # The first upkeep (at start) is done before the old messages exist.
+    deadline = time.time() + 30
+    while time.time() < deadline and c.log_count("classifier0", "event=rooms_expired") == 0:
+        time.sleep(0.2)
+    assert c.log_count("classifier0", "event=rooms_expired") == 1, "no rooms upkeep"
+    old_ts = int(time.time() * 1000) - 2 * 3600 * 1000
+    c.produce_send([(r_, "u0", f"c{i}", f"old {i}") for r_ in (room, other) for i in range(5)],
+                   ts=old_ts)
+    assert wait_stored(c, [room, other], 10, 30) == 10
+    c.produce_send([(room, "u0", f"c{i}", f"new {i}") for i in range(5, 7)])
+    assert wait_stored(c, [room, other], 12, 30) == 12
+    p = c.terminate("classifier0")
+    p.wait_exit(c.drain + 15)
+    c.redis_restart_empty()
+    c.restart("classifier0")
+    deadline = time.time() + 30
+    while time.time() < deadline and c.log_count("classifier0", "event=rooms_expired") < 2:
+        time.sleep(0.2)
+    assert c.log_count("classifier0", "event=rooms_expired", "rooms=1 deleted=5") == 1, \
+        c.procs["classifier0"].tail(10)
+    seqs = c.query("SELECT room = %s, array_agg(seq ORDER BY seq) FROM messages "
+                   "WHERE room IN (%s, %s) GROUP BY 1 ORDER BY 1", (room, room, other))
+    assert seqs == [(False, [1, 2, 3, 4, 5]), (True, [6, 7])], seqs
+    assert c.query("SELECT head FROM rooms WHERE room = %s", (room,)) == [(7,)]
+    st, h = api("GET", f"/v1/rooms/{room}/messages?after=0&limit=10")
+    assert st == 200 and [m["seq"] for m in h["messages"]] == [6, 7], h
+
+    async def sync():
+        cl = await harness.chatlib.Client.connect(c.gw_ports[0], c.token("u9"))
+        try:
+            await cl.join(room)
+            return [m["seq"] for m in await cl.sync_all(room, after=0)]
+        finally:
+            await cl.close()
+    assert harness.chatlib.arun(sync()) == [6, 7]
+    c.produce_send([(room, "u0", "c7", "after")])
+    assert wait_stored(c, [room], 3, 30) == 3
+    assert c.query("SELECT max(seq) FROM messages WHERE room = %s", (room,)) == [(8,)]
+
+
 def _receive_msgs(c, partition):
     """(room, seq, id) of every msg record on a chat-receive partition."""
     import json

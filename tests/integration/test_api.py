@@ -140,7 +140,7 @@ def test_rooms_and_members(cluster):
     room, owner, u1, u2 = uid("apiroom"), uid("own"), uid("m1"), uid("m2")
     st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"private": True, "name": "Team ✓", "owner": owner})
     assert st == 201 and r == {"room": room, "private": True, "name": "Team ✓", "owner": owner,
-                               "archived": False}, r
+                               "archived": False, "retention_seconds": None}, r
     st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"private": True})
     assert st == 200 and r["name"] == "Team ✓", r  # an update keeps the name
     for u in (u1, u2):
@@ -175,6 +175,34 @@ def test_rooms_and_members(cluster):
     assert st == 409 and r["error"] == "archived"
     st, _, r = api(cluster, "DELETE", f"/v1/rooms/{uid('none')}")
     assert st == 404
+
+
+def test_room_retention_set_kept_cleared_and_bad_values(cluster):
+    """A room's own retention (migrations/008; enforced by the classifiers'
+    upkeep: tests/faults test_room_retention_deletes_that_rooms_old_messages):
+    set on create, kept by an update without it (or with null), cleared by
+    0; anything but an integer 0..3155760000 is a 400 and changes nothing."""
+    room = uid("apiret")
+
+    def stored():
+        return cluster.pg.query("SELECT retention_s FROM rooms WHERE room = %s", (room,))[0][0]
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"retention_seconds": 7 * 86400})
+    assert st == 201 and r["retention_seconds"] == 7 * 86400, r
+    for body in ({"name": "kept"}, {"retention_seconds": None}, None):
+        st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", body, gw=1)
+        assert st == 200 and r["retention_seconds"] == 7 * 86400, (body, r)
+    st, _, r = api(cluster, "GET", f"/v1/rooms/{room}")
+    assert st == 200 and r["retention_seconds"] == 7 * 86400 and r["name"] == "kept", r
+    for bad in (-1, 1.5, "30d", True, [], {}, 3155760001, 1e300, -1e300):
+        st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"retention_seconds": bad})
+        assert st == 400 and r["error"] == "bad_request", (bad, st, r)
+        assert "retention_seconds" in r["message"], r
+    assert stored() == 7 * 86400
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"retention_seconds": 3155760000})
+    assert st == 200 and r["retention_seconds"] == 3155760000, r
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"retention_seconds": 0})
+    assert st == 200 and r["retention_seconds"] is None, r
+    assert stored() is None
 
 
 def test_private_room_forbidden_and_member_removal_on_other_gateway(cluster):

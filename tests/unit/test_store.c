@@ -1261,6 +1261,11 @@ static void test_pg_migrate_in_place(void **state)
                                     "ON CONFLICT (room, id, ts) DO NOTHING RETURNING 1) "
                                     "SELECT count(*) FROM i"), 0);
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room = 'mi-a'"), 7);
+    /* 008: the rooms there have no retention of their own; members keep
+     * room on each page for read marks' HOT updates. */
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM rooms WHERE retention_s IS NULL"), 3);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'members' "
+                                    "AND reloptions @> '{fillfactor=80}'"), 1);
     /* Retention drops the month's partition (no DELETE); the head stays. */
     assert_int_equal(test_pg_scalar("SELECT created FROM chatd_messages_maintain(1, 86400)"), 0);
     assert_int_equal(test_pg_scalar("SELECT count(*) FROM pg_class WHERE relname = 'messages_p197001'"), 0);
@@ -1523,6 +1528,94 @@ static void test_db_rooms_reads_the_head(void **state)
     assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
     assert_int_equal(t.err, 0);
     assert_string_equal(t.all, "rl-a|5|3;rl-b|5|5");
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
+/* A room's own retention (migrations/008), as the classifiers' upkeep runs
+ * it (roles/classifier.c): steps of at most max_rows deleted rows, each
+ * going on from the previous one's cursor until `more` is false. Each
+ * room's oldest seqs go first, up to the first message not yet expired (a
+ * later one older than it, a gateway's clock behind, waits for it); rooms
+ * without a retention of their own are untouched; the heads stay, so the
+ * next message of an emptied room is stored after them. The delete is an
+ * index range on each month's (room, seq, ts) key, not a scan. */
+static void test_db_rooms_expire(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    PGconn *pc = PQconnectdb(test_pg.uri);
+    test_pg_exec(pc, "INSERT INTO partition_owners (topic, partition, epoch, owner) "
+                     "VALUES ('ps-topic', 0, 1, 'test') ON CONFLICT DO NOTHING");
+    test_pg_exec(pc, "INSERT INTO rooms (room, retention_s) VALUES ('rx-a', 3600), ('rx-b', NULL), "
+                     "('rx-c', 3600), ('rx-e', 3600)");
+    /* old: two hours ago; new: now */
+    test_pg_exec(pc, "WITH t AS (SELECT (extract(epoch FROM now()) * 1000)::bigint AS now) "
+                     "INSERT INTO messages (room, seq, id, user_id, body, ts) "
+                     "SELECT r, s, md5(r || s), 'u', 'b', CASE WHEN o THEN now - 7200000 ELSE now END "
+                     "FROM t, (VALUES ('rx-a', 1, true), ('rx-a', 2, true), ('rx-a', 3, true), "
+                     "('rx-a', 4, true), ('rx-a', 5, true), ('rx-a', 6, false), ('rx-a', 7, false), "
+                     "('rx-b', 1, true), ('rx-b', 2, true), ('rx-c', 1, false), ('rx-c', 2, false), "
+                     "('rx-e', 1, true), ('rx-e', 2, true), ('rx-e', 3, false), ('rx-e', 4, true)) "
+                     "AS v(r, s, o)");
+    /* Other rooms' messages around them, so the planner sees a table. */
+    test_pg_exec(pc, "INSERT INTO messages (room, seq, id, user_id, body, ts) "
+                     "SELECT 'rx-bulk-' || r, s, md5(r || '-' || s), 'u', 'b', "
+                     "(extract(epoch FROM now()) * 1000)::bigint - 7200000 + s "
+                     "FROM generate_series(1, 200) r, generate_series(1, 100) s");
+    test_pg_exec(pc, "ANALYZE messages");
+    /* The plans of the function's two statements. */
+    static const char *const plans[] = {
+        "EXPLAIN SELECT m.seq, m.ts FROM messages m WHERE m.room = 'rx-a' ORDER BY m.seq LIMIT 3",
+        "EXPLAIN DELETE FROM messages m WHERE m.room = 'rx-a' AND m.seq < 6 "
+        "AND m.ts < (extract(epoch FROM now()) * 1000)::bigint - 3600000",
+    };
+    for (size_t k = 0; k < sizeof plans / sizeof plans[0]; k++) {
+        PGresult *res = PQexec(pc, plans[k]);
+        assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+        char plan[4096] = "";
+        size_t o = 0;
+        for (int i = 0; i < PQntuples(res) && o < sizeof plan; i++)
+            o += (size_t)snprintf(plan + o, sizeof plan - o, "%s\n", PQgetvalue(res, i, 0));
+        PQclear(res);
+        /* (messages_default, which should stay empty, is read whole.) */
+        if (strstr(plan, "Seq Scan on messages_p") || !strstr(plan, "Index"))
+            fail_msg("not an index range:\n%s", plan);
+    }
+    PQfinish(pc);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    /* Steps of 3 rows, as the classifier's: rooms, deleted, cursor, more. */
+    static const char *const want[] = { "1|3||t", "3|3|rx-c|t", "1|1|rx-e|f" };
+    char after[64] = "";
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        struct test_row t = {0};
+        db_rooms_expire(c, after[0] ? after : NULL, 1000, 3, test_on_row, &t);
+        assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+        assert_int_equal(t.err, 0);
+        assert_string_equal(t.row, want[k]);
+        char *cur = strchr(strchr(t.row, '|') + 1, '|') + 1;
+        snprintf(after, sizeof after, "%.*s", (int)(strchr(cur, '|') - cur), cur);
+    }
+    assert_int_equal(test_pg_scalar("SELECT sum(seq) FROM messages WHERE room = 'rx-a'"), 6 + 7);
+    assert_int_equal(test_pg_scalar("SELECT sum(seq) FROM messages WHERE room = 'rx-e'"), 3 + 4);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room IN ('rx-b', 'rx-c')"), 4);
+    assert_int_equal(test_pg_scalar("SELECT count(*) FROM messages WHERE room LIKE 'rx-bulk-%'"), 20000);
+    assert_int_equal(test_pg_scalar("SELECT head FROM rooms WHERE room = 'rx-a'"), 7);
+    /* Nothing more to do: a step deletes nothing. */
+    struct test_row t = {0};
+    db_rooms_expire(c, NULL, 1000, 3, test_on_row, &t);
+    assert_int_equal(test_wait_count(&loop, &t.n, 1, 5000), 0);
+    assert_string_equal(t.row, "3|0|rx-e|f");
+    /* The room's seqs go on after its head. */
+    struct chat_msg m = { .room = "rx-a", .id = "000000000000000000000000000000a8", .from = "u",
+                          .text = "8", .ts = (int64_t)time(NULL) * 1000, .seq = 8 };
+    const struct chat_msg *one[] = { &m };
+    test_store_batch(&loop, c, one, 1, &t);
+    assert_int_equal(t.err, 0);
+    assert_string_equal(t.row, "t|1|{}|f");
     pg_client_close(c);
     test_loop_finish(&loop);
 }
@@ -2145,6 +2238,7 @@ int main(void)
         cmocka_unit_test(test_db_known_ids_window),
         cmocka_unit_test(test_db_store_offsets),
         cmocka_unit_test(test_db_rooms_reads_the_head),
+        cmocka_unit_test(test_db_rooms_expire),
         cmocka_unit_test(test_readmarks_batched),
         cmocka_unit_test(test_pg_pipeline),
         cmocka_unit_test(test_pg_bad_query),
