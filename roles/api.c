@@ -286,7 +286,7 @@ static void api_change(api_t *a, http_req_t *req, enum api_op op, const char *ro
 
 /* ---- history ---- */
 
-static void api_on_history(int err, const char *msgs, size_t len, int more, void *ud)
+static void api_on_history(int err, const struct gw_page *page, void *ud)
 {
     struct api_req *q = ud;
     q->a->g->hist_inflight--;
@@ -296,7 +296,7 @@ static void api_on_history(int err, const char *msgs, size_t len, int more, void
         return;
     }
     struct jbuf b;
-    gw_history_page_json(&b, q->room, msgs, len, more);
+    gw_history_page_json(&b, q->room, page);
     api_json(q->req, 200, &b);
     api_req_free(q);
 }

@@ -528,7 +528,7 @@ struct gw_rest {
     int limit;
 };
 
-static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, void *ud)
+static void gw_on_rest_page(int err, const struct gw_page *page, void *ud)
 {
     struct gw_rest *rq = ud;
     rq->g->hist_inflight--;
@@ -543,7 +543,7 @@ static void gw_on_rest_page(int err, const char *msgs, size_t len, int more, voi
         return;
     }
     struct jbuf b;
-    gw_history_page_json(&b, rq->room, msgs, len, more);
+    gw_history_page_json(&b, rq->room, page);
     if (b.failed)
         http_respond_error(rq->req, 500, "internal", "out of memory");
     else

@@ -17,7 +17,16 @@
  * at most --backend-timeout-ms. Past that the page is answered with
  * more=true when it holds messages (the client asks again from its last
  * one), else `unavailable` (the client retries with backoff). A missing seq
- * key or a Redis failure skips the wait. */
+ * key or a Redis failure skips the wait.
+ *
+ * Seqs the storage held and no longer holds (retention) are not waited
+ * for, and the page says so. The room's stored head (rooms.head, raised by
+ * every insert, never lowered) is read just before the page, on the same
+ * connection: every seq up to it was stored before the page was read, and
+ * a room's seqs are stored in order, so one of them missing from the page
+ * (below its first row, or anywhere in an empty page) was deleted. The page
+ * then carries `first`: seqs in (after, first) are gone for good, and a
+ * client moves its last seq up to first - 1 instead of asking again. */
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +52,8 @@ struct gw_hist {
     int n, more;
     int64_t last;                   /* the page's last seq (after when empty) */
     int64_t head;                   /* the room's last seq, -1 unknown */
+    int64_t stored;                 /* its stored head (rooms.head), -1 unknown */
+    int64_t first_row;              /* the page's first seq, 0 when empty */
     uint64_t deadline_ms;           /* uv_now: stop waiting for the head */
     unsigned poll_ms;
     int timer_on;                   /* poll initialised (closed before h is freed) */
@@ -53,11 +64,26 @@ struct gw_hist {
 
 static void gw_hist_freed(uv_handle_t *t) { free(t->data); }
 
+/* The first seq the room still holds above after, when seqs between were
+ * deleted; else 0. */
+static int64_t gw_hist_first(const struct gw_hist *h)
+{
+    if (h->first_row > h->after + 1)
+        return h->first_row;
+    if (h->n == 0 && !h->more && h->stored > h->after)
+        return h->stored + 1;
+    return 0;
+}
+
 static void gw_hist_finish(struct gw_hist *h, int err)
 {
     if (!err && h->msgs.failed)
         err = ERR_INTERNAL;
-    h->cb(err, h->msgs.p ? h->msgs.p : "", h->msgs.len, h->more, h->ud);
+    struct gw_page page = {
+        .msgs = h->msgs.p ? h->msgs.p : "", .len = h->msgs.len, .more = h->more,
+        .first = err ? 0 : gw_hist_first(h),
+    };
+    h->cb(err, &page, h->ud);
     jbuf_free(&h->msgs);
     if (h->timer_on)
         uv_close((uv_handle_t *)&h->poll, gw_hist_freed);
@@ -89,7 +115,8 @@ static void gw_hist_step(struct gw_hist *h)
         gw_hist_finish(h, ERR_NOT_MEMBER);
         return;
     }
-    if (h->more || h->head <= h->last) {
+    /* Every seq up to the stored head is settled: on the page, or gone. */
+    if (h->more || h->head <= h->last || h->head <= h->stored) {
         gw_hist_finish(h, 0);
         return;
     }
@@ -101,7 +128,7 @@ static void gw_hist_step(struct gw_hist *h)
             h->poll.data = h;
             h->timer_on = 1;
         }
-        h->waiting = 1;
+        h->waiting = 2; /* the stored head and the page */
         uv_timer_start(&h->poll, gw_on_hist_poll, h->poll_ms, 0);
         if (h->poll_ms < GW_HIST_POLL_MAX_MS)
             h->poll_ms *= 2;
@@ -125,6 +152,7 @@ static void gw_on_hist_rows(int err, PGresult *res, void *ud)
     struct gw_hist *h = ud;
     jbuf_reset(&h->msgs);
     h->n = h->more = 0;
+    h->first_row = 0;
     if (err)
         h->err = err;
     else if (!h->err && h->member == 1) {
@@ -138,7 +166,15 @@ static void gw_on_hist_rows(int err, PGresult *res, void *ud)
             h->more = 1;
         }
         h->last = h->n ? strtoll(PQgetvalue(res, h->n - 1, 0), NULL, 10) : h->after;
+        h->first_row = n ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : 0;
     }
+    gw_hist_step(h);
+}
+
+static void gw_on_hist_stored(int err, PGresult *res, void *ud)
+{
+    struct gw_hist *h = ud;
+    h->stored = err || PQntuples(res) < 1 ? -1 : strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     gw_hist_step(h);
 }
 
@@ -150,8 +186,12 @@ static void gw_hist_query(struct gw_hist *h)
         h->member = 1;
     else
         db_is_member(gw_pg(h->g, h->user), h->room, h->user, gw_on_hist_member, h);
-    /* One row more than asked tells whether there is more. */
-    db_history(gw_pg(h->g, h->user[0] ? h->user : h->room), h->room, h->after, h->limit + 1, gw_on_hist_rows, h);
+    /* The stored head before the page (same connection, in order): what
+     * it counts as stored was there when the page was read. One row more
+     * than asked tells whether there is more. */
+    pg_client_t *pg = gw_pg(h->g, h->user[0] ? h->user : h->room);
+    db_max_seq(pg, h->room, gw_on_hist_stored, h);
+    db_history(pg, h->room, h->after, h->limit + 1, gw_on_hist_rows, h);
 }
 
 static void gw_on_hist_head(int err, int64_t head, void *ud)
@@ -174,27 +214,34 @@ void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t a
     h->after = after;
     h->limit = limit;
     h->last = after;
+    h->stored = -1;
     h->poll_ms = GW_HIST_POLL_MIN_MS;
     h->deadline_ms = uv_now(g->loop) + (uint64_t)g->conf->backend_timeout_ms;
     jbuf_init(&h->msgs, 256);
     strcpy(h->room, room);
     strcpy(h->user, user);
-    h->waiting = 2;
+    h->waiting = 3; /* the head (Redis), the stored head and the page */
     routes_room_head(g->routes, room, gw_on_hist_head, h);
     gw_hist_query(h);
 }
 
-void gw_history_page_json(struct jbuf *b, const char *room, const char *msgs, size_t len,
-                          int more)
+void gw_history_page_fields(struct jbuf *b, const struct gw_page *page)
 {
-    jbuf_init(b, 128 + len);
-    jbuf_obj_open(b);
-    jbuf_kv_strz(b, "room", room);
     jbuf_key(b, "messages");
     jbuf_arr_open(b);
-    jbuf_raw(b, msgs, len);
+    jbuf_raw(b, page->msgs, page->len);
     jbuf_arr_close(b);
     jbuf_key(b, "more");
-    jbuf_bool(b, more);
+    jbuf_bool(b, page->more);
+    if (page->first > 0)
+        jbuf_kv_int(b, "first", page->first);
+}
+
+void gw_history_page_json(struct jbuf *b, const char *room, const struct gw_page *page)
+{
+    jbuf_init(b, 128 + page->len);
+    jbuf_obj_open(b);
+    jbuf_kv_strz(b, "room", room);
+    gw_history_page_fields(b, page);
     jbuf_obj_close(b);
 }

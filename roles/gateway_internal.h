@@ -189,16 +189,23 @@ int gw_produce_event(gateway_t *g, char type, const char *room, const char *user
 
 /* gateway_history.c: one page of a room's history, as `sync` and the REST
  * read serve it; both decide membership by PostgreSQL, so they agree.
- * err: 0 (msgs[0, len): the MSG objects, comma-separated; more),
- * ERR_NOT_MEMBER, ERR_UNAVAILABLE or ERR_INTERNAL. msgs is valid during the
- * call only. user "": no membership check (the server API). */
-typedef void (*gw_history_cb)(int err, const char *msgs, size_t len, int more, void *ud);
+ * err: 0 (the page), ERR_NOT_MEMBER, ERR_UNAVAILABLE or ERR_INTERNAL; the
+ * page is valid during the call only. user "": no membership check (the
+ * server API). */
+struct gw_page {
+    const char *msgs;   /* msgs[0, len): the MSG objects, comma-separated */
+    size_t len;
+    int more;
+    int64_t first;      /* > 0: seqs in (after, first) were deleted (retention) */
+};
+typedef void (*gw_history_cb)(int err, const struct gw_page *page, void *ud);
 void gw_history_read(gateway_t *g, const char *room, const char *user, int64_t after, int limit,
                      gw_history_cb cb, void *ud);
 /* A history page as the REST read and the server API answer it:
- * {"room":..,"messages":[msgs],"more":..}. */
-void gw_history_page_json(struct jbuf *b, const char *room, const char *msgs, size_t len,
-                          int more);
+ * {"room":..,"messages":[msgs],"more":..[,"first":..]}; _fields writes its
+ * fields after "room" into an open object (the sync reply). */
+void gw_history_page_json(struct jbuf *b, const char *room, const struct gw_page *page);
+void gw_history_page_fields(struct jbuf *b, const struct gw_page *page);
 
 /* gateway_ops.c: a chat message from user to chat-send, keyed by room, its
  * id (derived from cid when given) written to id (MSG_ID_LEN + 1); the

@@ -471,7 +471,7 @@ static void gw_on_change_done(int err, const char *why, const char *id, void *ud
 
 /* ---- sync ---- */
 
-static void gw_on_sync_page(int err, const char *msgs, size_t len, int more, void *ud)
+static void gw_on_sync_page(int err, const struct gw_page *page, void *ud)
 {
     struct gw_pending *p = ud;
     p->g->hist_inflight--;
@@ -485,15 +485,10 @@ static void gw_on_sync_page(int err, const char *msgs, size_t len, int more, voi
         return;
     }
     struct jbuf b;
-    jbuf_init(&b, 128 + len);
+    jbuf_init(&b, 128 + page->len);
     proto_reply_open(&b, "history", p->rid);
     jbuf_kv_strz(&b, "room", p->room);
-    jbuf_key(&b, "messages");
-    jbuf_arr_open(&b);
-    jbuf_raw(&b, msgs, len);
-    jbuf_arr_close(&b);
-    jbuf_key(&b, "more");
-    jbuf_bool(&b, more);
+    gw_history_page_fields(&b, page);
     jbuf_obj_close(&b);
     gw_send_buf(c, &b);
     gw_pending_free(p);

@@ -114,6 +114,9 @@ export interface ChatEvents {
   edit: ChangeEvent;
   /** A delete of a message, likewise. */
   delete: ChangeEvent;
+  /** Seqs from..to of a room the server no longer holds (retention deleted them before this
+   *  client caught up): skipped, the room's messages go on after them. */
+  gone: { room: string; from: number; to: number };
   state: StateEvent;
   hello: HelloEvent;
   disconnect: DisconnectEvent;

@@ -504,11 +504,33 @@ export class ChatClient {
       return;
     }
     this.deliver(r, m);
+    this.drain(r);
+  }
+
+  // The buffered messages that follow the last one delivered.
+  drain(r) {
     while (r.buffer.has(r.last + 1)) {
       const n = r.buffer.get(r.last + 1);
       r.buffer.delete(n.seq);
       this.deliver(r, n);
     }
+  }
+
+  // A history page's `first`: the server no longer holds seqs (r.last,
+  // to] (retention deleted them), so no sync can bring them. What the
+  // buffer holds of them is delivered, the rest is skipped (a `gone`
+  // event says which), and the messages after them flow again.
+  skipGone(r, room, to) {
+    const from = r.last + 1;
+    for (const s of [...r.buffer.keys()].sort((a, b) => a - b)) {
+      if (s > to) break;
+      const m = r.buffer.get(s);
+      r.buffer.delete(s);
+      this.deliver(r, m);
+    }
+    if (to > r.last) r.last = to;
+    this.emit('gone', { room, from, to });
+    this.drain(r);
   }
 
   deliver(r, m) {
@@ -567,6 +589,7 @@ export class ChatClient {
     this.request({ op: 'sync', room, after: r.last, limit: this.opt.syncLimit }).then((h) => {
       if (this.rooms.get(room) !== r) return;
       r.syncing = false;
+      if (Number.isInteger(h.first) && h.first - 1 > r.last) this.skipGone(r, room, h.first - 1);
       for (const m of Array.isArray(h.messages) ? h.messages : []) this.accept({ ...m, room }, false);
       if (r.last > from) r.tries = 0;
       const behind = r.buffer.size > 0;

@@ -281,6 +281,38 @@ test('a token provider that throws is reported (op "token") and asked again afte
   assert.equal(c.state, 'connected');
 });
 
+test('a page with first: seqs the server no longer holds are skipped (gone), not asked for again', async (t) => {
+  const srv = fakeServer();
+  const c = make(srv, { rooms: { r: 2 } });
+  t.after(() => c.close());
+  const gone = [];
+  c.on('gone', (g) => gone.push(g));
+  c.connect();
+  await until('socket', () => srv.sockets.length === 1);
+  const ws = srv.sockets[0];
+  ws.open();
+  await until('sync after hello', () => ws.reqs('sync').length === 1);
+  let s = ws.reqs('sync')[0];
+  // 3..5 were deleted by retention: the page starts at 6 and says so.
+  ws.push({ op: 'history', rid: s.rid, room: 'r', messages: [msg('r', 6), msg('r', 7)], more: false, first: 6 });
+  await until('delivered', () => c.got.length === 2);
+  assert.deepEqual(c.got, [6, 7]);
+  assert.deepEqual(gone, [{ room: 'r', from: 3, to: 5 }]);
+  // A live message past a gap; the sync finds the room emptied up to 9
+  // (an empty page with first): 8 is skipped, 10 delivered, no more syncs.
+  ws.push(msg('r', 10));
+  await until('gap sync', () => ws.reqs('sync').length === 2);
+  s = ws.reqs('sync')[1];
+  assert.equal(s.after, 7);
+  ws.push({ op: 'history', rid: s.rid, room: 'r', messages: [], more: false, first: 10 });
+  await until('delivered after the gone seqs', () => c.got.length === 3);
+  assert.deepEqual(c.got, [6, 7, 10]);
+  assert.deepEqual(gone[1], { room: 'r', from: 8, to: 9 });
+  await tick(30);
+  assert.equal(ws.reqs('sync').length, 2);
+  assert.equal(c.lastSeq('r'), 10);
+});
+
 test('edits and deletes: in seq order with the messages, applied to the store, through a gap sync', async (t) => {
   const srv = fakeServer();
   const c = make(srv, { rooms: { r: 0 } });
