@@ -140,9 +140,18 @@ class KafkaCluster:
     """A KRaft cluster of 1 or 3 combined nodes under dir (see module doc)."""
 
     def __init__(self, dir, nodes=1, version=DEFAULT_VERSION, port=0, heap=HEAP,
-                 die_with_parent=False):
+                 die_with_parent=False, group_delay_ms=None):
         """die_with_parent: nodes get SIGKILL when this process dies (tests:
-        a killed test run leaves no broker behind); not for `kafka.py up`."""
+        a killed test run leaves no broker behind); not for `kafka.py up`.
+        group_delay_ms: the brokers' group.initial.rebalance.delay.ms (None:
+        Kafka's 3 s, as production). Tests pass 1000: each test's cluster has
+        a group of its own and its classifiers are ready only once the first
+        join is over, so the delay (6 s measured: the second classifier's
+        join extends it by another 3) was waited out at every cluster start.
+        Not 0: the first classifier would then take every partition and
+        hand half over in a second, cooperative round a moment later; 1 s
+        still lets both classifiers, started together, join one balanced
+        first assignment, as with Kafka's default."""
         self.dir = os.path.abspath(dir)
         self.die_with_parent = die_with_parent
         state = os.path.join(self.dir, "cluster.json")
@@ -153,7 +162,8 @@ class KafkaCluster:
             ports = [port + 2 * i if port else free_port() for i in range(nodes)]
             ctl = [port + 2 * i + 1 if port else free_port() for i in range(nodes)]
             self.state = {"version": version, "nodes": nodes, "ports": ports,
-                          "controller_ports": ctl, "cluster_id": _cluster_id(), "heap": heap}
+                          "controller_ports": ctl, "cluster_id": _cluster_id(), "heap": heap,
+                          "group_delay_ms": group_delay_ms}
         self._procs = {}     # node -> Popen, for the nodes this object started
         self._expected = {}  # node -> 1 while it should be running (start .. kill/down)
         self.version = self.state["version"]
@@ -193,6 +203,8 @@ class KafkaCluster:
             # chatd's classifiers use a 2 s session (the fault tests 3 s);
             # Kafka's default floor of 6 s would refuse both.
             "group.min.session.timeout.ms=1000",
+        ] + ([f"group.initial.rebalance.delay.ms={self.state['group_delay_ms']}"]
+             if self.state.get("group_delay_ms") is not None else []) + [
             "auto.create.topics.enable=false",
             f"offsets.topic.replication.factor={n}",
             "offsets.topic.num.partitions=10",

@@ -31,7 +31,8 @@ def acquire(dir):
     """The session's Kafka, started in dir by the first caller (fetching the
     jars if needed): one pytest run of several suites shares one broker."""
     if _shared["cluster"] is None:
-        _shared["cluster"] = kafkactl.KafkaCluster(dir, nodes=NODES, die_with_parent=True).up()
+        _shared["cluster"] = kafkactl.KafkaCluster(dir, nodes=NODES, die_with_parent=True,
+                                                     group_delay_ms=1000).up()
     _shared["users"] += 1
     return _shared["cluster"]
 

@@ -36,7 +36,7 @@ class NetKafka(kafkascript.KafkaCluster):
 
     def __init__(self, topo, dir):
         self.topo = topo
-        super().__init__(dir, nodes=3, die_with_parent=True)
+        super().__init__(dir, nodes=3, die_with_parent=True, group_delay_ms=1000)
         self.state["ports"] = [KAFKA_PORT] * 3
         self.state["controller_ports"] = [KAFKA_CTL_PORT] * 3
         self.ports = self.state["ports"]
