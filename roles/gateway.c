@@ -737,6 +737,20 @@ static void gw_member_check_free(struct gw_member_check *k)
 
 static void gw_member_check_send(struct gw_member_check *k);
 
+static void gw_member_left_frame(gateway_t *g, struct gw_user *u, const char *room)
+{
+    struct jbuf b;
+    jbuf_init(&b, 112);
+    jbuf_obj_open(&b);
+    jbuf_kv_strz(&b, "op", "left");
+    jbuf_kv_strz(&b, "room", room);
+    jbuf_kv_strz(&b, "user", u->id);
+    jbuf_obj_close(&b);
+    if (!b.failed)
+        gw_deliver_user(g, u, b.p, b.len);
+    jbuf_free(&b);
+}
+
 static void gw_on_member_check_retry(uv_timer_t *t)
 {
     struct gw_member_check *k = t->data;
@@ -765,10 +779,19 @@ static void gw_on_member_check(int err, PGresult *res, void *ud)
     if (u && !err) {
         struct gw_member *m = gw_member_find(g, u, k->room);
         int member = PQntuples(res) > 0;
-        if (member && !m)
+        if (member && !m) {
             gw_member_add(g, u, k->room, 1);
-        else if (!member && m)
+        } else if (!member && m) {
+            /* A check begun before a removal (by a `joined` that came in
+             * the same batch as the room's next message, say) can answer
+             * after it: the `left` record then finds no member here and
+             * reaches nobody, so the user's sessions hear it now. Not when
+             * a `left` record was delivered already (its check, or one
+             * pending: the member is held). */
+            if (!k->hold && !m->held)
+                gw_member_left_frame(g, u, k->room);
             gw_member_remove(g, m);
+        }
         if (member && k->frame)
             gw_deliver_user(g, u, k->frame, k->frame_len);
     }
