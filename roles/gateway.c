@@ -740,12 +740,7 @@ static void gw_member_check_send(struct gw_member_check *k);
 static void gw_member_left_frame(gateway_t *g, struct gw_user *u, const char *room)
 {
     struct jbuf b;
-    jbuf_init(&b, 112);
-    jbuf_obj_open(&b);
-    jbuf_kv_strz(&b, "op", "left");
-    jbuf_kv_strz(&b, "room", room);
-    jbuf_kv_strz(&b, "user", u->id);
-    jbuf_obj_close(&b);
+    gw_member_frame(&b, "left", room, u->id, 0);
     if (!b.failed)
         gw_deliver_user(g, u, b.p, b.len);
     jbuf_free(&b);

@@ -176,6 +176,8 @@ void gw_send_buf(struct gw_conn *c, struct jbuf *b);
  * every gateway of the user, and of the room, checks the membership in
  * PostgreSQL and applies it (the server API's member changes use it too). */
 void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet);
+/* The joined/left frame {op, room, user[, quiet]} into b (initialised here). */
+void gw_member_frame(struct jbuf *b, const char *op, const char *room, const char *user, int quiet);
 /* Produces frame (freed) to chat-send, key room, type t (j/l: user in the
  * u header). 0 or the produce error (logged). */
 int gw_produce_event(gateway_t *g, char type, const char *room, const char *user, struct jbuf *frame);

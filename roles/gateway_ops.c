@@ -146,19 +146,24 @@ int gw_produce_event(gateway_t *g, char type, const char *room, const char *user
 /* quiet: the request changed nothing (already a member, not a member, or
  * the retry of a request whose reply was lost): the record is not shown to
  * clients, it only makes the user's gateways check (GW_QUIET_TAIL). */
+void gw_member_frame(struct jbuf *b, const char *op, const char *room, const char *user, int quiet)
+{
+    jbuf_init(b, 112);
+    jbuf_obj_open(b);
+    jbuf_kv_strz(b, "op", op);
+    jbuf_kv_strz(b, "room", room);
+    jbuf_kv_strz(b, "user", user);
+    if (quiet) {
+        jbuf_key(b, "quiet");
+        jbuf_bool(b, 1);
+    }
+    jbuf_obj_close(b);
+}
+
 void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet)
 {
     struct jbuf b;
-    jbuf_init(&b, 112);
-    jbuf_obj_open(&b);
-    jbuf_kv_strz(&b, "op", op);
-    jbuf_kv_strz(&b, "room", room);
-    jbuf_kv_strz(&b, "user", user);
-    if (quiet) {
-        jbuf_key(&b, "quiet");
-        jbuf_bool(&b, 1);
-    }
-    jbuf_obj_close(&b);
+    gw_member_frame(&b, op, room, user, quiet);
     gw_produce_event(g, op[0] == 'j' ? REC_JOINED : REC_LEFT, room, user, &b);
 }
 
