@@ -56,7 +56,7 @@ struct api_req {
     char cid[PROTO_CID_MAX + 1];  /* publish: the idempotency key */
     char id[MSG_ID_LEN + 1];      /* the message: of a publish, or the one changed */
     char name[API_NAME_MAX + 1];
-    int private_, has_name, has_owner;
+    int private_, has_name, has_owner; /* private_ -1: absent, keep the room's */
     int64_t retention_s;          /* room put: -1 keeps the room's */
     char owner[AUTH_USER_MAX + 1];
     char after_user[AUTH_USER_MAX + 1];
@@ -679,7 +679,7 @@ static void api_room_put(api_t *a, http_req_t *req, const char *room)
         return;
     }
     struct api_req *q = api_req_new(a, req, API_ROOM_PUT, room);
-    q->private_ = cJSON_IsTrue(pv);
+    q->private_ = pv ? cJSON_IsTrue(pv) : -1;
     q->retention_s = retention;
     if (name) {
         q->has_name = 1;

@@ -425,15 +425,17 @@ void db_room_put(pg_client_t *pg, const char *room, int private_, const char *na
 {
     char ret[24];
     snprintf(ret, sizeof ret, "%" PRId64, retention_s);
-    const char *p[] = { room, private_ ? "t" : "f", name, owner, retention_s >= 0 ? ret : NULL };
+    const char *priv = private_ < 0 ? NULL : private_ ? "t" : "f";
+    const char *p[] = { room, priv, name, owner, retention_s >= 0 ? ret : NULL };
     /* xmax = 0: the row was inserted, not updated. The owner is a member
      * from the start (the room's first member of a private room). A
      * retention of 0 is none of the room's own (NULL), absent ($5 NULL)
-     * keeps the room's. */
+     * keeps the room's; so does an absent private ($2 NULL): a PUT that
+     * only renames a private room must not open it. */
     pg_query(pg,
              "WITH r AS (INSERT INTO rooms (room, private, name, owner, retention_s) "
-             "VALUES ($1, $2::boolean, $3, $4, NULLIF($5::bigint, 0)) "
-             "ON CONFLICT (room) DO UPDATE SET private = EXCLUDED.private, "
+             "VALUES ($1, COALESCE($2::boolean, false), $3, $4, NULLIF($5::bigint, 0)) "
+             "ON CONFLICT (room) DO UPDATE SET private = COALESCE($2::boolean, rooms.private), "
              "name = COALESCE(EXCLUDED.name, rooms.name), owner = COALESCE(EXCLUDED.owner, rooms.owner), "
              "retention_s = CASE WHEN $5::bigint IS NULL THEN rooms.retention_s ELSE EXCLUDED.retention_s END, "
              "archived = false RETURNING xmax = 0 AS created, room, private, name, owner, archived, retention_s), "

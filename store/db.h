@@ -119,6 +119,7 @@ void db_apply_changes(pg_client_t *pg, const char *rooms, const char *ids, const
 /* Creates or updates a room (private, name, owner; NULL name/owner keep the
  * old ones; retention_s: -1 keeps the room's, 0 none of its own, else
  * seconds: migrations/008) and un-archives it; the owner becomes a member.
+ * private_ < 0 (absent) keeps the room's (false for a new room).
  * One row: (created, room, private, name, owner, archived, owner's
  * membership new, retention_s or NULL). */
 void db_room_put(pg_client_t *pg, const char *room, int private_, const char *name,

@@ -205,6 +205,32 @@ def test_room_retention_set_kept_cleared_and_bad_values(cluster):
     assert stored() is None
 
 
+def test_put_without_private_keeps_the_room_private(cluster):
+    """A PUT that only renames (or sets the retention of) a private room
+    keeps it private: `private` absent keeps the room's, as `name` and
+    `owner` do (it used to reset it to false and open the room)."""
+    room, owner, outsider = uid("privkeep"), uid("own"), uid("out")
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"private": True, "owner": owner})
+    assert st == 201 and r["private"] is True, r
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"name": "renamed"})
+    assert st == 200 and r["private"] is True and r["name"] == "renamed", r
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"retention_seconds": 86400})
+    assert st == 200 and r["private"] is True, r
+    st, _, r = api(cluster, "GET", f"/v1/rooms/{room}")
+    assert st == 200 and r["private"] is True, r
+
+    async def body():
+        x = await cluster.client(outsider, gw=1)
+        await x.expect_error({"op": "join", "room": room}, "forbidden")
+        await x.close()
+    arun(body())
+    # an explicit false still opens it, and a new room without it is open
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{room}", {"private": False})
+    assert st == 200 and r["private"] is False, r
+    st, _, r = api(cluster, "PUT", f"/v1/rooms/{uid('open')}", {"name": "x"})
+    assert st == 201 and r["private"] is False, r
+
+
 def test_private_room_forbidden_and_member_removal_on_other_gateway(cluster):
     """A private room refuses a join (forbidden) of a non-member; a member
     added by the API joins; removed by the API through gateway 0, its
