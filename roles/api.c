@@ -60,6 +60,8 @@ struct api_req {
     int64_t retention_s;          /* room put: -1 keeps the room's */
     char owner[AUTH_USER_MAX + 1];
     char after_user[AUTH_USER_MAX + 1];
+    int status;                   /* a member change: the answer once Kafka has its record */
+    struct jbuf answer;
 };
 
 /* ---- responses ---- */
@@ -95,7 +97,33 @@ static void api_req_free(struct api_req *q)
 {
     q->a->inflight--;
     free(q->text);
+    jbuf_free(&q->answer);
     free(q);
+}
+
+/* A member change's joined/left record acknowledged by Kafka (gw_acks_new):
+ * the answer prepared in q is sent, else 503. The change is committed either
+ * way; its retry makes a quiet record that brings the gateways up to date. */
+static void api_on_member_acked(int err, void *ud)
+{
+    struct api_req *q = ud;
+    if (err) {
+        log_warn("api_member_record_failed", "op=%d room=%s user=%s err=%s", q->op, q->room, q->user,
+                 err_code(err));
+        api_unavailable(q->req, "done, but the member's gateways were not told: send the request again");
+    } else {
+        api_json(q->req, q->status, &q->answer);
+    }
+    api_req_free(q);
+}
+
+/* Answers status + b once Kafka has the record(s) produced with the
+ * returned acks (then gw_acks_arm). b is kept in q. */
+static struct gw_acks *api_answer_after_acks(struct api_req *q, int status, struct jbuf *b)
+{
+    q->status = status;
+    q->answer = *b;
+    return gw_acks_new(api_on_member_acked, q);
 }
 
 /* A backend answered err: the request is answered 503 and freed. */
@@ -331,13 +359,18 @@ static void api_on_room_put(int err, PGresult *res, void *ud)
         api_req_free(q);
         return;
     }
-    if (q->has_owner) /* loud when the owner's membership is new */
-        gw_member_changed(q->a->g, "joined", q->room, q->owner, strcmp(PQgetvalue(res, 0, 6), "0") == 0);
     struct jbuf b;
     jbuf_init(&b, 256);
     api_room_json(&b, res);
     jbuf_obj_close(&b);
-    api_json(q->req, PQgetvalue(res, 0, 0)[0] == 't' ? 201 : 200, &b);
+    int status = PQgetvalue(res, 0, 0)[0] == 't' ? 201 : 200;
+    if (q->has_owner) { /* loud when the owner's membership is new */
+        struct gw_acks *k = api_answer_after_acks(q, status, &b);
+        gw_member_changed(q->a->g, "joined", q->room, q->owner, strcmp(PQgetvalue(res, 0, 6), "0") == 0, k);
+        gw_acks_arm(k);
+        return;
+    }
+    api_json(q->req, status, &b);
     api_req_free(q);
 }
 
@@ -372,8 +405,10 @@ static void api_on_room_archive(int err, PGresult *res, void *ud)
             continue;
         }
         /* Each removed member's gateways drop the room (and its sessions
-         * see `left`), as for a leave. */
-        gw_member_changed(q->a->g, "left", q->room, PQgetvalue(res, i, 0), 0);
+         * see `left`), as for a leave. Not waited for: an archived room
+         * takes no message any more, so a lost `left` leaks nothing, and
+         * the retry of an archive finds no member to announce. */
+        gw_member_changed(q->a->g, "left", q->room, PQgetvalue(res, i, 0), 0, NULL);
         removed++;
     }
     if (!found) {
@@ -395,7 +430,9 @@ static void api_on_room_archive(int err, PGresult *res, void *ud)
 
 /* ---- members ---- */
 
-static void api_member_reply(struct api_req *q, const char *key, int changed)
+/* The member's record (op "joined" or "left"), then the 200 {room, user,
+ * key: changed} once Kafka has it. */
+static void api_member_reply(struct api_req *q, const char *op, const char *key, int changed)
 {
     struct jbuf b;
     jbuf_init(&b, 200);
@@ -405,8 +442,9 @@ static void api_member_reply(struct api_req *q, const char *key, int changed)
     jbuf_key(&b, key);
     jbuf_bool(&b, changed);
     jbuf_obj_close(&b);
-    api_json(q->req, 200, &b);
-    api_req_free(q);
+    struct gw_acks *k = api_answer_after_acks(q, 200, &b);
+    gw_member_changed(q->a->g, op, q->room, q->user, !changed, k);
+    gw_acks_arm(k);
 }
 
 static void api_on_member_add(int err, PGresult *res, void *ud)
@@ -432,8 +470,7 @@ static void api_on_member_add(int err, PGresult *res, void *ud)
     }
     /* Quiet when nothing changed: the user's gateways still check (the
      * retry of an add whose answer was lost brings them up to date). */
-    gw_member_changed(q->a->g, "joined", q->room, q->user, !inserted);
-    api_member_reply(q, "added", inserted);
+    api_member_reply(q, "joined", "added", inserted);
 }
 
 static void api_on_member_remove(int err, PGresult *res, void *ud)
@@ -441,9 +478,7 @@ static void api_on_member_remove(int err, PGresult *res, void *ud)
     struct api_req *q = ud;
     if (api_backend_failed(q, err))
         return;
-    int removed = PQntuples(res) > 0;
-    gw_member_changed(q->a->g, "left", q->room, q->user, !removed);
-    api_member_reply(q, "removed", removed);
+    api_member_reply(q, "left", "removed", PQntuples(res) > 0);
 }
 
 static void api_on_members(int err, PGresult *res, void *ud)

@@ -718,6 +718,7 @@ struct gw_member_check {
     char *frame;                    /* a loud `joined` the user's sessions did not get */
     size_t frame_len;
     int hold;                       /* a `left`'s check: the member is held until it answers */
+    int loud;                       /* that `left`'s frame was delivered (not quiet) */
     char room[PROTO_ROOM_MAX + 1];
     char user[AUTH_USER_MAX + 1];
 };
@@ -780,10 +781,11 @@ static void gw_on_member_check(int err, PGresult *res, void *ud)
             /* A check begun before a removal (by a `joined` that came in
              * the same batch as the room's next message, say) can answer
              * after it: the `left` record then finds no member here and
-             * reaches nobody, so the user's sessions hear it now. Not when
-             * a `left` record was delivered already (its check, or one
-             * pending: the member is held). */
-            if (!k->hold && !m->held)
+             * reaches nobody; a quiet `left` (the retry of a removal whose
+             * record was lost) is delivered to nobody. So the user's
+             * sessions hear it now, unless a loud `left` record was
+             * delivered already (its check, or one pending). */
+            if (!m->announced)
                 gw_member_left_frame(g, u, k->room);
             gw_member_remove(g, m);
         }
@@ -793,6 +795,8 @@ static void gw_on_member_check(int err, PGresult *res, void *ud)
     struct gw_member *held = u && k->hold ? gw_member_find(g, u, k->room) : NULL;
     if (held && held->held > 0)
         held->held--;
+    if (held && k->loud && held->announced > 0)
+        held->announced--;
     gw_member_check_free(k);
 }
 
@@ -835,6 +839,8 @@ static void gw_member_event(gateway_t *g, const struct kafka_rec *rec, const cha
     if (m) {
         m->held++;
         k->hold = 1;
+        k->loud = !quiet;
+        m->announced += k->loud;
     }
     gw_member_check_send(k);
 }

@@ -64,6 +64,7 @@ struct gw_member {
     struct gw_member *next, *prev;  /* in r->members */
     struct gw_member *unext, *uprev; /* in u->rooms */
     int held;                       /* `left` checks pending: the room is not delivered to it */
+    int announced;                  /* of those, loud: their frame reached its sessions */
     UT_hash_handle hh;              /* g->members */
 };
 
@@ -172,15 +173,28 @@ int gw_conn_expired(struct gw_conn *c, uint64_t now_ms);
 void gw_ops_on_text(ws_conn_t *ws, const char *data, size_t len, void *user);
 void gw_send_error(struct gw_conn *c, const char *rid, int err, const char *why);
 void gw_send_buf(struct gw_conn *c, struct jbuf *b);
+/* The delivery reports of the records one request makes, gathered: cb(err,
+ * ud) runs once, after gw_acks_arm, when Kafka has acknowledged every
+ * record produced with a (err 0) or one of them failed (its error). A
+ * membership change is answered only then: its record is the only thing
+ * that tells the member's other gateways (a lost `left` kept a removed
+ * member receiving the room), and the request's retry makes a quiet one. */
+typedef void (*gw_acks_cb)(int err, void *ud);
+struct gw_acks;
+struct gw_acks *gw_acks_new(gw_acks_cb cb, void *ud);
+void gw_acks_arm(struct gw_acks *a);
 /* Produces a joined/left record (op "joined" or "left") for (room, user):
  * every gateway of the user, and of the room, checks the membership in
  * PostgreSQL and applies it (the server API's member changes use it too). */
-void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet);
+void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet,
+                       struct gw_acks *a);
 /* The joined/left frame {op, room, user[, quiet]} into b (initialised here). */
 void gw_member_frame(struct jbuf *b, const char *op, const char *room, const char *user, int quiet);
 /* Produces frame (freed) to chat-send, key room, type t (j/l: user in the
- * u header). 0 or the produce error (logged). */
-int gw_produce_event(gateway_t *g, char type, const char *room, const char *user, struct jbuf *frame);
+ * u header). 0 or the produce error (logged). a (may be NULL) learns the
+ * record's fate. */
+int gw_produce_event(gateway_t *g, char type, const char *room, const char *user, struct jbuf *frame,
+                     struct gw_acks *a);
 
 /* The server API's "disconnect everywhere" (roles/api.h): a quiet `left`
  * record keyed by GW_DISCONNECT_ROOM, routed like every member record to

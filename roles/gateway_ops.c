@@ -119,15 +119,43 @@ static void gw_reply_ok(struct gw_conn *c, const char *rid, const char *room, in
 
 /* ---- events through chat-send (typing, read, joined, left) ---- */
 
+struct gw_acks {
+    int pending; /* records in flight, + 1 until gw_acks_arm */
+    int err;     /* the first failure */
+    gw_acks_cb cb;
+    void *ud;
+};
+
+struct gw_acks *gw_acks_new(gw_acks_cb cb, void *ud)
+{
+    struct gw_acks *a = malloc(sizeof *a);
+    CHATD_ASSERT(a != NULL);
+    *a = (struct gw_acks){ .pending = 1, .cb = cb, .ud = ud };
+    return a;
+}
+
+static void gw_acks_done(struct gw_acks *a, int err)
+{
+    if (err && !a->err)
+        a->err = err;
+    if (--a->pending > 0)
+        return;
+    a->cb(a->err, a->ud);
+    free(a);
+}
+
+void gw_acks_arm(struct gw_acks *a) { gw_acks_done(a, 0); }
+
 static void gw_on_event_dr(int err, void *opaque)
 {
-    (void)opaque;
     if (err)
         log_warn("event_produce_failed", "err=%s", err_code(err));
+    if (opaque)
+        gw_acks_done(opaque, err);
 }
 
 int gw_produce_event(gateway_t *g, char type, const char *room, const char *user,
-                            struct jbuf *frame)
+                     struct jbuf *frame, struct gw_acks *a)
 {
     struct kafka_hdrs h = { .version = RECORD_VERSION, .type = type };
     if (type == REC_JOINED || type == REC_LEFT) {
@@ -136,10 +164,15 @@ int gw_produce_event(gateway_t *g, char type, const char *room, const char *user
     }
     int rc = frame->failed ? ERR_NOMEM
                            : kafka_produce(g->producer, g->conf->topic_send, -1, room, strlen(room),
-                                           frame->p, frame->len, &h, gw_on_event_dr, NULL);
+                                           frame->p, frame->len, &h, gw_on_event_dr, a);
     jbuf_free(frame);
-    if (rc)
+    if (a)
+        a->pending++;
+    if (rc) {
         log_warn("event_produce_failed", "room=%s type=%c err=%s", room, type, err_code(rc));
+        if (a)
+            gw_acks_done(a, rc);
+    }
     return rc;
 }
 
@@ -160,11 +193,12 @@ void gw_member_frame(struct jbuf *b, const char *op, const char *room, const cha
     jbuf_obj_close(b);
 }
 
-void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet)
+void gw_member_changed(gateway_t *g, const char *op, const char *room, const char *user, int quiet,
+                       struct gw_acks *a)
 {
     struct jbuf b;
     gw_member_frame(&b, op, room, user, quiet);
-    gw_produce_event(g, op[0] == 'j' ? REC_JOINED : REC_LEFT, room, user, &b);
+    gw_produce_event(g, op[0] == 'j' ? REC_JOINED : REC_LEFT, room, user, &b, a);
 }
 
 /* ---- join: membership (PostgreSQL), route then head (Redis) ---- */
@@ -248,6 +282,25 @@ static void gw_on_join_head(int err, int64_t head, void *ud)
     db_max_seq(gw_pg(p->g, p->user), p->room, gw_on_join_stored_head, p);
 }
 
+/* The member's records in Kafka: the join goes on (local index, route,
+ * head), or is answered `unavailable` (its retry makes a quiet record). */
+static void gw_on_join_acked(int err, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err) {
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "joined, but not yet announced: join again");
+        gw_pending_free(p);
+        return;
+    }
+    /* Local index first: a record for the room may arrive before the head. */
+    gw_member_add(p->g, c->u, p->room, 0);
+    routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
+                     gw_on_join_head, p);
+}
+
 /* The side effects follow the committed statement, whether or not the
  * client is still there to hear the reply: a `joined` for the user (and the
  * DM peer), loud when the row is new, quiet otherwise, so the retry of a
@@ -259,11 +312,14 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
     int j = err ? DB_JOIN_FULL : db_join_result(res);
     if (!err && j != DB_JOIN_FULL && j != DB_JOIN_CLOSED) {
         char peer[AUTH_USER_MAX + 1];
+        struct gw_acks *a = gw_acks_new(gw_on_join_acked, p);
         p->inserted = j == DB_JOIN_INSERTED;
-        gw_member_changed(p->g, "joined", p->room, p->user, !p->inserted);
+        gw_member_changed(p->g, "joined", p->room, p->user, !p->inserted, a);
         if (gw_dm_peer(p->room, p->user, peer))
             gw_member_changed(p->g, "joined", p->room, peer,
-                              strtol(PQgetvalue(res, 0, 1), NULL, 10) == 0);
+                              strtol(PQgetvalue(res, 0, 1), NULL, 10) == 0, a);
+        gw_acks_arm(a);
+        return;
     }
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
@@ -278,15 +334,8 @@ static void gw_on_join_db(int err, PGresult *res, void *ud)
         gw_pending_free(p);
         return;
     }
-    if (j == DB_JOIN_CLOSED) {
-        gw_send_error(c, p->rid, ERR_FORBIDDEN, "this room is private (or archived): only members may join");
-        gw_pending_free(p);
-        return;
-    }
-    /* Local index first: a record for the room may arrive before the head. */
-    gw_member_add(p->g, c->u, p->room, 0);
-    routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
-                     gw_on_join_head, p);
+    gw_send_error(c, p->rid, ERR_FORBIDDEN, "this room is private (or archived): only members may join");
+    gw_pending_free(p);
 }
 
 static void gw_op_join(struct gw_conn *c, const struct proto_req *r)
@@ -299,6 +348,20 @@ static void gw_op_join(struct gw_conn *c, const struct proto_req *r)
 
 /* ---- leave ---- */
 
+/* An `ok` once the record is in Kafka (gw_acks_new). */
+static void gw_on_member_acked(int err, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err)
+        gw_send_error(c, p->rid, ERR_UNAVAILABLE, "done, but not yet announced: send it again");
+    else
+        gw_reply_ok(c, p->rid, p->room, -1);
+    gw_pending_free(p);
+}
+
 /* Like a join's, the side effects follow the committed statement: the
  * `left` (quiet when no row was deleted, e.g. the retry of a leave whose
  * reply was lost) and the local index, with or without the client. */
@@ -306,20 +369,20 @@ static void gw_on_leave_db(int err, PGresult *res, void *ud)
 {
     struct gw_pending *p = ud;
     if (!err) {
-        gw_member_changed(p->g, "left", p->room, p->user, PQntuples(res) == 0);
         struct gw_user *u = p->c->ws ? p->c->u : gw_user_find(p->g, p->user);
         struct gw_member *m = u ? gw_member_find(p->g, u, p->room) : NULL;
         if (m)
             gw_member_remove(p->g, m);
+        struct gw_acks *a = gw_acks_new(gw_on_member_acked, p);
+        gw_member_changed(p->g, "left", p->room, p->user, PQntuples(res) == 0, a);
+        gw_acks_arm(a);
+        return;
     }
     struct gw_conn *c = gw_pending_conn(p);
-    if (!c)
-        return;
-    if (err)
+    if (c) {
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
-    else
-        gw_reply_ok(c, p->rid, p->room, -1);
-    gw_pending_free(p);
+        gw_pending_free(p);
+    }
 }
 
 /* ---- add, remove: the owner of a room manages its members ---- */
@@ -334,8 +397,12 @@ static void gw_on_owner_db(int err, PGresult *res, void *ud)
     /* The statement's snapshot does not see its own insert: changed, or a
      * member already. */
     int member = p->op == OP_ADD && owner && (changed || PQgetvalue(res, 0, 2)[0] == 't');
-    if (owner && (p->op == OP_REMOVE || member))
-        gw_member_changed(p->g, p->op == OP_ADD ? "joined" : "left", p->room, p->target, !changed);
+    if (owner && (p->op == OP_REMOVE || member)) {
+        struct gw_acks *a = gw_acks_new(gw_on_member_acked, p);
+        gw_member_changed(p->g, p->op == OP_ADD ? "joined" : "left", p->room, p->target, !changed, a);
+        gw_acks_arm(a);
+        return;
+    }
     struct gw_conn *c = gw_pending_conn(p);
     if (!c)
         return;
@@ -343,10 +410,8 @@ static void gw_on_owner_db(int err, PGresult *res, void *ud)
         gw_send_error(c, p->rid, ERR_UNAVAILABLE, NULL);
     else if (!owner)
         gw_send_error(c, p->rid, ERR_FORBIDDEN, "only the room's owner may add or remove members");
-    else if (p->op == OP_ADD && !member)
-        gw_send_error(c, p->rid, ERR_FORBIDDEN, "the user is in too many rooms (--max-rooms-per-user)");
     else
-        gw_reply_ok(c, p->rid, p->room, -1);
+        gw_send_error(c, p->rid, ERR_FORBIDDEN, "the user is in too many rooms (--max-rooms-per-user)");
     gw_pending_free(p);
 }
 
@@ -550,7 +615,7 @@ static void gw_on_read_db(int err, int member, int64_t seq, void *ud)
     jbuf_kv_strz(&b, "from", p->user);
     jbuf_kv_int(&b, "seq", seq);
     jbuf_obj_close(&b);
-    gw_produce_event(p->g, REC_EVENT, p->room, p->user, &b);
+    gw_produce_event(p->g, REC_EVENT, p->room, p->user, &b, NULL);
     gw_pending_free(p);
 }
 
@@ -597,7 +662,7 @@ static void gw_op_typing(struct gw_conn *c, const struct proto_req *r)
     jbuf_kv_strz(&b, "room", r->room);
     jbuf_kv_strz(&b, "from", c->u->id);
     jbuf_obj_close(&b);
-    gw_produce_event(c->g, REC_EVENT, r->room, c->u->id, &b);
+    gw_produce_event(c->g, REC_EVENT, r->room, c->u->id, &b, NULL);
 }
 
 /* ---- dispatch ---- */

@@ -130,3 +130,70 @@ def test_publish_503_when_kafka_is_down_then_retry_stored_once(start_all_instanc
     time.sleep(1.0)  # a late duplicate would be stored by now
     msgs = json.loads(http_request(api_port, "GET", f"/v1/rooms/{room}/messages", headers=h)[2])["messages"]
     assert [m["id"] for m in msgs] == [mid], msgs
+
+
+def test_member_changes_answered_once_kafka_has_their_record(start_all_instance):
+    """While Kafka cannot take records, a member removal by the API, a
+    client's leave and a client's join are answered 503 / `unavailable`
+    once their joined/left record's produce fails (message.timeout.ms), not
+    200 / `ok` with the record lost: a lost `left` left the removed member
+    receiving the private room for good (nothing else tells its gateway).
+    The retry once Kafka is back brings every gateway up to date, and the
+    removed member hears its `left`."""
+    import asyncio
+    import time
+    api_port = __import__("chatlib").free_port()
+    # (librdkafka notices a timed-out record of a down broker's partition
+    # when that broker's thread next wakes: up to reconnect.backoff.max.ms)
+    inst = start_all_instance("memk", ["--fault-injection", f"--api-listen=127.0.0.1:{api_port}",
+                                       "--kafka-opt=message.timeout.ms=1500",
+                                       "--kafka-opt=reconnect.backoff.max.ms=500"],
+                              env={"CHATD_API_KEY": API_KEY})
+    h = {"Authorization": f"Bearer {API_KEY}"}
+    room, owner, member, other = uid("pk"), uid("own"), uid("mem"), uid("oth")
+    assert http_request(api_port, "PUT", f"/v1/rooms/{room}", body={"private": True, "owner": owner},
+                        headers=h)[0] == 201
+    assert http_request(api_port, "PUT", f"/v1/rooms/{room}/members/{member}", headers=h)[0] == 200
+
+    def broker(state):
+        assert http_request(inst.port, "POST", f"/faults/broker/1/{state}")[0] == 200
+
+    def remove():
+        return http_request(api_port, "DELETE", f"/v1/rooms/{room}/members/{member}", headers=h,
+                            timeout=15)
+
+    async def body():
+        o = await inst.client(owner)
+        m = await inst.client(member)
+        x = await inst.client(other)
+        await m.join(room)
+        await o.send(room, "one")
+        await m.wait_seqs(room, [1])
+        open_room = uid("open")
+        broker("down")
+        try:
+            st, _, r = await asyncio.to_thread(remove)
+            assert st == 503, (st, r)
+            j = await x.req("join", room=open_room, timeout=15)
+            assert j.get("op") == "error" and j.get("code") == "unavailable", j
+            lv = await o.req("leave", room=open_room, timeout=15)
+            assert lv.get("op") == "error" and lv.get("code") == "unavailable", lv
+        finally:
+            broker("up")
+        deadline = time.monotonic() + 30
+        while True:
+            st, _, r = await asyncio.to_thread(remove)
+            if st == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert st == 200 and json.loads(r)["removed"] is False, (st, r)
+        await m.wait_event(lambda e: e.get("op") == "left" and e.get("room") == room
+                           and e.get("user") == member, timeout=15, what="left")
+        await o.send(room, "two")
+        await o.wait_seqs(room, [2])
+        await m.drain_events(1.0)
+        assert m.seqs(room) == {1}, m.msgs(room)
+        assert await x.join(open_room) == 0
+        for c in (o, m, x):
+            await c.close()
+    arun(body())
