@@ -83,3 +83,73 @@ def test_closed_month_compacted_online_keeps_every_row(pg):
     assert q("SELECT state FROM chatd_compactions WHERE part = %s", (part,)) == [("done",)]
     assert q("SELECT step FROM chatd_messages_compact(86400, 300)") == [("none",)]
     assert q("SELECT count(*) FROM pg_class WHERE relname LIKE %s", (part + "\\_c%",))[0][0] == 0
+
+
+def test_compact_steps_busy_ordered_gone(pg):
+    """The steps' other answers: a month already in room order is only
+    marked done; a swap that does not get messages' lock within p_lock_ms
+    gives up (busy) with its copy kept, and the next call swaps; a month
+    dropped by retention between steps ends gone, its copy dropped."""
+    import threading
+    import time
+    dbname = "chatd_" + uid("compact2").replace("-", "_")
+    conninfo = pg.create_db(dbname)
+    schema(conninfo)
+
+    def q(sql, args=()):
+        return pg.query(sql, args, db=dbname)
+
+    def step():
+        return q("SELECT part, step FROM chatd_messages_compact(86400, 300)")[0]
+
+    now = int(time.time() * 1000)
+    parts = {}
+    for name, days, order in (("a", 100, "i, r"), ("b", 70, "r, i"), ("c", 200, "i, r")):
+        ts = now - days * 86400000
+        (parts[name],), = q("SELECT chatd_messages_partition(%s)", (ts,))
+        q("INSERT INTO messages (room, seq, id, user_id, body, ts) "
+          f"SELECT r, i, md5(r || i), 'u', 'b', %s + i FROM unnest('{{x,y}}'::text[]) r, "
+          f"generate_series(1, 2000) i ORDER BY {order} RETURNING 1", (ts,))
+    c = psycopg2.connect(conninfo)
+    c.autocommit = True
+    c.cursor().execute("ANALYZE messages")
+    assert step() == (parts["b"], "ordered")          # the newest first; in order already
+    assert step() == (parts["a"], "started")
+    assert step() == (parts["a"], "copied")
+    # Someone holds messages (a long statement, a transaction left open).
+    holder = psycopg2.connect(conninfo)
+    hc = holder.cursor()
+    hc.execute("SELECT count(*) FROM messages WHERE room = 'x'")
+    waits = []
+
+    def reader():   # queued behind the swap's waiting lock, not longer
+        time.sleep(0.1)
+        r = psycopg2.connect(conninfo)
+        r.autocommit = True
+        t0 = time.monotonic()
+        r.cursor().execute("SELECT count(*) FROM messages WHERE room = 'y' AND seq < 10")
+        waits.append(time.monotonic() - t0)
+        r.close()
+    t = threading.Thread(target=reader)
+    t.start()
+    t0 = time.monotonic()
+    assert step() == (parts["a"], "busy")
+    took = time.monotonic() - t0
+    t.join(10)
+    assert 0.25 < took < 0.3 + 2.0, took
+    assert waits and waits[0] < 0.3 + 2.0, waits
+    assert q("SELECT state FROM chatd_compactions WHERE part = %s", (parts["a"],)) == [("swap",)]
+    holder.rollback()
+    holder.close()
+    assert step() == (parts["a"], "done")
+    assert q(f"SELECT count(*) FROM {parts['a']}") == [(4000,)]
+    assert q(f"SELECT room, seq FROM {parts['a']} ORDER BY ctid LIMIT 3") == [("x", 1), ("x", 2), ("x", 3)]
+    # Retention drops c between its steps.
+    assert step() == (parts["c"], "started")
+    q("SELECT created FROM chatd_messages_maintain(1, %s)", (150 * 86400,))
+    assert step() == (parts["c"], "gone")
+    assert q("SELECT to_regclass(%s)::text, to_regclass(%s)::text", (parts["c"], parts["c"] + "_c")) == \
+        [(None, None)]
+    assert step() == (None, "none")
+    assert q("SELECT count(*) FROM chatd_compact_delta") == [(0,)]
+    c.close()
