@@ -98,8 +98,9 @@ END $$;
 -- advisory lock), so a month is not dropped or expired under a step.
 -- Returns (the month or NULL, step, rows):
 --   none     nothing to compact;
---   busy     another upkeep holds the lock, or the swap's lock was not
---            had within p_lock_ms: call again later;
+--   busy     another upkeep holds the lock (month NULL), or the swap's
+--            lock was not had within p_lock_ms (or the trigger's within
+--            1 s): call again later;
 --   started  the month's notes are on: call again (copy);
 --   copied   rows copied: call again (swap);
 --   done     swapped in (rows: noted rows copied again);
@@ -155,9 +156,15 @@ BEGIN
         END IF;
         -- The trigger's lock (SHARE ROW EXCLUSIVE on the month) waits for
         -- the writes in flight there; bounded like the other upkeep DDL.
-        PERFORM set_config('lock_timeout', '1s', true);
-        EXECUTE format('CREATE TRIGGER chatd_compact_note AFTER INSERT OR UPDATE OR DELETE ON %I '
-                       'FOR EACH ROW EXECUTE FUNCTION chatd_compact_note()', cur.part);
+        BEGIN
+            PERFORM set_config('lock_timeout', '1s', true);
+            EXECUTE format('CREATE TRIGGER chatd_compact_note AFTER INSERT OR UPDATE OR DELETE ON %I '
+                           'FOR EACH ROW EXECUTE FUNCTION chatd_compact_note()', cur.part);
+        EXCEPTION WHEN lock_not_available THEN
+            step := 'busy';
+            RETURN NEXT;
+            RETURN;
+        END;
         INSERT INTO chatd_compactions (part, state) VALUES (cur.part, 'copy');
         step := 'started';
         RETURN NEXT;
