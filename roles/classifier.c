@@ -1210,7 +1210,8 @@ static void cl_on_compacted(int err, PGresult *res, void *ud)
         c->compact.copy_ms = ms;
         log_info("messages_compact_copied", "part=%s rows=%lld copy_ms=%llu", part, n, (unsigned long long)ms);
     } else if (!strcmp(step, "busy") && !PQgetisnull(res, 0, 0)) {
-        /* The swap's lock was not had in CL_COMPACT_LOCK_MS: a busy moment. */
+        /* The swap's lock was not had in CL_COMPACT_LOCK_MS (or the start's
+         * trigger lock in 1 s): a busy moment. */
         if (++c->compact.tries < CL_COMPACT_TRIES) {
             next = CL_COMPACT_RETRY_MS;
         } else {
@@ -1238,8 +1239,13 @@ static void cl_on_compact_timer(uv_timer_t *t)
     classifier_t *c = t->data;
     if (c->closing)
         return;
-    if (!pg_client_ready(c->upkeep_pg)) { /* reconnecting: the next upkeep */
-        log_debug("messages_compacted", "step=skipped note=\"upkeep connection not ready\"");
+    if (!pg_client_ready(c->upkeep_pg)) { /* still connecting at start, or reconnecting */
+        if (++c->compact.tries < CL_COMPACT_TRIES) {
+            uv_timer_start(&c->maintain, cl_on_compact_timer, CL_MAINTAIN_FIRST_MS, 0);
+            return;
+        }
+        log_warn("messages_compact_failed", "err=%s note=\"upkeep connection not ready; the next upkeep\"",
+                 err_code(ERR_UNAVAILABLE));
         uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_EVERY_MS, 0);
         return;
     }
