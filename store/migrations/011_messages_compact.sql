@@ -14,7 +14,8 @@
 --   copy   a new table LIKE the month, with a CHECK equal to the month's
 --          bound (ATTACH then needs no validation scan), filled ORDER BY
 --          room, seq from one snapshot, the month's indexes built after;
---          writers go on (they only take ROW EXCLUSIVE on the month);
+--          writers go on (their ROW EXCLUSIVE on the month does not
+--          conflict with the copy's ACCESS SHARE);
 --   swap   the noted rows are copied again (their current version, or
 --          none if deleted); then, under ACCESS EXCLUSIVE on messages
 --          taken with lock_timeout (a busy moment gives up and a later
@@ -24,7 +25,8 @@
 --          "Storage"). Every statement over messages waits at most
 --          lock_timeout plus that.
 -- Each step is its own call (the trigger must be committed before the
--- copy's snapshot is taken): chatd_messages_compact returns what it did and
+-- copy's snapshot is taken, and its lock, SHARE ROW EXCLUSIVE on the month,
+-- would stop every writer if held through the copy): chatd_messages_compact returns what it did and
 -- the caller calls again until the step is 'done' or nothing is left. A
 -- crash between steps leaves the state in chatd_compactions and the next
 -- call goes on from it (each step is one transaction).
