@@ -91,6 +91,22 @@ BEGIN
     RETURN n;
 END $$;
 
+-- Whether the copy p_new still has the month's columns and as many
+-- indexes: a migration that changes messages (ADD COLUMN, CREATE INDEX
+-- reach every partition) between the copy and the swap leaves the copy
+-- behind; ATTACH would then fail, or build the missing index under its
+-- lock. The swap copies again instead.
+CREATE OR REPLACE FUNCTION chatd_compact_same(p_part text, p_new text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attname)
+            FROM pg_attribute WHERE attrelid = p_part::regclass AND attnum > 0 AND NOT attisdropped)
+           IS NOT DISTINCT FROM
+           (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attname)
+            FROM pg_attribute WHERE attrelid = p_new::regclass AND attnum > 0 AND NOT attisdropped)
+       AND (SELECT count(*) FROM pg_index WHERE indrelid = p_part::regclass)
+         = (SELECT count(*) FROM pg_index WHERE indrelid = p_new::regclass)
+$$;
+
 -- One step of putting a closed month in room order (see above). A month
 -- is a candidate when its whole range ended more than p_min_age_s ago (a
 -- record re-consumed after a crash still lands in a recent month: those
@@ -103,7 +119,9 @@ END $$;
 --   busy     another upkeep holds the lock (month NULL), or the swap's
 --            lock was not had within p_lock_ms (or the trigger's within
 --            1 s): call again later;
---   started  the month's notes are on: call again (copy);
+--   started  the month's notes are on: call again (copy); also when the
+--            copy no longer matches the month (a migration changed
+--            messages since): it is dropped and made again;
 --   copied   rows copied: call again (swap);
 --   done     swapped in (rows: noted rows copied again);
 --   ordered  the month was in room order already (its statistics say so:
@@ -228,6 +246,13 @@ BEGIN
 
     -- swap: first the notes so far, with no lock but the rows' (the month
     -- stays in use), so that few are left for under the lock.
+    IF NOT chatd_compact_same(cur.part, new) THEN
+        EXECUTE format('DROP TABLE %I', new);
+        UPDATE chatd_compactions c SET state = 'copy' WHERE c.part = cur.part;
+        step := 'started';   -- copy again
+        RETURN NEXT;
+        RETURN;
+    END IF;
     n := chatd_compact_apply(cur.part, new);
     BEGIN
         PERFORM set_config('lock_timeout', greatest(p_lock_ms, 1) || 'ms', true);
@@ -235,6 +260,13 @@ BEGIN
         -- with it held, none is in flight and no note can come.
         LOCK TABLE ONLY messages IN ACCESS EXCLUSIVE MODE;
         t_lock := clock_timestamp();
+        IF NOT chatd_compact_same(cur.part, new) THEN  -- changed since the check above
+            EXECUTE format('DROP TABLE %I', new);
+            UPDATE chatd_compactions c SET state = 'copy' WHERE c.part = cur.part;
+            step := 'started';
+            RETURN NEXT;
+            RETURN;
+        END IF;
         n := n + chatd_compact_apply(cur.part, new);
         EXECUTE format('ALTER TABLE messages DETACH PARTITION %I', cur.part);
         EXECUTE format('DROP TABLE %I', cur.part);

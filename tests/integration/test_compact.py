@@ -116,6 +116,12 @@ def test_compact_steps_busy_ordered_gone(pg):
     assert step() == (parts["b"], "ordered")          # the newest first; in order already
     assert step() == (parts["a"], "started")
     assert step() == (parts["a"], "copied")
+    # A migration adds a column (and an index) to messages after the copy:
+    # the swap makes the copy again instead of attaching one without them.
+    q("ALTER TABLE messages ADD COLUMN extra int; CREATE INDEX messages_extra ON messages (extra); "
+      "SELECT 1")
+    assert step() == (parts["a"], "started")
+    assert step() == (parts["a"], "copied")
     # Someone holds messages (a long statement, a transaction left open).
     holder = psycopg2.connect(conninfo)
     hc = holder.cursor()
