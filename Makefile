@@ -212,7 +212,8 @@ kafka-down:
 # on two cores needs their minutes for the broker's own tests.
 KAFKA_PASS_IGNORE := $(addprefix --ignore=tests/integration/,test_http.py test_auth.py test_jwks.py \
         test_frames.py test_rate_limit.py test_load_shedding.py test_admin_listen.py test_nofile.py \
-        test_redis_auth.py test_pg_conns.py test_users_seen.py test_api_schema.py test_bench_judgement.py)
+        test_redis_auth.py test_pg_conns.py test_users_seen.py test_api_schema.py test_bench_judgement.py \
+        test_compact.py)
 
 integration-kafka: $(BUILD)/chatd browser-deps api-deps
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))

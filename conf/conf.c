@@ -135,6 +135,10 @@ static const struct conf_flag conf_flags[] = {
           "how far back a message's cid is looked for when it is sent again (N followed by s, m, h or "
           "d, e.g. 31d): a resend later than that is stored again; 0 = for ever (every month kept is "
           "probed; PROTOCOL.md: never stored twice)"),
+    F_STR("compact-after", compact_after, "2d",
+          "put a month's messages in room order (history pages of quiet rooms read a few disk pages, not "
+          "one per message) this long after it ended, online, one month per hourly upkeep (N followed "
+          "by s, m, h or d; classifiers); 0 = never"),
     { "log-level", T_LEVEL, offsetof(struct conf, log_level), 0, "info", 0, 0, "debug | info | warn | error" },
 };
 #define CONF_NFLAGS (sizeof conf_flags / sizeof conf_flags[0])
@@ -369,6 +373,11 @@ static int conf_check(struct conf *c)
     if (conf_parse_duration(c->resend_window, &c->resend_window_s) < 0) {
         fprintf(stderr, "chatd: invalid value for --resend-window: '%s' (0, or N followed by s, m, "
                         "h or d, e.g. 31d)\n", c->resend_window);
+        return -1;
+    }
+    if (conf_parse_duration(c->compact_after, &c->compact_after_s) < 0) {
+        fprintf(stderr, "chatd: invalid value for --compact-after: '%s' (0, or N followed by s, m, "
+                        "h or d, e.g. 2d)\n", c->compact_after);
         return -1;
     }
     if (c->gateway_id < 0)

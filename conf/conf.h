@@ -88,6 +88,8 @@ struct conf {
     long long retention_s;       /* messages kept at least this long; 0 = for ever */
     char resend_window[32];      /* --resend-window as given */
     long long resend_window_s;   /* a cid's original looked for this far back; 0 = for ever */
+    char compact_after[32];      /* --compact-after as given */
+    long long compact_after_s;   /* a month is put in room order this long after it ended; 0 = never */
     enum log_level log_level;
 };
 

@@ -120,6 +120,13 @@ struct classifier {
     uv_timer_t maintain;          /* messages' partitions (cl_on_maintain_timer) */
     uv_timer_t flush;             /* offsets no store carried (cl_on_flush_timer) */
     int flushing;                 /* a db_offsets_save in flight */
+    pg_client_t *upkeep_pg;       /* the months' compaction (its copy takes seconds to minutes:
+                                     not on the stores' connection); NULL with --compact-after=0 */
+    struct {                      /* the month being put in room order, after the retention */
+        uint64_t t0, step_t0;     /* its first step's and this step's start (loop ms) */
+        uint64_t copy_ms;
+        int tries;                /* swaps that did not get their lock */
+    } compact;
     struct {                      /* the rooms' own retention, after the partitions */
         char *after;              /* the next step's cursor (a room id) or NULL; owned */
         int64_t deleted;
@@ -1112,8 +1119,20 @@ static void cl_on_flush_timer(uv_timer_t *t)
 #define CL_EXPIRE_ROWS 2000
 #define CL_EXPIRE_PAUSE_MS 50     /* between steps: the stores go first */
 
+/* A closed month in room order (migrations/011): its copy runs on
+ * upkeep_pg, whose statement deadline is this (a month of 100 million rows
+ * copies in minutes); the swap waits at most CL_COMPACT_LOCK_MS for
+ * messages' lock (every statement over messages queues behind it while it
+ * waits), tried CL_COMPACT_TRIES times CL_COMPACT_RETRY_MS apart, then at
+ * the next upkeep. */
+#define CL_COMPACT_TIMEOUT_MS (2 * 3600 * 1000)
+#define CL_COMPACT_LOCK_MS 300
+#define CL_COMPACT_TRIES 5
+#define CL_COMPACT_RETRY_MS (10 * 1000)
+
 static void cl_on_maintain_timer(uv_timer_t *t);
 static void cl_on_expire_timer(uv_timer_t *t);
+static void cl_on_compact_timer(uv_timer_t *t);
 
 static void cl_expire_reset(classifier_t *c)
 {
@@ -1157,7 +1176,81 @@ static void cl_on_expired(int err, PGresult *res, void *ud)
     log_info("rooms_expired", "rooms=%d deleted=%lld steps=%d", c->expire.rooms,
              (long long)c->expire.deleted, c->expire.steps);
     cl_expire_reset(c);
+    if (c->upkeep_pg) { /* then a closed month in room order, in steps */
+        memset(&c->compact, 0, sizeof c->compact);
+        cl_on_compact_timer(&c->maintain);
+        return;
+    }
     uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_EVERY_MS, 0);
+}
+
+static void cl_on_compacted(int err, PGresult *res, void *ud)
+{
+    classifier_t *c = ud;
+    if (c->closing)
+        return;
+    uint64_t now = uv_now(c->loop), ms = now - c->compact.step_t0;
+    if (err || PQntuples(res) != 1) {
+        /* Hourly, not sooner: a failed copy may have cost minutes. */
+        log_warn("messages_compact_failed", "err=%s sqlstate=%s step_ms=%llu",
+                 err_code(err ? err : ERR_INTERNAL),
+                 res && PQresultErrorField(res, PG_DIAG_SQLSTATE) ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : "-",
+                 (unsigned long long)ms);
+        uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_EVERY_MS, 0);
+        return;
+    }
+    const char *part = PQgetisnull(res, 0, 0) ? "-" : PQgetvalue(res, 0, 0);
+    const char *step = PQgetvalue(res, 0, 1);
+    long long n = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    uint64_t next = CL_EXPIRE_PAUSE_MS;
+    if (!strcmp(step, "started")) {
+        c->compact.t0 = c->compact.step_t0;
+        c->compact.tries = 0;
+    } else if (!strcmp(step, "copied")) {
+        c->compact.copy_ms = ms;
+        log_info("messages_compact_copied", "part=%s rows=%lld copy_ms=%llu", part, n, (unsigned long long)ms);
+    } else if (!strcmp(step, "busy") && !PQgetisnull(res, 0, 0)) {
+        /* The swap's lock was not had in CL_COMPACT_LOCK_MS (or the start's
+         * trigger lock in 1 s): a busy moment. */
+        if (++c->compact.tries < CL_COMPACT_TRIES) {
+            next = CL_COMPACT_RETRY_MS;
+        } else {
+            log_warn("messages_compact_busy", "part=%s tries=%d lock_ms=%d note=\"swap at the next upkeep\"",
+                     part, c->compact.tries, CL_COMPACT_LOCK_MS);
+            next = CL_MAINTAIN_EVERY_MS;
+        }
+    } else if (!strcmp(step, "done")) {
+        log_info("messages_compacted", "part=%s noted=%lld copy_ms=%llu swap_ms=%llu total_ms=%llu tries=%d", part,
+                 n, (unsigned long long)c->compact.copy_ms, (unsigned long long)ms,
+                 (unsigned long long)(c->compact.t0 ? now - c->compact.t0 : ms), c->compact.tries + 1);
+        next = CL_MAINTAIN_EVERY_MS; /* one month per upkeep */
+    } else if (!strcmp(step, "ordered") || !strcmp(step, "gone")) {
+        log_info("messages_compacted", "part=%s step=%s", part, step); /* cheap: the next month */
+    } else { /* none; busy: another classifier's upkeep does it */
+        log_debug("messages_compacted", "step=%s", step);
+        next = CL_MAINTAIN_EVERY_MS;
+    }
+    uv_timer_start(&c->maintain, next == CL_MAINTAIN_EVERY_MS ? cl_on_maintain_timer : cl_on_compact_timer,
+                   next, 0);
+}
+
+static void cl_on_compact_timer(uv_timer_t *t)
+{
+    classifier_t *c = t->data;
+    if (c->closing)
+        return;
+    if (!pg_client_ready(c->upkeep_pg)) { /* still connecting at start, or reconnecting */
+        if (++c->compact.tries < CL_COMPACT_TRIES) {
+            uv_timer_start(&c->maintain, cl_on_compact_timer, CL_MAINTAIN_FIRST_MS, 0);
+            return;
+        }
+        log_warn("messages_compact_failed", "err=%s note=\"upkeep connection not ready; the next upkeep\"",
+                 err_code(ERR_UNAVAILABLE));
+        uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_EVERY_MS, 0);
+        return;
+    }
+    c->compact.step_t0 = uv_now(c->loop);
+    db_messages_compact(c->upkeep_pg, c->conf->compact_after_s, CL_COMPACT_LOCK_MS, cl_on_compacted, c);
 }
 
 static void cl_on_expire_timer(uv_timer_t *t)
@@ -1241,6 +1334,8 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     c->redis = d->redis;
     cl_metrics_init(c);
     int rc = pg_client_init(&c->pg, d->loop, d->conf->pg, (unsigned)d->conf->backend_timeout_ms);
+    if (rc == 0 && d->conf->compact_after_s > 0)
+        rc = pg_client_init(&c->upkeep_pg, d->loop, d->conf->pg, CL_COMPACT_TIMEOUT_MS);
     if (rc == 0)
         rc = kafka_consumer_init_group(&c->consumer, d->loop, d->kafka, d->conf->group_id,
                                        d->conf->topic_send, (size_t)d->conf->classifier_batch,
@@ -1249,6 +1344,8 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
         log_error("classifier_init_failed", "err=%s", err_code(rc));
         if (c->pg)
             pg_client_close(c->pg);
+        if (c->upkeep_pg)
+            pg_client_close(c->upkeep_pg);
         free(c);
         return rc;
     }
@@ -1311,6 +1408,8 @@ void classifier_close(classifier_t *c)
     uv_close((uv_handle_t *)&c->flush, NULL);
     kafka_consumer_close(c->consumer);
     pg_client_close(c->pg);
+    if (c->upkeep_pg)
+        pg_client_close(c->upkeep_pg);
 }
 
 void classifier_free(classifier_t *c)

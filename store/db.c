@@ -356,6 +356,15 @@ void db_messages_maintain(pg_client_t *pg, int ahead_months, int64_t retention_s
              cb, ud);
 }
 
+void db_messages_compact(pg_client_t *pg, int64_t min_age_s, int lock_ms, pg_result_cb cb, void *ud)
+{
+    char a[24], l[16];
+    snprintf(a, sizeof a, "%" PRId64, min_age_s);
+    snprintf(l, sizeof l, "%d", lock_ms);
+    const char *p[] = { a, l };
+    pg_query(pg, "SELECT part, step, n FROM chatd_messages_compact($1::bigint, $2::int)", 2, p, cb, ud);
+}
+
 void db_rooms_json(struct jbuf *b, const PGresult *res)
 {
     jbuf_key(b, "rooms");

@@ -133,6 +133,13 @@ void db_room_get(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);
  * call again with after = next_room). */
 void db_rooms_expire(pg_client_t *pg, const char *after, int max_rooms, int max_rows, pg_result_cb cb,
                      void *ud);
+/* One step of putting a month that ended more than min_age_s ago in room
+ * order (migration 011, chatd_messages_compact): call again while the step
+ * is "started" or "copied". The copy step runs for as long as the month
+ * takes to copy: not on a connection whose other statements must not wait.
+ * The swap waits at most lock_ms for its lock ("busy": again later). One
+ * row: (month or NULL, step, rows). */
+void db_messages_compact(pg_client_t *pg, int64_t min_age_s, int lock_ms, pg_result_cb cb, void *ud);
 /* Archives the room and deletes its memberships: a row with NULL if the room
  * exists, then one per removed member (user_id). */
 void db_room_archive(pg_client_t *pg, const char *room, pg_result_cb cb, void *ud);

@@ -451,6 +451,48 @@ def test_seqs_continue_after_retention_drops_the_rooms_month(make_cluster):
     assert c.query("SELECT head FROM rooms WHERE room = %s", (room,)) == [(6,)]
 
 
+def test_upkeep_puts_a_closed_month_in_room_order(make_cluster):
+    """The classifier's upkeep (at its start, then hourly) puts a month that
+    ended more than --compact-after ago in (room, seq) order, online
+    (migrations/011; the steps' own checks: tests/integration/
+    test_compact.py), logs it with its durations, and does it once; the
+    month's messages are still read through the gateway after."""
+    c = make_cluster(n_cl=1, n_gw=1)
+    deadline = time.time() + 30
+    while time.time() < deadline and c.log_count("classifier0", "event=rooms_expired") == 0:
+        time.sleep(0.2)
+    # 40 days ago: a month that ended at least 9 days ago (default 2d).
+    old_ts = int(time.time() * 1000) - 40 * 86400 * 1000
+    (part,), = c.query("SELECT chatd_messages_partition(%s)", (old_ts,))
+    rooms = [f"f10c{k}-{uuid.uuid4().hex[:6]}" for k in range(3)]
+    # Arrival order: the rooms' messages interleaved.
+    c.query("WITH r AS (SELECT unnest(%s::text[]) AS room) "
+            "INSERT INTO messages (room, seq, id, user_id, body, ts) "
+            "SELECT r.room, i, md5(r.room || i), 'u0', 'old ' || i, %s + i FROM r, generate_series(1, 300) i "
+            "ORDER BY i, r.room RETURNING 1", (rooms, old_ts))
+    p = c.terminate("classifier0")
+    p.wait_exit(c.drain + 15)
+    c.restart("classifier0")
+    deadline = time.time() + 30
+    while time.time() < deadline and c.log_count("classifier0", "event=messages_compacted", part) == 0:
+        time.sleep(0.2)
+    assert c.log_count("classifier0", "event=messages_compacted", f"part={part}", "copy_ms=",
+                       "swap_ms=") == 1, c.procs["classifier0"].tail(10)
+    assert c.query("SELECT state, rows FROM chatd_compactions WHERE part = %s", (part,)) == [("done", 900)]
+    order = c.query(f"SELECT room, seq FROM {part} ORDER BY ctid")
+    assert order == sorted(order), order[:10]
+
+    async def read():
+        cl = await harness.chatlib.Client.connect(c.gw_ports[0], c.token("u0"))
+        try:
+            await cl.join(rooms[1])
+            return await cl.sync(rooms[1], after=0)
+        finally:
+            await cl.close()
+    page = harness.chatlib.arun(read())
+    assert [m["seq"] for m in page["messages"]][:3] == [1, 2, 3], page
+
+
 def test_room_retention_deletes_that_rooms_old_messages(make_cluster):
     """A room's own retention (migrations/008), set through the server API:
     the classifier's upkeep (at its start, then hourly) deletes that room's

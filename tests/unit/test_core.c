@@ -169,6 +169,14 @@ static void test_conf_retention(void **state)
     assert_int_equal(c.resend_window_s, 31LL * 86400);
     char *badwin[] = { "chatd", "--role=classifier", "--kafka=h:1", "--resend-window=31" };
     assert_int_equal(conf_try(&c, 4, badwin), -1);
+    /* --compact-after: the same syntax; 2 days by default, 0 turns it off. */
+    assert_int_equal(conf_try(&c, 3, def), 0);
+    assert_int_equal(c.compact_after_s, 2LL * 86400);
+    char *off[] = { "chatd", "--role=classifier", "--kafka=h:1", "--compact-after=0" };
+    assert_int_equal(conf_try(&c, 4, off), 0);
+    assert_int_equal(c.compact_after_s, 0);
+    char *badc[] = { "chatd", "--role=classifier", "--kafka=h:1", "--compact-after=2" };
+    assert_int_equal(conf_try(&c, 4, badc), -1);
 }
 
 static void test_conf_refuses(void **state)
