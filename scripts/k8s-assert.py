@@ -428,6 +428,17 @@ def check(objs, kust, overlay):
                               for p in objs):
             err(who(o), f"{n} pods and no PodDisruptionBudget: a node drain may evict all of them at once")
 
+    # 18. A hard spread counts only nodes that can take the pod. With the
+    # default nodeTaintsPolicy (Ignore) a tainted node is a domain too: a
+    # cordoned node being drained, control-plane or dedicated nodes hold 0
+    # pods, so maxSkew caps every other node at 1 and the evicted pod's
+    # replacement (or a 4th gateway on 3 workers) stays Pending.
+    for o in workloads:
+        for t in pod_spec(o).get("topologySpreadConstraints", []):
+            if t.get("whenUnsatisfiable") == "DoNotSchedule" and t.get("nodeTaintsPolicy") != "Honor":
+                err(who(o), f"DoNotSchedule spread on {t.get('topologyKey')} without nodeTaintsPolicy: Honor: "
+                            "tainted nodes (cordoned, control plane) count as empty domains and pods stay Pending")
+
     if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS:
         check_ha_stores(objs, workloads)
         check_ha_postgres(objs, workloads)
@@ -643,6 +654,8 @@ MUTATIONS = [
     ("spread", _m_spread, "no hard spread across nodes"),
     ("tcp readiness", lambda o: container(o, "StatefulSet", "kafka").update(readinessProbe={"tcpSocket": {"port": 9092}}),
      "readinessProbe is a TCP connect"),
+    ("spread taints", lambda o: pod_spec(find(o, "Deployment", "chatd-classifier"))["topologySpreadConstraints"][0]
+     .pop("nodeTaintsPolicy"), "count as empty domains"),
     ("pdb policy", lambda o: find(o, "PodDisruptionBudget", "kafka")["spec"].pop("unhealthyPodEvictionPolicy"),
      "blocks every node drain"),
     ("pod security", lambda o: container(o, "StatefulSet", "redis").pop("securityContext"),
@@ -768,7 +781,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, {17 if name in HA_OVERLAYS else 15} rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, {18 if name in HA_OVERLAYS else 16} rules, no problem")
     return 0
 
 
