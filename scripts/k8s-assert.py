@@ -439,6 +439,18 @@ def check(objs, kust, overlay):
                 err(who(o), f"DoNotSchedule spread on {t.get('topologyKey')} without nodeTaintsPolicy: Honor: "
                             "tainted nodes (cordoned, control plane) count as empty domains and pods stay Pending")
 
+    # 19. A start that copies a database (pg_basebackup) is not killed by
+    # liveness before postgres listens: a startupProbe allows an hour or
+    # more (a large copy), or the copy restarts every minute, for ever.
+    for o in workloads:
+        for c in pod_spec(o).get("containers", []):
+            if "pg_basebackup" not in " ".join(c.get("command", []) + c.get("args", [])) or "livenessProbe" not in c:
+                continue
+            sp = c.get("startupProbe") or {}
+            if sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) < 3600:
+                err(who(o), f"container {c['name']} copies a base backup at start but liveness may kill it within "
+                            "the hour (no startupProbe allowing >= 3600 s)")
+
     if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS:
         check_ha_stores(objs, workloads)
         check_ha_postgres(objs, workloads)
@@ -744,6 +756,8 @@ HA_MUTATIONS = [
                                     "target_session_attrs=read-write"), "postgres-1.postgres is no PostgreSQL pod"),
     ("pg spread", lambda o: pod_spec(find(o, "StatefulSet", "postgres-standby")).pop("affinity"),
      "may share a node with another PostgreSQL pod"),
+    ("pg copy liveness", lambda o: container(o, "StatefulSet", "postgres-standby").pop("startupProbe"),
+     "copies a base backup at start but liveness may kill it"),
     ("pg pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "postgres")), "a store without a PodDisruptionBudget"),
 ]
 
@@ -781,7 +795,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, {18 if name in HA_OVERLAYS else 16} rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, {19 if name in HA_OVERLAYS else 17} rules, no problem")
     return 0
 
 

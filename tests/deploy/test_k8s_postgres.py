@@ -138,15 +138,17 @@ def pg_pair():
                                                               "listen_addresses=127.0.0.1 -c")])
         env = {e["name"]: e.get("value") for e in sc["env"]}
         assert env["PGDATA"] == "/var/lib/postgresql/data/pgdata" and "PGPASSWORD" in env
-        def start_standby():
+        def start_standby(path_first=None):
+            path = f"{PG_BIN}:{os.environ['PATH']}"
             p = Proc("pg-standby", sc["command"] + [script], root, user="postgres",
-                     env=dict(os.environ, PATH=f"{PG_BIN}:{os.environ['PATH']}", PGDATA=sdata,
+                     env=dict(os.environ, PATH=f"{path_first}:{path}" if path_first else path, PGDATA=sdata,
                               PGPASSWORD=PASSWORD, PGPORT=str(sport)))
             procs.append(p)
-            wait("the standby up, in recovery", lambda: query(sport, "SELECT pg_is_in_recovery()"), 60)
+            if not path_first:
+                wait("the standby up, in recovery", lambda: query(sport, "SELECT pg_is_in_recovery()"), 60)
             return p
         standby = start_standby()
-        yield cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary)
+        yield cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary, root)
     finally:
         for p in procs:
             p.stop(sig=signal.SIGINT, timeout=20)
@@ -205,7 +207,7 @@ def test_standby_stopped_for_a_while_catches_up(pg_pair):
     the checkpoints recycle the segments it needs ("requested WAL segment
     ... has already been removed") and it never streams again, while its
     readiness (pg_isready) stays green."""
-    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, _, _) = pg_pair
+    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, _, _, _) = pg_pair
     wait("the standby streaming", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 20)
     standby.stop(sig=signal.SIGINT, timeout=20)
     c = connect(pport)
@@ -229,7 +231,7 @@ def test_promotion_fences_the_old_primary_and_copies_it_back(pg_pair):
     not run: a second read-write node, first in CHATD_PG's hosts, would take
     chatd's writes on stale data. With its volume deleted (DEPLOY.md's step)
     it copies the promoted standby and streams from it: a standby again."""
-    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary) = pg_pair
+    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary, _) = pg_pair
     with connect(pport) as c, c.cursor() as cur:
         cur.execute("CREATE TABLE k8s_fence (n int)")
         cur.execute("INSERT INTO k8s_fence VALUES (1)")
@@ -255,3 +257,39 @@ def test_promotion_fences_the_old_primary_and_copies_it_back(pg_pair):
     wait("the new standby streaming", lambda: query(pport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 30)
     wait("every row on the new standby", lambda: query(pport, "SELECT count(*) FROM k8s_fence") == 3, 20)
     assert query(sport, "SELECT active FROM pg_replication_slots WHERE slot_name = 'postgres_0'")
+
+
+def test_standby_copy_cut_short_is_copied_again(pg_pair):
+    """The standby pod killed once its base backup is on the volume but
+    before standby.signal is written (a liveness kill, an eviction, a node
+    lost mid-copy) starts next time as a standby again: the copy is made
+    beside PGDATA and moved in whole, so a cut copy is made again. Left in
+    PGDATA, the next start found PG_VERSION and ran it as a second,
+    read-write primary."""
+    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary, root) = pg_pair
+    with connect(pport) as c, c.cursor() as cur:
+        cur.execute("CREATE TABLE k8s_cut (n int)")
+        cur.execute("INSERT INTO k8s_cut VALUES (1)")
+    standby.stop(sig=signal.SIGINT, timeout=20)
+    shutil.rmtree(sdata)
+    # pg_basebackup completes, then the pod's shell is SIGKILLed (once).
+    bin_dir = os.path.join(root, "cut-bin")
+    os.makedirs(bin_dir)
+    marker = os.path.join(root, "cut-once")
+    wrapper = os.path.join(bin_dir, "pg_basebackup")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\n\"{PG_BIN}/pg_basebackup\" \"$@\" || exit\n"
+                f"[ -e {marker} ] && exit 0\ntouch {marker}\nkill -9 $PPID\n")
+    os.chmod(bin_dir, 0o755)
+    os.chmod(wrapper, 0o755)
+    shutil.chown(root, "postgres", "postgres")
+    cut = start_standby(path_first=bin_dir)
+    wait("the standby's start cut short", lambda: not cut.alive(), 60)
+    cut.stopping = True
+    assert os.path.exists(marker), cut.tail()
+    start_standby()
+    assert query(sport, "SELECT pg_is_in_recovery()")
+    with connect(pport) as c, c.cursor() as cur:
+        cur.execute("INSERT INTO k8s_cut VALUES (2)")
+    wait("the standby streaming", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 30)
+    wait("both rows on the standby", lambda: query(sport, "SELECT count(*) FROM k8s_cut") == 2, 20)
