@@ -451,6 +451,15 @@ def check(objs, kust, overlay):
                 err(who(o), f"container {c['name']} copies a base backup at start but liveness may kill it within "
                             "the hour (no startupProbe allowing >= 3600 s)")
 
+    # 20. A pod that runs as the namespace's default service account makes
+    # no Kubernetes API calls: it mounts no token (the gateways face the
+    # internet; a compromised process would get the account's credentials).
+    for o in workloads:
+        spec = pod_spec(o)
+        if spec.get("serviceAccountName", "default") == "default" and spec.get("automountServiceAccountToken") is not False:
+            err(who(o), "mounts the default service account's token (automountServiceAccountToken is not false) "
+                        "but makes no API calls")
+
     if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS:
         check_ha_stores(objs, workloads)
         check_ha_postgres(objs, workloads)
@@ -668,6 +677,8 @@ MUTATIONS = [
      "readinessProbe is a TCP connect"),
     ("spread taints", lambda o: pod_spec(find(o, "Deployment", "chatd-classifier"))["topologySpreadConstraints"][0]
      .pop("nodeTaintsPolicy"), "count as empty domains"),
+    ("sa token", lambda o: pod_spec(find(o, "StatefulSet", "chatd-gateway")).pop("automountServiceAccountToken"),
+     "mounts the default service account's token"),
     ("pdb policy", lambda o: find(o, "PodDisruptionBudget", "kafka")["spec"].pop("unhealthyPodEvictionPolicy"),
      "blocks every node drain"),
     ("pod security", lambda o: container(o, "StatefulSet", "redis").pop("securityContext"),
@@ -795,7 +806,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, {19 if name in HA_OVERLAYS else 17} rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, {20 if name in HA_OVERLAYS else 18} rules, no problem")
     return 0
 
 
