@@ -200,13 +200,22 @@ def test_chatd_follows_the_manifests_standby(pg_pair, start_all_instance):
     assert not query(sport, "SELECT pg_is_in_recovery()")
 
 
+def standby_ready(sc, sdata, sport):
+    """The standby's readinessProbe, as rendered, against its socket."""
+    sock = os.path.join(os.path.dirname(os.path.dirname(sdata)), "standby-sock")
+    r = subprocess.run(sc["readinessProbe"]["exec"]["command"], user="postgres", group="postgres",
+                       extra_groups=[], capture_output=True, timeout=20,
+                       env=dict(os.environ, PATH=f"{PG_BIN}:{os.environ['PATH']}", PGHOST=sock, PGPORT=str(sport)))
+    return r.returncode == 0
+
+
 def test_standby_stopped_for_a_while_catches_up(pg_pair):
     """A standby pod stopped (rescheduled, its node drained) while the
     primary writes and checkpoints catches up when it is back: the
     primary kept its WAL in the standby's replication slot. Without a slot
     the checkpoints recycle the segments it needs ("requested WAL segment
-    ... has already been removed") and it never streams again, while its
-    readiness (pg_isready) stays green."""
+    ... has already been removed") and it never streams again. Its
+    readiness says whether it streams (pg_isready said ready regardless)."""
     cfg, pport, sport, primary, sdata, sc, (standby, start_standby, _, _, _) = pg_pair
     wait("the standby streaming", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 20)
     standby.stop(sig=signal.SIGINT, timeout=20)
@@ -223,6 +232,12 @@ def test_standby_stopped_for_a_while_catches_up(pg_pair):
     wait("the standby streaming again", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 30)
     wait("the rows written while it was stopped on the standby",
          lambda: query(sport, "SELECT count(*) FROM k8s_wal") == 4, 20)
+    # Its readiness says whether it is a live copy: ready while streaming,
+    # unready once the primary is gone although it still answers queries.
+    assert standby_ready(sc, sdata, sport)
+    primary.stop(sig=signal.SIGINT, timeout=20)
+    assert query(sport, "SELECT pg_is_in_recovery()")
+    wait("the standby unready without its primary", lambda: not standby_ready(sc, sdata, sport), 20)
 
 
 def test_promotion_fences_the_old_primary_and_copies_it_back(pg_pair):
