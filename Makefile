@@ -17,7 +17,7 @@
 #   make deploy-test promtool check metrics + a real Prometheus scraping a cluster (part of make test)
 #   make k8s-check  render every k8s/ overlay (kubectl kustomize) and validate it offline
 #   make k8s-kafka-test  k8s/base's Kafka scripts against a real 3-node Kafka
-#   make k8s-stores-test production's Redis + Sentinels and PostgreSQL + standby (as rendered) as real processes, failovers chatd follows (~30 s)
+#   make k8s-stores-test production's Redis + Sentinels and PostgreSQL + standby (as rendered) as real processes, failovers chatd follows (~60-120 s)
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
 #   make bench      every benchmark of docs/PERFORMANCE.md on the embedded broker and on a real
 #                   Kafka (one KRaft node, KAFKA_VERSION), the Socket.IO peer included; writes

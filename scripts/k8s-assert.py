@@ -428,6 +428,38 @@ def check(objs, kust, overlay):
                               for p in objs):
             err(who(o), f"{n} pods and no PodDisruptionBudget: a node drain may evict all of them at once")
 
+    # 18. A hard spread counts only nodes that can take the pod. With the
+    # default nodeTaintsPolicy (Ignore) a tainted node is a domain too: a
+    # cordoned node being drained, control-plane or dedicated nodes hold 0
+    # pods, so maxSkew caps every other node at 1 and the evicted pod's
+    # replacement (or a 4th gateway on 3 workers) stays Pending.
+    for o in workloads:
+        for t in pod_spec(o).get("topologySpreadConstraints", []):
+            if t.get("whenUnsatisfiable") == "DoNotSchedule" and t.get("nodeTaintsPolicy") != "Honor":
+                err(who(o), f"DoNotSchedule spread on {t.get('topologyKey')} without nodeTaintsPolicy: Honor: "
+                            "tainted nodes (cordoned, control plane) count as empty domains and pods stay Pending")
+
+    # 19. A start that copies a database (pg_basebackup) is not killed by
+    # liveness before postgres listens: a startupProbe allows an hour or
+    # more (a large copy), or the copy restarts every minute, for ever.
+    for o in workloads:
+        for c in pod_spec(o).get("containers", []):
+            if "pg_basebackup" not in " ".join(c.get("command", []) + c.get("args", [])) or "livenessProbe" not in c:
+                continue
+            sp = c.get("startupProbe") or {}
+            if sp.get("periodSeconds", 10) * sp.get("failureThreshold", 3) < 3600:
+                err(who(o), f"container {c['name']} copies a base backup at start but liveness may kill it within "
+                            "the hour (no startupProbe allowing >= 3600 s)")
+
+    # 20. A pod that runs as the namespace's default service account makes
+    # no Kubernetes API calls: it mounts no token (the gateways face the
+    # internet; a compromised process would get the account's credentials).
+    for o in workloads:
+        spec = pod_spec(o)
+        if spec.get("serviceAccountName", "default") == "default" and spec.get("automountServiceAccountToken") is not False:
+            err(who(o), "mounts the default service account's token (automountServiceAccountToken is not false) "
+                        "but makes no API calls")
+
     if os.path.basename(os.path.normpath(overlay)) in HA_OVERLAYS:
         check_ha_stores(objs, workloads)
         check_ha_postgres(objs, workloads)
@@ -643,6 +675,10 @@ MUTATIONS = [
     ("spread", _m_spread, "no hard spread across nodes"),
     ("tcp readiness", lambda o: container(o, "StatefulSet", "kafka").update(readinessProbe={"tcpSocket": {"port": 9092}}),
      "readinessProbe is a TCP connect"),
+    ("spread taints", lambda o: pod_spec(find(o, "Deployment", "chatd-classifier"))["topologySpreadConstraints"][0]
+     .pop("nodeTaintsPolicy"), "count as empty domains"),
+    ("sa token", lambda o: pod_spec(find(o, "StatefulSet", "chatd-gateway")).pop("automountServiceAccountToken"),
+     "mounts the default service account's token"),
     ("pdb policy", lambda o: find(o, "PodDisruptionBudget", "kafka")["spec"].pop("unhealthyPodEvictionPolicy"),
      "blocks every node drain"),
     ("pod security", lambda o: container(o, "StatefulSet", "redis").pop("securityContext"),
@@ -731,6 +767,8 @@ HA_MUTATIONS = [
                                     "target_session_attrs=read-write"), "postgres-1.postgres is no PostgreSQL pod"),
     ("pg spread", lambda o: pod_spec(find(o, "StatefulSet", "postgres-standby")).pop("affinity"),
      "may share a node with another PostgreSQL pod"),
+    ("pg copy liveness", lambda o: container(o, "StatefulSet", "postgres-standby").pop("startupProbe"),
+     "copies a base backup at start but liveness may kill it"),
     ("pg pdb", lambda o: o.remove(find(o, "PodDisruptionBudget", "postgres")), "a store without a PodDisruptionBudget"),
 ]
 
@@ -768,7 +806,7 @@ def main():
     if errs:
         print(f"k8s-assert: {name}: {len(errs)} problem(s)", file=sys.stderr)
         return 1
-    print(f"k8s-assert: {name}: {len(objs)} objects, {17 if name in HA_OVERLAYS else 15} rules, no problem")
+    print(f"k8s-assert: {name}: {len(objs)} objects, {20 if name in HA_OVERLAYS else 18} rules, no problem")
     return 0
 
 

@@ -104,12 +104,27 @@ def pg_pair():
                      "-E", "UTF8", "--locale=C"])
         os.unlink(pw)
         pport, sport = free_port(), free_port()
-        args = [rewrite(a, [("/etc/postgresql/hba", dirs["hba"])]) if "hba_file" in a else a for a in pc["args"]]
-        primary = Proc("pg-primary", [f"{PG_BIN}/postgres", "-D", pdata, "-k", dirs["primary-sock"], "-p", str(pport),
-                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"] + args,
-                       root, user="postgres")
-        procs.append(primary)
-        wait("the primary up", lambda: connect(pport, "postgres").close() or True, 30)
+        # The primary pod: its script, as rendered (the image's entrypoint
+        # then only starts postgres: the volume was initialised above).
+        pscript = rewrite(pc["args"][0], [("peer=postgres-standby-0.postgres-standby", "peer=127.0.0.1"),
+                                          ("port=5432", f"port={sport}"),
+                                          ("/etc/postgresql/hba", dirs["hba"]),
+                                          ("exec docker-entrypoint.sh postgres -c",
+                                           f"exec postgres -p {pport} -k {dirs['primary-sock']} -c "
+                                           "listen_addresses=127.0.0.1 -c fsync=off -c")])
+        penv = {e["name"]: e.get("value") for e in pc["env"]}
+        assert penv["PGDATA"] == "/var/lib/postgresql/data/pgdata" and "PGPASSWORD" in penv
+
+        def start_primary(wait_up=True):
+            # PGPORT: the peer's, for the script's psql and pg_basebackup.
+            p = Proc("pg-primary", pc["command"] + [pscript], root, user="postgres",
+                     env=dict(os.environ, PATH=f"{PG_BIN}:{os.environ['PATH']}", PGDATA=pdata,
+                              PGPASSWORD=PASSWORD, PGPORT=str(sport), PGCONNECT_TIMEOUT="5"))
+            procs.append(p)
+            if wait_up:
+                wait("the primary up", lambda: connect(pport, "postgres").close() or True, 60)
+            return p
+        primary = start_primary()
         c = connect(pport, "postgres")
         c.autocommit = True
         c.cursor().execute("CREATE DATABASE chatd")
@@ -123,12 +138,17 @@ def pg_pair():
                                                               "listen_addresses=127.0.0.1 -c")])
         env = {e["name"]: e.get("value") for e in sc["env"]}
         assert env["PGDATA"] == "/var/lib/postgresql/data/pgdata" and "PGPASSWORD" in env
-        standby = Proc("pg-standby", sc["command"] + [script], root, user="postgres",
-                       env=dict(os.environ, PATH=f"{PG_BIN}:{os.environ['PATH']}", PGDATA=sdata,
-                                PGPASSWORD=PASSWORD, PGPORT=str(sport)))
-        procs.append(standby)
-        wait("the standby up, in recovery", lambda: query(sport, "SELECT pg_is_in_recovery()"), 60)
-        yield cfg, pport, sport, primary, sdata, sc
+        def start_standby(path_first=None):
+            path = f"{PG_BIN}:{os.environ['PATH']}"
+            p = Proc("pg-standby", sc["command"] + [script], root, user="postgres",
+                     env=dict(os.environ, PATH=f"{path_first}:{path}" if path_first else path, PGDATA=sdata,
+                              PGPASSWORD=PASSWORD, PGPORT=str(sport)))
+            procs.append(p)
+            if not path_first:
+                wait("the standby up, in recovery", lambda: query(sport, "SELECT pg_is_in_recovery()"), 60)
+            return p
+        standby = start_standby()
+        yield cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary, root)
     finally:
         for p in procs:
             p.stop(sig=signal.SIGINT, timeout=20)
@@ -136,7 +156,7 @@ def pg_pair():
 
 
 def test_chatd_follows_the_manifests_standby(pg_pair, start_all_instance):
-    cfg, pport, sport, primary, sdata, sc = pg_pair
+    cfg, pport, sport, primary, sdata, sc, _ = pg_pair
     assert query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming"
     with open(os.path.join(sdata, "postgresql.auto.conf")) as f:
         auto = f.read()
@@ -178,3 +198,113 @@ def test_chatd_follows_the_manifests_standby(pg_pair, start_all_instance):
     arun(body(), 150)
     assert query(sport, "SELECT count(*) FROM messages") == 3
     assert not query(sport, "SELECT pg_is_in_recovery()")
+
+
+def standby_ready(sc, sdata, sport):
+    """The standby's readinessProbe, as rendered, against its socket."""
+    sock = os.path.join(os.path.dirname(os.path.dirname(sdata)), "standby-sock")
+    r = subprocess.run(sc["readinessProbe"]["exec"]["command"], user="postgres", group="postgres",
+                       extra_groups=[], capture_output=True, timeout=20,
+                       env=dict(os.environ, PATH=f"{PG_BIN}:{os.environ['PATH']}", PGHOST=sock, PGPORT=str(sport)))
+    return r.returncode == 0
+
+
+def test_standby_stopped_for_a_while_catches_up(pg_pair):
+    """A standby pod stopped (rescheduled, its node drained) while the
+    primary writes and checkpoints catches up when it is back: the
+    primary kept its WAL in the standby's replication slot. Without a slot
+    the checkpoints recycle the segments it needs ("requested WAL segment
+    ... has already been removed") and it never streams again. Its
+    readiness says whether it streams (pg_isready said ready regardless)."""
+    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, _, _, _) = pg_pair
+    wait("the standby streaming", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 20)
+    standby.stop(sig=signal.SIGINT, timeout=20)
+    c = connect(pport)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("CREATE TABLE k8s_wal (n int)")
+    for i in range(4):
+        cur.execute("INSERT INTO k8s_wal VALUES (%s)", (i,))
+        cur.execute("SELECT pg_switch_wal()")
+        cur.execute("CHECKPOINT")
+    c.close()
+    start_standby()
+    wait("the standby streaming again", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 30)
+    wait("the rows written while it was stopped on the standby",
+         lambda: query(sport, "SELECT count(*) FROM k8s_wal") == 4, 20)
+    # Its readiness says whether it is a live copy: ready while streaming,
+    # unready once the primary is gone although it still answers queries.
+    assert standby_ready(sc, sdata, sport)
+    primary.stop(sig=signal.SIGINT, timeout=20)
+    assert query(sport, "SELECT pg_is_in_recovery()")
+    wait("the standby unready without its primary", lambda: not standby_ready(sc, sdata, sport), 20)
+
+
+def test_promotion_fences_the_old_primary_and_copies_it_back(pg_pair):
+    """After the documented promotion, the old primary's pod started again
+    on its old volume (any `kubectl apply -k` sets replicas: 1 back) does
+    not run: a second read-write node, first in CHATD_PG's hosts, would take
+    chatd's writes on stale data. With its volume deleted (DEPLOY.md's step)
+    it copies the promoted standby and streams from it: a standby again."""
+    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary, _) = pg_pair
+    with connect(pport) as c, c.cursor() as cur:
+        cur.execute("CREATE TABLE k8s_fence (n int)")
+        cur.execute("INSERT INTO k8s_fence VALUES (1)")
+    wait("the row on the standby", lambda: query(sport, "SELECT count(*) FROM k8s_fence") == 1, 20)
+    primary.stop(sig=signal.SIGINT, timeout=20)
+    subprocess.run([f"{PG_BIN}/pg_ctl", "promote", "-D", sdata, "-w"], user="postgres", group="postgres",
+                   extra_groups=[], check=True, stdout=subprocess.DEVNULL, timeout=60)
+    with connect(sport) as c, c.cursor() as cur:
+        cur.execute("INSERT INTO k8s_fence VALUES (2)")
+    old = start_primary(wait_up=False)
+    wait("the old primary's pod to exit", lambda: not old.alive(), 30)
+    old.stopping = True
+    assert old.p.returncode != 0
+    assert "not starting a second primary" in old.tail(), old.tail()
+    with pytest.raises(psycopg2.OperationalError):
+        connect(pport).close()
+    # DEPLOY.md: delete data-postgres-0, then the pod runs again.
+    shutil.rmtree(pdata)
+    start_primary()
+    assert query(pport, "SELECT pg_is_in_recovery()")
+    with connect(sport) as c, c.cursor() as cur:
+        cur.execute("INSERT INTO k8s_fence VALUES (3)")
+    wait("the new standby streaming", lambda: query(pport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 30)
+    wait("every row on the new standby", lambda: query(pport, "SELECT count(*) FROM k8s_fence") == 3, 20)
+    assert query(sport, "SELECT active FROM pg_replication_slots WHERE slot_name = 'postgres_0'")
+
+
+def test_standby_copy_cut_short_is_copied_again(pg_pair):
+    """The standby pod killed once its base backup is on the volume but
+    before standby.signal is written (a liveness kill, an eviction, a node
+    lost mid-copy) starts next time as a standby again: the copy is made
+    beside PGDATA and moved in whole, so a cut copy is made again. Left in
+    PGDATA, the next start found PG_VERSION and ran it as a second,
+    read-write primary."""
+    cfg, pport, sport, primary, sdata, sc, (standby, start_standby, pdata, start_primary, root) = pg_pair
+    with connect(pport) as c, c.cursor() as cur:
+        cur.execute("CREATE TABLE k8s_cut (n int)")
+        cur.execute("INSERT INTO k8s_cut VALUES (1)")
+    standby.stop(sig=signal.SIGINT, timeout=20)
+    shutil.rmtree(sdata)
+    # pg_basebackup completes, then the pod's shell is SIGKILLed (once).
+    bin_dir = os.path.join(root, "cut-bin")
+    os.makedirs(bin_dir)
+    marker = os.path.join(root, "cut-once")
+    wrapper = os.path.join(bin_dir, "pg_basebackup")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\n\"{PG_BIN}/pg_basebackup\" \"$@\" || exit\n"
+                f"[ -e {marker} ] && exit 0\ntouch {marker}\nkill -9 $PPID\n")
+    os.chmod(bin_dir, 0o755)
+    os.chmod(wrapper, 0o755)
+    shutil.chown(root, "postgres", "postgres")
+    cut = start_standby(path_first=bin_dir)
+    wait("the standby's start cut short", lambda: not cut.alive(), 60)
+    cut.stopping = True
+    assert os.path.exists(marker), cut.tail()
+    start_standby()
+    assert query(sport, "SELECT pg_is_in_recovery()")
+    with connect(pport) as c, c.cursor() as cur:
+        cur.execute("INSERT INTO k8s_cut VALUES (2)")
+    wait("the standby streaming", lambda: query(sport, "SELECT status FROM pg_stat_wal_receiver") == "streaming", 30)
+    wait("both rows on the standby", lambda: query(sport, "SELECT count(*) FROM k8s_cut") == 2, 20)

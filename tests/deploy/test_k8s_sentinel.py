@@ -49,6 +49,8 @@ def rewrite(text, subs):
 
 
 NAMES = [("redis-sentinel-$s.redis-sentinel", f"{NET}.2$s"), ("redis-0.redis", REDIS_IP[0])]
+# The Redis pods asked by role when no Sentinel answers (.10, .11).
+REDIS_NAMES = [("redis-$r.redis", f"{NET}.1$r")]
 
 
 class Pods:
@@ -114,14 +116,15 @@ def redis_ha(tmp_path):
         (d["/etc/redis"] / "redis.conf").write_text(rewrite(conf, [
             ("bind * -::*", f"bind {REDIS_IP[i]}"), ("dir /data", f"dir {d['/data']}"),
             ("/run/redis", str(d["/run/redis"]))]))
-        script = rewrite(rc["args"][0], [('"$(hostname).redis"', '"$POD_IP"')] + NAMES +
+        script = rewrite(rc["args"][0], [('"$(hostname).redis"', '"$POD_IP"')] + NAMES + REDIS_NAMES +
                          [(k, str(d[k])) for k in ("/etc/redis", "/run/redis")])
         return pods.start(f"redis-{i}", REDIS_IP[i], rc["command"] + [script], d, limit_mb=64)
 
     def start_sentinel_pod(i):
         run = tmp_path / f"sentinel-{i}"
+        shutil.rmtree(run, ignore_errors=True)  # an emptyDir: a new pod starts empty
         run.mkdir()
-        script = rewrite(sc["args"][0], [('"$(hostname).redis-sentinel"', '"$POD_IP"')] + NAMES +
+        script = rewrite(sc["args"][0], [('"$(hostname).redis-sentinel"', '"$POD_IP"')] + NAMES + REDIS_NAMES +
                          [("/run/sentinel", str(run)),
                                                      ("'port 26379' ", "'port 26379' \"bind $POD_IP\" ")])
         return pods.start(f"redis-sentinel-{i}", SENTINEL_IP[i], sc["command"] + [script], {})
@@ -138,7 +141,7 @@ def redis_ha(tmp_path):
              lambda: all(len(client(ip, 26379).execute_command("SENTINEL", "REPLICAS", name)) == 1 and
                          len(client(ip, 26379).execute_command("SENTINEL", "SENTINELS", name)) == 2
                          for ip in SENTINEL_IP), 30)
-        yield pods, cfg, start_redis_pod
+        yield pods, cfg, start_redis_pod, start_sentinel_pod
     finally:
         pods.stop()
 
@@ -155,7 +158,7 @@ def master_of(name):
 
 
 def test_chatd_follows_the_manifests_sentinels(redis_ha, start_all_instance):
-    pods, cfg, start_redis_pod = redis_ha
+    pods, cfg, start_redis_pod, _ = redis_ha
     name = cfg["CHATD_REDIS_MASTER_NAME"]
     assert master_of(name) == REDIS_IP[0]
     assert not any(PASSWORD in " ".join(p.argv) for p in pods.procs.values()), "password in an argv"
@@ -202,3 +205,37 @@ def test_chatd_follows_the_manifests_sentinels(redis_ha, start_all_instance):
          lambda: client(REDIS_IP[0], 6379).info("replication").get("master_host") == REDIS_IP[1], 20)
     assert client(REDIS_IP[0], 6379).execute_command("ROLE")[0] == "slave"
     assert master_of(name) == REDIS_IP[1]
+
+
+def test_sentinels_restarted_together_after_a_failover_find_the_master(redis_ha):
+    """After a failover (redis-1 master, redis-0 its replica), redis-0
+    restarted with no Sentinel up asks redis-1 and stays its replica, and the
+    three Sentinels restarted at once (emptyDirs: no state, no peer to ask)
+    monitor the Redis pod that says it is the master, not the first
+    start's redis-0: a replica named as master to chatd (which refuses it
+    after ROLE) and with no replica to promote, for ever."""
+    pods, cfg, start_redis_pod, start_sentinel_pod = redis_ha
+    name = cfg["CHATD_REDIS_MASTER_NAME"]
+    pods.procs["redis-0"].stop(signal.SIGKILL, 10)
+    wait("the Sentinels' failover to redis-1", lambda: master_of(name) == REDIS_IP[1], 40)
+    start_redis_pod(0)
+    wait("redis-0 a replica of redis-1", lambda: client(REDIS_IP[0], 6379).info("replication")
+         .get("master_link_status") == "up", 20)
+    for i in range(3):
+        pods.procs[f"redis-sentinel-{i}"].stop(signal.SIGKILL, 10)
+    # redis-0 restarted while no Sentinel answers asks redis-1, and stays
+    # its replica (not a second master beside it).
+    pods.procs["redis-0"].stop(signal.SIGKILL, 10)
+    start_redis_pod(0)
+    wait("redis-0 started by its script", lambda: client(REDIS_IP[0], 6379).ping(), 20)
+    runtime = (pods.tmp / "redis-0-run-redis" / "runtime.conf").read_text()
+    assert f"\nreplicaof {REDIS_IP[1]} 6379\n" in runtime, runtime.replace(PASSWORD, "...")
+    for i in range(3):
+        start_sentinel_pod(i)
+    wait("every Sentinel names redis-1", lambda: all(
+        client(ip, 26379).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", name)[0] == REDIS_IP[1]
+        for ip in SENTINEL_IP), 20)
+    # ... and keeps naming it (no failover to a replica-less "master").
+    time.sleep(8)
+    assert master_of(name) == REDIS_IP[1]
+    assert client(REDIS_IP[1], 6379).execute_command("ROLE")[0] == "master"
