@@ -132,6 +132,7 @@ def test_publish_503_when_kafka_is_down_then_retry_stored_once(start_all_instanc
     assert [m["id"] for m in msgs] == [mid], msgs
 
 
+@pytest.mark.skipif(kafkamode.REAL, reason="the embedded broker's fault injection")
 def test_member_changes_answered_once_kafka_has_their_record(start_all_instance):
     """While Kafka cannot take records, a member removal by the API, a
     client's leave and a client's join are answered 503 / `unavailable`
