@@ -189,10 +189,9 @@ faults-kafka3: $(BUILD)/chatd
 # three Kafka nodes, Redis, PostgreSQL and the test's clients on hosts of
 # their own (network namespaces on a bridge, 10.221.0.0/24); links cut,
 # refused, one way, lossy; checked by the fault checker. Needs root
-# (ip netns, iptables). Not in make test: 8 min 44 s measured (docs/RELIABILITY.md,
-# "Network partitions"), 7 min 14 s since the test brokers' first group join
-# waits 1 s, not Kafka's 3 (scripts/kafka.py, group_delay_ms); not in .ci/run
-# either: with it the run would take about 46 min of its 45. One run per
+# (ip netns, iptables). Not in make test, a step of its own in .ci/run: 5 min
+# 30 s (7 min 8 s before its post-heal waits became conditions and its Kafka
+# was killed, not stopped, at the end; docs/DEPLOY.md, "CI"). One run per
 # machine at a time.
 test-partitions: $(BUILD)/chatd
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))

@@ -23,6 +23,17 @@ async def start_traffic(c, name, n_clients=8, n_rooms=4, n_senders=4, interval=0
     return run, rooms, clients, traffic
 
 
+async def flowing(run, t, what, timeout=60, extra=1.0):
+    """After a heal (or a failover) at t: waits until every client got a
+    newly sequenced message in every one of its rooms since t (delivery and
+    sequencing work again, through both gateways), then `extra` seconds of
+    that traffic. What the fixed post-heal sleeps waited for, on condition;
+    fails the test if it does not happen within `timeout`."""
+    await harness.wait_for(lambda: all(c.last_adv[r] > t for c in run.clients for r in c.rooms),
+                           timeout, what, step=0.1)
+    await asyncio.sleep(extra)
+
+
 async def finish(run, traffic, extra_line=""):
     await traffic.stop()
     await run.converge(timeout=90, settle=90)

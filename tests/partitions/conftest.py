@@ -4,6 +4,7 @@ chatd cluster (2 gateways, 2 classifiers, its own Redis) per test. Every
 fault is healed after each test, and everything the session made (processes,
 namespaces) is removed also when a test fails; namespaces left by a killed
 run are removed when the next one starts (netns.remove_stale)."""
+import concurrent.futures
 import os
 import shutil
 import sys
@@ -36,12 +37,25 @@ def net():
     try:
         n.topo.create()
         n.topo.enter("client")
-        n.pg = hosts.NetPostgres(n.topo, n.workdir)
-        n.kafka = hosts.NetKafka(n.topo, os.path.join(n.workdir, "kafka")).up(timeout=180)
+        # PostgreSQL is made while Kafka's three JVMs start: in a thread
+        # (started here, so in the client host too), not Kafka, whose nodes
+        # die with the thread that started them (PR_SET_PDEATHSIG)
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        pg = pool.submit(hosts.NetPostgres, n.topo, n.workdir)
+        pool.shutdown(wait=False)
+        try:
+            n.kafka = hosts.NetKafka(n.topo, os.path.join(n.workdir, "kafka"))
+            n.kafka.up(timeout=180)
+        finally:
+            if pg.exception() is None:   # waits for it
+                n.pg = pg.result()
+        n.pg = pg.result()               # raises what it raised
         yield n
     finally:
         if n.kafka:
-            n.kafka.down()
+            # SIGKILL: its data is thrown away, and three nodes stopping
+            # at once took 12 s of controlled shutdown
+            n.kafka.down(grace=0)
         if n.pg:
             n.pg.close()
         n.topo.destroy()

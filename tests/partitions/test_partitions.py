@@ -6,8 +6,8 @@ import asyncio
 import pytest
 
 import hosts
-from common import finish, probe_sends, start_traffic
-from harness import now, run_bounded
+from common import finish, flowing, probe_sends, start_traffic
+from harness import now, run_bounded, unavailable, wait_for
 
 KAFKA = list(hosts.KAFKA_HOSTS)
 # docs/PROTOCOL.md: a send Kafka does not acknowledge is answered within the
@@ -33,7 +33,10 @@ def test_p1_gateway_cut_from_kafka(net, make_cluster):
         t_cut = now()
         stop, during = asyncio.Event(), []
         task = asyncio.ensure_future(probe_sends(probe, rooms[0], stop, during, gap=0.5))
-        await asyncio.sleep(SEND_TIMEOUT + MARGIN + 3)
+        # held until the first probe send (sent at the cut) is answered: the
+        # producer's whole message.timeout.ms in the cut (the probe's request
+        # itself times out at 40 s; a reply that late fails below)
+        await wait_for(lambda: during or task.done(), 45, "the probe's first reply", step=0.1)
         stop.set()
         await task
         net.topo.heal()
@@ -100,7 +103,8 @@ def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
     """One direction only: classifier 0's requests reach Kafka (heartbeats,
     joins, commits, produces to chat-receive), Kafka's answers never reach
     it. The coordinator still hears it, so its session may not simply
-    expire; the checker still wants one seq per message and no gap."""
+    expire; the checker still wants one seq per message and no gap. The
+    healthy classifier 1 should keep its partitions (an xfail if not)."""
     c = make_cluster()
 
     async def body():
@@ -117,48 +121,34 @@ def test_p2b_zombie_hears_nothing_from_kafka(net, make_cluster):
         # the healthy classifier losing its own partitions (session timed
         # out waiting on a rebalance the deaf one cannot finish)
         lost1 = c.log_count("classifier1", "kafka_revoked", "lost=1")
-        return await finish(run, traffic, extra_line=f"zombie fenced/lost lines {fenced}; "
-                            f"classifier1 lost its assignment {lost1} times")
-
-    res = run_bounded(body(), 240)
-    res.assert_ok()
-
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "found by P2b: the healthy classifier 1 lost its session while classifier 0 "
-    "was deaf (3 of 5 runs on a machine shared with other Kafka tests; 0 of 15 at load 2-5, "
-    "the deaf one holding no rebalance). Kafka 4's coordinator "
-    "answers a heartbeat only once the offset commits pending on the group's "
-    "__consumer_offsets partition are replicated; a replication stall longer than the "
-    "session expires every committing member (test_p2b_offsets_replication_stall_"
-    "keeps_sessions shows it deterministically); what stalled replication in P2b is not "
-    "established (load is the candidate). Intermittent, hence not strict. Since issue 21's "
-    "fix the classifiers commit to Kafka once a minute (offsets in PostgreSQL), so only a "
-    "stall that one of those commits meets can still cost a session"),
-    raises=AssertionError)
-def test_p2b_healthy_classifier_keeps_its_partitions(net, make_cluster):
-    """While classifier 0 is deaf (Kafka's packets to it dropped, 20 s), the
-    healthy classifier 1 should keep its partitions and take classifier 0's."""
-    c = make_cluster()
-
-    async def body():
-        run, rooms, clients, traffic = await start_traffic(c, "p2b_healthy_keeps",
-                                                           n_senders=2)
-        f = run.fault("kafka -> classifier0 dropped")
-        for k in KAFKA:
-            net.topo.cut(k, "cl0", oneway=True)
-        await asyncio.sleep(20)
-        net.topo.heal()
-        run.restored(f)
-        await asyncio.sleep(5)
-        res = await finish(run, traffic)
-        return res, c.log_count("classifier1", "kafka_revoked", "lost=1")
+        res = await finish(run, traffic, extra_line=f"zombie fenced/lost lines {fenced}; "
+                           f"classifier1 lost its assignment {lost1} times")
+        return res, lost1
 
     res, lost1 = run_bounded(body(), 240)
-    if res.problems:   # a safety failure is not this xfail's reason: a real failure
-        raise RuntimeError(f"{res.line}\n" + "\n".join(res.problems))
-    assert lost1 == 0, f"classifier 1 lost its assignment {lost1} times while classifier 0 was deaf"
+    res.assert_ok()
+    # Availability, not safety (checked above): the healthy classifier 1
+    # should keep its partitions and take classifier 0's. A known,
+    # intermittent failure (P2B_HEALTHY): reported as an xfail, as the
+    # separate test_p2b_healthy_classifier_keeps_its_partitions (the same
+    # fault, held as long) did as a non-strict xfail before it was folded
+    # in here to save its 30 s in CI.
+    if lost1:
+        pytest.xfail(f"classifier 1 lost its assignment {lost1} times while classifier 0 "
+                     f"was deaf: {P2B_HEALTHY}")
+
+
+P2B_HEALTHY = ("found by P2b: the healthy classifier 1 lost its session while classifier 0 was "
+               "deaf (3 of 5 runs on a machine shared with other Kafka tests; 0 of 15 at load "
+               "2-5, the deaf one holding no rebalance). Kafka 4's coordinator answers a "
+               "heartbeat only once the offset commits pending on the group's __consumer_offsets"
+               " partition are replicated; a replication stall longer than the session expires "
+               "every committing member (test_p2b_offsets_replication_stall_keeps_sessions shows"
+               " it deterministically); what stalled replication in P2b is not established (load"
+               " is the candidate). Intermittent, hence not strict. Since issue 21's fix the "
+               "classifiers commit to Kafka once a minute (offsets in PostgreSQL), so only a "
+               "stall that one of those commits meets can still cost a session")
+
 
 # The mechanism behind P2b's false failover (docs/RELIABILITY.md, P2b):
 # Kafka 4's group coordinator answers a classic Heartbeat only once every
@@ -242,10 +232,27 @@ def test_p1b_kafka_replies_to_gateway_lost(net, make_cluster):
         f = run.fault("kafka -> gateway0 dropped")
         for k in KAFKA:
             net.topo.cut(k, "gw0", oneway=True)
-        await asyncio.sleep(SEND_TIMEOUT + MARGIN + 3)
+        t_cut = now()
+        gw0 = [s for s in traffic.senders if s.port == c.ports["gateway0"]]
+
+        def answered_unavailable():
+            return sum(1 for s in gw0 if any(unavailable(o) for r in s.sends
+                                             if r.t_first >= t_cut for o in r.outcomes))
+
+        # held until each of gateway 0's senders had a send answered
+        # `unavailable` (message.timeout.ms after the cut), at most as long
+        # as the fixed hold this replaced
+        try:
+            await wait_for(lambda: answered_unavailable() >= len(gw0),
+                           SEND_TIMEOUT + MARGIN + 3, "gateway 0's senders answered unavailable",
+                           step=0.1)
+        except AssertionError:
+            pass        # fewer: the assertion on sends_unavailable below decides
+        await asyncio.sleep(1)
         net.topo.heal()
+        t_heal = now()
         run.restored(f)
-        await asyncio.sleep(5)
+        await flowing(run, t_heal, "traffic after the heal")
         return await finish(run, traffic)
 
     res = run_bounded(body(), 240)
@@ -266,8 +273,9 @@ def test_p3_classifier_cut_from_pg_then_redis(net, make_cluster):
             net.topo.cut("cl0", what)
             await asyncio.sleep(10)
             net.topo.heal()
+            t_heal = now()
             run.restored(f)
-            await asyncio.sleep(6)
+            await flowing(run, t_heal, f"traffic after classifier0's {what} link healed")
         return await finish(run, traffic)
 
     res = run_bounded(body(), 240)
@@ -288,8 +296,9 @@ def test_p4_store_isolated(net, make_cluster, what, mode):
         net.topo.isolate(what, mode=mode)
         await asyncio.sleep(10)
         net.topo.heal()
+        t_heal = now()
         run.restored(f)
-        await asyncio.sleep(6)
+        await flowing(run, t_heal, f"traffic after {what} was healed")
         return await finish(run, traffic)
 
     res = run_bounded(body(), 300)
@@ -350,8 +359,9 @@ def test_p6_flaky_network(net, make_cluster):
         net.topo.loss(0.07)
         await asyncio.sleep(LOSS_S)
         net.topo.heal()
+        t_heal = now()
         run.restored(f)
-        await asyncio.sleep(6)
+        await flowing(run, t_heal, "traffic after the loss was lifted")
         return await finish(run, traffic, extra_line=f"loss held {LOSS_S:.0f}s, no jitter (no netem)")
 
     res = run_bounded(body(), 300 + LOSS_S)
