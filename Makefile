@@ -193,7 +193,7 @@ faults-kafka3: $(BUILD)/chatd
 # 30 s (7 min 8 s before its post-heal waits became conditions and its Kafka
 # was killed, not stopped, at the end; docs/DEPLOY.md, "CI"). One run per
 # machine at a time.
-test-partitions: $(BUILD)/chatd
+test-partitions: deps $(BUILD)/chatd
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
 	CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=20 tests/partitions $(PYTEST_ARGS)
 

@@ -20,6 +20,9 @@ PKGS=(
   # Real Apache Kafka for the second test pass (scripts/kafka.py): a JRE to
   # run the broker, Maven to fetch the jars scripts/kafka/pom.xml pins.
   openjdk-17-jre-headless maven
+  # The partition suite's hosts (tests/partitions): network namespaces,
+  # veths and a bridge (ip), faults as iptables rules, netem delay (tc).
+  iproute2 iptables
 )
 # Node.js for the browser test (tests/browser): Debian's nodejs and npm,
 # unless a node with its npm is on PATH already (NodeSource's nodejs bundles
