@@ -1309,7 +1309,7 @@ int classifier_ready(const classifier_t *c)
 {
     return !c->draining && redis_client_ready(c->redis) && pg_client_ready(c->pg) &&
            kafka_producer_healthy(c->producer) && kafka_consumer_healthy(c->consumer) &&
-           kafka_consumer_joined(c->consumer);
+           kafka_consumer_joined(c->consumer) && (!c->own || ownership_ready(c->own));
 }
 
 int classifier_pg_ready(const classifier_t *c) { return pg_client_ready(c->pg); }
