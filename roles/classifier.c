@@ -1284,8 +1284,13 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
         c->fence_wait_ms = OWNERSHIP_LEASE_MS + 1000;
     else if (kafka_consumer_setting(c->consumer, "session.timeout.ms", v, sizeof v) == 0)
         c->fence_wait_ms = (unsigned)strtoul(v, NULL, 10) + 1000;
+    /* With leases no group is left after max.poll.interval.ms: a batch stuck
+     * that long still owns its partitions, and records it dropped would
+     * never be read again. A lapsed lease drops it instead (assignment lost). */
     c->max_poll_ms = 300000;
-    if (kafka_consumer_setting(c->consumer, "max.poll.interval.ms", v, sizeof v) == 0)
+    if (c->own)
+        c->max_poll_ms = UINT32_MAX;
+    else if (kafka_consumer_setting(c->consumer, "max.poll.interval.ms", v, sizeof v) == 0)
         c->max_poll_ms = (unsigned)strtoul(v, NULL, 10);
     for (int i = 0; i < 2; i++) {
         c->slot[i].c = c;
