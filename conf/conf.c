@@ -87,6 +87,10 @@ static const struct conf_flag conf_flags[] = {
           "replicas of topics chatd creates (-1: the brokers' default.replication.factor)"),
     F_INT("embedded-brokers", embedded_brokers, "1", 1, 9, "brokers in the embedded mock cluster"),
     F_STR("group", group_id, "chatd-classifier", "classifier consumer group id"),
+    F_STR("ownership", ownership, "",
+          "how classifiers share chat-send: 'group' (Kafka's consumer group), 'lease' (leases in "
+          "PostgreSQL, docs/ARCHITECTURE.md \"Failover\"); '' = lease with the embedded broker, "
+          "else group"),
     F_SIZE("max-frame", max_frame, "65536", 1024, 16777216, "largest client WebSocket message, bytes (close 1009 above)"),
     F_SIZE("max-text", max_text, "4096", 1, 1048576, "largest message text, bytes (too_large above)"),
     F_SIZE("send-queue", send_queue, "1048576", 4096, 1073741824,
@@ -387,6 +391,11 @@ static int conf_check(struct conf *c)
     if ((c->role == ROLE_GATEWAY || c->role == ROLE_ALL) && c->gateway_id >= c->receive_partitions) {
         fprintf(stderr, "chatd: --gateway-id=%d needs --receive-partitions > %d (the chat-receive "
                         "partitions)\n", c->gateway_id, c->gateway_id);
+        return -1;
+    }
+    if (c->ownership[0] && strcmp(c->ownership, "group") && strcmp(c->ownership, "lease")) {
+        fprintf(stderr, "chatd: invalid value for --ownership: '%s' (group or lease)\n",
+                c->ownership);
         return -1;
     }
     if (c->role == ROLE_BROKER && strcmp(c->kafka, "embedded") != 0) {

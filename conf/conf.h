@@ -59,6 +59,7 @@ struct conf {
     int replication_factor;      /* of created topics; -1 = broker default */
     int embedded_brokers;
     char group_id[128];
+    char ownership[16];          /* "group", "lease" or "" (lease iff the embedded broker) */
     size_t max_frame;            /* largest client frame (close 1009 above) */
     size_t max_text;             /* largest message text (too_large above) */
     size_t send_queue;           /* per-connection output bound, bytes */

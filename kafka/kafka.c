@@ -352,6 +352,22 @@ static int64_t kafka_stats_lag(const cJSON *root, const char *topic, const struc
     return known ? sum : -1;
 }
 
+/* The topic's partitions in the metadata librdkafka holds (0: not yet). */
+static int kafka_stats_partitions(const cJSON *root, const char *topic)
+{
+    const cJSON *topics = cJSON_GetObjectItemCaseSensitive(root, "topics");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(topics, topic);
+    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(t, "partitions");
+    const cJSON *p;
+    int n = 0;
+    cJSON_ArrayForEach(p, parts) {
+        if (kafka_stats_num(p, "partition") >= 0 &&
+            !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "unknown")))
+            n++;
+    }
+    return n;
+}
+
 /* 1 once every owned partition is being fetched ("active"): until then an
  * assigned consumer started at the end would skip what is produced now. */
 static int kafka_stats_fetching(const cJSON *root, const char *topic, const struct kafka_parts *own)
@@ -752,6 +768,11 @@ struct kafka_consumer {
     rd_kafka_t *rk;
     char *topic;
     int group;                   /* 1: group member (commits), 0: fixed partition */
+    int manual;                  /* group.id for offsets, no subscribe: kafka_consumer_assign */
+    struct kafka_parts releasing; /* manual: to unassign once not held */
+    int lost;                    /* manual: everything released as lost, not yet applied */
+    rd_kafka_topic_t *rkt;       /* manual: keeps the topic's metadata known */
+    int n_partitions;            /* manual: the topic's partitions, from stats; 0 unknown */
     int32_t partition;           /* assigned consumer's partition */
     size_t max_batch;
     kafka_batch_cb cb;
@@ -953,7 +974,9 @@ static void kafka_consumer_on_event(kafka_consumer_t *c, rd_kafka_event_t *ev)
             c->healthy = kafka_stats_healthy(root) &&
                          (c->group || kafka_stats_fetching(root, c->topic, &c->own));
             c->lag = kafka_stats_lag(root, c->topic, &c->own);
-            if (c->group && kafka_stats_steady(root))
+            if (c->manual)
+                c->n_partitions = kafka_stats_partitions(root, c->topic);
+            if (c->group && !c->manual && kafka_stats_steady(root))
                 c->assigned_once = 1; /* an empty assignment has no event */
             if (c->lag >= 0)
                 metric_set(kafka_m.lag[c->group], (double)c->lag);
@@ -966,6 +989,36 @@ static void kafka_consumer_on_event(kafka_consumer_t *c, rd_kafka_event_t *ev)
     }
 }
 
+/* Manual: a release asked for while a batch was held is applied between
+ * batches, where a group consumer serves its revokes: the role sees the
+ * partition go only once the batch that may hold its records is done. */
+static void kafka_consumer_release_pending(kafka_consumer_t *c)
+{
+    if (c->held || c->releasing.n == 0)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)c->releasing.n);
+    for (size_t i = 0; i < c->releasing.n; i++) {
+        rd_kafka_topic_partition_list_add(l, c->topic, c->releasing.v[i]);
+        kafka_parts_del(&c->own, c->releasing.v[i]);
+    }
+    c->releasing.n = 0;
+    int lost = c->lost;
+    c->lost = 0;
+    char list[512];
+    kafka_parts_str(l, list, sizeof list);
+    rd_kafka_error_t *error = rd_kafka_incremental_unassign(c->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    c->generation++;
+    log_info("kafka_revoked", "client=%s topic=%s partitions=%s lost=%d manual=1",
+             rd_kafka_name(c->rk), c->topic, list, lost);
+    if (error) {
+        const char *s = rd_kafka_error_string(error);
+        log_error("kafka_unassign_failed", "client=%s err=%s", rd_kafka_name(c->rk),
+                  log_q(s, strlen(s)));
+        rd_kafka_error_destroy(error);
+    }
+}
+
 /* Records are batched up to max_batch; any other event first flushes the
  * batch so the role sees records and rebalances in queue order. */
 static void kafka_consumer_drain(struct kafka_pump *pp)
@@ -974,6 +1027,7 @@ static void kafka_consumer_drain(struct kafka_pump *pp)
     CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
     int i;
     c->dispatching = 1;
+    kafka_consumer_release_pending(c);
     for (i = 0; i < KAFKA_DRAIN_MAX && !c->held; i++) {
         rd_kafka_event_t *ev = rd_kafka_queue_poll(pp->q, 0);
         if (!ev)
@@ -991,6 +1045,7 @@ static void kafka_consumer_drain(struct kafka_pump *pp)
     if (!c->held)
         kafka_consumer_deliver(c);
     c->dispatching = 0;
+    kafka_consumer_release_pending(c);
     if (i == KAFKA_DRAIN_MAX && !c->held)
         kafka_pump_again(pp);
 }
@@ -1002,6 +1057,8 @@ static void kafka_consumer_free(kafka_consumer_t *c)
     free(c->recs);
     free(c->own.v);
     free(c->own.since);
+    free(c->releasing.v);
+    free(c->releasing.since);
     c->magic = 0;
     free(c);
 }
@@ -1018,7 +1075,13 @@ static rd_kafka_resp_err_t kafka_consumer_start(kafka_consumer_t *c, const char 
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_resp_err_t err;
-    if (c->group) {
+    if (c->manual) {
+        /* Partitions come with kafka_consumer_assign; a topic handle makes
+         * librdkafka fetch the topic's metadata now, so its partition count
+         * reaches the stats and its leaders are known before an assign. */
+        c->rkt = rd_kafka_topic_new(c->rk, topic, NULL);
+        err = c->rkt ? RD_KAFKA_RESP_ERR_NO_ERROR : rd_kafka_last_error();
+    } else if (c->group) {
         rd_kafka_topic_partition_list_add(l, topic, RD_KAFKA_PARTITION_UA);
         err = rd_kafka_subscribe(c->rk, l);
     } else {
@@ -1062,8 +1125,8 @@ static rd_kafka_resp_err_t kafka_consumer_start(kafka_consumer_t *c, const char 
 
 static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
                               const struct kafka_conf *conf, const char *group_id,
-                              const char *topic, int32_t partition, size_t max_batch,
-                              kafka_batch_cb cb, void *user)
+                              const char *topic, int32_t partition, int manual,
+                              size_t max_batch, kafka_batch_cb cb, void *user)
 {
     char gw_group[64];
     const char *group_defaults[] = {
@@ -1126,6 +1189,7 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
     c->magic = KAFKA_CONSUMER_MAGIC;
     c->loop = loop;
     c->group = group_id != NULL;
+    c->manual = manual;
     c->partition = group_id ? -1 : partition;
     c->max_batch = max_batch;
     c->cb = cb;
@@ -1149,6 +1213,8 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
     err = rerr ? ERR_UNAVAILABLE : kafka_pump_init(&c->pump, loop, q);
     if (err) {
         rd_kafka_queue_destroy(q);
+        if (c->rkt)
+            rd_kafka_topic_destroy(c->rkt);
         rd_kafka_destroy(c->rk);
         kafka_consumer_free(c);
         return err;
@@ -1160,7 +1226,10 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
     size_t session_len = sizeof session, heartbeat_len = sizeof heartbeat;
     rd_kafka_conf_get(rd_kafka_conf(c->rk), "session.timeout.ms", session, &session_len);
     rd_kafka_conf_get(rd_kafka_conf(c->rk), "heartbeat.interval.ms", heartbeat, &heartbeat_len);
-    if (c->group)
+    if (c->manual)
+        log_info("kafka_consumer_ready", "client=%s group=%s topic=%s fetch_wait_ms=%s manual=1",
+                 rd_kafka_name(c->rk), group_id, topic, wait_now);
+    else if (c->group)
         log_info("kafka_consumer_ready",
                  "client=%s group=%s topic=%s fetch_wait_ms=%s session_ms=%s heartbeat_ms=%s",
                  rd_kafka_name(c->rk), group_id, topic, wait_now, session, heartbeat);
@@ -1178,7 +1247,86 @@ int kafka_consumer_init_group(kafka_consumer_t **out, uv_loop_t *loop,
 {
     if (!group_id)
         return ERR_BAD_REQUEST;
-    return kafka_consumer_new(out, loop, conf, group_id, topic, -1, max_batch, cb, user);
+    return kafka_consumer_new(out, loop, conf, group_id, topic, -1, 0, max_batch, cb, user);
+}
+
+int kafka_consumer_init_manual(kafka_consumer_t **out, uv_loop_t *loop,
+                               const struct kafka_conf *conf, const char *group_id,
+                               const char *topic, size_t max_batch, kafka_batch_cb cb,
+                               void *user)
+{
+    if (!group_id)
+        return ERR_BAD_REQUEST;
+    return kafka_consumer_new(out, loop, conf, group_id, topic, -1, 1, max_batch, cb, user);
+}
+
+int kafka_consumer_assign(kafka_consumer_t *c, int32_t partition, int64_t next)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (!c->manual || c->closing)
+        return ERR_BAD_REQUEST;
+    c->assigned_once = 1;
+    if (partition < 0)
+        return 0;
+    if (c->lost) /* the held batch must be dropped first */
+        return ERR_UNAVAILABLE;
+    if (kafka_parts_has(&c->releasing, partition)) { /* wanted back before it went */
+        kafka_parts_del(&c->releasing, partition);
+        return 0;
+    }
+    if (kafka_parts_has(&c->own, partition))
+        return 0;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, c->topic, partition)->offset =
+        next >= 0 ? next : RD_KAFKA_OFFSET_STORED;
+    rd_kafka_error_t *error = rd_kafka_incremental_assign(c->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (error) {
+        const char *s = rd_kafka_error_string(error);
+        log_error("kafka_assign_failed", "client=%s partition=%" PRId32 " err=%s",
+                  rd_kafka_name(c->rk), partition, log_q(s, strlen(s)));
+        rd_kafka_error_destroy(error);
+        return ERR_UNAVAILABLE;
+    }
+    c->generation++;
+    kafka_parts_add(&c->own, partition);
+    for (size_t i = 0; i < c->own.n; i++)
+        if (c->own.v[i] == partition)
+            c->own.since[i] = c->generation;
+    log_info("kafka_assigned", "client=%s topic=%s partitions=%" PRId32 " offset=%" PRId64,
+             rd_kafka_name(c->rk), c->topic, partition, next);
+    return 0;
+}
+
+int kafka_consumer_partitions(const kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return c->n_partitions;
+}
+
+void kafka_consumer_release_lost(kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (!c->manual || c->closing || c->own.n == 0)
+        return;
+    for (size_t i = 0; i < c->own.n; i++)
+        kafka_parts_add(&c->releasing, c->own.v[i]);
+    c->lost = 1;
+    if (!c->dispatching)
+        kafka_consumer_release_pending(c);
+}
+
+int kafka_consumer_release(kafka_consumer_t *c, int32_t partition)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (!c->manual || c->closing)
+        return ERR_BAD_REQUEST;
+    if (!kafka_parts_has(&c->own, partition))
+        return ERR_NOT_FOUND;
+    kafka_parts_add(&c->releasing, partition);
+    if (!c->dispatching)
+        kafka_consumer_release_pending(c);
+    return 0;
 }
 
 int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
@@ -1188,7 +1336,7 @@ int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
 {
     if (partition < 0)
         return ERR_BAD_REQUEST;
-    return kafka_consumer_new(out, loop, conf, NULL, topic, partition, max_batch, cb, user);
+    return kafka_consumer_new(out, loop, conf, NULL, topic, partition, 0, max_batch, cb, user);
 }
 
 void kafka_consumer_hold(kafka_consumer_t *c, int hold)
@@ -1261,6 +1409,8 @@ int kafka_consumer_owns(const kafka_consumer_t *c, int32_t partition)
 int kafka_consumer_assignment_lost(const kafka_consumer_t *c)
 {
     CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (c->manual)
+        return c->lost;
     return c->group && rd_kafka_assignment_lost(c->rk);
 }
 
@@ -1329,7 +1479,7 @@ void kafka_consumer_close(kafka_consumer_t *c)
         rd_kafka_event_destroy(c->batch_ev[i]);
     c->n_batch = 0;
     rd_kafka_queue_io_event_enable(c->pump.q, -1, NULL, 0);
-    if (c->group && !c->assigned_once)
+    if (c->group && !c->manual && !c->assigned_once)
         kafka_consumer_await_assignment(c);
     rd_kafka_resp_err_t err = rd_kafka_consumer_close(c->rk);
     if (err)
@@ -1342,6 +1492,8 @@ void kafka_consumer_close(kafka_consumer_t *c)
         rd_kafka_event_destroy(ev);
     }
     log_info("kafka_consumer_closed", "client=%s topic=%s", rd_kafka_name(c->rk), c->topic);
+    if (c->rkt)
+        rd_kafka_topic_destroy(c->rkt);
     rd_kafka_queue_destroy(c->pump.q);
     rd_kafka_destroy(c->rk);
     c->rk = NULL;

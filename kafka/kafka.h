@@ -114,6 +114,32 @@ int kafka_consumer_init_assigned(kafka_consumer_t **out, uv_loop_t *loop,
                                  const struct kafka_conf *conf, const char *topic,
                                  int32_t partition, size_t max_batch, kafka_batch_cb cb,
                                  void *user);
+/* A group-less member (classifier, --ownership=lease: roles/ownership.h):
+ * group_id names the offsets, but it never subscribes; its partitions are
+ * whatever kafka_consumer_assign gave it and kafka_consumer_release has not
+ * taken back, with the same owns / owned_since / generation as a group
+ * consumer's assign and revoke events. Never "assignment lost". */
+int kafka_consumer_init_manual(kafka_consumer_t **out, uv_loop_t *loop,
+                               const struct kafka_conf *conf, const char *group_id,
+                               const char *topic, size_t max_batch, kafka_batch_cb cb,
+                               void *user);
+/* Manual: starts fetching partition at offset next (< 0: Kafka's committed
+ * offset, else auto.offset.reset) as a new ownership; partition < 0 only
+ * marks the consumer joined (its first, possibly empty, assignment). A
+ * partition being released is kept instead. 0, or ERR_BAD_REQUEST (not
+ * manual, closing), ERR_UNAVAILABLE (librdkafka refused). */
+int kafka_consumer_assign(kafka_consumer_t *c, int32_t partition, int64_t next);
+/* Manual: stops owning partition, at once when no batch is held, else once
+ * the held batch lets the consumer go (like a group consumer's revoke). 0,
+ * ERR_NOT_FOUND (not owned), ERR_BAD_REQUEST. */
+int kafka_consumer_release(kafka_consumer_t *c, int32_t partition);
+/* Manual: releases every partition, and kafka_consumer_assignment_lost is
+ * 1 until that is applied (the held batch is dropped, not stored): the
+ * member's lease may have lapsed and another may own them already. */
+void kafka_consumer_release_lost(kafka_consumer_t *c);
+/* Manual: the topic's partition count as librdkafka's metadata has it
+ * (from the stats, statistics.interval.ms = 1 s), 0 until known. */
+int kafka_consumer_partitions(const kafka_consumer_t *c);
 /* hold=1: deliver no more batches until hold=0 (records wait in librdkafka). */
 void kafka_consumer_hold(kafka_consumer_t *c, int hold);
 /* Commit of "next offset to read" for one partition of the subscribed

@@ -15,6 +15,7 @@
 #include "lib/metrics.h"
 #include "net/auth.h"
 #include "net/proto.h"
+#include "roles/ownership.h"
 #include "store/db.h"
 #include "store/pg.h"
 
@@ -100,6 +101,7 @@ struct classifier {
     const struct conf *conf;
     kafka_producer_t *producer;
     kafka_consumer_t *consumer;
+    ownership_t *own;             /* --ownership=lease, else NULL (the group decides) */
     routes_t *routes;
     redis_client_t *redis;
     pg_client_t *pg;
@@ -1304,6 +1306,12 @@ static void cl_on_maintain_timer(uv_timer_t *t)
 
 /* ---- lifecycle ---- */
 
+static int cl_batches_busy(void *ud)
+{
+    const classifier_t *c = ud;
+    return c->cur || c->out;
+}
+
 static void cl_metrics_init(classifier_t *c)
 {
     c->m.batches = metrics_counter("chatd_classifier_batches_total", "batches processed", NULL);
@@ -1333,15 +1341,32 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     c->routes = d->routes;
     c->redis = d->redis;
     cl_metrics_init(c);
+    int lease = !strcmp(d->conf->ownership, "lease") ||
+                (!d->conf->ownership[0] && d->kafka->embedded);
+    char host[64] = "?", v[32], member[160];
+    gethostname(host, sizeof host - 1);
+    snprintf(c->owner, sizeof c->owner, "%s:%d", host, (int)getpid());
+    /* A restarted pod may reuse host and pid (pid 1): the lease's member
+     * name must not be a dead predecessor's. */
+    snprintf(member, sizeof member, "%s:%08" PRIx64, c->owner,
+             (uv_hrtime() ^ ((uint64_t)getpid() << 32)) & 0xffffffffu);
     int rc = pg_client_init(&c->pg, d->loop, d->conf->pg, (unsigned)d->conf->backend_timeout_ms);
     if (rc == 0 && d->conf->compact_after_s > 0)
         rc = pg_client_init(&c->upkeep_pg, d->loop, d->conf->pg, CL_COMPACT_TIMEOUT_MS);
-    if (rc == 0)
+    if (rc == 0 && lease)
+        rc = kafka_consumer_init_manual(&c->consumer, d->loop, d->kafka, d->conf->group_id,
+                                        d->conf->topic_send, (size_t)d->conf->classifier_batch,
+                                        cl_on_batch, c);
+    else if (rc == 0)
         rc = kafka_consumer_init_group(&c->consumer, d->loop, d->kafka, d->conf->group_id,
                                        d->conf->topic_send, (size_t)d->conf->classifier_batch,
                                        cl_on_batch, c);
+    if (rc == 0 && lease)
+        rc = ownership_init(&c->own, d->loop, d->conf, c->consumer, member, cl_batches_busy, c);
     if (rc) {
         log_error("classifier_init_failed", "err=%s", err_code(rc));
+        if (c->consumer)
+            kafka_consumer_close(c->consumer);
         if (c->pg)
             pg_client_close(c->pg);
         if (c->upkeep_pg)
@@ -1349,16 +1374,20 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
         free(c);
         return rc;
     }
-    char host[64] = "?", v[32];
-    gethostname(host, sizeof host - 1);
-    snprintf(c->owner, sizeof c->owner, "%s:%d", host, (int)getpid());
     /* A zombie learns it lost its partitions within a session timeout: after
      * a refusal, retake only once that much has passed. */
     c->fence_wait_ms = 6000;
-    if (kafka_consumer_setting(c->consumer, "session.timeout.ms", v, sizeof v) == 0)
+    if (c->own)
+        c->fence_wait_ms = OWNERSHIP_LEASE_MS + 1000;
+    else if (kafka_consumer_setting(c->consumer, "session.timeout.ms", v, sizeof v) == 0)
         c->fence_wait_ms = (unsigned)strtoul(v, NULL, 10) + 1000;
+    /* With leases no group is left after max.poll.interval.ms: a batch stuck
+     * that long still owns its partitions, and records it dropped would
+     * never be read again. A lapsed lease drops it instead (assignment lost). */
     c->max_poll_ms = 300000;
-    if (kafka_consumer_setting(c->consumer, "max.poll.interval.ms", v, sizeof v) == 0)
+    if (c->own)
+        c->max_poll_ms = UINT32_MAX;
+    else if (kafka_consumer_setting(c->consumer, "max.poll.interval.ms", v, sizeof v) == 0)
         c->max_poll_ms = (unsigned)strtoul(v, NULL, 10);
     for (int i = 0; i < 2; i++) {
         c->slot[i].c = c;
@@ -1370,7 +1399,8 @@ int classifier_init(classifier_t **out, const struct classifier_deps *d)
     uv_timer_init(d->loop, &c->flush);
     c->flush.data = c;
     uv_timer_start(&c->maintain, cl_on_maintain_timer, CL_MAINTAIN_FIRST_MS, 0);
-    log_info("classifier_started", "group=%s topic=%s", d->conf->group_id, d->conf->topic_send);
+    log_info("classifier_started", "group=%s topic=%s ownership=%s", d->conf->group_id,
+             d->conf->topic_send, lease ? "lease" : "group");
     *out = c;
     return 0;
 }
@@ -1381,7 +1411,7 @@ int classifier_ready(const classifier_t *c)
 {
     return !c->draining && redis_client_ready(c->redis) && pg_client_ready(c->pg) &&
            kafka_producer_healthy(c->producer) && kafka_consumer_healthy(c->consumer) &&
-           kafka_consumer_joined(c->consumer);
+           kafka_consumer_joined(c->consumer) && (!c->own || ownership_ready(c->own));
 }
 
 int classifier_pg_ready(const classifier_t *c) { return pg_client_ready(c->pg); }
@@ -1389,11 +1419,16 @@ int classifier_pg_ready(const classifier_t *c) { return pg_client_ready(c->pg); 
 void classifier_drain(classifier_t *c)
 {
     c->draining = 1;
+    if (c->own)
+        ownership_drain(c->own);
     if (!c->cur)
         kafka_consumer_hold(c->consumer, 1);
 }
 
-int classifier_busy(const classifier_t *c) { return c->cur || c->out; }
+int classifier_busy(const classifier_t *c)
+{
+    return c->cur || c->out || (c->own && ownership_leaving(c->own));
+}
 
 void classifier_close(classifier_t *c)
 {
@@ -1406,6 +1441,7 @@ void classifier_close(classifier_t *c)
     }
     uv_close((uv_handle_t *)&c->maintain, NULL);
     uv_close((uv_handle_t *)&c->flush, NULL);
+    ownership_close(c->own);
     kafka_consumer_close(c->consumer);
     pg_client_close(c->pg);
     if (c->upkeep_pg)
@@ -1419,5 +1455,6 @@ void classifier_free(classifier_t *c)
     cl_floors_clear(c);
     free(c->expire.after);
     free(c->fences);
+    ownership_free(c->own);
     free(c);
 }

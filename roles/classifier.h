@@ -1,5 +1,6 @@
 /* classifier: consumes chat-send as one consumer group (cooperative-sticky),
- * and for each batch, in offset order:
+ * or with --ownership=lease by leases in PostgreSQL (roles/ownership.h, the
+ * default with the embedded broker), and for each batch, in offset order:
  *   1. reads from PostgreSQL the seqs of the batch's message ids already
  *      stored and, for rooms it has not stored into since its last
  *      rebalance, their max stored seq (pipelined prepared statements), so

@@ -207,6 +207,37 @@ void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const 
     pg_query_stmt(pg, &st, 3, p, cb, ud);
 }
 
+void db_lease_beat(pg_client_t *pg, const char *topic, const char *member, const char *held,
+                   int draining, int lease_ms, pg_result_cb cb, void *ud)
+{
+    char ms[16];
+    snprintf(ms, sizeof ms, "%d", lease_ms);
+    const char *p[] = { topic, member, held, draining ? "t" : "f", ms };
+    static struct pg_stmt st = {
+        "WITH up AS (INSERT INTO classifier_members (topic, member, held, draining, expires_at) "
+        "VALUES ($1, $2, $3::int[], $4::boolean, now() + $5::int * interval '1 millisecond') "
+        "ON CONFLICT (topic, member) DO UPDATE SET held = EXCLUDED.held, "
+        "draining = EXCLUDED.draining, expires_at = EXCLUDED.expires_at RETURNING 1), "
+        "gc AS (DELETE FROM classifier_members WHERE topic = $1 "
+        "AND expires_at < now() - interval '1 minute' RETURNING 1) "
+        "SELECT member, held::text, draining, NULL::int, NULL::bigint FROM classifier_members "
+        "WHERE topic = $1 AND member <> $2 AND expires_at > now() "
+        "UNION ALL SELECT NULL, NULL, NULL, partition, next_offset FROM partition_owners "
+        "WHERE topic = $1",
+    };
+    pg_query_stmt(pg, &st, 5, p, cb, ud);
+}
+
+void db_lease_leave(pg_client_t *pg, const char *topic, const char *member, pg_result_cb cb,
+                    void *ud)
+{
+    const char *p[] = { topic, member };
+    static struct pg_stmt st = {
+        "DELETE FROM classifier_members WHERE topic = $1 AND member = $2",
+    };
+    pg_query_stmt(pg, &st, 2, p, cb, ud);
+}
+
 void db_offsets_save(pg_client_t *pg, const struct db_fence *f, pg_result_cb cb, void *ud)
 {
     const char *p[] = { f->topic, f->parts, f->epochs, f->offsets ? f->offsets : "{}" };

@@ -70,6 +70,17 @@ void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const cha
  * written. See migrations/002 and 009. */
 void db_fence_take(pg_client_t *pg, const char *topic, const char *owner, const char *parts,
                    pg_result_cb cb, void *ud);
+/* --ownership=lease (migrations/010, roles/ownership.h). db_lease_beat
+ * renews member's lease of topic for lease_ms of the server's clock with
+ * the partitions it holds (held, an array literal of ints) and whether it
+ * drains, drops rows expired a minute ago, and answers the others' live
+ * rows and every partition's offset in one result: rows (member, held,
+ * draining 't'|'f', NULL, NULL) then (NULL, NULL, NULL, partition,
+ * next_offset or NULL). db_lease_leave deletes member's row. */
+void db_lease_beat(pg_client_t *pg, const char *topic, const char *member, const char *held,
+                   int draining, int lease_ms, pg_result_cb cb, void *ud);
+void db_lease_leave(pg_client_t *pg, const char *topic, const char *member, pg_result_cb cb,
+                    void *ud);
 /* Writes next_offset of each partition of f (parts, epochs, offsets) whose
  * epoch still holds; rows (partition) written. For the offsets no store
  * carried: the last batches before traffic stops (classifier's flush). */

@@ -328,11 +328,44 @@ def test_batch_past_max_poll_interval(make_cluster):
     got = wait_stored(c, [room], 10, 60)
     problems = checker.bulk_problems(c.stored_rows([room]), ids)
     dropped = c.log_count("classifier0", "event=batch_records_dropped", "reason=max_poll_interval")
+    # --ownership=lease: the lease, renewed through PostgreSQL, lapses
+    # first (1.5 s) and the batch is dropped as lost, for the same reason
+    dropped += c.log_count("classifier0", "event=batch_records_dropped", "reason=assignment_lost")
     print(f"f10 max poll: stored {got}, batches dropped {dropped}")
     if problems:
         problems += _classifier_problems(c)
     assert got == 10 and not problems, "\n".join(problems)
     assert dropped >= 1, "the stuck batch was not dropped"
+
+
+def test_batch_stuck_past_max_poll_interval_while_owned(make_cluster):
+    """A batch stuck in retries past max.poll.interval.ms while the
+    classifier still owns its partitions: Redis down, PostgreSQL up, so a
+    lease (--ownership=lease) is renewed all along. No group is left then,
+    so nobody else will read the batch's records again: they must not be
+    dropped (a group consumer drops it and gets them back at the
+    rebalance). Every record is stored once, in order, once Redis is back."""
+    c = make_cluster(n_cl=1, cl_args=["--kafka-opt=max.poll.interval.ms=3000"])
+    if c.log_count("classifier0", "event=classifier_started", "ownership=lease") == 0:
+        # --ownership=group drops the batch (reason=max_poll_interval) and,
+        # on the embedded broker, never reads those records again: 7 of 10
+        # lost (docs/RELIABILITY.md, fault 13, "Leases"); not this change's
+        pytest.skip("the group path loses this batch on the embedded broker (known, open)")
+    room = f"f10r-{uuid.uuid4().hex[:8]}"
+    ids = c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(3)])
+    assert wait_stored(c, [room], 3, 30) == 3
+    port = c.redis.port
+    c.redis.stop(signal.SIGKILL, 10)
+    try:
+        ids += c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(3, 10)])
+        time.sleep(6)
+    finally:
+        c.redis = harness.start_redis(c.dir, name="redis", port=port)
+    got = wait_stored(c, [room], 10, 40)
+    problems = checker.bulk_problems(c.stored_rows([room]), ids)
+    if problems or got != 10:
+        problems += _classifier_problems(c)
+    assert got == 10 and not problems, "\n".join(problems)
 
 
 def test_seqs_continue_after_the_rooms_messages_are_deleted(make_cluster):
