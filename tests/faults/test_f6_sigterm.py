@@ -76,8 +76,10 @@ def test_classifier_sigterm_while_joining(make_cluster):
     librdkafka 2.0.2 aborts when a cooperative-sticky member is destroyed
     after its JoinGroup and before its first assignment (fixed in 2.3.0):
     chatd's close waits (bounded) for that assignment. Without the wait this
-    aborted at one of these delays on the project's machine."""
-    c = make_cluster(n_gw=1)
+    aborted at one of these delays on the project's machine. The group path
+    on both brokers (--ownership=group: the embedded broker's classifiers
+    hold leases by default and join no group)."""
+    c = make_cluster(n_gw=1, cl_args=["--ownership=group"])
     exits = []
     for delay in (1.2, 1.5, 1.8, 2.1, 2.4, 2.7):
         c.kill("classifier1")
