@@ -162,12 +162,12 @@ int gw_produce_event(gateway_t *g, char type, const char *room, const char *user
         h.user = user;
         h.user_len = strlen(user);
     }
+    if (a) /* counted before the produce: its report must find it */
+        a->pending++;
     int rc = frame->failed ? ERR_NOMEM
                            : kafka_produce(g->producer, g->conf->topic_send, -1, room, strlen(room),
                                            frame->p, frame->len, &h, gw_on_event_dr, a);
     jbuf_free(frame);
-    if (a)
-        a->pending++;
     if (rc) {
         log_warn("event_produce_failed", "room=%s type=%c err=%s", room, type, err_code(rc));
         if (a)
