@@ -144,12 +144,13 @@ def test_member_changes_answered_once_kafka_has_their_record(start_all_instance)
     import asyncio
     import time
     api_port = __import__("chatlib").free_port()
-    # (librdkafka notices a timed-out record of a down broker's partition
-    # when that broker's thread next wakes: up to reconnect.backoff.max.ms)
+    # chatd's own reconnect backoff, not a test setting: librdkafka notices a
+    # timed-out record of a down broker's partition when that broker's
+    # thread next wakes (librdkafka's default backoff let a leave wait 10 s).
     inst = start_all_instance("memk", ["--fault-injection", f"--api-listen=127.0.0.1:{api_port}",
-                                       "--kafka-opt=message.timeout.ms=1500",
-                                       "--kafka-opt=reconnect.backoff.max.ms=500"],
+                                       "--kafka-opt=message.timeout.ms=1500"],
                               env={"CHATD_API_KEY": API_KEY})
+    late = 1.5 + 2.5        # message.timeout.ms, plus one backoff and slack
     h = {"Authorization": f"Bearer {API_KEY}"}
     room, owner, member, other = uid("pk"), uid("own"), uid("mem"), uid("oth")
     assert http_request(api_port, "PUT", f"/v1/rooms/{room}", body={"private": True, "owner": owner},
@@ -173,12 +174,21 @@ def test_member_changes_answered_once_kafka_has_their_record(start_all_instance)
         open_room = uid("open")
         broker("down")
         try:
+            t0 = time.monotonic()
             st, _, r = await asyncio.to_thread(remove)
+            t_remove = time.monotonic() - t0
             assert st == 503, (st, r)
+            t0 = time.monotonic()
             j = await x.req("join", room=open_room, timeout=15)
+            t_join = time.monotonic() - t0
             assert j.get("op") == "error" and j.get("code") == "unavailable", j
+            t0 = time.monotonic()
             lv = await o.req("leave", room=open_room, timeout=15)
+            t_leave = time.monotonic() - t0
             assert lv.get("op") == "error" and lv.get("code") == "unavailable", lv
+            slow = [(w, round(t, 1)) for w, t in (("remove", t_remove), ("join", t_join),
+                                                  ("leave", t_leave)) if t > late]
+            assert not slow, f"answered later than {late} s: {slow}"
         finally:
             broker("up")
         deadline = time.monotonic() + 30
