@@ -180,9 +180,10 @@ static int kafka_conf_build(rd_kafka_conf_t **out, const struct kafka_conf *conf
     /* librdkafka fails a record whose leader is down (message.timeout.ms)
      * and notices a broker's return only when that broker's thread wakes,
      * which it does after its reconnect backoff: up to 10 s by default, so
-     * a send during an outage was answered `unavailable` 10-20 s after it
-     * and reads resumed up to 10 s after the broker came back. One attempt
-     * a second to a down broker costs nothing worth the wait. */
+     * a join during an outage was answered `unavailable` 5-8 s past
+     * message.timeout.ms (test_member_changes_answered_once_kafka_has_their_
+     * record). One attempt a second to a down broker costs nothing worth
+     * that wait; identical connect failures are logged once. */
     if (!err)
         err = kafka_conf_set(kc, "reconnect.backoff.max.ms", "1000");
     for (size_t i = 0; !err && defaults[i]; i += 2)
