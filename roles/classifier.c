@@ -76,7 +76,8 @@ struct cl_floor {
 struct cl_fence {
     int64_t epoch;
     unsigned since;
-    uint64_t refused_ms;          /* when a store was refused: wait before retaking */
+    uint64_t refused_ms;          /* when a store was refused (loop clock: a wall clock's step
+                                     back stalled the partition as long): wait before retaking */
     int64_t done;
     int64_t saved;                /* done as last written by the flush */
     int64_t saving;               /* done as sent by the flush in flight */
@@ -457,7 +458,7 @@ static void cl_on_collision(struct cl_batch *b, const char *kind, const char *de
 static void cl_on_fenced(struct cl_batch *b, const char *lost)
 {
     classifier_t *c = b->c;
-    uint64_t now = cl_now_ms();
+    uint64_t now = uv_now(c->loop);
     /* lost: a PostgreSQL int array, "{3,5}" */
     for (const char *q = lost + (*lost == '{'); *q && *q != '}';) {
         char *end;
@@ -978,7 +979,7 @@ static int cl_fence_need(struct cl_batch *b)
     classifier_t *c = b->c;
     struct jbuf jp;
     jbuf_init(&jp, 64);
-    uint64_t now = cl_now_ms(), wait = 0;
+    uint64_t now = uv_now(c->loop), wait = 0;
     int32_t *seen = calloc(b->n_items, sizeof *seen);
     size_t n_seen = 0;
     CHATD_ASSERT(seen != NULL);
