@@ -857,6 +857,7 @@ int clock_gettime(clockid_t id, struct timespec *ts)
 
 
 @pytest.mark.skipif(harness.SANITIZED, reason="ASan must come first: no LD_PRELOAD shim")
+@pytest.mark.skipif(harness.kafkamode.REAL, reason="the classifier's own clock: one broker pass")
 def test_fence_wait_survives_a_wall_clock_step_back(make_cluster):
     """After a refused store the classifier waits before it retakes the
     partition's epoch; the wait was measured on the wall clock, so an NTP
