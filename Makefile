@@ -162,7 +162,7 @@ api-deps:
 # 9 s under ASan, as in the plain build: the time is initdb's). And
 # test_classifier_sigterm_while_joining (35 s of six restarts): it guards a
 # librdkafka abort on the group path, not memory, and runs on both brokers.
-SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill and not test_run_local_from_any_directory and not test_classifier_sigterm_while_joining")
+SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill and not test_run_local_from_any_directory and not test_classifier_sigterm_while_joining and not test_restarted_embedded_broker_with_postgresql_kept")
 
 integration: $(BUILD)/chatd browser-deps api-deps
 	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 $(SAN_DESELECT) tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)

@@ -32,6 +32,7 @@ struct cl_item {
     void *owner;
     int skip;                     /* undecodable: logged, committed, dropped */
     int lost;                     /* partition possibly lost: dropped, never committed */
+    int64_t resume;               /* below the take's next_offset: done if verified (cl_resume_at) */
     int64_t known;                /* seq PostgreSQL has for this id, or -1 */
     int dup;                      /* ROUTES_DUP_* from the assign script */
     char tag[32];                 /* "partition:offset": which record got a seq */
@@ -75,7 +76,8 @@ struct cl_floor {
 struct cl_fence {
     int64_t epoch;
     unsigned since;
-    uint64_t refused_ms;          /* when a store was refused: wait before retaking */
+    uint64_t refused_ms;          /* when a store was refused (loop clock: a wall clock's step
+                                     back stalled the partition as long): wait before retaking */
     int64_t done;
     int64_t saved;                /* done as last written by the flush */
     int64_t saving;               /* done as sent by the flush in flight */
@@ -149,6 +151,7 @@ static uint64_t cl_now_ms(void)
 
 static void cl_run(struct cl_batch *b);
 static void cl_on_flush_timer(uv_timer_t *t);
+static void cl_resume_check(struct cl_batch *b);
 
 /* A store carries the offsets done before it; what the last batches before
  * a pause did is written once the partition has been quiet this long, so
@@ -455,7 +458,7 @@ static void cl_on_collision(struct cl_batch *b, const char *kind, const char *de
 static void cl_on_fenced(struct cl_batch *b, const char *lost)
 {
     classifier_t *c = b->c;
-    uint64_t now = cl_now_ms();
+    uint64_t now = uv_now(c->loop);
     /* lost: a PostgreSQL int array, "{3,5}" */
     for (const char *q = lost + (*lost == '{'); *q && *q != '}';) {
         char *end;
@@ -731,10 +734,12 @@ static void cl_lookup_done(struct cl_batch *b)
     classifier_t *c = b->c;
     if (--b->pending > 0 || c->closing)
         return;
-    if (b->err)
+    if (b->err) {
         cl_fail(b, "lookup", b->err);
-    else
+    } else {
+        cl_resume_check(b);
         cl_route(b);
+    }
 }
 
 static void cl_on_rooms_max(int err, PGresult *res, void *ud)
@@ -862,28 +867,73 @@ static void cl_drop_lost(struct cl_batch *b)
  * sent once a minute: the batch's records below it are dropped as done
  * (they were stored and produced) and the consumer seeks past the rest of
  * what it would fetch again. Kafka's offset ahead (an owner that stored
- * nothing since, an older chatd): nothing to do. */
+ * nothing since, an older chatd): nothing to do. Only marked here: they
+ * are dropped once the lookup has found their messages stored
+ * (cl_resume_check). */
 static void cl_resume_at(struct cl_batch *b, int32_t p, int64_t next)
 {
-    classifier_t *c = b->c;
-    size_t done = 0;
-    int64_t last = -1;
     for (size_t i = 0; i < b->n_items; i++) {
         struct cl_item *it = &b->items[i];
-        if (it->partition != p)
-            continue;
-        last = it->offset;
-        if (it->offset < next && !it->lost) {
-            it->skip = 1;
-            done++;
-        }
+        if (it->partition == p && it->offset < next && !it->lost && !it->skip)
+            it->resume = next;
     }
-    if (done == 0)
-        return;
-    metric_add(c->m.resumed, (double)done);
-    int seek = last + 1 < next && kafka_consumer_seek(c->consumer, p, next) == 0;
-    log_info("partition_resumed", "partition=%d offset=%" PRId64 " skipped=%zu seek=%d", p, next,
-             done, seek);
+}
+
+/* An offset is only an offset of one topic: the embedded broker keeps its
+ * topics in memory, so its restart (or an operator's recreated topic)
+ * starts chat-send again at 0 while PostgreSQL keeps the earlier topic's
+ * next_offset, and the new topic's first records were dropped as done:
+ * acked, never stored. So a partition's marked records are dropped only
+ * if its messages among them are all stored (a done message is); a
+ * message not stored proves next_offset an earlier topic's: nothing is
+ * dropped and the offsets done start again from this batch. Without a
+ * message to prove it (member events only) nothing is dropped either:
+ * they are idempotent, and the seek could pass over messages. */
+static void cl_resume_check(struct cl_batch *b)
+{
+    classifier_t *c = b->c;
+    for (size_t i = 0; i < b->n_items; i++) {
+        if (!b->items[i].resume)
+            continue;
+        int32_t p = b->items[i].partition;
+        int64_t next = b->items[i].resume, last = -1;
+        size_t msgs = 0, stored = 0, done = 0;
+        for (size_t j = i; j < b->n_items; j++) {
+            const struct cl_item *it = &b->items[j];
+            if (it->partition != p)
+                continue;
+            last = it->offset;
+            if (it->resume && !it->skip && it->type == REC_MSG) {
+                msgs++;
+                stored += it->known >= 0;
+            }
+        }
+        int ok = msgs > 0 && stored == msgs;
+        for (size_t j = i; j < b->n_items; j++) {
+            struct cl_item *it = &b->items[j];
+            if (it->partition != p || !it->resume)
+                continue;
+            it->resume = 0;
+            if (ok && !it->skip) {
+                it->skip = 1;
+                done++;
+            }
+        }
+        if (!ok) {
+            if (stored < msgs) {
+                struct cl_fence *f = cl_fence_of(c, p);
+                f->done = f->saved = 0;
+                log_warn("partition_offset_stale", "partition=%d offset=%" PRId64
+                         " messages=%zu stored=%zu note=\"an earlier topic's: not resumed at\"",
+                         p, next, msgs, stored);
+            }
+            continue;
+        }
+        metric_add(c->m.resumed, (double)done);
+        int seek = last + 1 < next && kafka_consumer_seek(c->consumer, p, next) == 0;
+        log_info("partition_resumed", "partition=%d offset=%" PRId64 " skipped=%zu seek=%d", p,
+                 next, done, seek);
+    }
 }
 
 static void cl_on_fence_taken(int err, PGresult *res, void *ud)
@@ -929,7 +979,7 @@ static int cl_fence_need(struct cl_batch *b)
     classifier_t *c = b->c;
     struct jbuf jp;
     jbuf_init(&jp, 64);
-    uint64_t now = cl_now_ms(), wait = 0;
+    uint64_t now = uv_now(c->loop), wait = 0;
     int32_t *seen = calloc(b->n_items, sizeof *seen);
     size_t n_seen = 0;
     CHATD_ASSERT(seen != NULL);

@@ -282,8 +282,35 @@ static void gw_on_join_head(int err, int64_t head, void *ud)
     db_max_seq(gw_pg(p->g, p->user), p->room, gw_on_join_stored_head, p);
 }
 
-/* The member's records in Kafka: the join goes on (local index, route,
- * head), or is answered `unavailable` (its retry makes a quiet record). */
+/* Still a member once the records are in Kafka: the join goes on (local
+ * index, route, head). A removal or leave committed after the join may
+ * have overtaken its record (the join's gateway slow to produce): its
+ * `left` was applied here already, and a local add now would deliver the
+ * room after it, until the join's own record is checked (PROTOCOL
+ * "Removed by the server"). The check runs on the user's connection,
+ * after any check of that `left`. */
+static void gw_on_join_confirmed(int err, PGresult *res, void *ud)
+{
+    struct gw_pending *p = ud;
+    struct gw_conn *c = gw_pending_conn(p);
+    if (!c)
+        return;
+    if (err || PQntuples(res) == 0) {
+        gw_send_error(c, p->rid, err ? ERR_UNAVAILABLE : ERR_NOT_MEMBER,
+                      err ? "joined, but not confirmed: join again"
+                          : "left or removed from the room since this join");
+        gw_pending_free(p);
+        return;
+    }
+    /* Local index first: a record for the room may arrive before the head. */
+    gw_member_add(p->g, c->u, p->room, 0);
+    routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
+                     gw_on_join_head, p);
+}
+
+/* The member's records in Kafka: the join goes on once PostgreSQL confirms
+ * the membership, or is answered `unavailable` (its retry makes a quiet
+ * record). */
 static void gw_on_join_acked(int err, void *ud)
 {
     struct gw_pending *p = ud;
@@ -295,10 +322,7 @@ static void gw_on_join_acked(int err, void *ud)
         gw_pending_free(p);
         return;
     }
-    /* Local index first: a record for the room may arrive before the head. */
-    gw_member_add(p->g, c->u, p->room, 0);
-    routes_room_join(p->g->routes, p->room, p->g->conf->gateway_id, p->g->epoch, p->user,
-                     gw_on_join_head, p);
+    db_is_member(gw_pg(p->g, p->user), p->room, p->user, gw_on_join_confirmed, p);
 }
 
 /* The side effects follow the committed statement, whether or not the

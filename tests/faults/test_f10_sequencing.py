@@ -814,3 +814,81 @@ def test_join_head_is_never_above_what_is_stored(make_cluster):
     after = sorted(seq for _, seq, mid, _, _ in rows if mid in new)
     assert all(s > heads[0] for s in after), \
         f"join answered HEAD {heads[0]}; messages sent after it were stored at {after}"
+
+
+_CLOCK_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+/* CLOCK_REALTIME plus the milliseconds in $CHATD_TEST_CLOCK_FILE (read
+ * again every 50 ms): a wall clock an NTP step moves, for one process. */
+static long long shim_off_ms;
+static long long shim_read_at = -1;
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real)
+        real = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    int rc = real(id, ts);
+    if (rc != 0 || (id != CLOCK_REALTIME && id != CLOCK_REALTIME_COARSE))
+        return rc;
+    struct timespec m;
+    real(CLOCK_MONOTONIC, &m);
+    long long now = (long long)m.tv_sec * 1000 + m.tv_nsec / 1000000;
+    if (shim_read_at < 0 || now - shim_read_at >= 50) {
+        shim_read_at = now;
+        const char *p = getenv("CHATD_TEST_CLOCK_FILE");
+        FILE *f = p ? fopen(p, "r") : NULL;
+        if (f) {
+            long long v;
+            if (fscanf(f, "%lld", &v) == 1)
+                shim_off_ms = v;
+            fclose(f);
+        }
+    }
+    long long ns = (long long)ts->tv_sec * 1000000000LL + ts->tv_nsec + shim_off_ms * 1000000LL;
+    ts->tv_sec = (time_t)(ns / 1000000000LL);
+    ts->tv_nsec = (long)(ns % 1000000000LL);
+    return rc;
+}
+"""
+
+
+@pytest.mark.skipif(harness.SANITIZED, reason="ASan must come first: no LD_PRELOAD shim")
+@pytest.mark.skipif(harness.kafkamode.REAL, reason="the classifier's own clock: one broker pass")
+def test_fence_wait_survives_a_wall_clock_step_back(make_cluster):
+    """After a refused store the classifier waits before it retakes the
+    partition's epoch; the wait was measured on the wall clock, so an NTP
+    step back (here an hour, just after the refusal) stalled every room of
+    the partition for the hour. It is measured on the loop's monotonic
+    clock: retaken after the wait, everything stored."""
+    c, room, ids = _one_room_cluster(make_cluster)
+    shim_c, shim = os.path.join(c.dir, "clockshim.c"), os.path.join(c.dir, "clockshim.so")
+    with open(shim_c, "w") as f:
+        f.write(_CLOCK_SHIM)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", shim, shim_c, "-ldl"], check=True,
+                   timeout=60)
+    clock = os.path.join(c.dir, "clock-offset-ms")
+    with open(clock, "w") as f:
+        f.write("0\n")
+    p = c.terminate("classifier0")
+    p.wait_exit(c.drain + 15)
+    p.env = dict(p.env, LD_PRELOAD=shim, CHATD_TEST_CLOCK_FILE=clock)
+    c.restart("classifier0")
+    ids += c.produce_send([(room, "u0", "c5", "u0 5")])
+    assert wait_stored(c, [room], 6, 30) == 6
+    c.query("UPDATE partition_owners SET epoch = epoch + 1, owner = 'f10-new-owner' "
+            "WHERE topic = %s RETURNING 1", (c.topic_send,))
+    ids += c.produce_send([(room, "u0", f"c{i}", f"u0 {i}") for i in range(6, 10)])
+    deadline = time.time() + 15
+    while time.time() < deadline and c.log_count("classifier0", "event=classifier_fenced") == 0:
+        time.sleep(0.05)
+    assert c.log_count("classifier0", "event=classifier_fenced") >= 1, "the store was not fenced"
+    with open(clock + ".tmp", "w") as f:
+        f.write("-3600000\n")
+    os.replace(clock + ".tmp", clock)
+    got = wait_stored(c, [room], 10, 20)
+    problems = checker.bulk_problems(c.stored_rows([room]), ids)
+    assert got == 10 and not problems, f"stored {got} of 10 within 20 s: {problems}"
