@@ -164,6 +164,29 @@ static int kafka_conf_set(rd_kafka_conf_t *kc, const char *key, const char *val)
     return ERR_BAD_REQUEST;
 }
 
+/* How long a client waits on one request to a broker that went silent (its
+ * host dropped off the network: no reset, no answer). librdkafka's 60 s
+ * default held every fetch and metadata request in flight to an isolated
+ * partition leader for a minute after the majority had elected a new one
+ * (docs/RELIABILITY.md P5); a timed-out request closes the connection, and
+ * the partition follows the new leader at the next metadata refresh. It
+ * bounds Fetch (fetch.wait.max.ms + this), Metadata, FindCoordinator,
+ * OffsetCommit (a Kafka 4 broker answers one within offsets.commit.timeout.ms,
+ * 5 s) and ListOffsets; group requests carry timeouts of their own (session,
+ * max.poll.interval.ms). A ProduceRequest already waits only the lesser of
+ * this and its first message's remaining message.timeout.ms (10 s), so a
+ * send is not answered `unavailable` ("stored":"maybe") more often. Too
+ * low and a slow but live broker's answers are cut off, its connection
+ * dropped and the requests retried: 10 s is 20 times a fetch's wait. The
+ * embedded broker is in-process (never silent): librdkafka's default. */
+#define KAFKA_SOCKET_TIMEOUT_MS "10000"
+/* The consumers refresh the metadata of the topics they use this often on
+ * real Kafka (the producer: kafka_producer_init). A broker whose requests
+ * time out triggers one refresh; when that refresh still names the old
+ * leader (the majority had not elected yet), the consumer's default
+ * interval, 5 minutes, kept the partition on the dead broker. */
+#define KAFKA_METADATA_REFRESH_MS "2000"
+
 /* defaults: NULL-terminated key, value pairs. conf->opts go on top of them. */
 static int kafka_conf_build(rd_kafka_conf_t **out, const struct kafka_conf *conf,
                             const char *const *defaults, int events)
@@ -177,6 +200,8 @@ static int kafka_conf_build(rd_kafka_conf_t **out, const struct kafka_conf *conf
         err = kafka_conf_set(kc, "client.id", conf->client_id);
     if (!err)
         err = kafka_conf_set(kc, "statistics.interval.ms", "1000");
+    if (!err && !conf->embedded)
+        err = kafka_conf_set(kc, "socket.timeout.ms", KAFKA_SOCKET_TIMEOUT_MS);
     for (size_t i = 0; !err && defaults[i]; i += 2)
         err = kafka_conf_set(kc, defaults[i], defaults[i + 1]);
     for (size_t i = 0; !err && i < conf->n_opts; i++) {
@@ -572,7 +597,7 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
          * its next metadata refresh, 5 minutes by default: on real Kafka
          * refresh the topics in use every 2 s (tests/faults/test_f9). The
          * embedded broker's topics never grow. */
-        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : "2000",
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : KAFKA_METADATA_REFRESH_MS,
         NULL,
     };
     char errstr[512];
@@ -1152,6 +1177,7 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
          * against 26 ms with 5, the same CPU per message, +0.03 core for
          * an idle 5-process cluster; 1 ms cost more CPU and a worse tail. */
         "fetch.wait.max.ms", conf->embedded ? KAFKA_EMBEDDED_FETCH_WAIT_MS : "500",
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : KAFKA_METADATA_REFRESH_MS,
         NULL,
     };
     const char *assigned_defaults[] = {
@@ -1159,6 +1185,7 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
         "enable.auto.commit", "false",
         "enable.auto.offset.store", "false",
         "fetch.wait.max.ms", conf->embedded ? KAFKA_EMBEDDED_FETCH_WAIT_MS : "500",
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : KAFKA_METADATA_REFRESH_MS,
         NULL,
     };
     char errstr[512];
