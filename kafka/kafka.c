@@ -240,8 +240,16 @@ static void kafka_on_log_event(rd_kafka_t *rk, rd_kafka_event_t *ev)
 
 /* Loop thread only (error events are polled there). */
 static unsigned kafka_fatal_count;
+static void (*kafka_fatal_cb)(void *ud);
+static void *kafka_fatal_ud;
 
 unsigned kafka_fatal_errors(void) { return kafka_fatal_count; }
+
+void kafka_on_fatal(void (*cb)(void *ud), void *ud)
+{
+    kafka_fatal_cb = cb;
+    kafka_fatal_ud = ud;
+}
 
 /* Returns 1 if the error is fatal for the client instance. */
 static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healthy)
@@ -252,13 +260,13 @@ static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healt
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         *healthy = 0;
     if (fatal)
-        kafka_fatal_count++;
-    if (fatal)
         log_error("kafka_fatal", "client=%s err=%s msg=%s", rd_kafka_name(rk),
                   rd_kafka_err2name(err), log_q(s, strlen(s)));
     else
         log_warn("kafka_error", "client=%s err=%s msg=%s", rd_kafka_name(rk),
                  rd_kafka_err2name(err), log_q(s, strlen(s)));
+    if (fatal && kafka_fatal_count++ == 0 && kafka_fatal_cb)
+        kafka_fatal_cb(kafka_fatal_ud);
     return fatal;
 }
 
