@@ -189,8 +189,8 @@ static void chatd_close_all(struct chatd *d)
         gateway_close(d->gateway);
     if (d->classifier)
         classifier_close(d->classifier);
-    if (d->producer)
-        kafka_producer_close(d->producer, 5000);
+    if (d->producer) /* a fatal one delivers nothing more: purge at once */
+        kafka_producer_close(d->producer, kafka_producer_fatal(d->producer) ? 0 : 5000);
     if (d->redis)
         redis_client_close(d->redis);
     if (d->routes)
@@ -213,7 +213,8 @@ static int chatd_drained(const struct chatd *d)
 {
     return (!d->gateway || gateway_clients(d->gateway) == 0) &&
            (!d->classifier || !classifier_busy(d->classifier)) &&
-           (!d->producer || kafka_producer_inflight(d->producer) == 0);
+           (!d->producer || kafka_producer_inflight(d->producer) == 0 ||
+            kafka_producer_fatal(d->producer));
 }
 
 static void chatd_on_drain_tick(uv_timer_t *t)

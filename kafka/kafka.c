@@ -720,6 +720,12 @@ int kafka_producer_test_fatal(kafka_producer_t *p)
     return e ? ERR_UNAVAILABLE : 0;
 }
 
+int kafka_producer_fatal(const kafka_producer_t *p)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    return p->fatal;
+}
+
 int kafka_producer_healthy(const kafka_producer_t *p)
 {
     CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);

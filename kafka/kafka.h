@@ -84,6 +84,9 @@ int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, con
 void kafka_producer_warm(kafka_producer_t *p, const char *topic);
 /* 1 while at least one broker connection is up (from librdkafka stats). */
 int kafka_producer_healthy(const kafka_producer_t *p);
+/* 1 once the producer reported a fatal error: nothing it holds will be
+ * delivered any more (its reports may never come: close it with 0). */
+int kafka_producer_fatal(const kafka_producer_t *p);
 /* Records produced but not yet acknowledged. */
 size_t kafka_producer_inflight(const kafka_producer_t *p);
 /* Fatal errors reported by any Kafka client of this process (librdkafka:
