@@ -162,7 +162,11 @@ api-deps:
 # 9 s under ASan, as in the plain build: the time is initdb's). And
 # test_classifier_sigterm_while_joining (35 s of six restarts): it guards a
 # librdkafka abort on the group path, not memory, and runs on both brokers.
-SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill and not test_run_local_from_any_directory and not test_classifier_sigterm_while_joining and not test_restarted_embedded_broker_with_postgresql_kept")
+# And test_f17_kafka_fatal (12 s under ASan, passes): test_liveness drives the
+# same exit on a fatal Kafka error under ASan, classifier and gateway in one
+# process. And test_restarted_embedded_broker_with_postgresql_kept (7.5 s
+# under ASan): a classifier decision on offsets, no new memory path.
+SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill and not test_run_local_from_any_directory and not test_classifier_sigterm_while_joining and not test_classifier_kafka_fatal and not test_restarted_embedded_broker_with_postgresql_kept")
 
 integration: $(BUILD)/chatd browser-deps api-deps
 	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 $(SAN_DESELECT) tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
@@ -208,13 +212,14 @@ kafka-down:
 # The real-Kafka pass leaves out the files whose tests never reach the
 # broker's behaviour (HTTP parsing, tokens and JWKS, WebSocket frames, rate
 # and connection caps, the admin listener, the file limit, Redis AUTH,
-# PostgreSQL connections and the users batch, the API's schema fuzzing):
+# PostgreSQL connections and the users batch, the API's schema fuzzing; the
+# exit on a fatal Kafka error, which tests/faults/test_f17 drives there):
 # they run in the embedded pass and under ASan, and the 45-minute CI budget
 # on two cores needs their minutes for the broker's own tests.
 KAFKA_PASS_IGNORE := $(addprefix --ignore=tests/integration/,test_http.py test_auth.py test_jwks.py \
         test_frames.py test_rate_limit.py test_load_shedding.py test_admin_listen.py test_nofile.py \
         test_redis_auth.py test_pg_conns.py test_users_seen.py test_api_schema.py test_bench_judgement.py \
-        test_compact.py)
+        test_compact.py test_liveness.py)
 
 integration-kafka: $(BUILD)/chatd browser-deps api-deps
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))

@@ -1,6 +1,7 @@
 /* chatd: parse the configuration, start the role(s), run the loop, drain on
  * SIGTERM. One libuv loop per process; see docs/ARCHITECTURE.md. */
 #include <errno.h>
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,10 @@
 /* Gateway producer linger.ms: on the embedded broker 2 ms measured best
  * (docs/PERFORMANCE.md, table 2 variants); --kafka-opt=linger.ms=N overrides. */
 #define CHATD_GATEWAY_LINGER_MS 2
+/* A Kafka client's fatal error ends the process with this code after a
+ * drain of at most CHATD_FATAL_DRAIN_MS (kafka_on_fatal). */
+#define CHATD_EXIT_KAFKA_FATAL 3
+#define CHATD_FATAL_DRAIN_MS 3000
 
 struct chatd {
     struct conf conf;
@@ -58,6 +63,8 @@ struct chatd {
     uv_timer_t trim;
     uint64_t drain_deadline;
     int draining;
+    int fatal;                   /* a Kafka client failed: exit CHATD_EXIT_KAFKA_FATAL */
+    int closed;                  /* chatd_close_all ran: nothing left to drain */
     metric_t *up;
 };
 
@@ -177,12 +184,13 @@ static void chatd_on_redis_connect(redis_client_t *r, void *user)
 
 static void chatd_close_all(struct chatd *d)
 {
+    d->closed = 1;
     if (d->gateway)
         gateway_close(d->gateway);
     if (d->classifier)
         classifier_close(d->classifier);
-    if (d->producer)
-        kafka_producer_close(d->producer, 5000);
+    if (d->producer) /* a fatal one delivers nothing more: purge at once */
+        kafka_producer_close(d->producer, kafka_producer_fatal(d->producer) ? 0 : 5000);
     if (d->redis)
         redis_client_close(d->redis);
     if (d->routes)
@@ -205,7 +213,8 @@ static int chatd_drained(const struct chatd *d)
 {
     return (!d->gateway || gateway_clients(d->gateway) == 0) &&
            (!d->classifier || !classifier_busy(d->classifier)) &&
-           (!d->producer || kafka_producer_inflight(d->producer) == 0);
+           (!d->producer || kafka_producer_inflight(d->producer) == 0 ||
+            kafka_producer_fatal(d->producer));
 }
 
 static void chatd_on_drain_tick(uv_timer_t *t)
@@ -218,6 +227,19 @@ static void chatd_on_drain_tick(uv_timer_t *t)
     chatd_close_all(d);
 }
 
+static void chatd_drain_start(struct chatd *d, uint64_t grace_ms)
+{
+    d->draining = 1;
+    /* The listener stays open: /readyz answers 503 and /ws refuses while
+     * draining, so probes and load balancers see it. */
+    if (d->gateway)
+        gateway_drain(d->gateway);
+    if (d->classifier)
+        classifier_drain(d->classifier);
+    d->drain_deadline = uv_now(d->loop) + grace_ms;
+    uv_timer_start(&d->drain, chatd_on_drain_tick, 0, 50);
+}
+
 static void chatd_on_signal(uv_signal_t *s, int signum)
 {
     struct chatd *d = s->data;
@@ -228,16 +250,43 @@ static void chatd_on_signal(uv_signal_t *s, int signum)
         }
         return;
     }
-    d->draining = 1;
     log_info("draining", "signal=%d grace_s=%d", signum, d->conf.drain_s);
-    /* The listener stays open: /readyz answers 503 and /ws refuses while
-     * draining, so probes and load balancers see it. */
-    if (d->gateway)
-        gateway_drain(d->gateway);
+    chatd_drain_start(d, (uint64_t)d->conf.drain_s * 1000);
+}
+
+/* librdkafka declared a client of this process unusable for good. Waiting
+ * heals nothing and a classifier would keep its partitions without
+ * sequencing them, so the process drains and exits non-zero for its
+ * supervisor to restart it: the gateway's clients are closed with 1012 and
+ * reconnect to another gateway (their unacked sends resent with the same
+ * cid), the classifier abandons its batches uncommitted and leaves the
+ * group (or gives back its lease) at once, so its partitions move now.
+ * Called from inside the failed client's dispatch: the closing is done by
+ * the drain timer. */
+static void chatd_on_kafka_fatal(void *ud)
+{
+    struct chatd *d = ud;
+    if (d->fatal)
+        return;
+    d->fatal = 1;
+    if (d->closed) { /* a client failed while closing: only the exit code is left */
+        log_error("kafka_fatal_exit", "role=%s closing=1 exit=%d", conf_role_name(d->conf.role),
+                  CHATD_EXIT_KAFKA_FATAL);
+        return;
+    }
+    uint64_t grace = (uint64_t)d->conf.drain_s * 1000;
+    if (grace > CHATD_FATAL_DRAIN_MS)
+        grace = CHATD_FATAL_DRAIN_MS;
+    log_error("kafka_fatal_exit", "role=%s draining=%d grace_ms=%" PRIu64 " exit=%d "
+              "note=\"drain, then exit for the supervisor to restart the process\"",
+              conf_role_name(d->conf.role), d->draining, grace, CHATD_EXIT_KAFKA_FATAL);
     if (d->classifier)
-        classifier_drain(d->classifier);
-    d->drain_deadline = uv_now(d->loop) + (uint64_t)d->conf.drain_s * 1000;
-    uv_timer_start(&d->drain, chatd_on_drain_tick, 0, 50);
+        classifier_fail(d->classifier);
+    if (!d->draining) {
+        chatd_drain_start(d, grace);
+    } else if (d->drain_deadline > uv_now(d->loop) + grace) {
+        d->drain_deadline = uv_now(d->loop) + grace;
+    }
 }
 
 /* Every CHATD_TRIM_MS, emptied slab blocks are unmapped and glibc is asked
@@ -452,6 +501,7 @@ static int chatd_run(struct chatd *d)
     uv_unref((uv_handle_t *)&d->trim);
     uv_signal_start(&d->sigterm, chatd_on_signal, SIGTERM);
     uv_signal_start(&d->sigint, chatd_on_signal, SIGINT);
+    kafka_on_fatal(chatd_on_kafka_fatal, d);
     uv_run(d->loop, UV_RUN_DEFAULT);
     return 0;
 }
@@ -533,6 +583,10 @@ int main(int argc, char **argv)
         kafka_broker_stop(d.broker);
     uv_loop_close(d.loop);
     metrics_free();
-    log_info("exit", "rc=0");
-    return 0;
+    int exit_rc = d.fatal ? CHATD_EXIT_KAFKA_FATAL : 0;
+    if (d.fatal)
+        log_error("exit", "rc=%d reason=kafka_fatal", exit_rc);
+    else
+        log_info("exit", "rc=0");
+    return exit_rc;
 }

@@ -164,6 +164,29 @@ static int kafka_conf_set(rd_kafka_conf_t *kc, const char *key, const char *val)
     return ERR_BAD_REQUEST;
 }
 
+/* How long a client waits on one request to a broker that went silent (its
+ * host dropped off the network: no reset, no answer). librdkafka's 60 s
+ * default held every fetch and metadata request in flight to an isolated
+ * partition leader for a minute after the majority had elected a new one
+ * (docs/RELIABILITY.md P5); a timed-out request closes the connection, and
+ * the partition follows the new leader at the next metadata refresh. It
+ * bounds Fetch (fetch.wait.max.ms + this), Metadata, FindCoordinator,
+ * OffsetCommit (a Kafka 4 broker answers one within offsets.commit.timeout.ms,
+ * 5 s) and ListOffsets; group requests carry timeouts of their own (session,
+ * max.poll.interval.ms). A ProduceRequest already waits only the lesser of
+ * this and its first message's remaining message.timeout.ms (10 s), so a
+ * send is not answered `unavailable` ("stored":"maybe") more often. Too
+ * low and a slow but live broker's answers are cut off, its connection
+ * dropped and the requests retried: 10 s is 20 times a fetch's wait. The
+ * embedded broker is in-process (never silent): librdkafka's default. */
+#define KAFKA_SOCKET_TIMEOUT_MS "10000"
+/* The consumers refresh the metadata of the topics they use this often on
+ * real Kafka (the producer: kafka_producer_init). A broker whose requests
+ * time out triggers one refresh; when that refresh still names the old
+ * leader (the majority had not elected yet), the consumer's default
+ * interval, 5 minutes, kept the partition on the dead broker. */
+#define KAFKA_METADATA_REFRESH_MS "2000"
+
 /* defaults: NULL-terminated key, value pairs. conf->opts go on top of them. */
 static int kafka_conf_build(rd_kafka_conf_t **out, const struct kafka_conf *conf,
                             const char *const *defaults, int events)
@@ -186,6 +209,8 @@ static int kafka_conf_build(rd_kafka_conf_t **out, const struct kafka_conf *conf
      * that wait; identical connect failures are logged once. */
     if (!err)
         err = kafka_conf_set(kc, "reconnect.backoff.max.ms", "1000");
+    if (!err && !conf->embedded)
+        err = kafka_conf_set(kc, "socket.timeout.ms", KAFKA_SOCKET_TIMEOUT_MS);
     for (size_t i = 0; !err && defaults[i]; i += 2)
         err = kafka_conf_set(kc, defaults[i], defaults[i + 1]);
     for (size_t i = 0; !err && i < conf->n_opts; i++) {
@@ -224,8 +249,16 @@ static void kafka_on_log_event(rd_kafka_t *rk, rd_kafka_event_t *ev)
 
 /* Loop thread only (error events are polled there). */
 static unsigned kafka_fatal_count;
+static void (*kafka_fatal_cb)(void *ud);
+static void *kafka_fatal_ud;
 
 unsigned kafka_fatal_errors(void) { return kafka_fatal_count; }
+
+void kafka_on_fatal(void (*cb)(void *ud), void *ud)
+{
+    kafka_fatal_cb = cb;
+    kafka_fatal_ud = ud;
+}
 
 /* Returns 1 if the error is fatal for the client instance. */
 static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healthy)
@@ -236,13 +269,13 @@ static int kafka_on_error_event(rd_kafka_t *rk, rd_kafka_event_t *ev, int *healt
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         *healthy = 0;
     if (fatal)
-        kafka_fatal_count++;
-    if (fatal)
         log_error("kafka_fatal", "client=%s err=%s msg=%s", rd_kafka_name(rk),
                   rd_kafka_err2name(err), log_q(s, strlen(s)));
     else
         log_warn("kafka_error", "client=%s err=%s msg=%s", rd_kafka_name(rk),
                  rd_kafka_err2name(err), log_q(s, strlen(s)));
+    if (fatal && kafka_fatal_count++ == 0 && kafka_fatal_cb)
+        kafka_fatal_cb(kafka_fatal_ud);
     return fatal;
 }
 
@@ -581,7 +614,7 @@ int kafka_producer_init(kafka_producer_t **out, uv_loop_t *loop, const struct ka
          * its next metadata refresh, 5 minutes by default: on real Kafka
          * refresh the topics in use every 2 s (tests/faults/test_f9). The
          * embedded broker's topics never grow. */
-        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : "2000",
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : KAFKA_METADATA_REFRESH_MS,
         NULL,
     };
     char errstr[512];
@@ -694,6 +727,12 @@ int kafka_producer_test_fatal(kafka_producer_t *p)
     rd_kafka_resp_err_t e = rd_kafka_test_fatal_error(p->rk, RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
                                                       "chatd fault injection");
     return e ? ERR_UNAVAILABLE : 0;
+}
+
+int kafka_producer_fatal(const kafka_producer_t *p)
+{
+    CHATD_ASSERT(p->magic == KAFKA_PRODUCER_MAGIC);
+    return p->fatal;
 }
 
 int kafka_producer_healthy(const kafka_producer_t *p)
@@ -1161,6 +1200,7 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
          * against 26 ms with 5, the same CPU per message, +0.03 core for
          * an idle 5-process cluster; 1 ms cost more CPU and a worse tail. */
         "fetch.wait.max.ms", conf->embedded ? KAFKA_EMBEDDED_FETCH_WAIT_MS : "500",
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : KAFKA_METADATA_REFRESH_MS,
         NULL,
     };
     const char *assigned_defaults[] = {
@@ -1168,6 +1208,7 @@ static int kafka_consumer_new(kafka_consumer_t **out, uv_loop_t *loop,
         "enable.auto.commit", "false",
         "enable.auto.offset.store", "false",
         "fetch.wait.max.ms", conf->embedded ? KAFKA_EMBEDDED_FETCH_WAIT_MS : "500",
+        "topic.metadata.refresh.interval.ms", conf->embedded ? "300000" : KAFKA_METADATA_REFRESH_MS,
         NULL,
     };
     char errstr[512];

@@ -84,12 +84,21 @@ int kafka_produce(kafka_producer_t *p, const char *topic, int32_t partition, con
 void kafka_producer_warm(kafka_producer_t *p, const char *topic);
 /* 1 while at least one broker connection is up (from librdkafka stats). */
 int kafka_producer_healthy(const kafka_producer_t *p);
+/* 1 once the producer reported a fatal error: nothing it holds will be
+ * delivered any more (its reports may never come: close it with 0). */
+int kafka_producer_fatal(const kafka_producer_t *p);
 /* Records produced but not yet acknowledged. */
 size_t kafka_producer_inflight(const kafka_producer_t *p);
 /* Fatal errors reported by any Kafka client of this process (librdkafka:
  * the instance is unusable until the process restarts); /healthz fails on
  * one, so the kubelet restarts the pod instead of leaving it unready. */
 unsigned kafka_fatal_errors(void);
+/* cb(ud) runs once, from the loop, at the process's first fatal error (a
+ * librdkafka 2.0.2 idempotent producer hits one when an isolated partition
+ * leader returns: docs/RELIABILITY.md P5). The process cannot heal it: chatd
+ * drains and exits non-zero (chatd.c). cb may drain, not close: it runs
+ * inside the failed client's event dispatch. */
+void kafka_on_fatal(void (*cb)(void *ud), void *ud);
 /* Fault injection (--fault-injection): raises a fabricated fatal error in
  * the producer, as rd_kafka_test_fatal_error does for librdkafka's tests. */
 int kafka_producer_test_fatal(kafka_producer_t *p);

@@ -108,6 +108,7 @@ struct classifier {
     redis_client_t *redis;
     pg_client_t *pg;
     int draining, closing;
+    int failed;                   /* classifier_fail: batches in flight are abandoned */
     /* Two batches overlap: `out` was produced and waits for its acks while
      * `cur` is sequenced and stored; cur is produced only once out is
      * committed, so chat-receive gets the batches in order. */
@@ -248,8 +249,8 @@ static void cl_on_retry(uv_timer_t *t) { cl_run(t->data); }
 static void cl_fail(struct cl_batch *b, const char *step, int err)
 {
     classifier_t *c = b->c;
-    if (c->closing)
-        return;
+    if (c->closing || c->failed)
+        return; /* failed: abandoned uncommitted (classifier_close) */
     unsigned delay = 100u << (b->attempt < 6 ? b->attempt : 6);
     b->attempt++;
     metric_inc(c->m.retries);
@@ -1362,7 +1363,8 @@ static void cl_on_maintain_timer(uv_timer_t *t)
 static int cl_batches_busy(void *ud)
 {
     const classifier_t *c = ud;
-    return c->cur || c->out;
+    /* failed: nothing in flight will be committed; give the lease back now */
+    return !c->failed && (c->cur || c->out);
 }
 
 static void cl_metrics_init(classifier_t *c)
@@ -1470,8 +1472,21 @@ void classifier_drain(classifier_t *c)
         kafka_consumer_hold(c->consumer, 1);
 }
 
+void classifier_fail(classifier_t *c)
+{
+    if (c->failed)
+        return;
+    c->failed = 1;
+    log_warn("classifier_failed", "batches=%d leases=%d note=\"a Kafka client failed for good: "
+             "the batches in flight are abandoned uncommitted, re-read by the next owner\"",
+             (c->cur != NULL) + (c->out != NULL), c->own != NULL);
+    classifier_drain(c);
+}
+
 int classifier_busy(const classifier_t *c)
 {
+    if (c->failed)
+        return c->own && ownership_leaving(c->own);
     return c->cur || c->out || (c->own && ownership_leaving(c->own));
 }
 

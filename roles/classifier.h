@@ -49,7 +49,15 @@ int classifier_ready(const classifier_t *c);
 int classifier_pg_ready(const classifier_t *c);
 /* Stops taking new batches; the ones in flight finish. */
 void classifier_drain(classifier_t *c);
-/* 1 while a batch is in flight. */
+/* A Kafka client of the process failed for good (kafka_on_fatal): as
+ * classifier_drain, but the batches in flight may never finish (a fatal
+ * producer cannot route them, a fatal consumer cannot commit), so they stop
+ * being retried and are abandoned at classifier_close, never committed:
+ * the next owner re-reads them (their seqs kept by the dedup). The lease
+ * (--ownership=lease) is given back at once, not after its expiry. */
+void classifier_fail(classifier_t *c);
+/* 1 while a batch is in flight (after classifier_fail: while the lease is
+ * being given back). */
 int classifier_busy(const classifier_t *c);
 /* Leaves the group (blocking, shutdown only); the batches in flight are
  * abandoned (re-consumed by the next owner). Then, once the loop has

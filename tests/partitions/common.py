@@ -13,8 +13,32 @@ import harness  # noqa: E402
 from harness import now  # noqa: E402
 
 
+# chatd's exit code after a Kafka client's fatal error (chatd.c
+# CHATD_EXIT_KAFKA_FATAL): its supervisor restarts it.
+EXIT_KAFKA_FATAL = 3
+
+
+async def supervise(c, restarts):
+    """What Kubernetes' restartPolicy does for a chatd process that exited
+    after a fatal Kafka error (librdkafka 2.0.2's idempotent producer, when
+    an isolated partition leader returns: docs/RELIABILITY.md P5): starts it
+    again on its host, and appends (name, seconds since the start of the
+    run) to `restarts`. Any other exit is left to the process check."""
+    while True:
+        for name, p in list(c.procs.items()):
+            if p.stopping or p.alive() or p.p.returncode != EXIT_KAFKA_FATAL:
+                continue
+            p.stopping, p.expect_clean_exit = True, False   # expected: restarted
+            restarts.append((name, now()))
+            print(f"supervisor: {name} exited {EXIT_KAFKA_FATAL} (Kafka client fatal), restarted")
+            await asyncio.to_thread(c.restart, name, False)
+        await asyncio.sleep(0.2)
+
+
 async def start_traffic(c, name, n_clients=8, n_rooms=4, n_senders=4, interval=0.05):
     run = harness.Run(c, name)
+    run.restarts = []
+    run.supervisor = asyncio.ensure_future(supervise(c, run.restarts))
     rooms, clients, senders = await harness.standard_clients(run, n_clients=n_clients,
                                                              n_rooms=n_rooms,
                                                              n_senders=n_senders)
@@ -37,7 +61,10 @@ async def flowing(run, t, what, timeout=60, extra=1.0):
 async def finish(run, traffic, extra_line=""):
     await traffic.stop()
     await run.converge(timeout=90, settle=90)
+    run.supervisor.cancel()
     await run.close()
+    if run.restarts:
+        extra_line += f"; restarted after a fatal Kafka error: {[n for n, _ in run.restarts]}"
     res = checker.check(run, extra_line=extra_line, strict_unavailable=True)
     return res
 

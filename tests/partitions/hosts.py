@@ -198,6 +198,15 @@ def start_redis(topo, logdir):
     return proc
 
 
+def went_fatal(proc):
+    """True once chatd logged its exit on a fatal Kafka error (chatd.c)."""
+    try:
+        with open(proc.logpath, "rb") as f:
+            return b"event=kafka_fatal_exit " in f.read()
+    except OSError:
+        return False
+
+
 class NetCluster(harness.Cluster):
     """harness.Cluster with gateway i on host gw<i>, classifier i on cl<i>,
     its own Redis on the redis host, a database of the session's PostgreSQL
@@ -255,6 +264,13 @@ class NetCluster(harness.Cluster):
                               decode_responses=True)
 
     def stop(self):
+        # A process that went fatal on Kafka after the test's supervisor
+        # stopped (common.supervise) exits 3 by itself, or on this SIGTERM:
+        # what a supervisor restarts, not a problem of the test.
+        for p in self.procs.values():
+            if not p.stopping and went_fatal(p):
+                p.stopping, p.expect_clean_exit = True, False
+                print(f"{p.name}: Kafka client fatal (exits 3) after the test's supervisor stopped")
         problems = super().stop()
         return problems
 

@@ -23,7 +23,10 @@ import ctypes
 import os
 import subprocess
 
-PREFIX = "chpt-"
+# CHATD_NETNS_PREFIX (4 characters + "-" at most: veth names are PREFIX +
+# octet + 1 and Linux allows 15) lets two runs share a machine: each removes
+# only its own prefix's leftovers.
+PREFIX = os.environ.get("CHATD_NETNS_PREFIX", "chpt-")
 SUBNET = "10.221.0"
 CLONE_NEWNET = 0x40000000
 
