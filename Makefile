@@ -166,7 +166,13 @@ api-deps:
 # same exit on a fatal Kafka error under ASan, classifier and gateway in one
 # process. And test_restarted_embedded_broker_with_postgresql_kept (7.5 s
 # under ASan): a classifier decision on offsets, no new memory path.
-SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill and not test_run_local_from_any_directory and not test_classifier_sigterm_while_joining and not test_classifier_kafka_fatal and not test_restarted_embedded_broker_with_postgresql_kept")
+# Also left to the embedded pass of the plain build (no chatd runs in them:
+# the same run under ASan or against real Kafka checks nothing more): the
+# JS client's own checks, tsc on its types, npm pack + install, its
+# fake-socket tests and the doc's bot text (27.6 s in all, measured
+# 2026-12-07 on this machine under load; both other passes ran them too).
+JS_ONLY_K := not test_js_client_types and not test_js_client_npm_pack_installs and not test_js_client_logic and not test_js_client_doc_bot_is_the_example
+SAN_DESELECT := $(if $(filter 1,$(SAN)),-k "not test_f13_failover and not test_firefox_chat_across_gateway_kill and not test_run_local_from_any_directory and not test_classifier_sigterm_while_joining and not test_classifier_kafka_fatal and not test_restarted_embedded_broker_with_postgresql_kept and $(JS_ONLY_K)")
 
 integration: $(BUILD)/chatd browser-deps api-deps
 	$(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 $(SAN_DESELECT) tests/integration tests/faults tests/security tests/browser $(PYTEST_ARGS)
@@ -215,7 +221,8 @@ kafka-down:
 # PostgreSQL connections and the users batch, the API's schema fuzzing; the
 # exit on a fatal Kafka error, which tests/faults/test_f17 drives there):
 # they run in the embedded pass and under ASan, and the 45-minute CI budget
-# on two cores needs their minutes for the broker's own tests.
+# on two cores needs their minutes for the broker's own tests. Nor the JS
+# client's own checks (JS_ONLY_K, above: no chatd in them).
 KAFKA_PASS_IGNORE := $(addprefix --ignore=tests/integration/,test_http.py test_auth.py test_jwks.py \
         test_frames.py test_rate_limit.py test_load_shedding.py test_admin_listen.py test_nofile.py \
         test_redis_auth.py test_pg_conns.py test_users_seen.py test_api_schema.py test_bench_judgement.py \
@@ -223,7 +230,7 @@ KAFKA_PASS_IGNORE := $(addprefix --ignore=tests/integration/,test_http.py test_a
 
 integration-kafka: $(BUILD)/chatd browser-deps api-deps
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
-	$(KAFKA_TEST_ENV) $(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 $(KAFKA_PASS_IGNORE) tests/integration tests/faults tests/browser $(PYTEST_ARGS)
+	$(KAFKA_TEST_ENV) $(API_TEST_ENV) CHATD_BIN=$(abspath $(BUILD)/chatd) $(PYTHON) -m pytest -q -x -p no:cacheprovider --durations=20 $(KAFKA_PASS_IGNORE) -k "$(JS_ONLY_K)" tests/integration tests/faults tests/browser $(PYTEST_ARGS)
 
 # The browser tests' npm packages (no browser download: playwright-core drives
 # Debian's chromium, puppeteer-core its firefox-esr over WebDriver BiDi).

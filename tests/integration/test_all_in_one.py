@@ -134,19 +134,23 @@ def test_redis_outage_unavailable_then_seqs_continue(inst):
 
 
 def test_server_pings_idle_clients(inst):
-    async def body():
-        a = await inst.client(uid("hb"))
-        await asyncio.sleep(4)  # > heartbeat + pong timeout; websockets answers pings
-        assert not a.closed.is_set(), f"a ponging client was closed ({a.ws.close_code})"
-        await a.ok("rooms")
-        await a.close()
-    arun(body())
-
-    # a client that never answers pings is closed
+    # A client that never answers pings, and one that does (websockets
+    # answers them), idle side by side: the wait for the first to be closed
+    # is the second's time to be left alone (one 4 s wait, not two).
     ws = RawWS(inst.port, inst.token(uid("mute")), timeout=15)
     try:
         op, data = ws.read_frame()
         assert op == 0x1 and b"hello" in data
+
+        async def body():
+            a = await inst.client(uid("hb"))
+            await asyncio.sleep(4)  # > heartbeat + pong timeout
+            assert not a.closed.is_set(), f"a ponging client was closed ({a.ws.close_code})"
+            await a.ok("rooms")
+            await a.close()
+        arun(body())
+
+        # the mute one: pinged, then closed (frames read from its buffer)
         t0 = time.monotonic()
         saw_ping, closed = False, None
         while time.monotonic() - t0 < 12:

@@ -249,8 +249,12 @@ def test_reload_on_change_and_sighup(inst, idp):
         await c.close()
 
         # SIGHUP reloads (the file is valid again, with r1 back).
+        loaded = log_count(inst, "jwks_loaded")
         write_jwks(idp.path, idp.keys)
-        await asyncio.sleep(2.5)  # let the poller see the write first
+        deadline = time.monotonic() + 20   # let the poller load the write first
+        while log_count(inst, "jwks_loaded") == loaded:
+            assert time.monotonic() < deadline, "the valid file was not loaded within 20 s"
+            await asyncio.sleep(0.2)
         before = log_count(inst, "jwks_loaded")
         os.kill(inst.proc.p.pid, signal.SIGHUP)
         deadline = time.monotonic() + 10
