@@ -818,6 +818,7 @@ struct kafka_consumer {
     int group;                   /* 1: group member (commits), 0: fixed partition */
     int manual;                  /* group.id for offsets, no subscribe: kafka_consumer_assign */
     struct kafka_parts releasing; /* manual: to unassign once not held */
+    struct kafka_parts sought;   /* group: seeks asked for since the last rebalance event */
     int lost;                    /* manual: everything released as lost, not yet applied */
     rd_kafka_topic_t *rkt;       /* manual: keeps the topic's metadata known */
     int n_partitions;            /* manual: the topic's partitions, from stats; 0 unknown */
@@ -944,6 +945,54 @@ static void kafka_consumer_nudge_join(kafka_consumer_t *c)
                  rd_kafka_name(c->rk), c->topic);
 }
 
+/* librdkafka pauses a member's whole assignment while a cooperative
+ * rebalance event waits for the application and resumes the partitions it
+ * keeps when the event is answered. The resume is applied on librdkafka's
+ * main thread and does not wake the thread of the partitions' broker: if that
+ * thread was idle (every partition it fetches paused, no Fetch in flight) it
+ * fetches them again only at its next wake-up, up to 1 s later (a fixed
+ * timeout in librdkafka 2.0.2, rdkafka_broker.c rd_kafka_max_block_ms). The
+ * kept rooms then stalled ~1.0 s on a join, in 4 of 15 joins on Apache Kafka
+ * (docs/RELIABILITY.md, fault 13). A seek wakes that thread; seeking each
+ * kept partition to the application's position (the next record it has not
+ * seen) loses and repeats nothing. Synchronous (a few ms): a record fetched
+ * between the resume and the seek is dropped by the seek's version barrier
+ * and fetched again, never handed over twice. A partition sought by the role
+ * since the last event (kafka_consumer_seek) or with no position yet is left
+ * alone. */
+#define KAFKA_WAKE_SEEK_MS 1000
+
+static void kafka_consumer_wake_kept(kafka_consumer_t *c,
+                                     const rd_kafka_topic_partition_list_t *moved)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)c->own.n + 1);
+    for (size_t i = 0; i < c->own.n; i++) {
+        int in_event = 0;
+        for (int k = 0; k < moved->cnt && !in_event; k++)
+            in_event = moved->elems[k].partition == c->own.v[i] &&
+                       strcmp(moved->elems[k].topic, c->topic) == 0;
+        if (!in_event && !kafka_parts_has(&c->sought, c->own.v[i]))
+            rd_kafka_topic_partition_list_add(l, c->topic, c->own.v[i]);
+    }
+    c->sought.n = 0;
+    if (l->cnt > 0 && rd_kafka_position(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new(l->cnt);
+        for (int i = 0; i < l->cnt; i++)
+            if (l->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR && l->elems[i].offset >= 0)
+                rd_kafka_topic_partition_list_add(seek, c->topic, l->elems[i].partition)->offset =
+                    l->elems[i].offset;
+        rd_kafka_error_t *error =
+            seek->cnt ? rd_kafka_seek_partitions(c->rk, seek, KAFKA_WAKE_SEEK_MS) : NULL;
+        if (error) {
+            log_warn("kafka_wake_seek_failed", "client=%s err=%s", rd_kafka_name(c->rk),
+                     rd_kafka_error_name(error));
+            rd_kafka_error_destroy(error);
+        }
+        rd_kafka_topic_partition_list_destroy(seek);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *ev)
 {
     rd_kafka_resp_err_t err = rd_kafka_event_error(ev);
@@ -995,6 +1044,9 @@ static void kafka_consumer_on_rebalance(kafka_consumer_t *c, rd_kafka_event_t *e
         log_error("kafka_assign_failed", "client=%s err=%s", rd_kafka_name(c->rk),
                   log_q(s, strlen(s)));
         rd_kafka_error_destroy(error);
+    } else if (coop && (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ||
+                        err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)) {
+        kafka_consumer_wake_kept(c, parts);
     }
 }
 
@@ -1107,6 +1159,8 @@ static void kafka_consumer_free(kafka_consumer_t *c)
     free(c->own.since);
     free(c->releasing.v);
     free(c->releasing.since);
+    free(c->sought.v);
+    free(c->sought.since);
     c->magic = 0;
     free(c);
 }
@@ -1434,6 +1488,7 @@ int kafka_consumer_seek(kafka_consumer_t *c, int32_t partition, int64_t next)
      * back as a consume error of the partition (logged there). */
     rd_kafka_error_t *error = rd_kafka_seek_partitions(c->rk, l, 0);
     rd_kafka_resp_err_t err = error ? rd_kafka_error_code(error) : l->elems[0].err;
+    kafka_parts_add(&c->sought, partition);
     rd_kafka_topic_partition_list_destroy(l);
     if (error)
         rd_kafka_error_destroy(error);

@@ -216,6 +216,14 @@ static void own_on_beat(int err, PGresult *res, void *ud)
                  o->sent_ms - o->renewed_ms);
         kafka_consumer_release_lost(o->consumer);
     }
+    /* A near miss: the lease held, but more than half of it went by before
+     * this renewal was known (a starved loop or a slow PostgreSQL; the
+     * saturation run reports the worst). */
+    uint64_t now = own_now_ms(o);
+    if (o->renewed_ms && now > o->renewed_ms + OWNERSHIP_LEASE_MS / 2 &&
+        now <= o->renewed_ms + OWNERSHIP_LEASE_MS)
+        log_warn("ownership_beat_slow", "member=%s since_ms=%" PRIu64 " rtt_ms=%" PRIu64,
+                 o->member, now - o->renewed_ms, now - o->sent_ms);
     o->renewed_ms = o->sent_ms;
     o->lapsed = 0;
     int parts = kafka_consumer_partitions(o->consumer);

@@ -9,8 +9,8 @@ delivery (its contiguous seq advancing) is measured around:
   (the survivor, by partition_owners) do not stall (0.5 s);
 - classifier1 started again (the pod's replacement, a scale-out): the rooms
   classifier0 keeps do not stall, the moved ones not over 0.5 s, and the
-  new one stores within 5 s (the kept rooms are allowed 1.2 s: librdkafka
-  pauses a member's whole assignment at each rebalance event);
+  new one stores within 5 s (with --ownership=group on the embedded
+  broker the kept rooms are allowed 1.2 s: the mock's rebalances);
 - SIGTERM of classifier1 (a rolling update, a scale-in): the survivor's
   rooms do not stall, the moved ones not over 0.5 s.
 Those are the goals on Apache Kafka (CHATD_TEST_KAFKA=real), and with
@@ -32,6 +32,8 @@ import re
 import socket
 import zlib
 
+import pytest
+
 import checker
 import harness
 
@@ -39,7 +41,7 @@ REAL = harness.kafkamode.REAL
 STALL_S = 0.5           # more is a stall
 KILL_S = 3.0            # goal: a dead classifier's rooms (real Kafka)
 SEQUENCING_S = 5.0      # goal: a started classifier stores (real Kafka)
-KEPT_ON_JOIN_S = 1.2    # a join's pauses of the survivor's partitions (see below)
+KEPT_ON_JOIN_S = 1.2    # the mock coordinator's join (--ownership=group, embedded)
 WINDOW_S = 8.0          # how long after each change the rooms are watched
 # Measuring other settings: F13_KAFKA_OPTS="session.timeout.ms=1500,..."
 # (the goals are for the shipped settings, the default).
@@ -163,9 +165,13 @@ def test_classifier_failover_stalls(make_cluster):
             # member rejoins for the second at once (kafka.c,
             # kafka_consumer_nudge_join), not after librdkafka's one
             # JoinGroup a second, and stores as soon as its live-gateway
-            # cache has answered once (routes.c): 1.0-1.15 s before both
+            # cache has answered once (routes.c): 1.0-1.15 s before both.
+            # The survivor's kept partitions are paused at each rebalance
+            # event and resumed when it is answered; the resume did not wake
+            # an idle fetcher for up to 1 s (kafka.c,
+            # kafka_consumer_wake_kept): 1.0-1.1 s in 4 of 15 joins before
             kill, seq, moved = KILL_S, SEQUENCING_S, STALL_S
-            moved_by_join = STALL_S
+            moved_by_join = kept_on_join = STALL_S
         else:
             # the mock: expiry at the first 1 s check past the session, then
             # a JoinGroup held session - 1 s (+ 1 s for the work around it);
@@ -217,9 +223,9 @@ def test_classifier_failover_stalls(make_cluster):
         record("start, the moved rooms", gaps, [r for r in rooms if r not in kept],
                moved_by_join + noise)
         # Each rebalance event pauses the member's whole assignment until
-        # the classifier answers it (between batches), and a join brings the
-        # survivor three: its kept rooms were seen at 0.66 s (once 1.0 s on
-        # Kafka), over the issue's 0.5 s (docs/RELIABILITY.md, fault 13)
+        # the classifier answers it, and a join brings the survivor three;
+        # on the mock (--ownership=group, embedded) its kept rooms were seen
+        # at 0.66 s, over the issue's 0.5 s (docs/RELIABILITY.md, fault 13)
         record("start, the survivor's rooms", gaps, kept, kept_on_join + noise)
 
         # 3. SIGTERM
@@ -326,3 +332,59 @@ def test_gateway_restart_does_not_pause_others(make_cluster):
 
         await st.finish(run, tr)
     harness.run_bounded(body(), 180)
+
+
+JOINS = int(os.environ.get("F13_JOINS", "0"))
+
+
+@pytest.mark.skipif(not JOINS, reason="opt-in: F13_JOINS=N (N joins, ~9 s each)")
+def test_classifier_joins_keep_rooms_flowing(make_cluster):
+    """A join, N times (F13_JOINS) in one cluster: classifier1 stopped
+    (SIGTERM), then started, while classifier0 keeps its rooms. Each join's
+    worst gap of the kept rooms and of the moved ones must stay under 0.5 s
+    plus the noise floor of the 2 s before it. One join a run (the main
+    test) caught a ~1 s stall of the kept rooms on Kafka in 1 of 6 runs; this
+    repeats it (docs/RELIABILITY.md, fault 13: 4 of 15 joins before the
+    fix). Not in `make test` (CI time): run it where a join's figures are in
+    question, on Kafka with CHATD_TEST_KAFKA=real."""
+    c = make_cluster(kafka_opts=KAFKA_OPTS, cl_args=CL_ARGS)
+    st = Stalls()
+
+    async def body():
+        run = harness.Run(c, "f13 joins")
+        rooms = harness.rooms_spanning(harness.SEND_PARTITIONS)
+        part = {r: zlib.crc32(r.encode()) % harness.SEND_PARTITIONS for r in rooms}
+        senders = [run.client(rooms=[r]) for r in rooms]
+        readers = [run.client(rooms=rooms) for _ in range(2)]
+        await asyncio.gather(*(s.start(gw=0) for s in senders))
+        await asyncio.gather(*(rd.start(gw=i) for i, rd in enumerate(readers)))
+        for s in senders:
+            s.track_stalls = False
+        tr = harness.Traffic(senders, interval=0.05).start()
+        await run.warm_up()
+        survivor = owner_of(c, "classifier0")
+        for i in range(JOINS):
+            await flowing(readers, rooms, "before the SIGTERM")
+            p = c.terminate("classifier1")
+            await asyncio.to_thread(p.wait_exit, c.drain + 15)
+            await asyncio.sleep(2)
+            await flowing(readers, rooms, "before the start")
+            t = harness.now()
+            noise = max(room_gaps(readers, rooms, t - 2, t).values())
+            f = run.fault(f"classifier1 started ({i + 1})")
+            p = await asyncio.to_thread(c.restart, "classifier1", False)
+            new = owner_of(c, "classifier1")
+            await harness.wait_for(lambda: new in owners(c).values(), 30,
+                                   "the new classifier took a partition")
+            await asyncio.to_thread(harness.wait_ready, p, c.ports["classifier1"],
+                                    harness.READY_TIMEOUT)
+            run.restored(f)
+            await asyncio.sleep(max(0.0, 4.0 - (f[2] - f[1])))
+            gaps = room_gaps(readers, rooms, f[1], f[1] + 4.0)
+            own = owners(c)
+            kept = [r for r in rooms if own.get(part[r]) == survivor]
+            st.record(f"join {i + 1}, the survivor's rooms", gaps, kept, STALL_S + noise)
+            st.record(f"join {i + 1}, the moved rooms", gaps, [r for r in rooms if r not in kept],
+                      STALL_S + noise)
+        await st.finish(run, tr)
+    harness.run_bounded(body(), 120 + JOINS * 30)
