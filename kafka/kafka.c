@@ -1484,10 +1484,13 @@ int kafka_consumer_seek(kafka_consumer_t *c, int32_t partition, int64_t next)
         return ERR_NOT_FOUND;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, c->topic, partition)->offset = next;
-    /* timeout 0: asynchronous, the loop is not blocked; a failure comes
-     * back as a consume error of the partition (logged there). */
+    /* timeout 0: asynchronous, the loop is not blocked; the partition's
+     * err is then _IN_PROGRESS (the seek is under way, not failed), and a
+     * failure comes back as a consume error of the partition (logged there). */
     rd_kafka_error_t *error = rd_kafka_seek_partitions(c->rk, l, 0);
     rd_kafka_resp_err_t err = error ? rd_kafka_error_code(error) : l->elems[0].err;
+    if (err == RD_KAFKA_RESP_ERR__IN_PROGRESS)
+        err = RD_KAFKA_RESP_ERR_NO_ERROR;
     kafka_parts_add(&c->sought, partition);
     rd_kafka_topic_partition_list_destroy(l);
     if (error)
