@@ -548,17 +548,25 @@ void db_room_members(pg_client_t *pg, const char *room, const char *after, int l
              3, p, cb, ud);
 }
 
-void db_msg_target(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)
+void db_msg_target(pg_client_t *pg, const char *room, const char *id, int64_t since_ms,
+                   pg_result_cb cb, void *ud)
 {
-    const char *p[] = { room, id };
-    pg_query(pg, "SELECT user_id, kind, deleted FROM messages WHERE room = $1 AND id = $2", 2, p,
-             cb, ud);
+    char s[24];
+    snprintf(s, sizeof s, "%" PRId64, since_ms);
+    const char *p[] = { room, id, s };
+    /* The months newest first, one at a time (migrations/012): an id says
+     * nothing of its month (a cid's id is derived from the cid alone). */
+    static struct pg_stmt st = {
+        "SELECT user_id, kind, deleted, ts FROM chatd_message_by_id($1, $2, $3::bigint)",
+    };
+    pg_query_stmt(pg, &st, 3, p, cb, ud);
 }
 
 void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)
 {
     const char *p[] = { room, id };
-    pg_query(pg, "SELECT seq, user_id, ts FROM messages WHERE room = $1 AND id = $2", 2, p, cb, ud);
+    static struct pg_stmt st = { "SELECT seq, user_id, ts FROM chatd_message_by_id($1, $2, 0)" };
+    pg_query_stmt(pg, &st, 2, p, cb, ud);
 }
 
 void db_ban(pg_client_t *pg, const char *user, int64_t until, pg_result_cb cb, void *ud)
