@@ -12,7 +12,10 @@
  * waits for its head (gateway_history.c), for at most wait_ms (a client op:
  * --backend-timeout-ms; the server API: not at all, it answers 404 "not
  * stored yet" as its GET of a message does): either way the classifier
- * finds the target stored before the change. */
+ * finds the target stored before the change. The first lookup reads the
+ * months newest first down to the oldest (an edit of an old message); the
+ * lookups again only those a message acked a moment ago can be in
+ * (store/db.h, db_msg_target), not every month kept, each time. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +38,7 @@ struct gw_change {
     size_t text_len;
     uint64_t deadline_ms;           /* uv_now: stop waiting for the target */
     unsigned poll_ms;
+    int64_t since_ms;               /* db_msg_target's since_ms: 0, then recent months only */
     int timer_on;                   /* poll initialised (closed before c is freed) */
     uv_timer_t poll;
     char room[PROTO_ROOM_MAX + 1];
@@ -95,6 +99,10 @@ static void gw_on_change_target(int err, PGresult *res, void *ud)
             c->poll.data = c;
             c->timer_on = 1;
         }
+        /* Stored since, it was received a moment ago (by any gateway:
+         * their clocks a day apart at most, as the classifier's resend
+         * lookup assumes). */
+        c->since_ms = (int64_t)gw_now_ms() - DB_RESEND_AFTER_MS;
         uv_timer_start(&c->poll, gw_on_change_poll, c->poll_ms, 0);
         if (c->poll_ms < GW_CHANGE_POLL_MAX_MS)
             c->poll_ms *= 2;
@@ -129,7 +137,7 @@ static void gw_on_change_target(int err, PGresult *res, void *ud)
 
 static void gw_change_lookup(struct gw_change *c)
 {
-    db_msg_target(gw_pg(c->g, c->user), c->room, c->target, gw_on_change_target, c);
+    db_msg_target(gw_pg(c->g, c->user), c->room, c->target, c->since_ms, gw_on_change_target, c);
 }
 
 void gw_change_submit(gateway_t *g, const char *room, const char *user, int mod, char kind,

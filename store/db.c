@@ -548,17 +548,34 @@ void db_room_members(pg_client_t *pg, const char *room, const char *after, int l
              3, p, cb, ud);
 }
 
-void db_msg_target(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)
+/* A message by id, newest month first (migrations/012): an id says nothing
+ * of its month (a cid's id is derived from the cid alone). Prepared: one
+ * plan; each month is an index probe pruned at run time (the generic plan
+ * still locks every month, as db_known_ids does), and the LIMIT stops the
+ * walk at the first month that answers. The subquery's order is the walk's
+ * (a nested loop keeps its outer order). The default partition, which
+ * should stay empty, last. */
+#define DB_MSG_BY_ID(cols, since)                                                                \
+    "SELECT " cols " FROM ((SELECT m.* FROM (SELECT lo, hi FROM chatd_messages_months(" since    \
+    ")) r CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.room = $1 AND m.id = $2 "          \
+    "AND m.ts >= r.lo AND m.ts < r.hi LIMIT 1) m) UNION ALL (SELECT * FROM messages_default "    \
+    "WHERE room = $1 AND id = $2 LIMIT 1) LIMIT 1) m"
+
+void db_msg_target(pg_client_t *pg, const char *room, const char *id, int64_t since_ms,
+                   pg_result_cb cb, void *ud)
 {
-    const char *p[] = { room, id };
-    pg_query(pg, "SELECT user_id, kind, deleted FROM messages WHERE room = $1 AND id = $2", 2, p,
-             cb, ud);
+    char s[24];
+    snprintf(s, sizeof s, "%" PRId64, since_ms);
+    const char *p[] = { room, id, s };
+    static struct pg_stmt st = { DB_MSG_BY_ID("user_id, kind, deleted, ts", "$3::bigint") };
+    pg_query_stmt(pg, &st, 3, p, cb, ud);
 }
 
 void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud)
 {
     const char *p[] = { room, id };
-    pg_query(pg, "SELECT seq, user_id, ts FROM messages WHERE room = $1 AND id = $2", 2, p, cb, ud);
+    static struct pg_stmt st = { DB_MSG_BY_ID("seq, user_id, ts", "0") };
+    pg_query_stmt(pg, &st, 2, p, cb, ud);
 }
 
 void db_ban(pg_client_t *pg, const char *user, int64_t until, pg_result_cb cb, void *ud)

@@ -163,10 +163,14 @@ void db_member_add(pg_client_t *pg, const char *room, const char *user, int max_
  * id, at most limit. */
 void db_room_members(pg_client_t *pg, const char *room, const char *after, int limit,
                      pg_result_cb cb, void *ud);
-/* (user_id, kind, deleted) of row id in room, if stored: the check of an
- * edit or delete before it is produced. */
-void db_msg_target(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud);
-/* (seq, user_id, ts) of message id in room, if stored. */
+/* (user_id, kind, deleted, ts) of row id in room, if stored: the check of
+ * an edit or delete before it is produced. The months are read newest
+ * first, stopping at the row's (migrations/012); since_ms > 0 reads only
+ * months ending after it (a target known to be recent), 0 every month. */
+void db_msg_target(pg_client_t *pg, const char *room, const char *id, int64_t since_ms,
+                   pg_result_cb cb, void *ud);
+/* (seq, user_id, ts) of message id in room, if stored (newest month first,
+ * as db_msg_target). */
 void db_msg_find(pg_client_t *pg, const char *room, const char *id, pg_result_cb cb, void *ud);
 /* Bans user until (unix seconds; a past time lifts the ban). One row. */
 void db_ban(pg_client_t *pg, const char *user, int64_t until, pg_result_cb cb, void *ud);

@@ -1,7 +1,9 @@
 /* bench_storage: inserts messages into PostgreSQL with chatd's own
  * statements, the way a classifier does per batch (db_known_ids, then
  * db_store_msgs, each waited for), reads history pages (db_history) and
- * one user's rooms list (db_rooms, and the max(seq) statement it replaced).
+ * one user's rooms list (db_rooms, and the max(seq) statement it replaced)
+ * and messages by id (db_msg_find, and the every-month lookup it replaced:
+ * ids of the first and of the last month, and ids stored nowhere).
  *
  *   bench_storage CONNINFO [rows=200000] [batch=1000] [rooms=2000] [days=90]
  *                 [resend_window_days=0]
@@ -20,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 #include <uv.h>
@@ -87,6 +90,17 @@ static long scalar(PGconn *c, const char *sql)
     return v;
 }
 
+/* Pages of messages (its partitions, their indexes) read so far, hit or
+ * not, as reported by the backends (pg_statio_user_tables). */
+static long statio_blocks(PGconn *c)
+{
+    usleep(200000); /* the report of the last lookup's backend: its next idle moment */
+    exec_or_die(c, "SELECT pg_stat_clear_snapshot()");
+    return scalar(c, "SELECT sum(COALESCE(heap_blks_hit, 0) + COALESCE(heap_blks_read, 0) + "
+                     "COALESCE(idx_blks_hit, 0) + COALESCE(idx_blks_read, 0)) FROM pg_statio_user_tables "
+                     "WHERE relname = 'messages' OR relname LIKE 'messages\\_%'");
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -133,6 +147,11 @@ int main(int argc, char **argv)
     const struct chat_msg **mp = calloc((size_t)batch, sizeof *mp);
     char (*ids)[MSG_ID_LEN + 1] = calloc((size_t)batch, sizeof *ids);
     char (*cids)[16] = calloc((size_t)batch, sizeof *cids);
+    /* by id: the first and the last BYID_N rows (the oldest month, the
+     * newest), as (room, id) */
+    enum { BYID_N = 200 };
+    int byid_room[2][BYID_N];
+    char byid_id[2][BYID_N][MSG_ID_LEN + 1];
     if (!room_names || !seqs || !m || !mp || !ids || !cids)
         return 1;
     for (int r = 0; r < n_rooms; r++)
@@ -172,6 +191,13 @@ int main(int argc, char **argv)
                                       .ts = t_start + (t_end - t_start) * (done + i) / rows,
                                       .seq = ++seqs[r] };
             mp[i] = &m[i];
+            long at = done + i;
+            int side = at < BYID_N ? 0 : at >= rows - BYID_N ? 1 : -1;
+            if (side >= 0) {
+                int k = side == 0 ? (int)at : (int)(at - (rows - BYID_N));
+                byid_room[side][k] = r;
+                memcpy(byid_id[side][k], ids[i], MSG_ID_LEN + 1);
+            }
             db_array_add(&jr, m[i].room);
             db_array_add(&ji, m[i].id);
             db_array_int(&jt, m[i].ts);
@@ -270,6 +296,59 @@ int main(int argc, char **argv)
         double ms = (now_s() - r0) * 1000 / 20;
         printf("rooms (%s): a user in %ld rooms, %.2f ms per call (warm cache, 20 calls)\n",
                k == 0 ? "db_rooms" : "max(seq) per membership, before 003", rrows / 20, ms);
+    }
+    /* by id: the newest month's ids, the oldest's, and ids stored
+     * nowhere (random), each BYID_N times through db_msg_find (this
+     * tree's), then through the statement that probed every month
+     * (db_msg_find before migration 012), all warm (run once before) */
+    long months = scalar(sync, "SELECT count(*) FROM pg_partition_tree('messages') WHERE isleaf");
+    if (rows >= 2 * BYID_N) {
+        static const char *const what[] = { "newest month", "oldest month", "stored nowhere" };
+        for (int k = 0; k < 2; k++) {
+            for (int side = 0; side < 3; side++) {
+                double best = 1e9;
+                long pages = -1;
+                for (int rep = 0; rep < 2; rep++) {
+                    long b0 = statio_blocks(sync);
+                    double t0b = now_s();
+                    for (int i = 0; i < BYID_N; i++) {
+                        char miss[MSG_ID_LEN + 1];
+                        const char *id = side < 2 ? byid_id[1 - side][i] : miss;
+                        const char *room = room_names[side < 2 ? byid_room[1 - side][i] : i % n_rooms];
+                        if (side == 2) {
+                            for (int j = 0; j < MSG_ID_LEN; j++)
+                                miss[j] = "0123456789abcdef"[next_rand() & 15];
+                            miss[MSG_ID_LEN] = 0;
+                        }
+                        struct wait w = {0};
+                        const char *p[] = { room, id };
+                        if (k == 0)
+                            db_msg_find(pg, room, id, on_res, &w);
+                        else
+                            pg_query(pg, "SELECT seq, user_id, ts FROM messages WHERE room = $1 AND id = $2",
+                                     2, p, on_res, &w);
+                        run_until(&loop, &w.done);
+                        if (w.err || w.rows != (side < 2)) {
+                            fprintf(stderr, "bench_storage: by id: err=%d rows=%ld\n", w.err, w.rows);
+                            return 1;
+                        }
+                    }
+                    double ms = (now_s() - t0b) * 1000 / BYID_N;
+                    best = ms < best ? ms : best;
+                    /* the pages read (the cache's or the disk's), as
+                     * reported by the lookups' backend once flushed */
+                    struct wait w = {0};
+                    pg_query(pg, "SELECT pg_stat_force_next_flush()", 0, NULL, on_res, &w);
+                    run_until(&loop, &w.done);
+                    if (rep == 1)
+                        pages = statio_blocks(sync) - b0;
+                }
+                printf("by id (%s), %s: %.3f ms per lookup, %.1f pages of messages per lookup "
+                       "(%ld partitions, warm, best of 2 x %d)\n",
+                       k == 0 ? "db_msg_find" : "every month, before 012", what[side], best,
+                       pages < 0 ? -1.0 : (double)pages / BYID_N, months, BYID_N);
+            }
+        }
     }
     pg_client_close(pg);
     uv_run(&loop, UV_RUN_DEFAULT);

@@ -202,3 +202,63 @@ def test_edit_waits_for_a_target_not_stored_yet(cluster):
         assert (ev["seq"], ev["text"]) == (2, "fixed"), ev
         await a.close()
     arun(body())
+
+
+def test_old_month_message_found_and_edited_reading_no_older_month(cluster):
+    """A message of an old month (a row put into March 2001 by hand) is
+    found by the server API's GET and edited by its sender; the lookups by
+    id read the months newest first and stop at the message's
+    (migrations/012, issue 24): February 2001 is not read, by the GETs of
+    the old message nor of a recent one (scans counted from
+    pg_stat_user_tables). Before, each probed every month kept."""
+    import time
+    import uuid
+    room, room2, amy = uid("modold"), uid("modnew"), uid("amy")
+    ts_old = 983437200000          # 2001-03-01 09:00 UTC
+    pg = cluster.pg
+
+    def scans(part):
+        return pg.query("SELECT COALESCE(idx_scan, 0) + seq_scan FROM pg_stat_user_tables "
+                        "WHERE relname = %s", (part,))[0][0]
+
+    async def body():
+        a = await cluster.client(amy, gw=0)
+        await a.join(room2)
+        m2 = await a.send(room2, "recent", cid="n1")
+        await a.wait_seqs(room2, [1])
+        # the old months made after it: nothing chatd did for the recent
+        # message (its sequencing reads every month) reads them
+        for ts in (ts_old, ts_old - 20 * 86400000):
+            pg.query("SELECT chatd_messages_partition(%s)", (ts,))
+        old_id = uuid.uuid4().hex
+        pg.query("INSERT INTO messages (room, seq, id, user_id, body, ts) "
+                 "VALUES (%s, 1, %s, %s, 'old text', %s) RETURNING 1", (room, old_id, amy, ts_old))
+        older0, old0 = scans("messages_p200102"), scans("messages_p200103")
+        gets = [(room2, m2["id"], 1, None), (room, old_id, 1, ts_old)]
+        for i, (r, mid, seq, ts) in enumerate(gets * 3):
+            if i == 4:
+                # a backend reports its counts when idle, at most once a
+                # second (else 10 s later): these last two, after a pause
+                time.sleep(1.1)
+            st, m = api(cluster, "GET", f"/v1/rooms/{r}/messages/{mid}")
+            assert st == 200 and m["seq"] == seq and m["from"] == amy, (mid, st, m)
+            assert ts is None or m["ts"] == ts, m
+        deadline = time.monotonic() + 5
+        while scans("messages_p200103") < old0 + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        older, old = scans("messages_p200102"), scans("messages_p200103")
+        assert old >= old0 + 3 and older == older0, (older0, older, old0, old)
+        # the sender edits it: stored, and applied to the row in its month
+        await a.join(room)
+        r = await a.req("edit", room=room, id=old_id, text="old text, edited", cid="e1")
+        assert r["op"] == "ack" and r["target"] == old_id, r
+        ev = await a.wait_event(lambda x: x.get("op") == "edit", what="edit event")
+        assert (ev["seq"], ev["target"]) == (2, old_id), ev
+        h = rest_history(cluster, amy, room)
+        assert (h[0]["seq"], h[0]["text"], h[0].get("edited")) == (1, "old text, edited", True), h
+        await a.close()
+    try:
+        arun(body())
+    finally:
+        # the two months go (the message; its edit stays in this month)
+        pg.query("DROP TABLE IF EXISTS messages_p200102, messages_p200103; SELECT 1")
