@@ -188,7 +188,10 @@ def test_stale_joined_after_leave_on_other_gateway(cluster):
 def test_concurrent_leave_and_join_on_two_gateways(cluster):
     """leave on gateway 0 and join on gateway 1 at the same time; whichever
     PostgreSQL committed last, the record of the other change arrives again
-    after both: both connections must end as PostgreSQL says."""
+    after both: both connections must end as PostgreSQL says. The join may
+    be answered `not_member` when the leave committed after it, before its
+    record was in Kafka (PROTOCOL: a join's answer never gives back a room a
+    later `left` took); never when PostgreSQL ends with the member."""
     room, user, other = uid("cc"), uid("u"), uid("c")
 
     async def body():
@@ -203,9 +206,10 @@ def test_concurrent_leave_and_join_on_two_gateways(cluster):
         fl, fj = u0.issue(leave), u1.issue(join)
         await asyncio.gather(u0.ws.send(json.dumps(leave)), u1.ws.send(json.dumps(join)))
         rl, rj = await u0.await_reply(leave, fl), await u1.await_reply(join, fj)
-        assert rl["op"] == "ok" and rj["op"] == "ok", (rl, rj)
+        assert rl["op"] == "ok", (rl, rj)
         await asyncio.sleep(0.5)            # both records are through
         member = pg_member(cluster, room, user)
+        assert rj["op"] == "ok" or (rj.get("code") == "not_member" and not member), (rl, rj, member)
         # the record of the change PostgreSQL did not end with, late
         late = "l" if member else "j"
         produce_member_record(cluster, late, room, user)
