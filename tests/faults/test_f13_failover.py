@@ -101,6 +101,23 @@ async def flowing(readers, rooms, what, timeout=40):
                            timeout, f"every room flowing {what}")
 
 
+async def start_rooms(run):
+    """A room per chat-send partition, each sent ~20 messages/s by its own
+    client on gateway 0 and read by a client on each gateway; returns once
+    warm: (rooms, room -> partition, readers, traffic)."""
+    rooms = harness.rooms_spanning(harness.SEND_PARTITIONS)
+    part = {r: zlib.crc32(r.encode()) % harness.SEND_PARTITIONS for r in rooms}
+    senders = [run.client(rooms=[r]) for r in rooms]
+    readers = [run.client(rooms=rooms) for _ in range(2)]
+    await asyncio.gather(*(s.start(gw=0) for s in senders))
+    await asyncio.gather(*(rd.start(gw=i) for i, rd in enumerate(readers)))
+    for s in senders:
+        s.track_stalls = False
+    tr = harness.Traffic(senders, interval=0.05).start()
+    await run.warm_up()
+    return rooms, part, readers, tr
+
+
 def owners(c):
     """partition -> owner (host:pid) of the latest epoch taken."""
     rows = c.query("SELECT partition, owner FROM partition_owners WHERE topic = %s",
@@ -135,16 +152,7 @@ def test_classifier_failover_stalls(make_cluster):
 
     async def body():
         run = harness.Run(c, "f13 classifier failover")
-        rooms = harness.rooms_spanning(harness.SEND_PARTITIONS)
-        part = {r: zlib.crc32(r.encode()) % harness.SEND_PARTITIONS for r in rooms}
-        senders = [run.client(rooms=[r]) for r in rooms]
-        readers = [run.client(rooms=rooms) for _ in range(2)]
-        await asyncio.gather(*(s.start(gw=0) for s in senders))
-        await asyncio.gather(*(rd.start(gw=i) for i, rd in enumerate(readers)))
-        for s in senders:
-            s.track_stalls = False
-        tr = harness.Traffic(senders, interval=0.05).start()
-        await run.warm_up()
+        rooms, part, readers, tr = await start_rooms(run)
         both = {owner_of(c, "classifier0"), owner_of(c, "classifier1")}
         await harness.wait_for(lambda: set(owners(c).values()) == both, 30,
                                "both classifiers own partitions")
@@ -352,16 +360,7 @@ def test_classifier_joins_keep_rooms_flowing(make_cluster):
 
     async def body():
         run = harness.Run(c, "f13 joins")
-        rooms = harness.rooms_spanning(harness.SEND_PARTITIONS)
-        part = {r: zlib.crc32(r.encode()) % harness.SEND_PARTITIONS for r in rooms}
-        senders = [run.client(rooms=[r]) for r in rooms]
-        readers = [run.client(rooms=rooms) for _ in range(2)]
-        await asyncio.gather(*(s.start(gw=0) for s in senders))
-        await asyncio.gather(*(rd.start(gw=i) for i, rd in enumerate(readers)))
-        for s in senders:
-            s.track_stalls = False
-        tr = harness.Traffic(senders, interval=0.05).start()
-        await run.warm_up()
+        rooms, part, readers, tr = await start_rooms(run)
         survivor = owner_of(c, "classifier0")
         for i in range(JOINS):
             await flowing(readers, rooms, "before the SIGTERM")
