@@ -510,6 +510,18 @@ STAGES = [
     ("gateway produce -> Kafka ack (hop 1)", "chatd_kafka_delivery_seconds", "gateway"),
     ("gateway receive -> classifier produce", "chatd_sequence_latency_seconds", "classifier"),
     ("classifier batch (PG + Redis + produce)", "chatd_classifier_batch_seconds", "classifier"),
+    # the batch's oldest record before it started, then the batch's steps in
+    # their order (chatd_classifier_step_seconds; fence..retry add up to the batch)
+    ("classifier: oldest record's Kafka timestamp -> batch start", "chatd_classifier_step_seconds{step=since_produced}", "classifier"),
+    ("classifier: oldest record waiting in the process -> batch start", "chatd_classifier_step_seconds{step=queue}", "classifier"),
+    ("classifier step: fence take / start-up wait", "chatd_classifier_step_seconds{step=fence}", "classifier"),
+    ("classifier step: PostgreSQL lookup", "chatd_classifier_step_seconds{step=lookup}", "classifier"),
+    ("classifier step: Redis seqs", "chatd_classifier_step_seconds{step=sequence}", "classifier"),
+    ("classifier step: PostgreSQL store + commit", "chatd_classifier_step_seconds{step=store}", "classifier"),
+    ("classifier step: Redis routes", "chatd_classifier_step_seconds{step=route}", "classifier"),
+    ("classifier step: wait for the batch before (order)", "chatd_classifier_step_seconds{step=order}", "classifier"),
+    ("classifier step: produce until acked", "chatd_classifier_step_seconds{step=produce}", "classifier"),
+    ("classifier step: failed attempts + backoff", "chatd_classifier_step_seconds{step=retry}", "classifier"),
     ("classifier produce -> Kafka ack (hop 2)", "chatd_kafka_delivery_seconds", "classifier"),
     ("classifier produce -> gateway consume", "chatd_receive_hop_seconds", "gateway"),
     # per loop iteration, the time spent in callbacks: what a request can wait
@@ -529,7 +541,10 @@ def scrape(ports):
 
 
 def hist_delta(before, after, metric, kind):
-    """Summed over processes of `kind`: count, mean ms, p99 ms (bucket bound)."""
+    """Summed over processes of `kind`: count, mean ms, p99 ms (bucket bound).
+    metric may select one series of a labelled histogram: name{k=v,...}."""
+    metric, _, sel = metric.partition("{")
+    want = {tuple(x.split("=", 1)) for x in sel.rstrip("}").split(",") if x}
     count = total = 0.0
     buckets = {}
     for name in after:
@@ -537,6 +552,8 @@ def hist_delta(before, after, metric, kind):
             continue
         a, b = after[name], before.get(name, {})
         for (n, ls), v in a.items():
+            if not want <= set(ls):
+                continue
             d = v - b.get((n, ls), 0.0)
             if n == metric + "_count":
                 count += d

@@ -831,6 +831,8 @@ struct kafka_consumer {
     size_t n_batch;
     struct kafka_parts own;
     int held, closing, dispatching, healthy, fatal;
+    uint64_t got_ns;             /* held: when records were first seen waiting (uv_hrtime), 0 none */
+    uint64_t batch_got_ns;       /* the batch being delivered: kafka_consumer_batch_got_ns */
     int assigned_once;           /* a first assignment completed (group) */
     int join_nudged;             /* past the first assign event (group) */
     unsigned generation;         /* bumped on every assign and revoke */
@@ -887,6 +889,8 @@ static void kafka_consumer_deliver(kafka_consumer_t *c)
     if (n == 0)
         return;
     metric_add(kafka_m.consumed[c->group], (double)n);
+    c->batch_got_ns = c->got_ns ? c->got_ns : uv_hrtime();
+    c->got_ns = 0;
     c->cb(c, c->recs, n, c->user);
     for (size_t i = 0; i < n; i++)
         rd_kafka_event_destroy(c->batch_ev[i]);
@@ -1125,6 +1129,12 @@ static void kafka_consumer_drain(struct kafka_pump *pp)
 {
     kafka_consumer_t *c = kafka_container_of(pp, kafka_consumer_t, pump);
     CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    if (c->held) { /* the first wake-up of a hold: see kafka_consumer_hold */
+        if (!c->got_ns)
+            c->got_ns = uv_hrtime();
+        uv_poll_stop(&pp->poll);
+        return;
+    }
     int i;
     c->dispatching = 1;
     kafka_consumer_release_pending(c);
@@ -1450,10 +1460,22 @@ void kafka_consumer_hold(kafka_consumer_t *c, int hold)
     if (c->closing || c->held == hold)
         return;
     c->held = hold;
-    if (hold)
-        kafka_pump_pause(&c->pump);
-    else
+    if (hold) {
+        /* The pipe stays watched until its first wake-up, which stamps when
+         * records began to wait for the role (kafka_consumer_batch_got_ns),
+         * then the watch stops: one wake-up per hold at most. Records left
+         * in the queue by a batch cut at max_batch wait from now on. */
+        uv_timer_stop(&c->pump.again);
+        c->got_ns = rd_kafka_queue_length(c->pump.q) > 0 ? uv_hrtime() : 0;
+    } else {
         kafka_pump_resume(&c->pump);
+    }
+}
+
+uint64_t kafka_consumer_batch_got_ns(const kafka_consumer_t *c)
+{
+    CHATD_ASSERT(c->magic == KAFKA_CONSUMER_MAGIC);
+    return c->batch_got_ns;
 }
 
 int kafka_consumer_commit(kafka_consumer_t *c, int32_t partition, int64_t next_offset)

@@ -151,6 +151,12 @@ void kafka_consumer_release_lost(kafka_consumer_t *c);
 int kafka_consumer_partitions(const kafka_consumer_t *c);
 /* hold=1: deliver no more batches until hold=0 (records wait in librdkafka). */
 void kafka_consumer_hold(kafka_consumer_t *c, int hold);
+/* Inside the batch callback: when the batch's oldest record was first seen
+ * waiting in this process (uv_hrtime() ns): the first wake-up of the hold
+ * it arrived in (any queued event stamps it: a stats event once a second
+ * may make it early by up to the hold), else the drain that delivers it.
+ * When librdkafka fetched it is not known. */
+uint64_t kafka_consumer_batch_got_ns(const kafka_consumer_t *c);
 /* Commit of "next offset to read" for one partition of the subscribed
  * topic: stored at once, sent by librdkafka within auto.commit.interval.ms
  * (60 s: the role keeps its own offsets, see kafka.c), on a revoke and at

@@ -83,6 +83,31 @@ struct cl_fence {
     int64_t saving;               /* done as sent by the flush in flight */
 };
 
+/* Where a batch's time goes (chatd_classifier_step_seconds), in its order.
+ * PRODUCED and QUEUE are before the batch starts (its oldest record: from
+ * its Kafka timestamp, and from when this process had it); FENCE..PRODUCE
+ * partition the batch's time of the attempt that succeeded, RETRY holds
+ * the attempts that failed and their backoff, so FENCE..RETRY add up to
+ * chatd_classifier_batch_seconds. */
+enum cl_step {
+    CL_STEP_PRODUCED,             /* oldest record's Kafka timestamp -> batch start */
+    CL_STEP_QUEUE,                /* oldest record seen waiting here -> batch start */
+    CL_STEP_FENCE,                /* start -> lookup sent: a partition's fence take, start-up waits */
+    CL_STEP_LOOKUP,               /* PostgreSQL: known ids, rooms' max seqs */
+    CL_STEP_SEQUENCE,             /* Redis: seqs assigned, member events' destinations */
+    CL_STEP_STORE,                /* PostgreSQL: the store and its commit, edits applied */
+    CL_STEP_ROUTE,                /* Redis: the rooms' destinations */
+    CL_STEP_ORDER,                /* stored -> produce: the batch before it still being produced */
+    CL_STEP_PRODUCE,              /* produce until every record is acked, offsets committed */
+    CL_STEP_RETRY,                /* attempts that failed, and the backoff after them */
+    CL_STEPS
+};
+static const char *const cl_step_labels[CL_STEPS] = {
+    "step=\"since_produced\"", "step=\"queue\"", "step=\"fence\"", "step=\"lookup\"",
+    "step=\"sequence\"", "step=\"store\"", "step=\"route\"", "step=\"order\"",
+    "step=\"produce\"", "step=\"retry\"",
+};
+
 /* One batch of records and where it is in the pipeline. */
 struct cl_batch {
     classifier_t *c;
@@ -93,7 +118,8 @@ struct cl_batch {
     int err;
     int attempt;
     int stored;                   /* sequenced and stored: ready to produce */
-    uint64_t started_ms;
+    uint64_t t0_ns, mark_ns;      /* its start, the last step's end (uv_hrtime) */
+    uint64_t step_ns[CL_STEPS];   /* FENCE..RETRY so far */
     unsigned gen;                 /* consumer generation when the batch arrived */
     uv_timer_t retry;
 };
@@ -140,6 +166,7 @@ struct classifier {
         metric_t *batches, *records, *sequenced, *dups, *deliveries, *retries, *skipped;
         metric_t *collisions, *fenced, *lost, *resumed;
         metric_t *batch_seconds, *sequence_seconds;
+        metric_t *step[CL_STEPS];
     } m;
 };
 
@@ -148,6 +175,15 @@ static uint64_t cl_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* One clock read per step per batch: the time since the last step's end
+ * goes to step. */
+static void cl_step(struct cl_batch *b, enum cl_step step)
+{
+    uint64_t now = uv_hrtime();
+    b->step_ns[step] += now - b->mark_ns;
+    b->mark_ns = now;
 }
 
 static void cl_run(struct cl_batch *b);
@@ -245,6 +281,12 @@ static void cl_batch_free(struct cl_batch *b)
 
 static void cl_on_retry(uv_timer_t *t) { cl_run(t->data); }
 
+static void cl_on_backoff(uv_timer_t *t)
+{
+    cl_step(t->data, CL_STEP_RETRY);
+    cl_run(t->data);
+}
+
 /* A step failed: the whole batch is retried, every step being idempotent. */
 static void cl_fail(struct cl_batch *b, const char *step, int err)
 {
@@ -253,10 +295,17 @@ static void cl_fail(struct cl_batch *b, const char *step, int err)
         return; /* failed: abandoned uncommitted (classifier_close) */
     unsigned delay = 100u << (b->attempt < 6 ? b->attempt : 6);
     b->attempt++;
+    /* The failed attempt's steps are retry time: the steps keep only the
+     * attempt that went through. */
+    cl_step(b, CL_STEP_RETRY);
+    for (int k = CL_STEP_FENCE; k < CL_STEP_RETRY; k++) {
+        b->step_ns[CL_STEP_RETRY] += b->step_ns[k];
+        b->step_ns[k] = 0;
+    }
     metric_inc(c->m.retries);
     log_warn("batch_retry", "step=%s err=%s attempt=%d records=%zu delay_ms=%u", step,
              err_code(err), b->attempt, b->n_items, delay);
-    uv_timer_start(&b->retry, cl_on_retry, delay, 0);
+    uv_timer_start(&b->retry, cl_on_backoff, delay, 0);
 }
 
 static void cl_produce(struct cl_batch *b);
@@ -304,7 +353,10 @@ static void cl_commit(struct cl_batch *b)
     }
     if (!c->closing)
         uv_timer_start(&c->flush, cl_on_flush_timer, CL_FLUSH_MS, 0);
-    metric_observe(c->m.batch_seconds, (double)(cl_now_ms() - b->started_ms) / 1000.0);
+    cl_step(b, CL_STEP_PRODUCE);
+    for (int k = CL_STEP_FENCE; k < CL_STEPS; k++)
+        metric_observe(c->m.step[k], (double)b->step_ns[k] / 1e9);
+    metric_observe(c->m.batch_seconds, (double)(b->mark_ns - b->t0_ns) / 1e9);
     cl_batch_free(b);
     b->attempt = 0;
     c->out = NULL;
@@ -350,6 +402,7 @@ static void cl_produce_one(struct cl_batch *b, const struct cl_item *it, const c
 static void cl_produce(struct cl_batch *b)
 {
     classifier_t *c = b->c;
+    cl_step(b, CL_STEP_ORDER);
     b->err = 0;
     b->pending = 1; /* held until every record is handed over */
     uint64_t now = cl_now_ms();
@@ -413,6 +466,7 @@ static void cl_on_room_dests(int err, const int *gws, size_t n, void *ud)
 
 static void cl_route_stored(struct cl_batch *b)
 {
+    cl_step(b, CL_STEP_STORE);
     b->err = 0;
     b->pending = 1;
     struct cl_room *r, *tmp;
@@ -429,6 +483,7 @@ static void cl_route_stored(struct cl_batch *b)
 
 static void cl_stored(struct cl_batch *b)
 {
+    cl_step(b, CL_STEP_ROUTE);
     b->stored = 1;
     if (b == b->c->out) /* a produce retry: out went through every step again */
         cl_produce(b);
@@ -596,6 +651,7 @@ static void cl_fence_arrays(struct cl_batch *b, char **parts, char **epochs, cha
 static void cl_store(struct cl_batch *b)
 {
     classifier_t *c = b->c;
+    cl_step(b, CL_STEP_SEQUENCE);
     const struct chat_msg **msgs = calloc(b->n_items, sizeof *msgs);
     CHATD_ASSERT(msgs != NULL);
     size_t n = 0, fresh = 0;
@@ -738,6 +794,7 @@ static void cl_lookup_done(struct cl_batch *b)
     if (b->err) {
         cl_fail(b, "lookup", b->err);
     } else {
+        cl_step(b, CL_STEP_LOOKUP);
         cl_resume_check(b);
         cl_route(b);
     }
@@ -776,6 +833,7 @@ static void cl_on_known_ids(int err, PGresult *res, void *ud)
 static void cl_lookup(struct cl_batch *b)
 {
     classifier_t *c = b->c;
+    cl_step(b, CL_STEP_FENCE);
     struct jbuf rooms, pairs_r, pairs_i, pairs_t, pairs_c;
     jbuf_init(&rooms, 256);
     jbuf_init(&pairs_r, 256);
@@ -1091,11 +1149,28 @@ static void cl_on_batch(kafka_consumer_t *kc, const struct kafka_rec *recs, size
     b->n_items = n;
     b->stored = 0;
     b->attempt = 0;
-    b->started_ms = cl_now_ms();
+    b->t0_ns = b->mark_ns = uv_hrtime();
+    memset(b->step_ns, 0, sizeof b->step_ns);
     b->gen = kafka_consumer_generation(kc);
     c->cur = b;
-    for (size_t i = 0; i < n; i++)
+    int64_t oldest = INT64_MAX;
+    for (size_t i = 0; i < n; i++) {
         cl_item_load(c, &b->items[i], &recs[i]);
+        if (recs[i].ts_ms > 0 && recs[i].ts_ms < oldest)
+            oldest = recs[i].ts_ms;
+    }
+    /* The oldest record only: it waited longest, the others' waits are
+     * bounded by it, and when this process first had each record is not
+     * known apart (kafka_consumer_batch_got_ns). One observation per batch,
+     * as for the other steps. The Kafka timestamp (the gateway's produce,
+     * its clock) adds hop 1 and the fetch: a clock behind counts as 0. */
+    uint64_t got = kafka_consumer_batch_got_ns(kc);
+    metric_observe(c->m.step[CL_STEP_QUEUE], got < b->t0_ns ? (double)(b->t0_ns - got) / 1e9 : 0.0);
+    if (oldest != INT64_MAX) {
+        uint64_t wall = cl_now_ms();
+        metric_observe(c->m.step[CL_STEP_PRODUCED],
+                       wall > (uint64_t)oldest ? (double)(wall - (uint64_t)oldest) / 1000.0 : 0.0);
+    }
     metric_inc(c->m.batches);
     metric_add(c->m.records, (double)n);
     cl_run(b);
@@ -1382,6 +1457,8 @@ static void cl_metrics_init(classifier_t *c)
     c->m.resumed = metrics_counter("chatd_classifier_records_resumed_past_total", "records skipped on a partition's take: below the offset its previous owner stored in PostgreSQL", NULL);
     c->m.batch_seconds = metrics_histogram("chatd_classifier_batch_seconds", "time to process one batch", NULL);
     c->m.sequence_seconds = metrics_histogram("chatd_sequence_latency_seconds", "gateway receive to classifier produce", NULL);
+    for (int k = 0; k < CL_STEPS; k++)
+        c->m.step[k] = metrics_histogram("chatd_classifier_step_seconds", "a batch's time per step (queue, since_produced: its oldest record before it started)", cl_step_labels[k]);
 }
 
 int classifier_init(classifier_t **out, const struct classifier_deps *d)

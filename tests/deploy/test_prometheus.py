@@ -39,6 +39,9 @@ LABELS = {
     # lib/slab.h users (SLAB_INIT in net/, store/, roles/): one series per slab
     "slab": {"socket", "http_req", "ws_conn", "ws_queue", "ws_write", "redis_cmd", "routes_op",
              "gw_conn", "gw_member", "gw_user", "gw_user_long", "gw_room", "gw_pending"},
+    # chatd_classifier_step_seconds (roles/classifier.c enum cl_step)
+    "step": {"since_produced", "queue", "fence", "lookup", "sequence", "store", "route", "order",
+             "produce", "retry"},
 }
 
 
