@@ -132,6 +132,19 @@ def test_seq_collision_detected(make_cluster):
     # The hand-made rows (ts 0) sit in another month's partition than the
     # new message: the store's own (room, seq) check finds them (006).
     assert c.log_count("classifier0", "event=seq_collision", "messages_room_seq") >= 1
+    # The refused attempt and its 100 ms backoff are the batch's retry step
+    # (chatd_classifier_step_seconds), still inside the batch's time.
+    deadline = time.monotonic() + 10
+    while (c.metric("classifier0", "chatd_classifier_batches_total") !=
+           c.metric("classifier0", "chatd_classifier_batch_seconds_count") and time.monotonic() < deadline):
+        time.sleep(0.2)
+    m = c.metrics("classifier0")
+    step = {s: sum(v for (n, ls), v in m.items() if n == "chatd_classifier_step_seconds_sum"
+                   and ("step", s) in ls)
+            for s in ("fence", "lookup", "sequence", "store", "route", "order", "produce", "retry")}
+    batch = sum(v for (n, _), v in m.items() if n == "chatd_classifier_batch_seconds_sum")
+    assert step["retry"] >= 0.1, step
+    assert abs(sum(step.values()) - batch) < 1e-3, (step, batch)
 
 
 def _send_end_offset(c, partition):
