@@ -19,11 +19,13 @@
 #   make k8s-kafka-test  k8s/base's Kafka scripts against a real 3-node Kafka
 #   make k8s-stores-test production's Redis + Sentinels and PostgreSQL + standby (as rendered) as real processes, failovers chatd follows (~60-120 s)
 #   make image      build the container image with podman and smoke-test it (scripts/image.sh)
-#   make bench      every benchmark of docs/PERFORMANCE.md on the embedded broker and on a real
+#   make bench      every benchmark of docs/PERFORMANCE.md: the storage bench (as bench-storage, at
+#                   bench/run.py's size), then the chat runs on the embedded broker and on a real
 #                   Kafka (one KRaft node, KAFKA_VERSION), the Socket.IO peer included; writes
-#                   build/bench-results/ and the doc (BENCH_QUICK=1: the results dir only)
-#   make bench-storage  chatd's insert and history statements against a throwaway PostgreSQL
-#                   (fsync on); STORAGE_ARGS="rows batch rooms days" (bench/storage/run.sh)
+#                   build/bench-results/ and the doc (BENCH_QUICK=1: the results dir only);
+#                   BENCH_ARGS=--skip-storage leaves the storage bench out, --storage-only runs it alone
+#   make bench-storage  chatd's insert and read statements against a throwaway PostgreSQL
+#                   (fsync on); STORAGE_ARGS="rows batch rooms days window" (bench/storage/run.sh)
 #   make api-deps   the venv of schemathesis (tests/api/requirements.txt) the API schema test runs
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #                   and in clients/js (the client library's test-only ws and typescript, pinned the same way)
@@ -103,7 +105,8 @@ $(BUILD)/tests/test_bench: bench/wsframe.c bench/wsframe.h bench/delivery.c benc
 	bench/hist.c bench/hist.h bench/conf.h
 
 # The storage bench (issue 24): chatd's own statements against a throwaway
-# PostgreSQL, fsync on (bench/storage/run.sh). STORAGE_ARGS: rows batch rooms days resend_window_days (0: every month, as shipped).
+# PostgreSQL, fsync on (bench/storage/run.sh; make bench runs the same script
+# at bench/run.py's size). STORAGE_ARGS: rows batch rooms days resend_window_days (0: every month, as shipped).
 $(BUILD)/bench_storage: bench/storage/storage.c $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -134,7 +137,7 @@ bench/peer/node_modules/.package-lock.json: bench/peer/package.json bench/peer/p
 	cd bench/peer && npm ci --no-audit --no-fund
 
 bench: deps bench-deps
-	$(MAKE) all chatbench $(BUILD)/fanout_limit bench-peer
+	$(MAKE) all chatbench $(BUILD)/fanout_limit $(BUILD)/bench_storage bench-peer
 	$(PYTHON) scripts/kafka.py fetch $(if $(KAFKA_VERSION),--version $(KAFKA_VERSION))
 	BENCH_QUICK=$(BENCH_QUICK) $(PYTHON) bench/run.py --build $(BUILD) $(if $(KAFKA_VERSION),--kafka-version $(KAFKA_VERSION)) $(BENCH_ARGS)
 

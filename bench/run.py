@@ -1,10 +1,14 @@
 #!/usr/bin/python3
 """make bench: every figure of docs/PERFORMANCE.md, from one command.
 
-Starts Redis and PostgreSQL on free ports in a temp dir. First, on real Apache
+First the storage bench (bench/storage/run.sh, as make bench-storage: a
+throwaway PostgreSQL 15 with fsync on, chatd's own statements storing
+config()'s "storage" rows over several months, then its reads; --skip-storage
+leaves it out, --storage-only runs it alone). Then starts Redis and PostgreSQL
+on free ports in a temp dir. First of the chat runs, on real Apache
 Kafka (one KRaft node of scripts/kafka/pom.xml's version, started here by
-scripts/kafka.py; a broker that cannot start fails the run before anything is
-measured): a JVM warm-up, the fan-out sweeps of 2. and their half-peak runs of
+scripts/kafka.py; a broker that cannot start fails the run before any chat
+figure is measured): a JVM warm-up, the fan-out sweeps of 2. and their half-peak runs of
 3., and the every-member shape of 5., each on a fresh chatd cluster with
 topics of its own, created by chatd with its default partition counts; the
 JVM's CPU is the broker's. The JVM is stopped, then a chatd cluster
@@ -30,7 +34,7 @@ JVM's CPU is the broker's. The JVM is stopped, then a chatd cluster
   @socket.io/redis-adapter, two Node processes, its own Redis), then
   5. bench/fanout_limit with as many sockets as the rooms-of-1000 run.
 
-Writes build/bench-results/{results.json, *.json, *.log, latency.png, ...},
+Writes build/bench-results/{results.json, *.json, *.log, storage.log, latency.png, ...},
 and the generated part of docs/PERFORMANCE.md (between the bench markers)
 plus docs/performance-latency.png.
 
@@ -47,6 +51,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +113,7 @@ def config(quick):
             kafka_variants=[], profile_seconds=4, profile_min_rate=1000, limit_duration=2,
             just_started_duration=3, allsend_clients=1000, allsend_rates=[2000, 5000], allsend_duration=4,
             kafka_warmup=(1000, 8),
+            storage=dict(rows=100000, batch=1000, rooms=2000, days=180),
         )
     return dict(
         quick=False, idle_clients=15000, idle_hold=6,
@@ -127,6 +133,13 @@ def config(quick):
         # measured run: a just-started JVM interprets its code until the JIT
         # has compiled the hot paths.
         kafka_warmup=(1000, 20),
+        # The storage bench (bench/storage/run.sh): messages, batch, rooms,
+        # days of ts. 180 days: 7 months with rows, 9 partitions with the
+        # month made ahead and the default, so what costs per month shows;
+        # 5,000 rooms: the `rooms` of the issue's heavy user; 1,000,000 rows:
+        # about 350 MiB of table and indexes, 3x PostgreSQL's default
+        # shared_buffers, in 1.5-3 minutes here (docs/PERFORMANCE.md).
+        storage=dict(rows=1000000, batch=1000, rooms=5000, days=180),
     )
 
 
@@ -924,6 +937,143 @@ def profile(outdir, pids, seconds, during):
 
 
 # --------------------------------------------------------------------------
+# storage: chatd's statements on PostgreSQL (bench/storage, issue 24)
+
+STORAGE_SCRIPT = os.path.join(REPO, "bench", "storage", "run.sh")
+# run.sh's last argument: the known-id lookup's window in days; 0 is every
+# month, chatd's default (--resend-window 0).
+STORAGE_RESEND_WINDOW_DAYS = 0
+# The lines bench_storage prints, each (key, pattern); every one must be
+# there, or the step failed.
+STORAGE_LINES = [
+    ("load_before", r"load before: (\S+ \S+ \S+) on (\d+) cores"),
+    ("schema", r"schema: migrations=(\d+) messages_partitioned=(\d+) fsync=(\S+) synchronous_commit=(\S+)"),
+    ("inserted", r"inserted (\d+) rows in ([\d.]+) s: (\d+) rows/s; store statement (\d+) rows/s, "
+                 r"known-id lookup ([\d.]+) ms per batch of (\d+)"),
+    ("size", r"messages with indexes: (\d+) bytes, (\d+) bytes per row"),
+    ("history", r"history: (\d+) pages \((\d+) rows\) in ([\d.]+) ms: ([\d.]+) ms per page \(warm cache\)"),
+    ("rooms", r"rooms \(db_rooms\): a user in (\d+) rooms, ([\d.]+) ms per call \(warm cache, (\d+) calls\)"),
+    ("rooms_maxseq", r"rooms \(max\(seq\) per membership, before 003\): a user in (\d+) rooms, ([\d.]+) ms per "
+                     r"call \(warm cache, (\d+) calls\)"),
+    ("load_after", r"load after: (\S+ \S+ \S+)"),
+]
+STORAGE_FIFTH = r"rows\s+(\d+)\.\.\s*(\d+):\s+(\d+) rows/s \(lookup \+ store\)"
+STORAGE_BYID = (r"by id \((db_msg_find|every month, before 012)\), (newest month|oldest month|stored nowhere): "
+                r"([\d.]+) ms per lookup, (-?[\d.]+) pages of messages per lookup \((\d+) partitions, warm, "
+                r"best of (\d+) x (\d+)\)")
+STORAGE_BYID_KEYS = {"db_msg_find": "db_msg_find", "every month, before 012": "every_month"}
+
+
+def storage_parse(text):
+    """bench_storage's output as a dict; raises RuntimeError naming what is
+    missing, or when PostgreSQL did not run with fsync and
+    synchronous_commit on (the figures would not be a production store's)."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    found = {}
+    for key, pat in STORAGE_LINES:
+        for ln in lines:
+            m = re.fullmatch(pat, ln)
+            if m:
+                found[key] = m.groups()
+                break
+    fifths = [int(m.group(3)) for m in (re.fullmatch(STORAGE_FIFTH, ln) for ln in lines) if m]
+    by_id = {}
+    for m in (re.fullmatch(STORAGE_BYID, ln) for ln in lines):
+        if m:
+            by_id.setdefault(STORAGE_BYID_KEYS[m.group(1)], {})[m.group(2).split()[0]] = dict(
+                ms=float(m.group(3)), pages=float(m.group(4)), partitions=int(m.group(5)),
+                lookups=int(m.group(7)))
+    missing = [k for k, _ in STORAGE_LINES if k not in found]
+    if len(fifths) != 5:
+        missing.append(f"5 lines of rows/s per fifth (got {len(fifths)})")
+    for k in STORAGE_BYID_KEYS.values():
+        for what in ("newest", "oldest", "stored"):
+            if what not in by_id.get(k, {}):
+                missing.append(f"by id ({k}, {what})")
+    if missing:
+        raise RuntimeError(f"storage bench: its output lacks {', '.join(missing)}")
+    sch = found["schema"]
+    if sch[2] != "on" or sch[3] != "on":
+        raise RuntimeError(f"storage bench: PostgreSQL ran with fsync={sch[2]} synchronous_commit={sch[3]}, "
+                           "not as shipped (on, on)")
+    ins, size, hist = found["inserted"], found["size"], found["history"]
+    rooms, maxseq = found["rooms"], found["rooms_maxseq"]
+    return dict(
+        load_before=found["load_before"][0], load_after=found["load_after"][0],
+        migrations=int(sch[0]), partitioned=sch[1] == "1", fsync=sch[2], synchronous_commit=sch[3],
+        rows=int(ins[0]), insert_s=float(ins[1]), rows_per_s=int(ins[2]), fifths_rows_per_s=fifths,
+        store_rows_per_s=int(ins[3]), lookup_ms_per_batch=float(ins[4]), batch=int(ins[5]),
+        bytes=int(size[0]), bytes_per_row=int(size[1]),
+        history_pages=int(hist[0]), history_rows=int(hist[1]), history_ms_per_page=float(hist[3]),
+        rooms_member_of=int(rooms[0]), rooms_ms=float(rooms[1]), rooms_calls=int(rooms[2]),
+        rooms_maxseq_ms=float(maxseq[1]), partitions=by_id["db_msg_find"]["newest"]["partitions"],
+        by_id=by_id)
+
+
+def storage_command(cfg, binary):
+    """(run.sh's command line, the same as a make bench-storage call)."""
+    s = cfg["storage"]
+    args = [str(a) for a in (s["rows"], s["batch"], s["rooms"], s["days"], STORAGE_RESEND_WINDOW_DAYS)]
+    return (["bash", os.path.relpath(STORAGE_SCRIPT, REPO), binary] + args,
+            f'make bench-storage STORAGE_ARGS="{" ".join(args)}"')
+
+
+def storage(build, outdir, cfg, timeout=900):
+    """The storage bench at cfg["storage"]'s size: bench/storage/run.sh (the
+    same code path as make bench-storage: a throwaway PostgreSQL 15 with its
+    default settings, fsync on; chatd's own statements, compiled from this
+    tree into build/bench_storage). Its output goes to storage.log; a
+    non-zero exit, a timeout or an unreadable output raises, which fails the
+    run like any other step."""
+    binary = os.path.join(build, "bench_storage")
+    cmd, make = storage_command(cfg, binary)
+    logpath = os.path.join(outdir, "storage.log")
+    log(f"[storage] {make}")
+    text = []
+    timed_out = []
+
+    def kill(sig=signal.SIGTERM):
+        # the whole group: bash and bench_storage (run.sh's EXIT trap then
+        # stops its PostgreSQL, which pg_ctl started in a session of its own)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+    t0 = time.monotonic()
+    with open(logpath, "w") as lf:
+        lf.write(" ".join(cmd) + "\n")
+        p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True, env=dict(os.environ, PG_BIN=PG_BIN))
+        killer = threading.Timer(timeout, lambda: (timed_out.append(1), kill()))
+        killer.start()
+        try:
+            for line in p.stdout:
+                lf.write(line)
+                lf.flush()
+                text.append(line)
+                print(f"  storage: {line.rstrip()}", file=sys.stderr, flush=True)
+            rc = p.wait()
+        finally:
+            killer.cancel()
+            if p.poll() is None:      # interrupted here: stop it, its trap removes its PostgreSQL
+                kill()
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    kill(signal.SIGKILL)
+                    p.wait()
+    rel = os.path.relpath(logpath, REPO)
+    if timed_out:
+        raise RuntimeError(f"storage bench: stopped after {timeout} s (its log: {rel})")
+    if rc != 0:
+        tail = "".join(text[-3:]).strip()
+        raise RuntimeError(f"storage bench: exit {rc} (its log: {rel}): {tail}")
+    out = storage_parse("".join(text))
+    out.update(command=" ".join(storage_command(cfg, os.path.relpath(binary, REPO))[0]), make=make,
+               size=dict(cfg["storage"]), resend_window_days=STORAGE_RESEND_WINDOW_DAYS,
+               wall_s=round(time.monotonic() - t0, 1), log=rel)
+    return out
+
+
+# --------------------------------------------------------------------------
 # the report
 
 def fmt(v, nd=1):
@@ -1087,6 +1237,59 @@ def stage_runs(sec):
     for p in (sec.get("allsend10") or {}).get("points", []):
         runs.append((f"every member sending, {p['rate']:,} msgs/s (defaults)", p))
     return runs
+
+
+def storage_lines(res):
+    """The storage bench's section of the generated block, as lines."""
+    out = ["### Storage: chatd's statements on PostgreSQL (bench/storage)", ""]
+    st = res.get("storage")
+    if not st:
+        return out + ["Not measured in this run (its results.json is from before `make bench` ran the storage "
+                      "bench).", ""]
+    if st.get("skipped"):
+        return out + [f"Not run ({st['skipped']}).", ""]
+    z = st["size"]
+    window = ("every month, chatd's default" if not st["resend_window_days"]
+              else f"{st['resend_window_days']} days")
+    out.append(f"`{st['command']}` (as `{st['make']}`), {fmt(st['wall_s'])} s: a throwaway PostgreSQL 15 with "
+               f"its default settings (as the server reported them: fsync {st['fsync']}, synchronous_commit "
+               f"{st['synchronous_commit']}), this tree's {st['migrations']} migrations, then {z['rows']:,} "
+               f"messages in batches of {z['batch']:,} stored as a classifier stores them (`db_known_ids`, then "
+               f"`db_store_msgs`, each waited for) in {z['rooms']:,} rooms (skewed: a few busy, many quiet), "
+               f"`ts` rising over {z['days']} days: {st['partitions']} partitions of `messages` (the months with "
+               f"rows, the month made ahead, the default); a `cid` is looked for in {window} "
+               f"(`--resend-window`). The reads run after the inserts, warm; the closed months stay in arrival "
+               f"order (the classifiers' compaction, `--compact-after`, is not run). Load average before / after: "
+               f"{st['load_before']} / {st['load_after']}. The hand-measured tables of the Storage section "
+               "further down compare trees at other sizes.")
+    out.append("")
+    b = st["by_id"]
+    out.append("| figure | this run |")
+    out.append("|---|---:|")
+    out.append(f"| rows/s stored, known-id lookup + store, whole run (per fifth) | {fmt(st['rows_per_s'])} "
+               f"({' / '.join(fmt(x) for x in st['fifths_rows_per_s'])}) |")
+    out.append(f"| store statement (`db_store_msgs`) alone, rows/s | {fmt(st['store_rows_per_s'])} |")
+    out.append(f"| known-id lookup (`db_known_ids`) per batch of {st['batch']:,} | "
+               f"{fmt(st['lookup_ms_per_batch'], 2)} ms |")
+    out.append(f"| `messages`, table and indexes, after a checkpoint | {st['bytes'] / 2 ** 20:,.0f} MiB, "
+               f"{fmt(st['bytes_per_row'])} bytes per row |")
+    out.append(f"| history page of 100 (`db_history`), {st['history_pages']:,} rooms drawn at random | "
+               f"{fmt(st['history_ms_per_page'], 2)} ms |")
+    out.append(f"| `rooms` (`db_rooms`), a user in all {st['rooms_member_of']:,} rooms, {st['rooms_calls']} calls | "
+               f"{fmt(st['rooms_ms'], 2)} ms per call |")
+    out.append(f"| the same by `max(seq)` per membership (the statement migration 003 replaced) | "
+               f"{fmt(st['rooms_maxseq_ms'], 2)} ms per call |")
+    for what, lab in (("newest", "an id of the newest month"), ("oldest", "an id of the oldest month"),
+                      ("stored", "an id stored nowhere")):
+        x = b["db_msg_find"][what]
+        out.append(f"| by id (`db_msg_find`), {lab}: per lookup, best of 2 × {x['lookups']} | "
+                   f"{fmt(x['ms'], 3)} ms, {fmt(x['pages'])} pages of `messages` |")
+    e = b["every_month"]
+    out.append("| by id, every month (the statement before migration 012): newest / oldest / stored nowhere | "
+               + " / ".join(fmt(e[w]["ms"], 3) for w in ("newest", "oldest", "stored")) + " ms; "
+               + " / ".join(fmt(e[w]["pages"]) for w in ("newest", "oldest", "stored")) + " pages |")
+    out.append("")
+    return out
 
 
 def write_doc(doc, res, png_rel):
@@ -1359,6 +1562,7 @@ def write_doc(doc, res, png_rel):
         else:
             out.append(f"- {b}: {l}")
     out.append("")
+    out += storage_lines(res)
     prof = c.get("profile") or {}
     if prof:
         out.append("### Profile (perf record -g, self time, ≥ 1.5 %)")
@@ -1473,6 +1677,33 @@ def run_real_kafka(bench, chatd, stores, workdir, kafka, cfg):
 
 # --------------------------------------------------------------------------
 
+def keep_failed(res, outdir, e):
+    """What a failed run measured, kept for a look, never rendered: --render
+    refuses it."""
+    res["failed"] = f"{type(e).__name__}: {e}"
+    with open(os.path.join(outdir, "results-failed.json"), "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    log(f"the run failed; what it measured is in {os.path.relpath(outdir, REPO)}/results-failed.json")
+
+
+def storage_only(build, outdir, cfg):
+    """--storage-only: the storage step alone (between two make bench runs,
+    for work on the store), its results.json marked partial and its section
+    printed, as the page would show it."""
+    t_start = time.monotonic()
+    res = dict(machine=machine(), config=cfg, outdir=outdir, partial="--storage-only")
+    try:
+        res["storage"] = storage(build, outdir, cfg)
+    except BaseException as e:
+        keep_failed(res, outdir, e)
+        raise
+    res["wall_s"] = round(time.monotonic() - t_start, 1)
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print("\n".join(storage_lines(res)))
+    log(f"done in {res['wall_s'] / 60:.1f} min; results in {os.path.relpath(outdir, REPO)}/results.json")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default="build")
@@ -1481,6 +1712,9 @@ def main():
                     help="the page to render into (docs/PERFORMANCE.md; in quick mode only when given)")
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/")
     ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--skip-storage", action="store_true", help="do not run the storage bench (bench/storage)")
+    ap.add_argument("--storage-only", action="store_true",
+                    help="run the storage bench alone: results dir only (docs/ left alone; --render refuses it)")
     ap.add_argument("--kafka-version", default=kafkactl.DEFAULT_VERSION,
                     help="the real Kafka's version (scripts/kafka.py's default: the one the tests use)")
     ap.add_argument("--render", metavar="RESULTS_JSON",
@@ -1498,18 +1732,28 @@ def main():
             res = json.load(f)
         if res.get("failed"):
             sys.exit(f"bench: {args.render} is a failed run ({res['failed'][:200]}): not rendered")
+        if res.get("partial"):
+            sys.exit(f"bench: {args.render} holds one step only ({res['partial']}): not rendered")
         write_doc(args.doc, res, "performance-latency.png")
         log(f"rendered {os.path.relpath(args.doc, REPO)} from {args.render}")
         return
     build = os.path.join(REPO, args.build)
     chatd = os.path.join(build, "chatd")
-    for b in (chatd, os.path.join(build, "chatbench"), os.path.join(build, "fanout_limit")):
+    if args.storage_only and args.skip_storage:
+        sys.exit("bench: --storage-only and --skip-storage leave nothing to run")
+    need = [] if args.skip_storage else ["bench_storage"]
+    if not args.storage_only:
+        need += ["chatd", "chatbench", "fanout_limit"]
+    for b in (os.path.join(build, n) for n in need):
         if not os.access(b, os.X_OK):
             sys.exit(f"bench: {b} missing: run make bench (it builds everything)")
     cfg = config(quick)
     outdir = args.out or os.path.join(build, "bench-results")
     shutil.rmtree(outdir, ignore_errors=True)
     os.makedirs(outdir)
+    if args.storage_only:
+        storage_only(build, outdir, cfg)
+        return
     workdir = tempfile.mkdtemp(prefix="chatd-bench-")
     os.chmod(workdir, 0o755)
     t_start = time.monotonic()
@@ -1517,11 +1761,15 @@ def main():
     bench = Bench(build, outdir, cfg)
     stores = cluster = peer = kafka = None
     try:
+        # Storage first, on a machine with nothing else of the bench running
+        # (its PostgreSQL is its own, gone when it ends); a failure there
+        # ends the run in its first minutes.
+        res["storage"] = storage(build, outdir, cfg) if not args.skip_storage else {"skipped": "--skip-storage"}
         log(f"stores in {workdir}")
         stores = Stores(workdir)
-        # Real Kafka first: a broker that cannot start ends the run before
-        # anything is measured, and its JVM is gone before the embedded
-        # broker's and the peer's runs.
+        # Real Kafka first of the chat runs: a broker that cannot start ends
+        # the run before any of them is measured, and its JVM is gone before
+        # the embedded broker's and the peer's runs.
         kafka = start_kafka(os.path.join(workdir, "kafka"), args.kafka_version)
         res["kafka"] = run_real_kafka(bench, chatd, stores, workdir, kafka, cfg)
         stop_kafka(kafka, outdir)
@@ -1608,11 +1856,7 @@ def main():
                 res["limit"][f"batch{batch}"] = f"failed: {r.stderr.strip()[-300:]}"
             log(f"fanout_limit batch {batch}: {r.stdout.strip()}")
     except BaseException as e:
-        # Kept for a look, never rendered: --render refuses it.
-        res["failed"] = f"{type(e).__name__}: {e}"
-        with open(os.path.join(outdir, "results-failed.json"), "w") as f:
-            json.dump(res, f, indent=1, default=str)
-        log(f"the run failed; what it measured is in {os.path.relpath(outdir, REPO)}/results-failed.json")
+        keep_failed(res, outdir, e)
         raise
     finally:
         for x in (cluster, peer, stores):

@@ -1,10 +1,14 @@
 """bench/run.py's judgements, without a cluster: when a ladder step holds,
 how the stores are started, which settings the report lists, how many
 chatbench processes a shape gets (issue 19: make the bench measure what
-users see)."""
+users see); how the storage step's output is read and rendered, and that a
+storage step that fails fails the run (issue 24)."""
 import os
 import sys
+import time
 from types import SimpleNamespace
+
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
 import run as B  # noqa: E402
@@ -70,3 +74,109 @@ def test_rooms_of_1000_get_two_chatbench_processes():
     for clients, size, procs in ((1000, 1000, 2), (4000, 1000, 2), (1000, 10, 1), (4000, 10, 2)):
         args = bench.load_args("ws://x", clients, size, 100, "r")
         assert args[args.index("--procs") + 1] == procs, (clients, size)
+
+
+# bench_storage's output (bench/storage/storage.c's formats), as make bench reads it
+STORAGE_OUT = """load before: 1.02 0.88 0.75 on 2 cores
+schema: migrations=12 messages_partitioned=1 fsync=on synchronous_commit=on
+rows         0..   200000:    21034 rows/s (lookup + store)
+rows    200000..   400000:    19876 rows/s (lookup + store)
+rows    400000..   600000:    18500 rows/s (lookup + store)
+rows    600000..   800000:    17990 rows/s (lookup + store)
+rows    800000..  1000000:    17002 rows/s (lookup + store)
+inserted 1000000 rows in 53.2 s: 18797 rows/s; store statement 30211 rows/s, known-id lookup 19.71 ms per batch of 1000
+messages with indexes: 381000000 bytes, 381 bytes per row
+history: 500 pages (43210 rows) in 410.3 ms: 0.82 ms per page (warm cache)
+rooms (db_rooms): a user in 10000 rooms, 21.40 ms per call (warm cache, 20 calls)
+rooms (max(seq) per membership, before 003): a user in 10000 rooms, 402.77 ms per call (warm cache, 20 calls)
+by id (db_msg_find), newest month: 0.097 ms per lookup, 6.0 pages of messages per lookup (9 partitions, warm, best of 2 x 200)
+by id (db_msg_find), oldest month: 0.217 ms per lookup, 15.0 pages of messages per lookup (9 partitions, warm, best of 2 x 200)
+by id (db_msg_find), stored nowhere: 0.231 ms per lookup, 16.0 pages of messages per lookup (9 partitions, warm, best of 2 x 200)
+by id (every month, before 012), newest month: 0.300 ms per lookup, 26.0 pages of messages per lookup (9 partitions, warm, best of 2 x 200)
+by id (every month, before 012), oldest month: 0.320 ms per lookup, 27.0 pages of messages per lookup (9 partitions, warm, best of 2 x 200)
+by id (every month, before 012), stored nowhere: 0.510 ms per lookup, 26.5 pages of messages per lookup (9 partitions, warm, best of 2 x 200)
+load after: 1.95 1.20 0.90
+"""
+
+
+def test_storage_output_is_read_into_results():
+    st = B.storage_parse(STORAGE_OUT)
+    assert (st["rows"], st["rows_per_s"], st["store_rows_per_s"], st["lookup_ms_per_batch"], st["batch"]) == \
+        (1000000, 18797, 30211, 19.71, 1000)
+    assert st["fifths_rows_per_s"] == [21034, 19876, 18500, 17990, 17002]
+    assert (st["bytes_per_row"], st["history_ms_per_page"], st["rooms_member_of"], st["rooms_ms"],
+            st["rooms_maxseq_ms"]) == (381, 0.82, 10000, 21.40, 402.77)
+    assert st["by_id"]["db_msg_find"]["newest"] == dict(ms=0.097, pages=6.0, partitions=9, lookups=200)
+    assert st["by_id"]["every_month"]["stored"]["pages"] == 26.5
+    assert (st["partitions"], st["migrations"], st["fsync"]) == (9, 12, "on")
+    assert st["load_before"] == "1.02 0.88 0.75" and st["load_after"] == "1.95 1.20 0.90"
+
+
+def test_storage_output_incomplete_or_not_as_shipped_fails():
+    """A line missing (a step of bench_storage that did not run) or a
+    PostgreSQL without fsync fails the step: no table with a hole, no
+    figure from a store that is not production's."""
+    cut = "\n".join(ln for ln in STORAGE_OUT.splitlines() if not ln.startswith("rooms (db_rooms)"))
+    with pytest.raises(RuntimeError, match=r"lacks rooms"):
+        B.storage_parse(cut)
+    cut = "\n".join(ln for ln in STORAGE_OUT.splitlines() if "oldest month" not in ln)
+    with pytest.raises(RuntimeError, match=r"by id \(db_msg_find, oldest\), by id \(every_month, oldest\)"):
+        B.storage_parse(cut)
+    with pytest.raises(RuntimeError, match="fsync=off"):
+        B.storage_parse(STORAGE_OUT.replace("fsync=on", "fsync=off"))
+
+
+def test_storage_section_rendered_or_said_absent():
+    st = B.storage_parse(STORAGE_OUT)
+    st.update(command="bash bench/storage/run.sh build/bench_storage 1000000 1000 10000 180 0",
+              make='make bench-storage STORAGE_ARGS="1000000 1000 10000 180 0"', resend_window_days=0,
+              size=dict(rows=1000000, batch=1000, rooms=10000, days=180), wall_s=95.0)
+    text = "\n".join(B.storage_lines(dict(storage=st)))
+    assert "`bash bench/storage/run.sh build/bench_storage 1000000 1000 10000 180 0`" in text
+    assert "fsync on, synchronous_commit on" in text and "9 partitions" in text and "every month" in text
+    assert "| rows/s stored, known-id lookup + store, whole run (per fifth) | 18,797 (21,034 / 19,876 / " \
+           "18,500 / 17,990 / 17,002) |" in text
+    assert "| `rooms` (`db_rooms`), a user in all 10,000 rooms, 20 calls | 21.40 ms per call |" in text
+    assert "| by id (`db_msg_find`), an id of the oldest month: per lookup, best of 2 × 200 | 0.217 ms, " \
+           "15.0 pages of `messages` |" in text
+    assert "Not run (--skip-storage)." in B.storage_lines(dict(storage={"skipped": "--skip-storage"}))
+    assert any(ln.startswith("Not measured in this run") for ln in B.storage_lines({}))
+
+
+def running(pid):
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_storage_step_that_fails_fails_the_run(tmp_path, monkeypatch):
+    """The step raises (make bench then fails, results-failed.json) on a
+    non-zero exit, on an output it cannot read, and when it runs too long;
+    a stopped script's process group is gone afterwards."""
+    script = tmp_path / "run.sh"
+    monkeypatch.setattr(B, "STORAGE_SCRIPT", str(script))
+    cfg = B.config(True)
+    script.write_text("echo 'bench_storage: store failed: -5'; exit 1\n")
+    with pytest.raises(RuntimeError, match=r"exit 1 .*store failed"):
+        B.storage(str(tmp_path), str(tmp_path), cfg)
+    script.write_text("head -3 <<'E'\n" + STORAGE_OUT + "E\n")
+    with pytest.raises(RuntimeError, match="lacks"):
+        B.storage(str(tmp_path), str(tmp_path), cfg)
+    # the script's child (bench_storage's place) goes with it
+    script.write_text("sleep 60 & echo $! > " + str(tmp_path / "pid") + "; wait\n")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="stopped after 1 s"):
+        B.storage(str(tmp_path), str(tmp_path), cfg, timeout=1)
+    assert time.monotonic() - t0 < 10, "the step waited for the script's child instead of stopping it"
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while running(pid):
+        assert time.monotonic() < deadline, "the storage script's child outlived it"
+        time.sleep(0.05)
+    script.write_text("cat <<'E'\n" + STORAGE_OUT + "E\n")
+    st = B.storage(str(tmp_path), str(tmp_path), cfg)
+    assert st["rows_per_s"] == 18797 and st["size"] == cfg["storage"]
+    assert (tmp_path / "storage.log").read_text().count("by id (") == 6
