@@ -20,7 +20,8 @@ message of each backend group. Nothing is written to docs/.
 Shapes: probe (4,000 clients in rooms of 10, one sender a room, bench
 settings, as bench/probe.py; --rate 1000), allsend (1,000 clients in rooms
 of 10, every member sending, chatd's defaults, as bench/allsend_ab.py;
---rate 2000), room1000 (one room of 1000, bench settings; --rate 200).
+--rate 2000), room1000 (one room of 1000, bench settings; --rate 200),
+rooms1000 (4 rooms of 1000; --rate 50).
 The statements' times are PostgreSQL's own (executor and planner), less
 sensitive to a busy machine than wall-clock latency; the generic plan's
 locks (taken before the executor) show only in the backend's CPU.
@@ -121,7 +122,8 @@ def one(build, shape, rate, duration, cfg, name, outdir, bench_build):
         bench = B.Bench(bench_build, outdir, cfg)
         defaults = shape == "allsend"
         cluster = B.Cluster(os.path.join(build, "chatd"), stores, work, defaults=defaults)
-        clients, room = {"probe": (4000, 10), "allsend": (1000, 10), "room1000": (1000, 1000)}[shape]
+        clients, room = {"probe": (4000, 10), "allsend": (1000, 10), "room1000": (1000, 1000),
+                         "rooms1000": (4000, 1000)}[shape]
         run_id = f"pc{os.urandom(4).hex()}"
         bench.run(f"{name}-join", bench.load_args(cluster.urls(), clients, room, 0, run_id, duration=0.5)
                   + ["--settle", 60, "--warmup", 0], cluster.pids())
@@ -215,7 +217,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build-of", action="append", default=[], metavar="NAME=DIR", required=True)
     ap.add_argument("--order", default="ABAB")
-    ap.add_argument("--shape", default="probe", choices=["probe", "allsend", "room1000"])
+    ap.add_argument("--shape", default="probe", choices=["probe", "allsend", "room1000", "rooms1000"])
     ap.add_argument("--rate", type=int, default=0)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--bench-build", default=os.path.join(B.REPO, "build"),
@@ -223,7 +225,7 @@ def main():
     ap.add_argument("--json", default=None, help="append one line per run here")
     a = ap.parse_args()
     builds = dict(x.partition("=")[::2] for x in a.build_of)
-    rate = a.rate or {"probe": 1000, "allsend": 2000, "room1000": 200}[a.shape]
+    rate = a.rate or {"probe": 1000, "allsend": 2000, "room1000": 200, "rooms1000": 50}[a.shape]
     cfg = B.config(False)
     out = tempfile.mkdtemp(prefix="chatd-pgcost-out-")
     for i, n in enumerate(a.order):
