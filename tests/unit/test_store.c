@@ -1696,6 +1696,43 @@ static void test_db_known_ids_window(void **state)
     test_loop_finish(&loop);
 }
 
+/* The known-id lookup runs once per classifier batch, and a small batch
+ * (a quiet room, low rates: 1 to 9 records) must not be planned again
+ * each time: with the pairs unnested from the arrays PostgreSQL found a
+ * custom plan cheaper than the generic one for every batch under 10 pairs
+ * and planned every call (custom_plans 12, generic_plans 0 here), 100-320
+ * µs a batch on the partitioned messages. Counted on the connection's own
+ * pg_prepared_statements: at most the first five custom. */
+static void test_db_known_ids_plan_kept(void **state)
+{
+    (void)state;
+    if (test_skip_servers())
+        skip();
+    assert_int_equal(pg_migrate(test_pg.uri, 5000), 0);
+    uv_loop_t loop;
+    pg_client_t *c = test_pg_client(&loop, test_pg.uri, 5000);
+    int64_t now = (int64_t)time(NULL) * 1000;
+    for (int i = 0; i < 12; i++) {
+        char id[40];
+        snprintf(id, sizeof id, "%032x", 0xc0de00 + i);
+        assert_int_equal(test_known_id(&loop, c, "kp-a", id, now + i, i % 2, 0), -1);
+    }
+    struct test_pgres t;
+    test_pg_one(&loop, c, &t,
+                "SELECT custom_plans || '/' || generic_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE '%CROSS JOIN LATERAL (SELECT seq FROM messages%'",
+                NULL);
+    assert_int_equal(t.err, 0);
+    long custom = strtol(t.val, NULL, 10);
+    const char *slash = strchr(t.val, '/');
+    assert_non_null(slash);
+    long generic = strtol(slash + 1, NULL, 10);
+    if (custom > 5 || generic < 7)
+        fail_msg("db_known_ids planned %ld times of 12 (generic plan used %ld)", custom, generic);
+    pg_client_close(c);
+    test_loop_finish(&loop);
+}
+
 /* The classifier's offsets beside its fence (migrations/009): a store
  * whose fences hold writes each partition's done offset; a take answers
  * it to the new owner; a refused store (the old epoch: a zombie) writes
@@ -2236,6 +2273,7 @@ int main(void)
         cmocka_unit_test(test_db_store_across_months),
         cmocka_unit_test(test_db_store_sees_rows_written_by_hand),
         cmocka_unit_test(test_db_known_ids_window),
+        cmocka_unit_test(test_db_known_ids_plan_kept),
         cmocka_unit_test(test_db_store_offsets),
         cmocka_unit_test(test_db_rooms_reads_the_head),
         cmocka_unit_test(test_db_rooms_expire),
