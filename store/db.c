@@ -147,24 +147,38 @@ void db_known_ids(pg_client_t *pg, const char *rooms, const char *ids, const cha
      * The ts range prunes the partitions at run time, per pair: a record
      * without a cid can only be re-consumed (the same ts: one partition), a
      * cid's resend is looked for $5 before it and $6 after (with a window,
-     * usually two months, not all of them). The pairs come by subscript,
-     * not unnest: PostgreSQL plans a prepared statement anew (a custom
-     * plan) while that looks cheaper than its generic plan, and unnest of
-     * a known array of fewer than 10 pairs (the estimate for an unknown
-     * one) always did, so every small batch (a quiet room, low rates) was
-     * planned again, 100-320 µs on the partitioned table, more than the
-     * lookup. generate_subscripts' estimate is the same known or not: the
-     * generic plan wins after the first five. */
-    static struct pg_stmt st = {
+     * usually two months, not all of them).
+     *
+     * Two forms of the pairs: PostgreSQL plans a prepared statement anew (a
+     * custom plan) while that looks cheaper than its generic plan, and an
+     * unnest of a known array of fewer than 10 pairs (10: its estimate for
+     * an unknown one) always did, so every small batch (a quiet room, low
+     * rates) was planned again, 100-320 us on the partitioned table, more
+     * than the lookup. By subscript the estimate is the same known or not,
+     * so the generic plan wins after the first five; but a subscript of a
+     * text array walks it from its start, quadratic in the batch (+1.5 ms
+     * at 1,000 pairs, +23 ms at 4,000, measured), so batches from 10 pairs
+     * keep unnest, whose custom plan never looks cheaper there. */
+    #define DB_KNOWN_IDS_LATERAL \
+        "CROSS JOIN LATERAL (SELECT seq FROM messages m WHERE m.room = k.room AND m.id = k.id " \
+        "AND m.ts >= k.ts - CASE WHEN k.resend THEN $5::bigint ELSE 0 END " \
+        "AND m.ts <= k.ts + CASE WHEN k.resend THEN $6::bigint ELSE 0 END " \
+        "LIMIT 1) m"
+    static struct pg_stmt small = {
         "SELECT k.room, k.id, m.seq FROM (SELECT ($1::text[])[i] AS room, ($2::text[])[i] AS id, "
         "($3::bigint[])[i] AS ts, ($4::boolean[])[i] AS resend "
-        "FROM generate_subscripts($1::text[], 1) AS i) AS k "
-        "CROSS JOIN LATERAL (SELECT seq FROM messages m WHERE m.room = k.room AND m.id = k.id "
-        "AND m.ts >= k.ts - CASE WHEN k.resend THEN $5::bigint ELSE 0 END "
-        "AND m.ts <= k.ts + CASE WHEN k.resend THEN $6::bigint ELSE 0 END "
-        "LIMIT 1) m",
+        "FROM generate_subscripts($1::text[], 1) AS i) AS k " DB_KNOWN_IDS_LATERAL,
     };
-    pg_query_stmt(pg, &st, 6, p, cb, ud);
+    static struct pg_stmt large = {
+        "SELECT k.room, k.id, m.seq FROM unnest($1::text[], $2::text[], $3::bigint[], $4::boolean[]) "
+        "AS k(room, id, ts, resend) " DB_KNOWN_IDS_LATERAL,
+    };
+    #undef DB_KNOWN_IDS_LATERAL
+    /* resends holds booleans ("{t,f}"): its commas count the pairs. */
+    size_t n = resends[0] && resends[1] && resends[1] != '}';
+    for (const char *c = resends; *c; c++)
+        n += *c == ',';
+    pg_query_stmt(pg, n < 10 ? &small : &large, 6, p, cb, ud);
 }
 
 void db_array_add(struct jbuf *b, const char *s)
