@@ -25,7 +25,9 @@
 #                   build/bench-results/ and the doc (BENCH_QUICK=1: the results dir only);
 #                   BENCH_ARGS=--skip-storage leaves the storage bench out, --storage-only runs it alone
 #   make bench-storage  chatd's insert and read statements against a throwaway PostgreSQL
-#                   (fsync on); STORAGE_ARGS="rows batch rooms days window" (bench/storage/run.sh)
+#                   (fsync on); STORAGE_ARGS="rows batch rooms days window" (bench/storage/run.sh);
+#                   STORAGE_PRELOAD=N loads the first N rows by SQL, STORAGE_CACHE_DIV=25 then
+#                   caps the server's memory at messages' indexes / 25 (root, a memory cgroup)
 #   make api-deps   the venv of schemathesis (tests/api/requirements.txt) the API schema test runs
 #   make browser-deps  npm ci in tests/browser (playwright-core, puppeteer-core, pinned by its package-lock.json)
 #                   and in clients/js (the client library's test-only ws and typescript, pinned the same way)
