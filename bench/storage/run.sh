@@ -34,10 +34,10 @@ preload=${STORAGE_PRELOAD:-0}
 cache_div=${STORAGE_CACHE_DIV:-}
 cache_mb=${STORAGE_CACHE_MB:-}
 pg_mb=${STORAGE_PG_MB:-64}
-die() { echo "run.sh: $*" >&2; exit 2; }
+cg= cg_limit=
+die() { echo "run.sh: $*" >&2; [ -z "$cg" ] || rmdir "$cg" 2>/dev/null || true; exit 2; }
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-cg= cg_limit=
 if [ -n "$cache_div$cache_mb" ]; then
     [ "$preload" -gt 0 ] || die "STORAGE_CACHE_DIV/STORAGE_CACHE_MB need STORAGE_PRELOAD (the cap is set after the load)"
     [ "$(id -u)" = 0 ] || die "a memory cap needs root (a cgroup, the page cache dropped)"
