@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,14 +113,9 @@ def group_cpu(cur, cluster, me_port):
 
 
 def one(build, shape, rate, duration, cfg, name, outdir, bench_build):
-    work = tempfile.mkdtemp(prefix="chatd-pgcost-")
-    os.chmod(work, 0o755)
-    stores = cluster = None
-    try:
-        stores = B.Stores(work)
-        bench = B.Bench(bench_build, outdir, cfg)
-        defaults = shape == "allsend"
-        cluster = B.Cluster(os.path.join(build, "chatd"), stores, work, defaults=defaults)
+    with B.scratch_cluster(bench_build, cfg, "chatd-pgcost", chatd=os.path.join(build, "chatd"), out=outdir,
+                           defaults=shape == "allsend") as (bench, cluster, _):
+        stores = cluster.stores
         clients, room = {"probe": (4000, 10), "allsend": (1000, 10), "room1000": (1000, 1000),
                          "rooms1000": (4000, 1000)}[shape]
         run_id = f"pc{os.urandom(4).hex()}"
@@ -164,12 +158,6 @@ def one(build, shape, rate, duration, cfg, name, outdir, bench_build):
         dt = t1 - t0
         n = round(rate * dt)
         conn.close()
-    finally:
-        if cluster:
-            cluster.stop()
-        if stores:
-            stores.stop()
-        shutil.rmtree(work, ignore_errors=True)
     agg = {}
     for q, calls, ex, pl, plans, rows in stmts:
         if "pg_stat_statements" in q or "pg_stat_activity" in q or "pg_inherits" in q or q.startswith("SELECT count(*) FROM messages"):

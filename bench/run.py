@@ -451,18 +451,20 @@ def variant_args(opts):
 
 
 @contextlib.contextmanager
-def scratch_cluster(build, cfg, prefix, **cluster_kw):
+def scratch_cluster(build, cfg, prefix, chatd=None, out=None, **cluster_kw):
     """Stores and a Cluster in new temp dirs, for the tools that measure
-    between two `make bench` runs (probe.py, idle_probe.py). Yields (bench,
-    cluster, outdir); on exit stops both and removes the work dir (chatbench's
-    reports and logs stay in outdir)."""
-    out = tempfile.mkdtemp(prefix=f"{prefix}-out-")
+    between two `make bench` runs (probe.py, idle_probe.py, pgcost.py). Yields
+    (bench, cluster, outdir); on exit stops both and removes the work dir
+    (chatbench's reports and logs stay in outdir). chatbench is build's;
+    chatd too unless `chatd` names another binary; `out`: an existing dir
+    for the reports instead of a new one."""
+    out = out or tempfile.mkdtemp(prefix=f"{prefix}-out-")
     work = tempfile.mkdtemp(prefix=f"{prefix}-")
     os.chmod(work, 0o755)
     stores = cluster = None
     try:
         stores = Stores(work)
-        cluster = Cluster(os.path.join(build, "chatd"), stores, work, **cluster_kw)
+        cluster = Cluster(chatd or os.path.join(build, "chatd"), stores, work, **cluster_kw)
         yield Bench(build, out, cfg), cluster, out
     finally:
         if cluster:
