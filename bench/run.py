@@ -138,7 +138,7 @@ def config(quick):
         # month made ahead and the default, so what costs per month shows;
         # 5,000 rooms: the `rooms` of the heavy user; 1,000,000 rows:
         # about 350 MiB of table and indexes, 3x PostgreSQL's default
-        # shared_buffers, in 1.5-3 minutes here (docs/PERFORMANCE.md).
+        # shared_buffers, in 54 s (quiet) to 2.4 min (loaded) here (docs/PERFORMANCE.md).
         storage=dict(rows=1000000, batch=1000, rooms=5000, days=180),
     )
 
