@@ -1152,8 +1152,13 @@ static void kafka_consumer_drain(struct kafka_pump *pp)
         kafka_consumer_on_event(c, ev);
         rd_kafka_event_destroy(ev);
     }
-    if (!c->held)
+    if (!c->held) {
         kafka_consumer_deliver(c);
+        /* The queue is empty: a stamp a hold left (woken by a stats or log
+         * event, no record) would date the next record, however much later. */
+        if (i < KAFKA_DRAIN_MAX)
+            c->got_ns = 0;
+    }
     c->dispatching = 0;
     kafka_consumer_release_pending(c);
     if (i == KAFKA_DRAIN_MAX && !c->held)

@@ -751,6 +751,41 @@ static int group_teardown(void **state)
     return r == 0 ? 0 : -1;
 }
 
+static int asg_got2(void *arg) { return ((struct asg_ctx *)arg)->after >= 2; }
+
+/* A hold woken by stats events only (500 ms here), then resumed with no
+ * record queued: the record produced seconds later is dated from its own
+ * arrival, not from that hold (it was 4 s old by kafka_consumer_batch_got_ns
+ * before the stamp was cleared on an emptied queue; found by a review). */
+static void test_hold_without_records_leaves_no_stamp(void **state)
+{
+    (void)state;
+    kafka_producer_t *p;
+    struct prod_ctx pc = { 0 };
+    struct asg_ctx a = { .partition = 1 };
+    assert_int_equal(kafka_producer_init(&p, &loop, &kconf), 0);
+    assert_int_equal(kafka_consumer_init_assigned(&a.c, &loop, &kconf, TOPIC, 1, 10, on_asg_batch,
+                                                  &a), 0);
+    struct probe_ctx pr = { p, &pc, &a, 0 };
+    assert_true(run_until(positioned, &pr, WAIT_MS));
+    run_until(NULL, NULL, 300);
+    a.hold_after_first = 1;
+    assert_int_equal(produce(p, &pc, 1, "k", "h-0", 1, 'm', NULL), 0);
+    assert_true(run_until(asg_held, &a, WAIT_MS));
+    run_until(NULL, NULL, 1200); /* stats events while held, no records */
+    a.held = 0;
+    a.unheld = 1;
+    kafka_consumer_hold(a.c, 0);
+    run_until(NULL, NULL, 3000); /* idle, not held */
+    assert_int_equal(a.after, 1);
+    assert_int_equal(produce(p, &pc, 1, "k", "h-1", 1, 'm', NULL), 0);
+    assert_true(run_until(asg_got2, &a, WAIT_MS));
+    assert_true(a.unheld_wait_ns < 1000 * 1000000ull);
+    kafka_consumer_close(a.c);
+    kafka_producer_close(p, 5000);
+    settle();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -760,6 +795,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_and_commit),
         cmocka_unit_test(test_assigned_from_end),
         cmocka_unit_test(test_hold),
+        cmocka_unit_test(test_hold_without_records_leaves_no_stamp),
         cmocka_unit_test(test_close_calls_pending),
         cmocka_unit_test(test_acked_is_stored),
         cmocka_unit_test(test_delivery_in_doubt),
