@@ -55,6 +55,13 @@ MIGRATIONS := $(sort $(wildcard store/migrations/*.sql))
 # The page imports the client library (clients/js), served as /chatd-client.js.
 WEB_FILES  := $(sort $(wildcard web/*)) clients/js/chatd-client.js
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
+# Make sees a file that is newer, not one that is gone: a deleted source,
+# migration or page file would stay in the binary. This list is rewritten
+# whenever the set of inputs changes, and what is built from them depends on it.
+INPUTS_LIST := $(BUILD)/gen/inputs.list
+INPUTS_NOW  := $(SRCS) | $(MIGRATIONS) | $(WEB_FILES)
+$(shell mkdir -p $(BUILD)/gen && { [ "$$(cat $(INPUTS_LIST) 2>/dev/null)" = "$(INPUTS_NOW)" ] || \
+	echo "$(INPUTS_NOW)" > $(INPUTS_LIST); })
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 
 PYTHON  := /usr/bin/python3
@@ -69,15 +76,15 @@ all: $(BUILD)/chatd
 deps:
 	@bash scripts/deps.sh
 
-$(BUILD)/chatd: $(BUILD)/chatd.o $(OBJS)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+$(BUILD)/chatd: $(BUILD)/chatd.o $(OBJS) $(INPUTS_LIST)
+	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) $(LDLIBS)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -MMD -MP -c -o $@ $<
 
 # SQL migrations are compiled into the binary so an image needs no data files.
-$(BUILD)/gen/migrations.c: $(MIGRATIONS) scripts/embed-migrations.sh
+$(BUILD)/gen/migrations.c: $(MIGRATIONS) scripts/embed-migrations.sh $(INPUTS_LIST)
 	@mkdir -p $(dir $@)
 	bash scripts/embed-migrations.sh $(MIGRATIONS) > $@
 
@@ -85,7 +92,7 @@ $(BUILD)/gen/migrations.o: $(BUILD)/gen/migrations.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 # The browser page (web/*) is compiled in too: a table of path, type, ETag, bytes.
-$(BUILD)/gen/web_assets.c: $(WEB_FILES) scripts/embed-web.sh
+$(BUILD)/gen/web_assets.c: $(WEB_FILES) scripts/embed-web.sh $(INPUTS_LIST)
 	@mkdir -p $(dir $@)
 	bash scripts/embed-web.sh $(WEB_FILES) > $@.tmp && mv $@.tmp $@
 
