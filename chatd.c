@@ -36,16 +36,13 @@
 /* Lifetime of a message id's seq in Redis. Only a cache: past it the
  * classifier learns the seq from PostgreSQL (roles/classifier.h, step 1). */
 #define CHATD_DEDUP_TTL_S 86400
-/* Gateway producer linger.ms, --kafka-opt=linger.ms=N overrides. On Apache
- * Kafka 5 ms: against 2, every member of rooms of 10 sending (issue 19's
- * shape), CPU per message -27 % at 2,000 msgs/s at the same p99 (15-18 ms)
- * and the p99 at 5,000 msgs/s 58-67 ms against 108-214, for +1.5 ms at the
- * median (docs/PERFORMANCE.md, "The gateways' linger.ms on Apache Kafka").
- * On the embedded broker, which takes one produce request at a time per
- * connection (kafka/kafka.c) and so batches what waits behind it anyway,
- * 2 ms measured best (table 2 variants) and 5 did not do better. */
-#define CHATD_GATEWAY_LINGER_MS 5
-#define CHATD_GATEWAY_LINGER_EMBEDDED_MS 2
+/* Gateway producer linger.ms: on the embedded broker 2 ms measured best
+ * (docs/PERFORMANCE.md, table 2 variants). On Apache Kafka 5 ms (librdkafka's
+ * own default) cut the CPU per message by a fifth to a quarter with every
+ * member of rooms of 10 sending, but cost rooms of 1000 at 25 msgs/s 1-4 ms
+ * at the median ("The gateways' linger.ms on Apache Kafka"): 2 everywhere,
+ * --kafka-opt=linger.ms=N overrides (docs/DEPLOY.md). */
+#define CHATD_GATEWAY_LINGER_MS 2
 /* A Kafka client's fatal error ends the process with this code after a
  * drain of at most CHATD_FATAL_DRAIN_MS (kafka_on_fatal). */
 #define CHATD_EXIT_KAFKA_FATAL 3
@@ -361,8 +358,7 @@ static int chatd_start_kafka(struct chatd *d)
     d->kafka.embedded = !strcmp(c->kafka, "embedded");
     /* A process that runs both roles shares one producer: the gateway's
      * batching wins there (development). */
-    d->kafka.linger_ms = !gw_role ? 0
-                         : d->kafka.embedded ? CHATD_GATEWAY_LINGER_EMBEDDED_MS : CHATD_GATEWAY_LINGER_MS;
+    d->kafka.linger_ms = gw_role ? CHATD_GATEWAY_LINGER_MS : 0;
     return rc;
 }
 

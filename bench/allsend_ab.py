@@ -13,6 +13,11 @@ load average is printed with every run.
     make all chatbench
     /usr/bin/python3 bench/allsend_ab.py --variant A= --variant B=classifier:linger.ms=1 --order ABAB
     /usr/bin/python3 bench/allsend_ab.py --kafka --variant A= --variant B=gateway:linger.ms=5
+    /usr/bin/python3 bench/allsend_ab.py --kafka --clients 4000 --room-size 1000 --senders-per-room 1 \
+        --rate 25 --variant A=gateway:linger.ms=2 --variant B= --order ABAB
+
+--clients, --room-size and --senders-per-room run another shape the same way
+(rooms of 1000 with one sender each: the sweeps' shape, on chatd's defaults).
 
 A variant is NAME=OPT[,OPT...]; an OPT "gateway:k=v" or "classifier:k=v"
 goes to that role only, a plain "k=v" to both (bench/run.py variant_args).
@@ -30,17 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B  # noqa: E402
 
 
-def one(bench, chatd, stores, work, kafka, opts, rate, duration, name):
+def one(bench, chatd, stores, work, kafka, opts, rate, duration, name, clients=1000, room_size=10, senders=10):
     kw = B.variant_args(opts)
     cluster = B.Cluster(chatd, stores, work, kafka=kafka, defaults=True, **kw)
     try:
         run_id = f"ab{os.urandom(4).hex()}"
-        bench.run(f"{name}-join", bench.load_args(cluster.urls(), 1000, 10, 0, run_id, duration=0.5)
-                  + ["--settle", 60, "--warmup", 0], cluster.pids())
+        bench.run(f"{name}-join", bench.load_args(cluster.urls(), clients, room_size, 0, run_id, duration=0.5)
+                  + ["--settle", 60 if room_size < 1000 else 180, "--warmup", 0], cluster.pids())
         cluster.check()
-        rep = bench.run(f"{name}-r{rate}", bench.load_args(cluster.urls(), 1000, 10, rate, run_id,
+        rep = bench.run(f"{name}-r{rate}", bench.load_args(cluster.urls(), clients, room_size, rate, run_id,
                                                             duration=duration)
-                        + ["--senders-per-room", 10], cluster.pids(),
+                        + ["--senders-per-room", senders], cluster.pids(),
                         metrics_ports=cluster.metrics_ports, rate=rate)
     finally:
         cluster.stop()
@@ -55,6 +60,10 @@ def main():
     ap.add_argument("--order", default="ABAB")
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--duration", type=int, default=15)
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--room-size", type=int, default=10)
+    ap.add_argument("--senders-per-room", type=int, default=10,
+                    help="10: every member of a room of 10 (issue 19's shape); 1: the sweeps' one sender")
     ap.add_argument("--kafka", action="store_true", help="Apache Kafka (1 node) instead of the embedded broker")
     ap.add_argument("--json", default=None, help="append one line per run here")
     a = ap.parse_args()
@@ -84,7 +93,8 @@ def main():
             chatd = os.path.join(builds.get(n, a.build), "chatd")
             with open("/proc/loadavg") as f:
                 load0 = f.read().split()[0]
-            rep = one(bench, chatd, stores, work, kafka, variants[n], a.rate, a.duration, f"{i}{n}")
+            rep = one(bench, chatd, stores, work, kafka, variants[n], a.rate, a.duration, f"{i}{n}",
+                      a.clients, a.room_size, a.senders_per_room)
             lat = rep.get("latency_ms", {})
             w = rep.get("window_cpu", {})
             us = w.get("us_per_msg", {})

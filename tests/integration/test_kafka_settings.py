@@ -11,11 +11,8 @@ from chatlib import producer_linger
 
 
 def test_producer_linger_per_role(cluster):
-    """The gateways' wait is 5 ms on Apache Kafka, 2 on the embedded broker
-    (chatd.c, CHATD_GATEWAY_LINGER_MS: measured on issue 19's shape)."""
-    gw = "5" if kafkamode.REAL else "2"
     roles = {p.name.split("~")[0]: producer_linger(p) for p, _ in cluster.procs if p.name != "broker"}
-    assert roles == {"classifier0": "0", "classifier1": "0", "gateway0": gw, "gateway1": gw}, roles
+    assert roles == {"classifier0": "0", "classifier1": "0", "gateway0": "2", "gateway1": "2"}, roles
 
 
 def _logged(proc, event, key):
