@@ -142,7 +142,15 @@ test('an expired token: the provider is asked again, the client reconnects and c
 
 test('a gateway killed mid-stream: the client moves to the other, syncs, every message once in order', { skip }, async () => {
   const room = unique('kill');
-  const carol = client('carol', [URL(0), URL(1)]); // first URL: gateway 0
+  // First URL: gateway 0. Her first reconnect waits a full second: her
+  // socket closes when the kernel closes the killed process's, before the
+  // control request below has answered, and with a random wait under the
+  // 200 ms cap she could be on gateway 1 again before the test looked (it
+  // then never saw her disconnected, and the sends meant for the gap went
+  // out on the new connection: a CI run failed so).
+  const carol = client('carol', [URL(0), URL(1)], { random: () => 1, backoffBaseMs: 1000 });
+  let closed = false;
+  carol.on('disconnect', () => { closed = true; });
   const dave = client('dave', [URL(1)]);
   await carol.join(room);
   await dave.join(room);
@@ -157,8 +165,10 @@ test('a gateway killed mid-stream: the client moves to the other, syncs, every m
     }
   })();
   await waitFor('carol receives the first 20', () => carol.got(room).length >= 20);
+  closed = false;
   await control('/kill/gateway0', { method: 'POST' });
-  await waitFor('carol sees the close', () => carol.state !== 'connected', 10000);
+  await waitFor('carol sees the close', () => closed, 10000);
+  assert.equal(carol.state, 'reconnecting');
   // Written while carol has no connection: queued, sent after the reconnect.
   const mine = [1, 2, 3].map((i) => carol.send(room, `carol offline ${i}`));
   assert.ok(carol.pending().some((o) => o.state === 'queued'));
