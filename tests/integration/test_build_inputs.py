@@ -9,7 +9,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 
 
 def make(tree, target):
-    r = subprocess.run(["make", "-C", str(tree), target], capture_output=True, text=True, timeout=120)
+    # Run from `make test SAN=1`, the command line's variables reach a child
+    # make through MAKEFLAGS (build/san then): this make is on its own.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SAN")}
+    r = subprocess.run(["make", "-C", str(tree), target], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
