@@ -23,6 +23,17 @@ A variant is NAME=OPT[,OPT...]; an OPT "gateway:k=v" or "classifier:k=v"
 goes to that role only, a plain "k=v" to both (bench/run.py variant_args).
 --build-of NAME=DIR runs that variant with DIR/chatd (a build of another
 tree), for A/B between code changes.
+
+An F in --order is no measurement but a fill: a fresh cluster with chatd's
+defaults takes --fill-rate msgs/s in rooms of 10 (every member sending) for
+--fill-seconds, so the stores hold what a long `make bench` leaves in them
+(about 540,000 messages by its every-member shape): "AFAFA" shows whether
+that accumulated state moves the runs after it. --pg-watch prints
+PostgreSQL's checkpoints, autovacuums and autoanalyzes as they happen;
+--pg-opt K=V runs the stores' PostgreSQL with another setting (e.g.
+checkpoint_timeout=30s, to see what checkpoints cost). Each run line gives
+PostgreSQL's CPU per message by process (client backends, WAL writer,
+checkpointer, autovacuum, ...).
 """
 import argparse
 import json
@@ -30,26 +41,60 @@ import os
 import sys
 import tempfile
 import shutil
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B  # noqa: E402
 
 
-def one(bench, chatd, stores, work, kafka, opts, rate, duration, name, clients=1000, room_size=10, senders=10):
+def one(bench, chatd, stores, work, kafka, opts, rate, duration, name, clients=1000, room_size=10, senders=10,
+        run_id=None):
     kw = B.variant_args(opts)
     cluster = B.Cluster(chatd, stores, work, kafka=kafka, defaults=True, **kw)
     try:
-        run_id = f"ab{os.urandom(4).hex()}"
-        bench.run(f"{name}-join", bench.load_args(cluster.urls(), clients, room_size, 0, run_id, duration=0.5)
-                  + ["--settle", 60 if room_size < 1000 else 180, "--warmup", 0], cluster.pids())
-        cluster.check()
-        rep = bench.run(f"{name}-r{rate}", bench.load_args(cluster.urls(), clients, room_size, rate, run_id,
-                                                            duration=duration)
-                        + ["--senders-per-room", senders], cluster.pids(),
-                        metrics_ports=cluster.metrics_ports, rate=rate)
+        _, reps = B.allsend_on(bench, name, cluster, clients, room_size, senders, [rate],
+                               run_id or f"ab{os.urandom(4).hex()}", duration)
     finally:
         cluster.stop()
-    return rep
+    return reps[0]
+
+
+def pg_watch(conninfo, stop):
+    """Prints, with the time since it started, each checkpoint and each
+    autovacuum or autoanalyze PostgreSQL runs, so that a stall in a run's
+    per-second p99 can be matched to what the store did then."""
+    import psycopg2
+    c = psycopg2.connect(conninfo)
+    c.autocommit = True
+    cur = c.cursor()
+    t0 = time.monotonic()
+    last = None
+    while not stop.wait(0.25):
+        cur.execute("SELECT checkpoints_timed + checkpoints_req, buffers_checkpoint FROM pg_stat_bgwriter")
+        ck = cur.fetchone()
+        cur.execute("SELECT 'vacuum ' || relid::regclass || ' ' || phase FROM pg_stat_progress_vacuum "
+                    "UNION ALL SELECT 'analyze ' || relid::regclass || ' ' || phase FROM pg_stat_progress_analyze "
+                    "UNION ALL SELECT 'checkpointing' FROM pg_stat_activity WHERE backend_type = 'checkpointer' "
+                    "AND wait_event IN ('DataFileSync', 'DataFileFlush', 'CheckpointWriteDelay')")
+        now = (ck[0], tuple(sorted(r[0] for r in cur.fetchall())))
+        if now != last:
+            print(f"PG t={time.monotonic() - t0:7.2f}s checkpoints {ck[0]} (buffers {ck[1]}) {'; '.join(now[1])}",
+                  flush=True)
+            last = now
+    c.close()
+
+
+def fill(bench, chatd, stores, work, kafka, rate, seconds, i):
+    """Messages into the stores, measured by nothing: chatbench's report is
+    only checked for how many were acknowledged."""
+    cluster = B.Cluster(chatd, stores, work, kafka=kafka, defaults=True)
+    try:
+        _, reps = B.allsend_on(bench, f"{i}F-fill", cluster, 1000, 10, 10, [rate], f"fill{os.urandom(4).hex()}",
+                               seconds)
+    finally:
+        cluster.stop()
+    print(f"FILL {i}: {reps[0].get('acked')} messages acknowledged of {rate * seconds} meant", flush=True)
 
 
 def main():
@@ -64,6 +109,16 @@ def main():
     ap.add_argument("--room-size", type=int, default=10)
     ap.add_argument("--senders-per-room", type=int, default=10,
                     help="10: every member of a room of 10 (issue 19's shape); 1: the sweeps' one sender")
+    ap.add_argument("--same-rooms", action="store_true",
+                    help="every run in the first run's rooms (its users are members already), as make bench's "
+                         "repeats were before each got rooms of its own")
+    ap.add_argument("--pg-opt", action="append", default=[], metavar="K=V",
+                    help="a PostgreSQL setting for the session's stores (postgres -c K=V): not chatd's, "
+                         "the store's, e.g. checkpoint_timeout=30s to see what checkpoints cost")
+    ap.add_argument("--pg-watch", action="store_true",
+                    help="print PostgreSQL's checkpoints, autovacuums and autoanalyzes as they run")
+    ap.add_argument("--fill-rate", type=int, default=4000)
+    ap.add_argument("--fill-seconds", type=int, default=60)
     ap.add_argument("--kafka", action="store_true", help="Apache Kafka (1 node) instead of the embedded broker")
     ap.add_argument("--json", default=None, help="append one line per run here")
     a = ap.parse_args()
@@ -73,13 +128,19 @@ def main():
         variants[n] = [x for x in o.split(",") if x]
     builds = dict(x.partition("=")[::2] for x in a.build_of)
     cfg = B.config(False)
+    if a.pg_opt:
+        base = B.pg_server_args
+        B.pg_server_args = lambda d, p, fs=True: base(d, p, fs) + [x for o in a.pg_opt for x in ("-c", o)]
     out = tempfile.mkdtemp(prefix="chatd-ab-out-")
     work = tempfile.mkdtemp(prefix="chatd-ab-")
     os.chmod(work, 0o755)
     stores = kafka = None
+    watch_stop = threading.Event()
     try:
         stores = B.Stores(work)
         bench = B.Bench(a.build, out, cfg)
+        if a.pg_watch:
+            threading.Thread(target=pg_watch, args=(stores.conninfo, watch_stop), daemon=True).start()
         if a.kafka:
             kafka = B.start_kafka(os.path.join(work, "kafka"), B.kafkactl.DEFAULT_VERSION)
             rate, secs = cfg["kafka_warmup"]
@@ -89,12 +150,16 @@ def main():
                                                         duration=secs), c.pids(), rate=rate)
             finally:
                 c.stop()
+        same = f"ab{os.urandom(4).hex()}" if a.same_rooms else None
         for i, n in enumerate(a.order):
+            if n == "F":
+                fill(bench, os.path.join(a.build, "chatd"), stores, work, kafka, a.fill_rate, a.fill_seconds, i)
+                continue
             chatd = os.path.join(builds.get(n, a.build), "chatd")
             with open("/proc/loadavg") as f:
                 load0 = f.read().split()[0]
             rep = one(bench, chatd, stores, work, kafka, variants[n], a.rate, a.duration, f"{i}{n}",
-                      a.clients, a.room_size, a.senders_per_room)
+                      a.clients, a.room_size, a.senders_per_room, run_id=same)
             lat = rep.get("latency_ms", {})
             w = rep.get("window_cpu", {})
             us = w.get("us_per_msg", {})
@@ -104,16 +169,20 @@ def main():
                        lag_p99=rep.get("send_lag_ms", {}).get("p99"), us_per_msg=us,
                        all_us=round(sum(us.values())), cores=round(sum(w.get("cores", {}).values()), 2),
                        load_before=load0, load_after=rep.get("loadavg1_after"),
-                       runq_wait_s=rep.get("runq_wait_s"), stages=rep.get("stages"))
+                       runq_wait_s=rep.get("runq_wait_s"), stages=rep.get("stages"),
+                       postgres_by_kind=w.get("postgres_us_per_msg_by_kind"))
             print(f"RUN {i} {n} {row['broker']} {','.join(variants[n]) or 'defaults'}: "
                   f"held={row['held']} p50 {row['p50']} p99 {row['p99']} p99.9 {row['p999']} "
                   f"ack p99 {row['ack_p99']} | µs/msg all {row['all_us']} ("
                   + ", ".join(f"{k} {v:.0f}" for k, v in us.items())
-                  + f") cores {row['cores']} | load {load0} -> {row['load_after']}", flush=True)
+                  + f") cores {row['cores']} | load {load0} -> {row['load_after']}"
+                  + "".join(f"\n    PostgreSQL µs/msg by process: " + ", ".join(f"{k} {v:.0f}" for k, v in pk.items())
+                            for pk in [w.get("postgres_us_per_msg_by_kind")] if pk), flush=True)
             if a.json:
                 with open(a.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
     finally:
+        watch_stop.set()
         if kafka:
             B.stop_kafka(kafka, out)
         if stores:

@@ -26,13 +26,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as B
 import psycopg2
 
-def c_stmt(src, func):
+def c_stmt(src, func, var="st"):
+    """The text of `static struct pg_stmt VAR` in FUNC of store/db.c, with
+    the string macros it names (#define NAME "..." inside the function)
+    expanded."""
     i = src.index(f"\nvoid {func}(")
-    j = src.index("static struct pg_stmt st = {", i)
+    end = src.index("\n}\n", i)
+    j = src.index(f"static struct pg_stmt {var} = {{", i)
+    if j > end:
+        raise SystemExit(f"pgcost_store: no pg_stmt {var} in {func}")
     k = src.index("};", j)
-    body = src[j:k]
-    body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
-    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+    macros = {m.group(1): "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', m.group(2)))
+              for m in re.finditer(r"#define (\w+) ((?:[^\n]*\\\n)*[^\n]*)", src[i:end])}
+    body = re.sub(r"/\*.*?\*/", "", src[j:k], flags=re.S)
+    out = []
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"|\b([A-Z][A-Z0-9_]+)\b', body):
+        out.append(m.group(1) if m.group(1) is not None else macros.get(m.group(2), ""))
+    return "".join(out)
 
 def main():
     ap = argparse.ArgumentParser()
@@ -76,7 +86,7 @@ def main():
             cur.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             cur.execute("INSERT INTO partition_owners (topic, partition, epoch, owner) VALUES ('t', 0, 1, 'me')")
             src = open(os.path.join(d, "store/db.c")).read()
-            ksql = open(kover[name]).read() if name in kover else c_stmt(src, "db_known_ids")
+            ksql = open(kover[name]).read() if name in kover else c_stmt(src, "db_known_ids", "small" if a.batch < 10 else "large")
             ssql = open(sover[name]).read() if name in sover else c_stmt(src, "db_store_msgs")
             nk = max(int(x) for x in re.findall(r"\$(\d+)", ksql)); ns = max(int(x) for x in re.findall(r"\$(\d+)", ssql))
             cur.execute(f"PREPARE k AS {ksql}"); cur.execute(f"PREPARE s AS {ssql}")

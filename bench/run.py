@@ -154,27 +154,65 @@ def config(quick):
 # --------------------------------------------------------------------------
 # process accounting
 
-def proc_cpu_s(pid):
-    """utime + stime of a live process, seconds."""
+def proc_cpu_s(pid, reaped=False):
+    """utime + stime of a live process, seconds; with reaped, plus the
+    cutime + cstime of the children it has waited for."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        n = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+        return n / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
 
+def proc_children(pid):
+    try:
+        return [int(k) for k in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
 def proc_tree_cpu_s(pid):
-    """CPU seconds of a process and its live children (PostgreSQL backends,
-    chatbench workers): children's time is not in the parent's stat."""
-    own = proc_cpu_s(pid)
+    """CPU seconds of a process, its live children (PostgreSQL backends,
+    chatbench workers) and the children it has reaped: children's time is
+    not in the parent's own, and a child that ends between two readings (an
+    autovacuum worker, a stopped cluster's backend) is counted in the
+    parent's cutime once it is waited for."""
+    own = proc_cpu_s(pid, reaped=True)
     if own is None:
         return None
-    try:
-        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    except OSError:
-        kids = []
-    return own + sum(proc_cpu_s(int(k)) or 0 for k in kids)
+    return own + sum(proc_cpu_s(k) or 0 for k in proc_children(pid))
+
+
+# PostgreSQL's processes by what they do: the title each sets (ps shows it as
+# "postgres: TITLE"). A client backend's title is "USER DB HOST STATE", so
+# whatever is not one of these is a backend (a parallel worker works for one).
+PG_KINDS = (("autovacuum", "autovacuum"), ("walwriter", "walwriter"), ("checkpointer", "checkpointer"),
+            ("background writer", "bgwriter"), ("logical replication launcher", "other"),
+            ("archiver", "other"), ("startup", "other"))
+
+
+def pg_cpu_by_kind(pid):
+    """The postmaster's tree CPU seconds by kind of process: client
+    backends, the WAL writer, the checkpointer, the background writer,
+    autovacuum (launcher and live workers), the postmaster itself and the
+    children it has reaped ("ended": mostly autovacuum workers)."""
+    out = dict(backends=0.0, walwriter=0.0, checkpointer=0.0, bgwriter=0.0, autovacuum=0.0, other=0.0)
+    own = proc_cpu_s(pid)
+    both = proc_cpu_s(pid, reaped=True)
+    if own is None or both is None:
+        return None
+    out["postmaster"], out["ended"] = own, both - own
+    for k in proc_children(pid):
+        c = proc_cpu_s(k)
+        try:
+            title = open(f"/proc/{k}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        title = title.removeprefix("postgres: ")
+        out[next((v for key, v in PG_KINDS if title.startswith(key)), "backends")] += c or 0
+    return out
 
 
 def proc_wait_s(pid):
@@ -656,6 +694,8 @@ class Bench:
                 if line.startswith("[") and " measure " in line:
                     snap = {n: proc_tree_cpu_s(q) for n, q in watch_pids.items()}
                     snap["chatbench"] = proc_tree_cpu_s(p.pid)
+                    if "postgres" in watch_pids:
+                        snap["postgres by kind"] = pg_cpu_by_kind(watch_pids["postgres"])
                     win.setdefault("first", (time.monotonic(), snap))
                     win["last"] = (time.monotonic(), snap)
                 if line.startswith("["):
@@ -704,9 +744,14 @@ class Bench:
             if dt > 0.5:
                 rep["window_cpu"] = dict(
                     seconds=round(dt, 2), rate=rate,
-                    cores={n: round((b[n] - a[n]) / dt, 3) for n in b if b.get(n) is not None and a.get(n) is not None},
+                    cores={n: round((b[n] - a[n]) / dt, 3) for n in b
+                           if isinstance(b.get(n), float) and isinstance(a.get(n), float)},
                     us_per_msg={n: round((b[n] - a[n]) / (dt * rate) * 1e6, 1) for n in b
-                                if b.get(n) is not None and a.get(n) is not None})
+                                if isinstance(b.get(n), float) and isinstance(a.get(n), float)})
+                ka, kb = a.get("postgres by kind"), b.get("postgres by kind")
+                if ka and kb:
+                    rep["window_cpu"]["postgres_us_per_msg_by_kind"] = {
+                        k: round((kb[k] - ka[k]) / (dt * rate) * 1e6, 1) for k in kb}
         rep["runq_wait_s"] = wait
         rep["loadavg1_after"] = load1
         rep["wall_s"] = round(wall, 1)
@@ -865,33 +910,43 @@ def just_started(bench, cluster, sw):
     return pt
 
 
+def allsend_on(bench, label, cluster, clients, room_size, senders, rates, run_id, duration):
+    """One run of a shape where `senders` members of each room send, on
+    `cluster` (just started): the clients join (a run at rate 0 that waits
+    up to 60 s, 180 for rooms of 1000, for the joins' frames to stop), then
+    one chatbench run per rate. Returns (the join's report, a report per
+    rate). allsend() and bench/allsend_ab.py both run it."""
+    prime = bench.run(f"{label}-join", bench.load_args(cluster.urls(), clients, room_size, 0, run_id, duration=0.5)
+                      + ["--settle", 60 if room_size < 1000 else 180, "--warmup", 0], cluster.pids())
+    reps = []
+    for rate in rates:
+        cluster.check()
+        reps.append(bench.run(f"{label}-r{rate}", bench.load_args(cluster.urls(), clients, room_size, rate, run_id,
+                                                                  duration=duration)
+                              + ["--senders-per-room", senders],
+                              cluster.pids(), metrics_ports=cluster.metrics_ports, rate=rate))
+    return prime, reps
+
+
 def allsend(bench, system, new_cluster):
     """Rooms of 10 where every member sends (issue 19's shape), at fixed
     rates, on clusters with chatd's default settings: 1,000 clients in 100
     rooms at 2,000 and 5,000 msgs/s is 2 and 5 msgs/s per client, under the
     gateways' default limit of 20/s. Latency from the intended send time;
     send lag reported beside it. config()'s `repeats` times, each on a fresh
-    cluster from new_cluster() (which stops the one before); each rate's
-    point is the median run (repeated_point)."""
+    cluster from new_cluster() (which stops the one before) and in rooms of
+    its own; each rate's point is the median run (repeated_point)."""
     c = bench.cfg
     clients = c["allsend_clients"]
-    run_id = f"{system[0]}a{os.urandom(4).hex()}"
     runs, setup = [], []
     for i in range(c.get("repeats", 1)):
         cluster = new_cluster()
-        tag = f"-{i + 1}" if i else ""
-        prime = bench.run(f"{system}-allsend10-join{tag}",
-                          bench.load_args(cluster.urls(), clients, 10, 0, run_id, duration=0.5)
-                          + ["--settle", 60, "--warmup", 0], cluster.pids())
+        run_id = f"{system[0]}a{os.urandom(4).hex()}"
+        prime, reps = allsend_on(bench, f"{system}-allsend10" + (f"-{i + 1}" if i else ""), cluster, clients, 10, 10,
+                                 c["allsend_rates"], run_id, c["allsend_duration"])
         setup.append(prime.get("setup_s"))
         points = []
-        for rate in c["allsend_rates"]:
-            cluster.check()
-            rep = bench.run(f"{system}-allsend10-r{rate}{tag}",
-                            bench.load_args(cluster.urls(), clients, 10, rate, run_id,
-                                            duration=c["allsend_duration"])
-                            + ["--senders-per-room", 10],
-                            cluster.pids(), metrics_ports=cluster.metrics_ports, rate=rate)
+        for rate, rep in zip(c["allsend_rates"], reps):
             pt = summarize(rep, rate, 10)
             if pt["failed"]:
                 log(f"{system} every member sending: {rate} msg/s did not hold (run {i + 1}): {pt['failed']}")
@@ -1364,6 +1419,28 @@ def storage_lines(res):
     return out
 
 
+PG_KIND_COLS = (("backends", "client backends (chatd's statements)"), ("walwriter", "WAL writer"),
+                ("checkpointer", "checkpointer"), ("bgwriter", "background writer"),
+                ("autovacuum", "autovacuum (live)"), ("ended", "ended in the window (autovacuum workers, "
+                                                         "a stopped cluster's backends)"),
+                ("postmaster", "postmaster"), ("other", "other"))
+
+
+def pg_kind_lines(cpu_rows):
+    """PostgreSQL's column of the CPU table split by process: whether a
+    message costs chatd's statements or the server's upkeep."""
+    rows = [(label, w["postgres_us_per_msg_by_kind"]) for label, w in cpu_rows
+            if w.get("postgres_us_per_msg_by_kind")]
+    if not rows:
+        return []
+    out = ["PostgreSQL's column by process (µs per message), from the same two readings:", "",
+           "| run | " + " | ".join(name for _, name in PG_KIND_COLS) + " |",
+           "|---|" + "---:|" * len(PG_KIND_COLS)]
+    for label, k in rows:
+        out.append(f"| {label} | " + " | ".join(f"{k.get(key, 0):,.0f}" for key, _ in PG_KIND_COLS) + " |")
+    return out + [""]
+
+
 def write_doc(doc, res, png_rel):
     m, c = res["machine"], res["chatd"]
     peer = res.get("peer", {})
@@ -1595,7 +1672,8 @@ def write_doc(doc, res, png_rel):
                   ("PostgreSQL", ("postgres",)), ("chatbench", ("chatbench",))]
         out.append("### CPU per message, inside the window")
         out.append("")
-        out.append("CPU time of each process (PostgreSQL with its backends, chatbench with its workers) between the "
+        out.append("CPU time of each process (PostgreSQL with its backends, including those that ended in the window, "
+                   "chatbench with its workers) between the "
                    "first and the last progress line of the window (one a second), divided by the messages offered "
                    "in that time (rate × seconds). Each message of a room of 10 is 10 deliveries plus an ack. Two "
                    "cores give 2,000,000 µs of CPU per second: the sum bounds the rate this box can carry.")
@@ -1610,6 +1688,7 @@ def write_doc(doc, res, png_rel):
             out.append(f"| {label} | " + " | ".join(cells) + f" | {sum(w['us_per_msg'].values()):,.0f} | "
                        f"{sum(w['cores'].values()):.2f} |")
         out.append("")
+        out += pg_kind_lines(cpu_rows)
     out.append("### 3. and 4. Idle connections and connection setup")
     out.append("")
     out.append("chatd: the cluster of table 1, with its settings (`--max-conns=19000` lets 15,000 connections "

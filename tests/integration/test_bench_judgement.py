@@ -211,3 +211,80 @@ def test_repeated_runs_give_the_median_and_every_run():
     one = point(55.0, failed="p99 55.0 ms > 50 ms")
     assert B.repeated_point([one]) is one and B.each_run(one) == [("", one)]
     assert B.lat_cell(one, rate=False) == "18.33 / 55.00 / 82.50 (did not hold)"
+
+
+def test_allsend_repeats_each_on_a_fresh_cluster_in_rooms_of_their_own():
+    """Each run of the every-member shape starts a cluster and has rooms of
+    its own: its join makes the memberships, as the first run's did (runs
+    in the first run's rooms joined users that were members already, so
+    the runs were not alike), then one chatbench run per rate on that
+    cluster; each rate's point is the median of the runs."""
+    cfg = B.config(True)
+    calls, clusters = [], []
+
+    def run(label, args, pids, **kw):
+        calls.append((label, args[args.index("--run-id") + 1], args[args.index("--rate") + 1]))
+        rate = kw.get("rate", 0)
+        return dict(held=True, sent=rate * 4, acked=rate * 4, sent_per_s=float(rate), setup_s=0.5,
+                    deliveries_per_s=rate * 10.0, latency_ms=dict(p50=5.0, p99=10.0 + len(calls), p999=20.0),
+                    errors=0)
+
+    bench = SimpleNamespace(cfg=cfg, run=run, load_args=lambda *a, **kw: B.Bench.load_args(bench, *a, **kw))
+
+    def new_cluster():
+        c = SimpleNamespace(urls=lambda: "ws://x/ws", pids=lambda: {}, check=lambda: None, metrics_ports=[],
+                            settings=lambda: [])
+        clusters.append(c)
+        return c
+    res = B.allsend(bench, "chatd", new_cluster)
+    rates = cfg["allsend_rates"]
+    assert len(clusters) == cfg["repeats"] == res["repeats"] == 2
+    assert [(label, rate) for label, _, rate in calls] == (
+        [("chatd-allsend10-join", 0)] + [(f"chatd-allsend10-r{r}", r) for r in rates]
+        + [("chatd-allsend10-2-join", 0)] + [(f"chatd-allsend10-2-r{r}", r) for r in rates])
+    per_run = len(rates) + 1
+    first, second = {c[1] for c in calls[:per_run]}, {c[1] for c in calls[per_run:]}
+    assert len(first) == len(second) == 1 and first != second
+    assert [len(p["repeats"]) for p in res["points"]] == [2] * len(rates)
+    assert [r["p99"] for r in res["points"][0]["repeats"]] == [12.0, 15.0]
+
+
+BURN = "import time, sys\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass\n" \
+       "time.sleep(float(sys.argv[1]))\n"
+
+
+def test_tree_cpu_counts_children_that_ended():
+    """A PostgreSQL backend or autovacuum worker that ends between the two
+    readings of a window still counts (its parent's cutime), so the
+    postmaster's tree is not undercounted when its children come and go."""
+    import subprocess
+    before = B.proc_tree_cpu_s(os.getpid())
+    subprocess.run([sys.executable, "-c", BURN, "0"], check=True)
+    assert B.proc_tree_cpu_s(os.getpid()) - before >= 0.25
+
+
+def test_postgres_cpu_by_kind_of_process():
+    """The postmaster's children are told apart by their process titles:
+    an autovacuum worker burning CPU shows as autovacuum, a client
+    backend's as backends, an ended child as ended."""
+    import subprocess
+    kids = [subprocess.Popen(["bash", "-c", f'exec -a "{title}" {sys.executable} -c "$0" {secs}', BURN])
+            for title, secs in (("postgres: autovacuum worker chatd", 30),
+                                ("postgres: postgres chatd 127.0.0.1(5555) idle", 30),
+                                ("postgres: walwriter", 30))]
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            k = B.pg_cpu_by_kind(os.getpid())
+            if min(k["autovacuum"], k["backends"], k["walwriter"]) >= 0.25 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert k["autovacuum"] >= 0.25 and k["backends"] >= 0.25 and k["walwriter"] >= 0.25
+        assert k["checkpointer"] == 0 and k["bgwriter"] == 0
+        ended0 = k["ended"]
+        subprocess.run([sys.executable, "-c", BURN, "0"], check=True)
+        assert B.pg_cpu_by_kind(os.getpid())["ended"] - ended0 >= 0.25
+    finally:
+        for p in kids:
+            p.kill()
+            p.wait()
