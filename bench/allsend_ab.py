@@ -31,7 +31,10 @@ defaults takes --fill-rate msgs/s in rooms of 10 (every member sending) for
 that accumulated state moves the runs after it. --pg-watch prints
 PostgreSQL's checkpoints, autovacuums and autoanalyzes as they happen;
 --pg-opt K=V runs the stores' PostgreSQL with another setting (e.g.
-checkpoint_timeout=30s, to see what checkpoints cost). Each run line gives
+checkpoint_timeout=30s, to see what checkpoints cost). An R in --order adds
+--other-rooms rooms to PostgreSQL (and analyzes it): what a deployment's
+rooms table holds, which a fresh bench's does not (R must follow a run: a
+cluster's start creates the schema). Each run line gives
 PostgreSQL's CPU per message by process (client backends, WAL writer,
 checkpointer, autovacuum, ...).
 """
@@ -85,6 +88,19 @@ def pg_watch(conninfo, stop):
     c.close()
 
 
+def other_rooms(conninfo, n, i):
+    import psycopg2
+    c = psycopg2.connect(conninfo)
+    c.autocommit = True
+    cur = c.cursor()
+    cur.execute("INSERT INTO rooms (room) SELECT 'other-' || %s || '-' || g FROM generate_series(1, %s) g "
+                "ON CONFLICT DO NOTHING", (i, n))
+    cur.execute("ANALYZE rooms")
+    cur.execute("SELECT count(*) FROM rooms")
+    print(f"ROOMS {i}: {cur.fetchone()[0]} rows in rooms", flush=True)
+    c.close()
+
+
 def fill(bench, chatd, stores, work, kafka, rate, seconds, i):
     """Messages into the stores, measured by nothing: chatbench's report is
     only checked for how many were acknowledged."""
@@ -117,6 +133,7 @@ def main():
                          "the store's, e.g. checkpoint_timeout=30s to see what checkpoints cost")
     ap.add_argument("--pg-watch", action="store_true",
                     help="print PostgreSQL's checkpoints, autovacuums and autoanalyzes as they run")
+    ap.add_argument("--other-rooms", type=int, default=3000, help="rooms an R in --order adds")
     ap.add_argument("--fill-rate", type=int, default=4000)
     ap.add_argument("--fill-seconds", type=int, default=60)
     ap.add_argument("--kafka", action="store_true", help="Apache Kafka (1 node) instead of the embedded broker")
@@ -152,6 +169,9 @@ def main():
                 c.stop()
         same = f"ab{os.urandom(4).hex()}" if a.same_rooms else None
         for i, n in enumerate(a.order):
+            if n == "R":
+                other_rooms(stores.conninfo, a.other_rooms, i)
+                continue
             if n == "F":
                 fill(bench, os.path.join(a.build, "chatd"), stores, work, kafka, a.fill_rate, a.fill_seconds, i)
                 continue

@@ -297,7 +297,14 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
      * twice in the batch: taken, a seq collision, nothing stored, as the
      * unique (room, seq) refused it. (room, id, ts) stays the conflict
      * target. The trigger raises each room's head in this statement, so it
-     * is the last stored seq whatever is deleted later. */
+     * is the last stored seq whatever is deleted later.
+     *
+     * The heads are read one room at a time by its key (LATERAL with LIMIT
+     * 1 is never flattened into a join), as db_known_ids reads messages:
+     * a prepared statement keeps its generic plan, and as a semi-join that
+     * plan read the whole rooms table for every batch (a hash over a
+     * sequential scan) while it held under about 4,000 rooms, 300-400 us
+     * of PostgreSQL's CPU per batch by a long bench's end (docs/PERFORMANCE.md). */
     static struct pg_stmt st = {
         "WITH f AS (SELECT o.partition FROM partition_owners o "
         "JOIN unnest($8::int[], $9::bigint[]) AS x(p, e) ON o.partition = x.p AND o.epoch = x.e "
@@ -306,7 +313,8 @@ void db_store_msgs(pg_client_t *pg, const struct db_fence *f, const struct chat_
         "u AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], "
         "$6::text[], $7::bigint[], $11::text[], $12::text[]) "
         "AS u(room, seq, id, user_id, cid, body, ts, kind, target)), "
-        "h AS (SELECT r.room, r.head FROM rooms r WHERE r.room IN (SELECT room FROM u)), "
+        "h AS (SELECT d.room, r.head FROM (SELECT DISTINCT room FROM u) d "
+        "CROSS JOIN LATERAL (SELECT head FROM rooms r WHERE r.room = d.room LIMIT 1) r), "
         "s AS (SELECT u.*, CASE WHEN u.seq <= COALESCE(h.head, 0) THEN (SELECT m.id FROM messages m "
         "WHERE m.room = u.room AND m.seq = u.seq LIMIT 1) END AS held_by "
         "FROM u LEFT JOIN h ON h.room = u.room), "
