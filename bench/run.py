@@ -208,7 +208,8 @@ def pg_cpu_by_kind(pid):
         c = proc_cpu_s(k)
         try:
             title = open(f"/proc/{k}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
+        except OSError:               # gone between the two reads: still the tree's
+            out["other"] += c or 0
             continue
         title = title.removeprefix("postgres: ")
         out[next((v for key, v in PG_KINDS if title.startswith(key)), "backends")] += c or 0
@@ -692,10 +693,13 @@ class Bench:
             for line in p.stderr:
                 lf.write(line)
                 if line.startswith("[") and " measure " in line:
-                    snap = {n: proc_tree_cpu_s(q) for n, q in watch_pids.items()}
+                    # PostgreSQL's tree is the sum of its kinds: its processes read once.
+                    snap = {n: proc_tree_cpu_s(q) for n, q in watch_pids.items() if n != "postgres"}
                     snap["chatbench"] = proc_tree_cpu_s(p.pid)
                     if "postgres" in watch_pids:
-                        snap["postgres by kind"] = pg_cpu_by_kind(watch_pids["postgres"])
+                        kinds = pg_cpu_by_kind(watch_pids["postgres"])
+                        snap["postgres by kind"] = kinds
+                        snap["postgres"] = sum(kinds.values()) if kinds else None
                     win.setdefault("first", (time.monotonic(), snap))
                     win["last"] = (time.monotonic(), snap)
                 if line.startswith("["):
@@ -938,10 +942,11 @@ def allsend(bench, system, new_cluster):
     its own; each rate's point is the median run (repeated_point)."""
     c = bench.cfg
     clients = c["allsend_clients"]
-    runs, setup = [], []
+    runs, setup, run_ids = [], [], []
     for i in range(c.get("repeats", 1)):
         cluster = new_cluster()
         run_id = f"{system[0]}a{os.urandom(4).hex()}"
+        run_ids.append(run_id)
         prime, reps = allsend_on(bench, f"{system}-allsend10" + (f"-{i + 1}" if i else ""), cluster, clients, 10, 10,
                                  c["allsend_rates"], run_id, c["allsend_duration"])
         setup.append(prime.get("setup_s"))
@@ -953,7 +958,7 @@ def allsend(bench, system, new_cluster):
             points.append(pt)
         runs.append(points)
     points = [repeated_point([run[j] for run in runs]) for j in range(len(c["allsend_rates"]))]
-    return dict(clients=clients, room_size=10, senders_per_room=10, points=points, run_id=run_id,
+    return dict(clients=clients, room_size=10, senders_per_room=10, points=points, run_ids=run_ids,
                 join_setup_s=setup[0], settings=cluster.settings(), repeats=len(runs))
 
 

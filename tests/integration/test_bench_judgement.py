@@ -281,6 +281,8 @@ def test_postgres_cpu_by_kind_of_process():
             time.sleep(0.1)
         assert k["autovacuum"] >= 0.25 and k["backends"] >= 0.25 and k["walwriter"] >= 0.25
         assert k["checkpointer"] == 0 and k["bgwriter"] == 0
+        # The kinds add up to the tree (the bench takes PostgreSQL's column from them).
+        assert abs(sum(B.pg_cpu_by_kind(os.getpid()).values()) - B.proc_tree_cpu_s(os.getpid())) < 0.1
         ended0 = k["ended"]
         subprocess.run([sys.executable, "-c", BURN, "0"], check=True)
         assert B.pg_cpu_by_kind(os.getpid())["ended"] - ended0 >= 0.25
